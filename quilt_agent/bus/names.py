@@ -1,0 +1,12 @@
+"""Bus names, object paths and interface names, in one place."""
+
+BUS_NAME = "org.quilt.Runtime"
+MANAGER_PATH = "/org/quilt/Runtime"
+MANAGER_INTERFACE = "org.quilt.Runtime.Manager"
+CONTAINER_INTERFACE = "org.quilt.Runtime.Container"
+CONTAINER_PATH_PREFIX = "/org/quilt/Runtime/container/"
+ERROR_PREFIX = "org.quilt.Runtime.Error."
+
+
+def container_path(container_id: str) -> str:
+    return CONTAINER_PATH_PREFIX + container_id

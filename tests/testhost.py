@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""A throwaway systemd host for Quilt's tests.
+
+    python3 tests/testhost.py run [--keep-on-failure] [--name NAME] -- CMD ARGS...
+    python3 tests/testhost.py cleanup
+
+`run` boots a real systemd as PID 1 of its own pid, mount, cgroup, uts, ipc and
+net namespaces, over an overlay of the machine's root whose upper layer is a
+tmpfs, so nothing it writes reaches the machine. The project's units, bus and
+polkit files are installed into that overlay, CMD runs inside (working
+directory = the project checkout, the project's .venv first on PATH), and
+everything is torn down afterwards. The exit status is CMD's.
+
+Only the standard library is used: this runs before the project's venv exists.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PREFIX = "quilt-testhost-"
+TARGET = "quilt-testhost.target"
+CONSOLE = "/run/quilt-testhost-console.log"
+BOOT_TIMEOUT = 30.0
+
+# Units that would change machine-wide state (sysctls, binfmt, modules, the
+# clock) or that make no sense in a throwaway host. Masked in the overlay.
+MASKED_UNITS = (
+    "systemd-sysctl.service",
+    "systemd-binfmt.service",
+    "proc-sys-fs-binfmt_misc.automount",
+    "proc-sys-fs-binfmt_misc.mount",
+    "systemd-modules-load.service",
+    "kmod-static-nodes.service",
+    "systemd-timesyncd.service",
+    "systemd-hwdb-update.service",
+    "systemd-udevd.service",
+    "systemd-udev-trigger.service",
+    "systemd-firstboot.service",
+    "systemd-machine-id-commit.service",
+    "systemd-pstore.service",
+    "systemd-repart.service",
+    "systemd-random-seed.service",
+    "systemd-remount-fs.service",
+    "sys-kernel-config.mount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-fs-fuse-connections.mount",
+    "dev-hugepages.mount",
+    "getty.target",
+    "console-getty.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "e2scrub_reap.service",
+    "postgresql.service",
+)
+
+# Capabilities the whole test host (systemd and everything entered with
+# nsenter) gives up: with them, a test could load a kernel module, set the
+# machine's clock or poke raw I/O ports. No test needs them.
+DROPPED_CAPS = {"sys_module": 16, "sys_rawio": 17, "sys_time": 25, "wake_alarm": 35}
+
+# Device nodes bound from the machine into the test host's own /dev.
+DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 1, 24, 36
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str, target: str | Path, fstype: str | None = None, flags: int = 0, data: str | None = None) -> None:
+    _check(
+        _libc.mount(source.encode(), str(target).encode(), fstype.encode() if fstype else None, flags,
+                    data.encode() if data else None),
+        f"mount {source} on {target}",
+    )
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc.syscall(SYS_PIVOT_ROOT[os.uname().machine], new_root.encode(), put_old.encode()), "pivot_root")
+
+
+def drop_capabilities() -> None:
+    for cap in DROPPED_CAPS.values():
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+
+
+def log(message: str) -> None:
+    print(f"testhost: {message}", file=sys.stderr, flush=True)
+
+
+# --- cgroups -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted cgroup hierarchy of the machine."""
+
+    mountpoint: Path
+    fstype: str  # "cgroup" (v1) or "cgroup2"
+    options: str  # v1: controllers / name=..., as the mount needs them
+
+    def own_cgroup(self, pid: int | str = "self") -> Path:
+        """The directory of `pid`'s cgroup in this hierarchy."""
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            hid, controllers, path = line.split(":", 2)
+            if self.fstype == "cgroup2" and hid == "0":
+                return self.mountpoint / path.lstrip("/")
+            if self.fstype == "cgroup" and set(controllers.split(",")) == set(self.options.split(",")) - {"none"}:
+                return self.mountpoint / path.lstrip("/")
+        return self.mountpoint
+
+
+def hierarchies() -> list[Hierarchy]:
+    found = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _src, target, fstype, opts, *_ = line.split()
+        if fstype not in ("cgroup", "cgroup2") or not target.startswith(str(CGROUP_ROOT)):
+            continue
+        keep = [o for o in opts.split(",") if o not in ("rw", "ro", "relatime", "nosuid", "nodev", "noexec")
+                and not o.startswith(("clone_children", "nsdelegate", "memory_recursiveprot", "release_agent"))]
+        if fstype == "cgroup" and any(o.startswith("name=") for o in keep) and "none" not in keep:
+            keep.insert(0, "none")
+        found.append(Hierarchy(Path(target), fstype, ",".join(keep)))
+    return found
+
+
+def unified_only() -> bool:
+    return any(h.mountpoint == CGROUP_ROOT and h.fstype == "cgroup2" for h in hierarchies())
+
+
+class Cgroups:
+    """The test host's cgroup in every hierarchy, made under the runner's own cgroup."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dirs = [h.own_cgroup() / name for h in hierarchies()]
+
+    def create(self) -> None:
+        for d in self.dirs:
+            d.mkdir()
+            for f in ("cpuset.cpus", "cpuset.mems"):  # a v1 cpuset starts empty: a task can't join it
+                if (d / f).exists() and not (d / f).read_text().strip():
+                    (d / f).write_text((d.parent / f).read_text())
+            if unified_only() and (d.parent / "cgroup.subtree_control").exists():
+                # On a pure v2 host, hand the test host's systemd what controllers its parent has.
+                avail = (d.parent / "cgroup.controllers").read_text().split()
+                try:
+                    (d.parent / "cgroup.subtree_control").write_text(" ".join("+" + c for c in avail))
+                except OSError as err:
+                    log(f"could not enable controllers {avail} under {d.parent}: {err}")
+
+    def join(self, pid: int) -> None:
+        for d in self.dirs:
+            (d / "cgroup.procs").write_text(str(pid))
+
+    def remove(self, timeout: float = 10.0) -> None:
+        remove_cgroup_trees(self.dirs, timeout)
+
+
+def cgroup_pids(tree: Path) -> set[int]:
+    pids: set[int] = set()
+    for procs in tree.rglob("cgroup.procs"):
+        try:
+            pids.update(int(p) for p in procs.read_text().split())
+        except OSError:
+            pass
+    return pids
+
+
+def remove_cgroup_trees(dirs: list[Path], timeout: float) -> None:
+    """Kill whatever is left in the trees, then rmdir them depth-first."""
+    deadline = time.monotonic() + timeout
+    for top in dirs:
+        while top.exists():
+            for pid in cgroup_pids(top):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            subdirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+            try:
+                for d in [*subdirs, top]:
+                    d.rmdir()
+            except OSError as err:
+                if err.errno not in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOENT):
+                    raise
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"cgroup {top} still busy: {err}") from err
+                time.sleep(0.02)
+
+
+def process_start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def cleanup_orphans() -> list[Path]:
+    """Remove test hosts whose runner is gone (a crashed or killed run)."""
+    orphans: list[Path] = []
+    for h in hierarchies():
+        for depth in ("*", "*/*", "*/*/*", "*/*/*/*"):
+            for d in h.mountpoint.glob(f"{depth}/{CGROUP_PREFIX}*"):
+                runner = d.name[len(CGROUP_PREFIX):].split("-")
+                if len(runner) != 3 or process_start_time(int(runner[0])) == runner[1]:
+                    continue
+                orphans.append(d)
+    if orphans:
+        log(f"removing {len(orphans)} cgroups left by crashed runs")
+        remove_cgroup_trees(orphans, timeout=10.0)
+    return orphans
+
+
+# --- inside the new namespaces, as their PID 1, before systemd -------------------------------------
+
+
+def setup_root(name: str, project_fd: int) -> Path:
+    """Build the test host's root filesystem; return its path (still in the old root)."""
+    stage = Path("/tmp")  # a private mount namespace: this tmpfs is invisible to the machine
+    mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    for d in ("upper", "work", "root"):
+        (stage / d).mkdir()
+    root = stage / "root"
+    mount("overlay", root, "overlay", 0, f"lowerdir=/,upperdir={stage}/upper,workdir={stage}/work")
+
+    mount("proc", root / "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # /proc/sys read-only but for /proc/sys/net, which belongs to the test host's network namespace.
+    for sub, ro in (("proc/sys", True), ("proc/sys/net", False), ("proc/sysrq-trigger", True)):
+        if not (root / sub).exists():
+            continue
+        mount(str(root / sub), root / sub, None, MS_BIND)
+        mount("none", root / sub, None, MS_REMOUNT | MS_BIND | (MS_RDONLY if ro else 0) | MS_NOSUID | MS_NODEV)
+    mount("sysfs", root / "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount_cgroups(root / "sys/fs/cgroup")
+    make_dev(root / "dev")
+    for d, mode in (("run", "0755"), ("tmp", "1777")):
+        mount("tmpfs", root / d, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode}")
+    # The agent's data directory must not be on the overlay: overlayfs refuses an upper dir on overlayfs.
+    (root / "var/lib/quilt").mkdir(parents=True, exist_ok=True)
+    mount("tmpfs", root / "var/lib/quilt", "tmpfs", 0, "mode=0700")
+    target = root / str(PROJECT).lstrip("/")
+    target.mkdir(parents=True, exist_ok=True)
+    mount(f"/proc/self/fd/{project_fd}", target, None, MS_BIND | MS_REC)
+
+    configure_systemd(root, name)
+    install_project(root)
+    return root
+
+
+def mount_cgroups(at: Path) -> None:
+    hs = hierarchies()
+    if unified_only():
+        mount("cgroup2", at, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        return
+    mount("tmpfs", at, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755")
+    for h in hs:
+        mp = at / h.mountpoint.relative_to(CGROUP_ROOT)
+        mp.mkdir(parents=True, exist_ok=True)
+        mount("cgroup", mp, h.fstype, MS_NOSUID | MS_NODEV | MS_NOEXEC, h.options or None)
+    for link in CGROUP_ROOT.iterdir():  # cpu -> cpu,cpuacct and the like
+        if link.is_symlink():
+            (at / link.name).symlink_to(os.readlink(link))
+
+
+def make_dev(dev: Path) -> None:
+    """A /dev of the test host's own: binding the machine's recursively would leak mounts back."""
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=0755")
+    for node in DEVICE_NODES:
+        (dev / node).touch()
+        mount(f"/dev/{node}", dev / node, None, MS_BIND)
+    (dev / "pts").mkdir()
+    mount("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    (dev / "ptmx").symlink_to("pts/ptmx")
+    (dev / "shm").mkdir()
+    mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        (dev / name).symlink_to(target)
+    if Path("/dev/net/tun").exists():
+        (dev / "net").mkdir()
+        (dev / "net/tun").touch()
+        mount("/dev/net/tun", dev / "net/tun", None, MS_BIND)
+
+
+def configure_systemd(root: Path, name: str) -> None:
+    etc = root / "etc/systemd/system"
+    for unit in MASKED_UNITS:
+        path = etc / unit
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        path.symlink_to("/dev/null")
+    for wants in etc.glob("*.wants"):
+        if wants.name.startswith(("multi-user", "timers", "getty")):
+            for link in wants.iterdir():
+                link.unlink()
+    (etc / TARGET).write_text(
+        "[Unit]\nDescription=Quilt test host\n"
+        "Requires=basic.target\nWants=dbus.socket systemd-journald.socket\n"
+        "After=basic.target dbus.socket systemd-journald.socket\nAllowIsolate=yes\n"
+    )
+    (root / "etc/hostname").write_text(name + "\n")
+    (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    os.sethostname(name) if hasattr(os, "sethostname") else subprocess.run(["hostname", name], check=True)
+
+
+def install_project(root: Path) -> None:
+    """Install units, bus and polkit files as a package would, binaries from the project's venv."""
+    subprocess.run(["make", "-s", "-C", str(PROJECT), "install-data", f"DESTDIR={root}"], check=True)
+    venv_bin = PROJECT / ".venv/bin"
+    for tool in ("quilt-agent", "quiltctl"):
+        link = root / "usr/bin" / tool
+        if (venv_bin / tool).exists():
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(venv_bin / tool)
+
+
+def boot(name: str) -> None:
+    """PID 1 of the new namespaces: build the root, pivot into it, exec systemd."""
+    project_fd = os.open(PROJECT, os.O_PATH | os.O_DIRECTORY)
+    root = setup_root(name, project_fd)
+    console = os.open(root / CONSOLE.lstrip("/"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.chdir(root)
+    pivot_root(".", ".")
+    _check(_libc.umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+    os.dup2(console, 1)
+    os.dup2(console, 2)
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(devnull, 0)
+    drop_capabilities()
+    env = {"container": "quilt-testhost", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    os.execve("/lib/systemd/systemd", ["/lib/systemd/systemd", f"--unit={TARGET}", "--show-status=no"], env)
+
+
+# --- the runner, on the machine ------------------------------------------------------------------
+
+
+class TestHost:
+    def __init__(self, name: str) -> None:
+        me = os.getpid()
+        self.name = name
+        self.cgroups = Cgroups(f"{CGROUP_PREFIX}{me}-{process_start_time(me)}-{name}")
+        self.unshare_pid = 0
+        self.pid1 = 0
+
+    def start(self) -> None:
+        self.cgroups.create()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self.cgroups.join(os.getpid())
+                # If the runner dies, unshare dies, and --kill-child takes the whole host with it.
+                _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                os.execvp("unshare", [
+                    "unshare", "--pid", "--fork", "--kill-child", "--mount", "--cgroup", "--uts", "--ipc",
+                    "--net", "--propagation", "private",
+                    sys.executable, str(Path(__file__).resolve()), "_boot", "--name", self.name,
+                ])
+            finally:
+                os._exit(127)
+        self.unshare_pid = pid
+        deadline = time.monotonic() + 5
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        while not self.pid1:
+            try:
+                self.pid1 = int(children.read_text().split()[0])
+            except (OSError, IndexError):
+                if time.monotonic() > deadline or os.waitpid(pid, os.WNOHANG) != (0, 0):
+                    raise RuntimeError("the test host's PID 1 did not start")
+                time.sleep(0.002)
+
+    def wait_ready(self, timeout: float = BOOT_TIMEOUT) -> str:
+        """Wait until systemd runs and the bus answers; return is-system-running's verdict."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.waitpid(self.unshare_pid, os.WNOHANG) != (0, 0):
+                self.unshare_pid = 0
+                raise RuntimeError("the test host died while booting")
+            try:
+                exe = os.readlink(f"/proc/{self.pid1}/exe")
+            except OSError:
+                exe = ""
+            if exe.endswith("/systemd"):
+                out = self.exec(["systemctl", "is-system-running", "--wait"], capture=True, timeout=timeout)
+                state = out.stdout.strip()
+                if state in ("running", "degraded"):
+                    return state
+            time.sleep(0.01)
+        raise TimeoutError(f"the test host did not boot within {timeout:.0f} s")
+
+    def nsenter(self, cmd: list[str]) -> list[str]:
+        return ["nsenter", "-t", str(self.pid1), "-a", f"--wd={PROJECT}", *cmd]
+
+    def exec(self, cmd: list[str], capture: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Run cmd inside the test host, in its cgroup, so its teardown takes cmd's leftovers too."""
+        env = dict(os.environ)
+        env["PATH"] = f"{PROJECT}/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        env["QUILT_TESTHOST"] = self.name
+        env.pop("VIRTUAL_ENV", None)
+
+        def enter() -> None:
+            self.cgroups.join(os.getpid())
+            drop_capabilities()
+
+        return subprocess.run(self.nsenter(cmd), env=env, preexec_fn=enter, text=True, timeout=timeout,
+                              capture_output=capture)
+
+    def console(self) -> str:
+        try:
+            return Path(f"/proc/{self.pid1}/root{CONSOLE}").read_text()
+        except OSError as err:
+            return f"(no console log: {err})"
+
+    def destroy(self) -> None:
+        # Killing unshare makes the kernel kill PID 1 (--kill-child is a parent-death signal), and
+        # the namespace's other processes die with it. The runner is a subreaper: it reaps PID 1 too.
+        if self.unshare_pid:
+            os.kill(self.unshare_pid, signal.SIGKILL)
+            os.waitpid(self.unshare_pid, 0)
+        deadline = time.monotonic() + 10
+        while self.pid1 and time.monotonic() < deadline:
+            try:
+                if os.waitpid(self.pid1, os.WNOHANG) != (0, 0):
+                    break
+            except ChildProcessError:
+                if not Path(f"/proc/{self.pid1}").exists():
+                    break
+            time.sleep(0.005)
+        self.cgroups.remove()
+
+
+def wait_for_signal() -> None:
+    got = []
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: got.append(s))
+    while not got:
+        signal.pause()
+
+
+def run(cmd: list[str], name: str, keep_on_failure: bool) -> int:
+    cleanup_orphans()
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    host = TestHost(name)
+    rc = 125
+    started = time.monotonic()
+    try:
+        host.start()
+        state = host.wait_ready()
+        log(f"{name} booted in {time.monotonic() - started:.2f} s ({state}), PID 1 is {host.pid1}")
+        if state != "running":
+            host.exec(["systemctl", "--failed", "--no-pager"])
+        rc = host.exec(cmd).returncode
+    except Exception as err:  # noqa: BLE001 - report and tear down whatever went wrong
+        log(f"failed: {err}")
+        if host.pid1:
+            log("console of the test host's systemd:\n" + host.console())
+    finally:
+        if rc != 0 and keep_on_failure and host.pid1:
+            log(f"kept for inspection: nsenter -t {host.pid1} -a bash   (Ctrl-C here tears it down)")
+            wait_for_signal()
+        host.destroy()
+    return rc
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="testhost.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    p_run = sub.add_parser("run", help="boot a test host, run CMD inside, tear it down")
+    p_run.add_argument("--keep-on-failure", action="store_true", help="keep the host until Ctrl-C if CMD fails")
+    p_run.add_argument("--name", default=f"th{os.getpid()}", help="host name, distinct for concurrent hosts")
+    p_run.add_argument("cmd", nargs=argparse.REMAINDER)
+    sub.add_parser("cleanup", help="remove what crashed runs left")
+    p_boot = sub.add_parser("_boot")
+    p_boot.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("must run as root")
+    if args.verb == "_boot":
+        boot(args.name)
+        return 127
+    if args.verb == "cleanup":
+        return 0 if cleanup_orphans() is not None else 1
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        parser.error("no command given")
+    if "-" in args.name or "/" in args.name:
+        parser.error("--name may not contain '-' or '/'")
+    return run(cmd, args.name, args.keep_on_failure)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
