@@ -222,8 +222,8 @@ def cleanup_orphans() -> list[Path]:
     """Remove test hosts whose runner is gone (a crashed or killed run)."""
     orphans: list[Path] = []
     for h in hierarchies():
-        for depth in ("*", "*/*", "*/*/*", "*/*/*/*"):
-            for d in h.mountpoint.glob(f"{depth}/{CGROUP_PREFIX}*"):
+        for depth in ("", "*/", "*/*/", "*/*/*/", "*/*/*/*/"):
+            for d in h.mountpoint.glob(f"{depth}{CGROUP_PREFIX}*"):
                 runner = d.name[len(CGROUP_PREFIX):].split("-")
                 if len(runner) != 3 or process_start_time(int(runner[0])) == runner[1]:
                     continue
