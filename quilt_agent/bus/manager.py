@@ -1,14 +1,102 @@
-"""org.quilt.Runtime.Manager on /org/quilt/Runtime."""
-from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property
+"""org.quilt.Runtime.Manager on /org/quilt/Runtime, and the export of one object per container."""
+from typing import Any
+
+from dbus_fast import Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.service import PropertyAccess, dbus_method, dbus_property, dbus_signal
 
 from quilt_agent import __version__
-from quilt_agent.bus.names import MANAGER_INTERFACE
+from quilt_agent.bus.container import ContainerInterface, properties
+from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
+from quilt_agent.bus.names import MANAGER_INTERFACE, container_path
+from quilt_agent.bus.polkit import MANAGE, Authority
+from quilt_agent.errors import InvalidArgument
+from quilt_agent.manager import Manager
+from quilt_agent.model import Container
 
 
-class ManagerInterface(ServiceInterface):
-    def __init__(self) -> None:
-        super().__init__(MANAGER_INTERFACE)
+def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
+    return {key: value.value for key, value in options.items()}
+
+
+def _check_command(command: list[str]) -> list[str]:
+    if not isinstance(command, list):
+        raise InvalidArgument("The command must be a list of strings")
+    return command
+
+
+class ManagerInterface(GuardedInterface):
+    def __init__(self, manager: Manager, authority: Authority, bus: MessageBus) -> None:
+        super().__init__(MANAGER_INTERFACE, authority)
+        self._manager = manager
+        self._bus = bus
+        self._objects: dict[str, ContainerInterface] = {}
+        manager.subscribe(self)
+
+    def subject(self, args: tuple[Any, ...]) -> str:
+        return args[0] if args and isinstance(args[0], str) else ""
+
+    # --- events from the manager: export objects, emit signals -----------------------------------
+
+    def export_existing(self) -> None:
+        for c in self._manager.list():
+            self._export(c)
+
+    def _export(self, c: Container) -> None:
+        obj = ContainerInterface(c.id, self._manager, self.authority)
+        obj.last = properties(c)
+        self._objects[c.id] = obj
+        self._bus.export(container_path(c.id), obj)
+
+    def container_added(self, container: Container) -> None:
+        self._export(container)
+        self.container_new(container.id, container_path(container.id))
+
+    def container_changed(self, container: Container) -> None:
+        obj = self._objects.get(container.id)
+        if obj is not None:
+            obj.changed(container)
+
+    def container_removed(self, container: Container) -> None:
+        obj = self._objects.pop(container.id, None)
+        if obj is not None:
+            obj.changed(container)
+            self._bus.unexport(container_path(container.id), obj)
+        self.container_removed_signal(container.id, container_path(container.id))
+
+    # --- methods ---------------------------------------------------------------------------------
 
     @dbus_property(access=PropertyAccess.READ, name="Version")
     def version(self) -> "s":
         return __version__
+
+    @dbus_method(name="CreateContainer")
+    @guarded(MANAGE, "create")
+    async def create_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
+        c = await self._manager.create(name, image, _check_command(command), _unwrap(options))
+        return container_path(c.id)
+
+    @dbus_method(name="RunContainer")
+    @guarded(MANAGE, "run")
+    async def run_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
+        c = await self._manager.create(name, image, _check_command(command), _unwrap(options))
+        await self._manager.start(c.id)
+        return container_path(c.id)
+
+    @dbus_method(name="GetContainer")
+    @guarded(PUBLIC)
+    async def get_container(self, name_or_id: "s") -> "o":
+        return container_path(self._manager.get(name_or_id).id)
+
+    @dbus_method(name="ListContainers")
+    @guarded(PUBLIC)
+    async def list_containers(self) -> "a(ssso)":
+        return [[c.id, c.name, c.state.value, container_path(c.id)] for c in self._manager.list()]
+
+    @dbus_signal(name="ContainerNew")
+    def container_new(self, container_id: str, path: str) -> "so":
+        return [container_id, path]
+
+    @dbus_signal(name="ContainerRemoved")
+    def container_removed_signal(self, container_id: str, path: str) -> "so":
+        return [container_id, path]

@@ -1,0 +1,285 @@
+"""A small async client for quilt-agent's D-Bus API (see dbus/org.quilt.Runtime.xml).
+
+It sends plain dbus_fast.Message calls: no introspection round-trip and no XML to ship as package data, and a
+call costs one message each way. The signatures written here are the contract's; the integration test that
+checks the live objects against the XML is what keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Mapping, Sequence
+
+from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from quilt_agent.bus.names import BUS_NAME, CONTAINER_INTERFACE, MANAGER_INTERFACE, MANAGER_PATH
+
+PROPERTIES_INTERFACE = "org.freedesktop.DBus.Properties"
+
+# Errors that mean "nobody answers on org.quilt.Runtime" rather than "the agent refused": the CLI words them
+# the same way as a missing bus.
+_UNREACHABLE_ERRORS = frozenset(
+    {
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+        "org.freedesktop.DBus.Error.NoReply",
+        "org.freedesktop.DBus.Error.NoServer",
+        "org.freedesktop.DBus.Error.Disconnected",
+    }
+)
+
+# The wire type of each key of CreateContainer/RunContainer's a{sv}, as documented in the XML.
+CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
+    "env": "as",
+    "workdir": "s",
+    "user": "s",
+    "hostname": "s",
+    "memory_max": "t",
+    "cpu_quota": "d",
+    "pids_max": "t",
+    "namespaces": "as",
+    "remove_on_exit": "b",
+    "stop_timeout": "u",
+    "labels": "a{ss}",
+}
+
+LOG_OPTION_SIGNATURES: dict[str, str] = {
+    "lines": "u",
+    "since": "t",
+}
+
+
+class ClientError(Exception):
+    """An error reply from the bus or the agent; `name` is the D-Bus error name, `message` its text."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+class AgentNotReachable(ClientError):
+    """No system bus, or nobody owns org.quilt.Runtime on it."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(name, f"quilt-agent is not reachable on the system bus: {detail}")
+
+
+@dataclass(frozen=True)
+class ContainerEntry:
+    id: str
+    name: str
+    state: str
+    path: str
+
+
+@dataclass(frozen=True)
+class LogLine:
+    usec: int
+    stream: str
+    text: str
+
+
+def _coerce(signature: str, value: Any) -> Any:
+    # dbus-fast's marshaller is strict about Python types (an int for "d" packs, a tuple for "as" may not), so
+    # normalise the obvious cases here instead of letting a marshalling error surface from deep inside send.
+    if signature == "d":
+        return float(value)
+    if signature in ("t", "u"):
+        return int(value)
+    if signature == "b":
+        return bool(value)
+    if signature == "as":
+        return [str(v) for v in value]
+    if signature == "a{ss}":
+        return {str(k): str(v) for k, v in dict(value).items()}
+    return value
+
+
+def wrap_options(options: Mapping[str, Any] | None, signatures: Mapping[str, str]) -> dict[str, Variant]:
+    """Turn plain Python values into the a{sv} the agent expects.
+
+    A value that already is a Variant is passed through untouched, so a caller can send a key this client does
+    not know (an agent newer than the client, or a test of the agent's unknown-key rejection).
+    """
+    wrapped: dict[str, Variant] = {}
+    for key, value in (options or {}).items():
+        if isinstance(value, Variant):
+            wrapped[key] = value
+            continue
+        signature = signatures.get(key)
+        if signature is None:
+            raise ValueError(f"unknown option '{key}' (pass a dbus_fast.Variant to send it anyway)")
+        wrapped[key] = Variant(signature, _coerce(signature, value))
+    return wrapped
+
+
+def unwrap(value: Any) -> Any:
+    """Strip Variants at any depth, so callers get plain str/int/list/dict values (JSON-ready)."""
+    if isinstance(value, Variant):
+        return unwrap(value.value)
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+class Client:
+    """One connection to the system bus (or to `bus_address`), talking to org.quilt.Runtime.
+
+    `interactive` sets ALLOW_INTERACTIVE_AUTHORIZATION on every call, as systemctl and busctl do from a
+    terminal, so polkit may ask the user for a password instead of refusing outright.
+    """
+
+    def __init__(self, bus_address: str | None = None, *, interactive: bool = False) -> None:
+        self._bus_address = bus_address
+        self._flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if interactive else MessageFlag.NONE
+        self._bus: MessageBus | None = None
+
+    async def connect(self) -> None:
+        bus = MessageBus(bus_address=self._bus_address, bus_type=BusType.SYSTEM)
+        try:
+            await bus.connect()
+        except Exception as e:
+            # OSError for a missing or refusing socket, dbus-fast's AuthError for a refused handshake, EOFError
+            # for a bus that hangs up: to the user they are all "cannot talk to the agent".
+            bus.disconnect()
+            detail = f"cannot connect to {self._address()}: {_describe(e)}"
+            raise AgentNotReachable("org.freedesktop.DBus.Error.NoServer", detail) from e
+        self._bus = bus
+
+    def _address(self) -> str:
+        # dbus-fast's own lookup is private (dbus_fast._private.address); this is the same rule, for messages.
+        return (
+            self._bus_address
+            or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+            or "unix:path=/var/run/dbus/system_bus_socket"
+        )
+
+    def close(self) -> None:
+        if self._bus is not None:
+            self._bus.disconnect()
+            self._bus = None
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        bus = self._bus
+        self.close()
+        if bus is not None:
+            # Let the reader see the socket close before the loop goes away, or asyncio.run() warns about it.
+            try:
+                await asyncio.wait_for(bus.wait_for_disconnect(), timeout=1.0)
+            except Exception:
+                pass
+
+    async def _call(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+    ) -> list[Any]:
+        if self._bus is None:
+            raise RuntimeError("Client.connect() has not been called")
+        message = Message(
+            destination=BUS_NAME,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=list(body),
+            flags=self._flags,
+        )
+        try:
+            reply = await self._bus.call(message)
+        except (OSError, EOFError) as e:
+            raise AgentNotReachable("org.freedesktop.DBus.Error.Disconnected", _describe(e)) from e
+        if reply.message_type == MessageType.ERROR:
+            name = reply.error_name or "org.freedesktop.DBus.Error.Failed"
+            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else name
+            if name in _UNREACHABLE_ERRORS:
+                raise AgentNotReachable(name, text)
+            raise ClientError(name, text)
+        return list(reply.body)
+
+    # org.quilt.Runtime.Manager
+
+    async def create_container(
+        self, name: str, image: str, command: Sequence[str], options: Mapping[str, Any] | None = None
+    ) -> str:
+        body = [name, image, list(command), wrap_options(options, CONTAINER_OPTION_SIGNATURES)]
+        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "CreateContainer", "ssasa{sv}", body)
+        return str(path)
+
+    async def run_container(
+        self, name: str, image: str, command: Sequence[str], options: Mapping[str, Any] | None = None
+    ) -> str:
+        body = [name, image, list(command), wrap_options(options, CONTAINER_OPTION_SIGNATURES)]
+        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "RunContainer", "ssasa{sv}", body)
+        return str(path)
+
+    async def get_container(self, name_or_id: str) -> str:
+        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "GetContainer", "s", [name_or_id])
+        return str(path)
+
+    async def list_containers(self) -> list[ContainerEntry]:
+        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListContainers")
+        return [ContainerEntry(id=i, name=n, state=s, path=p) for i, n, s, p in rows]
+
+    async def version(self) -> str:
+        (value,) = await self._call(
+            MANAGER_PATH, PROPERTIES_INTERFACE, "Get", "ss", [MANAGER_INTERFACE, "Version"]
+        )
+        return str(unwrap(value))
+
+    # org.quilt.Runtime.Container (path from create/run/get/list)
+
+    async def start(self, path: str) -> None:
+        await self._call(path, CONTAINER_INTERFACE, "Start")
+
+    async def stop(self, path: str, timeout: int = 0) -> None:
+        """`timeout` 0 means the container's own stop_timeout."""
+        await self._call(path, CONTAINER_INTERFACE, "Stop", "u", [timeout])
+
+    async def kill(self, path: str, signal: int) -> None:
+        await self._call(path, CONTAINER_INTERFACE, "Kill", "i", [int(signal)])
+
+    async def remove(self, path: str, force: bool = False) -> None:
+        await self._call(path, CONTAINER_INTERFACE, "Remove", "b", [force])
+
+    async def wait(self, path: str) -> int:
+        (code,) = await self._call(path, CONTAINER_INTERFACE, "Wait")
+        return int(code)
+
+    async def get_logs(self, path: str, options: Mapping[str, Any] | None = None) -> list[LogLine]:
+        body = [wrap_options(options, LOG_OPTION_SIGNATURES)]
+        (rows,) = await self._call(path, CONTAINER_INTERFACE, "GetLogs", "a{sv}", body)
+        return [LogLine(usec=u, stream=s, text=t) for u, s, t in rows]
+
+    async def get_environment(self, path: str) -> list[str]:
+        (env,) = await self._call(path, CONTAINER_INTERFACE, "GetEnvironment")
+        return list(env)
+
+    async def properties(self, path: str) -> dict[str, Any]:
+        (values,) = await self._call(path, PROPERTIES_INTERFACE, "GetAll", "s", [CONTAINER_INTERFACE])
+        return {key: unwrap(value) for key, value in values.items()}
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror  # str() of an OSError starts with "[Errno 2]", which says nothing to a user
+    return str(error) or type(error).__name__

@@ -1,0 +1,175 @@
+"""One container's monitor and, forked from it, the container's init until it execs.
+
+The monitor stays the parent of the container's init, like Podman's conmon:
+it waits for it and writes how it ended to the container's exit file, so the
+exit code is known even when the agent is stopped or restarted meanwhile.
+Both processes live in the container's scope.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+
+from quilt_agent import journal
+from quilt_agent.helper import namespaces, process, protocol, rootfs
+from quilt_agent.helper.process import SetupError
+from quilt_agent.helper.protocol import Abort, ExecFailed, Go, LaunchSpec, Spawned, Started
+
+SETUP_FAILED = 125
+
+
+def start_time(pid: int) -> int:
+    """A process's start time in clock ticks: with the pid, it names the process uniquely."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def run(spec: LaunchSpec, agent: socket.socket) -> int:
+    """The monitor's body; returns its exit status."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)  # only the container's init is meant to get these
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.setsid()
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("-1000")  # the OOM killer must pick the container's processes, not its monitor
+    except OSError:
+        pass
+    namespaces.unshare_pid(spec.namespaces)
+    go_read, go_write = os.pipe()
+    err_read, err_write = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        agent.close()
+        os.close(go_write)
+        os.close(err_read)
+        _container_init(spec, go_read, err_write)  # never returns
+    os.close(go_read)
+    os.close(err_write)
+    me = os.getpid()
+    protocol.send(agent, Spawned(monitor_pid=me, monitor_start=start_time(me), init_pid=pid))
+    try:
+        message = protocol.decode(agent.recv(protocol.MAX_MESSAGE), Go, Abort)
+    except (OSError, protocol.ProtocolError):
+        message = Abort("the agent went away before the container started")
+    if isinstance(message, Abort):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return 1
+    try:
+        os.write(go_write, b"g")
+    except OSError:
+        pass  # the init died during setup: its reason is in the error pipe
+    os.close(go_write)
+    failure = _read_all(err_read)
+    os.close(err_read)
+    if failure:
+        code, _, reason = failure.partition(" ")
+        _tell(agent, ExecFailed(reason=reason, exit_code=int(code)))
+    else:
+        _tell(agent, Started())
+    _, status = os.waitpid(pid, 0)
+    _record_exit(spec.exit_file, status, failure.partition(" ")[2])
+    return 0
+
+
+def _tell(agent: socket.socket, message: object) -> None:
+    try:
+        protocol.send(agent, message)
+    except OSError:
+        pass  # the agent restarted: it will read the exit file instead
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _oom_kills() -> int:
+    """OOM kills in this process's memory cgroup (the scope), v1 or v2."""
+    for line in open("/proc/self/cgroup"):
+        hid, controllers, path = line.rstrip("\n").split(":", 2)
+        if "memory" in controllers.split(","):
+            candidates = [f"/sys/fs/cgroup/memory{path}/memory.oom_control"]
+            break
+    else:
+        path = next((l.split(":", 2)[2].strip() for l in open("/proc/self/cgroup") if l.startswith("0::")), "/")
+        candidates = [f"/sys/fs/cgroup{path}/memory.events"]
+    for candidate in candidates:
+        try:
+            for line in open(candidate):
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except OSError:
+            pass
+    return 0
+
+
+def _record_exit(exit_file: str, status: int, reason: str) -> None:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        code = 128 + sig
+    else:
+        sig, code = 0, os.WEXITSTATUS(status)
+    result = {"exit_code": code, "exit_signal": sig, "oom_killed": _oom_kills() > 0, "reason": reason,
+              "finished_at": time.time_ns() // 1000}
+    tmp = f"{exit_file}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.rename(tmp, exit_file)
+
+
+def _container_init(spec: LaunchSpec, go_read: int, err_write: int) -> None:
+    """The container's first process, until exec. Reports failure as 'CODE reason' on err_write."""
+    try:
+        out = journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDOUT)
+        err = journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDERR)
+        namespaces.unshare_early(spec.namespaces)
+        try:
+            rootfs.build(spec.lower, spec.upper, spec.work, spec.merged, spec.namespaces)
+        except OSError as e:
+            raise SetupError(f"setting up the root filesystem failed: {e}") from e
+        if "uts" in spec.namespaces and spec.hostname:
+            socket.sethostname(spec.hostname)
+        if "net" in spec.namespaces:
+            namespaces.loopback_up()
+        if os.read(go_read, 1) != b"g":
+            os._exit(SETUP_FAILED)
+        os.close(go_read)
+        namespaces.unshare_cgroup(spec.namespaces)
+        user = process.resolve_user(spec.user)
+        if not os.path.isdir(spec.workdir):
+            try:
+                os.makedirs(spec.workdir, 0o755)
+                os.chown(spec.workdir, user.uid, user.gid)
+            except OSError as e:
+                raise SetupError(f"cannot create the working directory {spec.workdir}: {e.strerror}") from e
+        process.drop_privileges(user)
+        try:
+            os.chdir(spec.workdir)
+        except OSError as e:
+            raise SetupError(f"cannot enter the working directory {spec.workdir}: {e.strerror}", 126) from e
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.closerange(3, err_write)
+        os.closerange(err_write + 1, 65536)
+        process.execute(spec.command, process.environment(spec.env, user))
+    except SetupError as e:
+        _fail(err_write, e.exit_code, str(e))
+    except BaseException as e:  # noqa: BLE001 - whatever happened, the monitor must hear of it
+        _fail(err_write, SETUP_FAILED, f"container setup failed: {e}")
+
+
+def _fail(err_write: int, code: int, reason: str) -> None:
+    try:
+        os.write(err_write, f"{code} {reason}".encode())
+    finally:
+        os._exit(code)

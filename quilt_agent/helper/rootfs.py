@@ -1,0 +1,70 @@
+"""The container's root filesystem: overlayfs over the image, /proc, /dev, /sys, masks, pivot_root."""
+from __future__ import annotations
+
+import os
+
+from quilt_agent.helper.syscalls import (
+    MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, mount,
+    pivot_root, umount,
+)
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+             ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"), ("core", "/proc/kcore"))
+# The same paths runc and Podman hide or freeze by default.
+MASKED = ("/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+          "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/proc/interrupts", "/sys/firmware",
+          "/sys/devices/virtual/powercap")
+READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+
+def _mkdir(path: str) -> None:
+    os.makedirs(path, mode=0o755, exist_ok=True)
+
+
+def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str, ...]) -> None:
+    """Mount the container's tree at merged, then make it the root. Runs in the container's mount namespace."""
+    # Nothing mounted here may propagate back to the host.
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("overlay", merged, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+    for d in ("proc", "sys", "dev"):
+        _mkdir(f"{merged}/{d}")
+    mount("proc", f"{merged}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("sysfs", f"{merged}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _make_dev(f"{merged}/dev", "ipc" in namespaces)
+    _mask(merged)
+    os.chdir(merged)
+    pivot_root(".", ".")
+    umount(".", MNT_DETACH)
+    os.chdir("/")
+
+
+def _make_dev(dev: str, own_ipc: bool) -> None:
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=0755,size=65536k")
+    for node in DEVICES:
+        path = f"{dev}/{node}"
+        open(path, "w").close()
+        mount(f"/dev/{node}", path, None, MS_BIND)
+    _mkdir(f"{dev}/pts")
+    mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    _mkdir(f"{dev}/shm")
+    mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    if own_ipc:
+        _mkdir(f"{dev}/mqueue")
+        mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name, target in DEV_LINKS:
+        os.symlink(target, f"{dev}/{name}")
+
+
+def _mask(root: str) -> None:
+    for path in MASKED:
+        target = root + path
+        if os.path.isdir(target) and not os.path.islink(target):
+            mount("tmpfs", target, "tmpfs", MS_RDONLY, "size=0")
+        elif os.path.exists(target):
+            mount("/dev/null", target, None, MS_BIND)
+    for path in READ_ONLY:
+        target = root + path
+        if os.path.exists(target):
+            mount(target, target, None, MS_BIND | MS_REC)
+            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)

@@ -1,0 +1,74 @@
+"""Container output and the journal: opening stdout streams, reading lines back.
+
+The container's fd 1 and 2 are journald stdout streams, so the agent is never
+in the data path and `journalctl -u quilt-NAME.scope` shows every line.
+"""
+from __future__ import annotations
+
+import socket
+from collections import deque
+from dataclasses import dataclass
+
+JOURNAL_STDOUT = "/run/systemd/journal/stdout"
+PRIORITY_STDOUT = 6  # info
+PRIORITY_STDERR = 3  # err
+STREAM_BUFFER = 8 * 1024 * 1024
+
+
+def open_stream(identifier: str, unit: str, priority: int) -> int:
+    """Connect a journald stdout stream and return its fd.
+
+    Written by hand rather than with systemd.journal.stream() because that one
+    cannot set the header's unit_id: journald falls back to it to attribute
+    lines of a process that has already exited (a container that prints and
+    exits at once), so every line still lands under the scope.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(JOURNAL_STDOUT)
+        sock.shutdown(socket.SHUT_RD)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, 32, STREAM_BUFFER)  # SO_SNDBUFFORCE, as sd_journal_stream_fd
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER)
+        # identifier, unit_id, priority, level_prefix, forward to syslog, kmsg, console
+        sock.sendall(f"{identifier}\n{unit}\n{priority}\n0\n0\n0\n0\n".encode())
+        return sock.detach()
+    finally:
+        sock.close()
+
+
+@dataclass(frozen=True)
+class LogLine:
+    usec: int  # realtime, usec since the epoch
+    stream: str  # "stdout" or "stderr"
+    text: str
+
+
+def read_lines(unit: str, since_usec: int, last: int = 0) -> list[LogLine]:
+    """The lines journald holds for the scope since since_usec; the last `last` ones if last > 0.
+
+    Blocking: call it in a worker thread.
+    """
+    from systemd import journal  # imported here: the fork server's children never need it
+
+    reader = journal.Reader()
+    try:
+        reader.this_boot()
+        reader.add_match(_SYSTEMD_UNIT=unit)
+        if since_usec:
+            reader.seek_realtime(since_usec / 1e6)
+        kept: deque[LogLine] | list[LogLine] = deque(maxlen=last) if last else []
+        for entry in reader:
+            stamp = entry["__REALTIME_TIMESTAMP"]
+            usec = int(stamp.timestamp() * 1e6)
+            if usec < since_usec:
+                continue
+            message = entry.get("MESSAGE", "")
+            if isinstance(message, bytes):
+                message = message.decode("utf-8", "replace")
+            stream = "stderr" if entry.get("PRIORITY") == PRIORITY_STDERR else "stdout"
+            kept.append(LogLine(usec, stream, message))
+        return list(kept)
+    finally:
+        reader.close()

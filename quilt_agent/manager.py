@@ -1,0 +1,400 @@
+"""The one core API: create, start, stop, kill, remove, wait, logs, get, list.
+
+Knows nothing of D-Bus: the bus layer calls it and subscribes to its events.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal as signals
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from quilt_agent import journal
+from quilt_agent.config import Paths
+from quilt_agent.errors import (
+    AlreadyRunning, ContainerFailed, InvalidArgument, NameInUse, NoSuchContainer, NoSuchImage, NotRunning,
+)
+from quilt_agent.helper import protocol
+from quilt_agent.helper.monitor import start_time
+from quilt_agent.helper.protocol import ExecFailed, Go, LaunchSpec, Spawned, Started
+from quilt_agent.helper.zygote import Zygote
+from quilt_agent.images.store import Image, ImageStore
+from quilt_agent.model import (
+    Container, ContainerSpec, ExitStatus, State, generate_name, new_id, now_usec, parse_options, validate_command,
+    validate_name,
+)
+from quilt_agent.scopes import ScopeLimits, Scopes
+from quilt_agent.store import Store
+
+log = logging.getLogger("quilt.manager")
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+KILL_GRACE = 10.0  # how long to wait for a SIGKILLed container's monitor to report
+
+
+class Listener(Protocol):
+    """What the bus layer subscribes with; events flow up only this way."""
+
+    def container_added(self, container: Container) -> None: ...
+
+    def container_changed(self, container: Container) -> None: ...
+
+    def container_removed(self, container: Container) -> None: ...
+
+
+@dataclass
+class _Runtime:
+    """What the agent holds for a running container (not stored: rebuilt from /proc at start)."""
+
+    monitor_pidfd: int = -1
+    init_pidfd: int = -1
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Manager:
+    def __init__(self, paths: Paths, store: Store, scopes: Scopes, zygote: Zygote, images: ImageStore) -> None:
+        self._paths = paths
+        self._store = store
+        self._scopes = scopes
+        self._zygote = zygote
+        self._images = images
+        self._containers: dict[str, Container] = {}
+        self._runtime: dict[str, _Runtime] = {}
+        self._listeners: list[Listener] = []
+        self._loop = asyncio.get_running_loop()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    # --- reads: from memory, never waiting on systemd or a container ---------------------------
+
+    def list(self) -> list[Container]:
+        return sorted(self._containers.values(), key=lambda c: c.created_at)
+
+    def get(self, name_or_id: str) -> Container:
+        for c in self._containers.values():
+            if c.name == name_or_id or c.id == name_or_id:
+                return c
+        if len(name_or_id) >= 3:
+            matches = [c for c in self._containers.values() if c.id.startswith(name_or_id)]
+            if len(matches) == 1:
+                return matches[0]
+        raise NoSuchContainer(name_or_id)
+
+    def environment(self, container_id: str) -> list[str]:
+        return list(self._full_env(self._get(container_id).spec))
+
+    # --- create ----------------------------------------------------------------------------------
+
+    async def create(self, name: str, image: str, command: list[str], options: dict[str, Any]) -> Container:
+        fields = parse_options(options)
+        name = validate_name(name) if name else self._free_name()
+        if any(c.name == name for c in self._containers.values()):
+            raise NameInUse(name)
+        img = await self._resolve_image(image)
+        spec = ContainerSpec(name=name, image=image, image_id=img.id, command=validate_command(command), **fields)
+        # Checked again now: another create may have taken the name while the image was imported.
+        if any(c.name == name for c in self._containers.values()):
+            raise NameInUse(name)
+        container = Container(id=new_id(), spec=spec, created_at=now_usec())
+        directory = self._paths.container(container.id)
+        try:
+            for sub in ("upper", "work", "merged"):
+                (directory / sub).mkdir(parents=True, mode=0o755)
+            await self._store.insert_container(container)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        self._containers[container.id] = container
+        self._runtime[container.id] = _Runtime()
+        await self._store.add_event("created", container.id, {"name": name})
+        log.info("created container %s (%s)", name, container.id[:12])
+        for listener in self._listeners:
+            listener.container_added(container)
+        return container
+
+    def _free_name(self) -> str:
+        taken = {c.name for c in self._containers.values()}
+        while (name := generate_name()) in taken:
+            pass
+        return name
+
+    async def _resolve_image(self, image: str) -> Image:
+        if not image:
+            raise InvalidArgument("No image given: name an image or give an absolute path to a rootfs tarball")
+        if image.startswith("/"):
+            return await asyncio.to_thread(self._images.import_tarball, Path(image))
+        try:
+            return await asyncio.to_thread(self._images.get, image)
+        except NoSuchImage:
+            raise NoSuchImage(f"No image '{image}' known (give an image id or an absolute path to a rootfs tarball)")
+
+    # --- start -----------------------------------------------------------------------------------
+
+    async def start(self, container_id: str) -> Container:
+        rt = self._runtime[container_id]
+        async with rt.lock:
+            c = self._get(container_id)
+            if c.state is State.RUNNING:
+                raise AlreadyRunning(c.name)
+            if not c.state.can_start():
+                raise NotRunning(c.name, c.state.value)
+            return await self._launch(c, rt)
+
+    async def _launch(self, c: Container, rt: _Runtime) -> Container:
+        directory = self._paths.container(c.id)
+        exit_file = directory / "exit.json"
+        exit_file.unlink(missing_ok=True)
+        image = await asyncio.to_thread(self._images.get, c.spec.image_id)
+        spec = LaunchSpec(
+            container_id=c.id, name=c.name, unit=c.unit, lower=str(image.rootfs), upper=str(directory / "upper"),
+            work=str(directory / "work"), merged=str(directory / "merged"), exit_file=str(exit_file),
+            command=c.spec.command, env=self._full_env(c.spec), workdir=c.spec.workdir, user=c.spec.user,
+            hostname=self._hostname(c.spec), namespaces=c.spec.namespaces,
+        )
+        rt.exited = asyncio.Event()
+        sock = self._zygote.spawn(spec)
+        try:
+            spawned = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Spawned)
+            rt.monitor_pidfd = os.pidfd_open(spawned.monitor_pid)
+            rt.init_pidfd = os.pidfd_open(spawned.init_pid)
+            limits = ScopeLimits(c.spec.memory_max, c.spec.cpu_quota,
+                                 c.spec.pids_max + 1 if c.spec.pids_max else 0)  # +1: the monitor is in the scope
+            try:
+                await self._scopes.start(c.unit, [spawned.monitor_pid, spawned.init_pid],
+                                         f"Quilt container {c.name}", limits)
+            except BaseException as err:
+                protocol.send(sock, protocol.Abort(str(err)))
+                self._close_pidfds(rt)
+                raise
+            c = c.with_(monitor_pid=spawned.monitor_pid, monitor_start=spawned.monitor_start,
+                        main_pid=spawned.init_pid, exit_code=-1, exit_signal=0, oom_killed=False, failure_reason="",
+                        finished_at=0)
+            # Recorded before Go: if the agent dies now, the restarted one finds the monitor.
+            await self._store.update_status(c)
+            self._containers[c.id] = c
+            self._watch(c.id, rt)
+            protocol.send(sock, Go())
+            reply = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Started, ExecFailed)
+        except protocol.ProtocolError as err:
+            raise ContainerFailed(f"Container '{c.name}' failed to start: the helper said {err}") from err
+        finally:
+            sock.close()
+        if isinstance(reply, ExecFailed):
+            c = await self._set(c.with_(state=State.FAILED, failure_reason=reply.reason, exit_code=reply.exit_code,
+                                        started_at=now_usec()))
+            await self._store.add_event("failed", c.id, {"reason": reply.reason})
+            raise ContainerFailed(f"Container '{c.name}' failed to start: {reply.reason}")
+        if c.state is State.CREATED or c.state.can_start():
+            c = await self._set(c.with_(state=State.RUNNING, started_at=now_usec()))
+        await self._store.add_event("started", c.id)
+        log.info("started container %s, init pid %d", c.name, c.main_pid)
+        return c
+
+    def _full_env(self, spec: ContainerSpec) -> tuple[str, ...]:
+        # Never the agent's own environment: only defaults, then what the caller gave.
+        env = {"PATH": DEFAULT_PATH, "HOSTNAME": self._hostname(spec), "container": "quilt"}
+        env.update(e.split("=", 1) for e in spec.env)
+        return tuple(f"{k}={v}" for k, v in env.items())
+
+    @staticmethod
+    def _hostname(spec: ContainerSpec) -> str:
+        return spec.hostname or spec.name[:63]
+
+    # --- exits -----------------------------------------------------------------------------------
+
+    def _watch(self, container_id: str, rt: _Runtime) -> None:
+        """Learn of the monitor's exit: its pidfd becomes readable."""
+        self._loop.add_reader(rt.monitor_pidfd, self._monitor_exited, container_id)
+
+    def _monitor_exited(self, container_id: str) -> None:
+        rt = self._runtime.get(container_id)
+        if rt is None or rt.monitor_pidfd < 0:
+            return
+        self._loop.remove_reader(rt.monitor_pidfd)
+        self._close_pidfds(rt)
+        self._loop.create_task(self._record_exit(container_id))
+
+    def _close_pidfds(self, rt: _Runtime) -> None:
+        for attr in ("monitor_pidfd", "init_pidfd"):
+            fd = getattr(rt, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(rt, attr, -1)
+
+    def _read_exit(self, container_id: str) -> ExitStatus:
+        try:
+            data = json.loads((self._paths.container(container_id) / "exit.json").read_text())
+            return ExitStatus(**data)
+        except (OSError, ValueError, TypeError):
+            return ExitStatus(exit_code=-1, reason="the container's monitor ended without recording an exit status",
+                              finished_at=now_usec())
+
+    async def _record_exit(self, container_id: str) -> None:
+        c = self._containers.get(container_id)
+        if c is None:
+            return
+        status = self._read_exit(container_id)
+        state = State.FAILED if c.state is State.FAILED or (status.reason and status.exit_code in (125, 126, 127)
+                                                           and c.state is not State.RUNNING) else State.EXITED
+        c = await self._set(c.with_(state=state, exit_code=status.exit_code, exit_signal=status.exit_signal,
+                                    oom_killed=status.oom_killed, finished_at=status.finished_at or now_usec(),
+                                    main_pid=0, monitor_pid=0, monitor_start=0,
+                                    failure_reason=c.failure_reason or status.reason))
+        await self._store.add_event("exited", c.id, {"exit_code": c.exit_code, "oom_killed": c.oom_killed})
+        if c.oom_killed:
+            await self._store.add_event("oom", c.id)
+        log.info("container %s exited with code %d%s", c.name, c.exit_code, " (OOM killed)" if c.oom_killed else "")
+        self._runtime[c.id].exited.set()
+        if c.spec.remove_on_exit:
+            try:
+                await self.remove(c.id, force=False)
+            except Exception:  # noqa: BLE001 - logged; the container stays for the user to remove
+                log.exception("could not remove container %s after its exit", c.name)
+
+    # --- stop, kill, wait ------------------------------------------------------------------------
+
+    async def kill(self, container_id: str, sig: int) -> None:
+        c = self._get(container_id)
+        if not 1 <= sig < signals.NSIG:
+            raise InvalidArgument(f"Invalid signal {sig}")
+        rt = self._runtime[c.id]
+        if c.state is not State.RUNNING or rt.init_pidfd < 0:
+            raise NotRunning(c.name, c.state.value)
+        try:
+            signals.pidfd_send_signal(rt.init_pidfd, sig)
+        except ProcessLookupError:
+            raise NotRunning(c.name, "exiting") from None
+
+    async def stop(self, container_id: str, timeout: int) -> Container:
+        """SIGTERM, then SIGKILL after timeout seconds (0 = the container's stop_timeout)."""
+        c = self._get(container_id)
+        rt = self._runtime[c.id]
+        if c.state is not State.RUNNING:
+            return c  # as podman stop: stopping a stopped container is done already
+        grace = timeout or c.spec.stop_timeout
+        for sig, wait in ((signals.SIGTERM, grace), (signals.SIGKILL, KILL_GRACE)):
+            try:
+                if rt.init_pidfd >= 0:
+                    signals.pidfd_send_signal(rt.init_pidfd, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                await asyncio.wait_for(rt.exited.wait(), wait)
+                return self._get(c.id)
+            except asyncio.TimeoutError:
+                continue
+        # The monitor itself must be stuck: end the scope as a last resort.
+        await self._scopes.stop(c.unit)
+        await asyncio.wait_for(rt.exited.wait(), KILL_GRACE)
+        return self._get(c.id)
+
+    async def wait(self, container_id: str) -> int:
+        c = self._get(container_id)
+        rt = self._runtime[c.id]
+        while c.state not in (State.EXITED, State.FAILED):
+            if c.state is State.REMOVING:
+                raise NoSuchContainer(c.name)
+            await rt.exited.wait()
+            if c.id not in self._containers:
+                raise NoSuchContainer(c.name)
+            c = self._get(c.id)
+        return c.exit_code
+
+    # --- remove ----------------------------------------------------------------------------------
+
+    async def remove(self, container_id: str, force: bool) -> None:
+        c = self._get(container_id)
+        rt = self._runtime[c.id]
+        if c.state is State.RUNNING:
+            if not force:
+                raise AlreadyRunning(f"{c.name}' is running: stop it first or remove it with force ('")
+            await self.stop(c.id, 1)
+        async with rt.lock:
+            c = self._get(c.id)
+            if c.state is State.REMOVING:
+                return
+            c = await self._set(c.with_(state=State.REMOVING))
+            await self._scopes.reset_failed(c.unit)
+            await asyncio.to_thread(shutil.rmtree, self._paths.container(c.id), True)
+            await self._store.delete_container(c.id)
+            await self._store.add_event("removed", c.id, {"name": c.name})
+            del self._containers[c.id]
+            rt.exited.set()  # wake waiters: they find it gone
+            del self._runtime[c.id]
+        log.info("removed container %s", c.name)
+        for listener in self._listeners:
+            listener.container_removed(c)
+
+    # --- logs ------------------------------------------------------------------------------------
+
+    async def logs(self, container_id: str, since_usec: int = 0, last: int = 0) -> list[journal.LogLine]:
+        c = self._get(container_id)
+        # A former container of the same name had the same unit: only lines since this one was made.
+        since = max(since_usec, c.created_at)
+        return await asyncio.to_thread(journal.read_lines, c.unit, since, last)
+
+    # --- recovery --------------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Reconcile the database with what runs: called once at start, before the bus name is taken."""
+        for c in await self._store.containers():
+            self._containers[c.id] = c
+            rt = self._runtime[c.id] = _Runtime()
+            if c.state is State.REMOVING:
+                await self.remove(c.id, force=True)
+                continue
+            if c.monitor_pid and self._alive(c.monitor_pid, c.monitor_start):
+                try:
+                    rt.monitor_pidfd = os.pidfd_open(c.monitor_pid)
+                    rt.init_pidfd = os.pidfd_open(c.main_pid) if c.main_pid else -1
+                except ProcessLookupError:
+                    pass
+                if rt.monitor_pidfd >= 0:
+                    if c.state is not State.RUNNING:
+                        c = await self._set(c.with_(state=State.RUNNING, started_at=c.started_at or now_usec()))
+                    self._watch(c.id, rt)
+                    log.info("reattached to running container %s", c.name)
+                    continue
+            if c.state is State.RUNNING or c.monitor_pid:
+                await self._record_exit(c.id)  # from the exit file, or unknown if the monitor left none
+        known = set(self._containers)
+        if self._paths.containers.is_dir():
+            for d in self._paths.containers.iterdir():
+                if d.name not in known:
+                    log.warning("removing %s: left by a create that did not finish", d)
+                    shutil.rmtree(d, ignore_errors=True)
+        units = {c.unit for c in self._containers.values()}
+        for unit in await self._scopes.active_scopes():
+            if unit not in units:
+                log.warning("scope %s runs but no container of Quilt's owns it; leaving it alone", unit)
+
+    @staticmethod
+    def _alive(pid: int, start: int) -> bool:
+        try:
+            return start_time(pid) == start
+        except (OSError, ValueError, IndexError):
+            return False
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _get(self, container_id: str) -> Container:
+        c = self._containers.get(container_id)
+        if c is None:
+            raise NoSuchContainer(container_id)
+        return c
+
+    async def _set(self, c: Container) -> Container:
+        """Store a new status and tell the listeners."""
+        await self._store.update_status(c)
+        self._containers[c.id] = c
+        for listener in self._listeners:
+            listener.container_changed(c)
+        return c

@@ -1,0 +1,256 @@
+"""Records, the container state machine and the rules for names and options."""
+from __future__ import annotations
+
+import enum
+import math
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from quilt_agent.errors import InvalidArgument
+
+NAMESPACES = ("pid", "mount", "uts", "ipc", "net", "cgroup")
+DEFAULT_STOP_TIMEOUT = 10
+# The hostname defaults to the name, and a hostname has at most 64 bytes.
+MAX_NAME = 63
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+HOSTNAME_RE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MIN_MEMORY = 6 * 1024 * 1024  # as Docker and Podman: less cannot even start a shell
+MAX_LIMIT = 1 << 62
+
+
+def now_usec() -> int:
+    return time.time_ns() // 1000
+
+
+class State(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    FAILED = "failed"
+    REMOVING = "removing"
+
+    # The state owns its rules, as youki's ContainerStatus does.
+    def can_start(self) -> bool:
+        return self in (State.CREATED, State.EXITED, State.FAILED)
+
+    def can_kill(self) -> bool:
+        return self is State.RUNNING
+
+    def can_remove(self) -> bool:
+        return self is not State.RUNNING
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What the caller asked for; fixed at create."""
+
+    name: str
+    image: str  # as given: a path or an image name
+    image_id: str
+    command: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    workdir: str = "/"
+    user: str = ""
+    hostname: str = ""
+    memory_max: int = 0  # 0 = no limit
+    cpu_quota: float = 0.0  # percent of one CPU, 0 = no limit
+    pids_max: int = 0
+    namespaces: tuple[str, ...] = NAMESPACES
+    remove_on_exit: bool = False
+    stop_timeout: int = DEFAULT_STOP_TIMEOUT
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Container:
+    """A container as the store keeps it: the spec and what happened to it."""
+
+    id: str
+    spec: ContainerSpec
+    state: State = State.CREATED
+    created_at: int = 0
+    started_at: int = 0
+    finished_at: int = 0
+    exit_code: int = -1
+    exit_signal: int = 0
+    oom_killed: bool = False
+    failure_reason: str = ""
+    monitor_pid: int = 0  # the helper that waits for the container's init
+    monitor_start: int = 0  # its start time in clock ticks, so a reused pid is not mistaken for it
+    main_pid: int = 0  # the container's init, as the host sees it
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def unit(self) -> str:
+        return scope_name(self.spec.name)
+
+    def with_(self, **changes: Any) -> Container:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a container's init ended, as its monitor saw it."""
+
+    exit_code: int
+    exit_signal: int = 0
+    oom_killed: bool = False
+    reason: str = ""
+    finished_at: int = 0
+
+
+def scope_name(container_name: str) -> str:
+    return f"quilt-{container_name}.scope"
+
+
+def new_id() -> str:
+    return secrets.token_hex(32)
+
+
+def generate_name() -> str:
+    return "quilt_" + secrets.token_hex(4)
+
+
+def validate_name(name: str) -> str:
+    if not name:
+        raise InvalidArgument("Invalid container name '': it is empty")
+    if len(name) > MAX_NAME:
+        raise InvalidArgument(f"Invalid container name '{name}': longer than {MAX_NAME} characters")
+    if not NAME_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"Invalid container name '{name}': use letters, digits, '_', '.' and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def _expect(key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if isinstance(value, bool) and kind is not bool:
+        raise InvalidArgument(f"Option '{key}' must be {what}, not {value!r}")
+    if not isinstance(value, kind):
+        raise InvalidArgument(f"Option '{key}' must be {what}, not {value!r}")
+    return value
+
+
+def _string_list(key: str, value: Any) -> tuple[str, ...]:
+    _expect(key, value, (list, tuple), "a list of strings")
+    for item in value:
+        _expect(key, item, str, "a list of strings")
+    return tuple(value)
+
+
+def parse_env(key: str, value: Any) -> tuple[str, ...]:
+    env = _string_list(key, value)
+    for entry in env:
+        name, sep, _ = entry.partition("=")
+        if not sep or not ENV_NAME_RE.fullmatch(name):
+            raise InvalidArgument(f"Invalid environment entry '{entry}': expected NAME=VALUE")
+        if "\0" in entry:
+            raise InvalidArgument(f"Invalid environment entry '{name}=...': contains a NUL byte")
+    return env
+
+
+def _limit(key: str, value: Any, minimum: int) -> int:
+    _expect(key, value, int, "an unsigned integer")
+    if value < minimum or value > MAX_LIMIT:
+        raise InvalidArgument(f"Invalid {key} {value}: must be between {minimum} and {MAX_LIMIT}")
+    return value
+
+
+def _parse_user(value: Any) -> str:
+    _expect("user", value, str, "a string")
+    if value and not re.fullmatch(r"[a-zA-Z0-9_][a-zA-Z0-9_.-]*(:[a-zA-Z0-9_][a-zA-Z0-9_.-]*)?", value):
+        raise InvalidArgument(f"Invalid user '{value}': expected uid[:gid] or name[:group]")
+    return value
+
+
+def _parse_workdir(value: Any) -> str:
+    _expect("workdir", value, str, "a string")
+    if not value.startswith("/") or "\0" in value:
+        raise InvalidArgument(f"Invalid workdir '{value}': must be an absolute path")
+    return os.path.normpath(value)
+
+
+def _parse_hostname(value: Any) -> str:
+    _expect("hostname", value, str, "a string")
+    if value and not HOSTNAME_RE.fullmatch(value):
+        raise InvalidArgument(f"Invalid hostname '{value}'")
+    return value
+
+
+def _parse_cpu_quota(value: Any) -> float:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    _expect("cpu_quota", value, float, "a number (percent of one CPU)")
+    ncpu = os.cpu_count() or 1
+    if not math.isfinite(value) or value <= 0 or value > 100.0 * ncpu:
+        raise InvalidArgument(f"Invalid cpu_quota {value}: must be above 0 and at most {100 * ncpu} (percent of one CPU)")
+    return value
+
+
+def _parse_namespaces(value: Any) -> tuple[str, ...]:
+    names = _string_list("namespaces", value)
+    unknown = [n for n in names if n not in NAMESPACES]
+    if unknown:
+        raise InvalidArgument(f"Unknown namespace '{unknown[0]}': choose among {', '.join(NAMESPACES)}")
+    if "mount" not in names:
+        raise InvalidArgument("The mount namespace cannot be left out: the container's root filesystem lives in it")
+    return tuple(n for n in NAMESPACES if n in names)
+
+
+def _parse_labels(value: Any) -> dict[str, str]:
+    _expect("labels", value, dict, "a dictionary of strings")
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k:
+            raise InvalidArgument(f"Invalid label {k!r}={v!r}: keys and values must be strings, keys non-empty")
+    return dict(value)
+
+
+def _parse_stop_timeout(value: Any) -> int:
+    _expect("stop_timeout", value, int, "an unsigned integer")
+    if value < 0 or value > 86400:
+        raise InvalidArgument(f"Invalid stop_timeout {value}: must be between 0 and 86400 seconds")
+    return value
+
+
+# Option key -> (spec field, parser). Unknown keys are an error, never ignored.
+OPTION_PARSERS = {
+    "env": ("env", lambda v: parse_env("env", v)),
+    "workdir": ("workdir", _parse_workdir),
+    "user": ("user", _parse_user),
+    "hostname": ("hostname", _parse_hostname),
+    "memory_max": ("memory_max", lambda v: _limit("memory_max", v, MIN_MEMORY)),
+    "cpu_quota": ("cpu_quota", _parse_cpu_quota),
+    "pids_max": ("pids_max", lambda v: _limit("pids_max", v, 1)),
+    "namespaces": ("namespaces", _parse_namespaces),
+    "remove_on_exit": ("remove_on_exit", lambda v: _expect("remove_on_exit", v, bool, "a boolean")),
+    "stop_timeout": ("stop_timeout", _parse_stop_timeout),
+    "labels": ("labels", _parse_labels),
+}
+
+
+def parse_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Turn a create call's option dictionary into ContainerSpec fields."""
+    fields: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in OPTION_PARSERS:
+            raise InvalidArgument(f"Unknown option '{key}': known options are {', '.join(sorted(OPTION_PARSERS))}")
+        name, parser = OPTION_PARSERS[key]
+        fields[name] = parser(value)
+    return fields
+
+
+def validate_command(command: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    if not command or not command[0]:
+        raise InvalidArgument("The command is empty: give at least the program to run")
+    for arg in command:
+        if "\0" in arg:
+            raise InvalidArgument(f"Invalid command argument {arg!r}: contains a NUL byte")
+    return tuple(command)

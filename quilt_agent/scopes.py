@@ -1,0 +1,137 @@
+"""The systemd client: transient scopes for containers, over org.freedesktop.systemd1.
+
+Like crun's cgroup-systemd.c: StartTransientUnit with the container's pids,
+wait for the job (JobRemoved), reset and retry once when a scope of the same
+name is left over, StopUnit + ResetFailedUnit on teardown.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from quilt_agent.errors import ContainerFailed
+
+log = logging.getLogger("quilt.scopes")
+
+SYSTEMD = "org.freedesktop.systemd1"
+SYSTEMD_PATH = "/org/freedesktop/systemd1"
+SYSTEMD_MANAGER = "org.freedesktop.systemd1.Manager"
+SLICE = "quilt.slice"
+JOB_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class ScopeLimits:
+    memory_max: int = 0  # bytes, 0 = none
+    cpu_quota: float = 0.0  # percent of one CPU, 0 = none
+    tasks_max: int = 0  # 0 = none
+
+
+class SystemdError(Exception):
+    def __init__(self, name: str, text: str) -> None:
+        super().__init__(f"{name}: {text}")
+        self.name = name
+
+
+class Scopes:
+    """Creates and tears down the transient scopes of containers."""
+
+    def __init__(self, bus: MessageBus) -> None:
+        self._bus = bus
+        self._waiting: dict[str, asyncio.Future[str]] = {}
+        self._finished: dict[str, str] = {}  # JobRemoved seen before the job's reply
+
+    async def connect(self) -> None:
+        await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
+                         [f"type='signal',sender='{SYSTEMD}',interface='{SYSTEMD_MANAGER}',member='JobRemoved'"])
+        self._bus.add_message_handler(self._on_message)
+        await self._manager("Subscribe")
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type is MessageType.SIGNAL and msg.member == "JobRemoved" and msg.interface == SYSTEMD_MANAGER:
+            _id, job, _unit, result = msg.body
+            future = self._waiting.pop(job, None)
+            if future is None:
+                self._finished[job] = result
+                if len(self._finished) > 1000:  # jobs of other clients: keep the buffer bounded
+                    self._finished.pop(next(iter(self._finished)))
+            elif not future.done():
+                future.set_result(result)
+
+    async def _call(self, dest: str, path: str, iface: str, member: str, sig: str = "", body: list | None = None):
+        reply = await self._bus.call(Message(destination=dest, path=path, interface=iface, member=member,
+                                             signature=sig, body=body or []))
+        if reply.message_type is MessageType.ERROR:
+            raise SystemdError(reply.error_name or "error", str(reply.body[0]) if reply.body else "")
+        return reply.body
+
+    async def _manager(self, member: str, sig: str = "", body: list | None = None):
+        return await self._call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, member, sig, body)
+
+    async def _wait_job(self, job: str) -> str:
+        if job in self._finished:
+            return self._finished.pop(job)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[job] = future
+        try:
+            return await asyncio.wait_for(future, JOB_TIMEOUT)
+        finally:
+            self._waiting.pop(job, None)
+
+    async def start(self, unit: str, pids: list[int], description: str, limits: ScopeLimits) -> None:
+        """Put pids into a new transient scope under quilt.slice; return once systemd has done it."""
+        props = [
+            ("Description", Variant("s", description)),
+            ("Slice", Variant("s", SLICE)),
+            ("PIDs", Variant("au", pids)),
+            ("Delegate", Variant("b", True)),
+            ("DefaultDependencies", Variant("b", False)),
+            ("CollectMode", Variant("s", "inactive-or-failed")),
+        ]
+        if limits.memory_max:
+            props.append(("MemoryMax", Variant("t", limits.memory_max)))
+        if limits.cpu_quota:
+            props.append(("CPUQuotaPerSecUSec", Variant("t", round(limits.cpu_quota * 10_000))))
+        if limits.tasks_max:
+            props.append(("TasksMax", Variant("t", limits.tasks_max)))
+        for attempt in (1, 2):
+            try:
+                (job,) = await self._manager("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit, "fail", props, []])
+            except SystemdError as err:
+                if err.name == "org.freedesktop.systemd1.UnitExists" and attempt == 1:
+                    # Left over from a crash: a failed scope is reset, then we try once more.
+                    log.warning("scope %s already exists; resetting it and retrying", unit)
+                    await self.reset_failed(unit)
+                    continue
+                raise ContainerFailed(f"systemd could not create scope {unit}: {err}") from err
+            result = await self._wait_job(job)
+            if result != "done":
+                raise ContainerFailed(f"systemd could not start scope {unit}: job {result}")
+            return
+
+    async def stop(self, unit: str) -> None:
+        """Stop the scope (SIGTERM then SIGKILL to what is left) and forget it."""
+        try:
+            (job,) = await self._manager("StopUnit", "ss", [unit, "replace"])
+            await self._wait_job(job)
+        except SystemdError as err:
+            if err.name != "org.freedesktop.systemd1.NoSuchUnit":
+                raise
+        await self.reset_failed(unit)
+
+    async def reset_failed(self, unit: str) -> None:
+        try:
+            await self._manager("ResetFailedUnit", "s", [unit])
+        except SystemdError as err:
+            if err.name not in ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.systemd1.LoadFailed"):
+                raise
+
+    async def active_scopes(self) -> list[str]:
+        """Names of the quilt-*.scope units systemd knows that still run."""
+        (units,) = await self._manager("ListUnitsByPatterns", "asas", [["active", "activating", "deactivating"],
+                                                                         ["quilt-*.scope"]])
+        return [u[0] for u in units]

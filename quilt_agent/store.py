@@ -1,0 +1,155 @@
+"""SQLite state: schema, migrations, one transaction per state change.
+
+The database is the truth for what the user asked; systemd and /proc are the
+truth for what runs (the manager reconciles the two at start).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from quilt_agent.model import Container, ContainerSpec, State, now_usec
+
+# Each entry is one schema version; never edit an applied one, append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE containers (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER NOT NULL DEFAULT 0,
+        finished_at INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER NOT NULL DEFAULT -1,
+        exit_signal INTEGER NOT NULL DEFAULT 0,
+        oom_killed INTEGER NOT NULL DEFAULT 0,
+        failure_reason TEXT NOT NULL DEFAULT '',
+        monitor_pid INTEGER NOT NULL DEFAULT 0,
+        monitor_start INTEGER NOT NULL DEFAULT 0,
+        main_pid INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE images (
+        id TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        source TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        container_id TEXT NOT NULL,
+        details TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_time ON events(time);
+    """,
+)
+
+MAX_EVENTS = 10000
+
+_STATUS_COLUMNS = ("state", "started_at", "finished_at", "exit_code", "exit_signal", "oom_killed",
+                   "failure_reason", "monitor_pid", "monitor_start", "main_pid")
+
+
+def _spec_to_json(spec: ContainerSpec) -> str:
+    return json.dumps(dataclasses.asdict(spec), sort_keys=True)
+
+
+def _spec_from_json(text: str) -> ContainerSpec:
+    data = json.loads(text)
+    for key in ("command", "env", "namespaces"):
+        data[key] = tuple(data[key])
+    return ContainerSpec(**data)
+
+
+def _row_to_container(row: aiosqlite.Row) -> Container:
+    return Container(
+        id=row["id"], spec=_spec_from_json(row["spec"]), state=State(row["state"]),
+        created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+        exit_code=row["exit_code"], exit_signal=row["exit_signal"], oom_killed=bool(row["oom_killed"]),
+        failure_reason=row["failure_reason"], monitor_pid=row["monitor_pid"],
+        monitor_start=row["monitor_start"], main_pid=row["main_pid"],
+    )
+
+
+class Store:
+    """The one writer of the database."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        store = cls(db)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        await self._db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
+        )
+        async with self._db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cur:
+            (current,) = await cur.fetchone()
+        for version, script in enumerate(MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            await self._db.executescript(
+                f"BEGIN; {script}; INSERT INTO schema_migrations VALUES ({version}, {now_usec()}); COMMIT;"
+            )
+
+    async def schema_version(self) -> int:
+        async with self._db.execute("SELECT MAX(version) FROM schema_migrations") as cur:
+            (version,) = await cur.fetchone()
+        return int(version)
+
+    async def insert_container(self, c: Container) -> None:
+        await self._db.execute(
+            "INSERT INTO containers (id, name, spec, state, created_at) VALUES (?, ?, ?, ?, ?)",
+            (c.id, c.name, _spec_to_json(c.spec), c.state.value, c.created_at),
+        )
+
+    async def update_status(self, c: Container) -> None:
+        values: list[Any] = [getattr(c, col) if col != "state" else c.state.value for col in _STATUS_COLUMNS]
+        values[_STATUS_COLUMNS.index("oom_killed")] = int(c.oom_killed)
+        await self._db.execute(
+            f"UPDATE containers SET {', '.join(f'{col} = ?' for col in _STATUS_COLUMNS)} WHERE id = ?",
+            (*values, c.id),
+        )
+
+    async def delete_container(self, container_id: str) -> None:
+        await self._db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+
+    async def containers(self) -> list[Container]:
+        async with self._db.execute("SELECT * FROM containers ORDER BY created_at") as cur:
+            return [_row_to_container(row) for row in await cur.fetchall()]
+
+    async def add_event(self, kind: str, container_id: str, details: dict[str, Any] | None = None) -> None:
+        await self._db.execute(
+            "INSERT INTO events (time, kind, container_id, details) VALUES (?, ?, ?, ?)",
+            (now_usec(), kind, container_id, json.dumps(details or {})),
+        )
+        # Bounded: the oldest go first.
+        await self._db.execute(
+            "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (MAX_EVENTS,)
+        )
+
+    async def events(self, since_usec: int = 0) -> list[tuple[int, str, str, dict[str, Any]]]:
+        async with self._db.execute(
+            "SELECT time, kind, container_id, details FROM events WHERE time >= ? ORDER BY id", (since_usec,)
+        ) as cur:
+            return [(r["time"], r["kind"], r["container_id"], json.loads(r["details"])) for r in await cur.fetchall()]
