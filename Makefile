@@ -26,7 +26,8 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: .apt-checked pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	@set -o pipefail; $(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+		| { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	@touch $@
 
 demo: setup

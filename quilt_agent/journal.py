@@ -52,16 +52,16 @@ def read_lines(unit: str, since_usec: int, last: int = 0) -> list[LogLine]:
     """
     from systemd import journal  # imported here: the fork server's children never need it
 
-    reader = journal.Reader()
+    # The raw usec, not the default datetime: a float round trip would move lines across `since`.
+    reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
     try:
         reader.this_boot()
         reader.add_match(_SYSTEMD_UNIT=unit)
         if since_usec:
-            reader.seek_realtime(since_usec / 1e6)
+            reader.seek_realtime(since_usec / 1e6 - 0.001)  # a little early: the loop filters exactly
         kept: deque[LogLine] | list[LogLine] = deque(maxlen=last) if last else []
         for entry in reader:
-            stamp = entry["__REALTIME_TIMESTAMP"]
-            usec = int(stamp.timestamp() * 1e6)
+            usec = entry["__REALTIME_TIMESTAMP"]
             if usec < since_usec:
                 continue
             message = entry.get("MESSAGE", "")

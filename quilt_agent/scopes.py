@@ -22,6 +22,7 @@ SYSTEMD_PATH = "/org/freedesktop/systemd1"
 SYSTEMD_MANAGER = "org.freedesktop.systemd1.Manager"
 SLICE = "quilt.slice"
 JOB_TIMEOUT = 30.0
+UINT64_MAX = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -103,15 +104,30 @@ class Scopes:
                 (job,) = await self._manager("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit, "fail", props, []])
             except SystemdError as err:
                 if err.name == "org.freedesktop.systemd1.UnitExists" and attempt == 1:
-                    # Left over from a crash: a failed scope is reset, then we try once more.
-                    log.warning("scope %s already exists; resetting it and retrying", unit)
-                    await self.reset_failed(unit)
+                    await self._clear_stale(unit)
                     continue
                 raise ContainerFailed(f"systemd could not create scope {unit}: {err}") from err
             result = await self._wait_job(job)
             if result != "done":
                 raise ContainerFailed(f"systemd could not start scope {unit}: job {result}")
             return
+
+    async def _clear_stale(self, unit: str) -> None:
+        """A scope of this name is still loaded: a former run whose emptiness systemd has not yet
+        noticed, or one left by a crash. Clear it when nothing runs in it; never kill what does."""
+        try:
+            (path,) = await self._manager("GetUnit", "s", [unit])
+            (tasks,) = await self._call(SYSTEMD, path, "org.freedesktop.DBus.Properties", "Get", "ss",
+                                        ["org.freedesktop.systemd1.Scope", "TasksCurrent"])
+        except SystemdError as err:
+            if err.name == "org.freedesktop.systemd1.NoSuchUnit":
+                return  # gone meanwhile
+            raise
+        if tasks.value not in (0, UINT64_MAX):
+            raise ContainerFailed(f"scope {unit} already exists and runs {tasks.value} processes "
+                                  "that this container did not start")
+        log.info("clearing stale scope %s before reuse", unit)
+        await self.stop(unit)
 
     async def stop(self, unit: str) -> None:
         """Stop the scope (SIGTERM then SIGKILL to what is left) and forget it."""

@@ -413,7 +413,8 @@ class TestHost:
         raise TimeoutError(f"the test host did not boot within {timeout:.0f} s")
 
     def nsenter(self, cmd: list[str]) -> list[str]:
-        return ["nsenter", "-t", str(self.pid1), "-a", f"--wd={PROJECT}", *cmd]
+        # cd inside: nsenter's --wd would keep a directory of the machine's mount namespace.
+        return ["nsenter", "-t", str(self.pid1), "-a", "/bin/sh", "-c", 'cd "$0" && exec "$@"', str(PROJECT), *cmd]
 
     def exec(self, cmd: list[str], capture: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
         """Run cmd inside the test host, in its cgroup, so its teardown takes cmd's leftovers too."""

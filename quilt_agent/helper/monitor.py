@@ -155,6 +155,10 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int) -> None:
             os.chdir(spec.workdir)
         except OSError as e:
             raise SetupError(f"cannot enter the working directory {spec.workdir}: {e.strerror}", 126) from e
+        # The monitor ignores these; an ignored signal stays ignored across exec, and a shell
+        # could then not even trap it.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out, 1)

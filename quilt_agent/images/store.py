@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quilt_agent.errors import ImageInvalid, InvalidArgument, NoSuchImage
+from quilt_agent.errors import ImageInvalid, NoSuchImage
 from quilt_agent.images import tarball
 
 log = logging.getLogger("quilt.images")
@@ -67,8 +67,10 @@ class ImageStore:
         return self._record(image_id, path, layer)
 
     def get(self, image_id: str) -> Image:
-        _check_id(image_id)
-        image = self._load(image_id)
+        """The image with this id (its "sha256:" digest is accepted too)."""
+        bare = image_id.removeprefix("sha256:")
+        # Checked before the id goes into a path; a malformed id is simply not known.
+        image = self._load(bare) if _ID.match(bare) else None
         if image is None:
             raise NoSuchImage(f"No image '{image_id}' known")
         return image
@@ -82,7 +84,7 @@ class ImageStore:
         image = self.get(image_id)
         try:
             # First, so that get/list stop seeing the image before its layer starts to go.
-            os.unlink(self._layers / f"{image_id}.json")
+            os.unlink(self._layers / f"{image.id}.json")
         except FileNotFoundError:
             raise NoSuchImage(f"No image '{image_id}' known") from None
         trash = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self._tmp))
@@ -162,11 +164,6 @@ class ImageStore:
                     shutil.rmtree(entry.path)
                 else:
                     os.unlink(entry.path)
-
-
-def _check_id(image_id: str) -> None:
-    if not _ID.match(image_id):
-        raise InvalidArgument(f"Invalid image id '{image_id}': expected 64 lowercase hex digits")
 
 
 def _alive(pid: int) -> bool:

@@ -6,7 +6,8 @@ resolves them (and any "..") within the layer, so a member written through a sym
 the host. The name checks below are the rules GNU tar applies too; the chroot is what makes them safe.
 """
 
-import bz2  # noqa: F401  imported here so the forked child never has to import (tarfile imports lazily)
+import bz2  # noqa: F401  imported here: the chrooted child must never import (see _child)
+import codecs
 import errno
 import json
 import logging
@@ -16,6 +17,7 @@ import posixpath
 import signal
 import stat
 import subprocess
+import sys
 import tarfile
 import traceback
 import zlib  # noqa: F401
@@ -27,6 +29,8 @@ from typing import BinaryIO, NoReturn
 from quilt_agent.errors import ImageInvalid, InvalidArgument, NoSuchImage
 
 log = logging.getLogger("quilt.images")
+
+codecs.lookup(tarfile.ENCODING)  # cached now, so that decoding member names never loads a codec module
 
 # Leading bytes of each compressed format, as the formats' specifications define them.
 _MAGIC = (
@@ -217,6 +221,10 @@ def _child(source: int, report_fd: int, dest: Path, mode: str) -> NoReturn:
             os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
             os.chroot(dest)
             os.chdir("/")
+            # Inside the chroot, Python would import modules from the image's own files: code from the
+            # image run as root, which could leave the chroot. An unexpected import fails instead.
+            sys.meta_path.clear()
+            sys.path.clear()
         except OSError as e:
             send(result="host", errno=e.errno, text=f"cannot enter '{dest}': {e.strerror}")
             status = 1
@@ -258,12 +266,32 @@ def _classify(e: Exception, cursor: _Cursor) -> dict[str, object]:
 
 def _unpack(stream: BinaryIO, mode: str, cursor: _Cursor, send: Callable[..., None]) -> None:
     """Runs chrooted in the child: "/" is the layer."""
-    with tarfile.open(fileobj=stream, mode=mode, errorlevel=2) as tar:
+    with tarfile.open(fileobj=stream, mode=mode, errorlevel=2, tarinfo=_StrictTarInfo) as tar:
         # extractall() defers directory modes and mtimes until their contents are in place.
         tar.extractall("/", members=_checked(tar, cursor, send), numeric_owner=True)
         # Read to the end so that xz/bzip2 verify their checksums and zstd is not cut off by EPIPE.
         while tar.fileobj.read(1 << 16):
             pass
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile ends the archive quietly at a missing, cut or garbled header after the first one;
+    here only the end-of-archive marker (a zero block) ends it, so a truncated image is refused."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            raise
+        except tarfile.EmptyHeaderError:
+            if tar.offset == 0:
+                raise ImageInvalid("empty tar archive") from None
+            raise ImageInvalid("truncated: the archive ends without its end-of-archive marker") from None
+        except tarfile.TruncatedHeaderError:
+            raise ImageInvalid(f"truncated: cut off in the header at offset {tar.offset}") from None
+        except tarfile.InvalidHeaderError as e:
+            raise ImageInvalid(f"{'not a tar archive: ' if tar.offset == 0 else ''}{e} at offset {tar.offset}") from None
 
 
 def _checked(tar: tarfile.TarFile, cursor: _Cursor, send: Callable[..., None]) -> Iterator[tarfile.TarInfo]:

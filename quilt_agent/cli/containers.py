@@ -1,0 +1,470 @@
+"""The container verbs: run, create, start, stop, kill, rm, ps, inspect, status, logs, wait.
+
+Flags follow Podman; the original Quilt CLI's spellings (create --image-path/--memory-limit/--cpu-limit/
+--enable-all-namespaces, status, remove) map onto the same D-Bus calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Sequence
+
+import click
+
+from quilt_agent.cli import output
+from quilt_agent.cli.context import (
+    ACCESS_DENIED,
+    NO_SUCH_CONTAINER,
+    NOT_RUNNING,
+    UNKNOWN_OBJECT,
+    fail,
+    warn,
+    with_client,
+)
+from quilt_agent.cli.parsing import (
+    CPU_PERCENT,
+    CPUS,
+    ENV,
+    LABEL,
+    MEMORY,
+    NAMESPACE_LIST,
+    SIGNAL,
+    parse_since,
+    resolve_image,
+)
+from quilt_agent.client import AgentNotReachable, Client, ClientError
+
+MIB = 1 << 20
+_UINT32_MAX = (1 << 32) - 1
+
+
+@dataclass
+class ContainerRequest:
+    """The arguments of CreateContainer/RunContainer, as the flags describe them."""
+
+    name: str
+    image: str
+    command: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _only_one(podman: tuple[str, Any], original: tuple[str, Any]) -> Any:
+    """The value of whichever of two spellings of one limit was given; both at once is a usage error."""
+    (podman_flag, podman_value), (original_flag, original_value) = podman, original
+    if podman_value is not None and original_value is not None:
+        raise click.UsageError(f"{podman_flag} and {original_flag} set the same limit: give one of them")
+    return podman_value if podman_value is not None else original_value
+
+
+def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
+    """Turn create/run's parsed flags into the D-Bus call's arguments."""
+    args: list[str] = list(params["args"])
+    image: str | None = params["image_path"]
+    if image is None:
+        if not args:
+            raise click.UsageError("an IMAGE is required (a rootfs tarball or an image name)")
+        image = args.pop(0)
+    # With option parsing stopped at IMAGE (so `run IMG ls -l` works), a `--` after IMAGE reaches us literally.
+    if args[:1] == ["--"]:
+        args = args[1:]
+
+    options: dict[str, Any] = {}
+    if params["env"]:
+        options["env"] = [f"{key}={value}" for key, value in params["env"]]
+    for key, option in (("workdir", "workdir"), ("user", "user"), ("hostname", "hostname")):
+        if params[key] is not None:
+            options[option] = params[key]
+
+    memory_mib = params["memory_limit"]
+    memory_from_mib = None if memory_mib is None else memory_mib * MIB
+    memory = _only_one(("--memory", params["memory"]), ("--memory-limit", memory_from_mib))
+    if memory is not None:
+        options["memory_max"] = memory
+    cpu = _only_one(("--cpus", params["cpus"]), ("--cpu-limit", params["cpu_limit"]))
+    if cpu is not None:
+        options["cpu_quota"] = cpu
+    if params["pids_limit"] is not None:
+        options["pids_max"] = params["pids_limit"]
+
+    if params["namespaces"] is not None and params["enable_all_namespaces"]:
+        raise click.UsageError("--namespaces and --enable-all-namespaces contradict each other: give one")
+    # --enable-all-namespaces asks for the default set, which is what the agent applies when the key is absent;
+    # spelling the set out here would let the client and the agent disagree about what "default" means.
+    if params["namespaces"] is not None:
+        options["namespaces"] = params["namespaces"]
+
+    if params["rm"]:
+        options["remove_on_exit"] = True
+    if params["stop_timeout"] is not None:
+        options["stop_timeout"] = params["stop_timeout"]
+    if params["label"]:
+        options["labels"] = dict(params["label"])
+
+    return ContainerRequest(name=params["name"] or "", image=resolve_image(image, cwd), command=args, options=options)
+
+
+def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    flags = [
+        click.option("--name", default=None, help="Name of the container (default: chosen by the agent)."),
+        click.option("-e", "--env", type=ENV, multiple=True, help="Set an environment variable (KEY=VALUE)."),
+        click.option("-w", "--workdir", default=None, help="Working directory inside the container."),
+        click.option("-u", "--user", default=None, help="User to run as: a name or UID[:GID]."),
+        click.option("--hostname", default=None, help="Hostname inside the container."),
+        click.option(
+            "-m", "--memory", type=MEMORY, default=None, help="Memory limit, e.g. 512M, 2G (bytes if no unit)."
+        ),
+        click.option("--memory-limit", type=click.IntRange(min=1), default=None, hidden=True),
+        click.option("--cpus", type=CPUS, default=None, help="CPUs the container may use, e.g. 0.5 or 2."),
+        click.option("--cpu-limit", type=CPU_PERCENT, default=None, hidden=True),
+        click.option("--pids-limit", type=click.IntRange(min=1), default=None, help="Most processes at once."),
+        click.option("--rm", is_flag=True, help="Remove the container when it exits."),
+        click.option("-l", "--label", type=LABEL, multiple=True, help="Set a label (KEY=VALUE)."),
+        click.option(
+            "--stop-timeout",
+            type=click.IntRange(min=0, max=_UINT32_MAX),
+            default=None,
+            help="Seconds between SIGTERM and SIGKILL on stop (default 10).",
+        ),
+        click.option(
+            "--namespaces",
+            type=NAMESPACE_LIST,
+            default=None,
+            help="Namespaces to unshare, comma-separated: pid,mount,uts,ipc,net,cgroup.",
+        ),
+        click.option("--enable-all-namespaces", is_flag=True, hidden=True),
+        click.option("--image-path", "--image", "image_path", default=None, hidden=True),
+        click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="IMAGE [--] [COMMAND [ARG...]]"),
+    ]
+    for flag in reversed(flags):
+        command = flag(command)
+    return command
+
+
+_COMPAT_EPILOG = (
+    "IMAGE is a rootfs tarball (a path, made absolute here) or an image name. The original Quilt spellings "
+    "--image-path/--image PATH, --memory-limit MIB, --cpu-limit PERCENT and --enable-all-namespaces work too."
+)
+# Option parsing stops at IMAGE, as in Podman, so the command's own flags (`ls -l`) are not taken for ours.
+_COMMAND_SETTINGS = {"allow_interspersed_args": False}
+
+
+async def _container_id(client: Client, path: str) -> str:
+    return str((await client.properties(path))["Id"])
+
+
+@click.command(context_settings=_COMMAND_SETTINGS, epilog=_COMPAT_EPILOG)
+@container_flags
+@click.pass_context
+def create(ctx: click.Context, **params: Any) -> None:
+    """Create a container from IMAGE without starting it; print its id."""
+    request = build_request(params, os.getcwd())
+
+    async def body(client: Client) -> str:
+        path = await client.create_container(request.name, request.image, request.command, request.options)
+        return await _container_id(client, path)
+
+    click.echo(with_client(ctx, body))
+
+
+@click.command(context_settings=_COMMAND_SETTINGS, epilog=_COMPAT_EPILOG)
+@click.option("-d", "--detach", is_flag=True, help="Print the container's id and return at once.")
+@container_flags
+@click.pass_context
+def run(ctx: click.Context, detach: bool, **params: Any) -> None:
+    """Create and start a container from IMAGE.
+
+    In the foreground it waits for the container, prints its output and exits with its exit code.
+    """
+    request = build_request(params, os.getcwd())
+
+    if detach:
+
+        async def detached(client: Client) -> str:
+            path = await client.run_container(request.name, request.image, request.command, request.options)
+            return await _container_id(client, path)
+
+        click.echo(with_client(ctx, detached))
+        return
+
+    # The logs are read after the exit: if the agent removed the container on exit, they would be gone with
+    # it. So in the foreground quiltctl does the removal itself, after printing them.
+    remove_after = bool(request.options.pop("remove_on_exit", False))
+
+    async def foreground(client: Client) -> int:
+        path = await client.run_container(request.name, request.image, request.command, request.options)
+        code = await _wait_forwarding_signals(client, path)
+        output.print_logs(await client.get_logs(path, {}))
+        if remove_after:
+            await client.remove(path, False)
+        return code
+
+    code = with_client(ctx, foreground)
+    if not 0 <= code <= 255:
+        # The agent reports -1 when no exit status could be recorded: a Quilt failure, not the container's code.
+        fail(f"the container ended without an exit status (exit code {code})")
+    ctx.exit(code)
+
+
+async def _wait_forwarding_signals(client: Client, path: str) -> int:
+    """Wait for the container, passing ^C and friends on to it as Podman's --sig-proxy does.
+
+    The container then decides how to end, and we still collect its logs and its real exit code.
+    """
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    async def forward(signum: int) -> None:
+        try:
+            await client.kill(path, signum)
+        except ClientError:
+            pass  # it has already exited, or we may not signal it: Wait will tell
+
+    def on_signal(signum: int) -> None:
+        task = loop.create_task(forward(signum))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    forwarded: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+        except (ValueError, RuntimeError):
+            break  # not the main thread (quiltctl called from a test's thread): wait without forwarding
+        forwarded.append(signum)
+    try:
+        return await client.wait(path)
+    finally:
+        for signum in forwarded:
+            loop.remove_signal_handler(signum)
+
+
+def _for_each(
+    ctx: click.Context,
+    containers: Sequence[str],
+    action: Callable[[Client, str, str], Awaitable[str | None]],
+) -> None:
+    """Apply `action(client, path, name)` to each container in turn, as Podman does: print what it returns,
+    report each failure on its own line, go on with the rest, and end with 125 if any failed."""
+
+    async def body(client: Client) -> bool:
+        ok = True
+        for name in containers:
+            try:
+                path = await client.get_container(name)
+                result = await action(client, path, name)
+            except AgentNotReachable:
+                raise  # no point trying the others
+            except ClientError as e:
+                warn(e.message)
+                ok = False
+                continue
+            if result is not None:
+                click.echo(result)
+        return ok
+
+    if not with_client(ctx, body):
+        ctx.exit(125)
+
+
+@click.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def start(ctx: click.Context, containers: tuple[str, ...]) -> None:
+    """Start one or more created containers."""
+
+    async def action(client: Client, path: str, name: str) -> str:
+        await client.start(path)
+        return name
+
+    _for_each(ctx, containers, action)
+
+
+@click.command()
+@click.option(
+    "-t",
+    "--time",
+    "timeout",
+    type=click.IntRange(min=0, max=_UINT32_MAX),
+    default=None,
+    help="Seconds to wait before SIGKILL (default: the container's stop timeout; 0 kills at once).",
+)
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def stop(ctx: click.Context, timeout: int | None, containers: tuple[str, ...]) -> None:
+    """Stop one or more containers: SIGTERM, then SIGKILL after the timeout."""
+
+    async def action(client: Client, path: str, name: str) -> str:
+        if timeout == 0:
+            # On the wire 0 means "the container's own timeout"; Podman users mean "no grace period" by -t 0.
+            try:
+                await client.kill(path, signal.SIGKILL)
+            except ClientError as e:
+                # Stop on a stopped container succeeds (as podman stop); keep -t 0 the same.
+                if e.name != NOT_RUNNING:
+                    raise
+            await client.wait(path)
+        else:
+            await client.stop(path, timeout or 0)
+        return name
+
+    _for_each(ctx, containers, action)
+
+
+@click.command()
+@click.option(
+    "-s", "--signal", "signum", type=SIGNAL, default="KILL", show_default=True, help="Signal: TERM, SIGHUP, 9..."
+)
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def kill(ctx: click.Context, signum: int, containers: tuple[str, ...]) -> None:
+    """Send a signal to the processes of one or more containers."""
+
+    async def action(client: Client, path: str, name: str) -> str:
+        await client.kill(path, signum)
+        return name
+
+    _for_each(ctx, containers, action)
+
+
+@click.command()
+@click.option("-f", "--force", is_flag=True, help="Stop running containers first.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, force: bool, containers: tuple[str, ...]) -> None:
+    """Remove one or more containers."""
+
+    async def action(client: Client, path: str, name: str) -> str:
+        await client.remove(path, force)
+        return name
+
+    _for_each(ctx, containers, action)
+
+
+# The original CLI's name for rm.
+remove = click.Command(
+    "remove", callback=rm.callback, params=rm.params, help="Remove one or more containers (same as rm)."
+)
+
+
+async def _properties_or_none(client: Client, path: str) -> dict[str, Any] | None:
+    try:
+        return await client.properties(path)
+    except ClientError as e:
+        # Removed between ListContainers and GetAll: it is simply no longer there to show.
+        if e.name in (NO_SUCH_CONTAINER, UNKNOWN_OBJECT, "org.freedesktop.DBus.Error.UnknownInterface"):
+            return None
+        raise
+
+
+@click.command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers, not only running ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list with every property.")
+@click.pass_context
+def ps(ctx: click.Context, show_all: bool, as_json: bool) -> None:
+    """List containers."""
+
+    async def body(client: Client) -> list[dict[str, Any]]:
+        entries = [e for e in await client.list_containers() if show_all or e.state == "running"]
+        found = await asyncio.gather(*(_properties_or_none(client, e.path) for e in entries))
+        return [props for props in found if props is not None]
+
+    rows = with_client(ctx, body)
+    if as_json:
+        output.print_json(rows)
+    else:
+        output.print_ps_table(rows, time.time())
+
+
+async def _inspect_one(client: Client, path: str) -> dict[str, Any]:
+    props = await client.properties(path)
+    try:
+        props["Environment"] = await client.get_environment(path)
+    except ClientError as e:
+        # The environment may hold secrets and is only for those who may manage the container; others still
+        # get everything else.
+        if e.name != ACCESS_DENIED:
+            raise
+    return props
+
+
+@click.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def inspect(ctx: click.Context, containers: tuple[str, ...]) -> None:
+    """Print every property of one or more containers as JSON."""
+
+    async def body(client: Client) -> tuple[list[dict[str, Any]], bool]:
+        results: list[dict[str, Any]] = []
+        ok = True
+        for name in containers:
+            try:
+                results.append(await _inspect_one(client, await client.get_container(name)))
+            except AgentNotReachable:
+                raise
+            except ClientError as e:
+                warn(e.message)
+                ok = False
+        return results, ok
+
+    results, ok = with_client(ctx, body)
+    output.print_json(results)
+    if not ok:
+        ctx.exit(125)
+
+
+@click.command()
+@click.argument("container")
+@click.pass_context
+def status(ctx: click.Context, container: str) -> None:
+    """Show a short summary of a container."""
+
+    async def body(client: Client) -> dict[str, Any]:
+        return await client.properties(await client.get_container(container))
+
+    props = with_client(ctx, body)
+    for line in output.status_lines(props, time.time()):
+        click.echo(line)
+
+
+@click.command()
+@click.option(
+    "-n", "--tail", "lines", type=click.IntRange(min=0, max=_UINT32_MAX), default=None, help="Only the last N lines."
+)
+@click.option("--since", default=None, help="Only lines since TIME: 10s, 5m, 2h ago, a Unix time or an ISO 8601 time")
+@click.argument("container")
+@click.pass_context
+def logs(ctx: click.Context, lines: int | None, since: str | None, container: str) -> None:
+    """Print a container's output: its stdout on stdout, its stderr on stderr."""
+    options: dict[str, Any] = {}
+    if lines is not None:
+        options["lines"] = lines
+    if since is not None:
+        try:
+            options["since"] = parse_since(since, time.time())
+        except ValueError as e:
+            raise click.BadParameter(str(e), ctx=ctx, param_hint="'--since'") from None
+
+    async def body(client: Client) -> list[Any]:
+        return await client.get_logs(await client.get_container(container), options)
+
+    output.print_logs(with_client(ctx, body))
+
+
+@click.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def wait(ctx: click.Context, containers: tuple[str, ...]) -> None:
+    """Wait for one or more containers to exit; print each exit code."""
+
+    async def action(client: Client, path: str, name: str) -> str:
+        return str(await client.wait(path))
+
+    _for_each(ctx, containers, action)
+
+
+COMMANDS: list[click.Command] = [run, create, start, stop, kill, rm, remove, ps, inspect, status, logs, wait]
+

@@ -1,0 +1,57 @@
+"""What every verb shares: where its Client comes from, and how bus errors become exit status 125."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, NoReturn, TypeVar
+
+import click
+
+from quilt_agent.client import Client, ClientError
+
+T = TypeVar("T")
+
+# Podman's convention: 125 is "the runtime failed", leaving 126/127 and the container's own codes distinct.
+EXIT_QUILT_ERROR = 125
+
+ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+NO_SUCH_CONTAINER = "org.quilt.Runtime.Error.NoSuchContainer"
+NOT_RUNNING = "org.quilt.Runtime.Error.NotRunning"
+UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
+
+
+def _default_client() -> Client:
+    # Only a terminal user can answer a polkit password prompt; scripts should get a clean AccessDenied.
+    return Client(interactive=sys.stdin.isatty())
+
+
+@dataclass
+class CliState:
+    """click's context obj. Tests put a fake Client's factory here; nothing else needs replacing."""
+
+    client_factory: Callable[[], Client] = field(default=_default_client)
+
+
+def fail(message: str, code: int = EXIT_QUILT_ERROR) -> NoReturn:
+    click.echo(f"quiltctl: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+def warn(message: str) -> None:
+    click.echo(f"quiltctl: {message}", err=True)
+
+
+def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T:
+    """Connect, run `body`, disconnect; any ClientError ends the command with one line and status 125."""
+    state = ctx.find_object(CliState) or CliState()
+
+    async def session() -> T:
+        async with state.client_factory() as client:
+            return await body(client)
+
+    try:
+        return asyncio.run(session())
+    except ClientError as e:
+        fail(e.message)

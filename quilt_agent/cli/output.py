@@ -1,0 +1,129 @@
+"""How quiltctl shows things: the ps table, JSON, log lines, the status summary."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from datetime import datetime
+from typing import Any, Iterable, Mapping, Sequence
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from quilt_agent.client import LogLine
+
+SHORT_ID = 12
+_FINISHED_STATES = ("exited", "failed")
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def print_logs(lines: Iterable[LogLine]) -> None:
+    # click.echo flushes each line, so stdout and stderr keep the journal's order on a shared terminal.
+    for line in lines:
+        click.echo(line.text, err=line.stream == "stderr")
+
+
+def ago(usec: int, now: float) -> str:
+    if not usec:
+        return ""
+    seconds = max(0, int(now - usec / 1_000_000))
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        # Keep the smaller unit up to twice the bigger one: "90 minutes ago" says more than "1 hour ago".
+        if seconds >= 2 * size:
+            return f"{seconds // size} {unit}s ago"
+    return f"{seconds} seconds ago"
+
+
+def timestamp(usec: int) -> str:
+    if not usec:
+        return "-"
+    return datetime.fromtimestamp(usec / 1_000_000).astimezone().isoformat(timespec="seconds")
+
+
+def command_text(command: Sequence[str]) -> str:
+    return shlex.join(command)
+
+
+def _truncate(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def exit_text(props: Mapping[str, Any]) -> str:
+    if props.get("State") not in _FINISHED_STATES:
+        return ""
+    signal = props.get("ExitSignal") or 0
+    return f"{props.get('ExitCode', '')}" + (f" (signal {signal})" if signal else "")
+
+
+def print_ps_table(rows: Sequence[Mapping[str, Any]], now: float) -> None:
+    # No borders or rules, like podman ps: the output is read by awk and grep as often as by people.
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in ("ID", "NAME", "IMAGE", "COMMAND", "STATE", "EXIT", "CREATED"):
+        table.add_column(column, no_wrap=True)
+    for props in rows:
+        table.add_row(
+            str(props.get("Id", ""))[:SHORT_ID],
+            str(props.get("Name", "")),
+            _truncate(str(props.get("Image", "")), 40),
+            _truncate(command_text(props.get("Command", [])), 30),
+            str(props.get("State", "")),
+            exit_text(props),
+            ago(int(props.get("CreatedAt", 0) or 0), now),
+        )
+    tty = sys.stdout.isatty()
+    # Piped, there is no width to fit: a 80-column guess would cut the rows that scripts read.
+    console = Console(width=None if tty else 10_000, no_color=not tty, highlight=False)
+    with console.capture() as captured:
+        console.print(table)
+    for line in captured.get().splitlines():
+        click.echo(line.rstrip())
+
+
+def _human_size(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} bytes"
+
+
+def status_lines(props: Mapping[str, Any], now: float) -> list[str]:
+    state = str(props.get("State", ""))
+    if state == "running":
+        state_text = f"running (pid {props.get('MainPID', 0)})"
+    elif state in _FINISHED_STATES:
+        state_text = f"{state} (exit code {exit_text(props)})"
+        if props.get("OOMKilled"):
+            state_text += ", killed for lack of memory"
+        if props.get("FailureReason"):
+            state_text += f": {props['FailureReason']}"
+    else:
+        state_text = state
+
+    limits = []
+    if props.get("MemoryMax"):
+        limits.append(f"memory {_human_size(int(props['MemoryMax']))}")
+    if props.get("CPUQuota"):
+        limits.append(f"cpu {props['CPUQuota']:g}%")
+    if props.get("PidsMax"):
+        limits.append(f"pids {props['PidsMax']}")
+
+    created = int(props.get("CreatedAt", 0) or 0)
+    fields = [
+        ("ID", props.get("Id", "")),
+        ("Name", props.get("Name", "")),
+        ("State", state_text),
+        ("Image", props.get("Image", "")),
+        ("Command", command_text(props.get("Command", []))),
+        ("Created", f"{timestamp(created)} ({ago(created, now)})" if created else "-"),
+        ("Started", timestamp(int(props.get("StartedAt", 0) or 0))),
+        ("Finished", timestamp(int(props.get("FinishedAt", 0) or 0))),
+        ("Limits", ", ".join(limits) or "none"),
+        ("Namespaces", " ".join(props.get("Namespaces", [])) or "-"),
+        ("Unit", props.get("Unit", "") or "-"),
+    ]
+    return [f"{label + ':':<12}{value}" for label, value in fields]

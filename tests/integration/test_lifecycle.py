@@ -1,0 +1,195 @@
+"""A container's life through the real bus: create, start, exit codes, stop, kill, wait, remove, logs."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from quilt_agent.client import Client, ClientError
+from tests.integration.conftest import journal_lines
+
+ERR = "org.quilt.Runtime.Error."
+
+
+async def wait_state(client: Client, path: str, state: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        props = await client.properties(path)
+        if props["State"] == state:
+            return props
+        if time.monotonic() > deadline:
+            raise AssertionError(f"state stayed {props['State']}, expected {state}")
+        await asyncio.sleep(0.02)
+
+
+async def test_run_records_exit_code_and_sends_output_to_the_journal(client: Client, busybox_tar: Path,
+                                                                      name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], {})
+    assert await client.wait(path) == 3
+    props = await client.properties(path)
+    assert props["State"] == "exited"
+    assert props["ExitCode"] == 3 and props["ExitSignal"] == 0 and not props["OOMKilled"]
+    assert props["MainPID"] == 0
+    assert props["Unit"] == f"quilt-{name}.scope"
+    assert props["CreatedAt"] <= props["StartedAt"] <= props["FinishedAt"]
+    lines = await client.get_logs(path, {})
+    assert [(line.stream, line.text) for line in lines] == [("stdout", "out"), ("stderr", "err")]
+    assert journal_lines(f"quilt-{name}.scope") == ["out", "err"]
+
+
+async def test_create_does_not_start_and_start_runs_it(client: Client, busybox_tar: Path, name: str) -> None:
+    path = await client.create_container(name, str(busybox_tar), ["/bin/true"], {})
+    props = await client.properties(path)
+    assert props["State"] == "created" and props["StartedAt"] == 0 and props["ExitCode"] == -1
+    await client.start(path)
+    assert await client.wait(path) == 0
+    assert (await client.properties(path))["State"] == "exited"
+
+
+async def test_a_container_can_be_started_again_after_it_exited(client: Client, busybox_tar: Path, name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "echo run >> /count; wc -l < /count"], {})
+    assert await client.wait(path) == 0
+    await client.start(path)
+    assert await client.wait(path) == 0
+    # The container's writable layer is kept between runs, as with podman start.
+    assert [line.text for line in await client.get_logs(path, {})] == ["1", "2"]
+
+
+async def test_running_container_reports_main_pid_in_its_scope(client: Client, busybox_tar: Path, name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sleep", "300"], {})
+    props = await client.properties(path)
+    assert props["State"] == "running"
+    pid = props["MainPID"]
+    assert pid > 0
+    cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+    assert f"/quilt.slice/quilt-{name}.scope" in cgroup
+    assert "quilt-agent.service" not in cgroup
+    out = subprocess.run(["systemctl", "show", "-P", "ActiveState", f"quilt-{name}.scope"],
+                         capture_output=True, text=True).stdout.strip()
+    assert out == "active"
+
+
+async def test_stop_sends_sigterm_then_sigkill_after_the_timeout(client: Client, busybox_tar: Path, name: str) -> None:
+    # PID 1 of a pid namespace ignores SIGTERM without a handler: stop must fall back to SIGKILL.
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sleep", "300"], {})
+    started = time.monotonic()
+    await client.stop(path, 1)
+    assert time.monotonic() - started >= 1.0
+    props = await client.properties(path)
+    assert props["State"] == "exited"
+    assert props["ExitSignal"] == signal.SIGKILL and props["ExitCode"] == 128 + signal.SIGKILL
+
+
+async def test_stop_lets_a_container_with_a_term_handler_exit_cleanly(client: Client, busybox_tar: Path,
+                                                                     name: str) -> None:
+    script = "trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.05; done"
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", script], {})
+    await asyncio.sleep(0.3)
+    await client.stop(path, 10)
+    props = await client.properties(path)
+    assert props["State"] == "exited" and props["ExitCode"] == 0 and props["ExitSignal"] == 0
+    assert [line.text for line in await client.get_logs(path, {})] == ["ready", "bye"]
+
+
+async def test_kill_delivers_the_signal(client: Client, busybox_tar: Path, name: str) -> None:
+    script = "trap 'echo got USR1; exit 7' USR1; while true; do sleep 0.05; done"
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", script], {})
+    await asyncio.sleep(0.3)
+    await client.kill(path, signal.SIGUSR1)
+    assert await client.wait(path) == 7
+
+
+async def test_kill_of_a_stopped_container_is_not_running(client: Client, busybox_tar: Path, name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), ["/bin/true"], {})
+    await client.wait(path)
+    with pytest.raises(ClientError) as err:
+        await client.kill(path, signal.SIGTERM)
+    assert err.value.name == ERR + "NotRunning"
+
+
+async def test_start_of_a_running_container_is_already_running(client: Client, busybox_tar: Path, name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sleep", "300"], {})
+    with pytest.raises(ClientError) as err:
+        await client.start(path)
+    assert err.value.name == ERR + "AlreadyRunning"
+
+
+async def test_remove_refuses_a_running_container_unless_forced(client: Client, busybox_tar: Path, name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sleep", "300"], {})
+    with pytest.raises(ClientError) as err:
+        await client.remove(path, force=False)
+    assert err.value.name == ERR + "AlreadyRunning"
+    await client.remove(path, force=True)
+    assert await client.list_containers() == []
+    scope = subprocess.run(["systemctl", "show", "-P", "LoadState", f"quilt-{name}.scope"],
+                           capture_output=True, text=True).stdout.strip()
+    assert scope == "not-found"
+    assert not any(Path("/var/lib/quilt/containers").iterdir())
+
+
+async def test_operations_on_a_removed_container_are_no_such_container(client: Client, busybox_tar: Path,
+                                                                      name: str) -> None:
+    path = await client.create_container(name, str(busybox_tar), ["/bin/true"], {})
+    await client.remove(path)
+    for call in (client.start(path), client.wait(path), client.remove(path), client.get_container(name)):
+        with pytest.raises(ClientError) as err:
+            await call
+        assert err.value.name in (ERR + "NoSuchContainer", "org.freedesktop.DBus.Error.UnknownObject",
+                                  "org.freedesktop.DBus.Error.UnknownMethod")
+
+
+async def test_remove_on_exit_removes_the_container(client: Client, busybox_tar: Path, name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), ["/bin/true"], {"remove_on_exit": True})
+    deadline = time.monotonic() + 10
+    while any(e.name == name for e in await client.list_containers()):
+        assert time.monotonic() < deadline, "the container was not removed after it exited"
+        await asyncio.sleep(0.02)
+    with pytest.raises(ClientError):
+        await client.properties(path)
+
+
+async def test_list_and_get_find_containers_by_name_and_id(client: Client, busybox_tar: Path, name: str) -> None:
+    path = await client.create_container(name, str(busybox_tar), ["/bin/true"], {})
+    entries = await client.list_containers()
+    assert [(e.name, e.state, e.path) for e in entries] == [(name, "created", path)]
+    cid = entries[0].id
+    assert await client.get_container(name) == path
+    assert await client.get_container(cid) == path
+    assert await client.get_container(cid[:12]) == path
+
+
+async def test_generated_name_when_none_is_given(client: Client, busybox_tar: Path) -> None:
+    path = await client.create_container("", str(busybox_tar), ["/bin/true"], {})
+    props = await client.properties(path)
+    assert props["Name"].startswith("quilt_")
+
+
+async def test_logs_options_select_the_last_lines_and_since(client: Client, busybox_tar: Path, name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "echo 1; echo 2; sleep 0.1; echo 3; echo 4; echo 5"], {})
+    await client.wait(path)
+    await asyncio.sleep(0.1)
+    assert [line.text for line in await client.get_logs(path, {"lines": 2})] == ["4", "5"]
+    # journald may stamp lines read in one batch alike: 3 is the first after a pause.
+    lines = await client.get_logs(path, {})
+    assert [line.text for line in await client.get_logs(path, {"since": lines[2].usec})] == ["3", "4", "5"]
+
+
+async def test_lines_written_long_after_start_reach_the_journal(client: Client, busybox_tar: Path, name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "sleep 2; echo late"], {})
+    assert await client.wait(path) == 0
+    await asyncio.sleep(0.2)
+    assert journal_lines(f"quilt-{name}.scope") == ["late"]
+
+
+async def test_a_new_container_with_a_former_name_does_not_show_its_logs(client: Client, busybox_tar: Path,
+                                                                        name: str) -> None:
+    first = await client.run_container(name, str(busybox_tar), ["/bin/echo", "first"], {})
+    await client.wait(first)
+    await client.remove(first)
+    second = await client.run_container(name, str(busybox_tar), ["/bin/echo", "second"], {})
+    await client.wait(second)
+    assert [line.text for line in await client.get_logs(second, {})] == ["second"]

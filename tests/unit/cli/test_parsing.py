@@ -1,0 +1,418 @@
+"""quiltctl's pure parts: flag value parsing, and how flags (Podman's and the original CLI's) become the D-Bus
+calls' arguments. The CLI runs against a fake Client handed in through click's context obj (CliState)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+import pytest
+from click.testing import CliRunner, Result
+from dbus_fast import Variant
+
+from quilt_agent.cli.context import CliState
+from quilt_agent.cli.main import cli
+from quilt_agent.cli.parsing import (
+    parse_cpus,
+    parse_duration,
+    parse_key_value,
+    parse_memory,
+    parse_namespaces,
+    parse_signal,
+    parse_since,
+    resolve_image,
+)
+from quilt_agent.client import (
+    CONTAINER_OPTION_SIGNATURES,
+    AgentNotReachable,
+    Client,
+    ClientError,
+    ContainerEntry,
+    LogLine,
+    wrap_options,
+)
+
+MIB = 1 << 20
+PATH = "/org/quilt/Runtime/container/abc"
+FULL_ID = "0123456789abcdef" * 4
+
+
+# --- flag values ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("512M", 512 * MIB),
+        ("512m", 512 * MIB),
+        ("512MiB", 512 * MIB),
+        ("512mb", 512 * MIB),
+        ("1g", 1 << 30),
+        ("2 G", 2 << 30),
+        ("1.5k", 1536),
+        ("4096", 4096),
+        ("100b", 100),
+    ],
+)
+def test_memory_sizes_are_binary_units(text: str, size: int) -> None:
+    assert parse_memory(text) == size
+
+
+@pytest.mark.parametrize("text", ["lots", "", "-1", "0", "5x", "M", "1.2.3m"])
+def test_memory_rejects_nonsense(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_memory(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "percent"), [("0.5", 50.0), ("1", 100.0), ("2", 200.0), ("0.01", 1.0), ("1.25", 125.0)]
+)
+def test_cpus_become_percent_of_one_cpu(text: str, percent: float) -> None:
+    assert parse_cpus(text) == percent
+
+
+@pytest.mark.parametrize("text", ["-1", "0", "nan", "inf", "half"])
+def test_cpus_rejects_nonsense(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_cpus(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("TERM", 15), ("SIGTERM", 15), ("sigkill", 9), ("kill", 9), ("HUP", 1), ("9", 9), (" 15 ", 15),
+        ("USR1", signal.SIGUSR1),
+    ],
+)
+def test_signals_by_name_or_number(text: str, number: int) -> None:
+    assert parse_signal(text) == number
+
+
+@pytest.mark.parametrize("text", ["FOO", "SIGFOO", "0", "65", "-9", ""])
+def test_signal_rejects_unknown(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_signal(text)
+
+
+NOW = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds_ago"),
+    [("10s", 10), ("5m", 300), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400), ("1d", 86400), ("0s", 0)],
+)
+def test_since_durations_count_back_from_now(text: str, seconds_ago: int) -> None:
+    assert parse_since(text, NOW) == int((NOW - seconds_ago) * 1_000_000)
+
+
+def test_since_accepts_iso_times_and_unix_timestamps() -> None:
+    utc = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
+    assert parse_since("2024-01-02T03:04:05Z", NOW) == int(utc * 1_000_000)
+    assert parse_since("2024-01-02T05:04:05+02:00", NOW) == int(utc * 1_000_000)
+    local = datetime(2024, 1, 2, 3, 4, 5).timestamp()
+    assert parse_since("2024-01-02 03:04:05", NOW) == int(local * 1_000_000)
+    assert parse_since("1700000000", NOW) == 1_700_000_000_000_000
+
+
+@pytest.mark.parametrize("text", ["yesterday", "10x", "", "m5", "5m junk"])
+def test_since_rejects_nonsense(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_since(text, NOW)
+
+
+def test_duration_sums_its_parts() -> None:
+    assert parse_duration("1h2m3s") == 3723
+
+
+def test_key_value_splits_at_the_first_equals_only() -> None:
+    assert parse_key_value("A=b=c", "label") == ("A", "b=c")
+    assert parse_key_value("EMPTY=", "label") == ("EMPTY", "")
+    for bad in ("NOEQUALS", "=value"):
+        with pytest.raises(ValueError):
+            parse_key_value(bad, "label")
+
+
+def test_namespaces_are_checked_and_deduplicated() -> None:
+    assert parse_namespaces("pid,mnt, network,pid") == ["pid", "mount", "net"]
+    for bad in ("pid,user", "", ","):
+        with pytest.raises(ValueError):
+            parse_namespaces(bad)
+
+
+def test_image_paths_become_absolute_and_names_stay(tmp_path: Any) -> None:
+    (tmp_path / "rootfs.tar").write_bytes(b"")
+    cwd = str(tmp_path)
+    assert resolve_image("rootfs.tar", cwd) == str(tmp_path / "rootfs.tar")
+    assert resolve_image("./missing.tar.gz", cwd) == str(tmp_path / "missing.tar.gz")
+    assert resolve_image("../x.tar", cwd) == os.path.join(os.path.dirname(cwd), "x.tar")
+    assert resolve_image("/srv/images/x.tar", cwd) == "/srv/images/x.tar"
+    assert resolve_image("debian:12", cwd) == "debian:12"
+    assert resolve_image("registry.example/team/app", cwd) == "registry.example/team/app"
+
+
+def test_options_are_wrapped_with_the_contracts_types() -> None:
+    wrapped = wrap_options(
+        {"memory_max": 512 * MIB, "cpu_quota": 50, "env": ("A=1",), "labels": {"k": "v"}, "remove_on_exit": 1},
+        CONTAINER_OPTION_SIGNATURES,
+    )
+    assert wrapped == {
+        "memory_max": Variant("t", 512 * MIB),
+        "cpu_quota": Variant("d", 50.0),
+        "env": Variant("as", ["A=1"]),
+        "labels": Variant("a{ss}", {"k": "v"}),
+        "remove_on_exit": Variant("b", True),
+    }
+    assert wrap_options({"future": Variant("s", "x")}, CONTAINER_OPTION_SIGNATURES) == {"future": Variant("s", "x")}
+    with pytest.raises(ValueError):
+        wrap_options({"future": "x"}, CONTAINER_OPTION_SIGNATURES)
+
+
+# --- the CLI against a fake client --------------------------------------------------------------------------------
+
+
+class FakeClient(Client):
+    """Records calls; `errors` maps a method name to the ClientError it raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, ...]] = []
+        self.errors: dict[str, ClientError] = {}
+        self.exit_code = 0
+        self.entries = [
+            ContainerEntry(FULL_ID, "web", "running", PATH),
+            ContainerEntry("f" * 64, "old", "exited", "/org/quilt/Runtime/container/old"),
+        ]
+        self.logs = [LogLine(1, "stdout", "out 1"), LogLine(2, "stderr", "err 1"), LogLine(3, "stdout", "out 2")]
+
+    def _record(self, *call: Any) -> None:
+        self.calls.append(call)
+        if call[0] in self.errors:
+            raise self.errors[call[0]]
+
+    async def connect(self) -> None:
+        self._record("connect")
+
+    def close(self) -> None:
+        pass
+
+    async def create_container(
+        self, name: str, image: str, command: Sequence[str], options: Mapping[str, Any] | None = None
+    ) -> str:
+        self._record("create_container", name, image, list(command), dict(options or {}))
+        return PATH
+
+    async def run_container(
+        self, name: str, image: str, command: Sequence[str], options: Mapping[str, Any] | None = None
+    ) -> str:
+        self._record("run_container", name, image, list(command), dict(options or {}))
+        return PATH
+
+    async def get_container(self, name_or_id: str) -> str:
+        self._record("get_container", name_or_id)
+        if name_or_id == "missing":
+            raise ClientError("org.quilt.Runtime.Error.NoSuchContainer", "No container 'missing' known")
+        return PATH
+
+    async def list_containers(self) -> list[ContainerEntry]:
+        self._record("list_containers")
+        return self.entries
+
+    async def start(self, path: str) -> None:
+        self._record("start", path)
+
+    async def stop(self, path: str, timeout: int = 0) -> None:
+        self._record("stop", path, timeout)
+
+    async def kill(self, path: str, signal: int) -> None:
+        self._record("kill", path, int(signal))
+
+    async def remove(self, path: str, force: bool = False) -> None:
+        self._record("remove", path, force)
+
+    async def wait(self, path: str) -> int:
+        self._record("wait", path)
+        return self.exit_code
+
+    async def get_logs(self, path: str, options: Mapping[str, Any] | None = None) -> list[LogLine]:
+        self._record("get_logs", path, dict(options or {}))
+        return self.logs
+
+    async def get_environment(self, path: str) -> list[str]:
+        self._record("get_environment", path)
+        return ["SECRET=1"]
+
+    async def properties(self, path: str) -> dict[str, Any]:
+        self._record("properties", path)
+        state = next((e.state for e in self.entries if e.path == path), "running")
+        return {"Id": FULL_ID, "Name": "web", "Image": "/i.tar", "Command": ["sh", "-c", "echo hi"], "State": state,
+                "ExitCode": 0, "ExitSignal": 0, "CreatedAt": 0}
+
+    def calls_to(self, name: str) -> list[tuple[Any, ...]]:
+        return [c[1:] for c in self.calls if c[0] == name]
+
+
+@pytest.fixture
+def fake() -> FakeClient:
+    return FakeClient()
+
+
+def quiltctl(fake: FakeClient, *args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), obj=CliState(client_factory=lambda: fake))
+
+
+def created(fake: FakeClient, *args: str) -> tuple[Any, ...]:
+    result = quiltctl(fake, "create", *args)
+    assert result.exit_code == 0, result.output
+    (call,) = fake.calls_to("create_container")
+    return call
+
+
+def test_original_spellings_map_onto_the_same_call(fake: FakeClient, tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    original = created(
+        fake, "--image-path", "./nixos-minimal.tar.gz", "--memory-limit", "512", "--cpu-limit", "50.0",
+        "--enable-all-namespaces", "--", "/bin/sh", "-c", "echo hello",
+    )
+    podman = created(
+        FakeClient(), "-m", "512M", "--cpus", "0.5", "./nixos-minimal.tar.gz", "--", "/bin/sh", "-c", "echo hello"
+    )
+    assert original == podman == (
+        "",
+        str(tmp_path / "nixos-minimal.tar.gz"),
+        ["/bin/sh", "-c", "echo hello"],
+        {"memory_max": 512 * MIB, "cpu_quota": 50.0},
+    )
+
+
+def test_every_podman_flag_reaches_the_options(fake: FakeClient) -> None:
+    name, image, command, options = created(
+        fake, "--name", "web", "-e", "A=1", "--env", "B=x=y", "-w", "/srv", "-u", "1000:1000", "--hostname", "h",
+        "-m", "1g", "--cpus", "1.5", "--pids-limit", "64", "--rm", "--label", "k=v", "-l", "k2=v2",
+        "--stop-timeout", "3", "--namespaces", "pid,mount,net", "debian:12", "ls", "-l",
+    )
+    assert (name, image, command) == ("web", "debian:12", ["ls", "-l"])
+    assert options == {
+        "env": ["A=1", "B=x=y"], "workdir": "/srv", "user": "1000:1000", "hostname": "h", "memory_max": 1 << 30,
+        "cpu_quota": 150.0, "pids_max": 64, "namespaces": ["pid", "mount", "net"], "remove_on_exit": True,
+        "stop_timeout": 3, "labels": {"k": "v", "k2": "v2"},
+    }
+
+
+def test_create_prints_the_id(fake: FakeClient) -> None:
+    result = quiltctl(fake, "create", "img", "true")
+    assert result.stdout == FULL_ID + "\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "lots", "img"],
+        ["--cpus", "-1", "img"],
+        ["-e", "NOEQUALS", "img"],
+        ["--namespaces", "pid,user", "img"],
+        ["-m", "1g", "--memory-limit", "5", "img"],
+        ["--namespaces", "pid", "--enable-all-namespaces", "img"],
+        [],
+    ],
+)
+def test_bad_flags_are_one_line_usage_errors_without_a_call(fake: FakeClient, args: list[str]) -> None:
+    result = quiltctl(fake, "run", *args)
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("quiltctl: ")
+    assert fake.calls == []
+
+
+def test_foreground_run_prints_logs_by_stream_and_exits_with_the_code(fake: FakeClient) -> None:
+    fake.exit_code = 3
+    result = quiltctl(fake, "run", "--rm", "img", "sh")
+    assert result.exit_code == 3
+    assert result.stdout == "out 1\nout 2\n"
+    assert result.stderr == "err 1\n"
+    # The CLI removes after reading the logs, so the agent must not remove on exit by itself.
+    assert fake.calls_to("run_container")[0][3] == {}
+    assert [c[0] for c in fake.calls][-3:] == ["wait", "get_logs", "remove"]
+
+
+def test_detached_run_prints_the_id_and_lets_the_agent_remove(fake: FakeClient) -> None:
+    result = quiltctl(fake, "run", "-d", "--rm", "img", "--", "sleep", "9")
+    assert (result.exit_code, result.stdout) == (0, FULL_ID + "\n")
+    assert fake.calls_to("run_container") == [("", "img", ["sleep", "9"], {"remove_on_exit": True})]
+    assert fake.calls_to("wait") == []
+
+
+def test_kill_and_stop_flags(fake: FakeClient) -> None:
+    assert quiltctl(fake, "kill", "web").exit_code == 0
+    assert quiltctl(fake, "kill", "-s", "SIGHUP", "web").exit_code == 0
+    assert quiltctl(fake, "stop", "web").exit_code == 0
+    assert quiltctl(fake, "stop", "-t", "5", "web").exit_code == 0
+    assert quiltctl(fake, "stop", "-t", "0", "web").exit_code == 0
+    assert fake.calls_to("kill") == [(PATH, 9), (PATH, 1), (PATH, 9)]
+    assert fake.calls_to("stop") == [(PATH, 0), (PATH, 5)]
+
+
+def test_stop_without_grace_on_a_stopped_container_succeeds(fake: FakeClient) -> None:
+    fake.errors["kill"] = ClientError("org.quilt.Runtime.Error.NotRunning", "Container 'web' is not running")
+    result = quiltctl(fake, "stop", "-t", "0", "web")
+    assert (result.exit_code, result.stdout) == (0, "web\n")
+
+
+def test_foreground_run_without_an_exit_status_is_a_quilt_error(fake: FakeClient) -> None:
+    fake.exit_code = -1
+    result = quiltctl(fake, "run", "img", "sh")
+    assert result.exit_code == 125
+    assert result.stderr.endswith("quiltctl: the container ended without an exit status (exit code -1)\n")
+
+
+def test_rm_goes_on_after_a_failure_and_exits_125(fake: FakeClient) -> None:
+    result = quiltctl(fake, "rm", "-f", "web", "missing", "web")
+    assert result.exit_code == 125
+    assert result.stdout == "web\nweb\n"
+    assert result.stderr == "quiltctl: No container 'missing' known\n"
+    assert fake.calls_to("remove") == [(PATH, True), (PATH, True)]
+    assert quiltctl(fake, "remove", "--force", "web").exit_code == 0
+
+
+def test_agent_errors_are_one_line_and_125(fake: FakeClient) -> None:
+    fake.errors["start"] = ClientError("org.quilt.Runtime.Error.AlreadyRunning", "Container 'web' is already running")
+    result = quiltctl(fake, "start", "web")
+    assert (result.exit_code, result.stderr) == (125, "quiltctl: Container 'web' is already running\n")
+
+
+def test_unreachable_agent_is_one_line_and_125(fake: FakeClient) -> None:
+    fake.errors["connect"] = AgentNotReachable("org.freedesktop.DBus.Error.NoServer", "no socket")
+    result = quiltctl(fake, "ps")
+    assert result.exit_code == 125
+    assert result.stderr == "quiltctl: quilt-agent is not reachable on the system bus: no socket\n"
+
+
+def test_ps_shows_running_ones_unless_all(fake: FakeClient) -> None:
+    running = quiltctl(fake, "ps", "--json")
+    assert running.exit_code == 0
+    assert '"State": "running"' in running.stdout and '"exited"' not in running.stdout
+    table = quiltctl(fake, "ps", "-a")
+    assert table.stdout.splitlines()[0].split() == ["ID", "NAME", "IMAGE", "COMMAND", "STATE", "EXIT", "CREATED"]
+    assert FULL_ID[:12] in table.stdout and FULL_ID[:13] not in table.stdout
+    assert len(table.stdout.splitlines()) == 3
+
+
+def test_inspect_leaves_out_the_environment_when_denied(fake: FakeClient) -> None:
+    assert '"SECRET=1"' in quiltctl(fake, "inspect", "web").stdout
+    fake.errors["get_environment"] = ClientError("org.freedesktop.DBus.Error.AccessDenied", "Access denied")
+    result = quiltctl(fake, "inspect", "web")
+    assert result.exit_code == 0 and "Environment" not in result.stdout and result.stderr == ""
+
+
+def test_logs_options(fake: FakeClient) -> None:
+    result = quiltctl(fake, "logs", "-n", "5", "--since", "1700000000", "web")
+    assert result.exit_code == 0
+    assert fake.calls_to("get_logs") == [(PATH, {"lines": 5, "since": 1_700_000_000_000_000})]
+    assert quiltctl(fake, "logs", "--since", "yesterday", "web").exit_code == 2
+
+
+def test_wait_prints_exit_codes(fake: FakeClient) -> None:
+    fake.exit_code = 7
+    result = quiltctl(fake, "wait", "web", "web")
+    assert (result.exit_code, result.stdout) == (0, "7\n7\n")
