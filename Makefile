@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Debian packages the project needs: building systemd-python, the test host's
 # systemd/bus/polkit, gdbus and busctl for tests, busybox-static for test images.
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
-	systemd dbus polkitd libglib2.0-bin util-linux busybox-static make
+	systemd dbus polkitd libglib2.0-bin util-linux busybox-static make zstd
 
 .PHONY: setup demo test test-unit test-testhost test-integration bench install install-data clean
 
@@ -30,8 +30,13 @@ $(VENV)/.installed: .apt-checked pyproject.toml
 		| { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	@touch $@
 
+# On a machine whose PID 1 is systemd the demo uses that systemd; elsewhere it boots the test host.
 demo: setup
-	@$(VENV)/bin/python scripts/demo.py
+	@if [ -d /run/systemd/system ] && [ "$$(cat /proc/1/comm)" = systemd ]; then \
+		$(MAKE) -s install && systemctl daemon-reload && systemctl reload dbus && scripts/demo.sh; \
+	else \
+		$(TESTHOST) scripts/demo.sh; \
+	fi
 
 test: setup
 	@$(VENV)/bin/python -m pytest -q tests/unit tests/host $(PYTEST_ARGS)
@@ -39,6 +44,11 @@ test: setup
 
 bench: setup
 	@$(TESTHOST) $(VENV)/bin/python bench/lifecycle.py
+
+# Installs into this machine's /usr: the data files and links to the venv's commands.
+install: install-data
+	ln -sf $(CURDIR)/$(VENV)/bin/quilt-agent $(DESTDIR)/usr/bin/quilt-agent
+	ln -sf $(CURDIR)/$(VENV)/bin/quiltctl $(DESTDIR)/usr/bin/quiltctl
 
 # What a package installs besides the Python code (the test host uses this too).
 install-data:
