@@ -33,7 +33,7 @@ def run(spec: LaunchSpec, agent: socket.socket) -> int:
         signal.signal(sig, signal.SIG_IGN)  # only the container's init is meant to get these
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
-    syscalls.prctl(syscalls.PR_SET_NAME, _comm(f"quilt-mon {spec.name}"))  # what ps and top show
+    syscalls.set_process_name(f"quilt-mon {spec.name}")  # what ps and top show
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("-1000")  # the OOM killer must pick the container's processes, not its monitor
@@ -75,15 +75,6 @@ def run(spec: LaunchSpec, agent: socket.socket) -> int:
     _, status = os.waitpid(pid, 0)
     _record_exit(spec.exit_file, status, failure.partition(" ")[2])
     return 0
-
-
-def _comm(name: str) -> int:
-    """A NUL-terminated buffer for PR_SET_NAME (at most 15 bytes are kept)."""
-    import ctypes
-
-    buf = ctypes.create_string_buffer(name.encode()[:15])
-    _comm.keep = buf  # type: ignore[attr-defined]  # the buffer must outlive the call
-    return ctypes.addressof(buf)
 
 
 def _tell(agent: socket.socket, message: object) -> None:

@@ -94,3 +94,8 @@ def set_capabilities(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> (32 * i)) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> (32 * i)) & 0xFFFFFFFF
     _check(_libc.syscall(_SYS_CAPSET[os.uname().machine], ctypes.byref(header), data), "capset")
+
+
+def set_process_name(name: str) -> None:
+    """The name ps, top and /proc/PID/comm show (the kernel keeps 15 bytes)."""
+    _check(_libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0), "prctl PR_SET_NAME")

@@ -6,6 +6,8 @@ resolves them (and any "..") within the layer, so a member written through a sym
 the host. The name checks below are the rules GNU tar applies too; the chroot is what makes them safe.
 """
 
+from __future__ import annotations
+
 import bz2  # noqa: F401  imported here: the chrooted child must never import (see _child)
 import codecs
 import errno
@@ -69,20 +71,24 @@ def open_tarball(path: Path) -> BinaryIO:
 
 
 def detect_compression(path: Path) -> str:
-    """"none", "gzip", "xz", "zstd" or "bzip2", from the file's content; anything else is ImageInvalid."""
+    """The tarball's compression from its content: "none", "gzip", "xz", "zstd" or "bzip2".
+
+    Anything else is ImageInvalid.
+    """
     with open_tarball(path) as f:
         return _detect(f, path)
 
 
 def _detect(f: BinaryIO, path: Path) -> str:
     head = os.pread(f.fileno(), tarfile.BLOCKSIZE, 0)
+    if not head:
+        raise ImageInvalid(f"Image '{path}' is invalid: empty file")
+    # First: a plain tar's first member may well be named "BZh..." or the like.
+    if head[257:262] == b"ustar":
+        return "none"
     for magic, kind in _MAGIC:
         if head.startswith(magic):
             return kind
-    if not head:
-        raise ImageInvalid(f"Image '{path}' is invalid: empty file")
-    if head[257:262] == b"ustar":
-        return "none"
     # Pre-POSIX tars have no magic; tarfile's header parser (checksum included) decides.
     try:
         tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
@@ -123,7 +129,7 @@ def extract(path: Path, dest: Path) -> None:
     raise RuntimeError(f"Unpacking image '{path}' failed: {report.text}")
 
 
-def _extract_zstd(f: BinaryIO, dest: Path) -> "tuple[_Report, str | None]":
+def _extract_zstd(f: BinaryIO, dest: Path) -> tuple[_Report, str | None]:
     """Unpack through `zstd -dc`, started before the fork so that the child only reads a pipe.
 
     Returns the child's report and what zstd said if it failed by itself (not killed by SIGPIPE
@@ -132,6 +138,9 @@ def _extract_zstd(f: BinaryIO, dest: Path) -> "tuple[_Report, str | None]":
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         zstd = subprocess.Popen(["zstd", "-d", "-c", "-q"], stdin=f, stdout=w, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        os.close(r)
+        raise FileNotFoundError(errno.ENOENT, "zstd-compressed images need the zstd program", "zstd") from None
     except BaseException:
         os.close(r)
         raise
@@ -314,6 +323,11 @@ def _checked(tar: tarfile.TarFile, cursor: _Cursor, send: Callable[..., None]) -
                 raise ImageInvalid(f"hardlink '{_shown(member.name)}' points to '{_shown(member.linkname)}', "
                                    "which is not in the image")
             member.linkname = target
+            # The link shares its target's inode; as with GNU tar, its header must not change it
+            # (tarfile would chown and chmod the target with the link header's owner and mode).
+            st = os.stat(target)
+            member.mode, member.uid, member.gid, member.mtime = (
+                stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime)
         if not member.isdir() and os.path.lexists(member.name) and not os.path.isdir(member.name):
             # As GNU tar does: replace what is there. tarfile would open an existing symlink and
             # write through it, changing another file of the layer.
