@@ -278,6 +278,10 @@ class Client:
         (values,) = await self._call(path, PROPERTIES_INTERFACE, "GetAll", "s", [CONTAINER_INTERFACE])
         return {key: unwrap(value) for key, value in values.items()}
 
+    async def get_property(self, path: str, name: str) -> Any:
+        (value,) = await self._call(path, PROPERTIES_INTERFACE, "Get", "ss", [CONTAINER_INTERFACE, name])
+        return unwrap(value)
+
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Lifecycle latencies through the real bus, from a client already connected.
+
+Run inside the test host (or on a systemd host with the agent installed):
+    make bench        or        python3 tests/testhost.py run -- .venv/bin/python bench/lifecycle.py
+Prints median and p95 of: RunContainer to exit of /bin/true, a property read,
+ListContainers with 100 containers present. A benchmark, not a test: nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from quilt_agent.client import Client  # noqa: E402
+
+
+def summary(label: str, samples: list[float]) -> str:
+    ms = sorted(s * 1000 for s in samples)
+    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+    return f"{label:<44} median {statistics.median(ms):8.2f} ms   p95 {p95:8.2f} ms   (n={len(ms)})"
+
+
+async def run_to_exit(client: Client, image: str, runs: int, warmup: int) -> list[float]:
+    samples = []
+    for i in range(warmup + runs):
+        started = time.perf_counter()
+        path = await client.run_container(f"bench-true-{i}", image, ["/bin/true"], {})
+        code = await client.wait(path)
+        elapsed = time.perf_counter() - started
+        assert code == 0, f"/bin/true exited {code}"
+        await client.remove(path)
+        if i >= warmup:
+            samples.append(elapsed)
+    return samples
+
+
+async def property_read(client: Client, path: str, runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await client.get_property(path, "State")
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+async def listing(client: Client, runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await client.list_containers()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+async def main(runs: int) -> None:
+    subprocess.run(["systemctl", "start", "quilt-agent"], check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        image = str(Path(tmp) / "busybox.tar")
+        subprocess.run([str(Path(__file__).resolve().parents[1] / "scripts/busybox-rootfs.sh"), image], check=True)
+        async with Client() as client:
+            print(f"quilt {await client.version()}, {subprocess.getoutput('nproc')} cores, "
+                  f"kernel {subprocess.getoutput('uname -r')}")
+            print(summary("RunContainer -> exit, /bin/true", await run_to_exit(client, image, runs, warmup=5)))
+            one = await client.create_container("bench-props", image, ["/bin/true"], {})
+            print(summary("property read (State of a container)", await property_read(client, one, runs * 5)))
+            paths = [await client.create_container(f"bench-list-{i}", image, ["/bin/true"], {}) for i in range(99)]
+            print(summary("ListContainers with 100 containers", await listing(client, runs * 5)))
+            for path in [one, *paths]:
+                await client.remove(path)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=100)
+    asyncio.run(main(parser.parse_args().runs))
