@@ -11,6 +11,7 @@ import os
 import shutil
 import signal as signals
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -160,9 +161,11 @@ class Manager:
             hostname=self._hostname(c.spec), namespaces=c.spec.namespaces,
         )
         rt.exited = asyncio.Event()
+        t0 = time.perf_counter()
         sock = self._zygote.spawn(spec)
         try:
             spawned = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Spawned)
+            t1 = time.perf_counter()
             rt.monitor_pidfd = os.pidfd_open(spawned.monitor_pid)
             rt.init_pidfd = os.pidfd_open(spawned.init_pid)
             limits = ScopeLimits(c.spec.memory_max, c.spec.cpu_quota,
@@ -181,6 +184,7 @@ class Manager:
             await self._store.update_status(c)
             self._containers[c.id] = c
             self._watch(c.id, rt)
+            t2 = time.perf_counter()
             protocol.send(sock, Go())
             reply = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Started, ExecFailed)
         except protocol.ProtocolError as err:
@@ -195,7 +199,9 @@ class Manager:
         if c.state is State.CREATED or c.state.can_start():
             c = await self._set(c.with_(state=State.RUNNING, started_at=now_usec()))
         await self._store.add_event("started", c.id)
-        log.info("started container %s, init pid %d", c.name, c.main_pid)
+        t3 = time.perf_counter()
+        log.info("started container %s, init pid %d, in %.1f ms (fork %.1f, scope %.1f, exec %.1f)", c.name,
+                 c.main_pid, (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
         return c
 
     def _full_env(self, spec: ContainerSpec) -> tuple[str, ...]:

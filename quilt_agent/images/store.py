@@ -52,13 +52,18 @@ class ImageStore:
         self._layers.mkdir(exist_ok=True)
         self._tmp.mkdir(exist_ok=True)
         self._remove_stale_work()
+        self._hashed: dict[tuple[int, ...], str] = {}
 
     def import_tarball(self, path: Path) -> Image:
         """Import a rootfs tarball; the same bytes give the same Image and are unpacked only once."""
         with tarball.open_tarball(path) as f:
             hashed = os.fstat(f.fileno())
-            image_id = hashlib.file_digest(f, "sha256").hexdigest()
+            key = (hashed.st_dev, hashed.st_ino, hashed.st_size, hashed.st_mtime_ns, hashed.st_ctime_ns)
+            # The same unchanged file again (a run per container): no need to hash it again.
+            known = self._hashed.get(key)
+            image_id = known or hashlib.file_digest(f, "sha256").hexdigest()
         image = self._load(image_id)
+        self._hashed[key] = image_id
         if image is not None and image.rootfs.is_dir():
             return image
         layer = self._layers / image_id
