@@ -31,7 +31,7 @@ async def run(zygote: Zygote) -> int:
     store = await Store.open(paths.database)
     scopes = Scopes(bus)
     await scopes.connect()
-    manager = Manager(paths, store, scopes, zygote, ImageStore(paths.images))
+    manager = Manager(paths, store, scopes, zygote, ImageStore(paths.images, zygote.extract))
     await manager.recover()
     interface = ManagerInterface(manager, Authority(bus), bus)
     bus.export(MANAGER_PATH, interface)

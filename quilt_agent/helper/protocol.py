@@ -68,7 +68,25 @@ class ExecFailed:
     exit_code: int
 
 
-MESSAGES = {cls.__name__: cls for cls in (LaunchSpec, Spawned, Go, Abort, Started, ExecFailed)}
+@dataclass(frozen=True)
+class ExtractLayer:
+    """Agent -> fork server: unpack an image tarball into dest (an empty directory)."""
+
+    path: str
+    dest: str
+
+
+@dataclass(frozen=True)
+class ExtractDone:
+    """Extractor -> agent: error is "" on success, else the name of the core error to raise."""
+
+    error: str = ""
+    message: str = ""
+    errno: int = 0
+
+
+MESSAGES = {cls.__name__: cls for cls in (LaunchSpec, Spawned, Go, Abort, Started, ExecFailed, ExtractLayer,
+                                          ExtractDone)}
 M = TypeVar("M")
 
 

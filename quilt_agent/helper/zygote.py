@@ -1,4 +1,5 @@
-"""The fork server: forked at agent start, before any thread exists, it forks one monitor per container.
+"""The fork server: forked at agent start, before any thread exists, it forks one monitor per
+container, and one extractor per image tarball to unpack.
 
 Forking from the threaded agent (aiosqlite runs a thread) could copy a lock
 held by another thread; the fork server has a single thread, so its children
@@ -11,8 +12,15 @@ import signal
 import socket
 from dataclasses import dataclass
 
+from pathlib import Path
+
+from quilt_agent import errors
 from quilt_agent.helper import monitor, protocol, syscalls
-from quilt_agent.helper.protocol import LaunchSpec
+from quilt_agent.helper.protocol import ExtractDone, ExtractLayer, LaunchSpec
+from quilt_agent.images import tarball
+
+# Errors an extractor may report, by name, raised again in the agent.
+_EXTRACT_ERRORS = {cls.__name__: cls for cls in (errors.ImageInvalid, errors.NoSuchImage, errors.InvalidArgument)}
 
 
 @dataclass
@@ -22,15 +30,31 @@ class Zygote:
     pid: int
     sock: socket.socket
 
-    def spawn(self, spec: LaunchSpec) -> socket.socket:
-        """Fork a monitor for spec; return the agent's end of the socket to it."""
+    def _request(self, message: object) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            socket.send_fds(self.sock, [protocol.encode(spec)], [theirs.fileno()])
+            # One datagram with its fd: sends from several threads cannot interleave.
+            socket.send_fds(self.sock, [protocol.encode(message)], [theirs.fileno()])
         finally:
             theirs.close()
+        return ours
+
+    def spawn(self, spec: LaunchSpec) -> socket.socket:
+        """Fork a monitor for spec; return the agent's end of the socket to it."""
+        ours = self._request(spec)
         ours.setblocking(False)
         return ours
+
+    def extract(self, path: Path, dest: Path) -> None:
+        """tarball.extract, done by a child of the fork server. Blocking: call it from a worker thread."""
+        with self._request(ExtractLayer(str(path), str(dest))) as ours:
+            done = protocol.receive(ours, ExtractDone)
+        if done.error in _EXTRACT_ERRORS:
+            raise _EXTRACT_ERRORS[done.error](done.message)
+        if done.error == "OSError":
+            raise OSError(done.errno, done.message)
+        if done.error:
+            raise RuntimeError(done.message)
 
 
 def start() -> Zygote:
@@ -55,7 +79,7 @@ def _serve(sock: socket.socket) -> None:
         data, fds, _flags, _addr = socket.recv_fds(sock, protocol.MAX_MESSAGE, 1)
         if not data:
             return  # the agent is gone
-        spec = protocol.decode(data, LaunchSpec)
+        request = protocol.decode(data, LaunchSpec, ExtractLayer)
         pid = os.fork()
         if pid == 0:
             sock.close()
@@ -63,8 +87,26 @@ def _serve(sock: socket.socket) -> None:
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 0)
             status = 1
             try:
-                status = monitor.run(spec, socket.socket(fileno=fds[0]))
+                peer = socket.socket(fileno=fds[0])
+                if isinstance(request, LaunchSpec):
+                    status = monitor.run(request, peer)
+                else:
+                    status = _extract(request, peer)
             finally:
                 os._exit(status)
         for fd in fds:
             os.close(fd)
+
+
+def _extract(request: ExtractLayer, peer: socket.socket) -> int:
+    try:
+        tarball.extract(Path(request.path), Path(request.dest))
+        done = ExtractDone()
+    except errors.QuiltError as e:
+        done = ExtractDone(type(e).__name__, str(e))
+    except OSError as e:
+        done = ExtractDone("OSError", e.strerror or str(e), e.errno or 0)
+    except Exception as e:  # noqa: BLE001 - reported to the agent, which logs it
+        done = ExtractDone("RuntimeError", f"{type(e).__name__}: {e}")
+    protocol.send(peer, done)
+    return 0

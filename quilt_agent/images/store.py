@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from quilt_agent.errors import ImageInvalid, NoSuchImage
 from quilt_agent.images import tarball
@@ -42,8 +43,11 @@ class Image:
 
 
 class ImageStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extract: Callable[[Path, Path], None] = tarball.extract) -> None:
+        """extract unpacks a tarball into an empty directory; the agent passes the fork server's,
+        so that no process is forked from its threads."""
         self.root = root
+        self._extract = extract
         self._layers = root / "layers"
         self._tmp = root / "tmp"
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -107,7 +111,7 @@ class ImageStore:
         try:
             # The layer's "/" when the archive has no "./" entry of its own.
             os.chmod(work, 0o755)
-            tarball.extract(path, work)
+            self._extract(path, work)
             now = os.stat(path)
             if (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) != (
                     hashed.st_dev, hashed.st_ino, hashed.st_size, hashed.st_mtime_ns):
