@@ -240,8 +240,8 @@ class Manager:
             data = json.loads((self._paths.container(container_id) / "exit.json").read_text())
             return ExitStatus(**data)
         except (OSError, ValueError, TypeError):
-            return ExitStatus(exit_code=-1, reason="the container's monitor ended without recording an exit status",
-                              finished_at=now_usec())
+            return ExitStatus(exit_code=-1, reason="exit status unknown: the container's monitor ended "
+                                                   "without recording one", finished_at=now_usec())
 
     async def _record_exit(self, container_id: str) -> None:
         c = self._containers.get(container_id)
@@ -286,21 +286,28 @@ class Manager:
         if c.state is not State.RUNNING:
             return c  # as podman stop: stopping a stopped container is done already
         grace = timeout or c.spec.stop_timeout
-        for sig, wait in ((signals.SIGTERM, grace), (signals.SIGKILL, KILL_GRACE)):
-            try:
-                if rt.init_pidfd >= 0:
-                    signals.pidfd_send_signal(rt.init_pidfd, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                await asyncio.wait_for(rt.exited.wait(), wait)
-                return self._get(c.id)
-            except asyncio.TimeoutError:
-                continue
-        # The monitor itself must be stuck: end the scope as a last resort.
-        await self._scopes.stop(c.unit)
-        await asyncio.wait_for(rt.exited.wait(), KILL_GRACE)
+        try:
+            if rt.init_pidfd >= 0:
+                signals.pidfd_send_signal(rt.init_pidfd, signals.SIGTERM)
+            await asyncio.wait_for(rt.exited.wait(), grace)
+        except ProcessLookupError:
+            await asyncio.wait_for(rt.exited.wait(), KILL_GRACE)
+        except asyncio.TimeoutError:
+            await self._kill_and_wait(c)
         return self._get(c.id)
+
+    async def _kill_and_wait(self, c: Container) -> None:
+        rt = self._runtime[c.id]
+        try:
+            if rt.init_pidfd >= 0:
+                signals.pidfd_send_signal(rt.init_pidfd, signals.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            await asyncio.wait_for(rt.exited.wait(), KILL_GRACE)
+        except asyncio.TimeoutError:
+            await self._scopes.stop(c.unit)  # the monitor is stuck: end the scope
+            await asyncio.wait_for(rt.exited.wait(), KILL_GRACE)
 
     async def wait(self, container_id: str) -> int:
         c = self._get(container_id)
@@ -322,12 +329,13 @@ class Manager:
         if c.state is State.RUNNING:
             if not force:
                 raise AlreadyRunning(f"{c.name}' is running: stop it first or remove it with force ('")
-            await self.stop(c.id, 1)
+            await self._kill_and_wait(c)  # as docker rm -f: SIGKILL, no grace period
         async with rt.lock:
+            # Another remove that finished first leaves no container (_get raises). One in state REMOVING
+            # is a remove that did not finish (an error, or the agent died: recover() calls this): finish it.
             c = self._get(c.id)
-            if c.state is State.REMOVING:
-                return
-            c = await self._set(c.with_(state=State.REMOVING))
+            if c.state is not State.REMOVING:
+                c = await self._set(c.with_(state=State.REMOVING))
             await self._scopes.reset_failed(c.unit)
             await asyncio.to_thread(shutil.rmtree, self._paths.container(c.id), True)
             await self._store.delete_container(c.id)
