@@ -36,7 +36,13 @@ from quilt_agent.store import Store
 log = logging.getLogger("quilt.manager")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-KILL_GRACE = 10.0  # how long to wait for a SIGKILLed container's monitor to report
+KILL_GRACE = 10.0
+# journalctl MESSAGE_ID=... finds every edge of a kind, as with systemd's own catalog ids.
+MESSAGE_IDS = {
+    "created": "4dac182fa45d471899d4bbbddde4cfdd", "started": "0600d97482a4436296a92545868adc16",
+    "failed": "27db21ceddd04a2abcef2b86a8bbafec", "exited": "9b8ed616097b49b295ba9b1c596e866a",
+    "oom": "422374fe993343f6b7e031c6aac193f3", "removed": "530128e8449a46459221e6547e06467f",
+}  # how long to wait for a SIGKILLed container's monitor to report
 
 
 class Listener(Protocol):
@@ -115,8 +121,7 @@ class Manager:
             raise
         self._containers[container.id] = container
         self._runtime[container.id] = _Runtime()
-        await self._store.add_event("created", container.id, {"name": name})
-        log.info("created container %s (%s)", name, container.id[:12])
+        await self._event("created", container, "created container %s (%s)", name, container.id[:12])
         for listener in self._listeners:
             listener.container_added(container)
         return container
@@ -194,14 +199,15 @@ class Manager:
         if isinstance(reply, ExecFailed):
             c = await self._set(c.with_(state=State.FAILED, failure_reason=reply.reason, exit_code=reply.exit_code,
                                         started_at=now_usec()))
-            await self._store.add_event("failed", c.id, {"reason": reply.reason})
+            await self._event("failed", c, "container %s failed to start: %s", c.name, reply.reason,
+                              reason=reply.reason)
             raise ContainerFailed(f"Container '{c.name}' failed to start: {reply.reason}")
         if c.state is State.CREATED or c.state.can_start():
             c = await self._set(c.with_(state=State.RUNNING, started_at=now_usec()))
-        await self._store.add_event("started", c.id)
         t3 = time.perf_counter()
-        log.info("started container %s, init pid %d, in %.1f ms (fork %.1f, scope %.1f, exec %.1f)", c.name,
-                 c.main_pid, (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        await self._event("started", c, "started container %s, init pid %d, in %.1f ms (fork %.1f, scope %.1f, "
+                          "exec %.1f)", c.name, c.main_pid, (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+                          (t3 - t2) * 1e3)
         return c
 
     def _full_env(self, spec: ContainerSpec) -> tuple[str, ...]:
@@ -254,10 +260,10 @@ class Manager:
                                     oom_killed=status.oom_killed, finished_at=status.finished_at or now_usec(),
                                     main_pid=0, monitor_pid=0, monitor_start=0,
                                     failure_reason=c.failure_reason or status.reason))
-        await self._store.add_event("exited", c.id, {"exit_code": c.exit_code, "oom_killed": c.oom_killed})
         if c.oom_killed:
-            await self._store.add_event("oom", c.id)
-        log.info("container %s exited with code %d%s", c.name, c.exit_code, " (OOM killed)" if c.oom_killed else "")
+            await self._event("oom", c, "container %s was killed for lack of memory", c.name)
+        await self._event("exited", c, "container %s exited with code %d", c.name, c.exit_code,
+                          exit_code=c.exit_code, oom_killed=c.oom_killed)
         self._runtime[c.id].exited.set()
         if c.spec.remove_on_exit:
             try:
@@ -339,11 +345,10 @@ class Manager:
             await self._scopes.reset_failed(c.unit)
             await asyncio.to_thread(shutil.rmtree, self._paths.container(c.id), True)
             await self._store.delete_container(c.id)
-            await self._store.add_event("removed", c.id, {"name": c.name})
+            await self._event("removed", c, "removed container %s", c.name)
             del self._containers[c.id]
             rt.exited.set()  # wake waiters: they find it gone
             del self._runtime[c.id]
-        log.info("removed container %s", c.name)
         for listener in self._listeners:
             listener.container_removed(c)
 
@@ -398,6 +403,12 @@ class Manager:
             return False
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    async def _event(self, kind: str, c: Container, text: str, *args: Any, **details: Any) -> None:
+        """A lifecycle edge: stored in the events table and logged as a structured journal entry."""
+        await self._store.add_event(kind, c.id, {"name": c.name, **details})
+        log.info(text, *args, extra={"MESSAGE_ID": MESSAGE_IDS[kind], "CONTAINER_NAME": c.name,
+                                     "CONTAINER_ID_FULL": c.id, "QUILT_EVENT": kind})
 
     def _get(self, container_id: str) -> Container:
         c = self._containers.get(container_id)
