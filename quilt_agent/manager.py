@@ -136,7 +136,9 @@ class Manager:
         if not image:
             raise InvalidArgument("No image given: name an image or give an absolute path to a rootfs tarball")
         if image.startswith("/"):
-            return await asyncio.to_thread(self._images.import_tarball, Path(image))
+            img = await asyncio.to_thread(self._images.import_tarball, Path(image))
+            await self._store.record_image(img.id, img.digest, img.source, img.size, img.created_at)
+            return img
         try:
             return await asyncio.to_thread(self._images.get, image)
         except NoSuchImage:
