@@ -75,6 +75,7 @@ class Manager:
         self._containers: dict[str, Container] = {}
         self._runtime: dict[str, _Runtime] = {}
         self._listeners: list[Listener] = []
+        self._creating: set[str] = set()  # names whose create is storing its row: taken already
         self._loop = asyncio.get_running_loop()
 
     def subscribe(self, listener: Listener) -> None:
@@ -103,15 +104,19 @@ class Manager:
     async def create(self, name: str, image: str, command: list[str], options: dict[str, Any]) -> Container:
         fields = parse_options(options)
         name = validate_name(name) if name else self._free_name()
-        if any(c.name == name for c in self._containers.values()):
+        # Every argument is checked before the image is imported: a refused call leaves no new image behind.
+        command = validate_command(command)
+        if name in self._creating or any(c.name == name for c in self._containers.values()):
             raise NameInUse(name)
         img = await self._resolve_image(image)
-        spec = ContainerSpec(name=name, image=image, image_id=img.id, command=validate_command(command), **fields)
-        # Checked again now: another create may have taken the name while the image was imported.
-        if any(c.name == name for c in self._containers.values()):
+        spec = ContainerSpec(name=name, image=image, image_id=img.id, command=command, **fields)
+        # Checked again now: another create may have taken the name while the image was imported; from
+        # here until the container is in _containers, _creating holds the name (the insert awaits).
+        if name in self._creating or any(c.name == name for c in self._containers.values()):
             raise NameInUse(name)
         container = Container(id=new_id(), spec=spec, created_at=now_usec())
         directory = self._paths.container(container.id)
+        self._creating.add(name)
         try:
             for sub in ("upper", "work", "merged"):
                 (directory / sub).mkdir(parents=True, mode=0o755)
@@ -119,6 +124,8 @@ class Manager:
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
+        finally:
+            self._creating.discard(name)
         self._containers[container.id] = container
         self._runtime[container.id] = _Runtime()
         await self._event("created", container, "created container %s (%s)", name, container.id[:12])
@@ -220,6 +227,8 @@ class Manager:
 
     @staticmethod
     def _hostname(spec: ContainerSpec) -> str:
+        if "uts" not in spec.namespaces:
+            return socket.gethostname()  # the host's UTS namespace: $HOSTNAME must say what `hostname` says
         return spec.hostname or spec.name[:63]
 
     # --- exits -----------------------------------------------------------------------------------
