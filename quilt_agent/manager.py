@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import signal as signals
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,8 @@ from quilt_agent.helper.protocol import ExecFailed, Go, LaunchSpec, Spawned, Sta
 from quilt_agent.helper.zygote import Zygote
 from quilt_agent.images.store import Image, ImageStore
 from quilt_agent.model import (
-    Container, ContainerSpec, ExitStatus, State, generate_name, new_id, now_usec, parse_options, validate_command,
-    validate_name,
+    Container, ContainerSpec, ExitStatus, State, effective_hostname, generate_name, new_id, now_usec, parse_options,
+    validate_command, validate_name,
 )
 from quilt_agent.scopes import ScopeLimits, Scopes
 from quilt_agent.store import Store
@@ -172,7 +171,7 @@ class Manager:
             container_id=c.id, name=c.name, unit=c.unit, lower=str(image.rootfs), upper=str(directory / "upper"),
             work=str(directory / "work"), merged=str(directory / "merged"), exit_file=str(exit_file),
             command=c.spec.command, env=self._full_env(c.spec), workdir=c.spec.workdir, user=c.spec.user,
-            hostname=self._hostname(c.spec), namespaces=c.spec.namespaces,
+            hostname=effective_hostname(c.spec), namespaces=c.spec.namespaces,
         )
         rt.exited = asyncio.Event()
         t0 = time.perf_counter()
@@ -221,15 +220,10 @@ class Manager:
 
     def _full_env(self, spec: ContainerSpec) -> tuple[str, ...]:
         # Never the agent's own environment: only defaults, then what the caller gave.
-        env = {"PATH": DEFAULT_PATH, "HOSTNAME": self._hostname(spec), "container": "quilt"}
+        env = {"PATH": DEFAULT_PATH, "HOSTNAME": effective_hostname(spec), "container": "quilt"}
         env.update(e.split("=", 1) for e in spec.env)
         return tuple(f"{k}={v}" for k, v in env.items())
 
-    @staticmethod
-    def _hostname(spec: ContainerSpec) -> str:
-        if "uts" not in spec.namespaces:
-            return socket.gethostname()  # the host's UTS namespace: $HOSTNAME must say what `hostname` says
-        return spec.hostname or spec.name[:63]
 
     # --- exits -----------------------------------------------------------------------------------
 

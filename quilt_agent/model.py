@@ -6,6 +6,7 @@ import math
 import os
 import re
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -105,6 +106,13 @@ class ExitStatus:
     oom_killed: bool = False
     reason: str = ""
     finished_at: int = 0
+
+
+def effective_hostname(spec: ContainerSpec) -> str:
+    """The hostname the container sees: its own, or the host's when it shares the host's UTS namespace."""
+    if "uts" not in spec.namespaces:
+        return socket.gethostname()
+    return spec.hostname or spec.name
 
 
 def scope_name(container_name: str) -> str:
@@ -244,6 +252,10 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
             raise InvalidArgument(f"Unknown option '{key}': known options are {', '.join(sorted(OPTION_PARSERS))}")
         name, parser = OPTION_PARSERS[key]
         fields[name] = parser(value)
+    if fields.get("hostname") and "uts" not in fields.get("namespaces", NAMESPACES):
+        # As Podman: the hostname would be silently ignored (or, set, change the host's).
+        raise InvalidArgument(f"Cannot set hostname '{fields['hostname']}' without the uts namespace: "
+                              "the container shares the host's hostname")
     return fields
 
 

@@ -9,7 +9,7 @@ from quilt_agent.bus.names import CONTAINER_INTERFACE
 from quilt_agent.bus.polkit import MANAGE, READ, Authority
 from quilt_agent.errors import InvalidArgument
 from quilt_agent.manager import Manager
-from quilt_agent.model import Container
+from quilt_agent.model import Container, effective_hostname
 
 LOG_OPTIONS = {"lines": int, "since": int}
 
@@ -20,7 +20,7 @@ def properties(c: Container) -> dict[str, Any]:
         "Id": c.id, "Name": c.name, "Image": c.spec.image, "Command": list(c.spec.command),
         "State": c.state.value, "ExitCode": c.exit_code, "ExitSignal": c.exit_signal, "OOMKilled": c.oom_killed,
         "FailureReason": c.failure_reason, "MainPID": c.main_pid, "Unit": c.unit,
-        "Hostname": c.spec.hostname or c.name, "WorkingDirectory": c.spec.workdir, "User": c.spec.user or "0",
+        "Hostname": effective_hostname(c.spec), "WorkingDirectory": c.spec.workdir, "User": c.spec.user or "0",
         "Namespaces": list(c.spec.namespaces), "CreatedAt": c.created_at, "StartedAt": c.started_at,
         "FinishedAt": c.finished_at, "MemoryMax": c.spec.memory_max, "PidsMax": c.spec.pids_max,
         "CPUQuota": c.spec.cpu_quota, "StopTimeout": c.spec.stop_timeout, "RemoveOnExit": c.spec.remove_on_exit,
@@ -40,6 +40,8 @@ def _log_options(options: dict[str, Variant]) -> tuple[int, int]:
 
 
 class ContainerInterface(GuardedInterface):
+    ARG_NAMES = {"Wait": ("exit_code",), "GetLogs": ("lines",), "GetEnvironment": ("environment",)}
+
     def __init__(self, container_id: str, manager: Manager, authority: Authority) -> None:
         super().__init__(CONTAINER_INTERFACE, authority)
         self.container_id = container_id
