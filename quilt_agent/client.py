@@ -31,6 +31,10 @@ _UNREACHABLE_ERRORS = frozenset(
         "org.freedesktop.DBus.Error.Disconnected",
     }
 )
+# Bus activation's failures: dbus-daemon's own (Spawn.*), and systemd's for SystemdService= relayed by it
+# ("Unit quilt-agent.service is masked." is org.freedesktop.systemd1.UnitMasked). The agent itself never
+# answers with these names, so they too mean the agent is not there.
+_UNREACHABLE_ERROR_PREFIXES = ("org.freedesktop.DBus.Error.Spawn.", "org.freedesktop.systemd1.")
 
 # The wire type of each key of CreateContainer/RunContainer's a{sv}, as documented in the XML.
 CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
@@ -211,7 +215,7 @@ class Client:
         if reply.message_type == MessageType.ERROR:
             name = reply.error_name or "org.freedesktop.DBus.Error.Failed"
             text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else name
-            if name in _UNREACHABLE_ERRORS:
+            if name in _UNREACHABLE_ERRORS or name.startswith(_UNREACHABLE_ERROR_PREFIXES):
                 raise AgentNotReachable(name, text)
             raise ClientError(name, text)
         return list(reply.body)

@@ -36,6 +36,7 @@ async def run(zygote: Zygote) -> int:
     interface = ManagerInterface(manager, Authority(bus), bus)
     bus.export(MANAGER_PATH, interface)
     interface.export_existing()
+    bus.add_message_handler(interface.unknown_container)
 
     reply = await bus.request_name(BUS_NAME)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
@@ -50,6 +51,7 @@ async def run(zygote: Zygote) -> int:
 
     def zygote_died() -> None:
         nonlocal status
+        loop.remove_reader(zygote_fd)  # a pidfd stays readable: once is enough
         # Forking a new one from this threaded process would be unsafe: let systemd restart us.
         log.error("the fork server (pid %d) died; exiting so that systemd restarts the agent", zygote.pid)
         status = 1
@@ -65,6 +67,7 @@ async def run(zygote: Zygote) -> int:
     await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
     sd_daemon.notify("STOPPING=1")
     loop.remove_reader(zygote_fd)
+    os.close(zygote_fd)
     bus.disconnect()
     await store.close()
     return status

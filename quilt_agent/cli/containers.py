@@ -195,7 +195,20 @@ def run(ctx: click.Context, detach: bool, **params: Any) -> None:
     remove_after = bool(request.options.pop("remove_on_exit", False))
 
     async def foreground(client: Client) -> int:
-        path = await client.run_container(request.name, request.image, request.command, request.options)
+        if not remove_after:
+            path = await client.run_container(request.name, request.image, request.command, request.options)
+        else:
+            # A RunContainer that fails to start (command not in the image) leaves a failed container, which
+            # the agent was not asked to remove: create and start apart, so --rm can remove it then too.
+            path = await client.create_container(request.name, request.image, request.command, request.options)
+            try:
+                await client.start(path)
+            except ClientError:
+                try:
+                    await client.remove(path, True)
+                except ClientError:
+                    pass  # the start's error is the one to report
+                raise
         code = await _wait_forwarding_signals(client, path)
         output.print_logs(await client.get_logs(path, {}))
         if remove_after:
@@ -440,7 +453,9 @@ def status(ctx: click.Context, container: str) -> None:
 def logs(ctx: click.Context, lines: int | None, since: str | None, container: str) -> None:
     """Print a container's output: its stdout on stdout, its stderr on stderr."""
     options: dict[str, Any] = {}
-    if lines is not None:
+    # On the wire lines 0 means "no limit"; `--tail 0` means no lines, as in Podman (the container is still
+    # looked up, so an unknown one is still an error).
+    if lines:
         options["lines"] = lines
     if since is not None:
         try:
@@ -449,7 +464,8 @@ def logs(ctx: click.Context, lines: int | None, since: str | None, container: st
             raise click.BadParameter(str(e), ctx=ctx, param_hint="'--since'") from None
 
     async def body(client: Client) -> list[Any]:
-        return await client.get_logs(await client.get_container(container), options)
+        path = await client.get_container(container)
+        return [] if lines == 0 else await client.get_logs(path, options)
 
     output.print_logs(with_client(ctx, body))
 

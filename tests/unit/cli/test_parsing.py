@@ -332,7 +332,7 @@ def test_foreground_run_prints_logs_by_stream_and_exits_with_the_code(fake: Fake
     assert result.stdout == "out 1\nout 2\n"
     assert result.stderr == "err 1\n"
     # The CLI removes after reading the logs, so the agent must not remove on exit by itself.
-    assert fake.calls_to("run_container")[0][3] == {}
+    assert fake.calls_to("create_container")[0][3] == {}
     assert [c[0] for c in fake.calls][-3:] == ["wait", "get_logs", "remove"]
 
 
