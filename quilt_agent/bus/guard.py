@@ -8,6 +8,7 @@ import logging
 from typing import Any, Awaitable, Callable, TypeVar
 
 from dbus_fast import DBusError
+from dbus_fast import introspection as intr
 from dbus_fast.service import ServiceInterface
 
 from quilt_agent import errors
@@ -30,6 +31,18 @@ class GuardedInterface(ServiceInterface):
     def subject(self, args: tuple[Any, ...]) -> str:
         """The container a call is about, for polkit's details; '' when none."""
         return ""
+
+    # dbus-fast names a method's in-args after its parameters but leaves out-args and signal args unnamed;
+    # the contract (dbus/org.quilt.Runtime.xml) names them. Member -> those names, in order.
+    ARG_NAMES: dict[str, tuple[str, ...]] = {}
+
+    def introspect(self) -> intr.Interface:
+        interface = super().introspect()
+        for member in (*interface.methods, *interface.signals):
+            args = member.out_args if isinstance(member, intr.Method) else member.args
+            for arg, name in zip(args, self.ARG_NAMES.get(member.name, ())):
+                arg.name = name
+        return interface
 
 
 def guarded(action: str = MANAGE, verb: str = "") -> Callable[[F], F]:

@@ -1,16 +1,17 @@
 """org.quilt.Runtime.Manager on /org/quilt/Runtime, and the export of one object per container."""
 from typing import Any
 
-from dbus_fast import Variant
+from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import PropertyAccess, dbus_method, dbus_property, dbus_signal
 
 from quilt_agent import __version__
 from quilt_agent.bus.container import ContainerInterface, properties
 from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
-from quilt_agent.bus.names import MANAGER_INTERFACE, container_path
+from quilt_agent.bus.errors import ERROR_NAMES
+from quilt_agent.bus.names import CONTAINER_INTERFACE, CONTAINER_PATH_PREFIX, MANAGER_INTERFACE, container_path
 from quilt_agent.bus.polkit import MANAGE, Authority
-from quilt_agent.errors import InvalidArgument
+from quilt_agent.errors import InvalidArgument, NoSuchContainer
 from quilt_agent.manager import Manager
 from quilt_agent.model import Container
 
@@ -26,6 +27,10 @@ def _check_command(command: list[str]) -> list[str]:
 
 
 class ManagerInterface(GuardedInterface):
+    ARG_NAMES = {"CreateContainer": ("container",), "RunContainer": ("container",), "GetContainer": ("container",),
+                 "ListContainers": ("containers",), "ContainerNew": ("id", "container"),
+                 "ContainerRemoved": ("id", "container")}
+
     def __init__(self, manager: Manager, authority: Authority, bus: MessageBus) -> None:
         super().__init__(MANAGER_INTERFACE, authority)
         self._manager = manager
@@ -56,6 +61,19 @@ class ManagerInterface(GuardedInterface):
         obj = self._objects.get(container.id)
         if obj is not None:
             obj.changed(container)
+
+    def unknown_container(self, msg: Message) -> Message | bool | None:
+        """Message handler: a call to a container path that has no object (removed, or a wrong id) is
+        NoSuchContainer naming the id, as machined answers; dbus-fast alone answers UnknownMethod, as if
+        Start or Remove did not exist."""
+        if (msg.message_type is not MessageType.METHOD_CALL or not msg.path.startswith(CONTAINER_PATH_PREFIX)
+                or msg.interface not in (CONTAINER_INTERFACE, "org.freedesktop.DBus.Properties")
+                or msg.path[len(CONTAINER_PATH_PREFIX):] in self._objects):
+            return None
+        if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            return True
+        error = NoSuchContainer(msg.path[len(CONTAINER_PATH_PREFIX):])
+        return Message.new_error(msg, ERROR_NAMES[NoSuchContainer], str(error))
 
     def container_removed(self, container: Container) -> None:
         obj = self._objects.pop(container.id, None)

@@ -92,7 +92,7 @@ def _detect(f: BinaryIO, path: Path) -> str:
     # Pre-POSIX tars have no magic; tarfile's header parser (checksum included) decides.
     try:
         tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
-    except tarfile.EmptyHeaderError:
+    except (tarfile.EmptyHeaderError, tarfile.EOFHeaderError):  # a zero block: the end-of-archive marker
         raise ImageInvalid(f"Image '{path}' is invalid: empty tar archive") from None
     except tarfile.HeaderError:
         raise ImageInvalid(f"Image '{path}' is invalid: not a tar archive "
