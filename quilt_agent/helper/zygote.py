@@ -7,6 +7,7 @@ start clean.
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -75,6 +76,10 @@ def _serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # monitors are reaped by the kernel
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Every page a child writes is copied: keep the cyclic GC from walking (and writing to) all the
+    # objects the children inherit.
+    gc.collect()
+    gc.freeze()
     while True:
         data, fds, _flags, _addr = socket.recv_fds(sock, protocol.MAX_MESSAGE, 1)
         if not data:
