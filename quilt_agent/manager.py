@@ -127,9 +127,10 @@ class Manager:
             self._creating.discard(name)
         self._containers[container.id] = container
         self._runtime[container.id] = _Runtime()
-        await self._event("created", container, "created container %s (%s)", name, container.id[:12])
+        # Exported before the next await: from now on ListContainers and GetContainer return its path.
         for listener in self._listeners:
             listener.container_added(container)
+        await self._event("created", container, "created container %s (%s)", name, container.id[:12])
         return container
 
     def _free_name(self) -> str:
@@ -256,8 +257,9 @@ class Manager:
 
     async def _record_exit(self, container_id: str) -> None:
         c = self._containers.get(container_id)
-        if c is None:
-            return
+        rt = self._runtime.get(container_id)
+        if c is None or rt is None or c.state is State.REMOVING:
+            return  # removed, or being removed (a failed start's monitor may exit that late)
         status = self._read_exit(container_id)
         state = State.FAILED if c.state is State.FAILED or (status.reason and status.exit_code in (125, 126, 127)
                                                            and c.state is not State.RUNNING) else State.EXITED
@@ -269,8 +271,8 @@ class Manager:
             await self._event("oom", c, "container %s was killed for lack of memory", c.name)
         await self._event("exited", c, "container %s exited with code %d", c.name, c.exit_code,
                           exit_code=c.exit_code, oom_killed=c.oom_killed)
-        self._runtime[c.id].exited.set()
-        if c.spec.remove_on_exit:
+        rt.exited.set()
+        if c.spec.remove_on_exit and c.id in self._containers:
             try:
                 await self.remove(c.id, force=False)
             except Exception:  # noqa: BLE001 - logged; the container stays for the user to remove
@@ -341,6 +343,9 @@ class Manager:
             if not force:
                 raise AlreadyRunning(f"{c.name}' is running: stop it first or remove it with force ('")
             await self._kill_and_wait(c)  # as docker rm -f: SIGKILL, no grace period
+        elif rt.monitor_pidfd >= 0:
+            # A failed start's monitor still exiting: it writes the exit file into the directory removed below.
+            await self._kill_and_wait(c)
         async with rt.lock:
             # Another remove that finished first leaves no container (_get raises). One in state REMOVING
             # is a remove that did not finish (an error, or the agent died: recover() calls this): finish it.
@@ -353,6 +358,11 @@ class Manager:
             await self._event("removed", c, "removed container %s", c.name)
             del self._containers[c.id]
             rt.exited.set()  # wake waiters: they find it gone
+            if rt.monitor_pidfd >= 0:
+                # Never leave a reader behind the runtime: _monitor_exited could not remove it, and the
+                # readable pidfd would spin the loop forever.
+                self._loop.remove_reader(rt.monitor_pidfd)
+                self._close_pidfds(rt)
             del self._runtime[c.id]
         for listener in self._listeners:
             listener.container_removed(c)
@@ -424,6 +434,8 @@ class Manager:
     async def _set(self, c: Container) -> Container:
         """Store a new status and tell the listeners."""
         await self._store.update_status(c)
+        if c.id not in self._containers:
+            return c  # removed while the status was stored: it must not come back
         self._containers[c.id] = c
         for listener in self._listeners:
             listener.container_changed(c)

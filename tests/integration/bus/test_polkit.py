@@ -1,0 +1,202 @@
+"""Authorization as a person sees it with busctl: unprivileged callers are refused whatever changes or reveals a
+container, may list, look up and read properties, and root passes; the polkit policy is installed and loaded.
+
+What an unprivileged caller without a session gets for the read action (GetLogs, Wait): the policy says
+allow_any=auth_admin_keep, allow_inactive=auth_admin_keep, allow_active=yes. A process started with setpriv
+from a test (or a service, or cron) is in no active local session, so polkit needs an administrator's password;
+with no authentication agent to ask it, polkit answers "not authorized" and the agent replies AccessDenied,
+even with busctl's ALLOW_INTERACTIVE_AUTHORIZATION flag set. A user at an active local session would be allowed.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import re
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from quilt_agent.client import Client
+
+PROJECT = Path(__file__).resolve().parents[3]
+CONTRACT = PROJECT / "dbus/org.quilt.Runtime.xml"
+POLICY = PROJECT / "polkit/org.quilt.runtime.policy"
+BUS_NAME = "org.quilt.Runtime"
+MANAGER_PATH = "/org/quilt/Runtime"
+MANAGER = "org.quilt.Runtime.Manager"
+CONTAINER = "org.quilt.Runtime.Container"
+ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+PUBLIC_METHODS = {"ListContainers", "GetContainer"}
+
+
+def _passwd_user() -> tuple[int, int]:
+    """A user of the test host's /etc/passwd other than root and nobody, a regular one if there is one."""
+    users = [p for p in pwd.getpwall() if 0 < p.pw_uid < 65534]
+    user = ([p for p in users if p.pw_uid >= 1000] or users)[0]
+    return user.pw_uid, user.pw_gid
+
+
+# (A uid with no passwd entry cannot even connect: dbus-daemon looks up its groups, fails and hangs up.)
+USERS = {"nobody": (65534, 65534), "passwd-user": _passwd_user()}
+
+
+async def run_as(user: tuple[int, int] | None, *cmd: str) -> subprocess.CompletedProcess:
+    prefix = [] if user is None else ["setpriv", f"--reuid={user[0]}", f"--regid={user[1]}", "--clear-groups"]
+    proc = await asyncio.create_subprocess_exec(*prefix, *cmd, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, env={**os.environ, "HOME": "/"})
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out.decode(), err.decode())
+
+
+def refused(r: subprocess.CompletedProcess) -> bool:
+    # busctl words org.freedesktop.DBus.Error.AccessDenied as "Access denied", whatever the message.
+    return r.returncode != 0 and "Call failed: Access denied" in r.stderr
+
+
+def contract_methods() -> list[tuple[str, str, str]]:
+    """(interface, method, in-signature) for every method of the contract."""
+    out = []
+    for iface in ET.parse(CONTRACT).getroot().findall("interface"):
+        for m in iface.findall("method"):
+            sig = "".join(a.get("type", "") for a in m.findall("arg") if a.get("direction", "in") == "in")
+            out.append((iface.get("name", ""), m.get("name", ""), sig))
+    return out
+
+
+def busctl_args(iface: str, method: str, sig: str, path: str, new_name: str, image: Path) -> list[str]:
+    args = {"ssasa{sv}": [new_name, str(image), "1", "/bin/true", "0"], "": [], "u": ["1"], "i": ["9"],
+            "b": ["true"], "a{sv}": ["0"], "s": [new_name]}[sig]
+    return ["busctl", "call", BUS_NAME, path, iface, method, *([sig] if sig else []), *args]
+
+
+@pytest.fixture
+async def two_containers(client: Client, busybox_tar: Path, name: str) -> dict[str, str]:
+    """A running container and a created one, by name -> object path."""
+    running = await client.run_container(f"{name}-run", str(busybox_tar), ["/bin/sleep", "300"],
+                                         {"env": ["SECRET=s3cr3t"]})
+    created = await client.create_container(f"{name}-new", str(busybox_tar), ["/bin/true"], {})
+    return {f"{name}-run": running, f"{name}-new": created}
+
+
+@pytest.mark.parametrize("who", list(USERS))
+async def test_unprivileged_callers_are_refused_every_method_but_list_and_get(
+        client: Client, busybox_tar: Path, name: str, two_containers: dict[str, str], who: str) -> None:
+    user = USERS[who]
+    before = {e.path: (await client.properties(e.path)) for e in await client.list_containers()}
+    calls = []
+    for iface, method, sig in contract_methods():
+        if method in PUBLIC_METHODS:
+            continue
+        for path in ([MANAGER_PATH] if iface == MANAGER else two_containers.values()):
+            calls.append((method, path, busctl_args(iface, method, sig, path, f"{name}-{method.lower()}", busybox_tar)))
+    assert {m for m, _, _ in calls} >= {"CreateContainer", "RunContainer", "Start", "Stop", "Kill", "Remove",
+                                        "GetEnvironment", "GetLogs", "Wait"}
+    results = await asyncio.gather(*(run_as(user, *cmd) for _, _, cmd in calls))
+    for (method, path, _), r in zip(calls, results):
+        assert refused(r), (method, path, r)
+        assert "s3cr3t" not in r.stdout
+    # Nothing was created, started, stopped, killed or removed.
+    after = {e.path: (await client.properties(e.path)) for e in await client.list_containers()}
+    assert after == before
+    assert [p["State"] for p in after.values()] == ["running", "created"]
+    assert len(os.listdir("/var/lib/quilt/containers")) == 2
+    units = subprocess.run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "quilt-*.scope"],
+                           capture_output=True, text=True, check=True).stdout
+    assert [line.split()[0] for line in units.splitlines()] == [f"quilt-{name}-run.scope"]
+
+
+async def test_the_refusal_is_access_denied_naming_the_verb_and_polkit_action(
+        client: Client, busybox_tar: Path, name: str, two_containers: dict[str, str]) -> None:
+    running = two_containers[f"{name}-run"]
+
+    def gdbus(path: str, method: str, *args: str) -> list[str]:
+        return ["gdbus", "call", "--system", "--dest", BUS_NAME, "--object-path", path, "--method", method, *args]
+
+    cases = [
+        (gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", f"{name}-x", str(busybox_tar), "['/bin/true']", "{}"),
+         "Not authorized to create", "org.quilt.runtime.manage"),
+        (gdbus(running, f"{CONTAINER}.Stop", "1"), f"Not authorized to stop on container '{name}-run'",
+         "org.quilt.runtime.manage"),
+        (gdbus(running, f"{CONTAINER}.GetEnvironment"), f"container '{name}-run'", "org.quilt.runtime.manage"),
+        (gdbus(running, f"{CONTAINER}.GetLogs", "{}"), f"container '{name}-run'", "org.quilt.runtime.read"),
+    ]
+    results = await asyncio.gather(*(run_as(USERS["nobody"], *cmd) for cmd, _, _ in cases))
+    for (cmd, words, action), r in zip(cases, results):
+        assert r.returncode != 0, (cmd, r)
+        assert f"GDBus.Error:{ACCESS_DENIED}: " in r.stderr and words in r.stderr and action in r.stderr, (cmd, r)
+
+
+@pytest.mark.parametrize("who", ["nobody", "passwd-user"])
+async def test_unprivileged_callers_can_list_get_and_read_properties(
+        client: Client, name: str, two_containers: dict[str, str], who: str) -> None:
+    user = USERS[who]
+    running = two_containers[f"{name}-run"]
+    listed, got, state, cname, version, introspected = await asyncio.gather(
+        run_as(user, "busctl", "call", BUS_NAME, MANAGER_PATH, MANAGER, "ListContainers"),
+        run_as(user, "busctl", "call", BUS_NAME, MANAGER_PATH, MANAGER, "GetContainer", "s", f"{name}-run"),
+        run_as(user, "busctl", "get-property", BUS_NAME, running, CONTAINER, "State"),
+        run_as(user, "busctl", "get-property", BUS_NAME, running, CONTAINER, "Name"),
+        run_as(user, "busctl", "get-property", BUS_NAME, MANAGER_PATH, MANAGER, "Version"),
+        run_as(user, "busctl", "introspect", BUS_NAME, running),
+    )
+    for r in (listed, got, state, cname, version, introspected):
+        assert r.returncode == 0, r
+    assert listed.stdout.startswith("a(ssso) 2 ") and f'"{name}-run"' in listed.stdout and running in listed.stdout
+    assert got.stdout.strip() == f'o "{running}"'
+    assert state.stdout.strip() == 's "running"'
+    assert cname.stdout.strip() == f's "{name}-run"'
+    assert re.fullmatch(r's "[^"]+"', version.stdout.strip())
+    assert ".GetEnvironment" in introspected.stdout
+
+
+async def test_root_callers_pass(client: Client, busybox_tar: Path, name: str) -> None:
+    async def busctl(*args: str) -> str:
+        r = await run_as(None, "busctl", *args)
+        assert r.returncode == 0, (args, r)
+        return r.stdout.strip()
+
+    out = await busctl("call", "--", BUS_NAME, MANAGER_PATH, MANAGER, "CreateContainer", "ssasa{sv}", name,
+                       str(busybox_tar), "3", "/bin/sh", "-c", "echo hello; exec sleep 300", "0")
+    path = out.removeprefix('o "').removesuffix('"')
+    await busctl("call", BUS_NAME, path, CONTAINER, "Start")
+    assert "HOSTNAME=" in await busctl("call", BUS_NAME, path, CONTAINER, "GetEnvironment")
+    await busctl("call", BUS_NAME, path, CONTAINER, "Kill", "i", "9")
+    assert await busctl("call", BUS_NAME, path, CONTAINER, "Wait") == "i 137"
+    assert '"hello"' in await busctl("call", BUS_NAME, path, CONTAINER, "GetLogs", "a{sv}", "0")
+    await busctl("call", BUS_NAME, path, CONTAINER, "Stop", "u", "1")
+    await busctl("call", BUS_NAME, path, CONTAINER, "Remove", "b", "false")
+    assert await client.list_containers() == []
+
+
+def policy_actions() -> dict[str, dict[str, str]]:
+    out = {}
+    for action in ET.parse(POLICY).getroot().findall("action"):
+        defaults = action.find("defaults")
+        assert defaults is not None
+        out[action.get("id", "")] = {
+            "description": (action.findtext("description") or "").strip(),
+            "message": (action.findtext("message") or "").strip(),
+            "implicit any": defaults.findtext("allow_any", ""),
+            "implicit inactive": defaults.findtext("allow_inactive", ""),
+            "implicit active": defaults.findtext("allow_active", ""),
+        }
+    return out
+
+
+def test_the_policy_is_loaded_by_polkit_as_written() -> None:
+    actions = policy_actions()
+    assert set(actions) == {"org.quilt.runtime.read", "org.quilt.runtime.manage", "org.quilt.runtime.exec"}
+    listed = subprocess.run(["pkaction"], capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    assert set(actions) <= set(listed)
+    for action_id, expected in actions.items():
+        out = subprocess.run(["pkaction", "--action-id", action_id, "--verbose"], capture_output=True, text=True,
+                             check=True, timeout=30).stdout
+        shown = dict(line.strip().split(":", 1) for line in out.splitlines()[1:] if ":" in line)
+        assert {k: shown.get(k, "").strip() for k in expected} == expected, out
+    # Managing is never granted without a password, even at the console; nobody outside a session reads logs.
+    assert actions["org.quilt.runtime.manage"]["implicit active"].startswith("auth_admin")
+    assert actions["org.quilt.runtime.read"]["implicit any"].startswith("auth_admin")
