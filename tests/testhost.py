@@ -179,11 +179,17 @@ class Cgroups:
         remove_cgroup_trees(self.dirs, timeout)
 
 
+def cgroup_dirs(tree: Path) -> list[Path]:
+    """tree and its sub-cgroups, deepest first. os.walk, not rglob: another runner may be removing them."""
+    found = [Path(d) for d, _, _ in os.walk(tree)]
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
 def cgroup_pids(tree: Path) -> set[int]:
     pids: set[int] = set()
-    for procs in tree.rglob("cgroup.procs"):
+    for d in cgroup_dirs(tree):
         try:
-            pids.update(int(p) for p in procs.read_text().split())
+            pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
         except OSError:
             pass
     return pids
@@ -199,9 +205,8 @@ def remove_cgroup_trees(dirs: list[Path], timeout: float) -> None:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            subdirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
             try:
-                for d in [*subdirs, top]:
+                for d in cgroup_dirs(top):
                     d.rmdir()
             except OSError as err:
                 if err.errno not in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOENT):
