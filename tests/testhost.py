@@ -271,7 +271,7 @@ def setup_root(name: str, project_fd: int) -> Path:
     mount(f"/proc/self/fd/{project_fd}", target, None, MS_BIND | MS_REC)
 
     configure_systemd(root, name)
-    install_project(root)
+    install_project(root, target)
     return root
 
 
@@ -331,13 +331,16 @@ def configure_systemd(root: Path, name: str) -> None:
     os.sethostname(name) if hasattr(os, "sethostname") else subprocess.run(["hostname", name], check=True)
 
 
-def install_project(root: Path) -> None:
-    """Install units, bus and polkit files as a package would, binaries from the project's venv."""
-    subprocess.run(["make", "-s", "-C", str(PROJECT), "install-data", f"DESTDIR={root}"], check=True)
+def install_project(root: Path, checkout: Path) -> None:
+    """Install units, bus and polkit files as a package would, binaries from the project's venv.
+
+    checkout is the project as bound into root: the stage's tmpfs may hide PROJECT (a clone in /tmp).
+    """
+    subprocess.run(["make", "-s", "-C", str(checkout), "install-data", f"DESTDIR={root}"], check=True)
     venv_bin = PROJECT / ".venv/bin"
     for tool in ("quilt-agent", "quiltctl"):
         link = root / "usr/bin" / tool
-        if (venv_bin / tool).exists():
+        if (checkout / ".venv/bin" / tool).exists():
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(venv_bin / tool)
