@@ -109,6 +109,8 @@ def walk(root: str, strict: bool) -> frozenset:
     if not os.path.lexists(root):
         return frozenset()
     for top, dirs, files in os.walk(root):
+        # The checkout is bound into the host read-write on purpose (a clone may live in /tmp).
+        dirs[:] = [d for d in dirs if os.path.join(top, d) != str(PROJECT)]
         if top == "/tmp":
             dirs[:] = [d for d in dirs if not d.startswith(IGNORED_IN_TMP)]
             files = [f for f in files if not f.startswith(IGNORED_IN_TMP)]
