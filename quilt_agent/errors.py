@@ -33,8 +33,8 @@ class NotRunning(QuiltError):
 
 
 class AlreadyRunning(QuiltError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"Container '{name}' is already running")
+    def __init__(self, name: str, hint: str = "") -> None:
+        super().__init__(f"Container '{name}' is already running" + (f": {hint}" if hint else ""))
 
 
 class ContainerFailed(QuiltError):

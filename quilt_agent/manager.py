@@ -35,13 +35,13 @@ from quilt_agent.store import Store
 log = logging.getLogger("quilt.manager")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-KILL_GRACE = 10.0
+KILL_GRACE = 10.0  # how long to wait for a SIGKILLed container's monitor to report
 # journalctl MESSAGE_ID=... finds every edge of a kind, as with systemd's own catalog ids.
 MESSAGE_IDS = {
     "created": "4dac182fa45d471899d4bbbddde4cfdd", "started": "0600d97482a4436296a92545868adc16",
     "failed": "27db21ceddd04a2abcef2b86a8bbafec", "exited": "9b8ed616097b49b295ba9b1c596e866a",
     "oom": "422374fe993343f6b7e031c6aac193f3", "removed": "530128e8449a46459221e6547e06467f",
-}  # how long to wait for a SIGKILLed container's monitor to report
+}
 
 
 class Listener(Protocol):
@@ -174,7 +174,7 @@ class Manager:
             command=c.spec.command, env=self._full_env(c.spec), workdir=c.spec.workdir, user=c.spec.user,
             hostname=effective_hostname(c.spec), namespaces=c.spec.namespaces,
         )
-        rt.exited = asyncio.Event()
+        rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()
         sock = self._zygote.spawn(spec)
         try:
@@ -193,7 +193,7 @@ class Manager:
                 raise
             c = c.with_(monitor_pid=spawned.monitor_pid, monitor_start=spawned.monitor_start,
                         main_pid=spawned.init_pid, exit_code=-1, exit_signal=0, oom_killed=False, failure_reason="",
-                        finished_at=0)
+                        started_at=now_usec(), finished_at=0)
             # Recorded before Go: if the agent dies now, the restarted one finds the monitor.
             await self._store.update_status(c)
             self._containers[c.id] = c
@@ -205,14 +205,15 @@ class Manager:
             raise ContainerFailed(f"Container '{c.name}' failed to start: the helper said {err}") from err
         finally:
             sock.close()
+        # The monitor's exit may have been recorded meanwhile (a command that ends at once): build on that.
+        c = self._get(c.id)
         if isinstance(reply, ExecFailed):
-            c = await self._set(c.with_(state=State.FAILED, failure_reason=reply.reason, exit_code=reply.exit_code,
-                                        started_at=now_usec()))
+            c = await self._set(c.with_(state=State.FAILED, failure_reason=reply.reason, exit_code=reply.exit_code))
             await self._event("failed", c, "container %s failed to start: %s", c.name, reply.reason,
                               reason=reply.reason)
             raise ContainerFailed(f"Container '{c.name}' failed to start: {reply.reason}")
-        if c.state is State.CREATED or c.state.can_start():
-            c = await self._set(c.with_(state=State.RUNNING, started_at=now_usec()))
+        if c.monitor_pid:  # still running: its exit is not recorded yet
+            c = await self._set(c.with_(state=State.RUNNING))
         t3 = time.perf_counter()
         await self._event("started", c, "started container %s, init pid %d, in %.1f ms (fork %.1f, scope %.1f, "
                           "exec %.1f)", c.name, c.main_pid, (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
@@ -224,7 +225,6 @@ class Manager:
         env = {"PATH": DEFAULT_PATH, "HOSTNAME": effective_hostname(spec), "container": "quilt"}
         env.update(e.split("=", 1) for e in spec.env)
         return tuple(f"{k}={v}" for k, v in env.items())
-
 
     # --- exits -----------------------------------------------------------------------------------
 
@@ -341,7 +341,7 @@ class Manager:
         rt = self._runtime[c.id]
         if c.state is State.RUNNING:
             if not force:
-                raise AlreadyRunning(f"{c.name}' is running: stop it first or remove it with force ('")
+                raise AlreadyRunning(c.name, "stop it first or remove it with force")
             await self._kill_and_wait(c)  # as docker rm -f: SIGKILL, no grace period
         elif rt.monitor_pidfd >= 0:
             # A failed start's monitor still exiting: it writes the exit file into the directory removed below.

@@ -193,3 +193,24 @@ async def test_a_new_container_with_a_former_name_does_not_show_its_logs(client:
     second = await client.run_container(name, str(busybox_tar), ["/bin/echo", "second"], {})
     await client.wait(second)
     assert [line.text for line in await client.get_logs(second, {})] == ["second"]
+
+
+async def test_wait_on_a_created_container_returns_once_it_has_run(client: Client, busybox_tar: Path,
+                                                                   name: str) -> None:
+    path = await client.create_container(name, str(busybox_tar), ["/bin/sh", "-c", "exit 4"], {})
+    waiter = asyncio.ensure_future(client.wait(path))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    await client.start(path)
+    assert await asyncio.wait_for(waiter, 10) == 4
+
+
+async def test_a_command_that_ends_at_once_is_never_left_running(client: Client, busybox_tar: Path,
+                                                                name: str) -> None:
+    # The exit may be recorded before the start is: the state must still end as exited.
+    for i in range(20):
+        path = await client.run_container(f"{name}-{i}", str(busybox_tar), ["/bin/true"], {})
+        assert await client.wait(path) == 0
+        props = await client.properties(path)
+        assert (props["State"], props["MainPID"]) == ("exited", 0)
+        assert 0 < props["StartedAt"] <= props["FinishedAt"]
