@@ -34,6 +34,8 @@ def run(spec: LaunchSpec, agent: socket.socket) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
     syscalls.set_process_name(f"quilt-mon {spec.name}")  # what ps and top show
+    me = os.getpid()
+    born = start_time(me)
     namespaces.unshare_pid(spec.namespaces)
     go_read, go_write = os.pipe()
     err_read, err_write = os.pipe2(os.O_CLOEXEC)
@@ -45,6 +47,7 @@ def run(spec: LaunchSpec, agent: socket.socket) -> int:
         _container_init(spec, go_read, err_write)  # never returns
     os.close(go_read)
     os.close(err_write)
+    protocol.send(agent, Spawned(monitor_pid=me, monitor_start=born, init_pid=pid))  # the agent waits on this
     # Only now, after the fork: the container's init must not inherit -1000, or the OOM killer could never
     # pick its processes and a hog would stall at memory_max instead of being killed.
     try:
@@ -52,8 +55,6 @@ def run(spec: LaunchSpec, agent: socket.socket) -> int:
             f.write("-1000")  # the OOM killer must pick the container's processes, not its monitor
     except OSError:
         pass  # lowering it needs CAP_SYS_RESOURCE, which some hosts (this one's test host) do not give
-    me = os.getpid()
-    protocol.send(agent, Spawned(monitor_pid=me, monitor_start=start_time(me), init_pid=pid))
     try:
         message = protocol.decode(agent.recv(protocol.MAX_MESSAGE), Go, Abort)
     except (OSError, protocol.ProtocolError):
