@@ -352,7 +352,7 @@ class Manager:
             c = self._get(c.id)
             if c.state is not State.REMOVING:
                 c = await self._set(c.with_(state=State.REMOVING))
-            await self._scopes.reset_failed(c.unit)
+            await self._scopes.stop(c.unit)  # StopUnit + ResetFailedUnit: gone now, not when systemd notices
             await asyncio.to_thread(shutil.rmtree, self._paths.container(c.id), True)
             await self._store.delete_container(c.id)
             await self._event("removed", c, "removed container %s", c.name)
