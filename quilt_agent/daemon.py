@@ -69,5 +69,6 @@ async def run(zygote: Zygote) -> int:
     loop.remove_reader(zygote_fd)
     os.close(zygote_fd)
     bus.disconnect()
+    await manager.flush()
     await store.close()
     return status

@@ -13,7 +13,7 @@ import signal as signals
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from quilt_agent import journal
 from quilt_agent.config import Paths
@@ -74,6 +74,7 @@ class Manager:
         self._containers: dict[str, Container] = {}
         self._runtime: dict[str, _Runtime] = {}
         self._listeners: list[Listener] = []
+        self._last_write: asyncio.Future[None] | None = None  # the tail of the ordered store writes
         self._creating: set[str] = set()  # names whose create is storing its row: taken already
         self._loop = asyncio.get_running_loop()
 
@@ -119,7 +120,7 @@ class Manager:
         try:
             for sub in ("upper", "work", "merged"):
                 (directory / sub).mkdir(parents=True, mode=0o755)
-            await self._store.insert_container(container)
+            await self._write(lambda: self._store.insert_container(container))
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
@@ -144,7 +145,8 @@ class Manager:
             raise InvalidArgument("No image given: name an image or give an absolute path to a rootfs tarball")
         if image.startswith("/"):
             img = await asyncio.to_thread(self._images.import_tarball, Path(image))
-            await self._store.record_image(img.id, img.digest, img.source, img.size, img.created_at)
+            await self._write(lambda: self._store.record_image(img.id, img.digest, img.source, img.size,
+                                                              img.created_at))
             return img
         try:
             return await asyncio.to_thread(self._images.get, image)
@@ -195,7 +197,7 @@ class Manager:
                         main_pid=spawned.init_pid, exit_code=-1, exit_signal=0, oom_killed=False, failure_reason="",
                         started_at=now_usec(), finished_at=0)
             # Recorded before Go: if the agent dies now, the restarted one finds the monitor.
-            await self._store.update_status(c)
+            await self._write(lambda: self._store.update_status(c))
             self._containers[c.id] = c
             self._watch(c.id, rt)
             t2 = time.perf_counter()
@@ -354,7 +356,7 @@ class Manager:
                 c = await self._set(c.with_(state=State.REMOVING))
             await self._scopes.stop(c.unit)  # StopUnit + ResetFailedUnit: gone now, not when systemd notices
             await asyncio.to_thread(shutil.rmtree, self._paths.container(c.id), True)
-            await self._store.delete_container(c.id)
+            await self._write(lambda: self._store.delete_container(c.id))
             await self._event("removed", c, "removed container %s", c.name)
             del self._containers[c.id]
             rt.exited.set()  # wake waiters: they find it gone
@@ -420,10 +422,36 @@ class Manager:
     # --- helpers ---------------------------------------------------------------------------------
 
     async def _event(self, kind: str, c: Container, text: str, *args: Any, **details: Any) -> None:
-        """A lifecycle edge: stored in the events table and logged as a structured journal entry."""
-        await self._store.add_event(kind, c.id, {"name": c.name, **details})
+        """A lifecycle edge: stored in the events table and logged as a structured journal entry.
+
+        The insert is queued in order with the other writes, not awaited: no caller waits for history.
+        """
+        self._write(lambda: self._store.add_event(kind, c.id, {"name": c.name, **details}))
         log.info(text, *args, extra={"MESSAGE_ID": MESSAGE_IDS[kind], "CONTAINER_NAME": c.name,
                                      "CONTAINER_ID_FULL": c.id, "QUILT_EVENT": kind})
+
+    def _write(self, write: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+        """Run a store write after every write asked for before it; await the result only where it must
+        be on disk before going on (a row before its object exists, the monitor's pid before Go)."""
+        previous = self._last_write
+
+        async def in_order() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])  # its failure is its own, logged by _written
+            await write()
+
+        future = self._last_write = asyncio.ensure_future(in_order())
+        future.add_done_callback(self._written)
+        return future
+
+    def _written(self, write: asyncio.Future[None]) -> None:
+        if not write.cancelled() and write.exception():
+            log.error("could not write to the store: %s", write.exception())
+
+    async def flush(self) -> None:
+        """Wait for every write asked for so far (before the store is closed)."""
+        if self._last_write is not None:
+            await asyncio.wait([self._last_write])
 
     def _get(self, container_id: str) -> Container:
         c = self._containers.get(container_id)
@@ -432,11 +460,15 @@ class Manager:
         return c
 
     async def _set(self, c: Container) -> Container:
-        """Store a new status and tell the listeners."""
-        await self._store.update_status(c)
+        """Take a new status: in memory and to the listeners at once, to the database in order.
+
+        The write is queued behind the store's earlier statements; a crash before it lands loses nothing
+        that recover() does not rebuild from the monitors and their exit files.
+        """
         if c.id not in self._containers:
-            return c  # removed while the status was stored: it must not come back
+            return c  # removed meanwhile: it must not come back
         self._containers[c.id] = c
+        self._write(lambda: self._store.update_status(c))
         for listener in self._listeners:
             listener.container_changed(c)
         return c
