@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A throwaway systemd host for Quilt's tests.
 
-    python3 tests/testhost.py run [--keep-on-failure] [--name NAME] -- CMD ARGS...
+    python3 tests/testhost.py run [--keep-on-failure] [--name NAME] [--cgroup unified] -- CMD ARGS...
     python3 tests/testhost.py cleanup
 
 `run` boots a real systemd as PID 1 of its own pid, mount, cgroup, uts, ipc and
@@ -242,7 +242,7 @@ def cleanup_orphans() -> list[Path]:
 # --- inside the new namespaces, as their PID 1, before systemd -------------------------------------
 
 
-def setup_root(name: str, project_fd: int) -> Path:
+def setup_root(name: str, project_fd: int, unified: bool) -> Path:
     """Build the test host's root filesystem; return its path (still in the old root)."""
     stage = Path("/tmp")  # a private mount namespace: this tmpfs is invisible to the machine
     mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
@@ -259,7 +259,7 @@ def setup_root(name: str, project_fd: int) -> Path:
         mount(str(root / sub), root / sub, None, MS_BIND)
         mount("none", root / sub, None, MS_REMOUNT | MS_BIND | (MS_RDONLY if ro else 0) | MS_NOSUID | MS_NODEV)
     mount("sysfs", root / "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    mount_cgroups(root / "sys/fs/cgroup")
+    mount_cgroups(root / "sys/fs/cgroup", unified)
     make_dev(root / "dev")
     for d, mode in (("run", "0755"), ("tmp", "1777")):
         mount("tmpfs", root / d, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode}")
@@ -275,9 +275,12 @@ def setup_root(name: str, project_fd: int) -> Path:
     return root
 
 
-def mount_cgroups(at: Path) -> None:
+def mount_cgroups(at: Path, unified: bool) -> None:
+    """The machine's layout, or (unified) only cgroup2, as a pure v2 host has it."""
     hs = hierarchies()
-    if unified_only():
+    if unified or unified_only():
+        # On a hybrid machine the cgroup2 hierarchy lacks the controllers v1 holds: systemd boots in
+        # unified mode all the same, which tries the v2 code paths (no memory or pids limits there).
         mount("cgroup2", at, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         return
     mount("tmpfs", at, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755")
@@ -346,10 +349,10 @@ def install_project(root: Path, checkout: Path) -> None:
             link.symlink_to(venv_bin / tool)
 
 
-def boot(name: str) -> None:
+def boot(name: str, unified: bool) -> None:
     """PID 1 of the new namespaces: build the root, pivot into it, exec systemd."""
     project_fd = os.open(PROJECT, os.O_PATH | os.O_DIRECTORY)
-    root = setup_root(name, project_fd)
+    root = setup_root(name, project_fd, unified)
     console = os.open(root / CONSOLE.lstrip("/"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.chdir(root)
     pivot_root(".", ".")
@@ -368,9 +371,10 @@ def boot(name: str) -> None:
 
 
 class TestHost:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, unified: bool = False) -> None:
         me = os.getpid()
         self.name = name
+        self.unified = unified
         self.cgroups = Cgroups(f"{CGROUP_PREFIX}{me}-{process_start_time(me)}-{name}")
         self.unshare_pid = 0
         self.pid1 = 0
@@ -387,6 +391,7 @@ class TestHost:
                     "unshare", "--pid", "--fork", "--kill-child", "--mount", "--cgroup", "--uts", "--ipc",
                     "--net", "--propagation", "private",
                     sys.executable, str(Path(__file__).resolve()), "_boot", "--name", self.name,
+                    *(["--cgroup=unified"] if self.unified else []),
                 ])
             finally:
                 os._exit(127)
@@ -470,10 +475,10 @@ def wait_for_signal() -> None:
         signal.pause()
 
 
-def run(cmd: list[str], name: str, keep_on_failure: bool) -> int:
+def run(cmd: list[str], name: str, keep_on_failure: bool, unified: bool = False) -> int:
     cleanup_orphans()
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    host = TestHost(name)
+    host = TestHost(name, unified)
     rc = 125
     started = time.monotonic()
     try:
@@ -501,15 +506,18 @@ def main(argv: list[str]) -> int:
     p_run = sub.add_parser("run", help="boot a test host, run CMD inside, tear it down")
     p_run.add_argument("--keep-on-failure", action="store_true", help="keep the host until Ctrl-C if CMD fails")
     p_run.add_argument("--name", default=f"th{os.getpid()}", help="host name, distinct for concurrent hosts")
+    p_run.add_argument("--cgroup", choices=("host", "unified"), default="host",
+                       help="the machine's cgroup layout, or only cgroup2 as on a pure v2 host")
     p_run.add_argument("cmd", nargs=argparse.REMAINDER)
     sub.add_parser("cleanup", help="remove what crashed runs left")
     p_boot = sub.add_parser("_boot")
     p_boot.add_argument("--name", required=True)
+    p_boot.add_argument("--cgroup", choices=("host", "unified"), default="host")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("must run as root")
     if args.verb == "_boot":
-        boot(args.name)
+        boot(args.name, args.cgroup == "unified")
         return 127
     if args.verb == "cleanup":
         return 0 if cleanup_orphans() is not None else 1
@@ -518,7 +526,7 @@ def main(argv: list[str]) -> int:
         parser.error("no command given")
     if "-" in args.name or "/" in args.name:
         parser.error("--name may not contain '-' or '/'")
-    return run(cmd, args.name, args.keep_on_failure)
+    return run(cmd, args.name, args.keep_on_failure, args.cgroup == "unified")
 
 
 if __name__ == "__main__":

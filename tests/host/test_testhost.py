@@ -395,6 +395,24 @@ def test_inside_systemd_runs_the_project_is_installed_and_the_agent_answers_on_t
     assert_machine_unchanged(before)
 
 
+def test_with_only_cgroup2_systemd_runs_unified_and_the_agent_runs_a_container():
+    """--cgroup unified: the layout of a pure v2 host (the machine's v1 controllers are absent there)."""
+    before = snapshot()
+    script = CHECK_INSIDE + r"""
+echo "cgroupfs=$(stat -fc %T /sys/fs/cgroup)"
+scripts/busybox-rootfs.sh /tmp/bb.tar
+quiltctl run --rm /tmp/bb.tar -- /bin/sh -c 'echo "ran=$(grep ^0:: /proc/self/cgroup)"'
+"""
+
+    result = run_testhost("run", "--name", "unified", "--cgroup", "unified", "--", "sh", "-c", script)
+
+    assert result.returncode == 0, result.stderr
+    seen = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert (seen["state"], seen["agent"], seen["cgroupfs"]) == ("running", "active", "cgroup2fs"), result.stdout
+    assert seen["ran"] == "0::/", result.stdout  # the container sees its scope as the root (cgroup namespace)
+    assert_machine_unchanged(before)
+
+
 @pytest.mark.timeout(60)
 def test_two_hosts_with_distinct_names_run_at_once_each_with_its_own_hostname():
     before = snapshot()
