@@ -8,10 +8,17 @@ PYTEST_ARGS ?=
 
 # Debian packages the project needs: building systemd-python, the test host's
 # systemd/bus/polkit, gdbus and busctl for tests, busybox-static for test images.
+# nftables: `nft` for Quilt's own table (published ports, egress); iputils-ping: the network tests' ping
+# (busybox 1.35's needs CAP_NET_RAW, iputils' uses the unprivileged ICMP sockets ping_group_range allows).
+# tmux: a terminal for the `quiltctl exec -it` tests (send-keys, capture-pane).
+# Images (issue 6): docker-registry (a real registry on loopback), skopeo (push, archives), umoci (OCI
+# layouts with whiteouts), apache2-utils (htpasswd -B for basic auth), openssl (the token server's key).
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
-	systemd dbus polkitd libglib2.0-bin util-linux busybox-static make zstd
+	systemd dbus polkitd libglib2.0-bin util-linux busybox-static make zstd \
+	nftables iputils-ping tmux \
+	docker-registry skopeo umoci apache2-utils openssl
 
-.PHONY: setup demo test test-unit test-testhost test-integration bench install install-data clean
+.PHONY: setup demo test test-unit test-testhost test-integration bench bench-network bench-images install install-data clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +28,10 @@ setup: $(VENV)/.installed
 		echo "setup: installing Debian packages:" $$missing; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		if echo " $$missing " | grep -q ' docker-registry ' && [ -d /run/systemd/system ]; then \
+			echo "setup: docker-registry is for the tests (they start their own): disabling its service"; \
+			systemctl disable --now docker-registry.service >/dev/null 2>&1 || true; \
+		fi; \
 	fi
 	@touch $@
 
@@ -42,8 +53,35 @@ test: setup
 	@$(VENV)/bin/python -m pytest -q tests/unit tests/host $(PYTEST_ARGS)
 	@$(TESTHOST) $(VENV)/bin/python -m pytest -q tests/integration $(PYTEST_ARGS)
 
+# `make bench` measures Quilt beside these peers (bench/peers.py); only the bench target installs them,
+# and matplotlib (the chart) and py-spy (profiling the agent) into the venv.
+BENCH_APT_PACKAGES := crun runc podman bubblewrap
+BENCH_PIP_PACKAGES := matplotlib>=3.6 py-spy>=0.3
+BENCH_ARGS ?=
+
 bench: setup
-	@$(TESTHOST) $(VENV)/bin/python bench/lifecycle.py
+	@missing=$$(for p in $(BENCH_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "bench: installing Debian packages:" $$missing; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null && test -x $(VENV)/bin/py-spy || { \
+		set -o pipefail; $(VENV)/bin/pip install -q --disable-pip-version-check $(foreach p,$(BENCH_PIP_PACKAGES),'$(p)') 2>&1 \
+		| { grep -v 'is ignored: it is neither a file nor a directory' || true; }; }
+	@$(TESTHOST) $(VENV)/bin/python bench/peers.py $(BENCH_ARGS)
+
+# What networking costs a container (run-to-exit with and without a network) and container-to-container
+# throughput beside the host's loopback (iperf3).
+bench-network: setup
+	@dpkg-query -W -f='$${Status}\n' iperf3 2>/dev/null | grep -q 'ok installed' || { \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iperf3 >/dev/null; }
+	@$(TESTHOST) $(VENV)/bin/python bench/network.py $(BENCH_ARGS)
+
+# Import and pull throughput of a ~100 MB image, and the time of a second import (bench/images.py).
+bench-images: setup
+	@$(TESTHOST) $(VENV)/bin/python bench/images.py $(BENCH_ARGS)
 
 # Installs into this machine's /usr: the data files and links to the venv's commands.
 install: install-data

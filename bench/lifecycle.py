@@ -3,7 +3,7 @@
 
 Run inside the test host (or on a systemd host with the agent installed):
     make bench        or        python3 tests/testhost.py run -- .venv/bin/python bench/lifecycle.py
-Prints median and p95 of: RunContainer to exit of /bin/true, a property read,
+Prints median and p95 of: RunContainer to exit of /bin/true, Exec of /bin/true, a property read,
 ListContainers with 100 containers present. A benchmark, not a test: nothing is asserted.
 """
 from __future__ import annotations
@@ -42,6 +42,19 @@ async def run_to_exit(client: Client, image: str, runs: int, warmup: int) -> lis
     return samples
 
 
+async def exec_true(client: Client, path: str, runs: int, warmup: int) -> list[float]:
+    """Exec of /bin/true in a running container, to its exit code: fork server, setns, scope, exec, wait."""
+    samples = []
+    for i in range(warmup + runs):
+        started = time.perf_counter()
+        result = await client.exec(path, ["/bin/true"])
+        elapsed = time.perf_counter() - started
+        assert result.exit_code == 0, f"/bin/true exited {result.exit_code}"
+        if i >= warmup:
+            samples.append(elapsed)
+    return samples
+
+
 async def property_read(client: Client, path: str, runs: int) -> list[float]:
     samples = []
     for _ in range(runs):
@@ -69,6 +82,9 @@ async def main(runs: int) -> None:
             print(f"quilt {await client.version()}, {subprocess.getoutput('nproc')} cores, "
                   f"kernel {subprocess.getoutput('uname -r')}")
             print(summary("RunContainer -> exit, /bin/true", await run_to_exit(client, image, runs, warmup=5)))
+            running = await client.run_container("bench-exec", image, ["/bin/sleep", "3600"], {})
+            print(summary("Exec /bin/true in a running container", await exec_true(client, running, runs * 2, 10)))
+            await client.remove(running, True)
             one = await client.create_container("bench-props", image, ["/bin/true"], {})
             print(summary("property read (State of a container)", await property_read(client, one, runs * 5)))
             paths = [await client.create_container(f"bench-list-{i}", image, ["/bin/true"], {}) for i in range(99)]

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from quilt_agent.bus.names import BUS_NAME, CONTAINER_INTERFACE, MANAGER_INTERFACE, MANAGER_PATH
+from quilt_agent.bus.names import BUS_NAME, CONTAINER_INTERFACE, MANAGER_INTERFACE, MANAGER_PATH, NETWORK_INTERFACE
 
 PROPERTIES_INTERFACE = "org.freedesktop.DBus.Properties"
 
@@ -49,6 +49,32 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "remove_on_exit": "b",
     "stop_timeout": "u",
     "labels": "a{ss}",
+    "networks": "as",
+    "aliases": "as",
+    "ip": "s",
+    "ports": "as",
+}
+
+NETWORK_OPTION_SIGNATURES: dict[str, str] = {
+    "subnet": "s",
+    "gateway": "s",
+    "internal": "b",
+    "dns": "b",
+}
+
+EXEC_OPTION_SIGNATURES: dict[str, str] = {
+    "env": "as",
+    "workdir": "s",
+    "user": "s",
+    "timeout": "u",
+    "tty": "b",
+}
+
+FOLLOW_OPTION_SIGNATURES: dict[str, str] = {
+    "lines": "u",
+    "since": "t",
+    "until": "t",
+    "follow": "b",
 }
 
 LOG_OPTION_SIGNATURES: dict[str, str] = {
@@ -78,6 +104,28 @@ class ContainerEntry:
     id: str
     name: str
     state: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Event:
+    time: int  # usec since the epoch
+    kind: str  # created, started, failed, oom, exited, removed
+    container_id: str
+    details: dict[str, Any]  # name, and what the kind adds (exit_code, oom_killed, reason)
+
+
+@dataclass(frozen=True)
+class ExecOutput:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    name: str
+    subnet: str
     path: str
 
 
@@ -146,7 +194,8 @@ class Client:
         self._bus: MessageBus | None = None
 
     async def connect(self) -> None:
-        bus = MessageBus(bus_address=self._bus_address, bus_type=BusType.SYSTEM)
+        # Unix fds negotiated for ExecWithFds and FollowLogs (one more line in the handshake, nothing per call).
+        bus = MessageBus(bus_address=self._bus_address, bus_type=BusType.SYSTEM, negotiate_unix_fd=True)
         try:
             await bus.connect()
         except Exception as e:
@@ -197,16 +246,30 @@ class Client:
         signature: str = "",
         body: Sequence[Any] = (),
     ) -> list[Any]:
+        return list((await self._call_message(path, interface, member, signature, body)).body)
+
+    async def _call_message(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        unix_fds: Sequence[int] = (),
+        destination: str = BUS_NAME,
+    ) -> Message:
+        """The reply itself, for its fds: an 'h' in its body is an index into reply.unix_fds (ours to close)."""
         if self._bus is None:
             raise RuntimeError("Client.connect() has not been called")
         message = Message(
-            destination=BUS_NAME,
+            destination=destination,
             path=path,
             interface=interface,
             member=member,
             signature=signature,
             body=list(body),
             flags=self._flags,
+            unix_fds=list(unix_fds),
         )
         try:
             reply = await self._bus.call(message)
@@ -218,7 +281,7 @@ class Client:
             if name in _UNREACHABLE_ERRORS or name.startswith(_UNREACHABLE_ERROR_PREFIXES):
                 raise AgentNotReachable(name, text)
             raise ClientError(name, text)
-        return list(reply.body)
+        return reply
 
     # org.quilt.Runtime.Manager
 
@@ -286,6 +349,184 @@ class Client:
         (value,) = await self._call(path, PROPERTIES_INTERFACE, "Get", "ss", [CONTAINER_INTERFACE, name])
         return unwrap(value)
 
+    async def exec(self, path: str, command: Sequence[str], options: Mapping[str, Any] | None = None) -> ExecOutput:
+        """Run a command in the container and collect its output (each stream cut at 1 MiB by the agent)."""
+        body = [list(command), wrap_options(options, EXEC_OPTION_SIGNATURES)]
+        code, out, err = await self._call(path, CONTAINER_INTERFACE, "Exec", "asa{sv}", body)
+        return ExecOutput(int(code), bytes(out), bytes(err))
+
+    async def exec_with_fds(self, path: str, command: Sequence[str], options: Mapping[str, Any] | None,
+                            stdin: int, stdout: int, stderr: int) -> int:
+        """Run a command in the container on our own fds (copied into the call: still ours to close)."""
+        body = [list(command), wrap_options(options, EXEC_OPTION_SIGNATURES), 0, 1, 2]
+        reply = await self._call_message(path, CONTAINER_INTERFACE, "ExecWithFds", "asa{sv}hhh", body,
+                                         unix_fds=[stdin, stdout, stderr])
+        return int(reply.body[0])
+
+    async def start_with_fds(self, path: str, tty: bool, stdin: int, stdout: int, stderr: int) -> None:
+        """Start the container with our fds as its init's stdin, stdout and stderr (tty: stdin is a terminal)."""
+        options = {"tty": Variant("b", True)} if tty else {}
+        await self._call_message(path, CONTAINER_INTERFACE, "StartWithFds", "a{sv}hhh", [options, 0, 1, 2],
+                                 unix_fds=[stdin, stdout, stderr])
+
+    async def follow_logs(self, path: str, options: Mapping[str, Any] | None = None) -> int:
+        """A pipe (ours to close) receiving the container's log as JSON lines {"usec", "stream", "text"}, up to
+        its end (the container's, or `until`)."""
+        body = [wrap_options(options, FOLLOW_OPTION_SIGNATURES)]
+        reply = await self._call_message(path, CONTAINER_INTERFACE, "FollowLogs", "a{sv}", body)
+        fds = list(reply.unix_fds or [])
+        index = reply.body[0]
+        for i, fd in enumerate(fds):
+            if i != index:
+                os.close(fd)  # not ours to keep: only the one the body names is the pipe
+        if not 0 <= index < len(fds):
+            raise ClientError("org.freedesktop.DBus.Error.InconsistentMessage", "FollowLogs returned no pipe")
+        return fds[index]
+
+    async def get_stats(self, path: str) -> dict[str, int]:
+        (stats,) = await self._call(path, CONTAINER_INTERFACE, "GetStats")
+        return {key: int(unwrap(value)) for key, value in stats.items()}
+
+    async def list_events(self, since: int = 0, until: int = 0) -> list[Event]:
+        """Stored lifecycle events, oldest first; since/until in usec since the epoch (0: unbounded)."""
+        options = {key: Variant("t", value) for key, value in (("since", since), ("until", until)) if value}
+        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListEvents", "a{sv}", [options])
+        return [Event(int(t), kind, cid, unwrap(details)) for t, kind, cid, details in rows]
+
+    async def watch_events(self) -> asyncio.Queue[Event]:
+        """From now on, each Event signal of the agent, in order, into the returned queue."""
+        if self._bus is None:
+            raise RuntimeError("Client.connect() has not been called")
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def on_message(msg: Message) -> None:
+            if (msg.message_type is MessageType.SIGNAL and msg.interface == MANAGER_INTERFACE
+                    and msg.member == "Event" and msg.path == MANAGER_PATH):
+                kind, cid, details = msg.body
+                plain = unwrap(details)
+                queue.put_nowait(Event(int(plain.get("time", 0)), kind, cid, plain))
+
+        self._bus.add_message_handler(on_message)
+        await self._call_message("/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
+                                 [f"type='signal',sender='{BUS_NAME}',path='{MANAGER_PATH}',"
+                                  f"interface='{MANAGER_INTERFACE}',member='Event'"], destination="org.freedesktop.DBus")
+        return queue
+
+    # Networks: org.quilt.Runtime.Manager's network methods, org.quilt.Runtime.Network, Container.Ping
+
+    async def create_network(self, name: str, options: Mapping[str, Any] | None = None) -> str:
+        body = [name, wrap_options(options, NETWORK_OPTION_SIGNATURES)]
+        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "CreateNetwork", "sa{sv}", body)
+        return str(path)
+
+    async def list_networks(self) -> list[NetworkEntry]:
+        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListNetworks")
+        return [NetworkEntry(name=n, subnet=s, path=p) for n, s, p in rows]
+
+    async def get_network(self, name_or_id: str) -> str:
+        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "GetNetwork", "s", [name_or_id])
+        return str(path)
+
+    async def remove_network(self, name: str, force: bool = False) -> None:
+        await self._call(MANAGER_PATH, MANAGER_INTERFACE, "RemoveNetwork", "sb", [name, force])
+
+    async def network_properties(self, path: str) -> dict[str, Any]:
+        (values,) = await self._call(path, PROPERTIES_INTERFACE, "GetAll", "s", [NETWORK_INTERFACE])
+        return {key: unwrap(value) for key, value in values.items()}
+
+    async def ping(self, path: str, target: str, count: int = 3) -> tuple[int, float]:
+        """ICMP echo from the container's network namespace: (replies received, average round trip in ms)."""
+        received, average = await self._call(path, CONTAINER_INTERFACE, "Ping", "su", [target, int(count)])
+        return int(received), float(average)
+
+
+    # Images: org.quilt.Runtime.Manager's image methods, org.quilt.Runtime.Image
+
+    async def import_image(self, source: str, name: str = "", options: Mapping[str, Any] | None = None) -> str:
+        body = [source, name, wrap_options(options, IMPORT_OPTION_SIGNATURES)]
+        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ImportImage", "ssa{sv}", body)
+        return str(path)
+
+    async def pull_image(self, reference: str, options: Mapping[str, Any] | None = None) -> str:
+        body = [reference, wrap_options(options, PULL_OPTION_SIGNATURES)]
+        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "PullImage", "sa{sv}", body)
+        return str(path)
+
+    async def list_images(self) -> list[ImageEntry]:
+        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListImages")
+        return [ImageEntry(id=i, name=n, size=int(s), path=p) for i, n, s, p in rows]
+
+    async def get_image(self, name_or_id: str) -> str:
+        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "GetImage", "s", [name_or_id])
+        return str(path)
+
+    async def remove_image(self, name_or_id: str, force: bool = False) -> None:
+        await self._call(MANAGER_PATH, MANAGER_INTERFACE, "RemoveImage", "sb", [name_or_id, force])
+
+    async def prune_images(self) -> int:
+        (freed,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "PruneImages")
+        return int(freed)
+
+    async def image_properties(self, path: str) -> dict[str, Any]:
+        (values,) = await self._call(path, PROPERTIES_INTERFACE, "GetAll", "s", [IMAGE_INTERFACE])
+        return {key: unwrap(value) for key, value in values.items()}
+
+    async def watch_image_progress(self, job: str) -> asyncio.Queue[ImageProgress]:
+        """From now on, each ImageProgress signal of job (the 'job' option of an import or pull), in order."""
+        if self._bus is None:
+            raise RuntimeError("Client.connect() has not been called")
+        queue: asyncio.Queue[ImageProgress] = asyncio.Queue()
+
+        def on_message(msg: Message) -> None:
+            if (msg.message_type is MessageType.SIGNAL and msg.interface == MANAGER_INTERFACE
+                    and msg.member == "ImageProgress" and msg.path == MANAGER_PATH and msg.body[0] == job):
+                _, phase, done, total = msg.body
+                queue.put_nowait(ImageProgress(phase, int(done), int(total)))
+
+        self._bus.add_message_handler(on_message)
+        await self._call_message("/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
+                                 [f"type='signal',sender='{BUS_NAME}',path='{MANAGER_PATH}',"
+                                  f"interface='{MANAGER_INTERFACE}',member='ImageProgress',arg0='{job}'"],
+                                 destination="org.freedesktop.DBus")
+        return queue
+
+
+IMAGE_INTERFACE = "org.quilt.Runtime.Image"
+
+# The wire type of each key of ImportImage's and PullImage's a{sv}, as documented in the XML.
+IMPORT_OPTION_SIGNATURES: dict[str, str] = {
+    "job": "s",
+    "ref": "s",
+    "platform": "s",
+    "cmd": "as",
+    "entrypoint": "as",
+    "env": "as",
+    "workdir": "s",
+    "user": "s",
+    "labels": "a{ss}",
+    "stop_signal": "s",
+}
+
+PULL_OPTION_SIGNATURES: dict[str, str] = {
+    "job": "s",
+    "platform": "s",
+    "auth_file": "s",
+}
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    id: str
+    name: str  # one row per name; "" for an image without one
+    size: int
+    path: str
+
+
+@dataclass(frozen=True)
+class ImageProgress:
+    phase: str  # "<verb> <what>": resolving REF, downloading/unpacking/unpacked/exists DIGEST, checking PATH, done ID
+    done: int  # bytes
+    total: int  # bytes; 0 when not known
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:

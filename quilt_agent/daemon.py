@@ -15,6 +15,7 @@ from quilt_agent.bus.names import BUS_NAME, MANAGER_PATH
 from quilt_agent.bus.polkit import Authority
 from quilt_agent.config import default_paths
 from quilt_agent.helper.zygote import Zygote
+from quilt_agent.images.service import Images
 from quilt_agent.images.store import ImageStore
 from quilt_agent.manager import Manager
 from quilt_agent.scopes import Scopes
@@ -31,12 +32,14 @@ async def run(zygote: Zygote) -> int:
     store = await Store.open(paths.database)
     scopes = Scopes(bus)
     await scopes.connect()
-    manager = Manager(paths, store, scopes, zygote, ImageStore(paths.images, zygote.extract))
+    manager = Manager(paths, store, scopes, zygote, Images(ImageStore(paths.images, zygote.extract)))
     await manager.recover()
     interface = ManagerInterface(manager, Authority(bus), bus)
     bus.export(MANAGER_PATH, interface)
     interface.export_existing()
     bus.add_message_handler(interface.unknown_container)
+    bus.add_message_handler(interface.unknown_network)
+    bus.add_message_handler(interface.unknown_image)
 
     reply = await bus.request_name(BUS_NAME)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):

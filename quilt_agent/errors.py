@@ -41,5 +41,44 @@ class ContainerFailed(QuiltError):
     """The container could not be started (its command could not be executed, the scope failed, ...)."""
 
 
+class TimedOut(QuiltError):
+    """An operation with a time limit did not finish within it (an exec's timeout)."""
+
+
+# Networks (issue 8).
+class NoSuchNetwork(QuiltError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No network '{name}' known")
+
+
+class NetworkNameInUse(NameInUse):
+    """NameInUse (the same D-Bus error), worded for a network."""
+
+    def __init__(self, name: str) -> None:
+        QuiltError.__init__(self, f"The name '{name}' is already in use by another network")
+
+
+class NetworkInUse(QuiltError):
+    """A network (or a container's network namespace) that others still use."""
+
+
+class AddressInUse(QuiltError):
+    """An address asked for with the ip option belongs to another container, or a subnet has none left."""
+
+
+class PortInUse(QuiltError):
+    """A host port that another container publishes already."""
+
+
+# Images (issue 6).
+class RegistryError(QuiltError):
+    """A registry refused or failed a pull (HTTP error, authentication, garbage); the message carries the
+    registry's own words."""
+
+
+class ImageInUse(QuiltError):
+    """An image that containers use, removed without force."""
+
+
 class AccessDenied(QuiltError):
     pass

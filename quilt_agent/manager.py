@@ -12,19 +12,21 @@ import shutil
 import signal as signals
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-from quilt_agent import journal
+from quilt_agent import cgroups, journal
 from quilt_agent.config import Paths
+from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environment, parse_exec_options
+from quilt_agent.logfollow import LogFollowers, parse_follow_options
 from quilt_agent.errors import (
-    AlreadyRunning, ContainerFailed, InvalidArgument, NameInUse, NoSuchContainer, NoSuchImage, NotRunning,
+    AlreadyRunning, ContainerFailed, InvalidArgument, NameInUse, NoSuchContainer, NotRunning,
 )
 from quilt_agent.helper import protocol
 from quilt_agent.helper.monitor import start_time
 from quilt_agent.helper.protocol import ExecFailed, Go, LaunchSpec, Spawned, Started
 from quilt_agent.helper.zygote import Zygote
-from quilt_agent.images.store import Image, ImageStore
+from quilt_agent.images.service import Images
+from quilt_agent.network.core import Networks
 from quilt_agent.model import (
     Container, ContainerSpec, ExitStatus, State, effective_hostname, generate_name, new_id, now_usec, parse_options,
     validate_command, validate_name,
@@ -53,6 +55,10 @@ class Listener(Protocol):
 
     def container_removed(self, container: Container) -> None: ...
 
+    def event(self, kind: str, container: Container, details: dict[str, Any]) -> None:
+        """A lifecycle edge (created, started, failed, oom, exited, removed); details hold "name" and "time"
+        (usec) and what the kind adds (exit_code, oom_killed, reason)."""
+
 
 @dataclass
 class _Runtime:
@@ -65,18 +71,26 @@ class _Runtime:
 
 
 class Manager:
-    def __init__(self, paths: Paths, store: Store, scopes: Scopes, zygote: Zygote, images: ImageStore) -> None:
+    def __init__(self, paths: Paths, store: Store, scopes: Scopes, zygote: Zygote, images: Images) -> None:
         self._paths = paths
         self._store = store
         self._scopes = scopes
         self._zygote = zygote
         self._images = images
+        self.images = images  # the image API (images/service.py), for the bus layer
+        images.attach(self)  # RemoveImage and PruneImages ask which containers use which image
         self._containers: dict[str, Container] = {}
         self._runtime: dict[str, _Runtime] = {}
         self._listeners: list[Listener] = []
         self._last_write: asyncio.Future[None] | None = None  # the tail of the ordered store writes
-        self._creating: set[str] = set()  # names whose create is storing its row: taken already
+        # Names whose create is storing its row (taken already), with the image each holds (not removable).
+        self._creating: dict[str, str] = {}
         self._loop = asyncio.get_running_loop()
+        self._executor = Executor(zygote)
+        self._log_followers = LogFollowers()
+        self._listeners.append(self._log_followers)  # each follow ends with its container
+        # Container networks (network/core.py): addresses, namespaces and veths, names, published ports.
+        self.networks = Networks(paths, store, self._write, self.get, self.remove)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -105,29 +119,35 @@ class Manager:
         fields = parse_options(options)
         name = validate_name(name) if name else self._free_name()
         # Every argument is checked before the image is imported: a refused call leaves no new image behind.
-        command = validate_command(command)
+        # An empty command means the image's (Entrypoint + Cmd), as in Docker.
+        command = validate_command(command) if command else ()
         if name in self._creating or any(c.name == name for c in self._containers.values()):
             raise NameInUse(name)
-        img = await self._resolve_image(image)
-        spec = ContainerSpec(name=name, image=image, image_id=img.id, command=command, **fields)
+        img = await self._images.resolve(image, need_command=not command)
+        defaults = await self._images.defaults(img, command, fields)
+        spec = ContainerSpec(name=name, image=image, image_id=img.id, command=defaults.command, **defaults.fields)
         # Checked again now: another create may have taken the name while the image was imported; from
         # here until the container is in _containers, _creating holds the name (the insert awaits).
         if name in self._creating or any(c.name == name for c in self._containers.values()):
             raise NameInUse(name)
         container = Container(id=new_id(), spec=spec, created_at=now_usec())
+        # Addresses, ports and names are taken before anything is stored: a refusal leaves nothing behind.
+        container = self.networks.reserve(container)
         directory = self._paths.container(container.id)
-        self._creating.add(name)
+        self._creating[name] = img.id
         try:
             for sub in ("upper", "work", "merged"):
                 (directory / sub).mkdir(parents=True, mode=0o755)
             await self._write(lambda: self._store.insert_container(container))
         except BaseException:
+            self.networks.release(container.id)
             shutil.rmtree(directory, ignore_errors=True)
             raise
         finally:
-            self._creating.discard(name)
+            self._creating.pop(name, None)
         self._containers[container.id] = container
         self._runtime[container.id] = _Runtime()
+        self.networks.created(container)  # addresses to the store; namespace and veths made meanwhile
         # Exported before the next await: from now on ListContainers and GetContainer return its path.
         for listener in self._listeners:
             listener.container_added(container)
@@ -140,22 +160,22 @@ class Manager:
             pass
         return name
 
-    async def _resolve_image(self, image: str) -> Image:
-        if not image:
-            raise InvalidArgument("No image given: name an image or give an absolute path to a rootfs tarball")
-        if image.startswith("/"):
-            img = await asyncio.to_thread(self._images.import_tarball, Path(image))
-            await self._write(lambda: self._store.record_image(img.id, img.digest, img.source, img.size,
-                                                              img.created_at))
-            return img
-        try:
-            return await asyncio.to_thread(self._images.get, image)
-        except NoSuchImage:
-            raise NoSuchImage(f"No image '{image}' known (give an image id or an absolute path to a rootfs tarball)")
+    def image_users(self) -> dict[str, list[tuple[str, str]]]:
+        """image id -> (container id, name) of the containers that use it, and of creates that hold it."""
+        users: dict[str, list[tuple[str, str]]] = {}
+        for c in self._containers.values():
+            users.setdefault(c.spec.image_id, []).append((c.id, c.name))
+        for name, image_id in self._creating.items():
+            users.setdefault(image_id, []).append(("", name))
+        return users
 
     # --- start -----------------------------------------------------------------------------------
 
-    async def start(self, container_id: str) -> Container:
+    async def start(self, container_id: str, stdio: tuple[int, int, int] | None = None, tty: bool = False) -> Container:
+        """stdio: the caller's stdin, stdout and stderr for this run instead of /dev/null and the journal
+        (still the caller's to close); tty: stdin is a terminal, to be the init's controlling one."""
+        if tty and stdio is None:
+            raise InvalidArgument("Option 'tty' needs the caller's terminal: use StartWithFds with a terminal as stdin")
         rt = self._runtime[container_id]
         async with rt.lock:
             c = self._get(container_id)
@@ -163,22 +183,26 @@ class Manager:
                 raise AlreadyRunning(c.name)
             if not c.state.can_start():
                 raise NotRunning(c.name, c.state.value)
-            return await self._launch(c, rt)
+            return await self._launch(c, rt, stdio, tty)
 
-    async def _launch(self, c: Container, rt: _Runtime) -> Container:
+    async def _launch(self, c: Container, rt: _Runtime, stdio: tuple[int, int, int] | None = None,
+                      tty: bool = False) -> Container:
         directory = self._paths.container(c.id)
         exit_file = directory / "exit.json"
         exit_file.unlink(missing_ok=True)
         image = await asyncio.to_thread(self._images.get, c.spec.image_id)
+        net = await self.networks.launch(c, effective_hostname(c.spec))  # the namespace to join, the /etc files
         spec = LaunchSpec(
-            container_id=c.id, name=c.name, unit=c.unit, lower=str(image.rootfs), upper=str(directory / "upper"),
+            container_id=c.id, name=c.name, unit=c.unit, lower=image.lower, upper=str(directory / "upper"),
             work=str(directory / "work"), merged=str(directory / "merged"), exit_file=str(exit_file),
-            command=c.spec.command, env=self._full_env(c.spec), workdir=c.spec.workdir, user=c.spec.user,
+            command=c.spec.command, env=exec_environment(self._full_env(c.spec), ExecOptions(tty=tty)),
+            workdir=c.spec.workdir, user=c.spec.user,
             hostname=effective_hostname(c.spec), namespaces=c.spec.namespaces,
+            netns=net.netns, bind_files=net.files, tty=tty,
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()
-        sock = self._zygote.spawn(spec)
+        sock = self._zygote.spawn(spec, stdio or ())
         try:
             spawned = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Spawned)
             t1 = time.perf_counter()
@@ -189,6 +213,7 @@ class Manager:
             try:
                 await self._scopes.start(c.unit, [spawned.monitor_pid, spawned.init_pid],
                                          f"Quilt container {c.name}", limits)
+                await self.networks.ready(c)  # interfaces, address, route, ports: before the command runs
             except BaseException as err:
                 protocol.send(sock, protocol.Abort(str(err)))
                 self._close_pidfds(rt)
@@ -295,7 +320,8 @@ class Manager:
             raise NotRunning(c.name, "exiting") from None
 
     async def stop(self, container_id: str, timeout: int) -> Container:
-        """SIGTERM, then SIGKILL after timeout seconds (0 = the container's stop_timeout)."""
+        """The stop signal (the image's StopSignal, else SIGTERM), then SIGKILL after timeout seconds (0 = the
+        container's stop_timeout)."""
         c = self._get(container_id)
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING:
@@ -303,7 +329,7 @@ class Manager:
         grace = timeout or c.spec.stop_timeout
         try:
             if rt.init_pidfd >= 0:
-                signals.pidfd_send_signal(rt.init_pidfd, signals.SIGTERM)
+                signals.pidfd_send_signal(rt.init_pidfd, c.spec.stop_signal or signals.SIGTERM)
             await asyncio.wait_for(rt.exited.wait(), grace)
         except ProcessLookupError:
             await asyncio.wait_for(rt.exited.wait(), KILL_GRACE)
@@ -340,6 +366,7 @@ class Manager:
 
     async def remove(self, container_id: str, force: bool) -> None:
         c = self._get(container_id)
+        self.networks.check_removable(c)  # no container may be left sharing its network namespace
         rt = self._runtime[c.id]
         if c.state is State.RUNNING:
             if not force:
@@ -355,6 +382,7 @@ class Manager:
             if c.state is not State.REMOVING:
                 c = await self._set(c.with_(state=State.REMOVING))
             await self._scopes.stop(c.unit)  # StopUnit + ResetFailedUnit: gone now, not when systemd notices
+            await self.networks.detach(c)  # its names at once, then its veths, namespace and rules
             await asyncio.to_thread(shutil.rmtree, self._paths.container(c.id), True)
             await self._write(lambda: self._store.delete_container(c.id))
             await self._event("removed", c, "removed container %s", c.name)
@@ -369,6 +397,18 @@ class Manager:
         for listener in self._listeners:
             listener.container_removed(c)
 
+    # --- exec ------------------------------------------------------------------------------------
+
+    async def exec(self, container_id: str, command: list[str], options: dict[str, Any],
+                   stdio: tuple[int, int, int] | None = None) -> ExecResult:
+        """Run a command inside a running container (execs.py); stdio None collects its output."""
+        c = self._get(container_id)
+        opts = parse_exec_options(options)
+        rt = self._runtime[c.id]
+        if c.state is not State.RUNNING or rt.init_pidfd < 0:
+            raise NotRunning(c.name, c.state.value)
+        return await self._executor.run(c, rt.init_pidfd, command, opts, self._full_env(c.spec), stdio)
+
     # --- logs ------------------------------------------------------------------------------------
 
     async def logs(self, container_id: str, since_usec: int = 0, last: int = 0) -> list[journal.LogLine]:
@@ -377,10 +417,37 @@ class Manager:
         since = max(since_usec, c.created_at)
         return await asyncio.to_thread(journal.read_lines, c.unit, since, last)
 
+    # --- stats -----------------------------------------------------------------------------------
+
+    def stats(self, container_id: str) -> cgroups.Stats:
+        """What the kernel counts for the container's scope (cgroups.py), as the container sees it: the monitor,
+        one task of the scope that Quilt adds to TasksMax, is left out of pids_current and pids_max."""
+        c = self._get(container_id)
+        if c.state is not State.RUNNING or not c.main_pid:
+            raise NotRunning(c.name, c.state.value)
+        try:
+            stats = cgroups.read_stats(c.main_pid)  # a few small cgroupfs reads: never waits on a disk
+        except OSError:
+            raise NotRunning(c.name, "exited") from None
+        monitor = 1 if c.monitor_pid else 0
+        return stats.with_(pids_current=max(0, stats.pids_current - monitor),
+                           pids_max=max(0, stats.pids_max - monitor) if stats.pids_max else 0)
+
+    def follow_logs(self, container_id: str, options: dict[str, Any]) -> int:
+        """Start following the container's log (logfollow.py); return the read end of the pipe (the caller's)."""
+        return self._log_followers.start(self._get(container_id), parse_follow_options(options))
+
+    async def events(self, since_usec: int = 0, until_usec: int = 0) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """The stored lifecycle events (time, kind, container id, details), oldest first; until 0 = no end."""
+        await self.flush()  # with every event told so far: a client that saw the signal finds its row
+        rows = await self._store.events(since_usec)
+        return [row for row in rows if not until_usec or row[0] <= until_usec]
+
     # --- recovery --------------------------------------------------------------------------------
 
     async def recover(self) -> None:
         """Reconcile the database with what runs: called once at start, before the bus name is taken."""
+        await self.networks.recover(await self._store.containers())  # first: removals below detach networks
         for c in await self._store.containers():
             self._containers[c.id] = c
             rt = self._runtime[c.id] = _Runtime()
@@ -422,11 +489,17 @@ class Manager:
     # --- helpers ---------------------------------------------------------------------------------
 
     async def _event(self, kind: str, c: Container, text: str, *args: Any, **details: Any) -> None:
-        """A lifecycle edge: stored in the events table and logged as a structured journal entry.
+        """A lifecycle edge: stored in the events table, told to the listeners (the Event signal) and logged as a
+        structured journal entry. The signal and the row carry the same time, so a client reading the history
+        while it listens can tell the two apart from duplicates.
 
         The insert is queued in order with the other writes, not awaited: no caller waits for history.
         """
-        self._write(lambda: self._store.add_event(kind, c.id, {"name": c.name, **details}))
+        at = now_usec()
+        stored = {"name": c.name, **details}
+        self._write(lambda: self._store.add_event(kind, c.id, stored, time=at))
+        for listener in self._listeners:
+            listener.event(kind, c, {**stored, "time": at})
         log.info(text, *args, extra={"MESSAGE_ID": MESSAGE_IDS[kind], "CONTAINER_NAME": c.name,
                                      "CONTAINER_ID_FULL": c.id, "QUILT_EVENT": kind})
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quilt_agent.errors import InvalidArgument
+from quilt_agent.network import options as network_options
+from quilt_agent.network.model import DEFAULT_NETWORK
 
 NAMESPACES = ("pid", "mount", "uts", "ipc", "net", "cgroup")
 DEFAULT_STOP_TIMEOUT = 10
@@ -65,6 +67,13 @@ class ContainerSpec:
     remove_on_exit: bool = False
     stop_timeout: int = DEFAULT_STOP_TIMEOUT
     labels: dict[str, str] = field(default_factory=dict)
+    stop_signal: int = 0  # what Stop sends first: the image's StopSignal; 0 = SIGTERM
+    # Networks (quilt_agent/network): network names, or one mode (none, host, container:ID); DNS aliases; a
+    # fixed address; published ports as normalised "[HOSTIP:]HOSTPORT:CONTAINERPORT/PROTO".
+    networks: tuple[str, ...] = (DEFAULT_NETWORK,)
+    aliases: tuple[str, ...] = ()
+    ip: str = ""
+    ports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -241,6 +250,7 @@ OPTION_PARSERS = {
     "remove_on_exit": ("remove_on_exit", lambda v: _expect("remove_on_exit", v, bool, "a boolean")),
     "stop_timeout": ("stop_timeout", _parse_stop_timeout),
     "labels": ("labels", _parse_labels),
+    **network_options.CONTAINER_OPTIONS,  # networks, aliases, ip, ports
 }
 
 
@@ -256,6 +266,7 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
         # As Podman: the hostname would be silently ignored (or, set, change the host's).
         raise InvalidArgument(f"Cannot set hostname '{fields['hostname']}' without the uts namespace: "
                               "the container shares the host's hostname")
+    network_options.settle(fields, fields.get("namespaces", NAMESPACES))
     return fields
 
 

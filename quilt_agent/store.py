@@ -49,6 +49,39 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_time ON events(time);
     """,
+    # 2: networks (issue 8). Addresses and published ports go with their container's row (ON DELETE CASCADE);
+    # a network cannot be deleted while an address on it exists. Containers made before networks existed had
+    # only a loopback: they keep it (networks ["none"]).
+    """
+    CREATE TABLE networks (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        subnet TEXT NOT NULL UNIQUE,
+        gateway TEXT NOT NULL,
+        bridge TEXT NOT NULL UNIQUE,
+        internal INTEGER NOT NULL DEFAULT 0,
+        dns INTEGER NOT NULL DEFAULT 1,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE network_addresses (
+        network_id TEXT NOT NULL REFERENCES networks(id),
+        address TEXT NOT NULL,
+        container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        PRIMARY KEY (network_id, address),
+        UNIQUE (network_id, container_id)
+    );
+    CREATE TABLE published_ports (
+        protocol TEXT NOT NULL,
+        host_ip TEXT NOT NULL,
+        host_port INTEGER NOT NULL,
+        container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+        container_port INTEGER NOT NULL,
+        PRIMARY KEY (protocol, host_ip, host_port)
+    );
+    UPDATE containers SET spec = json_set(spec, '$.networks', json('["none"]'))
+        WHERE json_extract(spec, '$.networks') IS NULL;
+    """,
 )
 
 MAX_EVENTS = 10000
@@ -63,8 +96,9 @@ def _spec_to_json(spec: ContainerSpec) -> str:
 
 def _spec_from_json(text: str) -> ContainerSpec:
     data = json.loads(text)
-    for key in ("command", "env", "namespaces"):
-        data[key] = tuple(data[key])
+    for key in ("command", "env", "namespaces", "networks", "aliases", "ports"):
+        if key in data:
+            data[key] = tuple(data[key])
     return ContainerSpec(**data)
 
 
@@ -98,6 +132,11 @@ class Store:
 
     async def close(self) -> None:
         await self._db.close()
+
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        """For the network tables' SQL (network/state.py): the same connection, so still one writer."""
+        return self._db
 
     async def _migrate(self) -> None:
         await self._db.execute(
@@ -144,10 +183,12 @@ class Store:
         async with self._db.execute("SELECT * FROM containers ORDER BY created_at") as cur:
             return [_row_to_container(row) for row in await cur.fetchall()]
 
-    async def add_event(self, kind: str, container_id: str, details: dict[str, Any] | None = None) -> None:
+    async def add_event(self, kind: str, container_id: str, details: dict[str, Any] | None = None,
+                        time: int = 0) -> None:
+        """time: when it happened (usec), as the Event signal says it; 0 = now."""
         await self._db.execute(
             "INSERT INTO events (time, kind, container_id, details) VALUES (?, ?, ?, ?)",
-            (now_usec(), kind, container_id, json.dumps(details or {})),
+            (time or now_usec(), kind, container_id, json.dumps(details or {})),
         )
         # Bounded: the oldest go first.
         await self._db.execute(

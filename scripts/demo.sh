@@ -37,7 +37,17 @@ step "Container output is in the journal: journalctl -u 'quilt-*'"
 show journalctl -u 'quilt-*' --no-pager -o short-precise _TRANSPORT=stdout
 show quiltctl logs -n 2 web
 
+step "Networks: containers find each other by name; a port published on the host"
+show quiltctl network ls
+show quiltctl run -d --name site -p 8080:80 "$image" -- /bin/sh -c 'echo "hello from site" > /index.html; exec httpd -f -p 80 -h /'
+printf '$ quiltctl inspect site | grep -A4 Addresses\n'; quiltctl inspect site | grep -A4 '"Addresses"'
+show quiltctl run --rm "$image" -- wget -q -O- http://site/index.html
+show quiltctl icc ping -c 2 web site
+sleep 0.3
+show busybox wget -q -O- http://127.0.0.1:8080/index.html
+show nft list chain inet quilt published
+
 step "Stop and remove"
 show quiltctl stop -t 2 web
-show quiltctl rm web hello
+show quiltctl rm -f web hello site
 show quiltctl ps -a

@@ -15,6 +15,9 @@ from dbus_fast import Message, MessageFlag, MessageType
 class Caller:
     sender: str
     interactive: bool  # the caller allows polkit to ask a password (ALLOW_INTERACTIVE_AUTHORIZATION)
+    # The fds that came with the call (UNIX_FD): the method's to close. dbus-fast hands an 'h' argument over
+    # as the fd itself only when the message has fds; otherwise it is the bare index from the body.
+    unix_fds: tuple[int, ...] = ()
 
 
 CALLER: ContextVar[Caller | None] = ContextVar("quilt_caller", default=None)
@@ -23,7 +26,8 @@ CALLER: ContextVar[Caller | None] = ContextVar("quilt_caller", default=None)
 def remember(msg: Message) -> None:
     """Message handler: never handles the message, only records who sent it."""
     if msg.message_type is MessageType.METHOD_CALL and msg.sender:
-        CALLER.set(Caller(msg.sender, bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)))
+        CALLER.set(Caller(msg.sender, bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION),
+                          tuple(msg.unix_fds or ())))
     return None
 
 

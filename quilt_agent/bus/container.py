@@ -4,7 +4,11 @@ from typing import Any
 from dbus_fast import Variant
 from dbus_fast.service import PropertyAccess, dbus_method, dbus_property
 
+from quilt_agent.bus import container_io
+from quilt_agent.bus.container_io import ContainerIO
 from quilt_agent.bus.guard import GuardedInterface, guarded
+from quilt_agent.bus.network import CONTAINER_ARG_NAMES as NETWORK_ARG_NAMES
+from quilt_agent.bus.network import ContainerNetwork
 from quilt_agent.bus.names import CONTAINER_INTERFACE
 from quilt_agent.bus.polkit import MANAGE, READ, Authority
 from quilt_agent.errors import InvalidArgument
@@ -39,8 +43,9 @@ def _log_options(options: dict[str, Variant]) -> tuple[int, int]:
     return lines, since
 
 
-class ContainerInterface(GuardedInterface):
-    ARG_NAMES = {"Wait": ("exit_code",), "GetLogs": ("lines",), "GetEnvironment": ("environment",)}
+class ContainerInterface(ContainerIO, ContainerNetwork, GuardedInterface):
+    ARG_NAMES = {"Wait": ("exit_code",), "GetLogs": ("lines",), "GetEnvironment": ("environment",),
+                 **container_io.ARG_NAMES, **NETWORK_ARG_NAMES}
 
     def __init__(self, container_id: str, manager: Manager, authority: Authority) -> None:
         super().__init__(CONTAINER_INTERFACE, authority)

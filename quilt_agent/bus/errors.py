@@ -15,12 +15,22 @@ ERROR_NAMES: dict[type[errors.QuiltError], str] = {
     errors.NotRunning: ERROR_PREFIX + "NotRunning",
     errors.AlreadyRunning: ERROR_PREFIX + "AlreadyRunning",
     errors.ContainerFailed: ERROR_PREFIX + "ContainerFailed",
+    errors.TimedOut: ERROR_PREFIX + "TimedOut",
+    errors.NoSuchNetwork: ERROR_PREFIX + "NoSuchNetwork",
+    errors.NetworkInUse: ERROR_PREFIX + "NetworkInUse",
+    errors.AddressInUse: ERROR_PREFIX + "AddressInUse",
+    errors.PortInUse: ERROR_PREFIX + "PortInUse",
+    errors.RegistryError: ERROR_PREFIX + "RegistryError",
+    errors.ImageInUse: ERROR_PREFIX + "ImageInUse",
     errors.AccessDenied: ACCESS_DENIED,
 }
 
 
 def to_dbus_error(err: errors.QuiltError) -> DBusError:
+    # A message may quote what came from outside (a registry's answer, a file name): a NUL or a lone surrogate
+    # would make it an invalid D-Bus string, and dbus-daemon disconnects whoever sends one.
+    text = str(err).replace("\0", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
     for kind in type(err).__mro__:
         if kind in ERROR_NAMES:
-            return DBusError(ERROR_NAMES[kind], str(err))
-    return DBusError(ERROR_PREFIX + "Failed", str(err))
+            return DBusError(ERROR_NAMES[kind], text)
+    return DBusError(ERROR_PREFIX + "Failed", text)

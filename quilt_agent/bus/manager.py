@@ -9,6 +9,12 @@ from quilt_agent import __version__
 from quilt_agent.bus.container import ContainerInterface, properties
 from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
 from quilt_agent.bus.errors import ERROR_NAMES
+from quilt_agent.bus.events import ARG_NAMES as EVENT_ARG_NAMES
+from quilt_agent.bus.events import ManagerEvents
+from quilt_agent.bus.network import MANAGER_ARG_NAMES as NETWORK_ARG_NAMES
+from quilt_agent.bus.network import NetworkMethods
+from quilt_agent.bus.image import MANAGER_ARG_NAMES as IMAGE_ARG_NAMES
+from quilt_agent.bus.image import ImageMethods
 from quilt_agent.bus.names import CONTAINER_INTERFACE, CONTAINER_PATH_PREFIX, MANAGER_INTERFACE, container_path
 from quilt_agent.bus.polkit import MANAGE, Authority
 from quilt_agent.errors import InvalidArgument, NoSuchContainer
@@ -26,10 +32,11 @@ def _check_command(command: list[str]) -> list[str]:
     return command
 
 
-class ManagerInterface(GuardedInterface):
+class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, GuardedInterface):
     ARG_NAMES = {"CreateContainer": ("container",), "RunContainer": ("container",), "GetContainer": ("container",),
                  "ListContainers": ("containers",), "ContainerNew": ("id", "container"),
-                 "ContainerRemoved": ("id", "container")}
+                 "ContainerRemoved": ("id", "container"), **NETWORK_ARG_NAMES, **EVENT_ARG_NAMES,
+                 **IMAGE_ARG_NAMES}
 
     def __init__(self, manager: Manager, authority: Authority, bus: MessageBus) -> None:
         super().__init__(MANAGER_INTERFACE, authority)
@@ -37,6 +44,8 @@ class ManagerInterface(GuardedInterface):
         self._bus = bus
         self._objects: dict[str, ContainerInterface] = {}
         manager.subscribe(self)
+        self._networks_init()  # bus/network.py: the network objects and signals
+        self._images_init(manager.images)  # bus/image.py: the image objects and methods
 
     def subject(self, args: tuple[Any, ...]) -> str:
         return args[0] if args and isinstance(args[0], str) else ""
@@ -44,6 +53,8 @@ class ManagerInterface(GuardedInterface):
     # --- events from the manager: export objects, emit signals -----------------------------------
 
     def export_existing(self) -> None:
+        self.export_networks()
+        self.export_images()
         for c in self._manager.list():
             self._export(c)
 

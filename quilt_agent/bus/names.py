@@ -10,3 +10,10 @@ ERROR_PREFIX = "org.quilt.Runtime.Error."
 
 def container_path(container_id: str) -> str:
     return CONTAINER_PATH_PREFIX + container_id
+
+NETWORK_INTERFACE = "org.quilt.Runtime.Network"
+NETWORK_PATH_PREFIX = "/org/quilt/Runtime/network/"
+
+
+def network_path(network_id: str) -> str:
+    return NETWORK_PATH_PREFIX + network_id

@@ -15,7 +15,8 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import click
 
-from quilt_agent.cli import output
+from quilt_agent.cli import interactive as interactive_cli
+from quilt_agent.cli import observe, output
 from quilt_agent.cli.context import (
     ACCESS_DENIED,
     NO_SUCH_CONTAINER,
@@ -103,6 +104,16 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
         options["stop_timeout"] = params["stop_timeout"]
     if params["label"]:
         options["labels"] = dict(params["label"])
+    # Networks (podman run's spellings); .get: callers that build params by hand may leave them out.
+    networks = [n for value in params.get("network") or () for n in value.split(",") if n]
+    if networks:
+        options["networks"] = networks
+    if params.get("network_alias"):
+        options["aliases"] = list(params["network_alias"])
+    if params.get("ip") is not None:
+        options["ip"] = params["ip"]
+    if params.get("publish"):
+        options["ports"] = list(params["publish"])
 
     return ContainerRequest(name=params["name"] or "", image=resolve_image(image, cwd), command=args, options=options)
 
@@ -123,6 +134,12 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--pids-limit", type=click.IntRange(min=1), default=None, help="Most processes at once."),
         click.option("--rm", is_flag=True, help="Remove the container when it exits."),
         click.option("-l", "--label", type=LABEL, multiple=True, help="Set a label (KEY=VALUE)."),
+        click.option("--network", "--net", multiple=True,
+                     help="Network to join (repeat for several), or none, host, container:NAME (default: quilt)."),
+        click.option("--network-alias", multiple=True, help="Another name the container answers to on its networks."),
+        click.option("--ip", default=None, help="The container's address on its network."),
+        click.option("-p", "--publish", multiple=True,
+                     help="Publish a port: [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]."),
         click.option(
             "--stop-timeout",
             type=click.IntRange(min=0, max=_UINT32_MAX),
@@ -172,14 +189,22 @@ def create(ctx: click.Context, **params: Any) -> None:
 
 @click.command(context_settings=_COMMAND_SETTINGS, epilog=_COMPAT_EPILOG)
 @click.option("-d", "--detach", is_flag=True, help="Print the container's id and return at once.")
+@click.option("-i", "--interactive", is_flag=True, help="Pass quiltctl's stdin to the container.")
+@click.option("-t", "--tty", is_flag=True, help="Give the container a terminal (with -i: an interactive shell).")
 @container_flags
 @click.pass_context
-def run(ctx: click.Context, detach: bool, **params: Any) -> None:
+def run(ctx: click.Context, detach: bool, interactive: bool, tty: bool, **params: Any) -> None:
     """Create and start a container from IMAGE.
 
-    In the foreground it waits for the container, prints its output and exits with its exit code.
+    In the foreground it waits for the container, prints its output and exits with its exit code. With -i or
+    -t the container's stdin, stdout and stderr are quiltctl's own (or a terminal), not the journal.
     """
     request = build_request(params, os.getcwd())
+    if interactive or tty:
+        if detach:
+            raise click.UsageError("-d cannot be combined with -i or -t: nothing would be attached")
+        interactive_cli.run_attached(ctx, request, interactive, tty)
+        return
 
     if detach:
 
@@ -382,7 +407,15 @@ def ps(ctx: click.Context, show_all: bool, as_json: bool) -> None:
 
     async def body(client: Client) -> list[dict[str, Any]]:
         entries = [e for e in await client.list_containers() if show_all or e.state == "running"]
-        found = await asyncio.gather(*(_properties_or_none(client, e.path) for e in entries))
+        # dbus-daemon refuses a connection more than 128 pending calls on the system bus (max_replies_per_
+        # connection): with 200 containers an unbounded gather failed. Keep at most 64 in flight.
+        limit = asyncio.Semaphore(64)
+
+        async def one(path: str) -> dict[str, Any] | None:
+            async with limit:
+                return await _properties_or_none(client, path)
+
+        found = await asyncio.gather(*(one(e.path) for e in entries))
         return [props for props in found if props is not None]
 
     rows = with_client(ctx, body)
@@ -448,10 +481,17 @@ def status(ctx: click.Context, container: str) -> None:
     "-n", "--tail", "lines", type=click.IntRange(min=0, max=_UINT32_MAX), default=None, help="Only the last N lines."
 )
 @click.option("--since", default=None, help="Only lines since TIME: 10s, 5m, 2h ago, a Unix time or an ISO 8601 time")
+@click.option("--until", default=None, help="Only lines until TIME (same forms as --since).")
+@click.option("-f", "--follow", is_flag=True, help="Print new lines as they come, until the container exits.")
+@click.option("-t", "--timestamps", is_flag=True, help="Begin each line with its time (RFC 3339).")
 @click.argument("container")
 @click.pass_context
-def logs(ctx: click.Context, lines: int | None, since: str | None, container: str) -> None:
+def logs(ctx: click.Context, lines: int | None, since: str | None, until: str | None, follow: bool,
+         timestamps: bool, container: str) -> None:
     """Print a container's output: its stdout on stdout, its stderr on stderr."""
+    if follow or until is not None:
+        observe.follow_logs(ctx, container, lines, since, until, follow, timestamps)
+        return
     options: dict[str, Any] = {}
     # On the wire lines 0 means "no limit"; `--tail 0` means no lines, as in Podman (the container is still
     # looked up, so an unknown one is still an error).
@@ -467,7 +507,7 @@ def logs(ctx: click.Context, lines: int | None, since: str | None, container: st
         path = await client.get_container(container)
         return [] if lines == 0 else await client.get_logs(path, options)
 
-    output.print_logs(with_client(ctx, body))
+    output.print_logs(with_client(ctx, body), timestamps)
 
 
 @click.command()

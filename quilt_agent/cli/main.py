@@ -10,6 +10,10 @@ import click
 
 from quilt_agent import __version__
 from quilt_agent.cli.containers import COMMANDS
+from quilt_agent.cli.images import COMMANDS as IMAGE_COMMANDS
+from quilt_agent.cli.interactive import COMMANDS as INTERACTIVE_COMMANDS
+from quilt_agent.cli.network import COMMANDS as NETWORK_COMMANDS
+from quilt_agent.cli.observe import COMMANDS as OBSERVE_COMMANDS
 from quilt_agent.cli.context import CliState, with_client
 from quilt_agent.client import Client
 
@@ -61,7 +65,7 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(CliState)
 
 
-for _command in COMMANDS:
+for _command in [*COMMANDS, *INTERACTIVE_COMMANDS, *OBSERVE_COMMANDS, *NETWORK_COMMANDS, *IMAGE_COMMANDS]:
     cli.add_command(_command)
 
 

@@ -22,10 +22,16 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))
 
 
-def print_logs(lines: Iterable[LogLine]) -> None:
+def print_logs(lines: Iterable[LogLine], timestamps: bool = False) -> None:
     # click.echo flushes each line, so stdout and stderr keep the journal's order on a shared terminal.
     for line in lines:
-        click.echo(line.text, err=line.stream == "stderr")
+        text = f"{log_timestamp(line.usec)} {line.text}" if timestamps else line.text
+        click.echo(text, err=line.stream == "stderr")
+
+
+def log_timestamp(usec: int) -> str:
+    """A log line's time as `podman logs --timestamps` shows it: RFC 3339, local time, to the microsecond."""
+    return datetime.fromtimestamp(usec / 1_000_000).astimezone().isoformat(timespec="microseconds")
 
 
 def ago(usec: int, now: float) -> str:

@@ -7,10 +7,12 @@ Both processes live in the container's scope.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import socket
+import termios
 import time
 
 from quilt_agent import journal
@@ -27,8 +29,9 @@ def start_time(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[19])
 
 
-def run(spec: LaunchSpec, agent: socket.socket) -> int:
-    """The monitor's body; returns its exit status."""
+def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) -> int:
+    """The monitor's body; returns its exit status. stdio: the caller's stdin, stdout and stderr for the
+    container's init instead of /dev/null and the journal (StartWithFds: `quiltctl run -it`)."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)  # only the container's init is meant to get these
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -44,9 +47,11 @@ def run(spec: LaunchSpec, agent: socket.socket) -> int:
         agent.close()
         os.close(go_write)
         os.close(err_read)
-        _container_init(spec, go_read, err_write)  # never returns
+        _container_init(spec, go_read, err_write, stdio)  # never returns
     os.close(go_read)
     os.close(err_write)
+    for fd in stdio or ():
+        os.close(fd)  # the init's alone: the caller sees the end of its pipes or terminal when the container ends
     protocol.send(agent, Spawned(monitor_pid=me, monitor_start=born, init_pid=pid))  # the agent waits on this
     # Only now, after the fork: the container's init must not inherit -1000, or the OOM killer could never
     # pick its processes and a hog would stall at memory_max instead of being killed.
@@ -129,14 +134,23 @@ def _record_exit(exit_file: str, status: int, reason: str) -> None:
     os.rename(tmp, exit_file)
 
 
-def _container_init(spec: LaunchSpec, go_read: int, err_write: int) -> None:
+def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[int] | None = None) -> None:
     """The container's first process, until exec. Reports failure as 'CODE reason' on err_write."""
     try:
-        out = journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDOUT)
-        err = journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDERR)
-        namespaces.unshare_early(spec.namespaces)
+        if stdio:
+            out, err = stdio[1], stdio[2]  # the caller's: this run's output is not in the journal
+        else:
+            out = journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDOUT)
+            err = journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDERR)
+        if spec.netns:
+            # The namespace Quilt made for the container (its interfaces are being set up meanwhile; the agent
+            # says Go once they are), or the one of the container it shares.
+            namespaces.join_net(spec.netns)
+        namespaces.unshare_early(tuple(n for n in spec.namespaces if n != "net") if spec.netns else spec.namespaces)
+        if "net" in spec.namespaces and not spec.netns:
+            namespaces.allow_ping()  # before the rootfs: /proc/sys is read-only in it
         try:
-            rootfs.build(spec.lower, spec.upper, spec.work, spec.merged, spec.namespaces)
+            rootfs.build(spec.lower, spec.upper, spec.work, spec.merged, spec.namespaces, spec.bind_files)
         except OSError as e:
             raise SetupError(f"setting up the root filesystem failed: {e}") from e
         if "uts" in spec.namespaces and spec.hostname:
@@ -163,10 +177,14 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int) -> None:
         # could then not even trap it.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        null = os.open("/dev/null", os.O_RDONLY)
+        null = stdio[0] if stdio else os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(err, 2)
+        if spec.tty:
+            # Its own session, with the caller's terminal as its controlling one: ^C and job control work.
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         os.closerange(3, err_write)
         os.closerange(err_write + 1, 65536)
         process.execute(spec.command, process.environment(spec.env, user))

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import socket
 import struct
 
 from quilt_agent.helper import syscalls
+from quilt_agent.helper.process import SetupError
 
 # Order matters: the pid namespace is unshared by the monitor (it applies to the
 # children it forks), the cgroup namespace only once the init is in its scope,
@@ -43,3 +45,27 @@ def loopback_up() -> None:
         req = struct.pack("16sh", b"lo", 0)
         flags = struct.unpack("16sh", fcntl.ioctl(s, siocgifflags, req))[1]
         fcntl.ioctl(s, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
+
+
+def join_net(path: str) -> None:
+    """Enter the network namespace pinned at path (a /run/netns file, or another container's /proc/PID/ns/net)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SetupError(f"cannot open the network namespace {path}: {e.strerror}") from e
+    try:
+        syscalls.setns(fd, syscalls.CLONE_NEWNET)
+    except OSError as e:
+        raise SetupError(f"cannot join the network namespace {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+
+
+def allow_ping() -> None:
+    """Let every group open ICMP echo sockets in this (new) network namespace, as Podman does: busybox ping
+    then works without CAP_NET_RAW. /proc/sys/net is the calling task's namespace's."""
+    try:
+        with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
+            f.write("0 2147483647")
+    except OSError:
+        pass  # a host that keeps /proc/sys read-only: ping then needs NET_RAW, as before

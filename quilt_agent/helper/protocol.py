@@ -21,7 +21,7 @@ class LaunchSpec:
     container_id: str
     name: str
     unit: str
-    lower: str  # the image's rootfs: overlayfs lower directory
+    lower: str  # the image's layers: overlayfs lowerdir, ':'-joined, top layer first
     upper: str
     work: str
     merged: str
@@ -32,6 +32,14 @@ class LaunchSpec:
     user: str
     hostname: str
     namespaces: tuple[str, ...]
+    # Networks (quilt_agent/network): a network namespace to join instead of unsharing one (Quilt's pinned
+    # /run/netns/quilt-ID, or another container's), and (source, target) files bound over the image's
+    # (/etc/resolv.conf, /etc/hosts, /etc/hostname).
+    netns: str = ""
+    bind_files: tuple[tuple[str, str], ...] = ()
+    # StartWithFds: the request carries the caller's stdin, stdout and stderr for the init; with tty, stdin is a
+    # terminal that becomes the init's controlling one.
+    tty: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,10 +78,21 @@ class ExecFailed:
 
 @dataclass(frozen=True)
 class ExtractLayer:
-    """Agent -> fork server: unpack an image tarball into dest (an empty directory)."""
+    """Agent -> fork server: unpack a layer tarball into dest (an empty directory): the whole file, or size
+    bytes from offset (a member of an archive); label names it in errors."""
 
     path: str
     dest: str
+    offset: int = 0
+    size: int = -1  # -1: to the end of the file
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class ExtractProgress:
+    """Extractor -> agent, now and then while unpacking: bytes read so far."""
+
+    done: int
 
 
 @dataclass(frozen=True)
@@ -83,10 +102,57 @@ class ExtractDone:
     error: str = ""
     message: str = ""
     errno: int = 0
+    # On success (images.tarball.Extracted):
+    digest: str = ""
+    diff_id: str = ""
+    size: int = 0
+    compression: str = ""
+    skipped: tuple[tuple[str, str], ...] = ()  # (member, what): device nodes and FIFOs not unpacked
+    skipped_count: int = 0
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    """Agent -> fork server: run a command inside a running container (Exec). The fds sent with it are the
+    helper's socket, the command's stdin, stdout and stderr, and a pidfd of the container's init."""
+
+    container_id: str
+    name: str
+    command: tuple[str, ...]
+    env: tuple[str, ...]
+    workdir: str
+    user: str
+    namespaces: tuple[str, ...]  # the container's: those the command enters
+    tty: bool  # stdin is a terminal to make the controlling one
+    cgroup_procs: tuple[str, ...]  # the container's cgroups (its scope), one cgroup.procs file per hierarchy
+
+
+@dataclass(frozen=True)
+class ExecSpawned:
+    """Exec helper -> agent: the command's process exists (host pid), in the container's scope."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class ExecExited:
+    """Exec helper -> agent: the command ran and ended (exit_code 128+N for signal N)."""
+
+    exit_code: int
+    exit_signal: int = 0
+
+
+@dataclass(frozen=True)
+class ExecSetupFailed:
+    """Exec helper -> agent: the command could not be started. kind: "invalid" (a bad user or working
+    directory), "gone" (the container's init no longer exists), "failed" (anything else)."""
+
+    kind: str
+    reason: str
 
 
 MESSAGES = {cls.__name__: cls for cls in (LaunchSpec, Spawned, Go, Abort, Started, ExecFailed, ExtractLayer,
-                                          ExtractDone)}
+                                          ExtractProgress, ExtractDone, ExecSpec, ExecSpawned, ExecExited, ExecSetupFailed)}
 M = TypeVar("M")
 
 

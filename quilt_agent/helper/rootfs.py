@@ -22,7 +22,8 @@ def _mkdir(path: str) -> None:
     os.makedirs(path, mode=0o755, exist_ok=True)
 
 
-def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str, ...]) -> None:
+def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str, ...],
+          bind_files: tuple[tuple[str, str], ...] = ()) -> None:
     """Mount the container's tree at merged, then make it the root. Runs in the container's mount namespace."""
     # Nothing mounted here may propagate back to the host.
     mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -32,11 +33,36 @@ def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str,
     mount("proc", f"{merged}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("sysfs", f"{merged}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _make_dev(f"{merged}/dev", "ipc" in namespaces)
+    for source, target in bind_files:
+        _bind_file(source, merged, target)
     _mask(merged)
     os.chdir(merged)
     pivot_root(".", ".")
     umount(".", MNT_DETACH)
     os.chdir("/")
+
+
+def _bind_file(source: str, root: str, target: str) -> None:
+    """Bind source over root+target (/etc/resolv.conf and the like), read-write as in Podman.
+
+    Nothing outside root may be touched while the image's symlinks still point at the host's tree: a directory
+    on the way that is a symlink means the file is not bound; a target that is a symlink (Debian's resolv.conf
+    -> systemd-resolved's) is replaced by a plain file in the container's own layer, never the image's.
+    """
+    parent = root
+    for part in os.path.dirname(target).strip("/").split("/"):
+        parent = f"{parent}/{part}" if part else parent
+        if os.path.islink(parent):
+            return
+        _mkdir(parent)
+    path = root + target
+    if os.path.islink(path) or (os.path.exists(path) and not os.path.isfile(path)):
+        if os.path.isdir(path) and not os.path.islink(path):
+            return
+        os.unlink(path)
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    mount(source, path, None, MS_BIND)
 
 
 def _make_dev(dev: str, own_ipc: bool) -> None:

@@ -61,6 +61,11 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
+def setns(fd: int, nstype: int) -> None:
+    """Enter namespaces: fd is a /proc/PID/ns file, or a pidfd with several CLONE_NEW* flags (Linux 5.8)."""
+    _check(_libc.setns(fd, nstype), "setns")
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(_SYS_PIVOT_ROOT[os.uname().machine], new_root.encode(), put_old.encode()), "pivot_root")
 

@@ -11,15 +11,17 @@ import gc
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-
 from pathlib import Path
 
 from quilt_agent import errors
-from quilt_agent.helper import monitor, protocol, syscalls
-from quilt_agent.helper.protocol import ExtractDone, ExtractLayer, LaunchSpec
+from quilt_agent.helper import enter, monitor, protocol, syscalls
+from quilt_agent.helper.protocol import ExecSpec, ExtractDone, ExtractLayer, ExtractProgress, LaunchSpec
 from quilt_agent.images import tarball
 
+# The most fds a request carries: an exec's socket, stdin, stdout, stderr and the container init's pidfd.
+MAX_FDS = 5
 # Errors an extractor may report, by name, raised again in the agent.
 _EXTRACT_ERRORS = {cls.__name__: cls for cls in (errors.ImageInvalid, errors.NoSuchImage, errors.InvalidArgument)}
 
@@ -31,25 +33,41 @@ class Zygote:
     pid: int
     sock: socket.socket
 
-    def _request(self, message: object) -> socket.socket:
+    def _request(self, message: object, fds: tuple[int, ...] = ()) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            # One datagram with its fd: sends from several threads cannot interleave.
-            socket.send_fds(self.sock, [protocol.encode(message)], [theirs.fileno()])
+            # One datagram with its fds: sends from several threads cannot interleave.
+            socket.send_fds(self.sock, [protocol.encode(message)], [theirs.fileno(), *fds])
         finally:
             theirs.close()
         return ours
 
-    def spawn(self, spec: LaunchSpec) -> socket.socket:
-        """Fork a monitor for spec; return the agent's end of the socket to it."""
-        ours = self._request(spec)
+    def spawn(self, spec: LaunchSpec, stdio: tuple[int, ...] = ()) -> socket.socket:
+        """Fork a monitor for spec; return the agent's end of the socket to it. stdio: the init's stdin, stdout
+        and stderr, copied into the request (the caller still owns its own); none: /dev/null and the journal."""
+        ours = self._request(spec, stdio)
         ours.setblocking(False)
         return ours
 
-    def extract(self, path: Path, dest: Path) -> None:
+    def execute(self, spec: ExecSpec, stdin: int, stdout: int, stderr: int, init_pidfd: int) -> socket.socket:
+        """Fork an exec helper for spec; the fds are copied into the request (the caller still owns its own).
+        Returns the agent's end of the socket to the helper."""
+        ours = self._request(spec, (stdin, stdout, stderr, init_pidfd))
+        ours.setblocking(False)
+        return ours
+
+    def extract(self, path: Path, dest: Path, *, offset: int = 0, size: int | None = None, label: str = "",
+                progress: Callable[[int], None] | None = None) -> tarball.Extracted:
         """tarball.extract, done by a child of the fork server. Blocking: call it from a worker thread."""
-        with self._request(ExtractLayer(str(path), str(dest))) as ours:
-            done = protocol.receive(ours, ExtractDone)
+        request = ExtractLayer(str(path), str(dest), offset, -1 if size is None else size, label)
+        with self._request(request) as ours:
+            while isinstance(done := protocol.receive(ours, ExtractProgress, ExtractDone), ExtractProgress):
+                if progress is not None:
+                    progress(done.done)
+        if not done.error:
+            return tarball.Extracted(digest=done.digest, diff_id=done.diff_id, size=done.size,
+                                     compression=done.compression, skipped=tuple(map(tuple, done.skipped)),
+                                     skipped_count=done.skipped_count)
         if done.error in _EXTRACT_ERRORS:
             raise _EXTRACT_ERRORS[done.error](done.message)
         if done.error == "OSError":
@@ -81,10 +99,10 @@ def _serve(sock: socket.socket) -> None:
     gc.collect()
     gc.freeze()
     while True:
-        data, fds, _flags, _addr = socket.recv_fds(sock, protocol.MAX_MESSAGE, 1)
+        data, fds, _flags, _addr = socket.recv_fds(sock, protocol.MAX_MESSAGE, MAX_FDS)
         if not data:
             return  # the agent is gone
-        request = protocol.decode(data, LaunchSpec, ExtractLayer)
+        request = protocol.decode(data, LaunchSpec, ExtractLayer, ExecSpec)
         pid = os.fork()
         if pid == 0:
             sock.close()
@@ -94,7 +112,9 @@ def _serve(sock: socket.socket) -> None:
             try:
                 peer = socket.socket(fileno=fds[0])
                 if isinstance(request, LaunchSpec):
-                    status = monitor.run(request, peer)
+                    status = monitor.run(request, peer, fds[1:4] or None)
+                elif isinstance(request, ExecSpec):
+                    status = enter.run(request, peer, fds[1:4], fds[4])
                 else:
                     status = _extract(request, peer)
             finally:
@@ -104,9 +124,15 @@ def _serve(sock: socket.socket) -> None:
 
 
 def _extract(request: ExtractLayer, peer: socket.socket) -> int:
+    def progress(done: int) -> None:
+        protocol.send(peer, ExtractProgress(done))
+
     try:
-        tarball.extract(Path(request.path), Path(request.dest))
-        done = ExtractDone()
+        got = tarball.extract(Path(request.path), Path(request.dest), offset=request.offset,
+                              size=None if request.size < 0 else request.size, label=request.label,
+                              progress=progress)
+        done = ExtractDone(digest=got.digest, diff_id=got.diff_id, size=got.size, compression=got.compression,
+                           skipped=got.skipped, skipped_count=got.skipped_count)
     except errors.QuiltError as e:
         done = ExtractDone(type(e).__name__, str(e))
     except OSError as e:

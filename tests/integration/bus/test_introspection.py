@@ -3,8 +3,10 @@ types, directions, in order), properties with type and access, signals with thei
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import subprocess
+import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ BUS_NAME = "org.quilt.Runtime"
 MANAGER_PATH = "/org/quilt/Runtime"
 MANAGER = "org.quilt.Runtime.Manager"
 CONTAINER = "org.quilt.Runtime.Container"
+IMAGE = "org.quilt.Runtime.Image"
 
 
 def interfaces(xml: str) -> dict[str, dict[str, Any]]:
@@ -76,8 +79,9 @@ async def introspect_call(path: str) -> str:
 
 def test_the_contract_describes_both_interfaces() -> None:
     api = contract()
-    assert set(api) == {MANAGER, CONTAINER}
+    assert {MANAGER, CONTAINER, IMAGE} <= set(api)
     assert api[MANAGER]["methods"] and api[CONTAINER]["methods"] and api[CONTAINER]["properties"]
+    assert api[IMAGE]["properties"]
 
 
 @pytest.mark.parametrize("how", ["busctl", "Introspect"])
@@ -91,6 +95,33 @@ async def test_container_object_matches_the_contract(client: Client, busybox_tar
     path = await client.create_container(name, str(busybox_tar), ["/bin/true"], {})
     xml = busctl_xml(path) if how == "busctl" else await introspect_call(path)
     assert differences(interfaces(xml), {CONTAINER: contract()[CONTAINER]}) == []
+
+
+@pytest.mark.parametrize("how", ["busctl", "Introspect"])
+async def test_image_object_matches_the_contract(client: Client, busybox_tar: Path, how: str) -> None:
+    path = await client.import_image(str(busybox_tar))
+    xml = busctl_xml(path) if how == "busctl" else await introspect_call(path)
+    assert differences(interfaces(xml), {IMAGE: contract()[IMAGE]}) == []
+
+
+async def test_image_property_values_travel_with_the_types_of_the_contract(client: Client, tmp_path: Path) -> None:
+    small = tmp_path / "small.tar"
+    with tarfile.open(small, "w") as tar:
+        info = tarfile.TarInfo("etc/hostname")
+        info.size = 6
+        tar.addfile(info, io.BytesIO(b"small\n"))
+    path = await client.import_image(str(small), "introspection-test:v1")
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    try:
+        reply = await bus.call(Message(destination=BUS_NAME, path=path, interface="org.freedesktop.DBus.Properties",
+                                       member="GetAll", signature="s", body=[IMAGE]))
+        assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+        sent = {key: value.signature for key, value in reply.body[0].items()}
+        assert sent == {key: typ for key, (typ, _) in contract()[IMAGE]["properties"].items()}
+        assert reply.body[0]["Names"].value == ["introspection-test:v1"]
+    finally:
+        bus.disconnect()
+        await client.remove_image("introspection-test:v1")
 
 
 async def test_a_container_has_its_object_as_soon_as_it_is_listed(client: Client, busybox_tar: Path,
@@ -142,7 +173,9 @@ async def test_signals_travel_with_the_signatures_of_the_contract(client: Client
     signals = contract()[MANAGER]["signals"]
     got = {m.member: (m.interface, m.signature, m.body[1]) for m in seen if m.member in signals}
     expected_signature = {s: "".join(t for t, _ in args) for s, args in signals.items()}
-    assert got == {s: (MANAGER, expected_signature[s], path) for s in ("ContainerNew", "ContainerRemoved")}
+    # Event carries the container's id where the others carry its path.
+    assert got == {**{s: (MANAGER, expected_signature[s], path) for s in ("ContainerNew", "ContainerRemoved")},
+                   "Event": (MANAGER, expected_signature["Event"], path.rsplit("/", 1)[1])}
 
 
 def test_the_error_names_the_contract_lists_are_the_ones_the_agent_sends() -> None:
@@ -152,3 +185,28 @@ def test_the_error_names_the_contract_lists_are_the_ones_the_agent_sends() -> No
     names = {"org.quilt.Runtime.Error." + n.strip() for n in listed.group(1).split(",")}
     sent = set(ERROR_NAMES.values()) - {"org.freedesktop.DBus.Error.AccessDenied"}
     assert names == sent
+
+
+# --- networks (issue 8) ------------------------------------------------------------------------------
+
+NETWORK = "org.quilt.Runtime.Network"
+
+
+@pytest.mark.parametrize("how", ["busctl", "Introspect"])
+async def test_network_object_matches_the_contract(client: Client, how: str) -> None:
+    path = await client.get_network("quilt")
+    xml = busctl_xml(path) if how == "busctl" else await introspect_call(path)
+    assert differences(interfaces(xml), {NETWORK: contract()[NETWORK]}) == []
+
+
+async def test_network_property_values_travel_with_the_types_of_the_contract(client: Client) -> None:
+    path = await client.get_network("quilt")
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    try:
+        reply = await bus.call(Message(destination=BUS_NAME, path=path, interface="org.freedesktop.DBus.Properties",
+                                       member="GetAll", signature="s", body=[NETWORK]))
+        assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+        sent = {key: value.signature for key, value in reply.body[0].items()}
+        assert sent == {key: typ for key, (typ, _) in contract()[NETWORK]["properties"].items()}
+    finally:
+        bus.disconnect()

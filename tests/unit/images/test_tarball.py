@@ -1,8 +1,8 @@
 """Unpacking rootfs tarballs: compression by content, a busybox-like tree kept intact, and nothing ever
 written or linked outside the destination. Real tarballs built here with tarfile and the real compressors."""
 
+import hashlib
 import io
-import logging
 import os
 import re
 import stat
@@ -170,17 +170,13 @@ def test_later_member_replaces_a_symlink_instead_of_writing_through_it(tmp_path:
     assert not (dest / "bin/sh").is_symlink() and (dest / "bin/sh").read_bytes() == b"dash"
 
 
-def test_device_nodes_and_fifos_are_skipped_and_logged(tmp_path: Path, dest: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="quilt.images")
+def test_device_nodes_and_fifos_are_skipped_and_named(tmp_path: Path, dest: Path) -> None:
     raw = tar_bytes([directory("dev/"), member("dev/null", tarfile.CHRTYPE), member("dev/sda", tarfile.BLKTYPE),
                      member("run/fifo", tarfile.FIFOTYPE), member("etc/kept", data=b"x")])
-    extract(write(tmp_path / "x.tar", raw), dest)
+    done = extract(write(tmp_path / "x.tar", raw), dest)
     assert sorted(p.name for p in dest.rglob("*")) == ["dev", "etc", "kept"]
-    logged = [r.getMessage() for r in caplog.records if r.name == "quilt.images"]
-    assert any("skipped character device 'dev/null'" in m for m in logged)
-    assert any("skipped block device 'dev/sda'" in m for m in logged)
-    assert any("skipped FIFO 'run/fifo'" in m for m in logged)
+    assert done.skipped == (("dev/null", "character device"), ("dev/sda", "block device"), ("run/fifo", "FIFO"))
+    assert done.skipped_count == 3
 
 
 # --- nothing outside dest -----------------------------------------------------------------------
@@ -332,3 +328,82 @@ def test_destination_must_be_an_empty_directory(tmp_path: Path, dest: Path) -> N
     (dest / "already").touch()
     with pytest.raises(InvalidArgument, match="not an empty directory"):
         extract(path, dest)
+
+
+# --- digests, ranges, whiteouts -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_result_has_the_digest_of_the_bytes_read_and_of_the_tar(tmp_path: Path, dest: Path, kind: str) -> None:
+    raw = tar_bytes(busybox_tree())
+    path = write(tmp_path / "x", raw, kind)
+    done = extract(path, dest)
+    assert done.digest == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert done.diff_id == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert (done.size, done.compression) == (path.stat().st_size, kind)
+
+
+@pytest.mark.parametrize("kind", ["none", "gzip", "zstd"])
+def test_a_range_of_a_file_is_unpacked_as_a_member_of_an_archive(tmp_path: Path, dest: Path, kind: str) -> None:
+    layer = write(tmp_path / "layer", tar_bytes([member("etc/hostname", data=b"inner")]), kind).read_bytes()
+    path = write(tmp_path / "outer", b"A" * 1000 + layer + b"B" * 777)
+    seen: list[int] = []
+    done = extract(path, dest, offset=1000, size=len(layer), label="outer:layer", progress=seen.append)
+    assert (dest / "etc/hostname").read_bytes() == b"inner"
+    assert done.digest == "sha256:" + hashlib.sha256(layer).hexdigest()
+    assert seen[-1] == len(layer)
+
+
+def test_a_range_past_the_end_of_the_file_is_truncated(tmp_path: Path, dest: Path) -> None:
+    path = write(tmp_path / "outer", tar_bytes([member("a", data=b"x")]))
+    with pytest.raises(ImageInvalid, match=r"^Image 'outer:layer' is invalid: truncated"):
+        extract(path, dest, offset=512, size=path.stat().st_size, label="outer:layer")
+
+
+def test_whiteouts_become_overlayfs_whiteouts_and_opaque_directories(tmp_path: Path, dest: Path) -> None:
+    raw = tar_bytes([directory("etc/"), member("etc/.wh.passwd"), directory("usr/"), member("usr/.wh..wh..opq"),
+                     member("usr/kept", data=b"new"), member("var/lib/.wh.gone"),
+                     member(".wh..wh.plnk/123", data=b"aufs"), member("etc/shadow", data=b"s")])
+    extract(write(tmp_path / "x.tar", raw), dest)
+    whiteout = os.lstat(dest / "etc/passwd")
+    assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == os.makedev(0, 0)
+    assert stat.S_ISCHR(os.lstat(dest / "var/lib/gone").st_mode)
+    assert os.getxattr(dest / "usr", "trusted.overlay.opaque") == b"y"
+    assert (dest / "usr/kept").read_bytes() == b"new"
+    assert not any(p.name.startswith(".wh.") for p in dest.rglob("*"))
+
+
+def test_a_whiteout_replaces_what_the_same_layer_had(tmp_path: Path, dest: Path) -> None:
+    raw = tar_bytes([directory("d/"), member("d/f", data=b"x"), member(".wh.d")])
+    extract(write(tmp_path / "x.tar", raw), dest)
+    assert stat.S_ISCHR(os.lstat(dest / "d").st_mode)
+
+
+@pytest.mark.parametrize("name", ["etc/.wh.", "etc/.wh..", "etc/.wh..wh.x"])
+def test_a_whiteout_that_names_no_file_is_invalid(tmp_path: Path, dest: Path, name: str) -> None:
+    with pytest.raises(ImageInvalid, match="names no file"):
+        extract(write(tmp_path / "x.tar", tar_bytes([member(name)])), dest)
+
+
+def test_a_whiteout_through_a_symlink_to_the_host_stays_inside(tmp_path: Path, dest: Path, outside: Path) -> None:
+    (outside / "victim").write_bytes(b"host")
+    inner = str(outside).lstrip("/")
+    raw = tar_bytes([member("evil", tarfile.SYMTYPE, linkname=str(outside)), directory(inner + "/"),
+                     member("evil/.wh.victim")])
+    extract(write(tmp_path / "x.tar", raw), dest)
+    assert (outside / "victim").read_bytes() == b"host"
+    assert stat.S_ISCHR(os.lstat(dest / inner / "victim").st_mode)
+    # Where the link leads nowhere inside the layer, the whiteout has no directory: nothing to hide.
+    again = tmp_path / "again"
+    again.mkdir()
+    extract(write(tmp_path / "y.tar", tar_bytes([member("evil", tarfile.SYMTYPE, linkname=str(outside)),
+                                                 member("evil/.wh.victim")])), again)
+    assert (outside / "victim").read_bytes() == b"host"
+    assert sorted(p.name for p in again.iterdir()) == ["evil"]
+
+
+def test_a_whiteout_under_what_this_layer_made_a_file_is_moot(tmp_path: Path, dest: Path) -> None:
+    # As umoci writes it when a directory became a file: the file hides the lower directory already.
+    raw = tar_bytes([directory("opt/"), member("opt/dir", data=b"now a file\n"), member("opt/dir/.wh.inner")])
+    extract(write(tmp_path / "x.tar", raw), dest)
+    assert (dest / "opt/dir").read_bytes() == b"now a file\n"

@@ -1,0 +1,181 @@
+"""Images on the bus: org.quilt.Runtime.Image on /org/quilt/Runtime/image/ID (one object per image), and the
+Manager's image methods and ImageProgress signal (ImageMethods, mixed into ManagerInterface). Thin: parse,
+authorize, call the core (images/service.py), reply."""
+from typing import Any
+
+from dbus_fast import Message, MessageFlag, MessageType, Variant
+from dbus_fast.service import PropertyAccess, dbus_method, dbus_property, dbus_signal
+
+from quilt_agent.bus.errors import ERROR_NAMES
+from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
+from quilt_agent.bus.polkit import MANAGE, Authority
+from quilt_agent.errors import NoSuchImage
+from quilt_agent.images.service import Images
+from quilt_agent.images.store import Image
+
+IMAGE_INTERFACE = "org.quilt.Runtime.Image"
+IMAGE_PATH_PREFIX = "/org/quilt/Runtime/image/"
+MANAGER_ARG_NAMES: dict[str, tuple[str, ...]] = {
+    "ImportImage": ("image",), "PullImage": ("image",), "ListImages": ("images",), "GetImage": ("image",),
+    "PruneImages": ("bytes_freed",), "ImageProgress": ("job", "phase", "done", "total"),
+}
+
+
+def image_path(image_id: str) -> str:
+    return IMAGE_PATH_PREFIX + image_id
+
+
+def properties(image: Image, config: str) -> dict[str, Any]:
+    """The object's property values, by D-Bus name; PropertiesChanged compares these."""
+    return {"Id": image.id, "Names": list(image.names), "Digest": image.digest, "Size": image.size,
+            "Layers": list(image.layers), "Config": config, "CreatedAt": image.created_at}
+
+
+def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
+    return {key: value.value for key, value in options.items()}
+
+
+class ImageInterface(GuardedInterface):
+    """One image. Its properties are read from memory; Config is the image's config JSON, as stored (an
+    image's config never changes: its id is the config's digest)."""
+
+    def __init__(self, image: Image, config: str, authority: Authority) -> None:
+        super().__init__(IMAGE_INTERFACE, authority)
+        self.image = image
+        self.config = config
+
+    def changed(self, image: Image) -> None:
+        before = properties(self.image, self.config)
+        self.image = image
+        diff = {k: v for k, v in properties(image, self.config).items() if before.get(k) != v}
+        if diff:
+            self.emit_properties_changed(diff)
+
+    @dbus_property(access=PropertyAccess.READ, name="Id")
+    def id_(self) -> "s":
+        return self.image.id
+
+    @dbus_property(access=PropertyAccess.READ, name="Names")
+    def names(self) -> "as":
+        return list(self.image.names)
+
+    @dbus_property(access=PropertyAccess.READ, name="Digest")
+    def digest(self) -> "s":
+        return self.image.digest
+
+    @dbus_property(access=PropertyAccess.READ, name="Size")
+    def size(self) -> "t":
+        return self.image.size
+
+    @dbus_property(access=PropertyAccess.READ, name="Layers")
+    def layers(self) -> "as":
+        return list(self.image.layers)
+
+    @dbus_property(access=PropertyAccess.READ, name="Config")
+    def config_(self) -> "s":
+        return self.config
+
+    @dbus_property(access=PropertyAccess.READ, name="CreatedAt")
+    def created_at(self) -> "t":
+        return self.image.created_at
+
+
+class ImageMethods:
+    """The Manager's image methods; mixed into ManagerInterface, which provides authority and _bus."""
+
+    _bus: Any
+    authority: Authority
+
+    def _images_init(self, images: Images) -> None:
+        self._images = images
+        self._image_objects: dict[str, ImageInterface] = {}
+        images.subscribe(self)
+
+    def export_images(self) -> None:
+        for image in self._images.list():
+            self._export_image(image)
+
+    def _export_image(self, image: Image) -> None:
+        config = self._images.store.config_bytes(image).decode()
+        obj = ImageInterface(image, config, self.authority)
+        self._image_objects[image.id] = obj
+        self._bus.export(image_path(image.id), obj)
+
+    # --- events from the core ------------------------------------------------------------------
+
+    def image_added(self, image: Image) -> None:
+        if image.id not in self._image_objects:
+            self._export_image(image)
+
+    def image_changed(self, image: Image) -> None:
+        obj = self._image_objects.get(image.id)
+        if obj is not None:
+            obj.changed(image)
+
+    def image_removed(self, image_id: str) -> None:
+        obj = self._image_objects.pop(image_id, None)
+        if obj is not None:
+            self._bus.unexport(image_path(image_id), obj)
+
+    def image_progress(self, job: str, phase: str, done: int, total: int) -> None:
+        self.image_progress_signal(job, phase, done, total)
+
+    def unknown_image(self, msg: Message) -> Message | bool | None:
+        """Message handler: a call to an image path that has no object (removed, or a wrong id) is NoSuchImage
+        naming the id, as for containers."""
+        if (msg.message_type is not MessageType.METHOD_CALL or not msg.path.startswith(IMAGE_PATH_PREFIX)
+                or msg.interface not in (IMAGE_INTERFACE, "org.freedesktop.DBus.Properties")
+                or msg.path[len(IMAGE_PATH_PREFIX):] in self._image_objects):
+            return None
+        if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            return True
+        return Message.new_error(msg, ERROR_NAMES[NoSuchImage], f"No image '{msg.path[len(IMAGE_PATH_PREFIX):]}' known")
+
+    def _path_of(self, image: Image) -> str:
+        if image.id not in self._image_objects:  # the listener runs first; this is for safety
+            self._export_image(image)
+        return image_path(image.id)
+
+    # --- methods -------------------------------------------------------------------------------
+
+    # Options: job s (the id ImageProgress signals carry; default: a new one), ref s (which image of a layout
+    # or archive holding several), platform s (os/arch[/variant]); for a rootfs tarball, config defaults:
+    # cmd as, entrypoint as, env as, workdir s, user s, labels a{ss}, stop_signal s.
+    @dbus_method(name="ImportImage")
+    @guarded(MANAGE, "import the image")
+    async def import_image(self, source: "s", name: "s", options: "a{sv}") -> "o":
+        return self._path_of(await self._images.import_image(source, name, _unwrap(options)))
+
+    # Options: job s, platform s, auth_file s (docker config.json format).
+    @dbus_method(name="PullImage")
+    @guarded(MANAGE, "pull the image")
+    async def pull_image(self, reference: "s", options: "a{sv}") -> "o":
+        return self._path_of(await self._images.pull(reference, _unwrap(options)))
+
+    @dbus_method(name="ListImages")
+    @guarded(PUBLIC)
+    async def list_images(self) -> "a(ssto)":
+        rows = []
+        for image in sorted(self._images.list(), key=lambda i: (i.created_at, i.id)):
+            for name in image.names or ("",):
+                rows.append([image.id, name, image.size, image_path(image.id)])
+        return rows
+
+    @dbus_method(name="GetImage")
+    @guarded(PUBLIC)
+    async def get_image(self, name_or_id: "s") -> "o":
+        return self._path_of(self._images.get(name_or_id))
+
+    @dbus_method(name="RemoveImage")
+    @guarded(MANAGE, "remove the image")
+    async def remove_image(self, name_or_id: "s", force: "b") -> None:
+        await self._images.remove(name_or_id, force)
+
+    @dbus_method(name="PruneImages")
+    @guarded(MANAGE, "prune images")
+    async def prune_images(self) -> "t":
+        return await self._images.prune()
+
+    @dbus_signal(name="ImageProgress")
+    def image_progress_signal(self, job: str, phase: str, done: int, total: int) -> "sstt":
+        return [job, phase, done, total]

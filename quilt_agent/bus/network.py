@@ -1,0 +1,196 @@
+"""Networks on the bus: org.quilt.Runtime.Network on /org/quilt/Runtime/network/ID (one object per network), the
+Manager's network methods (NetworkMethods, mixed into ManagerInterface) and the Container's (ContainerNetwork,
+mixed into ContainerInterface): Addresses, Ports, Ping. Thin: parse, look up, authorize, call, reply."""
+
+from typing import Any
+
+from dbus_fast import Message, MessageFlag, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property, dbus_signal
+
+from quilt_agent.bus.errors import ERROR_NAMES
+from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
+from quilt_agent.bus.names import NETWORK_INTERFACE, NETWORK_PATH_PREFIX, network_path
+from quilt_agent.bus.polkit import MANAGE, Authority
+from quilt_agent.errors import InvalidArgument, NoSuchNetwork
+from quilt_agent.manager import Manager
+from quilt_agent.network.model import Network
+
+MANAGER_ARG_NAMES: dict[str, tuple[str, ...]] = {
+    "CreateNetwork": ("network",), "GetNetwork": ("network",), "ListNetworks": ("networks",),
+    "NetworkNew": ("id", "network"), "NetworkRemoved": ("id", "network"),
+}
+CONTAINER_ARG_NAMES: dict[str, tuple[str, ...]] = {"Ping": ("received", "average_ms")}
+MAX_UINT32 = (1 << 32) - 1
+
+
+def properties(manager: Manager, n: Network) -> dict[str, Any]:
+    """The object's property values, by D-Bus name; PropertiesChanged compares these."""
+    return {"Id": n.id, "Name": n.name, "Subnet": n.subnet, "Gateway": n.gateway, "Bridge": n.bridge,
+            "Internal": n.internal, "DNS": n.dns, "Containers": manager.networks.container_names(n.id)}
+
+
+def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
+    return {key: value.value for key, value in options.items()}
+
+
+class NetworkInterface(GuardedInterface):
+    def __init__(self, network_id: str, manager: Manager, authority: Authority) -> None:
+        super().__init__(NETWORK_INTERFACE, authority)
+        self.network_id = network_id
+        self._manager = manager
+        self.last: dict[str, Any] = {}
+
+    def subject(self, args: tuple[Any, ...]) -> str:
+        return self._n.name
+
+    @property
+    def _n(self) -> Network:
+        return self._manager.networks.get(self.network_id)
+
+    def changed(self, n: Network) -> None:
+        now = properties(self._manager, n)
+        diff = {k: v for k, v in now.items() if self.last.get(k) != v}
+        self.last = now
+        if diff:
+            self.emit_properties_changed(diff)
+
+    @dbus_method(name="Remove")
+    @guarded(MANAGE, "remove the network")
+    async def remove(self, force: "b") -> None:
+        await self._manager.networks.remove(self.network_id, force)
+
+    @dbus_property(access=PropertyAccess.READ, name="Id")
+    def id_(self) -> "s":
+        return self._n.id
+
+    @dbus_property(access=PropertyAccess.READ, name="Name")
+    def name_(self) -> "s":
+        return self._n.name
+
+    @dbus_property(access=PropertyAccess.READ, name="Subnet")
+    def subnet(self) -> "s":
+        return self._n.subnet
+
+    @dbus_property(access=PropertyAccess.READ, name="Gateway")
+    def gateway(self) -> "s":
+        return self._n.gateway
+
+    @dbus_property(access=PropertyAccess.READ, name="Bridge")
+    def bridge(self) -> "s":
+        return self._n.bridge
+
+    @dbus_property(access=PropertyAccess.READ, name="Internal")
+    def internal(self) -> "b":
+        return self._n.internal
+
+    @dbus_property(access=PropertyAccess.READ, name="DNS")
+    def dns(self) -> "b":
+        return self._n.dns
+
+    @dbus_property(access=PropertyAccess.READ, name="Containers")
+    def containers(self) -> "as":
+        return self._manager.networks.container_names(self.network_id)
+
+
+class NetworkMethods(ServiceInterface):
+    """The Manager's network methods and signals, and the export of one object per network. Mixed into
+    ManagerInterface, which has _manager, _bus and authority."""
+
+    _manager: Manager
+    _bus: MessageBus
+    authority: Authority
+
+    def _networks_init(self) -> None:
+        self._network_objects: dict[str, NetworkInterface] = {}
+        self._manager.networks.subscribe(self)
+
+    def export_networks(self) -> None:
+        for n in self._manager.networks.list():
+            self._export_network(n)
+
+    def _export_network(self, n: Network) -> None:
+        obj = NetworkInterface(n.id, self._manager, self.authority)
+        obj.last = properties(self._manager, n)
+        self._network_objects[n.id] = obj
+        self._bus.export(network_path(n.id), obj)
+
+    # network/core.py's NetworkListener
+    def network_added(self, network: Network) -> None:
+        self._export_network(network)
+        self.network_new(network.id, network_path(network.id))
+
+    def network_changed(self, network: Network) -> None:
+        obj = self._network_objects.get(network.id)
+        if obj is not None:
+            obj.changed(network)
+
+    def network_removed(self, network: Network) -> None:
+        obj = self._network_objects.pop(network.id, None)
+        if obj is not None:
+            self._bus.unexport(network_path(network.id), obj)
+        self.network_removed_signal(network.id, network_path(network.id))
+
+    def unknown_network(self, msg: Message) -> Message | bool | None:
+        """Message handler: a call to a network path without an object is NoSuchNetwork naming the id."""
+        if (msg.message_type is not MessageType.METHOD_CALL or not msg.path.startswith(NETWORK_PATH_PREFIX)
+                or msg.interface not in (NETWORK_INTERFACE, "org.freedesktop.DBus.Properties")
+                or msg.path[len(NETWORK_PATH_PREFIX):] in self._network_objects):
+            return None
+        if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            return True
+        error = NoSuchNetwork(msg.path[len(NETWORK_PATH_PREFIX):])
+        return Message.new_error(msg, ERROR_NAMES[NoSuchNetwork], str(error))
+
+    @dbus_method(name="CreateNetwork")
+    @guarded(MANAGE, "create the network")
+    async def create_network(self, name: "s", options: "a{sv}") -> "o":
+        n = await self._manager.networks.create(name, _unwrap(options))
+        return network_path(n.id)
+
+    @dbus_method(name="ListNetworks")
+    @guarded(PUBLIC)
+    async def list_networks(self) -> "a(sso)":
+        return [[n.name, n.subnet, network_path(n.id)] for n in self._manager.networks.list()]
+
+    @dbus_method(name="GetNetwork")
+    @guarded(PUBLIC)
+    async def get_network(self, name_or_id: "s") -> "o":
+        return network_path(self._manager.networks.get(name_or_id).id)
+
+    @dbus_method(name="RemoveNetwork")
+    @guarded(MANAGE, "remove the network")
+    async def remove_network(self, name: "s", force: "b") -> None:
+        await self._manager.networks.remove(name, force)
+
+    @dbus_signal(name="NetworkNew")
+    def network_new(self, network_id: str, path: str) -> "so":
+        return [network_id, path]
+
+    @dbus_signal(name="NetworkRemoved")
+    def network_removed_signal(self, network_id: str, path: str) -> "so":
+        return [network_id, path]
+
+
+class ContainerNetwork(ServiceInterface):
+    """The Container's network members. Mixed into ContainerInterface, which has _manager, _c, container_id."""
+
+    _manager: Manager
+    container_id: str
+
+    @dbus_method(name="Ping")
+    @guarded(MANAGE, "ping from")
+    async def ping(self, target: "s", count: "u") -> "ud":
+        if not target:
+            raise InvalidArgument("No target given: name a container or an IPv4 address")
+        c = self._manager.get(self.container_id)
+        received, average, _address, _times = await self._manager.networks.ping(c, target, count)
+        return [received, average]
+
+    @dbus_property(access=PropertyAccess.READ, name="Addresses")
+    def addresses(self) -> "a(ss)":
+        return [list(pair) for pair in self._manager.networks.addresses(self.container_id)]
+
+    @dbus_property(access=PropertyAccess.READ, name="Ports")
+    def ports(self) -> "as":
+        return list(self._manager.get(self.container_id).spec.ports)

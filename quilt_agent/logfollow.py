@@ -1,0 +1,221 @@
+"""Following a container's log: FollowLogs and `quiltctl logs -f`.
+
+Each follower is a thread of its own (never one of asyncio's worker threads: a follow lasts as long as the
+container) that reads the journal, filtered on the container's scope, and writes one JSON object per line to
+a pipe whose read end the caller got: {"usec": realtime usec, "stream": "stdout"|"stderr", "text": line}.
+The pipe is closed, after the last line, when the container ends, when `until` has passed, or when the reader
+goes away. The event loop never waits on it: the manager only tells a follower that its container ended.
+
+When the container ends, its last lines may still be in journald's stream buffers; the follower asks journald
+to synchronize (io.systemd.Journal.Synchronize over Varlink, which journald answers only after the input it had
+queued), then reads to the end.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from quilt_agent.errors import InvalidArgument
+from quilt_agent.journal import PRIORITY_STDERR
+from quilt_agent.model import Container, State
+
+log = logging.getLogger("quilt.logs")
+
+JOURNAL_VARLINK = "/run/systemd/journal/io.systemd.journal"
+SYNC_TIMEOUT = 5.0
+POLL_MS = 1000  # a safety net: journal and wake-up fds are what end a wait
+MAX_FOLLOWERS = 256  # threads at once, over all containers
+FINISHED = (State.EXITED, State.FAILED, State.REMOVING)
+
+
+@dataclass(frozen=True)
+class FollowOptions:
+    lines: int = 0  # the last N lines before following; 0 = all since `since`
+    since: int = 0  # usec since the epoch
+    until: int = 0  # usec since the epoch; 0 = no end
+    follow: bool = True  # False: what is there now, then the end of the pipe
+
+
+def _unsigned(key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument(f"Log option '{key}' must be an unsigned integer, not {value!r}")
+    return value
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"Log option '{key}' must be a boolean, not {value!r}")
+    return value
+
+
+FOLLOW_OPTIONS = {"lines": _unsigned, "since": _unsigned, "until": _unsigned, "follow": _boolean}
+
+
+def parse_follow_options(options: dict[str, Any]) -> FollowOptions:
+    fields: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in FOLLOW_OPTIONS:
+            raise InvalidArgument(f"Unknown log option '{key}': known options are {', '.join(FOLLOW_OPTIONS)}")
+        fields[key] = FOLLOW_OPTIONS[key](key, value)
+    return FollowOptions(**fields)
+
+
+def sync_journal() -> None:
+    """Return once journald has written what it had received (journalctl --sync does the same)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(SYNC_TIMEOUT)
+            sock.connect(JOURNAL_VARLINK)
+            sock.sendall(b'{"method":"io.systemd.Journal.Synchronize","parameters":{}}\0')
+            while not sock.recv(4096).endswith(b"\0"):
+                pass
+    except OSError as e:
+        # An older journald without Varlink: give its stream buffers a moment instead.
+        log.debug("journal synchronize failed (%s); waiting briefly instead", e)
+        time.sleep(0.1)
+
+
+class _Follower(threading.Thread):
+    def __init__(self, container: Container, options: FollowOptions, write_fd: int, done: Any) -> None:
+        super().__init__(name=f"follow {container.name}", daemon=True)
+        self.container_id = container.id
+        self._unit = container.unit
+        # A former container of the same name had the same unit: only lines since this one was made.
+        self._since = max(options.since, container.created_at)
+        self._options = options
+        self._fd = write_fd
+        self._done = done
+        self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._ended = threading.Event()
+
+    def end(self) -> None:
+        """The container has ended: write what is left, then close (called from the event loop)."""
+        self._ended.set()
+        try:
+            os.write(self._wake_write, b"x")
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        from systemd import journal  # as in journal.py: imported where needed, never in the fork server
+
+        reader = None
+        try:
+            reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
+            reader.this_boot()
+            reader.add_match(_SYSTEMD_UNIT=self._unit)
+            if self._since:
+                reader.seek_realtime(self._since / 1e6 - 0.001)  # a little early: _send filters exactly
+            backlog: deque[dict[str, Any]] | list[dict[str, Any]] = (
+                deque(maxlen=self._options.lines) if self._options.lines else [])
+            for entry in reader:
+                backlog.append(entry)
+            if not self._send(backlog) or not self._options.follow:
+                return
+            self._follow(reader)
+        except BrokenPipeError:
+            pass  # the reader went away
+        except Exception:  # noqa: BLE001 - a follower's failure ends its pipe, never the agent
+            log.exception("following the log of %s failed", self._unit)
+        finally:
+            if reader is not None:
+                reader.close()
+            for fd in (self._fd, self._wake_read, self._wake_write):
+                os.close(fd)
+            self._done(self)
+
+    def _follow(self, reader: Any) -> None:
+        poller = select.poll()
+        poller.register(reader.fileno(), reader.get_events())
+        poller.register(self._wake_read, select.POLLIN)
+        poller.register(self._fd, 0)  # a pipe's writer gets POLLERR once its reader has closed
+        while True:
+            until = self._options.until
+            timeout = POLL_MS if not until else max(0, min(POLL_MS, (until - time.time_ns() // 1000) // 1000))
+            for fd, events in poller.poll(timeout):
+                if fd == self._fd and events & (select.POLLERR | select.POLLHUP):
+                    return
+            reader.process()
+            if not self._send(reader):
+                return
+            if self._ended.is_set() or (until and time.time_ns() // 1000 > until):
+                sync_journal()  # its last lines may still be on their way through journald
+                reader.process()
+                self._send(reader)
+                return
+
+    def _send(self, entries: Any) -> bool:
+        """Write the entries' lines; False once `until` is passed (the follow is over)."""
+        chunk: list[bytes] = []
+        over = False
+        for entry in entries:
+            usec = entry["__REALTIME_TIMESTAMP"]
+            if usec < self._since:
+                continue
+            if self._options.until and usec > self._options.until:
+                over = True
+                break
+            text = entry.get("MESSAGE", "")
+            if isinstance(text, bytes):
+                text = text.decode("utf-8", "replace")
+            stream = "stderr" if entry.get("PRIORITY") == PRIORITY_STDERR else "stdout"
+            chunk.append(json.dumps({"usec": usec, "stream": stream, "text": text}).encode() + b"\n")
+        data = b"".join(chunk)
+        while data:
+            data = data[os.write(self._fd, data):]
+        return not over
+
+
+class LogFollowers:
+    """The followers of every container; a manager Listener, so that each ends with its container."""
+
+    def __init__(self) -> None:
+        self._followers: set[_Follower] = set()
+        self._lock = threading.Lock()  # followers remove themselves from their own threads
+
+    def start(self, container: Container, options: FollowOptions) -> int:
+        """Start following; return the read end of the pipe (the caller's to close)."""
+        with self._lock:
+            if len(self._followers) >= MAX_FOLLOWERS:
+                raise InvalidArgument(f"Too many logs followed at once (at most {MAX_FOLLOWERS}): close some first")
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        follower = _Follower(container, options, write_fd, self._finished)
+        if container.state in FINISHED or container.state is State.CREATED:
+            # Nothing runs to follow: what is there, then the end (a created one may be started: not waited for).
+            follower.end()
+        with self._lock:
+            self._followers.add(follower)
+        follower.start()
+        return read_fd
+
+    def _finished(self, follower: _Follower) -> None:
+        with self._lock:
+            self._followers.discard(follower)
+
+    def _end(self, container_id: str) -> None:
+        with self._lock:
+            ending = [f for f in self._followers if f.container_id == container_id]
+        for follower in ending:
+            follower.end()
+
+    # Listener: the state changes that end a follow.
+    def container_added(self, container: Container) -> None:
+        pass
+
+    def container_changed(self, container: Container) -> None:
+        if container.state in FINISHED:
+            self._end(container.id)
+
+    def container_removed(self, container: Container) -> None:
+        self._end(container.id)
+
+    def event(self, kind: str, container: Container, details: dict[str, Any]) -> None:
+        pass
