@@ -33,6 +33,7 @@ JOURNAL_VARLINK = "/run/systemd/journal/io.systemd.journal"
 SYNC_TIMEOUT = 5.0
 POLL_MS = 1000  # a safety net: journal and wake-up fds are what end a wait
 MAX_FOLLOWERS = 256  # threads at once, over all containers
+WRITE_BATCH = 1000  # lines per write: a backlog of a million lines is never held at once
 FINISHED = (State.EXITED, State.FAILED, State.REMOVING)
 
 
@@ -168,10 +169,17 @@ class _Follower(threading.Thread):
                 text = text.decode("utf-8", "replace")
             stream = "stderr" if entry.get("PRIORITY") == PRIORITY_STDERR else "stdout"
             chunk.append(json.dumps({"usec": usec, "stream": stream, "text": text}).encode() + b"\n")
+            if len(chunk) >= WRITE_BATCH:
+                self._write(chunk)
+        self._write(chunk)
+        return not over
+
+    def _write(self, chunk: list[bytes]) -> None:
+        """Write the lines (blocking: a reader that does not read holds only this thread) and empty the list."""
         data = b"".join(chunk)
+        chunk.clear()
         while data:
             data = data[os.write(self._fd, data):]
-        return not over
 
 
 class LogFollowers:

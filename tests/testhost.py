@@ -227,12 +227,16 @@ def cleanup_orphans() -> list[Path]:
     """Remove test hosts whose runner is gone (a crashed or killed run)."""
     orphans: list[Path] = []
     for h in hierarchies():
-        for depth in ("", "*/", "*/*/", "*/*/*/", "*/*/*/*/"):
-            for d in h.mountpoint.glob(f"{depth}{CGROUP_PREFIX}*"):
-                runner = d.name[len(CGROUP_PREFIX):].split("-")
+        # os.walk, not glob: other runners create and remove their cgroups meanwhile.
+        for top, dirs, _files in os.walk(h.mountpoint):
+            if top.count("/") - str(h.mountpoint).count("/") >= 5:
+                dirs[:] = []
+            for name in [d for d in dirs if d.startswith(CGROUP_PREFIX)]:
+                dirs.remove(name)
+                runner = name[len(CGROUP_PREFIX):].split("-")
                 if len(runner) != 3 or process_start_time(int(runner[0])) == runner[1]:
                     continue
-                orphans.append(d)
+                orphans.append(Path(top) / name)
     if orphans:
         log(f"removing {len(orphans)} cgroups left by crashed runs")
         remove_cgroup_trees(orphans, timeout=10.0)

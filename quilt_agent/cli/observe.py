@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from quilt_agent.cli import output
@@ -149,6 +148,8 @@ def stats(ctx: click.Context, no_stream: bool, interval: float, as_json: bool, c
                 click.echo(line.rstrip())
 
     async def body(client: Client) -> None:
+        from rich.live import Live  # only here: every other verb would pay for importing it
+
         if no_stream or as_json or not tty:
             while True:
                 show(await _sample(client, containers, sampler))

@@ -117,7 +117,13 @@ async def run_in_pty(call: Callable[[int], Awaitable[int]], forward_input: bool)
 
     loop.add_reader(master, from_pty)
     if forward_input:
-        loop.add_reader(0, from_stdin)
+        try:
+            loop.add_reader(0, from_stdin)
+        except PermissionError:  # a regular file (`< file`): epoll cannot watch it, and it never blocks
+            while data := os.read(0, 65536):
+                to_pty.write(data)
+            to_pty.write(EOF_CHAR)
+            forward_input = False
     try:
         loop.add_signal_handler(signal.SIGWINCH, resized)
         winch = True
