@@ -112,10 +112,6 @@ class Fleet:
     daemon_pids: Callable[[], list[int]] = list  # the daemon and its helpers (Quilt: agent + fork server)
 
 
-def fleet_label(runtime: str) -> str:
-    return QUILT if runtime == "quilt" else runtime
-
-
 # --- small helpers ------------------------------------------------------------------------------------------
 
 
@@ -467,61 +463,73 @@ class Bench:
         })
 
     def fleet(self) -> None:
-        """Per runtime: half the fleet running (exec, status, listing), then all of it (memory, listing).
+        """Every runtime's fleet at once: half of it running (exec, status, listing), then all (memory, listing).
 
-        Every container is a `sleep 3600` started one by one; each start is timed (the fleet_start workload:
-        starts with 0 to count-1 containers already running).
+        Every container is a `sleep 3600` started one by one, the runtimes taking turns; each start is timed
+        (the fleet_start workload: starts with 0 to count-1 of the runtime's containers already running). The
+        fleets run side by side so that the probes of different runtimes can be interleaved like the rest.
         """
         count = max(10, round(200 * min(1.0, self.args.scale * 2)))
         half = count // 2
-        self.workload("exec", "exec /bin/true in a running container")
-        self.workload("status", "status of one container")
-        self.workload("list_half", f"list with {half} containers")
-        self.workload("list_all", f"list with {count} running containers")
-        memory = self.workload("memory", f"memory per running container ({count})")
-        self.workload("fleet_start", f"start one more, with 0-{count - 1} running")
-        self.workload("teardown", f"remove {count} running containers (total)")
-        memory.note = (f"PSS of each container's runtime process (the parent of its init unless that is PID 1: "
-                       f"Quilt's monitor, Podman's conmon), plus the daemon's growth, over {count} running "
-                       f"`sleep 3600` containers")
-        for runtime in ("quilt", "crun", "runc", "podman"):
-            if self.args.only and runtime not in self.args.only:
-                continue
-            self.log(f"{runtime}: {count} running containers")
-            try:
-                self.run_fleet(getattr(self, f"fleet_{runtime}")(), count, half)
-            except Exception as err:  # noqa: BLE001
-                self.log(f"fleet of {runtime} failed: {err}")
-                memory.get(fleet_label(runtime)).fail(str(err))
-
-    def run_fleet(self, f: Fleet, count: int, half: int) -> None:
         w = self.workloads
-        handles: list[Any] = []
-        daemon_before = sum(pss_kib(p) for p in f.daemon_pids())
+        for key, title in (("exec", "exec /bin/true in a running container"), ("status", "status of one container"),
+                           ("list_half", f"list with {half} running containers"),
+                           ("list_all", f"list with {count} running containers"),
+                           ("memory", f"memory per running container ({count})"),
+                           ("fleet_start", f"start one more, with 0-{count - 1} running"),
+                           ("teardown", f"remove {count} running containers (total)")):
+            self.workload(key, title)
+        w["memory"].note = (f"PSS of each container's runtime process (the parent of its init unless that is PID 1: "
+                            f"Quilt's monitor, Podman's conmon), plus the daemon's growth, over {count} running "
+                            f"`sleep 3600` containers")
+        fleets = [getattr(self, f"fleet_{r}")() for r in ("quilt", "crun", "runc", "podman")
+                  if not self.args.only or r in self.args.only]
+        handles: dict[str, list[Any]] = {f.name: [] for f in fleets}
+        daemon_before = {f.name: sum(pss_kib(p) for p in f.daemon_pids()) for f in fleets}
         systemd_before = pss_kib(1)
+        alive = list(fleets)
 
         def grow(to: int) -> None:
-            while len(handles) < to:
-                started = time.perf_counter()
-                handles.append(f.start())
-                w["fleet_start"].get(f.name).samples.append(time.perf_counter() - started)
+            started_all = time.monotonic()
+            for _ in range(to - min((len(handles[f.name]) for f in alive), default=to)):
+                for f in list(alive):
+                    if len(handles[f.name]) >= to:
+                        continue
+                    started = time.perf_counter()
+                    try:
+                        handles[f.name].append(f.start())
+                    except Exception as err:  # noqa: BLE001 - that runtime's fleet stops here
+                        self.log(f"fleet of {f.name} failed: {err}")
+                        w["memory"].get(f.name).fail(str(err))
+                        alive.remove(f)
+                        continue
+                    w["fleet_start"].get(f.name).samples.append(time.perf_counter() - started)
+            self.log(f"{to} running containers of each runtime: {time.monotonic() - started_all:.1f} s")
+
+        def merged(probe: Callable[[Fleet], Contenders]) -> Contenders:
+            return {name: c for f in alive for name, c in probe(f).items()}
 
         try:
             grow(half)
-            one = handles[0]
-            self.interleave(w["exec"], f.execs(one))
-            self.interleave(w["status"], f.status(one))
-            self.interleave(w["list_half"], f.listing(1.0))
+            self.interleave(w["exec"], merged(lambda f: f.execs(handles[f.name][0])))
+            self.interleave(w["status"], merged(lambda f: f.status(handles[f.name][0])))
+            self.interleave(w["list_half"], merged(lambda f: f.listing(1.0)))
             grow(count)
             time.sleep(1)  # let the runtimes' processes settle (lazy imports, first page faults)
-            daemon_after = sum(pss_kib(p) for p in f.daemon_pids())
-            self._memory(w["memory"], f.name, f.init_pids(handles), daemon_after - daemon_before,
-                         pss_kib(1) - systemd_before)
-            self.interleave(w["list_all"], f.listing(0.7))
+            systemd_after = pss_kib(1)
+            for f in alive:
+                daemon_after = sum(pss_kib(p) for p in f.daemon_pids())
+                self._memory(w["memory"], f.name, f.init_pids(handles[f.name]), daemon_after - daemon_before[f.name],
+                             (systemd_after - systemd_before) / len(alive))
+            self.interleave(w["list_all"], merged(lambda f: f.listing(0.7)))
         finally:
-            started = time.perf_counter()
-            f.teardown(handles)
-            w["teardown"].get(f.name).samples.append(time.perf_counter() - started)
+            for f in fleets:
+                started = time.perf_counter()
+                try:
+                    f.teardown(handles[f.name])
+                except Exception as err:  # noqa: BLE001
+                    self.log(f"removing the fleet of {f.name} failed: {err}")
+                w["teardown"].get(f.name).samples.append(time.perf_counter() - started)
 
     def _memory(self, memory: Workload, runtime: str, init_pids: list[int], daemon_growth_kib: float,
                 systemd_growth_kib: float) -> None:

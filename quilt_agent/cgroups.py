@@ -77,9 +77,13 @@ def process_cgroups(pid: int, mounted: list[Hierarchy] | None = None, proc: str 
     return dirs
 
 
-def procs_files(pid: int) -> tuple[str, ...]:
-    """The cgroup.procs files that put a process into every cgroup `pid` is in."""
-    return tuple(f"{d.path}/cgroup.procs" for d in process_cgroups(pid))
+def procs_files(pid: int, already: int = 0) -> tuple[str, ...]:
+    """The cgroup.procs files that put a process into every cgroup `pid` is in, but those the process `already`
+    (the process it is forked from) is in: each write takes a lock of the whole cgroup tree (on v1 it can wait
+    for an RCU grace period), even when it moves nothing."""
+    mounted = hierarchies()
+    skip = {d.path for d in process_cgroups(already, mounted)} if already else set()
+    return tuple(f"{d.path}/cgroup.procs" for d in process_cgroups(pid, mounted) if d.path not in skip)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "aliases": "as",
     "ip": "s",
     "ports": "as",
+    "volumes": "as",
+    "tmpfs": "as",
+    "read_only": "b",
 }
 
 NETWORK_OPTION_SIGNATURES: dict[str, str] = {
@@ -439,6 +442,39 @@ class Client:
         received, average = await self._call(path, CONTAINER_INTERFACE, "Ping", "su", [target, int(count)])
         return int(received), float(average)
 
+
+    async def copy_to(self, path: str, host_path: str, container_path: str) -> None:
+        await self._call(path, CONTAINER_INTERFACE, "CopyTo", "ss", [host_path, container_path])
+
+    async def copy_from(self, path: str, container_path: str, host_path: str) -> None:
+        await self._call(path, CONTAINER_INTERFACE, "CopyFrom", "ss", [container_path, host_path])
+
+    # Volumes: org.quilt.Runtime.Manager's volume methods, org.quilt.Runtime.Volume
+
+    async def create_volume(self, name: str, options: Mapping[str, Any] | None = None) -> str:
+        body = [name, wrap_options(options, {"labels": "a{ss}"})]
+        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "CreateVolume", "sa{sv}", body)
+        return str(path)
+
+    async def list_volumes(self) -> list[tuple[str, str, str]]:
+        """(name, mountpoint, object path) of each volume."""
+        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListVolumes")
+        return [(str(n), str(m), str(p)) for n, m, p in rows]
+
+    async def get_volume(self, name: str) -> str:
+        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "GetVolume", "s", [name])
+        return str(path)
+
+    async def remove_volume(self, name: str, force: bool = False) -> None:
+        await self._call(MANAGER_PATH, MANAGER_INTERFACE, "RemoveVolume", "sb", [name, force])
+
+    async def prune_volumes(self) -> int:
+        (freed,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "PruneVolumes")
+        return int(freed)
+
+    async def volume_properties(self, path: str) -> dict[str, Any]:
+        (values,) = await self._call(path, PROPERTIES_INTERFACE, "GetAll", "s", ["org.quilt.Runtime.Volume"])
+        return {key: unwrap(value) for key, value in values.items()}
 
     # Images: org.quilt.Runtime.Manager's image methods, org.quilt.Runtime.Image
 

@@ -22,6 +22,10 @@ class Paths:
     def containers(self) -> Path:
         return self.root / "containers"
 
+    @property
+    def volumes(self) -> Path:
+        return self.root / "volumes"
+
     def container(self, container_id: str) -> Path:
         return self.containers / container_id
 

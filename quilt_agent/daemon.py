@@ -40,6 +40,7 @@ async def run(zygote: Zygote) -> int:
     bus.add_message_handler(interface.unknown_container)
     bus.add_message_handler(interface.unknown_network)
     bus.add_message_handler(interface.unknown_image)
+    bus.add_message_handler(interface.unknown_volume)
 
     reply = await bus.request_name(BUS_NAME)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):

@@ -80,5 +80,26 @@ class ImageInUse(QuiltError):
     """An image that containers use, removed without force."""
 
 
+# Volumes (issue 9).
+class NoSuchPath(QuiltError):
+    """A host path given as a volume's source, or a path to copy, that does not exist."""
+
+
+class NoSuchVolume(QuiltError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No volume '{name}' known")
+
+
+class VolumeNameInUse(NameInUse):
+    """NameInUse (the same D-Bus error), worded for a volume."""
+
+    def __init__(self, name: str) -> None:
+        QuiltError.__init__(self, f"The name '{name}' is already in use by another volume")
+
+
+class VolumeInUse(QuiltError):
+    """A volume that containers use, removed without force."""
+
+
 class AccessDenied(QuiltError):
     pass

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
-from quilt_agent import cgroups, journal
+from quilt_agent import cgroups, copying, journal
 from quilt_agent.config import Paths
 from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environment, parse_exec_options
 from quilt_agent.logfollow import LogFollowers, parse_follow_options
@@ -33,6 +33,7 @@ from quilt_agent.model import (
 )
 from quilt_agent.scopes import ScopeLimits, Scopes
 from quilt_agent.store import Store
+from quilt_agent.volumes import Volumes, check_host_paths, named_volumes
 
 log = logging.getLogger("quilt.manager")
 
@@ -91,6 +92,10 @@ class Manager:
         self._listeners.append(self._log_followers)  # each follow ends with its container
         # Container networks (network/core.py): addresses, namespaces and veths, names, published ports.
         self.networks = Networks(paths, store, self._write, self.get, self.remove)
+        # Named volumes (volumes.py): made on first use, kept after their containers.
+        self.volumes = Volumes(paths.volumes, store.connection, self._write)
+        self._creating_volumes: dict[str, list[str]] = {}  # as _creating: the volumes each create names
+        self.volumes.attach(self)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -123,6 +128,7 @@ class Manager:
         command = validate_command(command) if command else ()
         if name in self._creating or any(c.name == name for c in self._containers.values()):
             raise NameInUse(name)
+        check_host_paths(fields.get("volumes", ()))  # NoSuchPath: never created silently
         img = await self._images.resolve(image, need_command=not command)
         defaults = await self._images.defaults(img, command, fields)
         spec = ContainerSpec(name=name, image=image, image_id=img.id, command=defaults.command, **defaults.fields)
@@ -130,11 +136,13 @@ class Manager:
         # here until the container is in _containers, _creating holds the name (the insert awaits).
         if name in self._creating or any(c.name == name for c in self._containers.values()):
             raise NameInUse(name)
+        await self.volumes.ensure(named_volumes(spec.volumes))  # first use makes the volume, as in Podman
         container = Container(id=new_id(), spec=spec, created_at=now_usec())
         # Addresses, ports and names are taken before anything is stored: a refusal leaves nothing behind.
         container = self.networks.reserve(container)
         directory = self._paths.container(container.id)
         self._creating[name] = img.id
+        self._creating_volumes[name] = named_volumes(spec.volumes)  # in use from here (prune, RemoveVolume)
         try:
             for sub in ("upper", "work", "merged"):
                 (directory / sub).mkdir(parents=True, mode=0o755)
@@ -145,6 +153,7 @@ class Manager:
             raise
         finally:
             self._creating.pop(name, None)
+            self._creating_volumes.pop(name, None)
         self._containers[container.id] = container
         self._runtime[container.id] = _Runtime()
         self.networks.created(container)  # addresses to the store; namespace and veths made meanwhile
@@ -169,6 +178,17 @@ class Manager:
             users.setdefault(image_id, []).append(("", name))
         return users
 
+    def volume_users(self) -> dict[str, list[tuple[str, str]]]:
+        """volume name -> (container id, name) of the containers that name it (volumes.py asks)."""
+        users: dict[str, list[tuple[str, str]]] = {}
+        for c in self._containers.values():
+            for volume in named_volumes(c.spec.volumes):
+                users.setdefault(volume, []).append((c.id, c.name))
+        for name, volumes in self._creating_volumes.items():
+            for volume in volumes:
+                users.setdefault(volume, []).append(("", name))
+        return users
+
     # --- start -----------------------------------------------------------------------------------
 
     async def start(self, container_id: str, stdio: tuple[int, int, int] | None = None, tty: bool = False) -> Container:
@@ -191,6 +211,7 @@ class Manager:
         exit_file = directory / "exit.json"
         exit_file.unlink(missing_ok=True)
         image = await asyncio.to_thread(self._images.get, c.spec.image_id)
+        mounts = self.volumes.resolve(c.spec.volumes)  # NoSuchPath if a host path went away since create
         net = await self.networks.launch(c, effective_hostname(c.spec))  # the namespace to join, the /etc files
         spec = LaunchSpec(
             container_id=c.id, name=c.name, unit=c.unit, lower=image.lower, upper=str(directory / "upper"),
@@ -199,6 +220,8 @@ class Manager:
             workdir=c.spec.workdir, user=c.spec.user,
             hostname=effective_hostname(c.spec), namespaces=c.spec.namespaces,
             netns=net.netns, bind_files=net.files, tty=tty,
+            mounts=mounts,
+            tmpfs=tuple(tuple(t.split(":", 1)) for t in c.spec.tmpfs), read_only=c.spec.read_only,
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()
@@ -409,6 +432,39 @@ class Manager:
             raise NotRunning(c.name, c.state.value)
         return await self._executor.run(c, rt.init_pidfd, command, opts, self._full_env(c.spec), stdio)
 
+    # --- copy ------------------------------------------------------------------------------------
+
+    async def copy(self, container_id: str, into: bool, source: str, dest: str) -> None:
+        """CopyTo (into: host source -> container dest) and CopyFrom (copying.py), on a running container through
+        its init's root, on another through a detached overlay mount, held under the container's lock so that
+        no start mounts the same upper directory meanwhile."""
+        c = self._get(container_id)
+        copying.check_path(source, "container" if not into else "host")
+        copying.check_path(dest, "container" if into else "host")
+        run = copying.copy_to if into else copying.copy_from
+        rt = self._runtime[c.id]
+        if c.state is State.RUNNING and rt.init_pidfd >= 0:
+            try:
+                root = copying.running_root(c.main_pid, rt.init_pidfd)
+            except (ProcessLookupError, FileNotFoundError):
+                raise NotRunning(c.name, "exiting") from None
+            try:
+                return await asyncio.to_thread(run, root, source, dest)
+            finally:
+                os.close(root)
+        async with rt.lock:
+            c = self._get(c.id)
+            if c.state is State.RUNNING:
+                raise AlreadyRunning(c.name, "it started meanwhile: copy again")
+            image = await asyncio.to_thread(self._images.get, c.spec.image_id)
+            directory = self._paths.container(c.id)
+            root = await asyncio.to_thread(copying.detached_overlay, image.lower, str(directory / "upper"),
+                                           str(directory / "work"))
+            try:
+                await asyncio.to_thread(run, root, source, dest)
+            finally:
+                os.close(root)
+
     # --- logs ------------------------------------------------------------------------------------
 
     async def logs(self, container_id: str, since_usec: int = 0, last: int = 0) -> list[journal.LogLine]:
@@ -447,6 +503,7 @@ class Manager:
 
     async def recover(self) -> None:
         """Reconcile the database with what runs: called once at start, before the bus name is taken."""
+        await self.volumes.load()
         await self.networks.recover(await self._store.containers())  # first: removals below detach networks
         for c in await self._store.containers():
             self._containers[c.id] = c

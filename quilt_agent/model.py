@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quilt_agent.errors import InvalidArgument
+from quilt_agent import volumes as volume_options
 from quilt_agent.network import options as network_options
 from quilt_agent.network.model import DEFAULT_NETWORK
 
@@ -74,6 +75,10 @@ class ContainerSpec:
     aliases: tuple[str, ...] = ()
     ip: str = ""
     ports: tuple[str, ...] = ()
+    # Mounts (quilt_agent/volumes.py): normalised "SOURCE:DEST[:OPTIONS]" and "DEST:size=N,mode=M"; a read-only root.
+    volumes: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ()
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,6 +256,7 @@ OPTION_PARSERS = {
     "stop_timeout": ("stop_timeout", _parse_stop_timeout),
     "labels": ("labels", _parse_labels),
     **network_options.CONTAINER_OPTIONS,  # networks, aliases, ip, ports
+    **volume_options.CONTAINER_OPTIONS,  # volumes, tmpfs, read_only
 }
 
 
@@ -267,6 +273,7 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
         raise InvalidArgument(f"Cannot set hostname '{fields['hostname']}' without the uts namespace: "
                               "the container shares the host's hostname")
     network_options.settle(fields, fields.get("namespaces", NAMESPACES))
+    volume_options.check_mount_targets(fields.get("volumes", ()), fields.get("tmpfs", ()))
     return fields
 
 

@@ -82,6 +82,16 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE containers SET spec = json_set(spec, '$.networks', json('["none"]'))
         WHERE json_extract(spec, '$.networks') IS NULL;
     """,
+    # 3: named volumes (issue 9, quilt_agent/volumes.py). Which containers use one is read from their specs.
+    """
+    CREATE TABLE volumes (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        mountpoint TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
 )
 
 MAX_EVENTS = 10000
@@ -96,7 +106,7 @@ def _spec_to_json(spec: ContainerSpec) -> str:
 
 def _spec_from_json(text: str) -> ContainerSpec:
     data = json.loads(text)
-    for key in ("command", "env", "namespaces", "networks", "aliases", "ports"):
+    for key in ("command", "env", "namespaces", "networks", "aliases", "ports", "volumes", "tmpfs"):
         if key in data:
             data[key] = tuple(data[key])
     return ContainerSpec(**data)

@@ -9,6 +9,7 @@ from quilt_agent.bus.container_io import ContainerIO
 from quilt_agent.bus.guard import GuardedInterface, guarded
 from quilt_agent.bus.network import CONTAINER_ARG_NAMES as NETWORK_ARG_NAMES
 from quilt_agent.bus.network import ContainerNetwork
+from quilt_agent.bus.volume import ContainerCopy
 from quilt_agent.bus.names import CONTAINER_INTERFACE
 from quilt_agent.bus.polkit import MANAGE, READ, Authority
 from quilt_agent.errors import InvalidArgument
@@ -43,7 +44,7 @@ def _log_options(options: dict[str, Variant]) -> tuple[int, int]:
     return lines, since
 
 
-class ContainerInterface(ContainerIO, ContainerNetwork, GuardedInterface):
+class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedInterface):
     ARG_NAMES = {"Wait": ("exit_code",), "GetLogs": ("lines",), "GetEnvironment": ("environment",),
                  **container_io.ARG_NAMES, **NETWORK_ARG_NAMES}
 

@@ -22,6 +22,9 @@ ERROR_NAMES: dict[type[errors.QuiltError], str] = {
     errors.PortInUse: ERROR_PREFIX + "PortInUse",
     errors.RegistryError: ERROR_PREFIX + "RegistryError",
     errors.ImageInUse: ERROR_PREFIX + "ImageInUse",
+    errors.NoSuchPath: ERROR_PREFIX + "NoSuchPath",
+    errors.NoSuchVolume: ERROR_PREFIX + "NoSuchVolume",
+    errors.VolumeInUse: ERROR_PREFIX + "VolumeInUse",
     errors.AccessDenied: ACCESS_DENIED,
 }
 

@@ -15,6 +15,8 @@ from quilt_agent.bus.network import MANAGER_ARG_NAMES as NETWORK_ARG_NAMES
 from quilt_agent.bus.network import NetworkMethods
 from quilt_agent.bus.image import MANAGER_ARG_NAMES as IMAGE_ARG_NAMES
 from quilt_agent.bus.image import ImageMethods
+from quilt_agent.bus.volume import MANAGER_ARG_NAMES as VOLUME_ARG_NAMES
+from quilt_agent.bus.volume import VolumeMethods
 from quilt_agent.bus.names import CONTAINER_INTERFACE, CONTAINER_PATH_PREFIX, MANAGER_INTERFACE, container_path
 from quilt_agent.bus.polkit import MANAGE, Authority
 from quilt_agent.errors import InvalidArgument, NoSuchContainer
@@ -32,11 +34,11 @@ def _check_command(command: list[str]) -> list[str]:
     return command
 
 
-class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, GuardedInterface):
+class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethods, GuardedInterface):
     ARG_NAMES = {"CreateContainer": ("container",), "RunContainer": ("container",), "GetContainer": ("container",),
                  "ListContainers": ("containers",), "ContainerNew": ("id", "container"),
                  "ContainerRemoved": ("id", "container"), **NETWORK_ARG_NAMES, **EVENT_ARG_NAMES,
-                 **IMAGE_ARG_NAMES}
+                 **IMAGE_ARG_NAMES, **VOLUME_ARG_NAMES}
 
     def __init__(self, manager: Manager, authority: Authority, bus: MessageBus) -> None:
         super().__init__(MANAGER_INTERFACE, authority)
@@ -46,6 +48,7 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, GuardedInter
         manager.subscribe(self)
         self._networks_init()  # bus/network.py: the network objects and signals
         self._images_init(manager.images)  # bus/image.py: the image objects and methods
+        self._volumes_init()  # bus/volume.py: the volume objects and methods
 
     def subject(self, args: tuple[Any, ...]) -> str:
         return args[0] if args and isinstance(args[0], str) else ""
@@ -55,6 +58,7 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, GuardedInter
     def export_existing(self) -> None:
         self.export_networks()
         self.export_images()
+        self.export_volumes()
         for c in self._manager.list():
             self._export(c)
 

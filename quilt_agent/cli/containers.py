@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import click
 
+from quilt_agent.cli import volumes as volume_flags
 from quilt_agent.cli import interactive as interactive_cli
 from quilt_agent.cli import observe, output
 from quilt_agent.cli.context import (
@@ -114,6 +115,7 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
         options["ip"] = params["ip"]
     if params.get("publish"):
         options["ports"] = list(params["publish"])
+    options.update(volume_flags.volume_options(params, cwd))  # -v/--volume, --tmpfs, --read-only (cli/volumes.py)
 
     return ContainerRequest(name=params["name"] or "", image=resolve_image(image, cwd), command=args, options=options)
 
@@ -153,6 +155,7 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Namespaces to unshare, comma-separated: pid,mount,uts,ipc,net,cgroup.",
         ),
         click.option("--enable-all-namespaces", is_flag=True, hidden=True),
+        *volume_flags.FLAGS,
         click.option("--image-path", "--image", "image_path", default=None, hidden=True),
         click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="IMAGE [--] [COMMAND [ARG...]]"),
     ]

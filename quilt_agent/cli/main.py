@@ -14,6 +14,7 @@ from quilt_agent.cli.images import COMMANDS as IMAGE_COMMANDS
 from quilt_agent.cli.interactive import COMMANDS as INTERACTIVE_COMMANDS
 from quilt_agent.cli.network import COMMANDS as NETWORK_COMMANDS
 from quilt_agent.cli.observe import COMMANDS as OBSERVE_COMMANDS
+from quilt_agent.cli.volumes import COMMANDS as VOLUME_COMMANDS
 from quilt_agent.cli.context import CliState, with_client
 from quilt_agent.client import Client
 
@@ -65,7 +66,8 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(CliState)
 
 
-for _command in [*COMMANDS, *INTERACTIVE_COMMANDS, *OBSERVE_COMMANDS, *NETWORK_COMMANDS, *IMAGE_COMMANDS]:
+for _command in [*COMMANDS, *INTERACTIVE_COMMANDS, *OBSERVE_COMMANDS, *NETWORK_COMMANDS, *IMAGE_COMMANDS,
+                 *VOLUME_COMMANDS]:
     cli.add_command(_command)
 
 

@@ -150,7 +150,8 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
         if "net" in spec.namespaces and not spec.netns:
             namespaces.allow_ping()  # before the rootfs: /proc/sys is read-only in it
         try:
-            rootfs.build(spec.lower, spec.upper, spec.work, spec.merged, spec.namespaces, spec.bind_files)
+            rootfs.build(spec.lower, spec.upper, spec.work, spec.merged, spec.namespaces, spec.bind_files,
+                          spec.mounts, spec.tmpfs, spec.read_only)
         except OSError as e:
             raise SetupError(f"setting up the root filesystem failed: {e}") from e
         if "uts" in spec.namespaces and spec.hostname:

@@ -40,6 +40,11 @@ class LaunchSpec:
     # StartWithFds: the request carries the caller's stdin, stdout and stderr for the init; with tty, stdin is a
     # terminal that becomes the init's controlling one.
     tty: bool = False
+    # Volumes (quilt_agent/volumes.py, helper/mounts.py): (host source, target, comma-joined options) binds,
+    # (target, tmpfs options) tmpfs mounts, and a read-only root.
+    mounts: tuple[tuple[str, str, str], ...] = ()
+    tmpfs: tuple[tuple[str, str], ...] = ()
+    read_only: bool = False
 
 
 @dataclass(frozen=True)

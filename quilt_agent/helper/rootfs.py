@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from quilt_agent.helper import mounts as volume_mounts
 from quilt_agent.helper.syscalls import (
     MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, mount,
     pivot_root, umount,
@@ -23,7 +24,8 @@ def _mkdir(path: str) -> None:
 
 
 def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str, ...],
-          bind_files: tuple[tuple[str, str], ...] = ()) -> None:
+          bind_files: tuple[tuple[str, str], ...] = (), mounts: tuple[tuple[str, str, str], ...] = (),
+          tmpfs: tuple[tuple[str, str], ...] = (), read_only: bool = False) -> None:
     """Mount the container's tree at merged, then make it the root. Runs in the container's mount namespace."""
     # Nothing mounted here may propagate back to the host.
     mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -35,6 +37,8 @@ def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str,
     _make_dev(f"{merged}/dev", "ipc" in namespaces)
     for source, target in bind_files:
         _bind_file(source, merged, target)
+    if mounts or tmpfs or read_only:
+        volume_mounts.apply(merged, mounts, tmpfs, read_only)  # volumes, tmpfs, read-only root (helper/mounts.py)
     _mask(merged)
     os.chdir(merged)
     pivot_root(".", ".")

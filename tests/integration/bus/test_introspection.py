@@ -210,3 +210,27 @@ async def test_network_property_values_travel_with_the_types_of_the_contract(cli
         assert sent == {key: typ for key, (typ, _) in contract()[NETWORK]["properties"].items()}
     finally:
         bus.disconnect()
+
+
+# --- volumes (issue 9) -------------------------------------------------------------------------------
+
+VOLUME = "org.quilt.Runtime.Volume"
+
+
+@pytest.mark.parametrize("how", ["busctl", "Introspect"])
+async def test_volume_object_matches_the_contract(client: Client, how: str) -> None:
+    path = await client.create_volume(f"introspect-{how.lower()}")
+    try:
+        xml = busctl_xml(path) if how == "busctl" else await introspect_call(path)
+        assert differences(interfaces(xml), {VOLUME: contract()[VOLUME]}) == []
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        try:
+            reply = await bus.call(Message(destination=BUS_NAME, path=path, interface="org.freedesktop.DBus.Properties",
+                                           member="GetAll", signature="s", body=[VOLUME]))
+            assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+            sent = {key: value.signature for key, value in reply.body[0].items()}
+            assert sent == {key: typ for key, (typ, _) in contract()[VOLUME]["properties"].items()}
+        finally:
+            bus.disconnect()
+    finally:
+        await client.remove_volume(f"introspect-{how.lower()}")

@@ -29,7 +29,8 @@ MANAGER_PATH = "/org/quilt/Runtime"
 MANAGER = "org.quilt.Runtime.Manager"
 CONTAINER = "org.quilt.Runtime.Container"
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
-PUBLIC_METHODS = {"ListContainers", "GetContainer", "ListImages", "GetImage", "ListNetworks", "GetNetwork"}
+PUBLIC_METHODS = {"ListContainers", "GetContainer", "ListImages", "GetImage", "ListNetworks", "GetNetwork",
+                  "ListVolumes", "GetVolume"}
 
 
 def _passwd_user() -> tuple[int, int]:
@@ -72,7 +73,8 @@ def busctl_args(iface: str, method: str, sig: str, path: str, new_name: str, ima
             "b": ["true"], "a{sv}": ["0"], "s": [new_name], "asa{sv}": ["1", "/bin/true", "0"],
             # Images: ImportImage, PullImage, RemoveImage.
             "ssa{sv}": [str(image), new_name, "0"], "sa{sv}": ["127.0.0.1:1/nothing", "0"], "sb": [new_name, "true"],
-            "su": [new_name, "1"]}[sig]  # Ping
+            "su": [new_name, "1"],  # Ping
+            "ss": ["/etc/hostname", f"/tmp/{new_name}"]}[sig]  # CopyTo, CopyFrom
     return ["busctl", "call", BUS_NAME, path, iface, method, *([sig] if sig else []), *args]
 
 
@@ -96,6 +98,8 @@ async def test_unprivileged_callers_are_refused_every_method_but_list_and_get(
             continue
         if iface == "org.quilt.Runtime.Network":  # Remove, on the default network's object
             paths = [await client.get_network("quilt")]
+        elif iface == "org.quilt.Runtime.Volume":  # Remove, on a volume made for the test
+            paths = [await client.create_volume(f"{name}-vol")]
         else:
             paths = [MANAGER_PATH] if iface == MANAGER else list(two_containers.values())
         for path in paths:
@@ -107,6 +111,8 @@ async def test_unprivileged_callers_are_refused_every_method_but_list_and_get(
         assert refused(r), (method, path, r)
         assert "s3cr3t" not in r.stdout
     # Nothing was created, started, stopped, killed or removed.
+    assert [n for n, _, _ in await client.list_volumes()] == [f"{name}-vol"]
+    await client.remove_volume(f"{name}-vol")
     after = {e.path: (await client.properties(e.path)) for e in await client.list_containers()}
     assert after == before
     assert [p["State"] for p in after.values()] == ["running", "created"]

@@ -1,0 +1,166 @@
+"""Volumes on the bus: org.quilt.Runtime.Volume on /org/quilt/Runtime/volume/ID (one object per named volume) and
+the Manager's volume methods (VolumeMethods, mixed into ManagerInterface). Thin: parse, look up, authorize, call,
+reply; the work is in quilt_agent/volumes.py."""
+
+from typing import Any
+
+from dbus_fast import Message, MessageFlag, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property, dbus_signal
+
+from quilt_agent.bus.errors import ERROR_NAMES
+from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
+from quilt_agent.bus.polkit import MANAGE, Authority
+from quilt_agent.errors import NoSuchVolume
+from quilt_agent.manager import Manager
+from quilt_agent.volumes import Volume
+
+VOLUME_INTERFACE = "org.quilt.Runtime.Volume"
+VOLUME_PATH_PREFIX = "/org/quilt/Runtime/volume/"
+MANAGER_ARG_NAMES: dict[str, tuple[str, ...]] = {
+    "CreateVolume": ("volume",), "GetVolume": ("volume",), "ListVolumes": ("volumes",),
+    "PruneVolumes": ("freed",), "VolumeNew": ("id", "volume"), "VolumeRemoved": ("id", "volume"),
+}
+
+
+def volume_path(volume_id: str) -> str:
+    return VOLUME_PATH_PREFIX + volume_id
+
+
+def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
+    return {key: value.value for key, value in options.items()}
+
+
+class VolumeInterface(GuardedInterface):
+    def __init__(self, volume: Volume, manager: Manager, authority: Authority) -> None:
+        super().__init__(VOLUME_INTERFACE, authority)
+        self._v = volume  # fixed for the object's life: a volume's record never changes
+        self._manager = manager
+
+    def subject(self, args: tuple[Any, ...]) -> str:
+        return self._v.name
+
+    @dbus_method(name="Remove")
+    @guarded(MANAGE, "remove the volume")
+    async def remove(self, force: "b") -> None:
+        await self._manager.volumes.remove(self._v.id, force)
+
+    @dbus_property(access=PropertyAccess.READ, name="Id")
+    def id_(self) -> "s":
+        return self._v.id
+
+    @dbus_property(access=PropertyAccess.READ, name="Name")
+    def name_(self) -> "s":
+        return self._v.name
+
+    @dbus_property(access=PropertyAccess.READ, name="Mountpoint")
+    def mountpoint(self) -> "s":
+        return self._v.mountpoint
+
+    @dbus_property(access=PropertyAccess.READ, name="CreatedAt")
+    def created_at(self) -> "t":
+        return self._v.created_at
+
+    @dbus_property(access=PropertyAccess.READ, name="UsedBy")
+    def used_by(self) -> "as":
+        return [name for _, name in self._manager.volumes.used_by(self._v.name)]
+
+    @dbus_property(access=PropertyAccess.READ, name="Labels")
+    def labels(self) -> "a{ss}":
+        return dict(self._v.labels)
+
+
+class VolumeMethods(ServiceInterface):
+    """The Manager's volume methods and signals, and the export of one object per volume. Mixed into
+    ManagerInterface, which has _manager, _bus and authority."""
+
+    _manager: Manager
+    _bus: MessageBus
+    authority: Authority
+
+    def _volumes_init(self) -> None:
+        self._volume_objects: dict[str, VolumeInterface] = {}
+        self._manager.volumes.subscribe(self)
+
+    def export_volumes(self) -> None:
+        for v in self._manager.volumes.list():
+            self._export_volume(v)
+
+    def _export_volume(self, v: Volume) -> None:
+        obj = VolumeInterface(v, self._manager, self.authority)
+        self._volume_objects[v.id] = obj
+        self._bus.export(volume_path(v.id), obj)
+
+    # volumes.py's VolumeListener
+    def volume_added(self, volume: Volume) -> None:
+        self._export_volume(volume)
+        self.volume_new(volume.id, volume_path(volume.id))
+
+    def volume_removed(self, volume: Volume) -> None:
+        obj = self._volume_objects.pop(volume.id, None)
+        if obj is not None:
+            self._bus.unexport(volume_path(volume.id), obj)
+        self.volume_removed_signal(volume.id, volume_path(volume.id))
+
+    def unknown_volume(self, msg: Message) -> Message | bool | None:
+        """Message handler: a call to a volume path without an object is NoSuchVolume naming the id."""
+        if (msg.message_type is not MessageType.METHOD_CALL or not msg.path.startswith(VOLUME_PATH_PREFIX)
+                or msg.interface not in (VOLUME_INTERFACE, "org.freedesktop.DBus.Properties")
+                or msg.path[len(VOLUME_PATH_PREFIX):] in self._volume_objects):
+            return None
+        if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            return True
+        error = NoSuchVolume(msg.path[len(VOLUME_PATH_PREFIX):])
+        return Message.new_error(msg, ERROR_NAMES[NoSuchVolume], str(error))
+
+    @dbus_method(name="CreateVolume")
+    @guarded(MANAGE, "create the volume")
+    async def create_volume(self, name: "s", options: "a{sv}") -> "o":
+        v = await self._manager.volumes.create(name, _unwrap(options))
+        return volume_path(v.id)
+
+    @dbus_method(name="ListVolumes")
+    @guarded(PUBLIC)
+    async def list_volumes(self) -> "a(sso)":
+        return [[v.name, v.mountpoint, volume_path(v.id)] for v in self._manager.volumes.list()]
+
+    @dbus_method(name="GetVolume")
+    @guarded(PUBLIC)
+    async def get_volume(self, name_or_id: "s") -> "o":
+        return volume_path(self._manager.volumes.get(name_or_id).id)
+
+    @dbus_method(name="RemoveVolume")
+    @guarded(MANAGE, "remove the volume")
+    async def remove_volume(self, name: "s", force: "b") -> None:
+        await self._manager.volumes.remove(name, force)
+
+    @dbus_method(name="PruneVolumes")
+    @guarded(MANAGE, "prune volumes")
+    async def prune_volumes(self) -> "t":
+        return await self._manager.volumes.prune()
+
+    @dbus_signal(name="VolumeNew")
+    def volume_new(self, volume_id: str, path: str) -> "so":
+        return [volume_id, path]
+
+    @dbus_signal(name="VolumeRemoved")
+    def volume_removed_signal(self, volume_id: str, path: str) -> "so":
+        return [volume_id, path]
+
+
+class ContainerCopy(ServiceInterface):
+    """The Container's CopyTo and CopyFrom (quilt_agent/copying.py), modelled on machined's. Mixed into
+    ContainerInterface, which has _manager and container_id."""
+
+    _manager: Manager
+    container_id: str
+
+    @dbus_method(name="CopyTo")
+    @guarded(MANAGE, "copy files into")
+    async def copy_to(self, host_path: "s", container_path: "s") -> None:
+        await self._manager.copy(self.container_id, True, host_path, container_path)
+
+    @dbus_method(name="CopyFrom")
+    @guarded(MANAGE, "copy files from")
+    async def copy_from(self, container_path: "s", host_path: "s") -> None:
+        await self._manager.copy(self.container_id, False, container_path, host_path)

@@ -1,0 +1,211 @@
+"""quiltctl volume create|ls|inspect|rm|prune, and run/create's -v/--volume, --tmpfs and --read-only.
+
+Flags follow `podman volume`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from quilt_agent.cli import output
+from quilt_agent.cli.context import warn, with_client
+from quilt_agent.client import AgentNotReachable, Client, ClientError
+
+LABEL_HELP = "Set a label (KEY=VALUE)."
+
+
+def volume_options(params: dict[str, Any], cwd: str) -> dict[str, Any]:
+    """run/create's mount flags -> the create options volumes, tmpfs, read_only. A host path given relative
+    (./data, ../x) is made absolute here, as quiltctl does for an image path; the agent takes only absolute ones."""
+    options: dict[str, Any] = {}
+    volumes = []
+    for spec in params.get("volume") or ():
+        source, sep, rest = spec.partition(":")
+        if source == "." or source.startswith(("./", "../")) or source == "..":
+            source = os.path.normpath(os.path.join(cwd, source))
+        volumes.append(f"{source}{sep}{rest}")
+    if volumes:
+        options["volumes"] = volumes
+    if params.get("tmpfs"):
+        options["tmpfs"] = list(params["tmpfs"])
+    if params.get("read_only"):
+        options["read_only"] = True
+    return options
+
+
+FLAGS = [
+    click.option("-v", "--volume", multiple=True,
+                 help="Mount SOURCE:DEST[:ro|rw,nosuid,nodev,noexec]: SOURCE a host path or a volume's name "
+                      "(made on first use)."),
+    click.option("--tmpfs", multiple=True, help="Mount a tmpfs: DEST[:size=64m,mode=1777]."),
+    click.option("--read-only", is_flag=True, help="Mount the root read-only (/tmp, /run and volumes stay writable)."),
+]
+
+
+def _label(values: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got '{value}'", param_hint="--label")
+        labels[key] = val
+    return labels
+
+
+@click.group()
+def volume() -> None:
+    """Manage named volumes."""
+
+
+@volume.command("create")
+@click.option("-l", "--label", multiple=True, help=LABEL_HELP)
+@click.argument("name")
+@click.pass_context
+def create(ctx: click.Context, label: tuple[str, ...], name: str) -> None:
+    """Create a volume; print its name."""
+    labels = _label(label)
+
+    async def body(client: Client) -> None:
+        await client.create_volume(name, {"labels": labels} if labels else {})
+
+    with_client(ctx, body)
+    click.echo(name)
+
+
+async def _all(client: Client) -> list[dict[str, Any]]:
+    found = []
+    for _, _, path in await client.list_volumes():
+        try:
+            found.append(await client.volume_properties(path))
+        except ClientError:
+            pass  # removed since the list
+    return found
+
+
+@volume.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list with every property.")
+@click.option("-q", "--quiet", is_flag=True, help="Print the names only.")
+@click.pass_context
+def ls(ctx: click.Context, as_json: bool, quiet: bool) -> None:
+    """List volumes."""
+    rows = with_client(ctx, _all)
+    if as_json:
+        output.print_json(rows)
+        return
+    if quiet:
+        for p in rows:
+            click.echo(p["Name"])
+        return
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in ("NAME", "MOUNTPOINT", "USED BY"):
+        table.add_column(column, no_wrap=True)
+    for p in rows:
+        table.add_row(p["Name"], p["Mountpoint"], ",".join(p["UsedBy"]))
+    tty = sys.stdout.isatty()
+    console = Console(width=None if tty else 10_000, no_color=not tty, highlight=False)
+    with console.capture() as captured:
+        console.print(table)
+    for line in captured.get().splitlines():
+        click.echo(line.rstrip())
+
+
+@volume.command("inspect")
+@click.argument("volumes", nargs=-1, required=True)
+@click.pass_context
+def inspect(ctx: click.Context, volumes: tuple[str, ...]) -> None:
+    """Print every property of one or more volumes as JSON."""
+
+    async def body(client: Client) -> tuple[list[dict[str, Any]], bool]:
+        results, ok = [], True
+        for name in volumes:
+            try:
+                results.append(await client.volume_properties(await client.get_volume(name)))
+            except AgentNotReachable:
+                raise
+            except ClientError as e:
+                warn(e.message)
+                ok = False
+        return results, ok
+
+    results, ok = with_client(ctx, body)
+    output.print_json(results)
+    if not ok:
+        ctx.exit(125)
+
+
+@volume.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Remove the containers that use the volume first.")
+@click.argument("volumes", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, force: bool, volumes: tuple[str, ...]) -> None:
+    """Remove one or more volumes and their data."""
+
+    async def body(client: Client) -> bool:
+        ok = True
+        for name in volumes:
+            try:
+                await client.remove_volume(name, force)
+                click.echo(name)
+            except AgentNotReachable:
+                raise
+            except ClientError as e:
+                warn(e.message)
+                ok = False
+        return ok
+
+    if not with_client(ctx, body):
+        ctx.exit(125)
+
+
+@volume.command("prune")
+@click.pass_context
+def prune(ctx: click.Context) -> None:
+    """Remove every volume no container uses; print the bytes freed."""
+
+    async def body(client: Client) -> int:
+        return await client.prune_volumes()
+
+    click.echo(with_client(ctx, body))
+
+
+def _split(arg: str) -> tuple[str, str] | None:
+    """CONTAINER:PATH -> (container, path); a host path (absolute, ./ or without a colon before a slash) -> None."""
+    head, sep, tail = arg.partition(":")
+    if not sep or not head or "/" in head or arg.startswith((".", "/")):
+        return None
+    return head, tail if tail.startswith("/") else "/" + tail
+
+
+@click.command("cp")
+@click.argument("source")
+@click.argument("dest")
+@click.pass_context
+def cp(ctx: click.Context, source: str, dest: str) -> None:
+    """Copy files between a container and the host: SRC and DEST, one of them CONTAINER:PATH.
+
+    As docker cp: a DEST that is an existing directory receives SRC under its own name. Works on running and
+    stopped containers; owners, modes, times and symlinks are kept.
+    """
+    src, dst = _split(source), _split(dest)
+    if (src is None) == (dst is None):
+        raise click.UsageError("give exactly one side as CONTAINER:PATH (the other is a host path)")
+    cwd = os.getcwd()
+
+    async def body(client: Client) -> None:
+        if src is not None:
+            path = await client.get_container(src[0])
+            await client.copy_from(path, src[1], os.path.join(cwd, dest))
+        else:
+            assert dst is not None
+            path = await client.get_container(dst[0])
+            await client.copy_to(path, os.path.join(cwd, source), dst[1])
+
+    with_client(ctx, body)
+
+
+COMMANDS: list[click.Command] = [volume, cp]
