@@ -1,4 +1,6 @@
 """Authorization: root passes; everyone else is asked of polkit, asynchronously, as machined does."""
+from collections import OrderedDict
+
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
@@ -16,10 +18,24 @@ ALLOW_USER_INTERACTION = 1
 
 
 class Authority:
+    UID_CACHE = 4096
+
     def __init__(self, bus: MessageBus) -> None:
         self._bus = bus
+        # A bus never gives a unique name to a second connection, so a sender's uid cannot change:
+        # remembered, it saves a round trip to the bus on every call of a connected client.
+        self._uids: OrderedDict[str, int] = OrderedDict()
 
     async def _uid(self, sender: str) -> int:
+        if sender in self._uids:
+            return self._uids[sender]
+        uid = await self._ask_uid(sender)
+        self._uids[sender] = uid
+        if len(self._uids) > self.UID_CACHE:
+            self._uids.popitem(last=False)
+        return uid
+
+    async def _ask_uid(self, sender: str) -> int:
         reply = await self._bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
                                              interface="org.freedesktop.DBus", member="GetConnectionUnixUser",
                                              signature="s", body=[sender]))
