@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.progress import (
     BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
 )
-from rich.table import Table
 
 from quilt_agent.cli import output
 from quilt_agent.cli.context import fail, with_client
@@ -235,19 +234,11 @@ def ls(ctx: click.Context, as_json: bool, quiet: bool) -> None:
             click.echo(str(props["Id"])[:SHORT])
         return
     now = time.time()
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for column in ("NAME", "ID", "SIZE", "CREATED"):
-        table.add_column(column, no_wrap=True)
-    for props in images:
-        for name in props.get("Names") or ["<none>"]:
-            table.add_row(name, str(props["Id"])[:SHORT], output_size(int(props.get("Size", 0))),
-                          output.ago(int(props.get("CreatedAt", 0)), now))
-    tty = sys.stdout.isatty()
-    console = Console(width=None if tty else 10_000, no_color=not tty, highlight=False)
-    with console.capture() as captured:
-        console.print(table)
-    for line in captured.get().splitlines():
-        click.echo(line.rstrip())
+    output.print_table(("NAME", "ID", "SIZE", "CREATED"), (
+        (name, str(props["Id"])[:SHORT], output_size(int(props.get("Size", 0))),
+         output.ago(int(props.get("CreatedAt", 0)), now))
+        for props in images for name in props.get("Names") or ["<none>"]
+    ))
 
 
 @image.command("inspect")

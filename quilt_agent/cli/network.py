@@ -4,12 +4,9 @@ Flags follow `podman network`; `icc` keeps the original Quilt CLI's spelling.
 """
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from quilt_agent.cli import output
 from quilt_agent.cli.context import warn, with_client
@@ -69,18 +66,11 @@ def ls(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         output.print_json(rows)
         return
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for column in ("NAME", "SUBNET", "GATEWAY", "BRIDGE", "INTERNAL", "DNS", "CONTAINERS"):
-        table.add_column(column, no_wrap=True)
-    for p in rows:
-        table.add_row(p["Name"], p["Subnet"], p["Gateway"], p["Bridge"], "yes" if p["Internal"] else "no",
-                      "yes" if p["DNS"] else "no", str(len(p["Containers"])))
-    tty = sys.stdout.isatty()
-    console = Console(width=None if tty else 10_000, no_color=not tty, highlight=False)
-    with console.capture() as captured:
-        console.print(table)
-    for line in captured.get().splitlines():
-        click.echo(line.rstrip())
+    output.print_table(("NAME", "SUBNET", "GATEWAY", "BRIDGE", "INTERNAL", "DNS", "CONTAINERS"), (
+        (p["Name"], p["Subnet"], p["Gateway"], p["Bridge"], "yes" if p["Internal"] else "no",
+         "yes" if p["DNS"] else "no", str(len(p["Containers"])))
+        for p in rows
+    ))
 
 
 @network.command("inspect")

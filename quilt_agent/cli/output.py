@@ -66,13 +66,25 @@ def exit_text(props: Mapping[str, Any]) -> str:
     return f"{props.get('ExitCode', '')}" + (f" (signal {signal})" if signal else "")
 
 
-def print_ps_table(rows: Sequence[Mapping[str, Any]], now: float) -> None:
-    # No borders or rules, like podman ps: the output is read by awk and grep as often as by people.
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """A listing for people: no borders or rules, like podman's, since awk and grep read it as often."""
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for column in ("ID", "NAME", "IMAGE", "COMMAND", "STATE", "EXIT", "CREATED"):
+    for column in columns:
         table.add_column(column, no_wrap=True)
-    for props in rows:
-        table.add_row(
+    for row in rows:
+        table.add_row(*row)
+    tty = sys.stdout.isatty()
+    # Piped, there is no width to fit: a 80-column guess would cut the rows that scripts read.
+    console = Console(width=None if tty else 10_000, no_color=not tty, highlight=False)
+    with console.capture() as captured:
+        console.print(table)
+    for line in captured.get().splitlines():
+        click.echo(line.rstrip())
+
+
+def print_ps_table(rows: Sequence[Mapping[str, Any]], now: float) -> None:
+    print_table(("ID", "NAME", "IMAGE", "COMMAND", "STATE", "EXIT", "CREATED"), (
+        (
             str(props.get("Id", ""))[:SHORT_ID],
             str(props.get("Name", "")),
             _truncate(str(props.get("Image", "")), 40),
@@ -81,13 +93,8 @@ def print_ps_table(rows: Sequence[Mapping[str, Any]], now: float) -> None:
             exit_text(props),
             ago(int(props.get("CreatedAt", 0) or 0), now),
         )
-    tty = sys.stdout.isatty()
-    # Piped, there is no width to fit: a 80-column guess would cut the rows that scripts read.
-    console = Console(width=None if tty else 10_000, no_color=not tty, highlight=False)
-    with console.capture() as captured:
-        console.print(table)
-    for line in captured.get().splitlines():
-        click.echo(line.rstrip())
+        for props in rows
+    ))
 
 
 def _human_size(size: int) -> str:

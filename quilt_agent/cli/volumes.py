@@ -5,12 +5,9 @@ Flags follow `podman volume`.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from quilt_agent.cli import output
 from quilt_agent.cli.context import warn, with_client
@@ -101,17 +98,8 @@ def ls(ctx: click.Context, as_json: bool, quiet: bool) -> None:
         for p in rows:
             click.echo(p["Name"])
         return
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for column in ("NAME", "MOUNTPOINT", "USED BY"):
-        table.add_column(column, no_wrap=True)
-    for p in rows:
-        table.add_row(p["Name"], p["Mountpoint"], ",".join(p["UsedBy"]))
-    tty = sys.stdout.isatty()
-    console = Console(width=None if tty else 10_000, no_color=not tty, highlight=False)
-    with console.capture() as captured:
-        console.print(table)
-    for line in captured.get().splitlines():
-        click.echo(line.rstrip())
+    output.print_table(("NAME", "MOUNTPOINT", "USED BY"),
+                       ((p["Name"], p["Mountpoint"], ",".join(p["UsedBy"])) for p in rows))
 
 
 @volume.command("inspect")
