@@ -344,9 +344,13 @@ class Client:
         (env,) = await self._call(path, CONTAINER_INTERFACE, "GetEnvironment")
         return list(env)
 
-    async def properties(self, path: str) -> dict[str, Any]:
-        (values,) = await self._call(path, PROPERTIES_INTERFACE, "GetAll", "s", [CONTAINER_INTERFACE])
+    async def _get_all(self, path: str, interface: str) -> dict[str, Any]:
+        """Every property of one interface of an object, unwrapped from its Variant."""
+        (values,) = await self._call(path, PROPERTIES_INTERFACE, "GetAll", "s", [interface])
         return {key: unwrap(value) for key, value in values.items()}
+
+    async def properties(self, path: str) -> dict[str, Any]:
+        return await self._get_all(path, CONTAINER_INTERFACE)
 
     async def get_property(self, path: str, name: str) -> Any:
         (value,) = await self._call(path, PROPERTIES_INTERFACE, "Get", "ss", [CONTAINER_INTERFACE, name])
@@ -434,8 +438,7 @@ class Client:
         await self._call(MANAGER_PATH, MANAGER_INTERFACE, "RemoveNetwork", "sb", [name, force])
 
     async def network_properties(self, path: str) -> dict[str, Any]:
-        (values,) = await self._call(path, PROPERTIES_INTERFACE, "GetAll", "s", [NETWORK_INTERFACE])
-        return {key: unwrap(value) for key, value in values.items()}
+        return await self._get_all(path, NETWORK_INTERFACE)
 
     async def ping(self, path: str, target: str, count: int = 3) -> tuple[int, float]:
         """ICMP echo from the container's network namespace: (replies received, average round trip in ms)."""
@@ -473,8 +476,7 @@ class Client:
         return int(freed)
 
     async def volume_properties(self, path: str) -> dict[str, Any]:
-        (values,) = await self._call(path, PROPERTIES_INTERFACE, "GetAll", "s", ["org.quilt.Runtime.Volume"])
-        return {key: unwrap(value) for key, value in values.items()}
+        return await self._get_all(path, "org.quilt.Runtime.Volume")
 
     # Images: org.quilt.Runtime.Manager's image methods, org.quilt.Runtime.Image
 
@@ -504,8 +506,7 @@ class Client:
         return int(freed)
 
     async def image_properties(self, path: str) -> dict[str, Any]:
-        (values,) = await self._call(path, PROPERTIES_INTERFACE, "GetAll", "s", [IMAGE_INTERFACE])
-        return {key: unwrap(value) for key, value in values.items()}
+        return await self._get_all(path, IMAGE_INTERFACE)
 
     async def watch_image_progress(self, job: str) -> asyncio.Queue[ImageProgress]:
         """From now on, each ImageProgress signal of job (the 'job' option of an import or pull), in order."""

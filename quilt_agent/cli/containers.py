@@ -23,8 +23,8 @@ from quilt_agent.cli.context import (
     NO_SUCH_CONTAINER,
     NOT_RUNNING,
     UNKNOWN_OBJECT,
+    each,
     fail,
-    warn,
     with_client,
 )
 from quilt_agent.cli.parsing import (
@@ -38,7 +38,7 @@ from quilt_agent.cli.parsing import (
     parse_since,
     resolve_image,
 )
-from quilt_agent.client import AgentNotReachable, Client, ClientError
+from quilt_agent.client import Client, ClientError
 
 MIB = 1 << 20
 _UINT32_MAX = (1 << 32) - 1
@@ -292,20 +292,12 @@ def _for_each(
     report each failure on its own line, go on with the rest, and end with 125 if any failed."""
 
     async def body(client: Client) -> bool:
-        ok = True
-        for name in containers:
-            try:
-                path = await client.get_container(name)
-                result = await action(client, path, name)
-            except AgentNotReachable:
-                raise  # no point trying the others
-            except ClientError as e:
-                warn(e.message)
-                ok = False
-                continue
+        async def one(name: str) -> None:
+            result = await action(client, await client.get_container(name), name)
             if result is not None:
                 click.echo(result)
-        return ok
+
+        return (await each(containers, one))[1]
 
     if not with_client(ctx, body):
         ctx.exit(125)
@@ -440,6 +432,10 @@ async def _inspect_one(client: Client, path: str) -> dict[str, Any]:
     return props
 
 
+async def _inspect_one_named(client: Client, name: str) -> dict[str, Any]:
+    return await _inspect_one(client, await client.get_container(name))
+
+
 @click.command()
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
@@ -447,17 +443,7 @@ def inspect(ctx: click.Context, containers: tuple[str, ...]) -> None:
     """Print every property of one or more containers as JSON."""
 
     async def body(client: Client) -> tuple[list[dict[str, Any]], bool]:
-        results: list[dict[str, Any]] = []
-        ok = True
-        for name in containers:
-            try:
-                results.append(await _inspect_one(client, await client.get_container(name)))
-            except AgentNotReachable:
-                raise
-            except ClientError as e:
-                warn(e.message)
-                ok = False
-        return results, ok
+        return await each(containers, lambda name: _inspect_one_named(client, name))
 
     results, ok = with_client(ctx, body)
     output.print_json(results)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, NoReturn, TypeVar
+from typing import Awaitable, Callable, NoReturn, Sequence, TypeVar
 
 import click
 
-from quilt_agent.client import Client, ClientError
+from quilt_agent.client import AgentNotReachable, Client, ClientError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Podman's convention: 125 is "the runtime failed", leaving 126/127 and the container's own codes distinct.
 EXIT_QUILT_ERROR = 125
@@ -41,6 +42,23 @@ def fail(message: str, code: int = EXIT_QUILT_ERROR) -> NoReturn:
 
 def warn(message: str) -> None:
     click.echo(f"quiltctl: {message}", err=True)
+
+
+async def each(names: Sequence[str], action: Callable[[str], Awaitable[R]]) -> tuple[list[R], bool]:
+    """Run action for every name in turn, as Podman's multi-name verbs do: a Quilt error is reported on
+    its own line and the others still run; an unreachable agent stops at once. Returns the results of the
+    names that worked and whether all did."""
+    results: list[R] = []
+    ok = True
+    for name in names:
+        try:
+            results.append(await action(name))
+        except AgentNotReachable:
+            raise  # no point trying the others
+        except ClientError as e:
+            warn(e.message)
+            ok = False
+    return results, ok
 
 
 def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T:

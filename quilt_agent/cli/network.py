@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from quilt_agent.cli import output
-from quilt_agent.cli.context import warn, with_client
+from quilt_agent.cli.context import each, with_client
 from quilt_agent.cli.interactive import exec_
-from quilt_agent.client import AgentNotReachable, Client, ClientError
+from quilt_agent.client import Client, ClientError
 
 
 @click.group()
@@ -80,16 +80,10 @@ def inspect(ctx: click.Context, networks: tuple[str, ...]) -> None:
     """Print every property of one or more networks as JSON."""
 
     async def body(client: Client) -> tuple[list[dict[str, Any]], bool]:
-        results, ok = [], True
-        for name in networks:
-            try:
-                results.append(await client.network_properties(await client.get_network(name)))
-            except AgentNotReachable:
-                raise
-            except ClientError as e:
-                warn(e.message)
-                ok = False
-        return results, ok
+        async def one(name: str) -> dict[str, Any]:
+            return await client.network_properties(await client.get_network(name))
+
+        return await each(networks, one)
 
     results, ok = with_client(ctx, body)
     output.print_json(results)
@@ -105,17 +99,11 @@ def rm(ctx: click.Context, force: bool, networks: tuple[str, ...]) -> None:
     """Remove one or more networks."""
 
     async def body(client: Client) -> bool:
-        ok = True
-        for name in networks:
-            try:
-                await client.remove_network(name, force)
-                click.echo(name)
-            except AgentNotReachable:
-                raise
-            except ClientError as e:
-                warn(e.message)
-                ok = False
-        return ok
+        async def one(name: str) -> None:
+            await client.remove_network(name, force)
+            click.echo(name)
+
+        return (await each(networks, one))[1]
 
     if not with_client(ctx, body):
         ctx.exit(125)

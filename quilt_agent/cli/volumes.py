@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from quilt_agent.cli import output
-from quilt_agent.cli.context import warn, with_client
-from quilt_agent.client import AgentNotReachable, Client, ClientError
+from quilt_agent.cli.context import each, with_client
+from quilt_agent.client import Client, ClientError
 
 LABEL_HELP = "Set a label (KEY=VALUE)."
 
@@ -109,16 +109,10 @@ def inspect(ctx: click.Context, volumes: tuple[str, ...]) -> None:
     """Print every property of one or more volumes as JSON."""
 
     async def body(client: Client) -> tuple[list[dict[str, Any]], bool]:
-        results, ok = [], True
-        for name in volumes:
-            try:
-                results.append(await client.volume_properties(await client.get_volume(name)))
-            except AgentNotReachable:
-                raise
-            except ClientError as e:
-                warn(e.message)
-                ok = False
-        return results, ok
+        async def one(name: str) -> dict[str, Any]:
+            return await client.volume_properties(await client.get_volume(name))
+
+        return await each(volumes, one)
 
     results, ok = with_client(ctx, body)
     output.print_json(results)
@@ -134,17 +128,11 @@ def rm(ctx: click.Context, force: bool, volumes: tuple[str, ...]) -> None:
     """Remove one or more volumes and their data."""
 
     async def body(client: Client) -> bool:
-        ok = True
-        for name in volumes:
-            try:
-                await client.remove_volume(name, force)
-                click.echo(name)
-            except AgentNotReachable:
-                raise
-            except ClientError as e:
-                warn(e.message)
-                ok = False
-        return ok
+        async def one(name: str) -> None:
+            await client.remove_volume(name, force)
+            click.echo(name)
+
+        return (await each(volumes, one))[1]
 
     if not with_client(ctx, body):
         ctx.exit(125)

@@ -127,7 +127,7 @@ def ping_image(busybox_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     (CAP_NET_RAW), iputils' falls back to the unprivileged ICMP sockets that ping_group_range allows."""
     ping = shutil.which("ping")
     if ping is None:
-        pytest.skip("iputils-ping is not installed (make setup installs it)")
+        pytest.fail("iputils-ping is not installed: make setup installs it")
     out = tmp_path_factory.mktemp("images") / "ping.tar"
     libs = [line.split("=>")[-1].split("(")[0].strip() for line in sh("ldd", ping).stdout.splitlines()]
     libs = [lib for lib in libs if lib.startswith("/")]
