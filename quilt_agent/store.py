@@ -180,12 +180,6 @@ class Store:
             (*values, c.id),
         )
 
-    async def record_image(self, image_id: str, digest: str, source: str, size: int, created_at: int) -> None:
-        await self._db.execute(
-            "INSERT OR IGNORE INTO images (id, digest, source, size, created_at) VALUES (?, ?, ?, ?, ?)",
-            (image_id, digest, source, size, created_at),
-        )
-
     async def delete_container(self, container_id: str) -> None:
         await self._db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
 
