@@ -56,6 +56,8 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "volumes": "as",
     "tmpfs": "as",
     "read_only": "b",
+    "setup": "as",
+    "setup_cache": "b",
 }
 
 NETWORK_OPTION_SIGNATURES: dict[str, str] = {
@@ -78,11 +80,13 @@ FOLLOW_OPTION_SIGNATURES: dict[str, str] = {
     "since": "t",
     "until": "t",
     "follow": "b",
+    "setup": "b",
 }
 
 LOG_OPTION_SIGNATURES: dict[str, str] = {
     "lines": "u",
     "since": "t",
+    "setup": "b",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 JOURNAL_STDOUT = "/run/systemd/journal/stdout"
 PRIORITY_STDOUT = 6  # info
@@ -45,8 +46,18 @@ class LogLine:
     text: str
 
 
-def read_lines(unit: str, since_usec: int, last: int = 0) -> list[LogLine]:
-    """The lines journald holds for the scope since since_usec; the last `last` ones if last > 0.
+def match(reader: Any, unit: str, identifier: str = "") -> None:
+    """Limit a systemd.journal.Reader to this boot's lines of the scope (of one identifier, if given)."""
+    reader.this_boot()
+    if identifier:
+        reader.add_match(_SYSTEMD_UNIT=unit, SYSLOG_IDENTIFIER=identifier)
+    else:
+        reader.add_match(_SYSTEMD_UNIT=unit)
+
+
+def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "") -> list[LogLine]:
+    """The lines journald holds for the scope since since_usec; the last `last` ones if last > 0; only those
+    of one SYSLOG_IDENTIFIER if given (a container's setup steps').
 
     Blocking: call it in a worker thread.
     """
@@ -55,8 +66,7 @@ def read_lines(unit: str, since_usec: int, last: int = 0) -> list[LogLine]:
     # The raw usec, not the default datetime: a float round trip would move lines across `since`.
     reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
     try:
-        reader.this_boot()
-        reader.add_match(_SYSTEMD_UNIT=unit)
+        match(reader, unit, identifier)
         if since_usec:
             reader.seek_realtime(since_usec / 1e6 - 0.001)  # a little early: the loop filters exactly
         kept: deque[LogLine] | list[LogLine] = deque(maxlen=last) if last else []

@@ -25,7 +25,9 @@ from typing import Any
 
 from quilt_agent.errors import InvalidArgument
 from quilt_agent.journal import PRIORITY_STDERR
+from quilt_agent.journal import match as journal_match
 from quilt_agent.model import Container, State
+from quilt_agent.setup import identifier as setup_identifier
 
 log = logging.getLogger("quilt.logs")
 
@@ -43,6 +45,7 @@ class FollowOptions:
     since: int = 0  # usec since the epoch
     until: int = 0  # usec since the epoch; 0 = no end
     follow: bool = True  # False: what is there now, then the end of the pipe
+    setup: bool = False  # only the setup steps' lines (quilt_agent/setup.py)
 
 
 def _unsigned(key: str, value: Any) -> int:
@@ -57,7 +60,8 @@ def _boolean(key: str, value: Any) -> bool:
     return value
 
 
-FOLLOW_OPTIONS = {"lines": _unsigned, "since": _unsigned, "until": _unsigned, "follow": _boolean}
+FOLLOW_OPTIONS = {"lines": _unsigned, "since": _unsigned, "until": _unsigned, "follow": _boolean,
+                  "setup": _boolean}
 
 
 def parse_follow_options(options: dict[str, Any]) -> FollowOptions:
@@ -89,6 +93,7 @@ class _Follower(threading.Thread):
         super().__init__(name=f"follow {container.name}", daemon=True)
         self.container_id = container.id
         self._unit = container.unit
+        self._identifier = setup_identifier(container.name) if options.setup else ""
         # A former container of the same name had the same unit: only lines since this one was made.
         self._since = max(options.since, container.created_at)
         self._options = options
@@ -111,8 +116,7 @@ class _Follower(threading.Thread):
         reader = None
         try:
             reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
-            reader.this_boot()
-            reader.add_match(_SYSTEMD_UNIT=self._unit)
+            journal_match(reader, self._unit, self._identifier)
             if self._since:
                 reader.seek_realtime(self._since / 1e6 - 0.001)  # a little early: _send filters exactly
             backlog: deque[dict[str, Any]] | list[dict[str, Any]] = (

@@ -10,8 +10,10 @@ import logging
 import os
 import shutil
 import signal as signals
+import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 from quilt_agent import cgroups, copying, journal
@@ -23,15 +25,18 @@ from quilt_agent.errors import (
 )
 from quilt_agent.helper import protocol
 from quilt_agent.helper.monitor import start_time
-from quilt_agent.helper.protocol import ExecFailed, Go, LaunchSpec, Spawned, Started
+from quilt_agent.helper.protocol import ExecFailed, Go, LaunchSpec, SetupDone, Spawned, Started
 from quilt_agent.helper.zygote import Zygote
 from quilt_agent.images.service import Images
+from quilt_agent.images.store import Image
 from quilt_agent.network.core import Networks
 from quilt_agent.model import (
     Container, ContainerSpec, ExitStatus, State, effective_hostname, generate_name, new_id, now_usec, parse_options,
     validate_command, validate_name,
 )
 from quilt_agent.scopes import ScopeLimits, Scopes
+from quilt_agent.setup import cache_key as setup_cache_key
+from quilt_agent.setup import identifier as setup_identifier
 from quilt_agent.store import Store
 from quilt_agent.volumes import Volumes, check_host_paths, named_volumes
 
@@ -174,6 +179,8 @@ class Manager:
         users: dict[str, list[tuple[str, str]]] = {}
         for c in self._containers.values():
             users.setdefault(c.spec.image_id, []).append((c.id, c.name))
+            if c.setup_image:
+                users.setdefault(c.setup_image, []).append((c.id, c.name))
         for name, image_id in self._creating.items():
             users.setdefault(image_id, []).append(("", name))
         return users
@@ -211,10 +218,14 @@ class Manager:
         exit_file = directory / "exit.json"
         exit_file.unlink(missing_ok=True)
         image = await asyncio.to_thread(self._images.get, c.spec.image_id)
+        cached, setup_layer = await self._setup_plan(c, image)
+        # Noted before the next await: from here a prune sees the cached setup image in use.
+        c = self._containers[c.id] = c.with_(setup_image=cached.id if cached else "")
         mounts = self.volumes.resolve(c.spec.volumes)  # NoSuchPath if a host path went away since create
         net = await self.networks.launch(c, effective_hostname(c.spec))  # the namespace to join, the /etc files
         spec = LaunchSpec(
-            container_id=c.id, name=c.name, unit=c.unit, lower=image.lower, upper=str(directory / "upper"),
+            container_id=c.id, name=c.name, unit=c.unit, lower=(cached or image).lower,
+            upper=str(directory / "upper"),
             work=str(directory / "work"), merged=str(directory / "merged"), exit_file=str(exit_file),
             command=c.spec.command, env=exec_environment(self._full_env(c.spec), ExecOptions(tty=tty)),
             workdir=c.spec.workdir, user=c.spec.user,
@@ -222,10 +233,12 @@ class Manager:
             netns=net.netns, bind_files=net.files, tty=tty,
             mounts=mounts,
             tmpfs=tuple(tuple(t.split(":", 1)) for t in c.spec.tmpfs), read_only=c.spec.read_only,
+            setup=c.spec.setup, setup_layer=setup_layer, setup_cached=cached.id if cached else "",
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()
         sock = self._zygote.spawn(spec, stdio or ())
+        keep_sock = False
         try:
             spawned = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Spawned)
             t1 = time.perf_counter()
@@ -251,10 +264,15 @@ class Manager:
             t2 = time.perf_counter()
             protocol.send(sock, Go())
             reply = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Started, ExecFailed)
+            if setup_layer and isinstance(reply, Started):
+                # The setup steps run now; once they succeed, the monitor packs their layer for the cache.
+                keep_sock = True
+                self._loop.create_task(self._cache_setup(c, image, sock, Path(setup_layer)))
         except protocol.ProtocolError as err:
             raise ContainerFailed(f"Container '{c.name}' failed to start: the helper said {err}") from err
         finally:
-            sock.close()
+            if not keep_sock:
+                sock.close()
         # The monitor's exit may have been recorded meanwhile (a command that ends at once): build on that.
         c = self._get(c.id)
         if isinstance(reply, ExecFailed):
@@ -269,6 +287,39 @@ class Manager:
                           "exec %.1f)", c.name, c.main_pid, (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
                           (t3 - t2) * 1e3)
         return c
+
+    async def _setup_plan(self, c: Container, image: Image) -> tuple[Image | None, str]:
+        """How this start treats the setup steps: a cached setup image to start from instead of running them,
+        or where the monitor is to pack their result for the cache ("" = not cached)."""
+        if not c.spec.setup or not c.spec.setup_cache:
+            return None, ""
+        cached = await self._images.setup_image(setup_cache_key(image.id, c.spec.user, c.spec.setup))
+        if cached is not None:
+            return cached, ""
+        layer = self._paths.container(c.id) / "setup-layer.tar"
+        layer.unlink(missing_ok=True)
+        return None, str(layer)
+
+    async def _cache_setup(self, c: Container, image: Image, sock: socket.socket, layer: Path) -> None:
+        """Wait for the monitor's word that the setup steps succeeded, then keep their layer as a cache image.
+        Nothing comes when a step fails or the container is stopped first: the socket just ends."""
+        try:
+            try:
+                done = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), SetupDone)
+            except (OSError, protocol.ProtocolError):
+                return
+            finally:
+                sock.close()
+            if done.error:
+                log.warning("The setup of container %s is not cached: %s", c.name, done.error)
+                return
+            key = setup_cache_key(image.id, c.spec.user, c.spec.setup)
+            if await self._images.setup_image(key) is None:  # another container's may have landed meanwhile
+                await self._images.commit_setup(image, layer, key, c.spec.setup)
+        except Exception:  # noqa: BLE001 - the cache is an optimisation: the container runs on regardless
+            log.exception("Could not cache the setup of container %s", c.name)
+        finally:
+            await asyncio.to_thread(layer.unlink, True)
 
     def _full_env(self, spec: ContainerSpec) -> tuple[str, ...]:
         # Never the agent's own environment: only defaults, then what the caller gave.
@@ -311,14 +362,17 @@ class Manager:
         if c is None or rt is None or c.state is State.REMOVING:
             return  # removed, or being removed (a failed start's monitor may exit that late)
         status = self._read_exit(container_id)
-        state = State.FAILED if c.state is State.FAILED or (status.reason and status.exit_code in (125, 126, 127)
-                                                           and c.state is not State.RUNNING) else State.EXITED
+        state = State.FAILED if c.state is State.FAILED or status.failed or (
+            status.reason and status.exit_code in (125, 126, 127) and c.state is not State.RUNNING) else State.EXITED
         c = await self._set(c.with_(state=state, exit_code=status.exit_code, exit_signal=status.exit_signal,
                                     oom_killed=status.oom_killed, finished_at=status.finished_at or now_usec(),
                                     main_pid=0, monitor_pid=0, monitor_start=0,
                                     failure_reason=c.failure_reason or status.reason))
         if c.oom_killed:
             await self._event("oom", c, "container %s was killed for lack of memory", c.name)
+        if status.failed:
+            await self._event("failed", c, "container %s failed: %s", c.name, c.failure_reason,
+                              reason=c.failure_reason)
         await self._event("exited", c, "container %s exited with code %d", c.name, c.exit_code,
                           exit_code=c.exit_code, oom_killed=c.oom_killed)
         rt.exited.set()
@@ -456,7 +510,7 @@ class Manager:
             c = self._get(c.id)
             if c.state is State.RUNNING:
                 raise AlreadyRunning(c.name, "it started meanwhile: copy again")
-            image = await asyncio.to_thread(self._images.get, c.spec.image_id)
+            image = await asyncio.to_thread(self._images.get, c.setup_image or c.spec.image_id)
             directory = self._paths.container(c.id)
             root = await asyncio.to_thread(copying.detached_overlay, image.lower, str(directory / "upper"),
                                            str(directory / "work"))
@@ -467,11 +521,14 @@ class Manager:
 
     # --- logs ------------------------------------------------------------------------------------
 
-    async def logs(self, container_id: str, since_usec: int = 0, last: int = 0) -> list[journal.LogLine]:
+    async def logs(self, container_id: str, since_usec: int = 0, last: int = 0,
+                   setup: bool = False) -> list[journal.LogLine]:
+        """setup: only the lines of the setup steps."""
         c = self._get(container_id)
         # A former container of the same name had the same unit: only lines since this one was made.
         since = max(since_usec, c.created_at)
-        return await asyncio.to_thread(journal.read_lines, c.unit, since, last)
+        return await asyncio.to_thread(journal.read_lines, c.unit, since, last,
+                                       setup_identifier(c.name) if setup else "")
 
     # --- stats -----------------------------------------------------------------------------------
 

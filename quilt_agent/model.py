@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quilt_agent.errors import InvalidArgument
+from quilt_agent import setup as setup_commands
 from quilt_agent import volumes as volume_options
 from quilt_agent.network import options as network_options
 from quilt_agent.network.model import DEFAULT_NETWORK
@@ -79,6 +80,10 @@ class ContainerSpec:
     volumes: tuple[str, ...] = ()
     tmpfs: tuple[str, ...] = ()
     read_only: bool = False
+    # Setup commands (quilt_agent/setup.py): "MANAGER: ARGS" entries run before the command at each start, and
+    # whether their result may be cached and reused.
+    setup: tuple[str, ...] = ()
+    setup_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class Container:
     monitor_pid: int = 0  # the helper that waits for the container's init
     monitor_start: int = 0  # its start time in clock ticks, so a reused pid is not mistaken for it
     main_pid: int = 0  # the container's init, as the host sees it
+    setup_image: str = ""  # the cached setup image the last start used, below the container's own layer
 
     @property
     def name(self) -> str:
@@ -120,6 +126,7 @@ class ExitStatus:
     oom_killed: bool = False
     reason: str = ""
     finished_at: int = 0
+    failed: bool = False  # the init failed after the start was reported (a setup step): the container failed
 
 
 def effective_hostname(spec: ContainerSpec) -> str:
@@ -257,6 +264,8 @@ OPTION_PARSERS = {
     "labels": ("labels", _parse_labels),
     **network_options.CONTAINER_OPTIONS,  # networks, aliases, ip, ports
     **volume_options.CONTAINER_OPTIONS,  # volumes, tmpfs, read_only
+    "setup": ("setup", lambda v: setup_commands.parse_option("setup", v)),
+    "setup_cache": ("setup_cache", lambda v: _expect("setup_cache", v, bool, "a boolean")),
 }
 
 

@@ -92,12 +92,19 @@ MIGRATIONS: tuple[str, ...] = (
         labels TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    # 4: setup commands (issue 9, quilt_agent/setup.py): the cached setup image a container's last start used
+    # (its layers are below the container's own). The images table of version 1 was never used: images live in
+    # the image store (images/store.py).
+    """
+    ALTER TABLE containers ADD COLUMN setup_image TEXT NOT NULL DEFAULT '';
+    DROP TABLE images;
+    """,
 )
 
 MAX_EVENTS = 10000
 
 _STATUS_COLUMNS = ("state", "started_at", "finished_at", "exit_code", "exit_signal", "oom_killed",
-                   "failure_reason", "monitor_pid", "monitor_start", "main_pid")
+                   "failure_reason", "monitor_pid", "monitor_start", "main_pid", "setup_image")
 
 
 def _spec_to_json(spec: ContainerSpec) -> str:
@@ -106,7 +113,7 @@ def _spec_to_json(spec: ContainerSpec) -> str:
 
 def _spec_from_json(text: str) -> ContainerSpec:
     data = json.loads(text)
-    for key in ("command", "env", "namespaces", "networks", "aliases", "ports", "volumes", "tmpfs"):
+    for key in ("command", "env", "namespaces", "networks", "aliases", "ports", "volumes", "tmpfs", "setup"):
         if key in data:
             data[key] = tuple(data[key])
     return ContainerSpec(**data)
@@ -118,7 +125,7 @@ def _row_to_container(row: aiosqlite.Row) -> Container:
         created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
         exit_code=row["exit_code"], exit_signal=row["exit_signal"], oom_killed=bool(row["oom_killed"]),
         failure_reason=row["failure_reason"], monitor_pid=row["monitor_pid"],
-        monitor_start=row["monitor_start"], main_pid=row["main_pid"],
+        monitor_start=row["monitor_start"], main_pid=row["main_pid"], setup_image=row["setup_image"],
     )
 
 

@@ -16,7 +16,7 @@ from quilt_agent.errors import InvalidArgument
 from quilt_agent.manager import Manager
 from quilt_agent.model import Container, effective_hostname
 
-LOG_OPTIONS = {"lines": int, "since": int}
+LOG_OPTIONS = {"lines": int, "since": int, "setup": bool}
 
 
 def properties(c: Container) -> dict[str, Any]:
@@ -29,19 +29,22 @@ def properties(c: Container) -> dict[str, Any]:
         "Namespaces": list(c.spec.namespaces), "CreatedAt": c.created_at, "StartedAt": c.started_at,
         "FinishedAt": c.finished_at, "MemoryMax": c.spec.memory_max, "PidsMax": c.spec.pids_max,
         "CPUQuota": c.spec.cpu_quota, "StopTimeout": c.spec.stop_timeout, "RemoveOnExit": c.spec.remove_on_exit,
-        "Labels": dict(c.spec.labels),
+        "Labels": dict(c.spec.labels), "Setup": list(c.spec.setup), "SetupImage": c.setup_image,
     }
 
 
-def _log_options(options: dict[str, Variant]) -> tuple[int, int]:
+def _log_options(options: dict[str, Variant]) -> tuple[int, int, bool]:
     for key, value in options.items():
         if key not in LOG_OPTIONS:
-            raise InvalidArgument(f"Unknown log option '{key}': known options are lines, since")
-        if not isinstance(value.value, int) or isinstance(value.value, bool) or value.value < 0:
+            raise InvalidArgument(f"Unknown log option '{key}': known options are {', '.join(LOG_OPTIONS)}")
+        if LOG_OPTIONS[key] is bool:
+            if not isinstance(value.value, bool):
+                raise InvalidArgument(f"Log option '{key}' must be a boolean, not {value.value!r}")
+        elif not isinstance(value.value, int) or isinstance(value.value, bool) or value.value < 0:
             raise InvalidArgument(f"Log option '{key}' must be an unsigned integer, not {value.value!r}")
     lines = options["lines"].value if "lines" in options else 0
     since = options["since"].value if "since" in options else 0
-    return lines, since
+    return lines, since, bool(options["setup"].value) if "setup" in options else False
 
 
 class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedInterface):
@@ -97,9 +100,9 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
     @dbus_method(name="GetLogs")
     @guarded(READ, "logs")
     async def get_logs(self, options: "a{sv}") -> "a(tss)":
-        lines, since = _log_options(options)
+        lines, since, setup = _log_options(options)
         return [[line.usec, line.stream, line.text]
-                for line in await self._manager.logs(self.container_id, since_usec=since, last=lines)]
+                for line in await self._manager.logs(self.container_id, since_usec=since, last=lines, setup=setup)]
 
     @dbus_method(name="GetEnvironment")
     @guarded(MANAGE, "read the environment of")
@@ -203,3 +206,11 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
     @dbus_property(access=PropertyAccess.READ, name="Labels")
     def labels(self) -> "a{ss}":
         return dict(self._c.spec.labels)
+
+    @dbus_property(access=PropertyAccess.READ, name="Setup")
+    def setup(self) -> "as":
+        return list(self._c.spec.setup)
+
+    @dbus_property(access=PropertyAccess.READ, name="SetupImage")
+    def setup_image(self) -> "s":
+        return self._c.setup_image

@@ -79,6 +79,14 @@ class ImageInterface(GuardedInterface):
     def created_at(self) -> "t":
         return self.image.created_at
 
+    @dbus_property(access=PropertyAccess.READ, name="SetupBase")
+    def setup_base(self) -> "s":
+        return self.image.setup_base
+
+    @dbus_property(access=PropertyAccess.READ, name="SetupSteps")
+    def setup_steps(self) -> "as":
+        return list(self.image.setup_steps)
+
 
 class ImageMethods:
     """The Manager's image methods; mixed into ManagerInterface, which provides authority and _bus."""

@@ -16,11 +16,15 @@ import termios
 import time
 
 from quilt_agent import journal
-from quilt_agent.helper import namespaces, process, protocol, rootfs, syscalls
+from quilt_agent.helper import namespaces, pack, process, protocol, rootfs, steps, syscalls
 from quilt_agent.helper.process import SetupError
-from quilt_agent.helper.protocol import Abort, ExecFailed, Go, LaunchSpec, Spawned, Started
+from quilt_agent.helper.protocol import Abort, ExecFailed, Go, LaunchSpec, SetupDone, Spawned, Started
 
 SETUP_FAILED = 125
+# What the init writes on its status pipe before its end: its setup steps begin (the container is started),
+# they succeeded and the monitor may pack the layer (the init waits for another Go byte).
+MARK_SETUP = b"setup"
+MARK_SNAPSHOT = b"snapshot"
 
 
 def start_time(pid: int) -> int:
@@ -72,17 +76,50 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
         os.write(go_write, b"g")
     except OSError:
         pass  # the init died during setup: its reason is in the error pipe
+    failure, told = _follow_init(spec, agent, err_read, go_write)
     os.close(go_write)
-    failure = _read_all(err_read)
     os.close(err_read)
-    if failure:
-        code, _, reason = failure.partition(" ")
-        _tell(agent, ExecFailed(reason=reason, exit_code=int(code)))
-    else:
-        _tell(agent, Started())
+    if not told:
+        if failure:
+            code, _, reason = failure.partition(" ")
+            _tell(agent, ExecFailed(reason=reason, exit_code=int(code)))
+        else:
+            _tell(agent, Started())
     _, status = os.waitpid(pid, 0)
-    _record_exit(spec.exit_file, status, failure.partition(" ")[2])
+    # A failure after the start was told (a setup step) makes the container failed, not merely exited.
+    _record_exit(spec.exit_file, status, failure.partition(" ")[2], failed=bool(failure) and told)
     return 0
+
+
+def _follow_init(spec: LaunchSpec, agent: socket.socket, err_read: int, go_write: int) -> tuple[str, bool]:
+    """Read the init's status pipe to its end (the exec closes it): marker lines as setup goes on, then
+    "CODE reason" if it failed. Returns that text and whether the start was told to the agent already."""
+    told = False
+    buffer = b""
+    while chunk := os.read(err_read, 4096):
+        buffer += chunk
+        while (line := buffer.partition(b"\n")[0]) in (MARK_SETUP, MARK_SNAPSHOT) and b"\n" in buffer:
+            buffer = buffer.partition(b"\n")[2]
+            if line == MARK_SETUP:
+                _tell(agent, Started())  # the container runs from here, while its setup steps do
+                told = True
+            else:
+                _tell(agent, _snapshot(spec))
+                try:
+                    os.write(go_write, b"g")  # the init may exec the command now
+                except OSError:
+                    pass
+    return buffer.decode("utf-8", "replace"), told
+
+
+def _snapshot(spec: LaunchSpec) -> SetupDone:
+    """Pack the container's layer, as the setup steps left it, for the setup cache."""
+    skip = tuple(target for _, target in spec.bind_files)  # Quilt's own /etc files, bound over placeholders
+    try:
+        pack.pack(spec.upper, spec.setup_layer, skip)
+    except OSError as e:
+        return SetupDone(error=str(e))
+    return SetupDone(layer=spec.setup_layer)
 
 
 def _tell(agent: socket.socket, message: object) -> None:
@@ -90,13 +127,6 @@ def _tell(agent: socket.socket, message: object) -> None:
         protocol.send(agent, message)
     except OSError:
         pass  # the agent restarted: it will read the exit file instead
-
-
-def _read_all(fd: int) -> str:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _oom_kills() -> int:
@@ -120,14 +150,15 @@ def _oom_kills() -> int:
     return 0
 
 
-def _record_exit(exit_file: str, status: int, reason: str) -> None:
+def _record_exit(exit_file: str, status: int, reason: str, failed: bool = False) -> None:
+    finished = time.time_ns() // 1000  # first: as close to the reaping as can be
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         code = 128 + sig
     else:
         sig, code = 0, os.WEXITSTATUS(status)
     result = {"exit_code": code, "exit_signal": sig, "oom_killed": _oom_kills() > 0, "reason": reason,
-              "finished_at": time.time_ns() // 1000}
+              "finished_at": finished, "failed": failed}
     tmp = f"{exit_file}.tmp"
     with open(tmp, "w") as f:
         json.dump(result, f)
@@ -142,6 +173,7 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
         else:
             out = journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDOUT)
             err = journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDERR)
+        setup_streams = steps.open_streams(spec.name, spec.unit) if spec.setup else None
         if spec.netns:
             # The namespace Quilt made for the container (its interfaces are being set up meanwhile; the agent
             # says Go once they are), or the one of the container it shares.
@@ -160,7 +192,6 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
             namespaces.loopback_up()
         if os.read(go_read, 1) != b"g":
             os._exit(SETUP_FAILED)
-        os.close(go_read)
         namespaces.unshare_cgroup(spec.namespaces)
         user = process.resolve_user(spec.user)
         if not os.path.isdir(spec.workdir):
@@ -178,6 +209,10 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
         # could then not even trap it.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
+        env = process.environment(spec.env, user)
+        if setup_streams:
+            _setup(spec, setup_streams, env, go_read, err_write)
+        os.close(go_read)
         null = stdio[0] if stdio else os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out, 1)
@@ -188,11 +223,23 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         os.closerange(3, err_write)
         os.closerange(err_write + 1, 65536)
-        process.execute(spec.command, process.environment(spec.env, user))
+        process.execute(spec.command, env)
     except SetupError as e:
         _fail(err_write, e.exit_code, str(e))
     except BaseException as e:  # noqa: BLE001 - whatever happened, the monitor must hear of it
         _fail(err_write, SETUP_FAILED, f"container setup failed: {e}")
+
+
+def _setup(spec: LaunchSpec, streams: tuple[int, int], env: dict[str, str], go_read: int, err_write: int) -> None:
+    """Run the setup steps (helper/steps.py); with a cache to fill, let the monitor pack the layer first."""
+    os.write(err_write, MARK_SETUP + b"\n")
+
+    def snapshot() -> None:
+        os.write(err_write, MARK_SNAPSHOT + b"\n")
+        if os.read(go_read, 1) != b"g":
+            raise SetupError("the container's monitor went away during setup")
+
+    steps.run(streams, spec.setup, env, spec.setup_cached, snapshot if spec.setup_layer else None)
 
 
 def _fail(err_write: int, code: int, reason: str) -> None:

@@ -45,6 +45,12 @@ class LaunchSpec:
     mounts: tuple[tuple[str, str, str], ...] = ()
     tmpfs: tuple[tuple[str, str], ...] = ()
     read_only: bool = False
+    # Setup commands (quilt_agent/setup.py): the entries to run before the command; where to pack the
+    # container's layer once they succeeded, for the setup cache ("" = not cached); or the id of the cached
+    # setup image the lower layers come from, when its steps need not run again.
+    setup: tuple[str, ...] = ()
+    setup_layer: str = ""
+    setup_cached: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,15 @@ class ExecFailed:
 
     reason: str
     exit_code: int
+
+
+@dataclass(frozen=True)
+class SetupDone:
+    """Monitor -> agent: the setup steps succeeded and the container's layer is packed at layer (an OCI layer
+    tar, for the setup cache); error says why it is not, when packing failed. The command runs meanwhile."""
+
+    layer: str = ""
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,7 +171,7 @@ class ExecSetupFailed:
     reason: str
 
 
-MESSAGES = {cls.__name__: cls for cls in (LaunchSpec, Spawned, Go, Abort, Started, ExecFailed, ExtractLayer,
+MESSAGES = {cls.__name__: cls for cls in (LaunchSpec, Spawned, Go, Abort, Started, ExecFailed, SetupDone, ExtractLayer,
                                           ExtractProgress, ExtractDone, ExecSpec, ExecSpawned, ExecExited, ExecSetupFailed)}
 M = TypeVar("M")
 

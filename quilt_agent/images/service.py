@@ -168,6 +168,23 @@ class Images:
             config = self._configs[image.id] = await asyncio.to_thread(self.store.image_config, image)
         return container_defaults(image, config, command, fields)
 
+    # --- setup cache (quilt_agent/setup.py) ---------------------------------------------------------
+
+    async def setup_image(self, key: str) -> Image | None:
+        """The cached setup image for key. Under the removal lock: a prune cannot take it between this answer
+        and the caller's noting that a container uses it (which the caller does before its next await)."""
+        async with self._lock:
+            return self.store.setup_image(key)
+
+    async def commit_setup(self, base: Image, layer: Path, key: str, steps: tuple[str, ...]) -> Image:
+        """Record a container's setup result (a layer tar) as a cache image over base."""
+        try:
+            image = await asyncio.to_thread(self.store.commit_layer, base.id, layer, key, steps)
+        finally:
+            self._sync()
+        log.info("Cached the setup of image %s as image %s", base.id[:12], image.id[:12])
+        return image
+
     # --- removal --------------------------------------------------------------------------------
 
     async def remove(self, ref: str, force: bool) -> None:

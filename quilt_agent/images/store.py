@@ -76,6 +76,10 @@ class Image:
     size: int  # bytes of the layers' regular files
     created_at: int  # usec since the epoch, when it came into this store
     source: str  # the path or reference it was first imported or pulled from
+    # A setup cache image (quilt_agent/setup.py): the image its setup steps ran on, their cache key, the steps.
+    setup_base: str = ""
+    setup_key: str = ""
+    setup_steps: tuple[str, ...] = ()
 
     @property
     def lower(self) -> str:
@@ -118,12 +122,15 @@ class _Record:
     created_at: int
     size: int
     legacy: bool = False
+    setup: dict[str, Any] | None = None  # {"base", "key", "steps"} of a setup cache image
 
     def to_json(self) -> dict[str, Any]:
         out = {"manifest": self.manifest, "config": self.config, "layers": self.layers, "source": self.source,
                "created_at": self.created_at, "size": self.size}
         if self.legacy:
             out["legacy"] = True
+        if self.setup:
+            out["setup"] = self.setup
         return out
 
 
@@ -222,8 +229,60 @@ class ImageStore:
         r = self._records[image_id]
         names = tuple(sorted(n for n, i in self._names.items() if i == image_id))
         dirs = tuple(self._layers / d.removeprefix("sha256:") for d in r.layers)
+        setup = r.setup or {}
         return Image(id=image_id, digest=r.manifest or f"sha256:{image_id}", config_digest=r.config, names=names,
-                     layers=tuple(r.layers), layer_dirs=dirs, size=r.size, created_at=r.created_at, source=r.source)
+                     layers=tuple(r.layers), layer_dirs=dirs, size=r.size, created_at=r.created_at, source=r.source,
+                     setup_base=setup.get("base", ""), setup_key=setup.get("key", ""),
+                     setup_steps=tuple(setup.get("steps", ())))
+
+    # --- setup cache -----------------------------------------------------------------------------
+
+    def setup_image(self, key: str) -> Image | None:
+        """The newest setup cache image with this key (quilt_agent/setup.py's cache_key), if any."""
+        with self._lock:
+            found = [i for i, r in self._records.items() if r.setup and r.setup.get("key") == key]
+            if not found:
+                return None
+            return self._image(max(found, key=lambda i: self._records[i].created_at))
+
+    def commit_layer(self, base_id: str, layer: Path, key: str, steps: tuple[str, ...]) -> Image:
+        """A setup cache image: the base image with one more layer on top (an uncompressed OCI layer tar,
+        content-addressed as any other layer), its config's labels saying what it caches. Untagged: prune
+        removes it once no container uses it."""
+        with self._lock:
+            base = self._records.get(base_id)
+            if base is None:
+                raise NoSuchImage(f"No image '{base_id}' known")
+        if base.legacy:
+            raise InvalidArgument(f"Image {base_id[:12]} predates manifests: its setup is not cached")
+        manifest = json.loads((self._blobs / base.manifest.removeprefix("sha256:")).read_bytes())
+        config = json.loads((self._blobs / base.config.removeprefix("sha256:")).read_bytes())
+        with self.session() as s:
+            for diff_id in base.layers:
+                if not self.has_layer(s, diff_id):
+                    raise NoSuchImage(f"Image {base_id[:12]} lost its layer {diff_id}")
+            done = self.ensure_layer(s, Location(layer, 0, os.stat(layer).st_size),
+                                     label=f"setup of image {base_id[:12]}", compression="none")
+            config.setdefault("rootfs", {"type": "layers"}).setdefault("diff_ids", []).append(done.diff_id)
+            settings = config.setdefault("config", {})
+            settings["Labels"] = {**(settings.get("Labels") or {}), "org.quilt.setup.base": base_id,
+                                  "org.quilt.setup.key": key}
+            config.setdefault("history", []).append({
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "created_by": "quilt setup: " + " && ".join(steps), "comment": "setup cache"})
+            config_bytes = oci.canonical(config)
+            manifest["config"] = {**manifest.get("config", {}), "digest": oci.sha256(config_bytes),
+                                  "size": len(config_bytes)}
+            manifest["layers"] = [*manifest.get("layers", []), {"mediaType": oci.OCI_LAYER, "digest": done.digest,
+                                                                 "size": done.size}]
+            image = self.commit(s, oci.canonical(manifest), config_bytes, list(config["rootfs"]["diff_ids"]), [],
+                                f"setup of {base.source}")
+            with self._lock:
+                record = self._records[image.id]
+                if not record.setup:
+                    record.setup = {"base": base_id, "key": key, "steps": list(steps)}
+                    self._write_json(self._images / f"{image.id}.json", record.to_json())
+                return self._image(image.id)
 
     # --- import ----------------------------------------------------------------------------------
 
