@@ -16,8 +16,9 @@ from typing import Any
 from quilt_agent.errors import InvalidArgument
 
 # Characters a shell would act on: refused in a manager's arguments, where they could only be a mistake
-# (the user meant a shell), and would otherwise reach the manager as odd package names.
-SHELL_CHARACTERS = frozenset(";|&$`(){}<>\n")
+# (the user meant a shell), and would otherwise reach the manager as odd package names. Not < and >: pip's
+# version specifiers use them.
+SHELL_CHARACTERS = frozenset(";|&$`(){}\n")
 
 # What each manager needs in a container, set only where the container's environment leaves them unset:
 # pip: Debian and others mark the system Python as externally managed (PEP 668); older pips ignore the
