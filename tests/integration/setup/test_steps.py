@@ -71,7 +71,8 @@ async def test_the_second_container_starts_from_the_cached_result(client: Client
     assert [line.text for line in await client.get_logs(first, {}) if not line.text.startswith("quilt:")] == [
         "installed", "vi-gone"]
     for _ in range(100):  # the cache image is committed after the command started
-        cached = [i for i in await client.list_images() if (await client.image_properties(i.path))["SetupBase"]]
+        cached = [i for i in await client.list_images()
+                  if (await client.image_properties(i.path))["SetupSteps"] == steps]
         if cached:
             break
         await asyncio.sleep(0.1)
@@ -121,3 +122,36 @@ async def test_setup_cache_must_be_a_boolean(client: Client, name: str, busybox_
                                                                                 "setup_cache": Variant("s", "yes")})
     assert err.value.name == ERR + "InvalidArgument"
     assert await client.list_containers() == []
+
+
+async def test_stop_during_setup_reaches_the_running_step(client: Client, name: str, busybox_tar: Path) -> None:
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "echo MAIN"],
+                                      {"setup": ["sh: echo started; exec sleep 60"], "stop_timeout": 30})
+    for _ in range(100):
+        if [line.text for line in await client.get_logs(path, {"setup": True})][-1:] == ["started"]:
+            break
+        await asyncio.sleep(0.1)
+    assert (await client.properties(path))["State"] == "running"
+    await client.stop(path)
+    props = await client.properties(path)
+    # SIGTERM reached the step (143), not the SIGKILL after the 30 s grace (137).
+    assert (props["State"], props["ExitCode"]) == ("failed", 143), props["FailureReason"]
+    assert props["FailureReason"] == "setup step 1 (sh: echo started; exec sleep 60) exited with code 143"
+    assert "MAIN" not in [line.text for line in await client.get_logs(path, {})]
+
+
+async def test_a_restarted_container_runs_on_the_cached_result(client: Client, name: str, busybox_tar: Path) -> None:
+    path, props = await _finish(client, name, busybox_tar, "cat /etc/tool", {"setup": ["sh: echo v1 > /etc/tool"]})
+    assert props["State"] == "exited" and props["SetupImage"] == ""
+    for _ in range(100):
+        if [i for i in await client.list_images() if (await client.image_properties(i.path))["SetupBase"]]:
+            break
+        await asyncio.sleep(0.1)
+    await client.start(path)
+    assert await asyncio.wait_for(client.wait(path), 60) == 0
+    props = await client.properties(path)
+    assert props["State"] == "exited" and props["SetupImage"] != ""
+    assert [line.text for line in await client.get_logs(path, {}) if not line.text.startswith("quilt:")] == [
+        "v1", "v1"]
+    await client.remove(path, force=True)
+    await client.prune_images()  # the cache image goes with its last user: later tests start without it
