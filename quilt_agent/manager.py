@@ -74,6 +74,9 @@ class _Runtime:
     init_pidfd: int = -1
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Keeping this run's setup result for the cache (_cache_setup): its exit is told once that is done, so
+    # that a container started after Wait returned finds the cache.
+    caching: asyncio.Task[None] | None = None
 
 
 class Manager:
@@ -267,7 +270,7 @@ class Manager:
             if setup_layer and isinstance(reply, Started):
                 # The setup steps run now; once they succeed, the monitor packs their layer for the cache.
                 keep_sock = True
-                self._loop.create_task(self._cache_setup(c, image, sock, Path(setup_layer)))
+                rt.caching = self._loop.create_task(self._cache_setup(c, image, sock, Path(setup_layer)))
         except protocol.ProtocolError as err:
             raise ContainerFailed(f"Container '{c.name}' failed to start: the helper said {err}") from err
         finally:
@@ -361,6 +364,12 @@ class Manager:
         rt = self._runtime.get(container_id)
         if c is None or rt is None or c.state is State.REMOVING:
             return  # removed, or being removed (a failed start's monitor may exit that late)
+        if rt.caching is not None:
+            await asyncio.wait([rt.caching])  # it logs its own failures
+            rt.caching = None
+            c = self._containers.get(container_id)
+            if c is None or c.state is State.REMOVING:
+                return
         status = self._read_exit(container_id)
         state = State.FAILED if c.state is State.FAILED or status.failed or (
             status.reason and status.exit_code in (125, 126, 127) and c.state is not State.RUNNING) else State.EXITED

@@ -63,27 +63,33 @@ class SetupStep:
         return {**MANAGER_ENV[self.manager], **env}
 
 
+def _one_line(text: str) -> str:
+    """An error message is one line (quiltctl prints it as one), whatever the caller sent."""
+    return text.replace("\n", "\\n")
+
+
 def parse(entry: str) -> SetupStep:
     """One `MANAGER: ARGS` entry; InvalidArgument naming what is wrong."""
+    shown = _one_line(entry)
     if "\0" in entry:
         raise InvalidArgument(f"Invalid setup step {entry!r}: contains a NUL byte")
     manager, sep, rest = entry.partition(":")
     manager, rest = manager.strip(), rest.strip()
     if not sep or manager not in MANAGER_ENV:
-        raise InvalidArgument(f"Invalid setup step '{entry}': expected 'MANAGER: ARGS' with MANAGER among "
+        raise InvalidArgument(f"Invalid setup step '{shown}': expected 'MANAGER: ARGS' with MANAGER among "
                               f"{', '.join(MANAGERS)}")
     if not rest:
-        raise InvalidArgument(f"Invalid setup step '{entry}': nothing to {'run' if manager == 'sh' else 'install'}")
+        raise InvalidArgument(f"Invalid setup step '{shown}': nothing to {'run' if manager == 'sh' else 'install'}")
     if manager == "sh":
         return SetupStep("sh", (rest,))
     try:
         args = tuple(shlex.split(rest))
     except ValueError as e:
-        raise InvalidArgument(f"Invalid setup step '{entry}': {e}") from None
+        raise InvalidArgument(f"Invalid setup step '{shown}': {e}") from None
     for arg in args:
         if SHELL_CHARACTERS & set(arg):
-            raise InvalidArgument(f"Invalid setup step '{entry}': '{arg}' is not a package name; {manager}'s "
-                                  "arguments never reach a shell (use 'sh: ...' for a command line)")
+            raise InvalidArgument(f"Invalid setup step '{shown}': '{_one_line(arg)}' is not a package name; "
+                                  f"{manager}'s arguments never reach a shell (use 'sh: ...' for a command line)")
     return SetupStep(manager, args)
 
 
