@@ -13,12 +13,15 @@ PYTEST_ARGS ?=
 # tmux: a terminal for the `quiltctl exec -it` tests (send-keys, capture-pane).
 # Images (issue 6): docker-registry (a real registry on loopback), skopeo (push, archives), umoci (OCI
 # layouts with whiteouts), apache2-utils (htpasswd -B for basic auth), openssl (the token server's key).
+# Setup commands (issue 9): mmdebstrap (the Debian image with pip, npm and gem, tests/setupimage.py, built before
+# the test host, which has no network), ruby (`gem build` and `gem generate_index` for the tests' gem index).
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	systemd dbus polkitd libglib2.0-bin util-linux busybox-static make zstd \
 	nftables iputils-ping tmux \
-	docker-registry skopeo umoci apache2-utils openssl
+	docker-registry skopeo umoci apache2-utils openssl \
+	mmdebstrap ruby
 
-.PHONY: setup demo test test-unit test-testhost test-integration bench bench-network bench-images install install-data clean
+.PHONY: setup demo test test-unit test-testhost test-integration bench bench-network bench-images bench-setup install install-data clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +46,7 @@ $(VENV)/.installed: .apt-checked pyproject.toml
 
 # On a machine whose PID 1 is systemd the demo uses that systemd; elsewhere it boots the test host.
 demo: setup
+	@$(VENV)/bin/python tests/setupimage.py build >/dev/null  # the setup-commands part; needs the network
 	@if [ -d /run/systemd/system ] && [ "$$(cat /proc/1/comm)" = systemd ]; then \
 		$(MAKE) -s install && systemctl daemon-reload && systemctl reload dbus && scripts/demo.sh; \
 	else \
@@ -51,6 +55,7 @@ demo: setup
 
 test: setup
 	@$(VENV)/bin/python -m pytest -q tests/unit tests/host $(PYTEST_ARGS)
+	@$(VENV)/bin/python tests/setupimage.py build >/dev/null
 	@$(TESTHOST) $(VENV)/bin/python -m pytest -q tests/integration $(PYTEST_ARGS)
 
 # `make bench` measures Quilt beside these peers (bench/peers.py); only the bench target installs them,
@@ -82,6 +87,12 @@ bench-network: setup
 # Import and pull throughput of a ~100 MB image, and the time of a second import (bench/images.py).
 bench-images: setup
 	@$(TESTHOST) $(VENV)/bin/python bench/images.py $(BENCH_ARGS)
+
+# First start of a container whose setup pip-installs from a local index, its cached start, and a plain run of
+# the same image (bench/setup.py); the image is built outside the test host, which has no network.
+bench-setup: setup
+	@$(VENV)/bin/python tests/setupimage.py build >/dev/null
+	@$(TESTHOST) $(VENV)/bin/python bench/setup.py $(BENCH_ARGS)
 
 # Installs into this machine's /usr: the data files and links to the venv's commands.
 install: install-data

@@ -4,10 +4,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-show() { printf '$ %s\n' "$*"; "$@"; }
+# Prints the command as one would type it (words with spaces or shell characters in single quotes), then runs it.
+show() {
+    local line='$' word
+    for word in "$@"; do
+        if [[ $word =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then line+=" $word"; else line+=" '${word//\'/\'\\\'\'}'"; fi
+    done
+    printf '%s\n' "$line"
+    "$@"
+}
 
 image=$(mktemp -d)/busybox.tar
-trap 'rm -rf "$(dirname "$image")"' EXIT
+work=$(dirname "$image")
+index_pid=
+cleanup() {
+    [ -z "$index_pid" ] || kill "$index_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+# Seconds since $1 (a `date +%s.%N`), for the setup part's two starts.
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f s", b - a }'; }
 
 step "The agent, started by systemd, answers on the system bus"
 show systemctl start quilt-agent
@@ -47,7 +63,40 @@ sleep 0.3
 show busybox wget -q -O- http://127.0.0.1:8080/index.html
 show nft list chain inet quilt published
 
-step "Stop and remove"
+step "Setup commands: pip installs a package in the container before its command runs"
+# A Debian image with pip, npm and gem (tests/setupimage.py; `make demo` builds it beforehand, since the test host
+# has no network) and a pip index of our own (tests/packageindex.py) served on the host's side of the network.
+setup_image=$(python3 tests/setupimage.py path)
+[ -f "$setup_image" ] || python3 tests/setupimage.py build >/dev/null
+show quiltctl image import -q "$setup_image" debian-tools:demo
+gateway=$(quiltctl network inspect quilt | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["Gateway"])')
+port=$(python3 -c 'from tests.packageindex import free_port; print(free_port())')
+python3 tests/packageindex.py build "$work/index" "http://$gateway:$port" >/dev/null
+python3 tests/packageindex.py serve "$work/index" "$port" >/dev/null 2>"$work/index.log" &
+index_pid=$!
+pip_env=(-e "PIP_INDEX_URL=http://$gateway:$port/simple/" -e "PIP_TRUSTED_HOST=$gateway")
+sleep 0.3
+started=$(date +%s.%N)
+show quiltctl run --name tools "${pip_env[@]}" --setup 'pip: quilt-hello' debian-tools:demo -- quilt-hello-py
+echo "(first start, pip ran: $(since "$started"))"
+show quiltctl logs --setup tools
+show journalctl -u quilt-tools.scope -t tools/setup --no-pager -o short-precise
+printf '$ grep -c GET index.log   # what pip asked the index for\n'; grep -c GET "$work/index.log" || true
+
+step "A second container with the same image and setup starts from the cached result: pip does not run"
+started=$(date +%s.%N)
+show quiltctl run --name tools2 "${pip_env[@]}" --setup 'pip: quilt-hello' debian-tools:demo -- \
+    python3 -c 'import quilt_hello; print(quilt_hello.hello(), "(cached)")'
+echo "(cached start: $(since "$started"))"
+show quiltctl logs --setup tools2
+printf '$ grep -c GET index.log   # unchanged\n'; grep -c GET "$work/index.log" || true
+printf '$ quiltctl inspect tools2   # its Setup, and the SetupImage it started from\n'
+quiltctl inspect tools2 | python3 -c 'import json, sys; p = json.load(sys.stdin)[0]; print(p["Setup"], p["SetupImage"])'
+show quiltctl image ls --all
+
+step "Stop and remove; image prune clears the cached setup results no container uses"
 show quiltctl stop -t 2 web
-show quiltctl rm -f web hello site
+show quiltctl rm -f web hello site tools tools2
 show quiltctl ps -a
+show quiltctl image prune
+show quiltctl image ls --all

@@ -7,9 +7,12 @@ Flags follow Podman; the original Quilt CLI's spellings (create --image-path/--m
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -25,6 +28,7 @@ from quilt_agent.cli.context import (
     UNKNOWN_OBJECT,
     each,
     fail,
+    warn,
     with_client,
 )
 from quilt_agent.cli.parsing import (
@@ -38,7 +42,7 @@ from quilt_agent.cli.parsing import (
     parse_since,
     resolve_image,
 )
-from quilt_agent.client import Client, ClientError
+from quilt_agent.client import Client, ClientError, LogLine
 
 MIB = 1 << 20
 _UINT32_MAX = (1 << 32) - 1
@@ -116,6 +120,12 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
     if params.get("publish"):
         options["ports"] = list(params["publish"])
     options.update(volume_flags.volume_options(params, cwd))  # -v/--volume, --tmpfs, --read-only (cli/volumes.py)
+    # Setup steps go as given, in order: the agent parses and checks them (an unknown manager, or a shell's
+    # `;` in a package list, is its InvalidArgument, one line and 125 here), so quiltctl and the bus agree.
+    if params.get("setup"):
+        options["setup"] = list(params["setup"])
+    if params.get("no_setup_cache"):
+        options["setup_cache"] = False
 
     return ContainerRequest(name=params["name"] or "", image=resolve_image(image, cwd), command=args, options=options)
 
@@ -156,6 +166,11 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--enable-all-namespaces", is_flag=True, hidden=True),
         *volume_flags.FLAGS,
+        click.option("--setup", multiple=True, metavar="'MANAGER: ARGS'",
+                     help="Run a setup step before the command (repeat for several, run in order): MANAGER is "
+                          "pip, npm, gem, apt, apk or sh, e.g. --setup 'pip: flask'."),
+        click.option("--no-setup-cache", is_flag=True,
+                     help="Run the setup steps at each start instead of reusing a cached result."),
         click.option("--image-path", "--image", "image_path", default=None, hidden=True),
         click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="IMAGE [--] [COMMAND [ARG...]]"),
     ]
@@ -237,8 +252,20 @@ def run(ctx: click.Context, detach: bool, interactive: bool, tty: bool, **params
                 except ClientError:
                     pass  # the start's error is the one to report
                 raise
+        # On a terminal the setup steps' lines are shown as they come (a package manager can take minutes).
+        live = None
+        if request.options.get("setup") and sys.stderr.isatty():
+            live = asyncio.ensure_future(_show_setup_live(client, path))
         code = await _wait_forwarding_signals(client, path)
-        output.print_logs(await client.get_logs(path, {}))
+        if live is not None:
+            try:
+                await asyncio.wait_for(live, 5.0)  # the pipe ends with the container
+            except (asyncio.TimeoutError, ClientError, OSError):
+                live.cancel()
+        if request.options.get("setup"):
+            await _print_logs_after_setup(client, path, shown=live is not None)
+        else:
+            output.print_logs(await client.get_logs(path, {}))
         if remove_after:
             await client.remove(path, False)
         return code
@@ -248,6 +275,41 @@ def run(ctx: click.Context, detach: bool, interactive: bool, tty: bool, **params
         # The agent reports -1 when no exit status could be recorded: a Quilt failure, not the container's code.
         fail(f"the container ended without an exit status (exit code {code})")
     ctx.exit(code)
+
+
+async def _show_setup_live(client: Client, path: str) -> None:
+    """Print the setup steps' lines on stderr as they come (FollowLogs, setup only), dimmed, until the pipe ends
+    with the container."""
+    fd = await client.follow_logs(path, {"setup": True, "follow": True})
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb"))
+    try:
+        async for raw in reader:
+            click.secho(json.loads(raw)["text"], err=True, dim=True)
+    finally:
+        transport.close()
+
+
+async def _print_logs_after_setup(client: Client, path: str, shown: bool = False) -> None:
+    """A foreground run's output when it had setup steps: the command's own lines only (what the package
+    managers printed is in `logs --setup`), unless a step failed: then its lines go to stderr (unless `shown`
+    live already), with the reason, since they are what tells why the command never ran."""
+    setup = await client.get_logs(path, {"setup": True})
+    taken = Counter(setup)
+    own = []
+    for line in await client.get_logs(path, {}):
+        if taken[line] > 0:
+            taken[line] -= 1  # a setup line: GetLogs without the option may include them
+        else:
+            own.append(line)
+    props = await client.properties(path)
+    reason = str(props.get("FailureReason") or "")
+    if props.get("State") == "failed" and reason.startswith("setup step"):
+        if not shown:
+            output.print_logs(LogLine(line.usec, "stderr", line.text) for line in setup)
+        warn(reason)
+    output.print_logs(own)
 
 
 async def _wait_forwarding_signals(client: Client, path: str) -> int:
@@ -473,15 +535,16 @@ def status(ctx: click.Context, container: str) -> None:
 @click.option("--until", default=None, help="Only lines until TIME (same forms as --since).")
 @click.option("-f", "--follow", is_flag=True, help="Print new lines as they come, until the container exits.")
 @click.option("-t", "--timestamps", is_flag=True, help="Begin each line with its time (RFC 3339).")
+@click.option("--setup", "setup", is_flag=True, help="Only the output of the setup steps.")
 @click.argument("container")
 @click.pass_context
 def logs(ctx: click.Context, lines: int | None, since: str | None, until: str | None, follow: bool,
-         timestamps: bool, container: str) -> None:
+         timestamps: bool, setup: bool, container: str) -> None:
     """Print a container's output: its stdout on stdout, its stderr on stderr."""
     if follow or until is not None:
-        observe.follow_logs(ctx, container, lines, since, until, follow, timestamps)
+        observe.follow_logs(ctx, container, lines, since, until, follow, timestamps, setup)
         return
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"setup": True} if setup else {}
     # On the wire lines 0 means "no limit"; `--tail 0` means no lines, as in Podman (the container is still
     # looked up, so an unknown one is still an error).
     if lines:

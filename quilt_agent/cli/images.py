@@ -219,13 +219,30 @@ def _inspected(props: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def is_setup_cache(props: dict[str, Any]) -> bool:
+    """A cached setup result (an untagged image made from a container's setup steps): `SetupBase` names the
+    image it was made from. An agent without setup commands has no such property."""
+    return bool(props.get("SetupBase"))
+
+
+def setup_text(props: dict[str, Any], width: int = 60) -> str:
+    """The SETUP column of `image ls --all`: the base image's short id and the steps, or '' for a plain image."""
+    if not is_setup_cache(props):
+        return ""
+    text = f"{str(props['SetupBase'])[:SHORT]} + " + "; ".join(props.get("SetupSteps") or [])
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 @image.command("ls")
+@click.option("-a", "--all", "show_all", is_flag=True,
+              help="Show the cached setup results too (images made by containers' setup steps).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of the images' properties.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the ids.")
 @click.pass_context
-def ls(ctx: click.Context, as_json: bool, quiet: bool) -> None:
-    """List the images: one line per name."""
-    images = with_client(ctx, _images)
+def ls(ctx: click.Context, show_all: bool, as_json: bool, quiet: bool) -> None:
+    """List the images: one line per name. With --all, the cached setup results too, named <setup> and with
+    the image they were made from and their steps in the SETUP column."""
+    images = [p for p in with_client(ctx, _images) if show_all or not is_setup_cache(p)]
     if as_json:
         output.print_json([{k: v for k, v in _inspected(p).items() if k != "Config"} for p in images])
         return
@@ -234,10 +251,12 @@ def ls(ctx: click.Context, as_json: bool, quiet: bool) -> None:
             click.echo(str(props["Id"])[:SHORT])
         return
     now = time.time()
-    output.print_table(("NAME", "ID", "SIZE", "CREATED"), (
+    columns = ("NAME", "ID", "SIZE", "CREATED") + (("SETUP",) if show_all else ())
+    output.print_table(columns, (
         (name, str(props["Id"])[:SHORT], output_size(int(props.get("Size", 0))),
-         output.ago(int(props.get("CreatedAt", 0)), now))
-        for props in images for name in props.get("Names") or ["<none>"]
+         output.ago(int(props.get("CreatedAt", 0)), now)) + ((setup_text(props),) if show_all else ())
+        for props in images
+        for name in props.get("Names") or ["<setup>" if is_setup_cache(props) else "<none>"]
     ))
 
 
@@ -279,7 +298,8 @@ def rm(ctx: click.Context, force: bool, images: tuple[str, ...]) -> None:
 @image.command("prune")
 @click.pass_context
 def prune(ctx: click.Context) -> None:
-    """Remove the images without a name that no container uses, and unused layers; print the space freed."""
+    """Remove the images without a name that no container uses (cached setup results among them), and unused
+    layers; print the space freed."""
 
     async def body(client: Client) -> int:
         return await client.prune_images()

@@ -33,10 +33,12 @@ def _time_option(ctx: click.Context, name: str, text: str | None, now: float) ->
 
 
 def follow_logs(ctx: click.Context, container: str, lines: int | None, since: str | None, until: str | None,
-                follow: bool, timestamps: bool) -> None:
+                follow: bool, timestamps: bool, setup: bool = False) -> None:
     """`logs` with -f or --until: through FollowLogs, a pipe the agent writes the lines to."""
     now = time.time()
     options: dict[str, Any] = {"follow": follow}
+    if setup:
+        options["setup"] = True
     if since is not None:
         options["since"] = _time_option(ctx, "since", since, now)
     if until is not None:

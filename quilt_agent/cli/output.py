@@ -139,4 +139,9 @@ def status_lines(props: Mapping[str, Any], now: float) -> list[str]:
         ("Namespaces", " ".join(props.get("Namespaces", [])) or "-"),
         ("Unit", props.get("Unit", "") or "-"),
     ]
+    if props.get("Setup") or props.get("SetupImage"):
+        setup = "; ".join(props.get("Setup") or [])
+        if props.get("SetupImage"):
+            setup += f" (cached: {str(props['SetupImage'])[:SHORT_ID]})"
+        fields.append(("Setup", setup.strip()))
     return [f"{label + ':':<12}{value}" for label, value in fields]

@@ -30,6 +30,7 @@ from quilt_agent.client import (
     Client,
     ClientError,
     ContainerEntry,
+    ImageEntry,
     LogLine,
     wrap_options,
 )
@@ -416,3 +417,91 @@ def test_wait_prints_exit_codes(fake: FakeClient) -> None:
     fake.exit_code = 7
     result = quiltctl(fake, "wait", "web", "web")
     assert (result.exit_code, result.stdout) == (0, "7\n7\n")
+
+
+# --- setup commands -----------------------------------------------------------------------------------------------
+
+
+def test_setup_flags_go_in_order_and_unchecked_to_the_agent(fake: FakeClient) -> None:
+    _, _, command, options = created(fake, "--setup", "pip: flask==3.0", "--setup", "sh: echo a; echo b",
+                                     "--setup", "bogus: x", "--no-setup-cache", "img", "true")
+    # The agent checks each entry (one error line and 125 for a bad one): quiltctl passes them as typed.
+    assert options == {"setup": ["pip: flask==3.0", "sh: echo a; echo b", "bogus: x"], "setup_cache": False}
+    assert command == ["true"]
+    assert created(FakeClient(), "img")[3] == {}
+    assert wrap_options(options, CONTAINER_OPTION_SIGNATURES) == {
+        "setup": Variant("as", ["pip: flask==3.0", "sh: echo a; echo b", "bogus: x"]),
+        "setup_cache": Variant("b", False)}
+
+
+def test_logs_setup_asks_for_the_setup_lines_only(fake: FakeClient) -> None:
+    assert quiltctl(fake, "logs", "--setup", "-n", "2", "web").exit_code == 0
+    assert quiltctl(fake, "logs", "web").exit_code == 0
+    assert fake.calls_to("get_logs") == [(PATH, {"setup": True, "lines": 2}), (PATH, {})]
+
+
+class SetupFake(FakeClient):
+    """GetLogs as the agent answers it: without `setup` every line, with it the setup steps' lines only."""
+
+    def __init__(self, failed: bool) -> None:
+        super().__init__()
+        self.setup_lines = [LogLine(1, "stdout", "quilt: setup step 1/1: pip: flask"),
+                            LogLine(2, "stderr", "ERROR: No matching distribution found for flask")]
+        self.own_lines = [] if failed else [LogLine(3, "stdout", "3.0")]
+        self.failed = failed
+        self.exit_code = 1 if failed else 0
+
+    async def get_logs(self, path: str, options: Mapping[str, Any] | None = None) -> list[LogLine]:
+        self._record("get_logs", path, dict(options or {}))
+        return self.setup_lines if (options or {}).get("setup") else self.setup_lines + self.own_lines
+
+    async def properties(self, path: str) -> dict[str, Any]:
+        props = await super().properties(path)
+        if self.failed:
+            props.update(State="failed", ExitCode=1, FailureReason="setup step 1 (pip: flask) exited with code 1")
+        return props
+
+
+def test_a_foreground_run_prints_the_commands_output_not_the_package_managers() -> None:
+    fake = SetupFake(failed=False)
+    result = quiltctl(fake, "run", "--setup", "pip: flask", "img", "python3", "-c", "import flask")
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "3.0\n", "")
+
+
+def test_a_foreground_run_whose_setup_fails_shows_the_steps_output_and_reason_on_stderr() -> None:
+    fake = SetupFake(failed=True)
+    result = quiltctl(fake, "run", "--rm", "--setup", "pip: flask", "img", "true")
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.splitlines() == ["quilt: setup step 1/1: pip: flask",
+                                          "ERROR: No matching distribution found for flask",
+                                          "quiltctl: setup step 1 (pip: flask) exited with code 1"]
+    assert fake.calls_to("remove") == [(PATH, False)]
+
+
+class ImagesFake(FakeClient):
+    IMAGES = {
+        "/img/a": {"Id": "a" * 64, "Names": ["app:v1"], "Size": 1000, "CreatedAt": 0, "SetupBase": "",
+                   "SetupSteps": []},
+        "/img/c": {"Id": "c" * 64, "Names": [], "Size": 5000, "CreatedAt": 0, "SetupBase": "a" * 64,
+                   "SetupSteps": ["pip: flask", "sh: true"]},
+    }
+
+    async def list_images(self) -> list[ImageEntry]:
+        self._record("list_images")
+        return [ImageEntry(p["Id"], (p["Names"] or [""])[0], p["Size"], path) for path, p in self.IMAGES.items()]
+
+    async def image_properties(self, path: str) -> dict[str, Any]:
+        return dict(self.IMAGES[path])
+
+
+def test_image_ls_hides_setup_results_unless_all() -> None:
+    plain = quiltctl(ImagesFake(), "image", "ls")
+    assert plain.exit_code == 0
+    assert [line.split()[:2] for line in plain.stdout.splitlines()] == [["NAME", "ID"], ["app:v1", "a" * 12]]
+    assert quiltctl(ImagesFake(), "image", "ls", "-q").stdout == "a" * 12 + "\n"
+    every = quiltctl(ImagesFake(), "image", "ls", "--all").stdout.splitlines()
+    assert every[0].split() == ["NAME", "ID", "SIZE", "CREATED", "SETUP"]
+    assert every[1].split()[:2] == ["app:v1", "a" * 12] and every[1].rstrip().endswith("1.0 kB")  # no SETUP
+    assert every[2].split()[:2] == ["<setup>", "c" * 12]
+    assert every[2].endswith(f"{'a' * 12} + pip: flask; sh: true")
+    assert quiltctl(ImagesFake(), "image", "ls", "-a", "-q").stdout == "a" * 12 + "\n" + "c" * 12 + "\n"
