@@ -82,6 +82,10 @@ def parse(entry: str) -> SetupStep:
         raise InvalidArgument(f"Invalid setup step '{shown}': nothing to {'run' if manager == 'sh' else 'install'}")
     if manager == "sh":
         return SetupStep("sh", (rest,))
+    if "\n" in rest:
+        # shlex would take it for a space; whoever wrote it meant a second command line.
+        raise InvalidArgument(f"Invalid setup step '{shown}': a line break in {manager}'s arguments (they never "
+                              "reach a shell: use 'sh: ...' for command lines)")
     try:
         args = tuple(shlex.split(rest))
     except ValueError as e:

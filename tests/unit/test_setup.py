@@ -35,6 +35,7 @@ def test_a_quoted_argument_stays_one_argument_and_is_never_split_again() -> None
 @pytest.mark.parametrize("entry, message", [
     ("pip:", "nothing to install"), ("sh:   ", "nothing to run"), ("brew: wget", "MANAGER among"),
     ("pip flask", "MANAGER among"), ("pip: 'open", "No closing quotation"), ("sh: a\0b", "NUL"),
+    ("apt: x\ntouch /pwned", "a line break"),
 ])
 def test_bad_entries_name_what_is_wrong(entry: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):

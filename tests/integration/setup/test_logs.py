@@ -2,10 +2,12 @@
 that GetLogs/FollowLogs option `setup` and `quiltctl logs --setup` select."""
 from __future__ import annotations
 
+import asyncio
 import subprocess
 
 from quilt_agent.client import Client
 from tests.integration.setup.conftest import quiltctl, run
+from tests.integration.test_logs_follow import read_pipe
 
 STEPS = ["sh: echo setup-out-1; echo setup-err-1 >&2", "sh: echo setup-out-2"]
 HEADERS = ["quilt: setup step 1/2: sh: echo setup-out-1; echo setup-err-1 >&2",
@@ -66,3 +68,15 @@ async def test_quiltctl_run_with_setup_prints_the_commands_output(sclient: Clien
     assert "never" not in failed.stdout
     assert "why-it-failed" in failed.stderr and "setup step 1 (sh: echo why-it-failed; exit 5) exited with code 5" \
         in failed.stderr, failed
+
+
+async def test_followlogs_setup_follows_the_steps_while_they_run(sclient: Client, name: str, busybox: str) -> None:
+    """FollowLogs with setup=true, asked while a step still runs: the steps' lines as they come, to the
+    container's end, and none of the command's."""
+    step = "sh: echo s1; sleep 1; echo s2"
+    path = await sclient.run_container(name, busybox, ["/bin/sh", "-c", "echo main-out"],
+                                       {"setup": [step], "setup_cache": False})
+    fd = await sclient.follow_logs(path, {"setup": True, "follow": True})
+    lines = await asyncio.to_thread(read_pipe, fd)
+    assert [line["text"] for line in lines] == [f"quilt: setup step 1/1: {step}", "s1", "s2"], lines
+    assert await sclient.wait(path) == 0
