@@ -1,8 +1,8 @@
 """CopyTo and CopyFrom (issue 9): files between the host and a container's root, running or not.
 
 The container's side is always reached through file descriptors, never a path the container could redirect:
-the root is an fd (the running init's /proc/PID/root, or, for a container that does not run, a detached overlay
-mount made with fsopen/fsmount that is attached nowhere and goes with its fd), the path given is opened with
+the root is an fd (the running init's /proc/PID/root, or, for a container that does not run, its overlay and
+volumes mounted in a mount namespace of one thread's own, which ends with it), the path given is opened with
 openat2(RESOLVE_IN_ROOT), and every entry below it is opened relative to its parent's fd with O_NOFOLLOW. A
 process in the container that swaps a directory for a symlink meanwhile gets an error, never a host file (the
 docker cp CVE-2018-15664 class). Symlinks are copied as symlinks; device nodes, FIFOs and sockets are skipped.
@@ -13,45 +13,54 @@ otherwise the destination is the new name, and its parent must exist.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import platform
 import signal
 import stat
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from quilt_agent.errors import InvalidArgument, NoSuchPath
+from quilt_agent.helper import mounts as volume_mounts
+from quilt_agent.helper import syscalls
 from quilt_agent.helper.mounts import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_SYS = {"fsopen": 430, "fsconfig": 431, "fsmount": 432}  # the same on every architecture (asm-generic numbers)
-FSOPEN_CLOEXEC = 1
-FSCONFIG_SET_STRING = 1
-FSCONFIG_CMD_CREATE = 6
-FSMOUNT_CLOEXEC = 1
+T = TypeVar("T")
 CHUNK = 1 << 20
 _RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
 
 
-def _syscall(name: str, *args: object) -> int:
-    result = _libc.syscall(_SYS[name], *args)
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{name}: {os.strerror(err)}")
-    return result
+def stopped_tree(lower: str, upper: str, work: str, merged: str, mounts: tuple[tuple[str, str, str], ...],
+                 fn: Callable[[int], T]) -> T:
+    """fn(root fd) on the tree of a container that does not run, its volumes mounted where they are when it
+    runs (helper/mounts.py, the same code), as `podman cp` sees them.
 
+    The mounts are made in a thread of its own that first unshares its mount namespace and makes every mount in
+    it private: they exist only there, nothing propagates to the host, and they end with the thread. The caller
+    holds the container's lock, so no start mounts the same upper directory meanwhile. Blocking."""
+    outcome: list[Any] = []
 
-def detached_overlay(lower: str, upper: str, work: str) -> int:
-    """An fd of the root of a new overlay mount that is attached nowhere (nothing to unmount, nothing
-    propagates): closing the fd ends the mount."""
-    fs = _syscall("fsopen", b"overlay", FSOPEN_CLOEXEC)
-    try:
-        for key, value in (("lowerdir", lower), ("upperdir", upper), ("workdir", work)):
-            _syscall("fsconfig", fs, FSCONFIG_SET_STRING, key.encode(), os.fsencode(value), 0)
-        _syscall("fsconfig", fs, FSCONFIG_CMD_CREATE, None, None, 0)
-        return _syscall("fsmount", fs, FSMOUNT_CLOEXEC, 0)
-    finally:
-        os.close(fs)
+    def body() -> None:
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWNS)
+            syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+            syscalls.mount("overlay", merged, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+            volume_mounts.apply(merged, mounts, (), False)
+            root = os.open(merged, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                outcome.append(fn(root))
+            finally:
+                os.close(root)
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            outcome.append(e)
+
+    thread = threading.Thread(target=body, name="quilt-copy")
+    thread.start()
+    thread.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def running_root(pid: int, pidfd: int) -> int:

@@ -499,8 +499,9 @@ class Manager:
 
     async def copy(self, container_id: str, into: bool, source: str, dest: str) -> None:
         """CopyTo (into: host source -> container dest) and CopyFrom (copying.py), on a running container through
-        its init's root, on another through a detached overlay mount, held under the container's lock so that
-        no start mounts the same upper directory meanwhile."""
+        its init's root, on another through its overlay and volumes mounted for the copy alone
+        (copying.stopped_tree), under the container's lock so that no start mounts the same upper directory
+        meanwhile."""
         c = self._get(container_id)
         copying.check_path(source, "container" if not into else "host")
         copying.check_path(dest, "container" if into else "host")
@@ -521,12 +522,10 @@ class Manager:
                 raise AlreadyRunning(c.name, "it started meanwhile: copy again")
             image = await asyncio.to_thread(self._images.get, c.setup_image or c.spec.image_id)
             directory = self._paths.container(c.id)
-            root = await asyncio.to_thread(copying.detached_overlay, image.lower, str(directory / "upper"),
-                                           str(directory / "work"))
-            try:
-                await asyncio.to_thread(run, root, source, dest)
-            finally:
-                os.close(root)
+            mounts = self.volumes.resolve(c.spec.volumes)  # its volumes, as `podman cp` sees them
+            await asyncio.to_thread(copying.stopped_tree, image.lower, str(directory / "upper"),
+                                    str(directory / "work"), str(directory / "merged"), mounts,
+                                    lambda root: run(root, source, dest))
 
     # --- logs ------------------------------------------------------------------------------------
 

@@ -49,9 +49,17 @@ async def test_copy_a_tree_in_and_out(vclient: Client, name: str, busybox_tar: P
     assert (back / "a.txt").read_text() == "a\n" and oct((back / "a.txt").stat().st_mode & 0o777) == oct(0o640)
     await vclient.copy_from(path, "/bin", str(back / "bin"))
     assert (back / "bin" / "busybox").stat().st_size > 0
-    if running:  # through the init's mounts: the volume too
-        await vclient.copy_to(path, str(src / "a.txt"), "/vol/in-volume")
-        assert Path(f"/var/lib/quilt/volumes/{name}-v/_data/in-volume").read_text() == "a\n"
+    # The volume too, as `podman cp` sees it: through the init's mounts, or mounted for the copy when stopped.
+    await vclient.copy_to(path, str(src / "a.txt"), "/vol/in-volume")
+    volume = Path(f"/var/lib/quilt/volumes/{name}-v/_data")
+    assert (volume / "in-volume").read_text() == "a\n"
+    (volume / "from-host").write_text("host side\n")
+    await vclient.copy_from(path, "/vol/from-host", str(back / "from-volume"))
+    assert (back / "from-volume").read_text() == "host side\n"
+    assert not list(Path("/var/lib/quilt/containers").glob("*/upper/vol/in-volume"))  # not under the volume
+    # The stopped copy's mounts lived in a namespace of their own: none is left where the agent runs.
+    assert "/var/lib/quilt/containers/" not in Path("/proc/1/mountinfo").read_text()
+    if running:
         result = await vclient.exec(path, ["cat", "/opt/sub/b.txt"])
         assert result.stdout == b"b\n"
     else:
