@@ -21,7 +21,8 @@ from quilt_agent.config import Paths
 from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environment, parse_exec_options
 from quilt_agent.logfollow import LogFollowers, parse_follow_options
 from quilt_agent.errors import (
-    AlreadyRunning, ContainerFailed, InvalidArgument, NameInUse, NoSuchContainer, NotRunning,
+    AlreadyRunning, ContainerFailed, InvalidArgument, NameInUse, NoSuchContainer, NoSuchVolume, NotRunning,
+    VolumeInUse,
 )
 from quilt_agent.helper import protocol
 from quilt_agent.helper.monitor import start_time
@@ -38,7 +39,7 @@ from quilt_agent.scopes import ScopeLimits, Scopes
 from quilt_agent.setup import cache_key as setup_cache_key
 from quilt_agent.setup import identifier as setup_identifier
 from quilt_agent.store import Store
-from quilt_agent.volumes import Volumes, check_host_paths, named_volumes
+from quilt_agent.volumes import Volumes, check_host_paths, name_anonymous, named_volumes
 
 log = logging.getLogger("quilt.manager")
 
@@ -137,6 +138,8 @@ class Manager:
         if name in self._creating or any(c.name == name for c in self._containers.values()):
             raise NameInUse(name)
         check_host_paths(fields.get("volumes", ()))  # NoSuchPath: never created silently
+        if fields.get("volumes"):
+            fields["volumes"], fields["anonymous_volumes"] = name_anonymous(fields["volumes"])
         img = await self._images.resolve(image, need_command=not command)
         defaults = await self._images.defaults(img, command, fields)
         spec = ContainerSpec(name=name, image=image, image_id=img.id, command=defaults.command, **defaults.fields)
@@ -145,11 +148,28 @@ class Manager:
         if name in self._creating or any(c.name == name for c in self._containers.values()):
             raise NameInUse(name)
         await self.volumes.ensure(named_volumes(spec.volumes))  # first use makes the volume, as in Podman
-        container = Container(id=new_id(), spec=spec, created_at=now_usec())
-        # Addresses, ports and names are taken before anything is stored: a refusal leaves nothing behind.
-        container = self.networks.reserve(container)
+        try:
+            container = Container(id=new_id(), spec=spec, created_at=now_usec())
+            # Addresses, ports and names are taken before anything is stored: a refusal leaves nothing behind.
+            container = self.networks.reserve(container)
+            await self._store_new(container, img.id)
+        except BaseException:
+            await self._remove_anonymous_volumes(spec)  # made for this container alone
+            raise
+        self._containers[container.id] = container
+        self._runtime[container.id] = _Runtime()
+        self.networks.created(container)  # addresses to the store; namespace and veths made meanwhile
+        # Exported before the next await: from now on ListContainers and GetContainer return its path.
+        for listener in self._listeners:
+            listener.container_added(container)
+        await self._event("created", container, "created container %s (%s)", name, container.id[:12])
+        return container
+
+    async def _store_new(self, container: Container, image_id: str) -> None:
+        """Its directories and its row; the name, image and volumes held meanwhile (_creating)."""
+        name, spec = container.name, container.spec
         directory = self._paths.container(container.id)
-        self._creating[name] = img.id
+        self._creating[name] = image_id
         self._creating_volumes[name] = named_volumes(spec.volumes)  # in use from here (prune, RemoveVolume)
         try:
             for sub in ("upper", "work", "merged"):
@@ -162,14 +182,14 @@ class Manager:
         finally:
             self._creating.pop(name, None)
             self._creating_volumes.pop(name, None)
-        self._containers[container.id] = container
-        self._runtime[container.id] = _Runtime()
-        self.networks.created(container)  # addresses to the store; namespace and veths made meanwhile
-        # Exported before the next await: from now on ListContainers and GetContainer return its path.
-        for listener in self._listeners:
-            listener.container_added(container)
-        await self._event("created", container, "created container %s (%s)", name, container.id[:12])
-        return container
+
+    async def _remove_anonymous_volumes(self, spec: ContainerSpec) -> None:
+        """The volumes made for `-v DEST` go with their container (as `podman run --rm` and `rm -v` do)."""
+        for volume in spec.anonymous_volumes:
+            try:
+                await self.volumes.remove(volume, force=False)
+            except (VolumeInUse, NoSuchVolume):
+                pass  # another container mounts it by name, or it is gone already
 
     def _free_name(self) -> str:
         taken = {c.name for c in self._containers.values()}
@@ -482,6 +502,7 @@ class Manager:
             del self._runtime[c.id]
         for listener in self._listeners:
             listener.container_removed(c)
+        await self._remove_anonymous_volumes(c.spec)
 
     # --- exec ------------------------------------------------------------------------------------
 

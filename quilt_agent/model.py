@@ -80,6 +80,7 @@ class ContainerSpec:
     volumes: tuple[str, ...] = ()
     tmpfs: tuple[str, ...] = ()
     read_only: bool = False
+    anonymous_volumes: tuple[str, ...] = ()  # the named ones made for "-v DEST": removed with the container
     # Setup commands (quilt_agent/setup.py): "MANAGER: ARGS" entries run before the command at each start, and
     # whether their result may be cached and reused.
     setup: tuple[str, ...] = ()

@@ -113,7 +113,8 @@ def _spec_to_json(spec: ContainerSpec) -> str:
 
 def _spec_from_json(text: str) -> ContainerSpec:
     data = json.loads(text)
-    for key in ("command", "env", "namespaces", "networks", "aliases", "ports", "volumes", "tmpfs", "setup"):
+    for key in ("command", "env", "namespaces", "networks", "aliases", "ports", "volumes", "tmpfs", "setup",
+                "anonymous_volumes"):
         if key in data:
             data[key] = tuple(data[key])
     return ContainerSpec(**data)

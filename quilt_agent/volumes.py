@@ -60,24 +60,32 @@ def check_target(target: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class VolumeMount:
-    source: str  # an absolute host path, or a volume's name
+    source: str  # an absolute host path, a volume's name, or "" for an anonymous volume (named at create)
     target: str
     options: tuple[str, ...] = ()
 
     @property
     def named(self) -> bool:
-        return not self.source.startswith("/")
+        return bool(self.source) and not self.source.startswith("/")
+
+    @property
+    def anonymous(self) -> bool:
+        return not self.source
 
     @property
     def read_only(self) -> bool:
         return "ro" in self.options
 
     def text(self) -> str:
-        return ":".join((self.source, self.target, *([",".join(self.options)] if self.options else [])))
+        parts = (self.source, self.target) if self.source else (self.target,)
+        return ":".join((*parts, *([",".join(self.options)] if self.options else [])))
 
 
 def parse_volume(entry: str) -> VolumeMount:
-    """SOURCE:DEST[:OPTIONS], OPTIONS comma-separated among ro, rw, nosuid, nodev, noexec."""
+    """SOURCE:DEST[:OPTIONS], OPTIONS comma-separated among ro, rw, nosuid, nodev, noexec; or DEST alone, an
+    anonymous volume (as `podman run -v /data`)."""
+    if entry.startswith("/") and ":" not in entry:
+        return VolumeMount("", check_target(entry, "volume"))
     parts = entry.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         raise InvalidArgument(f"Invalid volume '{entry}': expected SOURCE:DEST[:OPTIONS]")
@@ -361,12 +369,25 @@ class Volumes:
 def check_host_paths(volumes: tuple[str, ...]) -> None:
     for entry in volumes:
         m = parse_volume(entry)
-        if not m.named and not os.path.exists(m.source):
+        if not m.named and not m.anonymous and not os.path.exists(m.source):
             raise NoSuchPath(f"Host path '{m.source}' of volume '{entry}' does not exist")
 
 
 def named_volumes(volumes: tuple[str, ...]) -> list[str]:
     return [m.source for m in map(parse_volume, volumes) if m.named]
+
+
+def name_anonymous(volumes: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Give each anonymous volume (DEST alone) a name of its own, as Podman does (64 hex digits): the volumes
+    option as the container keeps it, and the names made."""
+    out, made = [], []
+    for entry in volumes:
+        m = parse_volume(entry)
+        if m.anonymous:
+            m = VolumeMount(secrets.token_hex(32), m.target, m.options)
+            made.append(m.source)
+        out.append(m.text())
+    return tuple(out), tuple(made)
 
 
 def _du(path: Path) -> int:

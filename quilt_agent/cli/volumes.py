@@ -38,7 +38,7 @@ def volume_options(params: dict[str, Any], cwd: str) -> dict[str, Any]:
 FLAGS = [
     click.option("-v", "--volume", multiple=True,
                  help="Mount SOURCE:DEST[:ro|rw,nosuid,nodev,noexec]: SOURCE a host path or a volume's name "
-                      "(made on first use)."),
+                      "(made on first use); DEST alone: an anonymous volume, removed with the container."),
     click.option("--tmpfs", multiple=True, help="Mount a tmpfs: DEST[:size=64m,mode=1777]."),
     click.option("--read-only", is_flag=True, help="Mount the root read-only (/tmp, /run and volumes stay writable)."),
 ]

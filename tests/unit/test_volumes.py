@@ -6,7 +6,7 @@ import pytest
 from quilt_agent.cli.volumes import _split, volume_options
 from quilt_agent.errors import InvalidArgument
 from quilt_agent.model import parse_options
-from quilt_agent.volumes import parse_tmpfs, parse_volume, parse_volumes
+from quilt_agent.volumes import name_anonymous, named_volumes, parse_tmpfs, parse_volume, parse_volumes
 
 
 def test_volume_entries_are_normalised() -> None:
@@ -23,6 +23,18 @@ def test_volume_entries_are_normalised() -> None:
 def test_bad_volume_entries(entry: str) -> None:
     with pytest.raises(InvalidArgument):
         parse_volumes([entry])
+
+
+def test_dest_alone_is_an_anonymous_volume_named_at_create() -> None:
+    m = parse_volume("/data/")
+    assert m.anonymous and not m.named and m.target == "/data" and m.text() == "/data"
+    volumes, made = name_anonymous(parse_volumes(["/data", "keep:/k", "/h:/hh"]))
+    (anon,) = made
+    assert len(anon) == 64 and volumes == (f"{anon}:/data", "keep:/k", "/h:/hh")
+    assert named_volumes(volumes) == [anon, "keep"]
+    for bad in (["/proc/x"], ["/"], ["/data", "/data"]):
+        with pytest.raises(InvalidArgument):
+            parse_volumes(bad)
 
 
 def test_tmpfs_entries() -> None:

@@ -114,6 +114,31 @@ async def test_copy_up_of_image_content_into_a_new_volume(vclient: Client, name:
     assert out.stdout == ["more"], out
 
 
+async def test_anonymous_volume_is_kept_across_restarts_and_goes_with_its_container(
+        vclient: Client, name: str, volume_image: Path) -> None:
+    path = await vclient.create_container(name, str(volume_image), ["/bin/sh", "-c", "cat /seed/*; date >> /seed/runs"],
+                                          {"volumes": ["/seed"]})
+    ((anon, mountpoint, vpath),) = await vclient.list_volumes()
+    assert len(anon) == 64 and (await vclient.volume_properties(vpath))["UsedBy"] == [name]
+    for _ in range(2):
+        await vclient.start(path)
+        assert await vclient.wait(path) == 0
+    assert (Path(mountpoint) / "hello.txt").read_text() == "from the image\n"  # copied up, as a named one
+    assert len((Path(mountpoint) / "runs").read_text().splitlines()) == 2  # the same volume at each start
+    await vclient.remove(path)
+    assert await vclient.list_volumes() == [] and not (VOLUMES / anon).exists()
+
+
+async def test_a_refused_create_leaves_no_anonymous_volume(vclient: Client, name: str, busybox_tar: Path) -> None:
+    first = await vclient.create_container(name, str(busybox_tar), ["true"], {"ports": ["18080:80"]})
+    with pytest.raises(ClientError) as err:
+        await vclient.create_container(name + "b", str(busybox_tar), ["true"],
+                                       {"volumes": ["/data"], "ports": ["18080:80"]})
+    assert err.value.name == ERR + "PortInUse"
+    assert await vclient.list_volumes() == [] and list(VOLUMES.iterdir()) == []
+    await vclient.remove(first)
+
+
 async def test_volume_in_use_is_refused_unless_forced(vclient: Client, name: str, busybox_tar: Path) -> None:
     path = await vclient.create_container(name, str(busybox_tar), ["true"], {"volumes": ["busy:/b"]})
     vpath = await vclient.get_volume("busy")
