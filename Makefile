@@ -19,7 +19,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	systemd dbus polkitd libglib2.0-bin util-linux busybox-static make zstd \
 	nftables iputils-ping tmux \
 	docker-registry skopeo umoci apache2-utils openssl \
-	mmdebstrap ruby
+	mmdebstrap ruby dpkg-dev
 
 .PHONY: setup demo test test-unit test-testhost test-integration bench bench-network bench-images bench-setup install install-data clean
 

@@ -1,14 +1,17 @@
-"""Offline package servers for setup commands: a pip "simple" index, an npm registry and a gem index, built at test
-time from packages written here, served as static files by `python3 -m http.server`.
+"""Offline package servers for setup commands: a pip "simple" index, an npm registry, a gem index and a flat apt
+repository, built at test time from packages written here, served as static files by `python3 -m http.server`.
 
 Nothing comes from the internet: the wheel is written by hand with zipfile, the npm tarball with tarfile, the gem
-by the machine's own `gem build` (ruby), and the gem index by `gem generate_index`. One tree holds the three:
+by the machine's own `gem build` (ruby), the gem index by `gem generate_index`, the .deb by `dpkg-deb --build` and
+its index by `dpkg-scanpackages` (dpkg-dev). One tree holds the four:
 
     ROOT/simple/quilt-hello/index.html       pip:  PIP_INDEX_URL=BASE/simple/  (and PIP_TRUSTED_HOST, plain http)
     ROOT/packages/quilt_hello-1.0-....whl
     ROOT/npm/quilt-hello                     npm:  npm_config_registry=BASE/npm/  (the packument: a static file)
     ROOT/npm/-/quilt-hello-1.0.0.tgz
     ROOT/gem/specs.4.8.gz, gems/, quick/     gem:  gem install --clear-sources --source BASE/gem/ quilt_hello
+    ROOT/apt/Packages(.gz), Release          apt:  deb [trusted=yes] BASE/apt ./  (a flat repository, unsigned)
+    ROOT/apt/quilt-hello-deb_1.0_all.deb
 
 BASE is the address a container reaches the server at (the Quilt network's gateway, from the test host's side): the
 npm packument names its tarball by absolute URL, so the tree is built for one BASE.
@@ -41,7 +44,11 @@ PIP_NAME, PIP_VERSION, PIP_MODULE = "quilt-hello", "1.0", "quilt_hello"
 PIP_SCRIPT = "quilt-hello-py"  # a console script (entry_points.txt), on PATH after the install
 NPM_NAME, NPM_VERSION, NPM_BIN = "quilt-hello", "1.0.0", "quilt-hello-js"
 GEM_NAME, GEM_VERSION, GEM_BIN = "quilt_hello", "1.0.0", "quilt-hello-rb"
-GREETING = "hello from quilt_hello"  # what each package's function or command prints, with " via pip/npm/gem"
+DEB_NAME, DEB_VERSION, DEB_BIN = "quilt-hello-deb", "1.0", "quilt-hello-deb"  # DEB_BIN in /usr/bin
+DEB_FILE = f"{DEB_NAME}_{DEB_VERSION}_all.deb"
+# The .deb's postinst writes here the DEBIAN_FRONTEND it ran under (what apt-get gave dpkg), for the tests to read.
+DEB_FRONTEND_FILE = f"/var/lib/{DEB_NAME}/frontend"
+GREETING = "hello from quilt_hello"  # what each package's function or command prints, with " via pip/npm/gem/apt"
 
 
 # --- pip -----------------------------------------------------------------------------------------
@@ -168,16 +175,69 @@ def _run(cmd: list[str], **kwargs: object) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
 
 
-# --- all three, and the server -------------------------------------------------------------------
+# --- apt -----------------------------------------------------------------------------------------
+
+
+def deb(directory: Path, work: Path) -> Path:
+    """`dpkg-deb --build` a binary package (Architecture: all) with /usr/bin/quilt-hello-deb, a shell script printing
+    the greeting, and a postinst that records $DEBIAN_FRONTEND in DEB_FRONTEND_FILE."""
+    src = work / "deb-src"
+    shutil.rmtree(src, ignore_errors=True)
+    (src / "DEBIAN").mkdir(parents=True)
+    (src / "usr/bin").mkdir(parents=True)
+    (src / "DEBIAN/control").write_text(
+        f"Package: {DEB_NAME}\nVersion: {DEB_VERSION}\nArchitecture: all\n"
+        f"Maintainer: Quilt tests <tests@example.invalid>\nSection: misc\nPriority: optional\n"
+        f"Description: A package Quilt's tests build\n One shell script that prints a greeting.\n")
+    frontend = Path(DEB_FRONTEND_FILE)
+    (src / "DEBIAN/postinst").write_text(
+        f'#!/bin/sh\nset -e\nif [ "$1" = configure ]; then\n    mkdir -p {frontend.parent}\n'
+        f'    echo "DEBIAN_FRONTEND=${{DEBIAN_FRONTEND:-}}" > {frontend}\nfi\n')
+    (src / f"usr/bin/{DEB_BIN}").write_text(f'#!/bin/sh\necho "{GREETING} via apt"\n')
+    for path in (src / "DEBIAN/postinst", src / f"usr/bin/{DEB_BIN}"):
+        os.chmod(path, 0o755)
+    for path in (src / "DEBIAN", src / "DEBIAN/control", src / "usr", src / "usr/bin"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / DEB_FILE
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "SOURCE_DATE_EPOCH": "1577836800"}
+    _run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(src), str(out)], env=env)
+    return out
+
+
+def apt_repository(root: Path, work: Path) -> None:
+    """A flat repository in ROOT/apt (`deb [trusted=yes] BASE/apt ./`): the .deb, its Packages index by
+    `dpkg-scanpackages`, Packages.gz, and an unsigned Release with their sizes and hashes (trusted=yes: no key)."""
+    repo = root / "apt"
+    deb(repo, work)
+    result = subprocess.run(["dpkg-scanpackages", "--multiversion", ".", "/dev/null"], cwd=repo, capture_output=True,
+                            text=True, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    if result.returncode or f"Package: {DEB_NAME}" not in result.stdout:
+        raise RuntimeError(f"dpkg-scanpackages failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    index = result.stdout.encode()
+    files = {"Packages": index, "Packages.gz": gzip.compress(index, mtime=0)}
+    release = ["Origin: quilt-tests", "Label: quilt-tests", "Suite: quilt-tests", "Codename: quilt-tests",
+               "Date: Wed, 01 Jan 2020 00:00:00 UTC", "Description: Quilt's test packages"]
+    for field, algo in (("MD5Sum", hashlib.md5), ("SHA256", hashlib.sha256)):
+        release.append(f"{field}:")
+        release += [f" {algo(data).hexdigest()} {len(data)} {name}" for name, data in files.items()]
+    for name, data in files.items():
+        (repo / name).write_bytes(data)
+    (repo / "Release").write_text("\n".join(release) + "\n")
+
+
+# --- all four, and the server --------------------------------------------------------------------
 
 
 def build(root: Path, base_url: str) -> Path:
-    """The three indexes under ROOT (made if missing), for containers that reach ROOT at base_url."""
+    """The four indexes under ROOT (made if missing), for containers that reach ROOT at base_url."""
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
+    work = root.parent / f".{root.name}-work"
     pip_index(root, [wheel(root / "packages")])
     npm_registry(root, base_url)
-    gem_index(root, root.parent / f".{root.name}-work")
+    gem_index(root, work)
+    apt_repository(root, work)
     return root
 
 
@@ -213,6 +273,10 @@ class PackageServer:
 
     def gem_source(self) -> str:
         return f"--clear-sources --source {self.base_url}/gem/"
+
+    def apt_source(self) -> str:
+        """The sources.list line for the flat apt repository (unsigned: trusted=yes)."""
+        return f"deb [trusted=yes] {self.base_url}/apt ./"
 
     def stop(self) -> None:
         self.process.terminate()

@@ -2,6 +2,8 @@
 what it installed (issue 9, setup commands; quilt_agent/setup.py)."""
 from __future__ import annotations
 
+import posixpath
+
 from quilt_agent.client import Client
 from tests import packageindex as pkg
 from tests.integration.setup.conftest import SetupImage, headers, requests, run
@@ -41,6 +43,28 @@ async def test_gem_installs_from_a_source_given_in_the_step(sclient: Client, nam
     assert out.stdout[-2:] == [f"{pkg.GREETING} via gem"] * 2, out
     assert any(f"Successfully installed {pkg.GEM_NAME}-{pkg.GEM_VERSION}" in line for line in out.setup), out.setup
     assert f"GET /gem/gems/{pkg.GEM_NAME}-{pkg.GEM_VERSION}.gem" in requests(packages, "/gem/")
+
+
+async def test_apt_installs_a_deb_from_a_flat_repository(sclient: Client, name: str, setup_image: SetupImage,
+                                                         packages: pkg.PackageServer) -> None:
+    """A real apt-get update and install from the offline flat repository, the image's own sources removed by a sh
+    step. The test finishing at all shows apt-get asked nothing (a debconf prompt would wait forever); the package's
+    postinst records the DEBIAN_FRONTEND dpkg ran it under."""
+    steps = ["sh: rm -f /etc/apt/sources.list /etc/apt/sources.list.d/* && "
+             f"echo '{packages.apt_source()}' > /etc/apt/sources.list.d/local.list",
+             f"apt: {pkg.DEB_NAME}"]
+    asked = len(packages.requests())
+    out = await run(sclient, name, setup_image.name,
+                    f"command -v {pkg.DEB_BIN} && {pkg.DEB_BIN} && cat {pkg.DEB_FRONTEND_FILE} && "
+                    f"dpkg-query -W -f '${{Package}} ${{Version}} ${{Status}}\\n' {pkg.DEB_NAME}", steps)
+    assert out.exit_code == 0, out
+    assert out.stdout[-4:] == [f"/usr/bin/{pkg.DEB_BIN}", f"{pkg.GREETING} via apt", "DEBIAN_FRONTEND=noninteractive",
+                               f"{pkg.DEB_NAME} {pkg.DEB_VERSION} install ok installed"], out
+    assert headers(out.setup) == [f"quilt: setup step {i}/2: {s}" for i, s in enumerate(steps, 1)], out.setup
+    assert any(f"Setting up {pkg.DEB_NAME} ({pkg.DEB_VERSION})" in line for line in out.setup), out.setup
+    made = [" ".join((r.split(" ", 1)[0], posixpath.normpath(r.split(" ", 1)[1]))) for r in packages.requests()[asked:]]
+    assert f"GET /apt/{pkg.DEB_FILE}" in made, made
+    assert out.props["State"] == "exited" and out.props["FailureReason"] == ""
 
 
 async def test_steps_run_in_order_with_the_containers_env_user_and_workdir(
