@@ -247,6 +247,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def access_log_requests(log: Path) -> list[str]:
+    """'METHOD PATH' of each request in an access log so far, as http.server and Debian's docker-registry (the
+    image tests') write them."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if '] "' in line:
+            out.append(line.split('] "', 1)[1].split(" HTTP/")[0])
+    return out
+
+
 @dataclass
 class PackageServer:
     """`python3 -m http.server` over a built tree; its access log (stderr) in a file."""
@@ -259,11 +269,7 @@ class PackageServer:
 
     def requests(self) -> list[str]:
         """The access log's request lines so far, e.g. 'GET /simple/quilt-hello/' (by any client)."""
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if '] "' in line:
-                out.append(line.split('] "', 1)[1].split(" HTTP/")[0])
-        return out
+        return access_log_requests(self.log)
 
     def env(self) -> list[str]:
         """The container environment that points pip and npm here (gem takes --source in its step)."""

@@ -23,6 +23,7 @@ import pytest
 
 from quilt_agent.client import Client
 from tests import imagetools
+from tests.packageindex import access_log_requests
 
 IMAGES = Path("/var/lib/quilt/images")
 ERR = "org.quilt.Runtime.Error."
@@ -127,11 +128,7 @@ class Registry:
 
     def requests(self) -> list[str]:
         """The request lines of the access log so far, e.g. 'GET /v2/test/app/blobs/sha256:...'."""
-        lines = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if '] "' in line:
-                lines.append(line.split('] "', 1)[1].split(" HTTP/")[0])
-        return lines
+        return access_log_requests(self.log)
 
 
 def start_registry(directory: Path, auth: dict | None = None, creds: tuple[str, str] | None = None) -> Registry:
