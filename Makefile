@@ -14,12 +14,13 @@ PYTEST_ARGS ?=
 # Images (issue 6): docker-registry (a real registry on loopback), skopeo (push, archives), umoci (OCI
 # layouts with whiteouts), apache2-utils (htpasswd -B for basic auth), openssl (the token server's key).
 # Setup commands (issue 9): mmdebstrap (the Debian image with pip, npm and gem, tests/setupimage.py, built before
-# the test host, which has no network), ruby (`gem build` and `gem generate_index` for the tests' gem index).
+# the test host, which has no network), ruby (`gem build` and `gem generate_index` for the tests' gem index),
+# dpkg-dev (dpkg-scanpackages for the tests' apt repository). libseccomp2: the seccomp filter (helper/seccomp.py).
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	systemd dbus polkitd libglib2.0-bin util-linux busybox-static make zstd \
 	nftables iputils-ping tmux \
 	docker-registry skopeo umoci apache2-utils openssl \
-	mmdebstrap ruby dpkg-dev
+	mmdebstrap ruby dpkg-dev libseccomp2
 
 .PHONY: setup demo test test-unit test-testhost test-integration bench bench-network bench-images bench-setup install install-data clean
 

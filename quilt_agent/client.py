@@ -58,6 +58,7 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "read_only": "b",
     "setup": "as",
     "setup_cache": "b",
+    "seccomp": "s",
 }
 
 NETWORK_OPTION_SIGNATURES: dict[str, str] = {

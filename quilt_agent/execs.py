@@ -172,7 +172,8 @@ class Executor:
         procs = self._cgroup_procs(c)
         spec = ExecSpec(container_id=c.id, name=c.name, command=command, env=exec_environment(env, options),
                         workdir=options.workdir or c.spec.workdir, user=options.user or c.spec.user,
-                        namespaces=c.spec.namespaces, tty=options.tty, cgroup_procs=procs)
+                        namespaces=c.spec.namespaces, tty=options.tty, cgroup_procs=procs,
+                        seccomp=c.spec.seccomp != "unconfined")
         loop = asyncio.get_running_loop()
         collectors: list[_Collector] = []
         if stdio is None:

@@ -257,6 +257,7 @@ class Manager:
             mounts=mounts,
             tmpfs=tuple(tuple(t.split(":", 1)) for t in c.spec.tmpfs), read_only=c.spec.read_only,
             setup=c.spec.setup, setup_layer=setup_layer, setup_cached=cached.id if cached else "",
+            seccomp=c.spec.seccomp != "unconfined",
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()

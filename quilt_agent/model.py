@@ -24,6 +24,7 @@ MAX_NAME = 63
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 HOSTNAME_RE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SECCOMP_PROFILES = ("default", "unconfined")
 MIN_MEMORY = 6 * 1024 * 1024  # as Docker and Podman: less cannot even start a shell
 MAX_LIMIT = 1 << 62
 
@@ -85,6 +86,7 @@ class ContainerSpec:
     # whether their result may be cached and reused.
     setup: tuple[str, ...] = ()
     setup_cache: bool = True
+    seccomp: str = "default"  # helper/seccomp.py's filter, or "unconfined"
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,13 @@ def _parse_stop_timeout(value: Any) -> int:
     return value
 
 
+def _parse_seccomp(value: Any) -> str:
+    _expect("seccomp", value, str, "a string")
+    if value not in SECCOMP_PROFILES:
+        raise InvalidArgument(f"Invalid seccomp profile '{value}': choose among {', '.join(SECCOMP_PROFILES)}")
+    return value
+
+
 # Option key -> (spec field, parser). Unknown keys are an error, never ignored.
 OPTION_PARSERS = {
     "env": ("env", lambda v: parse_env("env", v)),
@@ -267,6 +276,7 @@ OPTION_PARSERS = {
     **volume_options.CONTAINER_OPTIONS,  # volumes, tmpfs, read_only
     "setup": ("setup", lambda v: setup_commands.parse_option("setup", v)),
     "setup_cache": ("setup_cache", lambda v: _expect("setup_cache", v, bool, "a boolean")),
+    "seccomp": ("seccomp", _parse_seccomp),
 }
 
 

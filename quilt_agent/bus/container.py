@@ -30,6 +30,7 @@ def properties(c: Container) -> dict[str, Any]:
         "FinishedAt": c.finished_at, "MemoryMax": c.spec.memory_max, "PidsMax": c.spec.pids_max,
         "CPUQuota": c.spec.cpu_quota, "StopTimeout": c.spec.stop_timeout, "RemoveOnExit": c.spec.remove_on_exit,
         "Labels": dict(c.spec.labels), "Setup": list(c.spec.setup), "SetupImage": c.setup_image,
+        "Seccomp": c.spec.seccomp,
     }
 
 
@@ -206,6 +207,10 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
     @dbus_property(access=PropertyAccess.READ, name="Labels")
     def labels(self) -> "a{ss}":
         return dict(self._c.spec.labels)
+
+    @dbus_property(access=PropertyAccess.READ, name="Seccomp")
+    def seccomp(self) -> "s":
+        return self._c.spec.seccomp
 
     @dbus_property(access=PropertyAccess.READ, name="Setup")
     def setup(self) -> "as":

@@ -126,6 +126,11 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
         options["setup"] = list(params["setup"])
     if params.get("no_setup_cache"):
         options["setup_cache"] = False
+    for opt in params.get("security_opt") or ():
+        key, sep, value = opt.partition("=")
+        if key != "seccomp" or not sep:
+            raise click.UsageError(f"--security-opt '{opt}': only seccomp=default and seccomp=unconfined are known")
+        options["seccomp"] = value  # the agent checks the profile's name
 
     return ContainerRequest(name=params["name"] or "", image=resolve_image(image, cwd), command=args, options=options)
 
@@ -171,6 +176,8 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
                           "pip, npm, gem, apt, apk or sh, e.g. --setup 'pip: flask'."),
         click.option("--no-setup-cache", is_flag=True,
                      help="Run the setup steps at each start instead of reusing a cached result."),
+        click.option("--security-opt", multiple=True, metavar="seccomp=PROFILE",
+                     help="seccomp=unconfined runs without Quilt's seccomp filter (default: seccomp=default)."),
         click.option("--image-path", "--image", "image_path", default=None, hidden=True),
         click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="IMAGE [--] [COMMAND [ARG...]]"),
     ]

@@ -18,7 +18,7 @@ import signal
 import socket
 import termios
 
-from quilt_agent.helper import process, protocol, syscalls
+from quilt_agent.helper import process, protocol, seccomp, syscalls
 from quilt_agent.helper.process import SetupError
 from quilt_agent.helper.protocol import ExecExited, ExecSetupFailed, ExecSpawned, ExecSpec
 
@@ -155,6 +155,8 @@ def _command(spec: ExecSpec, stdio: list[int], go_read: int, err_write: int) -> 
         kind = "failed"
         env = process.environment(spec.env, user)
         process.drop_privileges(user)
+        if spec.seccomp:
+            seccomp.apply_default()  # the container's filter: an exec is no way around it
         for sig in _SIGNALS_TO_RESET:
             signal.signal(sig, signal.SIG_DFL)  # an ignored signal would stay ignored across exec
         if os.read(go_read, 1) != b"g":

@@ -16,7 +16,7 @@ import termios
 import time
 
 from quilt_agent import journal
-from quilt_agent.helper import namespaces, pack, process, protocol, rootfs, steps, syscalls
+from quilt_agent.helper import namespaces, pack, process, protocol, rootfs, seccomp, steps, syscalls
 from quilt_agent.helper.process import SetupError
 from quilt_agent.helper.protocol import Abort, ExecFailed, Go, LaunchSpec, SetupDone, Spawned, Started
 
@@ -201,6 +201,8 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
             except OSError as e:
                 raise SetupError(f"cannot create the working directory {spec.workdir}: {e.strerror}") from e
         process.drop_privileges(user)
+        if spec.seccomp:
+            _seccomp()
         try:
             os.chdir(spec.workdir)
         except OSError as e:
@@ -228,6 +230,13 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
         _fail(err_write, e.exit_code, str(e))
     except BaseException as e:  # noqa: BLE001 - whatever happened, the monitor must hear of it
         _fail(err_write, SETUP_FAILED, f"container setup failed: {e}")
+
+
+def _seccomp() -> None:
+    try:
+        seccomp.apply_default()
+    except OSError as e:
+        raise SetupError(f"the seccomp filter could not be installed: {e}") from e
 
 
 def _setup(spec: LaunchSpec, streams: tuple[int, int], env: dict[str, str], go_read: int, err_write: int) -> None:

@@ -51,6 +51,7 @@ class LaunchSpec:
     setup: tuple[str, ...] = ()
     setup_layer: str = ""
     setup_cached: str = ""
+    seccomp: bool = True  # the default filter (helper/seccomp.py); False: unconfined
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class ExecSpec:
     namespaces: tuple[str, ...]  # the container's: those the command enters
     tty: bool  # stdin is a terminal to make the controlling one
     cgroup_procs: tuple[str, ...]  # the container's cgroups (its scope), one cgroup.procs file per hierarchy
+    seccomp: bool = True  # the container's filter, as its init has it
 
 
 @dataclass(frozen=True)

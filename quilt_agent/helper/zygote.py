@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quilt_agent import errors
-from quilt_agent.helper import enter, monitor, protocol, syscalls
+from quilt_agent.helper import enter, monitor, protocol, seccomp, syscalls
 from quilt_agent.helper.protocol import ExecSpec, ExtractDone, ExtractLayer, ExtractProgress, LaunchSpec
 from quilt_agent.images import tarball
 
@@ -96,6 +96,7 @@ def _serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     # Every page a child writes is copied: keep the cyclic GC from walking (and writing to) all the
     # objects the children inherit.
+    seccomp.prepare()  # once: each container's init and each exec only installs the program
     gc.collect()
     gc.freeze()
     while True:

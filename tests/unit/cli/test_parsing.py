@@ -505,3 +505,10 @@ def test_image_ls_hides_setup_results_unless_all() -> None:
     assert every[2].split()[:2] == ["<setup>", "c" * 12]
     assert every[2].endswith(f"{'a' * 12} + pip: flask; sh: true")
     assert quiltctl(ImagesFake(), "image", "ls", "-a", "-q").stdout == "a" * 12 + "\n" + "c" * 12 + "\n"
+
+
+def test_security_opt_seccomp_becomes_the_seccomp_option(fake: FakeClient) -> None:
+    assert created(fake, "--security-opt", "seccomp=unconfined", "img", "true")[3] == {"seccomp": "unconfined"}
+    for bad in ("label=disable", "seccomp", "apparmor=unconfined"):
+        result = quiltctl(FakeClient(), "create", "--security-opt", bad, "img", "true")
+        assert result.exit_code == 2 and "only seccomp=default and seccomp=unconfined" in result.output, bad
