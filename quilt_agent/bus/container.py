@@ -11,7 +11,7 @@ from quilt_agent.bus.network import CONTAINER_ARG_NAMES as NETWORK_ARG_NAMES
 from quilt_agent.bus.network import ContainerNetwork
 from quilt_agent.bus.volume import ContainerCopy
 from quilt_agent.bus.names import CONTAINER_INTERFACE
-from quilt_agent.bus.polkit import MANAGE, READ, Authority
+from quilt_agent.bus.polkit import MANAGE, READ, Authority, Subject
 from quilt_agent.errors import InvalidArgument
 from quilt_agent.manager import Manager
 from quilt_agent.model import Container, effective_hostname
@@ -58,8 +58,8 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
         self._manager = manager
         self.last: dict[str, Any] = {}
 
-    def subject(self, args: tuple[Any, ...]) -> str:
-        return self._c.name
+    def subject(self) -> Subject:
+        return Subject("container", self._c.name)
 
     @property
     def _c(self) -> Container:
@@ -94,12 +94,12 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
         await self._manager.remove(self.container_id, force)
 
     @dbus_method(name="Wait")
-    @guarded(READ, "wait")
+    @guarded(READ, "wait for")
     async def wait(self) -> "i":
         return await self._manager.wait(self.container_id)
 
     @dbus_method(name="GetLogs")
-    @guarded(READ, "logs")
+    @guarded(READ, "read the logs of")
     async def get_logs(self, options: "a{sv}") -> "a(tss)":
         lines, since, setup = _log_options(options)
         return [[line.usec, line.stream, line.text]

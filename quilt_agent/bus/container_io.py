@@ -64,14 +64,14 @@ class ContainerIO:
     _manager: Manager
 
     @dbus_method(name="Exec")
-    @guarded(EXEC, "exec")
+    @guarded(EXEC, "exec in")
     async def exec_(self, command: "as", options: "a{sv}") -> "iayay":
         result = await self._manager.exec(self.container_id, command, _unwrap(options))
         return [result.exit_code, result.stdout, result.stderr]
 
     @dbus_method(name="ExecWithFds")
     @closing_fds
-    @guarded(EXEC, "exec")
+    @guarded(EXEC, "exec in")
     async def exec_with_fds(self, command: "as", options: "a{sv}", stdin: "h", stdout: "h", stderr: "h") -> "i":
         stdio = (_fd(stdin, "stdin"), _fd(stdout, "stdout"), _fd(stderr, "stderr"))
         result = await self._manager.exec(self.container_id, command, _unwrap(options), stdio)
@@ -88,7 +88,7 @@ class ContainerIO:
         await self._manager.start(self.container_id, stdio, tty="tty" in options and options["tty"].value)
 
     @dbus_method(name="FollowLogs")
-    @guarded(READ, "logs")
+    @guarded(READ, "read the logs of")
     async def follow_logs(self, options: "a{sv}") -> "h":
         fd = self._manager.follow_logs(self.container_id, _unwrap(options))
         close_after_reply(self, fd)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from dbus_fast.service import PropertyAccess, dbus_method, dbus_property, dbus_s
 
 from quilt_agent.bus.errors import ERROR_NAMES
 from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
-from quilt_agent.bus.polkit import MANAGE, Authority
+from quilt_agent.bus.polkit import MANAGE, Authority, Subject
 from quilt_agent.errors import NoSuchImage
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import Image
@@ -43,6 +43,9 @@ class ImageInterface(GuardedInterface):
         super().__init__(IMAGE_INTERFACE, authority)
         self.image = image
         self.config = config
+
+    def subject(self) -> Subject:
+        return Subject("image", self.image.names[0] if self.image.names else self.image.id)
 
     def changed(self, image: Image) -> None:
         before = properties(self.image, self.config)
@@ -150,13 +153,13 @@ class ImageMethods:
     # or archive holding several), platform s (os/arch[/variant]); for a rootfs tarball, config defaults:
     # cmd as, entrypoint as, env as, workdir s, user s, labels a{ss}, stop_signal s.
     @dbus_method(name="ImportImage")
-    @guarded(MANAGE, "import the image")
+    @guarded(MANAGE, "import", subject="image", subject_arg="name")
     async def import_image(self, source: "s", name: "s", options: "a{sv}") -> "o":
         return self._path_of(await self._images.import_image(source, name, _unwrap(options)))
 
     # Options: job s, platform s, auth_file s (docker config.json format).
     @dbus_method(name="PullImage")
-    @guarded(MANAGE, "pull the image")
+    @guarded(MANAGE, "pull", subject="image")
     async def pull_image(self, reference: "s", options: "a{sv}") -> "o":
         return self._path_of(await self._images.pull(reference, _unwrap(options)))
 
@@ -175,7 +178,7 @@ class ImageMethods:
         return self._path_of(self._images.get(name_or_id))
 
     @dbus_method(name="RemoveImage")
-    @guarded(MANAGE, "remove the image")
+    @guarded(MANAGE, "remove", subject="image")
     async def remove_image(self, name_or_id: "s", force: "b") -> None:
         await self._images.remove(name_or_id, force)
 

@@ -50,9 +50,6 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
         self._images_init(manager.images)  # bus/image.py: the image objects and methods
         self._volumes_init()  # bus/volume.py: the volume objects and methods
 
-    def subject(self, args: tuple[Any, ...]) -> str:
-        return args[0] if args and isinstance(args[0], str) else ""
-
     # --- events from the manager: export objects, emit signals -----------------------------------
 
     def export_existing(self) -> None:
@@ -104,13 +101,13 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
         return __version__
 
     @dbus_method(name="CreateContainer")
-    @guarded(MANAGE, "create")
+    @guarded(MANAGE, "create", subject="container")
     async def create_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
         c = await self._manager.create(name, image, _check_command(command), _unwrap(options))
         return container_path(c.id)
 
     @dbus_method(name="RunContainer")
-    @guarded(MANAGE, "run")
+    @guarded(MANAGE, "run", subject="container")
     async def run_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
         c = await self._manager.create(name, image, _check_command(command), _unwrap(options))
         await self._manager.start(c.id)

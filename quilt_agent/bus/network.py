@@ -11,7 +11,7 @@ from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbu
 from quilt_agent.bus.errors import ERROR_NAMES
 from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
 from quilt_agent.bus.names import NETWORK_INTERFACE, NETWORK_PATH_PREFIX, network_path
-from quilt_agent.bus.polkit import MANAGE, Authority
+from quilt_agent.bus.polkit import MANAGE, Authority, Subject
 from quilt_agent.errors import InvalidArgument, NoSuchNetwork
 from quilt_agent.manager import Manager
 from quilt_agent.network.model import Network
@@ -41,8 +41,8 @@ class NetworkInterface(GuardedInterface):
         self._manager = manager
         self.last: dict[str, Any] = {}
 
-    def subject(self, args: tuple[Any, ...]) -> str:
-        return self._n.name
+    def subject(self) -> Subject:
+        return Subject("network", self._n.name)
 
     @property
     def _n(self) -> Network:
@@ -56,7 +56,7 @@ class NetworkInterface(GuardedInterface):
             self.emit_properties_changed(diff)
 
     @dbus_method(name="Remove")
-    @guarded(MANAGE, "remove the network")
+    @guarded(MANAGE, "remove")
     async def remove(self, force: "b") -> None:
         await self._manager.networks.remove(self.network_id, force)
 
@@ -143,7 +143,7 @@ class NetworkMethods(ServiceInterface):
         return Message.new_error(msg, ERROR_NAMES[NoSuchNetwork], str(error))
 
     @dbus_method(name="CreateNetwork")
-    @guarded(MANAGE, "create the network")
+    @guarded(MANAGE, "create", subject="network")
     async def create_network(self, name: "s", options: "a{sv}") -> "o":
         n = await self._manager.networks.create(name, _unwrap(options))
         return network_path(n.id)
@@ -159,7 +159,7 @@ class NetworkMethods(ServiceInterface):
         return network_path(self._manager.networks.get(name_or_id).id)
 
     @dbus_method(name="RemoveNetwork")
-    @guarded(MANAGE, "remove the network")
+    @guarded(MANAGE, "remove", subject="network")
     async def remove_network(self, name: "s", force: "b") -> None:
         await self._manager.networks.remove(name, force)
 

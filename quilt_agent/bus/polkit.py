@@ -1,5 +1,6 @@
 """Authorization: root passes; everyone else is asked of polkit, asynchronously, as machined does."""
 from collections import OrderedDict
+from typing import NamedTuple
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -15,6 +16,13 @@ POLKIT = "org.freedesktop.PolicyKit1"
 POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
 POLKIT_INTERFACE = "org.freedesktop.PolicyKit1.Authority"
 ALLOW_USER_INTERACTION = 1
+KINDS = ("container", "image", "network", "volume")
+
+
+class Subject(NamedTuple):
+    """What a call is about: its kind (one of KINDS) and the name the caller gave or the object has."""
+    kind: str
+    name: str
 
 
 class Authority:
@@ -43,22 +51,23 @@ class Authority:
             raise AccessDenied(f"Cannot tell who {sender} is: {reply.body[0] if reply.body else reply.error_name}")
         return int(reply.body[0])
 
-    async def check(self, action: str, verb: str, container: str = "") -> None:
-        """Raise AccessDenied unless the current caller may do `verb` (an action of the policy)."""
+    async def check(self, action: str, verb: str, subject: Subject | None = None) -> None:
+        """Raise AccessDenied unless the current caller may do `verb` (an action of the policy) on `subject`.
+        polkit's details: verb, and the subject's name under its kind ("container": "web", "image": "debian:12")."""
         who = caller.current()
         if await self._uid(who.sender) == 0:
             return
         details = {"verb": verb}
-        if container:
-            details["container"] = container
-        subject = ("system-bus-name", {"name": Variant("s", who.sender)})
+        if subject and subject.name:
+            details[subject.kind] = subject.name
+        who_asks = ("system-bus-name", {"name": Variant("s", who.sender)})
         reply = await self._bus.call(Message(
             destination=POLKIT, path=POLKIT_PATH, interface=POLKIT_INTERFACE, member="CheckAuthorization",
             signature="(sa{sv})sa{ss}us",
-            body=[subject, action, details, ALLOW_USER_INTERACTION if who.interactive else 0, ""]))
+            body=[who_asks, action, details, ALLOW_USER_INTERACTION if who.interactive else 0, ""]))
         if reply.message_type is MessageType.ERROR:
             raise AccessDenied(f"Authorization check for {action} failed: {reply.body[0] if reply.body else ''}")
         authorized, _challenge, _details = reply.body[0]
         if not authorized:
-            target = f" on container '{container}'" if container else ""
+            target = f" {subject.kind} '{subject.name}'" if subject and subject.name else ""
             raise AccessDenied(f"Not authorized to {verb}{target} (polkit action {action})")

@@ -10,7 +10,7 @@ from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbu
 
 from quilt_agent.bus.errors import ERROR_NAMES
 from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
-from quilt_agent.bus.polkit import MANAGE, Authority
+from quilt_agent.bus.polkit import MANAGE, Authority, Subject
 from quilt_agent.errors import NoSuchVolume
 from quilt_agent.manager import Manager
 from quilt_agent.volumes import Volume
@@ -37,11 +37,11 @@ class VolumeInterface(GuardedInterface):
         self._v = volume  # fixed for the object's life: a volume's record never changes
         self._manager = manager
 
-    def subject(self, args: tuple[Any, ...]) -> str:
-        return self._v.name
+    def subject(self) -> Subject:
+        return Subject("volume", self._v.name)
 
     @dbus_method(name="Remove")
-    @guarded(MANAGE, "remove the volume")
+    @guarded(MANAGE, "remove")
     async def remove(self, force: "b") -> None:
         await self._manager.volumes.remove(self._v.id, force)
 
@@ -114,7 +114,7 @@ class VolumeMethods(ServiceInterface):
         return Message.new_error(msg, ERROR_NAMES[NoSuchVolume], str(error))
 
     @dbus_method(name="CreateVolume")
-    @guarded(MANAGE, "create the volume")
+    @guarded(MANAGE, "create", subject="volume")
     async def create_volume(self, name: "s", options: "a{sv}") -> "o":
         v = await self._manager.volumes.create(name, _unwrap(options))
         return volume_path(v.id)
@@ -130,7 +130,7 @@ class VolumeMethods(ServiceInterface):
         return volume_path(self._manager.volumes.get(name_or_id).id)
 
     @dbus_method(name="RemoveVolume")
-    @guarded(MANAGE, "remove the volume")
+    @guarded(MANAGE, "remove", subject="volume")
     async def remove_volume(self, name: "s", force: "b") -> None:
         await self._manager.volumes.remove(name, force)
 

@@ -10,6 +10,7 @@ even with busctl's ALLOW_INTERACTIVE_AUTHORIZATION flag set. A user at an active
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pwd
 import re
@@ -28,6 +29,8 @@ BUS_NAME = "org.quilt.Runtime"
 MANAGER_PATH = "/org/quilt/Runtime"
 MANAGER = "org.quilt.Runtime.Manager"
 CONTAINER = "org.quilt.Runtime.Container"
+NETWORK = "org.quilt.Runtime.Network"
+VOLUME = "org.quilt.Runtime.Volume"
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 PUBLIC_METHODS = {"ListContainers", "GetContainer", "ListImages", "GetImage", "ListNetworks", "GetNetwork",
                   "ListVolumes", "GetVolume"}
@@ -122,25 +125,100 @@ async def test_unprivileged_callers_are_refused_every_method_but_list_and_get(
     assert [line.split()[0] for line in units.splitlines()] == [f"quilt-{name}-run.scope"]
 
 
+def gdbus(path: str, method: str, *args: str) -> list[str]:
+    return ["gdbus", "call", "--system", "--dest", BUS_NAME, "--object-path", path, "--method", method, *args]
+
+
 async def test_the_refusal_is_access_denied_naming_the_verb_and_polkit_action(
         client: Client, busybox_tar: Path, name: str, two_containers: dict[str, str]) -> None:
     running = two_containers[f"{name}-run"]
-
-    def gdbus(path: str, method: str, *args: str) -> list[str]:
-        return ["gdbus", "call", "--system", "--dest", BUS_NAME, "--object-path", path, "--method", method, *args]
-
+    volume = await client.create_volume(f"{name}-vol")
+    network = await client.get_network("quilt")
+    manage = "org.quilt.runtime.manage"
     cases = [
         (gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", f"{name}-x", str(busybox_tar), "['/bin/true']", "{}"),
-         "Not authorized to create", "org.quilt.runtime.manage"),
-        (gdbus(running, f"{CONTAINER}.Stop", "1"), f"Not authorized to stop on container '{name}-run'",
-         "org.quilt.runtime.manage"),
-        (gdbus(running, f"{CONTAINER}.GetEnvironment"), f"container '{name}-run'", "org.quilt.runtime.manage"),
+         f"Not authorized to create container '{name}-x'", manage),
+        (gdbus(running, f"{CONTAINER}.Stop", "1"), f"Not authorized to stop container '{name}-run'", manage),
+        (gdbus(running, f"{CONTAINER}.GetEnvironment"), f"container '{name}-run'", manage),
         (gdbus(running, f"{CONTAINER}.GetLogs", "{}"), f"container '{name}-run'", "org.quilt.runtime.read"),
+        # Objects that are not containers, and Manager methods about images, networks and volumes.
+        (gdbus(network, f"{NETWORK}.Remove", "false"), "Not authorized to remove network 'quilt'",
+         manage),
+        (gdbus(volume, f"{VOLUME}.Remove", "false"), f"Not authorized to remove volume '{name}-vol'",
+         manage),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.RemoveImage", "debian:12", "false"),
+         "Not authorized to remove image 'debian:12'", manage),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.ImportImage", str(busybox_tar), f"{name}-img:v1", "{}"),
+         f"Not authorized to import image '{name}-img:v1'", manage),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.PullImage", "127.0.0.1:1/nothing:v1", "{}"),
+         "Not authorized to pull image '127.0.0.1:1/nothing:v1'", manage),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.CreateNetwork", f"{name}-net", "{}"),
+         f"Not authorized to create network '{name}-net'", manage),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.RemoveVolume", f"{name}-vol", "false"),
+         f"Not authorized to remove volume '{name}-vol'", manage),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.PruneVolumes"), "Not authorized to prune volumes (polkit action", manage),
     ]
-    results = await asyncio.gather(*(run_as(USERS["nobody"], *cmd) for cmd, _, _ in cases))
+    try:
+        results = await asyncio.gather(*(run_as(USERS["nobody"], *cmd) for cmd, _, _ in cases))
+    finally:
+        await client.remove_volume(f"{name}-vol")
     for (cmd, words, action), r in zip(cases, results):
         assert r.returncode != 0, (cmd, r)
         assert f"GDBus.Error:{ACCESS_DENIED}: " in r.stderr and words in r.stderr and action in r.stderr, (cmd, r)
+        if "container" not in words:
+            assert "container" not in r.stderr, (cmd, r)
+
+
+async def test_polkit_rules_see_the_subject_under_its_kind(
+        client: Client, name: str, two_containers: dict[str, str]) -> None:
+    """polkit's details name the subject by its kind: a rule granting nobody what is about NAME-new (container),
+    NAME-img:v1 (image), NAME-net (network) and NAME-vol (volume) lets those calls through to the core, whose
+    answer is then not AccessDenied; the same calls about other names stay refused."""
+    rules = Path(f"/etc/polkit-1/rules.d/10-quilt-test-{name}.rules")
+    granted = {"container": f"{name}-new", "image": f"{name}-img:v1", "network": f"{name}-net",
+               "volume": f"{name}-vol"}
+    rules.write_text(
+        "polkit.addRule(function(action, subject) {\n"
+        '    if (subject.user != "nobody" || action.id != "org.quilt.runtime.manage")\n'
+        "        return polkit.Result.NOT_HANDLED;\n"
+        f"    var granted = {json.dumps(granted)};\n"
+        "    for (var kind in granted) if (action.lookup(kind) == granted[kind]) return polkit.Result.YES;\n"
+        "    return polkit.Result.NOT_HANDLED;\n"
+        "});\n")
+    rules.chmod(0o644)
+    created = two_containers[f"{name}-new"]
+    let_through = [
+        (gdbus(created, f"{CONTAINER}.Kill", "9"), "org.quilt.Runtime.Error.NotRunning"),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.RemoveImage", f"{name}-img:v1", "false"),
+         "org.quilt.Runtime.Error.NoSuchImage"),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.RemoveNetwork", f"{name}-net", "false"),
+         "org.quilt.Runtime.Error.NoSuchNetwork"),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.RemoveVolume", f"{name}-vol", "false"),
+         "org.quilt.Runtime.Error.NoSuchVolume"),
+    ]
+    refused_still = [
+        gdbus(two_containers[f"{name}-run"], f"{CONTAINER}.Kill", "9"),
+        gdbus(MANAGER_PATH, f"{MANAGER}.RemoveImage", f"{name}-img:v2", "false"),
+        gdbus(MANAGER_PATH, f"{MANAGER}.RemoveNetwork", f"{name}-vol", "false"),  # a volume's name, as a network
+        gdbus(MANAGER_PATH, f"{MANAGER}.RemoveVolume", f"{name}-net", "false"),
+    ]
+    try:
+        # polkitd reloads its rules when the directory changes (inotify): wait for it to have this one.
+        for _ in range(100):
+            probe = await run_as(USERS["nobody"], *let_through[1][0])
+            if ACCESS_DENIED not in probe.stderr:
+                break
+            await asyncio.sleep(0.1)
+        results = await asyncio.gather(*(run_as(USERS["nobody"], *cmd) for cmd, _ in let_through))
+        refusals = await asyncio.gather(*(run_as(USERS["nobody"], *cmd) for cmd in refused_still))
+    finally:
+        rules.unlink()
+    for (cmd, error), r in zip(let_through, results):
+        assert r.returncode != 0 and f"GDBus.Error:{error}: " in r.stderr, (cmd, r)
+    for cmd, r in zip(refused_still, refusals):
+        assert r.returncode != 0 and f"GDBus.Error:{ACCESS_DENIED}: " in r.stderr, (cmd, r)
+    assert [p["State"] for p in [await client.properties(path) for path in two_containers.values()]] == [
+        "running", "created"]
 
 
 @pytest.mark.parametrize("who", ["nobody", "passwd-user"])
