@@ -1,4 +1,5 @@
 """org.quilt.Runtime.Container on /org/quilt/Runtime/container/ID: one object per container."""
+import signal
 from typing import Any
 
 from dbus_fast import Variant
@@ -28,7 +29,8 @@ def properties(c: Container) -> dict[str, Any]:
         "Hostname": effective_hostname(c.spec), "WorkingDirectory": c.spec.workdir, "User": c.spec.user or "0",
         "Namespaces": list(c.spec.namespaces), "CreatedAt": c.created_at, "StartedAt": c.started_at,
         "FinishedAt": c.finished_at, "MemoryMax": c.spec.memory_max, "PidsMax": c.spec.pids_max,
-        "CPUQuota": c.spec.cpu_quota, "StopTimeout": c.spec.stop_timeout, "RemoveOnExit": c.spec.remove_on_exit,
+        "CPUQuota": c.spec.cpu_quota, "StopTimeout": c.spec.stop_timeout,
+        "StopSignal": c.spec.stop_signal or signal.SIGTERM, "RemoveOnExit": c.spec.remove_on_exit,
         "Labels": dict(c.spec.labels), "Setup": list(c.spec.setup), "SetupImage": c.setup_image,
         "Seccomp": c.spec.seccomp,
     }
@@ -195,6 +197,10 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
     @dbus_property(access=PropertyAccess.READ, name="CPUQuota")
     def cpu_quota(self) -> "d":
         return self._c.spec.cpu_quota
+
+    @dbus_property(access=PropertyAccess.READ, name="StopSignal")
+    def stop_signal(self) -> "i":
+        return self._c.spec.stop_signal or signal.SIGTERM
 
     @dbus_property(access=PropertyAccess.READ, name="StopTimeout")
     def stop_timeout(self) -> "u":

@@ -228,7 +228,7 @@ def test_podman_flags_reach_the_container_and_its_scope(image: str, name: str) -
     assert props["CPUQuota"] == 50.0
     assert props["PidsMax"] == 50
     assert props["Labels"] == {"k": "v"}
-    assert props["StopTimeout"] == 1
+    assert props["StopTimeout"] == 1 and props["StopSignal"] == 15  # SIGTERM: the rootfs tarball names none
     assert props["Hostname"] == "myhost" and props["WorkingDirectory"] == "/tmp"
     assert {"FOO=bar", "SPACED=a b=c"} <= set(props["Environment"])
     # Applied by systemd to the container's scope.

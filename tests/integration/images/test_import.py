@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -98,6 +99,7 @@ async def test_a_command_given_replaces_cmd_and_what_the_caller_gives_wins(
 async def test_stop_sends_the_images_stop_signal(images_client: Client, app_layout: Path, name: str) -> None:
     await images_client.import_image(str(app_layout), "test/app:v1")
     path = await images_client.run_container(name, "test/app:v1", ["wait"], {})
+    assert (await images_client.properties(path))["StopSignal"] == signal.SIGUSR1
     for _ in range(100):
         if any("cwd=" in line.text for line in await images_client.get_logs(path, {})):
             break
