@@ -17,6 +17,8 @@ import os
 import stat
 import tarfile
 
+from quilt_agent.images.tarball import KEPT_XATTRS, XATTR_PAX
+
 WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -67,6 +69,7 @@ def write_layer(top: str, out: object, skip: frozenset[str] = frozenset()) -> No
                 if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
                     continue  # device nodes, FIFOs, sockets: the runtime provides /dev
                 info = tar.gettarinfo(path, arcname)
+                _add_xattrs(path, info)
                 if info.isreg():
                     with open(path, "rb") as f:
                         tar.addfile(info, f)
@@ -74,6 +77,19 @@ def write_layer(top: str, out: object, skip: frozenset[str] = frozenset()) -> No
                     tar.addfile(info)
                 if stat.S_ISDIR(st.st_mode) and _opaque(path):
                     _add_empty(tar, os.path.join(arcname, OPAQUE), st)
+
+
+def _add_xattrs(path: str, info: tarfile.TarInfo) -> None:
+    """File capabilities and user.* attributes a setup step set (a package's postinst may setcap), as PAX
+    SCHILY.xattr.NAME headers, which the image store applies again when it unpacks the layer."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        if name in KEPT_XATTRS or name.startswith("user."):
+            value = os.getxattr(path, name, follow_symlinks=False)
+            info.pax_headers[XATTR_PAX + name] = value.decode("utf-8", "surrogateescape")
 
 
 def _opaque(path: str) -> bool:

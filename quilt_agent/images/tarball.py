@@ -60,6 +60,8 @@ _TAR_BUFFER = 1 << 16
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
+XATTR_PAX = "SCHILY.xattr."  # a PAX header key: the rest is an extended attribute's name
+KEPT_XATTRS = ("security.capability",)  # and user.*
 MAX_SKIPPED_REPORTED = 100  # devices named in the report; the count is always exact
 
 # Failures of the machine rather than of the image: these must not be reported as a broken image.
@@ -468,7 +470,25 @@ def _checked(tar: tarfile.TarFile, cursor: _Cursor) -> Iterator[tarfile.TarInfo]
             # write through it, changing another file of the layer.
             os.unlink(member.name)
         yield member
+        _set_xattrs(member)  # now that tarfile has written and chowned it (a chown drops file capabilities)
         cursor.member = None
+
+
+def _set_xattrs(member: tarfile.TarInfo) -> None:
+    """The member's extended attributes from its PAX header (SCHILY.xattr.NAME, as GNU tar and Go's archive/tar
+    write them): file capabilities (`setcap cap_net_raw+ep /bin/ping`) and user.* ones. Others are left out:
+    trusted.overlay.* would steer overlayfs, security.selinux is the host's business."""
+    for key, value in member.pax_headers.items():
+        if not key.startswith(XATTR_PAX):
+            continue
+        name = key[len(XATTR_PAX):]
+        if name in KEPT_XATTRS or name.startswith("user."):
+            try:
+                # tarfile hands binary PAX values over as surrogate-escaped text.
+                os.setxattr(member.name, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP):  # user.* on a symlink; a filesystem without
+                    raise
 
 
 def _whiteout(name: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import struct
 import tarfile
 from pathlib import Path
 
@@ -34,6 +35,21 @@ def test_upper_directory_becomes_an_oci_layer_with_whiteouts(tmp_path: Path) -> 
     assert members["usr/lib/link.py"].issym() and members["usr/lib/link.py"].linkname == "new.py"
     assert {members["usr/lib/same.py"].islnk(), members["usr/lib/new.py"].islnk()} == {True, False}
     assert "etc/resolv.conf" not in members and members["etc"].isdir()
+
+
+def test_file_capabilities_and_user_xattrs_go_into_the_layer(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "ping").write_bytes(b"x")
+    cap = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)  # cap_net_raw+ep, as a postinst's setcap leaves it
+    os.setxattr(upper / "ping", "security.capability", cap)
+    os.setxattr(upper / "ping", "user.note", b"kept")
+    out = io.BytesIO()
+    pack.write_layer(str(upper), out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        headers = tar.getmember("ping").pax_headers
+    assert headers["SCHILY.xattr.security.capability"].encode("utf-8", "surrogateescape") == cap
+    assert headers["SCHILY.xattr.user.note"] == "kept"
 
 
 def test_pack_writes_the_layer_from_a_chrooted_child(tmp_path: Path) -> None:

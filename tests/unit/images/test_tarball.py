@@ -6,6 +6,7 @@ import io
 import os
 import re
 import stat
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -407,3 +408,29 @@ def test_a_whiteout_under_what_this_layer_made_a_file_is_moot(tmp_path: Path, de
     raw = tar_bytes([directory("opt/"), member("opt/dir", data=b"now a file\n"), member("opt/dir/.wh.inner")])
     extract(write(tmp_path / "x.tar", raw), dest)
     assert (dest / "opt/dir").read_bytes() == b"now a file\n"
+
+
+NET_RAW_EP = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)  # vfs_cap_data v2: cap_net_raw+ep
+
+
+def with_xattrs(entry: tuple[tarfile.TarInfo, bytes], xattrs: dict[str, bytes]) -> tuple[tarfile.TarInfo, bytes]:
+    """A member with extended attributes, as GNU tar --xattrs writes them (binary values as PAX allows)."""
+    info, _ = entry
+    for name, value in xattrs.items():
+        info.pax_headers["SCHILY.xattr." + name] = value.decode("utf-8", "surrogateescape")
+    return entry
+
+
+def test_file_capabilities_and_user_xattrs_are_applied_and_overlay_ones_never(tmp_path: Path, dest: Path) -> None:
+    members = [
+        directory("bin"),
+        with_xattrs(member("bin/ping", data=b"#!/bin/true\n", mode=0o755), {"security.capability": NET_RAW_EP}),
+        directory("etc"),
+        with_xattrs(member("etc/tagged", data=b"x"), {"user.origin": b"debian"}),
+        with_xattrs(directory("opt"), {"trusted.overlay.opaque": b"y"}),
+        with_xattrs(member("etc/link", tarfile.SYMTYPE, linkname="tagged"), {"user.x": b"1"}),
+    ]
+    extract(write(tmp_path / "layer.tar", tar_bytes(members)), dest)
+    assert os.getxattr(dest / "bin/ping", "security.capability") == NET_RAW_EP
+    assert os.getxattr(dest / "etc/tagged", "user.origin") == b"debian"
+    assert "trusted.overlay.opaque" not in os.listxattr(dest / "opt")
