@@ -15,9 +15,11 @@ host's namespace (the init does not unshare one); `container:ID` joins another c
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import struct
 import time
 from dataclasses import dataclass, field, replace
@@ -84,6 +86,30 @@ class _Member:
     ports: list[PortMapping] = field(default_factory=list)
     netns_ready: asyncio.Future[None] | None = None  # the namespace is pinned
     links_ready: asyncio.Future[None] | None = None  # veths, addresses, route, rules
+    holds: list[socket.socket] = field(default_factory=list)  # its host ports, bound by the agent (hold_ports)
+
+
+def hold_ports(ports: list[PortMapping]) -> list[socket.socket]:
+    """Bind each published host port in the host's network namespace and keep it bound, as Podman does: a host
+    process listening there already is PortInUse, and none can take the port while the container has it.
+    The sockets never listen: the rules forward the port's traffic to the container before any socket would."""
+    held: list[socket.socket] = []
+    try:
+        for p in ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if p.protocol == "tcp" else socket.SOCK_DGRAM)
+            held.append(sock)
+            sock.set_inheritable(False)
+            try:
+                sock.bind((p.host_ip or "0.0.0.0", p.host_port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise PortInUse(f"Host port {p.host_port}/{p.protocol} is in use by a process of the host") from None
+                raise InvalidArgument(f"Host port {p}: {e.strerror}") from None
+    except BaseException:
+        for sock in held:
+            sock.close()
+        raise
+    return held
 
 
 def mode_of(networks: tuple[str, ...]) -> str:
@@ -288,6 +314,7 @@ class Networks:
                         if mapping.conflicts_with(taken):
                             raise PortInUse(f"Host port {mapping.host_port}/{mapping.protocol} is published by "
                                             f"container '{other.name}' already ({taken})")
+            member.holds = hold_ports(member.ports)
         except BaseException:
             for a in member.attachments:
                 self._ipam.release(a.network_id, a.address)
@@ -337,6 +364,8 @@ class Networks:
         m = self._members.pop(container_id, None)
         if m is None:
             return
+        for sock in m.holds:
+            sock.close()
         self._forget_names(container_id, m)
         for a in m.attachments:
             self._ipam.release(a.network_id, a.address)
@@ -613,6 +642,11 @@ class Networks:
                     log.error("container %s lost its addresses and could not get new ones: %s", c.name, e)
                     self._members[c.id] = _Member(c.name, c.spec.aliases, NONE)
                 continue
+            if m.ports:
+                try:
+                    m.holds = hold_ports(m.ports)
+                except QuiltError as e:  # the container keeps its rules; the host process has the port meanwhile
+                    log.warning("container %s: %s", c.name, e)
             self._register_names(c.id, m)
         # The kernel side is repaired as far as it can be; a failure is logged, never keeps the agent from
         # starting (its containers must stay manageable): a container's next start tries again.

@@ -101,6 +101,26 @@ async def test_a_published_host_port_is_port_in_use_for_the_next(client: Client,
     await client.create_container(f"{name}-d", str(busybox_tar), ["/bin/true"], {"ports": ["8090:80"]})
 
 
+@pytest.mark.parametrize("kind, proto", [(socket.SOCK_STREAM, "tcp"), (socket.SOCK_DGRAM, "udp")])
+async def test_a_host_process_on_the_port_is_port_in_use_and_a_published_port_is_held(
+        client: Client, busybox_tar: Path, name: str, kind: int, proto: str) -> None:
+    with socket.socket(socket.AF_INET, kind) as squatter:
+        squatter.bind(("0.0.0.0", 8091))
+        if kind == socket.SOCK_STREAM:
+            squatter.listen()
+        with pytest.raises(ClientError) as caught:
+            await client.create_container(name, str(busybox_tar), ["/bin/true"], {"ports": [f"8091:80/{proto}"]})
+        assert caught.value.name == ERR + "PortInUse" and "a process of the host" in caught.value.message
+    assert await client.list_containers() == []  # nothing half-made
+    # Published, the port is the container's: a host process cannot take it until the container is removed.
+    path = await client.create_container(name, str(busybox_tar), ["/bin/true"], {"ports": [f"8091:80/{proto}"]})
+    with socket.socket(socket.AF_INET, kind) as late, pytest.raises(OSError):
+        late.bind(("127.0.0.1", 8091))
+    await client.remove(path)
+    with socket.socket(socket.AF_INET, kind) as late:
+        late.bind(("127.0.0.1", 8091))
+
+
 async def test_the_rules_name_the_port_and_go_with_the_container(client: Client, busybox_tar: Path,
                                                                  name: str) -> None:
     path = await start(client, name, busybox_tar, options={"ports": ["8095:80"]})
