@@ -301,17 +301,23 @@ def serve(root: Path, address: str, port: int = 0, log: Path | None = None) -> P
     log = log or root.parent / f"{root.name}-access.log"
     process = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "--directory", str(root),
                                 str(port)], stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    wait_listening(port, process, log, "http.server")
+    return PackageServer(root, port, base_url, process, log)
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    """Return once a test server started as process answers on 127.0.0.1:port; RuntimeError with its log if it
+    ends or is not there within 10 s."""
     deadline = time.monotonic() + 10
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
+                return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"http.server on port {port} did not start: {log.read_text(errors='replace')}")
+                raise RuntimeError(f"{what} on port {port} did not start: {log.read_text(errors='replace')}")
             time.sleep(0.05)
-    return PackageServer(root, port, base_url, process, log)
 
 
 def main(argv: list[str]) -> int:

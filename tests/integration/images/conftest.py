@@ -23,7 +23,7 @@ import pytest
 
 from quilt_agent.client import Client
 from tests import imagetools
-from tests.packageindex import access_log_requests
+from tests.packageindex import access_log_requests, wait_listening
 
 IMAGES = Path("/var/lib/quilt/images")
 ERR = "org.quilt.Runtime.Error."
@@ -142,15 +142,7 @@ def start_registry(directory: Path, auth: dict | None = None, creds: tuple[str, 
     log = directory / "registry.log"
     process = subprocess.Popen(["docker-registry", "serve", str(directory / "config.yml")],
                                stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "docker-registry did not start"
-            time.sleep(0.05)
+    wait_listening(port, process, log, "docker-registry")
     return Registry(f"127.0.0.1:{port}", process, log, creds)
 
 
