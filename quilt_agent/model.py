@@ -196,6 +196,14 @@ def _limit(key: str, value: Any, minimum: int) -> int:
     return value
 
 
+def _parse_memory_max(value: Any) -> int:
+    _expect("memory_max", value, int, "an unsigned integer (bytes)")
+    if value < MIN_MEMORY:
+        # As Podman: a limit given without a unit is bytes, and less than 6 MiB cannot even start a shell.
+        raise InvalidArgument(f"Invalid memory_max {value} bytes: the least is {MIN_MEMORY} (6 MiB)")
+    return _limit("memory_max", value, MIN_MEMORY)
+
+
 def _parse_user(value: Any) -> str:
     _expect("user", value, str, "a string")
     if value and not re.fullmatch(r"[a-zA-Z0-9_][a-zA-Z0-9_.-]*(:[a-zA-Z0-9_][a-zA-Z0-9_.-]*)?", value):
@@ -265,7 +273,7 @@ OPTION_PARSERS = {
     "workdir": ("workdir", _parse_workdir),
     "user": ("user", _parse_user),
     "hostname": ("hostname", _parse_hostname),
-    "memory_max": ("memory_max", lambda v: _limit("memory_max", v, MIN_MEMORY)),
+    "memory_max": ("memory_max", _parse_memory_max),
     "cpu_quota": ("cpu_quota", _parse_cpu_quota),
     "pids_max": ("pids_max", lambda v: _limit("pids_max", v, 1)),
     "namespaces": ("namespaces", _parse_namespaces),

@@ -22,6 +22,7 @@ import aiosqlite
 from quilt_agent.errors import InvalidArgument, NoSuchPath, NoSuchVolume, VolumeInUse, VolumeNameInUse
 
 VOLUME_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+ANONYMOUS_NAME_RE = re.compile(r"[0-9a-f]{64}")  # name_anonymous's names
 MAX_VOLUME_NAME = 128
 MOUNT_OPTIONS = ("ro", "rw", "nosuid", "nodev", "noexec")
 FORBIDDEN_TARGETS = ("/proc", "/sys", "/dev")
@@ -277,7 +278,8 @@ class Volumes:
             if exist_ok:
                 return self._volumes[name]
             raise VolumeNameInUse(name)
-        vid = secrets.token_hex(32)
+        # An anonymous volume's name is already 64 random hex digits: its id too, as Podman shows one string.
+        vid = name if ANONYMOUS_NAME_RE.fullmatch(name) else secrets.token_hex(32)
         data = self._root / name / "_data"
         v = Volume(id=vid, name=name, mountpoint=str(data), created_at=_usec(), labels=labels)
         self._volumes[name] = v  # taken before the await: a concurrent create of the same name is refused

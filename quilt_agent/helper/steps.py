@@ -33,7 +33,8 @@ def run(streams: tuple[int, int], entries: tuple[str, ...], env: dict[str, str],
     out, err = streams
     try:
         if cached:
-            _say(out, f"quilt: setup: using cached result {cached[:12]} ({len(entries)} steps not run)")
+            steps = f"{len(entries)} step{'s' if len(entries) != 1 else ''}"
+            _say(out, f"quilt: setup: using cached result {cached[:12]} ({steps} not run)")
             return
         for n, entry in enumerate(entries, 1):
             step = setup_commands.parse(entry)

@@ -66,3 +66,9 @@ def test_state_rules() -> None:
     assert not State.RUNNING.can_start() and not State.REMOVING.can_start()
     assert State.RUNNING.can_kill() and not State.EXITED.can_kill()
     assert not State.RUNNING.can_remove() and State.EXITED.can_remove()
+
+
+def test_a_memory_limit_below_6_mib_names_the_unit_and_the_least() -> None:
+    with pytest.raises(InvalidArgument, match=r"Invalid memory_max 512 bytes: the least is 6291456 \(6 MiB\)"):
+        parse_options({"memory_max": 512})
+    assert parse_options({"memory_max": 6 * 1024 * 1024})["memory_max"] == 6 * 1024 * 1024

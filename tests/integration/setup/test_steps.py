@@ -85,7 +85,7 @@ async def test_the_second_container_starts_from_the_cached_result(client: Client
     assert [line.text for line in await client.get_logs(second, {}) if not line.text.startswith("quilt:")] == [
         "installed", "vi-gone"]
     assert [line.text for line in await client.get_logs(second, {"setup": True})] == [
-        f"quilt: setup: using cached result {image_props['Id'][:12]} (1 steps not run)"]
+        f"quilt: setup: using cached result {image_props['Id'][:12]} (1 step not run)"]
     # setup_cache false runs the steps again.
     _, props = await _finish(client, name + "c", busybox_tar, script, {**options, "setup_cache": False})
     assert props["SetupImage"] == "" and (tmp_path / "count").read_text() == "ran\nran\n"

@@ -119,7 +119,8 @@ async def test_anonymous_volume_is_kept_across_restarts_and_goes_with_its_contai
     path = await vclient.create_container(name, str(volume_image), ["/bin/sh", "-c", "cat /seed/*; date >> /seed/runs"],
                                           {"volumes": ["/seed"]})
     ((anon, mountpoint, vpath),) = await vclient.list_volumes()
-    assert len(anon) == 64 and (await vclient.volume_properties(vpath))["UsedBy"] == [name]
+    props = await vclient.volume_properties(vpath)
+    assert len(anon) == 64 and props["UsedBy"] == [name] and props["Id"] == anon  # one string, as Podman shows
     for _ in range(2):
         await vclient.start(path)
         assert await vclient.wait(path) == 0
