@@ -102,5 +102,19 @@ def set_capabilities(effective: int, permitted: int, inheritable: int) -> None:
 
 
 def set_process_name(name: str) -> None:
-    """The name ps, top and /proc/PID/comm show (the kernel keeps 15 bytes)."""
+    """The name ps, top and /proc/PID/comm show (the kernel keeps 15 bytes), and the command line that
+    `ps -f` and `systemctl status` show: a forked helper would otherwise show the agent's own.
+
+    The command line is rewritten in place, in the memory the kernel reads /proc/PID/cmdline from (between
+    arg_start and arg_end of /proc/self/stat), as setproctitle does: cut to the space the original had."""
     _check(_libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0), "prctl PR_SET_NAME")
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end: fields 48 and 49 of stat
+        title = name.encode().replace(b" ", b"\0")[:end - start - 1]  # words as arguments: shown unquoted
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(title + b"\0" * (end - start - len(title)))
+    except (OSError, ValueError, IndexError):
+        pass  # the short name is set; the long one is a courtesy

@@ -215,3 +215,15 @@ async def test_a_command_that_ends_at_once_is_never_left_running(client: Client,
         props = await client.properties(path)
         assert (props["State"], props["MainPID"]) == ("exited", 0)
         assert 0 < props["StartedAt"] <= props["FinishedAt"]
+
+
+async def test_the_monitor_in_the_scope_is_named_for_its_container(client: Client, busybox_tar: Path,
+                                                                   name: str) -> None:
+    """`systemctl status quilt-NAME.scope` lists the monitor beside the command: not as the agent's command line."""
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sleep", "300"], {})
+    init = (await client.properties(path))["MainPID"]
+    monitor = next(int(line.split()[1]) for line in open(f"/proc/{init}/status") if line.startswith("PPid:"))
+    assert Path(f"/proc/{monitor}/cmdline").read_bytes().rstrip(b"\0") == f"quilt-mon\0{name}".encode()
+    status = subprocess.run(["systemctl", "status", "--no-pager", "-l", f"quilt-{name}.scope"],
+                            capture_output=True, text=True).stdout
+    assert f"{monitor} quilt-mon {name}" in status and "quilt-agent" not in status, status
