@@ -46,6 +46,8 @@ from quilt_agent.client import Client, ClientError, LogLine
 
 MIB = 1 << 20
 _UINT32_MAX = (1 << 32) - 1
+# The agent refuses a stop_timeout above a day (quilt_agent/model.py, _parse_stop_timeout).
+MAX_STOP_TIMEOUT = 86400
 
 
 @dataclass
@@ -72,7 +74,7 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
     image: str | None = params["image_path"]
     if image is None:
         if not args:
-            raise click.UsageError("an IMAGE is required (a rootfs tarball or an image name)")
+            raise click.UsageError("an IMAGE is required (an image name or id, or a path to an image file)")
         image = args.pop(0)
     # With option parsing stopped at IMAGE (so `run IMG ls -l` works), a `--` after IMAGE reaches us literally.
     if args[:1] == ["--"]:
@@ -159,7 +161,7 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Publish a port: [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]."),
         click.option(
             "--stop-timeout",
-            type=click.IntRange(min=0, max=_UINT32_MAX),
+            type=click.IntRange(min=0, max=MAX_STOP_TIMEOUT),
             default=None,
             help="Seconds between SIGTERM and SIGKILL on stop (default 10).",
         ),
@@ -187,7 +189,8 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _COMPAT_EPILOG = (
-    "IMAGE is a rootfs tarball (a path, made absolute here) or an image name. The original Quilt spellings "
+    "IMAGE is an image name, an id or id prefix, or a path (made absolute here) to an image file: a rootfs "
+    "tarball, an OCI layout directory, an oci-archive or a docker save archive. The original Quilt spellings "
     "--image-path/--image PATH, --memory-limit MIB, --cpu-limit PERCENT and --enable-all-namespaces work too."
 )
 # Option parsing stops at IMAGE, as in Podman, so the command's own flags (`ls -l`) are not taken for ours.
@@ -464,13 +467,17 @@ async def _properties_or_none(client: Client, path: str) -> dict[str, Any] | Non
 
 @click.command()
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers, not only running ones.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list with every property.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list of the containers' properties (as inspect, without Environment).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the ids.")
 @click.pass_context
-def ps(ctx: click.Context, show_all: bool, as_json: bool) -> None:
+def ps(ctx: click.Context, show_all: bool, as_json: bool, quiet: bool) -> None:
     """List containers."""
 
     async def body(client: Client) -> list[dict[str, Any]]:
         entries = [e for e in await client.list_containers() if show_all or e.state == "running"]
+        if quiet and not as_json:
+            return [{"Id": e.id} for e in entries]  # ListContainers has the ids: no property call needed
         # dbus-daemon refuses a connection more than 128 pending calls on the system bus (max_replies_per_
         # connection): with 200 containers an unbounded gather failed. Keep at most 64 in flight.
         limit = asyncio.Semaphore(64)
@@ -485,6 +492,9 @@ def ps(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     rows = with_client(ctx, body)
     if as_json:
         output.print_json(rows)
+    elif quiet:
+        for props in rows:
+            click.echo(str(props["Id"])[:output.SHORT_ID])
     else:
         output.print_ps_table(rows, time.time())
 
@@ -538,7 +548,8 @@ def status(ctx: click.Context, container: str) -> None:
 @click.option(
     "-n", "--tail", "lines", type=click.IntRange(min=0, max=_UINT32_MAX), default=None, help="Only the last N lines."
 )
-@click.option("--since", default=None, help="Only lines since TIME: 10s, 5m, 2h ago, a Unix time or an ISO 8601 time")
+@click.option("--since", default=None,
+              help="Only lines since TIME: a duration ago (10s, 5m, 2h or '2h ago'), a Unix time or ISO 8601.")
 @click.option("--until", default=None, help="Only lines until TIME (same forms as --since).")
 @click.option("-f", "--follow", is_flag=True, help="Print new lines as they come, until the container exits.")
 @click.option("-t", "--timestamps", is_flag=True, help="Begin each line with its time (RFC 3339).")

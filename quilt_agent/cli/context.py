@@ -18,6 +18,8 @@ R = TypeVar("R")
 EXIT_QUILT_ERROR = 125
 
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+NO_SERVER = "org.freedesktop.DBus.Error.NoServer"  # Client.connect's: no system bus to talk to
+SERVICE_UNKNOWN = "org.freedesktop.DBus.Error.ServiceUnknown"
 NO_SUCH_CONTAINER = "org.quilt.Runtime.Error.NoSuchContainer"
 NOT_RUNNING = "org.quilt.Runtime.Error.NotRunning"
 UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
@@ -33,6 +35,21 @@ class CliState:
     """click's context obj. Tests put a fake Client's factory here; nothing else needs replacing."""
 
     client_factory: Callable[[], Client] = field(default=_default_client)
+
+
+# What to do about an unreachable agent, on the same line as the error (scripts' logs keep one line per failure).
+_NO_BUS_HINT = ("without systemd as PID 1 there is no system bus: use the test host, "
+                "`python3 tests/testhost.py run -- bash` from the checkout; otherwise `make install` and start dbus")
+_NO_AGENT_HINT = "is quilt-agent installed? `make install` from the checkout installs it"
+
+
+def unreachable_message(error: AgentNotReachable) -> str:
+    """The error's one line, with a hint when the bus itself, or the agent's bus activation, is missing."""
+    if error.name == NO_SERVER:
+        return f"{error.message} ({_NO_BUS_HINT})"
+    if error.name == SERVICE_UNKNOWN:
+        return f"{error.message} ({_NO_AGENT_HINT})"
+    return error.message
 
 
 def fail(message: str, code: int = EXIT_QUILT_ERROR) -> NoReturn:
@@ -71,5 +88,7 @@ def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T
 
     try:
         return asyncio.run(session())
+    except AgentNotReachable as e:
+        fail(unreachable_message(e))
     except ClientError as e:
         fail(e.message)

@@ -102,7 +102,7 @@ class _Shown:
             self._progress.update(task, description=f"{verb} {short}", completed=p.done, total=total)
             return
         # Plain: each step once, when it starts and (for the long ones) when it ends.
-        line = f"{verb} {short}" + (f" ({output_size(p.total)})" if p.total else "")
+        line = f"{verb} {short}" + (f" ({output.size_text(p.total)})" if p.total else "")
         if verb in ("unpacked", "exists") or (p.phase not in self._said and p.done < p.total) or (
                 p.phase not in self._said and not p.total):
             self._said.add(p.phase)
@@ -111,13 +111,6 @@ class _Shown:
 
 def _short(what: str) -> str:
     return what[:len("sha256:") + SHORT] if what.startswith("sha256:") else what
-
-
-def output_size(size: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
 
 
 def _with_progress(ctx: click.Context, call: Callable[[Client, str], Awaitable[str]], quiet: bool) -> str:
@@ -253,7 +246,7 @@ def ls(ctx: click.Context, show_all: bool, as_json: bool, quiet: bool) -> None:
     now = time.time()
     columns = ("NAME", "ID", "SIZE", "CREATED") + (("SETUP",) if show_all else ())
     output.print_table(columns, (
-        (name, str(props["Id"])[:SHORT], output_size(int(props.get("Size", 0))),
+        (name, str(props["Id"])[:SHORT], output.size_text(int(props.get("Size", 0))),
          output.ago(int(props.get("CreatedAt", 0)), now)) + ((setup_text(props),) if show_all else ())
         for props in images
         for name in props.get("Names") or ["<setup>" if is_setup_cache(props) else "<none>"]
@@ -305,7 +298,7 @@ def prune(ctx: click.Context) -> None:
         return await client.prune_images()
 
     freed = with_client(ctx, body)
-    click.echo(f"{output_size(freed)} freed")
+    click.echo(f"{output.size_text(freed)} freed")
 
 
 COMMANDS: list[click.Command] = [image]

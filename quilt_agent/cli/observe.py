@@ -179,7 +179,8 @@ def _event_text(event: Event) -> str:
 
 
 @click.command()
-@click.option("--since", default=None, help="Show stored events since TIME first (10m, a Unix time, ISO 8601).")
+@click.option("--since", default=None,
+              help="Show stored events since TIME first (10m or '10m ago', a Unix time, ISO 8601).")
 @click.option("--until", default=None, help="Stop at TIME; a past TIME prints the stored events and exits.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
 @click.pass_context

@@ -97,6 +97,14 @@ def print_ps_table(rows: Sequence[Mapping[str, Any]], now: float) -> None:
     ))
 
 
+def size_text(size: int) -> str:
+    """A size on disk or on the wire as podman shows one: decimal units, one decimal ("2.0 MB")."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
 def _human_size(size: int) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if size >= scale and size % scale == 0:

@@ -89,13 +89,25 @@ def parse_duration(text: str) -> float:
     return total
 
 
+_AGO_RE = re.compile(r"(.*?)\s+ago", re.IGNORECASE)
+_TIME_FORMS = "a duration like 10s, 5m, 2h or '2h ago'; a Unix timestamp; or an ISO 8601 time"
+
+
 def parse_since(text: str, now: float) -> int:
-    """--since as usec since the epoch: a duration ago ('10m'), a Unix timestamp, or an ISO 8601 time.
+    """--since/--until as usec since the epoch: a duration ago ('10m' or '10m ago'), a Unix timestamp, or an
+    ISO 8601 time.
 
     `now` is passed in (seconds since the epoch) so the result does not depend on when it is computed.
     A naive ISO time is local time, as for journalctl --since.
     """
     value = text.strip()
+    ago = _AGO_RE.fullmatch(value)
+    if ago is not None:
+        # '2h ago', as the help's examples read: only a duration may come before it.
+        try:
+            return int((now - parse_duration(ago.group(1))) * 1_000_000)
+        except ValueError:
+            raise ValueError(f"'{text}' is not a time ({_TIME_FORMS})") from None
     try:
         return int((now - parse_duration(value)) * 1_000_000)
     except ValueError:
@@ -105,9 +117,7 @@ def parse_since(text: str, now: float) -> int:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(
-            f"'{text}' is not a time (a duration like 10s, 5m, 2h; a Unix timestamp; or an ISO 8601 time)"
-        ) from None
+        raise ValueError(f"'{text}' is not a time ({_TIME_FORMS})") from None
     return int(moment.timestamp() * 1_000_000)
 
 

@@ -141,12 +141,12 @@ def rm(ctx: click.Context, force: bool, volumes: tuple[str, ...]) -> None:
 @volume.command("prune")
 @click.pass_context
 def prune(ctx: click.Context) -> None:
-    """Remove every volume no container uses; print the bytes freed."""
+    """Remove every volume no container uses; print the space freed."""
 
     async def body(client: Client) -> int:
         return await client.prune_volumes()
 
-    click.echo(with_client(ctx, body))
+    click.echo(f"{output.size_text(with_client(ctx, body))} freed")
 
 
 def _split(arg: str) -> tuple[str, str] | None:
@@ -158,15 +158,19 @@ def _split(arg: str) -> tuple[str, str] | None:
 
 
 @click.command("cp")
-@click.argument("source")
-@click.argument("dest")
+@click.argument("source", metavar="SRC")
+@click.argument("dest", metavar="DEST")
 @click.pass_context
 def cp(ctx: click.Context, source: str, dest: str) -> None:
-    """Copy files between a container and the host: SRC and DEST, one of them CONTAINER:PATH.
+    """Copy files between a container and the host: SRC and DEST are paths, one of them CONTAINER:PATH.
 
     As docker cp: a DEST that is an existing directory receives SRC under its own name. Works on running and
-    stopped containers; owners, modes, times and symlinks are kept.
+    stopped containers; owners, modes, times and symlinks are kept. Unlike docker cp, '-' (a tar stream on
+    stdin or stdout) is not supported: give a path (./- for a file named '-').
     """
+    if "-" in (source, dest):
+        # The agent's CopyFrom/CopyTo take host paths: without this, `cp c:/f -` wrote a file named '-'.
+        raise click.UsageError("streaming a tar archive through '-' is not supported: give a host path")
     src, dst = _split(source), _split(dest)
     if (src is None) == (dst is None):
         raise click.UsageError("give exactly one side as CONTAINER:PATH (the other is a host path)")

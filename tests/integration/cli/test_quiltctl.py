@@ -385,9 +385,59 @@ def test_with_the_agent_masked_ps_says_it_is_not_reachable_and_125() -> None:
 
 def test_without_a_system_bus_ps_says_the_agent_is_not_reachable_and_125() -> None:
     env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS="unix:path=/run/no-such-bus-socket")
-    assert_one_error_line(quiltctl("ps", env=env), QUILT_ERROR, "not reachable", "/run/no-such-bus-socket")
+    # With, on the same line, what to do about it: the test host where there is no systemd, else install.
+    assert_one_error_line(quiltctl("ps", env=env), QUILT_ERROR, "not reachable", "/run/no-such-bus-socket",
+                          "python3 tests/testhost.py run -- bash", "make install")
 
 
 def test_version_prints_the_client_and_agent_versions() -> None:
     assert ok("version").splitlines() == [f"Client: {__version__}", f"Agent:  {__version__}"]
     assert ok("--version") == f"quiltctl {__version__}\n"
+
+
+# what a new user's trial found
+
+
+def test_cp_refuses_dash_as_a_stream_and_writes_nothing(image: str, name: str, tmp_path: Path) -> None:
+    ok("create", "--name", name, image, "/bin/true")
+    for args in ([f"{name}:/etc/passwd", "-"], ["-", f"{name}:/tmp/x"]):
+        result = subprocess.run([QUILTCTL, "cp", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=60, cwd=tmp_path)
+        assert_one_error_line(result, USAGE_ERROR, "not supported", "path")
+    assert list(tmp_path.iterdir()) == []  # once, a file named '-'
+    (tmp_path / "-").write_text("a file named -\n")  # ./- is still a path
+    assert ok("cp", str(tmp_path / "-"), f"{name}:/dash") == ""
+    ok("cp", f"{name}:/dash", str(tmp_path / "back"))
+    assert (tmp_path / "back").read_text() == "a file named -\n"
+
+
+def test_logs_and_events_take_a_time_ago(image: str, name: str) -> None:
+    ok("run", "--name", name, image, "/bin/echo", "hello")
+    assert ok("logs", "--since", "2h ago", name) == "hello\n"
+    assert ok("logs", "--since", "2h ago", "--until", "0s ago", name) == "hello\n"
+    container_id = inspect(name)["Id"]
+    shown = ok("events", "--since", "1h ago", "--until", "0s ago")
+    assert f"container created {container_id[:12]} (name={name}" in shown
+    assert_one_error_line(quiltctl("logs", "--since", "someday ago", name), USAGE_ERROR, "--since")
+
+
+def test_the_stop_timeout_flag_takes_what_the_agent_takes(image: str, name: str) -> None:
+    ok("create", "--name", name, "--stop-timeout", "86400", image, "/bin/true")
+    assert inspect(name)["StopTimeout"] == 86400
+    assert_one_error_line(quiltctl("create", "--stop-timeout", "86401", image, "/bin/true"), USAGE_ERROR,
+                          "86401", "0<=x<=86400")
+
+
+def test_volume_prune_words_the_space_freed_as_image_prune(image: str, name: str) -> None:
+    ok("run", "--rm", "-v", f"{name}-v:/data", image, "/bin/sh", "-c", "head -c 300000 /dev/zero > /data/f")
+    freed = ok("volume", "prune")
+    assert re.fullmatch(r"\d+\.\d (kB|MB) freed\n", freed), freed
+    assert re.fullmatch(r"(\d+ B|\d+\.\d (kB|MB|GB)) freed\n", ok("image", "prune"))
+
+
+def test_ps_quiet_prints_the_short_ids(image: str, name: str) -> None:
+    running = ok("run", "-d", "--name", name, image, "/bin/sleep", "300").strip()
+    exited = ok("create", "--name", name + "-new", image, "/bin/true").strip()
+    assert ok("ps", "-q") == running[:12] + "\n"
+    assert sorted(ok("ps", "-a", "--quiet").split()) == sorted([running[:12], exited[:12]])
+    assert [props["Id"] for props in json.loads(ok("ps", "-q", "--json"))] == [running]  # --json wins

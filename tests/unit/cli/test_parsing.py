@@ -383,10 +383,10 @@ def test_agent_errors_are_one_line_and_125(fake: FakeClient) -> None:
 
 
 def test_unreachable_agent_is_one_line_and_125(fake: FakeClient) -> None:
-    fake.errors["connect"] = AgentNotReachable("org.freedesktop.DBus.Error.NoServer", "no socket")
+    fake.errors["connect"] = AgentNotReachable("org.freedesktop.DBus.Error.NoReply", "no reply")
     result = quiltctl(fake, "ps")
     assert result.exit_code == 125
-    assert result.stderr == "quiltctl: quilt-agent is not reachable on the system bus: no socket\n"
+    assert result.stderr == "quiltctl: quilt-agent is not reachable on the system bus: no reply\n"
 
 
 def test_ps_shows_running_ones_unless_all(fake: FakeClient) -> None:
@@ -512,3 +512,137 @@ def test_security_opt_seccomp_becomes_the_seccomp_option(fake: FakeClient) -> No
     for bad in ("label=disable", "seccomp", "apparmor=unconfined"):
         result = quiltctl(FakeClient(), "create", "--security-opt", bad, "img", "true")
         assert result.exit_code == 2 and "only seccomp=default and seccomp=unconfined" in result.output, bad
+
+
+# --- what a new user's trial found --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["web:/etc/passwd", "-"], ["-", "web:/tmp/x"]])
+def test_cp_refuses_a_tar_stream_on_either_side(fake: FakeClient, args: list[str], tmp_path: Any,
+                                                monkeypatch: Any) -> None:
+    # docker cp's '-' is a tar stream on stdout/stdin; CopyFrom/CopyTo take host paths, and once a file named
+    # '-' was written.
+    monkeypatch.chdir(tmp_path)
+    result = quiltctl(fake, "cp", *args)
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("quiltctl: ") and "not supported" in line and "path" in line
+    assert fake.calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_cp_help_and_usage_name_the_arguments_alike(fake: FakeClient) -> None:
+    help_text = quiltctl(fake, "cp", "--help").stdout
+    assert "cp [OPTIONS] SRC DEST" in help_text
+    assert "SOURCE" not in help_text and "SRC and DEST" in help_text
+
+
+@pytest.mark.parametrize(("text", "seconds_ago"),
+                         [("2h ago", 7200), ("10s ago", 10), ("1h30m  AGO", 5400), (" 5m ago ", 300)])
+def test_since_takes_a_duration_followed_by_ago(text: str, seconds_ago: int) -> None:
+    assert parse_since(text, NOW) == int((NOW - seconds_ago) * 1_000_000)
+
+
+@pytest.mark.parametrize("text", ["ago", " ago", "yesterday ago", "1700000000 ago", "2h agoo", "2hago"])
+def test_since_takes_ago_after_a_duration_only(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_since(text, NOW)
+
+
+def test_logs_since_takes_what_its_help_offers(fake: FakeClient) -> None:
+    assert "2h ago" in quiltctl(fake, "logs", "--help").stdout
+    before = datetime.now().timestamp()
+    result = quiltctl(fake, "logs", "--since", "2h ago", "web")
+    assert result.exit_code == 0, result.output
+    ((_, options),) = fake.calls_to("get_logs")
+    assert (before - 7200) * 1e6 - 1e6 <= options["since"] <= (datetime.now().timestamp() - 7200) * 1e6
+
+
+class EventsFake(FakeClient):
+    async def watch_events(self) -> Any:
+        import asyncio
+
+        self._record("watch_events")
+        return asyncio.Queue()
+
+    async def list_events(self, since: int, until: int) -> list[Any]:
+        self._record("list_events", since, until)
+        return []
+
+
+def test_events_since_and_until_take_ago_too() -> None:
+    fake = EventsFake()
+    now = datetime.now().timestamp()
+    result = quiltctl(fake, "events", "--since", "2h ago", "--until", "1h ago")
+    assert result.exit_code == 0, result.output
+    ((since, until),) = fake.calls_to("list_events")
+    assert abs(since / 1e6 - (now - 7200)) < 60 and abs(until / 1e6 - (now - 3600)) < 60
+
+
+def test_stop_timeout_stops_where_the_agent_does(fake: FakeClient) -> None:
+    # The agent refuses a stop_timeout above 86400 (a day): the flag's range says so, and refuses it first.
+    assert "0<=x<=86400" in quiltctl(fake, "run", "--help").stdout
+    assert created(fake, "--stop-timeout", "86400", "img", "true")[3] == {"stop_timeout": 86400}
+    too_long = quiltctl(FakeClient(), "create", "--stop-timeout", "86401", "img", "true")
+    assert too_long.exit_code == 2 and "86401" in too_long.stderr
+
+
+class PruneFake(FakeClient):
+    async def prune_volumes(self) -> int:
+        self._record("prune_volumes")
+        return 2_000_000
+
+    async def prune_images(self) -> int:
+        self._record("prune_images")
+        return 2_000_000
+
+
+def test_volume_and_image_prune_word_the_space_freed_alike() -> None:
+    from quilt_agent.cli import images, output, volumes
+
+    volume = quiltctl(PruneFake(), "volume", "prune")
+    image = quiltctl(PruneFake(), "image", "prune")
+    assert (volume.exit_code, volume.stdout) == (0, "2.0 MB freed\n")
+    assert image.stdout == volume.stdout
+    assert output.size_text(999) == "999 B" and output.size_text(1500) == "1.5 kB"
+    # One function: neither module keeps its own copy.
+    assert not hasattr(images, "output_size") and not hasattr(volumes, "output_size")
+
+
+def test_ps_quiet_prints_short_ids_only_without_reading_properties(fake: FakeClient) -> None:
+    running = quiltctl(fake, "ps", "-q")
+    assert (running.exit_code, running.stdout) == (0, FULL_ID[:12] + "\n")
+    assert quiltctl(fake, "ps", "-a", "--quiet").stdout == f"{FULL_ID[:12]}\n{'f' * 12}\n"
+    assert fake.calls_to("properties") == []
+    assert quiltctl(FakeClient(), "ps", "-q", "--json").stdout.startswith("[")  # --json wins, as in image ls
+
+
+def test_ps_json_help_says_what_it_leaves_out(fake: FakeClient) -> None:
+    help_text = " ".join(quiltctl(fake, "ps", "--help").stdout.split())
+    assert "every property" not in help_text and "without Environment" in help_text
+    assert "Environment" not in quiltctl(fake, "ps", "--json").stdout
+
+
+def test_run_help_says_what_image_may_be(fake: FakeClient) -> None:
+    help_text = " ".join(quiltctl(fake, "run", "--help").stdout.split())
+    for form in ("image name", "id prefix", "rootfs tarball", "OCI layout", "oci-archive", "docker save"):
+        assert form in help_text, form
+
+
+def test_without_a_system_bus_the_one_line_says_what_to_do(fake: FakeClient) -> None:
+    fake.errors["connect"] = AgentNotReachable(
+        "org.freedesktop.DBus.Error.NoServer",
+        "cannot connect to unix:path=/var/run/dbus/system_bus_socket: No such file or directory")
+    result = quiltctl(fake, "ps")
+    assert result.exit_code == 125
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("quiltctl: quilt-agent is not reachable on the system bus: cannot connect to unix:")
+    assert "python3 tests/testhost.py run -- bash" in line and "make install" in line and "dbus" in line
+
+
+def test_an_agent_not_installed_gets_its_hint_and_other_unreachables_none(fake: FakeClient) -> None:
+    fake.errors["connect"] = AgentNotReachable("org.freedesktop.DBus.Error.ServiceUnknown",
+                                               "The name org.quilt.Runtime was not provided by any .service files")
+    (line,) = quiltctl(fake, "ps").stderr.splitlines()
+    assert "make install" in line and "testhost" not in line
+    fake.errors["connect"] = AgentNotReachable("org.freedesktop.systemd1.UnitMasked", "Unit is masked.")
+    assert quiltctl(fake, "ps").stderr == "quiltctl: quilt-agent is not reachable on the system bus: Unit is masked.\n"
