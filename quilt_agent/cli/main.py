@@ -60,8 +60,8 @@ class QuiltGroup(click.Group):
 def cli(ctx: click.Context) -> None:
     """Run and manage Quilt containers through quilt-agent.
 
-    Exit status: 0 on success, 125 when Quilt or the bus reports an error, and for `run` in the foreground the
-    container's own exit code.
+    Exit status: 0 on success, 2 for a command line quiltctl cannot take, 125 when Quilt or the bus reports an
+    error, and for `run` in the foreground and `exec` the command's own exit code.
     """
     ctx.ensure_object(CliState)
 
