@@ -11,9 +11,9 @@ PYTEST_ARGS ?=
 # nftables: `nft` for Quilt's own table (published ports, egress); iputils-ping: the network tests' ping
 # (busybox 1.35's needs CAP_NET_RAW, iputils' uses the unprivileged ICMP sockets ping_group_range allows).
 # tmux: a terminal for the `quiltctl exec -it` tests (send-keys, capture-pane).
-# Images (issue 6): docker-registry (a real registry on loopback), skopeo (push, archives), umoci (OCI
+# Images: docker-registry (a real registry on loopback), skopeo (push, archives), umoci (OCI
 # layouts with whiteouts), apache2-utils (htpasswd -B for basic auth), openssl (the token server's key).
-# Setup commands (issue 9): mmdebstrap (the Debian image with pip, npm and gem, tests/setupimage.py, built before
+# Setup commands: mmdebstrap (the Debian image with pip, npm and gem, tests/setupimage.py, built before
 # the test host, which has no network), ruby (`gem build` and `gem generate_index` for the tests' gem index),
 # dpkg-dev (dpkg-scanpackages for the tests' apt repository). libseccomp2: the seccomp filter (helper/seccomp.py).
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
@@ -42,7 +42,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: .apt-checked pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@set -o pipefail; $(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
-		| { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+		| { grep -v -e 'is ignored: it is neither a file nor a directory' -e 'DEPRECATION: .*systemd-python.* using the legacy .*setup\.py' || true; }
 	@touch $@
 
 # On a machine whose PID 1 is systemd the demo uses that systemd; elsewhere it boots the test host.

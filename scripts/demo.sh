@@ -13,12 +13,71 @@ show() {
     printf '%s\n' "$line"
     "$@"
 }
+# The same for a pipeline: prints the text as typed, then runs that very text.
+show_sh() { printf '$ %s\n' "$1"; eval "$1"; }
 
+# What the demo makes: the containers named below, the image debian-tools:demo, and two images without a name,
+# busybox.tar's (a container given a tarball's path imports it) and the cached result of the setup steps. No network
+# or volume: its containers use the agent's default network, "quilt".
+demo_containers=(hello web site tools tools2)
+tools_image=debian-tools:demo
 image=$(mktemp -d)/busybox.tar
 work=$(dirname "$image")
 index_pid=
+busybox_id=
+
+# Removes, quietly, what this run or an interrupted earlier one made: the containers with the demo's names that run
+# the demo's images (a busybox.tar in a mktemp directory, or debian-tools:demo), then those images, each only if no
+# other container uses it. An earlier run's temp directory goes too. What cannot be removed stays, without a word.
+remove_demo() (
+    set +e
+    systemctl is-active -q quilt-agent 2>/dev/null || exit 0  # not started yet: nothing made
+    containers=() tarballs=() images=()
+    while read -r kind what; do
+        case $kind in
+            container) containers+=("$what") ;;
+            tarball) tarballs+=("$what") ;;
+            image) images+=("$what") ;;
+        esac
+    done < <(python3 - "$tools_image" "${demo_containers[@]}" <<'EOF'
+import json, re, subprocess, sys
+tools, names = sys.argv[1], sys.argv[2:]
+def listing(*args):
+    done = subprocess.run(["quiltctl", *args, "--json"], capture_output=True, text=True)
+    return json.loads(done.stdout) if done.returncode == 0 else []
+for c in listing("ps", "-a"):
+    tarball = re.fullmatch(r".*/tmp\.[A-Za-z0-9]{10}/busybox\.tar", c["Image"])
+    if c["Name"] in names and (tarball or c["Image"] == tools):
+        print("container", c["Name"])
+        if tarball:
+            print("tarball", c["Image"])
+        if c.get("SetupImage"):
+            print("image", c["SetupImage"])
+images = listing("image", "ls", "--all")
+tools_id = next((i["Id"] for i in images if tools in (i.get("Names") or [])), None)
+if tools_id:
+    print("image", tools_id)
+    for i in images:
+        if i.get("SetupBase") == tools_id:
+            print("image", i["Id"])
+EOF
+    )
+    [ ${#containers[@]} = 0 ] || quiltctl rm -f "${containers[@]}" >/dev/null 2>&1
+    [ -z "$busybox_id" ] || images+=("$busybox_id")
+    for what in "${tarballs[@]}"; do
+        # The same tarball imported again is the same image: its id, nothing unpacked.
+        [ ! -f "$what" ] || images+=("$(quiltctl image import -q "$what" 2>/dev/null)")
+        [ "$(dirname "$what")" = "$work" ] || rm -rf "$(dirname "$what")"
+    done
+    for what in $(printf '%s\n' "${images[@]}" | sort -u); do
+        quiltctl image rm "$what" >/dev/null 2>&1
+    done
+    exit 0
+)
 cleanup() {
-    [ -z "$index_pid" ] || kill "$index_pid" 2>/dev/null || true
+    set +e
+    [ -z "$index_pid" ] || kill "$index_pid" 2>/dev/null
+    remove_demo
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -28,6 +87,7 @@ since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f s", b - a }'
 step "The agent, started by systemd, answers on the system bus"
 show systemctl start quilt-agent
 show busctl get-property org.quilt.Runtime /org/quilt/Runtime org.quilt.Runtime.Manager Version
+remove_demo  # what an interrupted earlier run left, if any
 
 step "A busybox image, built on the spot from Debian's busybox-static"
 show scripts/busybox-rootfs.sh "$image"
@@ -38,6 +98,7 @@ show busctl call org.quilt.Runtime /org/quilt/Runtime org.quilt.Runtime.Manager 
     hello "$image" 3 /bin/sh -c 'echo "Hello from $(hostname), pid $$"; echo "a line on stderr" >&2; exit 3' \
     2 memory_max t 67108864 cpu_quota d 50
 path=$(busctl call org.quilt.Runtime /org/quilt/Runtime org.quilt.Runtime.Manager GetContainer s hello | cut -d'"' -f2)
+busybox_id=$(quiltctl image import -q "$image")  # the image hello's tarball became (the same tarball: the same image)
 busctl call org.quilt.Runtime "$path" org.quilt.Runtime.Container Wait >/dev/null
 for prop in State ExitCode Unit MemoryMax CPUQuota; do
     show busctl get-property org.quilt.Runtime "$path" org.quilt.Runtime.Container "$prop"
@@ -56,7 +117,7 @@ show quiltctl logs -n 2 web
 step "Networks: containers find each other by name; a port published on the host"
 show quiltctl network ls
 show quiltctl run -d --name site -p 8080:80 "$image" -- /bin/sh -c 'echo "hello from site" > /index.html; exec httpd -f -p 80 -h /'
-printf '$ quiltctl inspect site | grep -A4 Addresses\n'; quiltctl inspect site | grep -A4 '"Addresses"'
+show_sh "quiltctl inspect site | grep -A4 '\"Addresses\"'"
 show quiltctl run --rm "$image" -- wget -q -O- http://site/index.html
 show quiltctl icc ping -c 2 web site
 sleep 0.3
@@ -81,7 +142,7 @@ show quiltctl run --name tools "${pip_env[@]}" --setup 'pip: quilt-hello' debian
 echo "(first start, pip ran: $(since "$started"))"
 show quiltctl logs --setup tools
 show journalctl -u quilt-tools.scope -t tools/setup --no-pager -o short-precise
-printf '$ grep -c GET index.log   # what pip asked the index for\n'; grep -c GET "$work/index.log" || true
+(cd "$work" && show_sh 'grep -c GET index.log   # what pip asked the index for') || true
 
 step "A second container with the same image and setup starts from the cached result: pip does not run"
 started=$(date +%s.%N)
@@ -89,14 +150,19 @@ show quiltctl run --name tools2 "${pip_env[@]}" --setup 'pip: quilt-hello' debia
     python3 -c 'import quilt_hello; print(quilt_hello.hello(), "(cached)")'
 echo "(cached start: $(since "$started"))"
 show quiltctl logs --setup tools2
-printf '$ grep -c GET index.log   # unchanged\n'; grep -c GET "$work/index.log" || true
-printf '$ quiltctl inspect tools2   # its Setup, and the SetupImage it started from\n'
-quiltctl inspect tools2 | python3 -c 'import json, sys; p = json.load(sys.stdin)[0]; print(p["Setup"], p["SetupImage"])'
+(cd "$work" && show_sh 'grep -c GET index.log   # unchanged') || true
+show_sh "quiltctl inspect tools2 | grep -A3 '\"Setup\"'   # its setup steps, and the cached result it started from"
+setup_id=$(quiltctl inspect tools2 | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["SetupImage"])')
 show quiltctl image ls --all
+echo "(<none> ${busybox_id:0:12} is busybox.tar, imported without a name when hello was created from its path)"
 
-step "Stop and remove; image prune clears the cached setup results no container uses"
+step "Stop and remove what the demo made: its containers, then its images"
 show quiltctl stop -t 2 web
 show quiltctl rm -f web hello site tools tools2
+show quiltctl image rm "${setup_id:0:12}" "$tools_image" "${busybox_id:0:12}"
+echo "(not image prune: it removes every image without a name that no container uses, not only the demo's)"
 show quiltctl ps -a
-show quiltctl image prune
 show quiltctl image ls --all
+show quiltctl volume ls
+show quiltctl network ls
+echo "(quilt is the agent's default network: it stays)"
