@@ -61,7 +61,7 @@ class Series:
     unit: str = "s"
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str) -> None:  # the tail: a tool's last words say what went wrong
         self.errors += 1
         self.first_error = self.first_error or message[-400:]
 
@@ -196,6 +196,18 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release(), "cgroups": cgroup_mode(),
             "systemd": version_line(["systemctl", "--version"]),
             "test_host": os.environ.get("QUILT_TESTHOST", "")}
+
+
+def _range(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return f"{low} in each run" if low == high else f"{low}-{high}"
+
+
+def _last_words(error: str, width: int = 70) -> str:
+    """The last line of a peer's error (its stderr's end), cut from the left to fit the table."""
+    lines = error.strip().splitlines()
+    line = lines[-1] if lines else ""
+    return line if len(line) <= width else "…" + line[-(width - 1):]
 
 
 def fmt_ms(seconds: float | None) -> str:
@@ -913,7 +925,7 @@ def table(info: dict[str, Any]) -> str:
             med, p95 = s["median"], s["p95"]
             if med is None and key == "logs" and s.get("lost"):
                 out.append(f"{head} {'-':>10} {'-':>10} {'-':>6} {0:>4} {s['errors']:>4}  lines lost: "
-                           f"{min(s['lost'])}-{max(s['lost'])} (journald rate limit)")
+                           f"{_range(s['lost'])} (journald rate limit)")
                 continue
             if med is None:
                 out.append(f"{head} {(s['note'] or s['first_error'] or 'no samples')[:80]}")
@@ -925,7 +937,7 @@ def table(info: dict[str, Any]) -> str:
                 if s.get("exit_after_s"):
                     extra += f", container exited after {fmt_ms(statistics.median(s['exit_after_s']))}"
             elif s["errors"]:
-                extra = f"  {s['first_error'][:70]!r}"
+                extra = f"  {_last_words(s['first_error'])!r}"
             out.append(f"{head} {fmt_ms(med):>10} {fmt_ms(p95):>10} {ratio:>6} {s['n']:>4} {s['errors']:>4}{extra}")
     out.append(f"(the whole run took {info['seconds']:.0f} s)")
     return "\n".join(out)
