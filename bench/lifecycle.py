@@ -15,31 +15,49 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quilt_agent.client import Client  # noqa: E402
 
 
-def summary(label: str, samples: list[float]) -> str:
+def summary(label: str, samples: list[float], width: int = 44) -> str:
     ms = sorted(s * 1000 for s in samples)
     p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    return f"{label:<44} median {statistics.median(ms):8.2f} ms   p95 {p95:8.2f} ms   (n={len(ms)})"
+    return f"{label:<{width}} median {statistics.median(ms):8.2f} ms   p95 {p95:8.2f} ms   (n={len(ms)})"
+
+
+async def time_to_exit(client: Client, name: str, image: str, options: dict[str, Any]) -> float:
+    """Seconds from RunContainer of /bin/true to Wait's answer; the container is removed after."""
+    started = time.perf_counter()
+    path = await client.run_container(name, image, ["/bin/true"], options)
+    code = await client.wait(path)
+    elapsed = time.perf_counter() - started
+    assert code == 0, f"/bin/true exited {code}"
+    await client.remove(path)
+    return elapsed
 
 
 async def run_to_exit(client: Client, image: str, runs: int, warmup: int) -> list[float]:
-    samples = []
-    for i in range(warmup + runs):
-        started = time.perf_counter()
-        path = await client.run_container(f"bench-true-{i}", image, ["/bin/true"], {})
-        code = await client.wait(path)
-        elapsed = time.perf_counter() - started
-        assert code == 0, f"/bin/true exited {code}"
-        await client.remove(path)
-        if i >= warmup:
-            samples.append(elapsed)
-    return samples
+    samples = [await time_to_exit(client, f"bench-true-{i}", image, {}) for i in range(warmup + runs)]
+    return samples[warmup:]
+
+
+@asynccontextmanager
+async def busybox_client() -> AsyncIterator[tuple[Client, str]]:
+    """The agent started, a busybox image made (scripts/busybox-rootfs.sh), a client; the header line printed."""
+    subprocess.run(["systemctl", "start", "quilt-agent"], check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        image = str(Path(tmp) / "busybox.tar")
+        subprocess.run([str(Path(__file__).resolve().parents[1] / "scripts/busybox-rootfs.sh"), image], check=True)
+        async with Client() as client:
+            print(f"quilt {await client.version()}, {subprocess.getoutput('nproc')} cores, "
+                  f"kernel {subprocess.getoutput('uname -r')}")
+            yield client, image
 
 
 async def exec_true(client: Client, path: str, runs: int, warmup: int) -> list[float]:
@@ -74,23 +92,17 @@ async def listing(client: Client, runs: int) -> list[float]:
 
 
 async def main(runs: int) -> None:
-    subprocess.run(["systemctl", "start", "quilt-agent"], check=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        image = str(Path(tmp) / "busybox.tar")
-        subprocess.run([str(Path(__file__).resolve().parents[1] / "scripts/busybox-rootfs.sh"), image], check=True)
-        async with Client() as client:
-            print(f"quilt {await client.version()}, {subprocess.getoutput('nproc')} cores, "
-                  f"kernel {subprocess.getoutput('uname -r')}")
-            print(summary("RunContainer -> exit, /bin/true", await run_to_exit(client, image, runs, warmup=5)))
-            running = await client.run_container("bench-exec", image, ["/bin/sleep", "3600"], {})
-            print(summary("Exec /bin/true in a running container", await exec_true(client, running, runs * 2, 10)))
-            await client.remove(running, True)
-            one = await client.create_container("bench-props", image, ["/bin/true"], {})
-            print(summary("property read (State of a container)", await property_read(client, one, runs * 5)))
-            paths = [await client.create_container(f"bench-list-{i}", image, ["/bin/true"], {}) for i in range(99)]
-            print(summary("ListContainers with 100 containers", await listing(client, runs * 5)))
-            for path in [one, *paths]:
-                await client.remove(path)
+    async with busybox_client() as (client, image):
+        print(summary("RunContainer -> exit, /bin/true", await run_to_exit(client, image, runs, warmup=5)))
+        running = await client.run_container("bench-exec", image, ["/bin/sleep", "3600"], {})
+        print(summary("Exec /bin/true in a running container", await exec_true(client, running, runs * 2, 10)))
+        await client.remove(running, True)
+        one = await client.create_container("bench-props", image, ["/bin/true"], {})
+        print(summary("property read (State of a container)", await property_read(client, one, runs * 5)))
+        paths = [await client.create_container(f"bench-list-{i}", image, ["/bin/true"], {}) for i in range(99)]
+        print(summary("ListContainers with 100 containers", await listing(client, runs * 5)))
+        for path in [one, *paths]:
+            await client.remove(path)
 
 
 if __name__ == "__main__":

@@ -19,33 +19,28 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.lifecycle import busybox_client, time_to_exit  # noqa: E402
+from bench.lifecycle import summary as lifecycle_summary  # noqa: E402
 from quilt_agent.client import Client  # noqa: E402
 
 SLEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]
 
 
 def summary(label: str, samples: list[float]) -> str:
-    ms = sorted(s * 1000 for s in samples)
-    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    return f"{label:<52} median {statistics.median(ms):8.2f} ms   p95 {p95:8.2f} ms   (n={len(ms)})"
+    return lifecycle_summary(label, samples, width=52)
 
 
 async def run_to_exit(client: Client, image: str, runs: int, warmup: int) -> dict[str, list[float]]:
+    """Interleaved: each round runs one container without a network and one on the default network."""
     samples: dict[str, list[float]] = {"none": [], "quilt": []}
     for i in range(warmup + runs):
         for mode in ("none", "quilt"):
-            started = time.perf_counter()
-            path = await client.run_container(f"bench-{mode}-{i}", image, ["/bin/true"], {"networks": [mode]})
-            code = await client.wait(path)
-            elapsed = time.perf_counter() - started
-            assert code == 0, f"/bin/true exited {code}"
-            await client.remove(path)
+            elapsed = await time_to_exit(client, f"bench-{mode}-{i}", image, {"networks": [mode]})
             if i >= warmup:
                 samples[mode].append(elapsed)
     return samples
@@ -92,19 +87,13 @@ async def throughput(client: Client, image: str, seconds: int) -> None:
 
 
 async def main(runs: int, seconds: int) -> None:
-    subprocess.run(["systemctl", "start", "quilt-agent"], check=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        image = str(Path(tmp) / "busybox.tar")
-        subprocess.run([str(Path(__file__).resolve().parents[1] / "scripts/busybox-rootfs.sh"), image], check=True)
-        async with Client() as client:
-            print(f"quilt {await client.version()}, {subprocess.getoutput('nproc')} cores, "
-                  f"kernel {subprocess.getoutput('uname -r')}")
-            samples = await run_to_exit(client, image, runs, warmup=5)
-            print(summary("RunContainer -> exit, /bin/true, networks none", samples["none"]))
-            print(summary("RunContainer -> exit, /bin/true, network quilt", samples["quilt"]))
-            added = statistics.median(samples["quilt"]) - statistics.median(samples["none"])
-            print(f"{'networking adds (difference of the medians)':<52} {added * 1000:8.2f} ms")
-            await throughput(client, image, seconds)
+    async with busybox_client() as (client, image):
+        samples = await run_to_exit(client, image, runs, warmup=5)
+        print(summary("RunContainer -> exit, /bin/true, networks none", samples["none"]))
+        print(summary("RunContainer -> exit, /bin/true, network quilt", samples["quilt"]))
+        added = statistics.median(samples["quilt"]) - statistics.median(samples["none"])
+        print(f"{'networking adds (difference of the medians)':<52} {added * 1000:8.2f} ms")
+        await throughput(client, image, seconds)
 
 
 if __name__ == "__main__":
