@@ -18,9 +18,9 @@ from typing import Iterator
 import pytest
 
 from quilt_agent.client import Client, ClientError
+from tests.integration.network.conftest import END, logs_until_end
 
 ERR = "org.quilt.Runtime.Error."
-END = "END"
 ALL_NAMESPACES = ["pid", "mount", "uts", "ipc", "net", "cgroup"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Podman's default capabilities (containers.conf default_capabilities), by number (linux/capability.h).
@@ -44,25 +44,12 @@ class Output:
         return values[0]
 
 
-async def read_output(client: Client, path: str, timeout: float = 10.0) -> tuple[list[str], list[str]]:
-    """stdout and stderr up to the END lines, once journald has both."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = await client.get_logs(path, {})
-        out = [line.text for line in lines if line.stream == "stdout"]
-        err = [line.text for line in lines if line.stream == "stderr"]
-        if END in out and END in err:
-            return out[:out.index(END)], err[:err.index(END)]
-        assert time.monotonic() < deadline, f"no {END} in the logs: stdout {out}, stderr {err}"
-        await asyncio.sleep(0.02)
-
-
 async def run_script(client: Client, name: str, image: Path, script: str, options: dict | None = None,
                      args: tuple[str, ...] = ()) -> Output:
     command = ["/bin/sh", "-c", f"{script}\necho {END}; echo {END} >&2", "sh", *args]
     path = await client.run_container(name, str(image), command, options or {})
     code = await client.wait(path)
-    out, err = await read_output(client, path)
+    out, err = await logs_until_end(client, path)
     return Output(code, out, err)
 
 
