@@ -51,27 +51,20 @@ def run(spec: ExecSpec, agent: socket.socket, stdio: list[int], init_pidfd: int)
         procs = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in spec.cgroup_procs]
     except OSError as e:
         gone = e.errno == errno.ENOENT
-        _tell(agent, ExecSetupFailed("gone" if gone else "failed", f"opening the container's cgroup: {e}"))
+        protocol.tell(agent, ExecSetupFailed("gone" if gone else "failed", f"opening the container's cgroup: {e}"))
         return 1
     try:
         syscalls.setns(init_pidfd, namespace_flags(spec.namespaces))
     except OSError as e:
         gone = e.errno == errno.ESRCH
-        _tell(agent, ExecSetupFailed("gone" if gone else "failed",
-                                     "the container's init has exited" if gone else f"entering the container: {e}"))
+        protocol.tell(agent, ExecSetupFailed("gone" if gone else "failed",
+                                             "the container's init has exited" if gone
+                                             else f"entering the container: {e}"))
         return 1
     os.close(init_pidfd)
-    go_read, go_write = os.pipe()
-    err_read, err_write = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        agent.close()
-        os.close(go_write)
-        os.close(err_read)
-        _command(spec, stdio, go_read, err_write)  # never returns
+    command = process.fork_gated(agent, lambda go_read, err_write: _command(spec, stdio, go_read, err_write))
+    pid, go_write, err_read = command.pid, command.go_write, command.err_read
     command_pidfd = os.pidfd_open(pid)  # for the agent, to kill it at its timeout: this pid is ours until waited
-    os.close(go_read)
-    os.close(err_write)
     for fd in stdio:
         os.close(fd)  # the command's alone: a pipe's reader sees EOF when the command and its children are done
     # Into the scope before it may exec, as runc and crun join an exec'd process to the container's cgroups:
@@ -85,7 +78,7 @@ def run(spec: ExecSpec, agent: socket.socket, stdio: list[int], init_pidfd: int)
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             gone = e.errno in (errno.ENOENT, errno.ENODEV)
-            _tell(agent, ExecSetupFailed("gone" if gone else "failed", f"joining the container's cgroup: {e}"))
+            protocol.tell(agent, ExecSetupFailed("gone" if gone else "failed", f"joining the container's cgroup: {e}"))
             return 1
     for fd in procs:
         os.close(fd)
@@ -105,19 +98,12 @@ def run(spec: ExecSpec, agent: socket.socket, stdio: list[int], init_pidfd: int)
     code, _, rest = failure.partition(" ")
     if failure and int(code) == SETUP_FAILED:
         kind, _, reason = rest.partition(" ")
-        _tell(agent, ExecSetupFailed(kind, reason))
+        protocol.tell(agent, ExecSetupFailed(kind, reason))
     elif os.WIFSIGNALED(status):
-        _tell(agent, ExecExited(128 + os.WTERMSIG(status), os.WTERMSIG(status)))
+        protocol.tell(agent, ExecExited(128 + os.WTERMSIG(status), os.WTERMSIG(status)))
     else:
-        _tell(agent, ExecExited(os.WEXITSTATUS(status)))
+        protocol.tell(agent, ExecExited(os.WEXITSTATUS(status)))
     return 0
-
-
-def _tell(agent: socket.socket, message: object) -> None:
-    try:
-        protocol.send(agent, message)
-    except OSError:
-        pass  # the agent went away: nobody is left to tell
 
 
 def _read_all(fd: int) -> str:

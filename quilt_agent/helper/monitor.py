@@ -44,16 +44,8 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
     me = os.getpid()
     born = start_time(me)
     namespaces.unshare_pid(spec.namespaces)
-    go_read, go_write = os.pipe()
-    err_read, err_write = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        agent.close()
-        os.close(go_write)
-        os.close(err_read)
-        _container_init(spec, go_read, err_write, stdio)  # never returns
-    os.close(go_read)
-    os.close(err_write)
+    init = process.fork_gated(agent, lambda go_read, err_write: _container_init(spec, go_read, err_write, stdio))
+    pid, go_write, err_read = init.pid, init.go_write, init.err_read
     for fd in stdio or ():
         os.close(fd)  # the init's alone: the caller sees the end of its pipes or terminal when the container ends
     protocol.send(agent, Spawned(monitor_pid=me, monitor_start=born, init_pid=pid))  # the agent waits on this
@@ -82,9 +74,9 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
     if not told:
         if failure:
             code, _, reason = failure.partition(" ")
-            _tell(agent, ExecFailed(reason=reason, exit_code=int(code)))
+            protocol.tell(agent, ExecFailed(reason=reason, exit_code=int(code)))
         else:
-            _tell(agent, Started())
+            protocol.tell(agent, Started())
     _, status = os.waitpid(pid, 0)
     # A failure after the start was told (a setup step) makes the container failed, not merely exited.
     _record_exit(spec.exit_file, status, failure.partition(" ")[2], failed=bool(failure) and told)
@@ -101,10 +93,10 @@ def _follow_init(spec: LaunchSpec, agent: socket.socket, err_read: int, go_write
         while (line := buffer.partition(b"\n")[0]) in (MARK_SETUP, MARK_SNAPSHOT) and b"\n" in buffer:
             buffer = buffer.partition(b"\n")[2]
             if line == MARK_SETUP:
-                _tell(agent, Started())  # the container runs from here, while its setup steps do
+                protocol.tell(agent, Started())  # the container runs from here, while its setup steps do
                 told = True
             else:
-                _tell(agent, _snapshot(spec))
+                protocol.tell(agent, _snapshot(spec))
                 try:
                     os.write(go_write, b"g")  # the init may exec the command now
                 except OSError:
@@ -120,13 +112,6 @@ def _snapshot(spec: LaunchSpec) -> SetupDone:
     except OSError as e:
         return SetupDone(error=str(e))
     return SetupDone(layer=spec.setup_layer)
-
-
-def _tell(agent: socket.socket, message: object) -> None:
-    try:
-        protocol.send(agent, message)
-    except OSError:
-        pass  # the agent restarted: it will read the exit file instead
 
 
 def _oom_kills() -> int:

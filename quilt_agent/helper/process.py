@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from quilt_agent.helper import syscalls
@@ -20,6 +22,33 @@ class SetupError(Exception):
     def __init__(self, reason: str, exit_code: int = 125) -> None:
         super().__init__(reason)
         self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Gated:
+    """A child forked to set itself up and wait: one byte on go_write lets it go on; err_read gives what it
+    reports, and its end (EOF) comes at the child's exec (close-on-exec) or at its death."""
+
+    pid: int
+    go_write: int
+    err_read: int
+
+
+def fork_gated(agent: socket.socket, child: Callable[[int, int], None]) -> Gated:
+    """Fork child(go_read, err_write), which never returns (it execs or exits), without the agent's socket.
+    The container's init (monitor.py) and an exec'd command (enter.py) start this way."""
+    go_read, go_write = os.pipe()
+    err_read, err_write = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        agent.close()
+        os.close(go_write)
+        os.close(err_read)
+        child(go_read, err_write)
+        os._exit(125)  # not reached: child execs or exits
+    os.close(go_read)
+    os.close(err_write)
+    return Gated(pid, go_write, err_read)
 
 
 @dataclass(frozen=True)

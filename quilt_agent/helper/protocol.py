@@ -204,5 +204,14 @@ def send(sock: socket.socket, message: object) -> None:
     sock.send(encode(message))
 
 
+def tell(sock: socket.socket, message: object) -> None:
+    """send, for a helper whose agent may have gone: the agent restarted (a monitor's exit file tells it then)
+    or the caller hung up; the helper goes on either way."""
+    try:
+        send(sock, message)
+    except OSError:
+        pass
+
+
 def receive(sock: socket.socket, *expected: type[M]) -> M:
     return decode(sock.recv(MAX_MESSAGE), *expected)
