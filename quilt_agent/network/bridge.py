@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import ipaddress
 import logging
 import os
 import socket
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+from quilt_agent.helper.namespaces import loopback_up
 from quilt_agent.network.model import BRIDGE_PREFIX, LINK_ALIAS_PREFIX, VETH_PREFIX, Network
 from quilt_agent.network.netns import Namespaces
 
@@ -65,15 +64,6 @@ def _sysctl(path: Path, value: str | None = None) -> str:
     if value is not None and old != value:
         path.write_text(value)
     return old
-
-
-def _loopback_up() -> None:
-    """lo up with one ioctl (as the helper does): cheaper than a netlink socket for one flag."""
-    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sh", b"lo", 0)
-        flags = struct.unpack("16sh", fcntl.ioctl(s, siocgifflags, req))[1]
-        fcntl.ioctl(s, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
 
 
 def bridge_mac(network_id: str) -> str:
@@ -155,7 +145,7 @@ class Kernel:
     @staticmethod
     def _inside_new_netns() -> None:
         """What every container namespace gets: lo up, unprivileged ping allowed."""
-        _loopback_up()
+        loopback_up()  # as the container's init does: one ioctl, cheaper than netlink for one flag
         _sysctl(Path("/proc/sys/net/ipv4/ping_group_range"), PING_GROUP_RANGE)
 
     def create_netns(self, path: Path) -> None:
