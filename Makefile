@@ -16,11 +16,12 @@ PYTEST_ARGS ?=
 # Setup commands: mmdebstrap (the Debian image with pip, npm and gem, tests/setupimage.py, built before
 # the test host, which has no network), ruby (`gem build` and `gem generate_index` for the tests' gem index),
 # dpkg-dev (dpkg-scanpackages for the tests' apt repository). libseccomp2: the seccomp filter (helper/seccomp.py).
+# podman: `podman save` archives in the image import tests.
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	systemd dbus polkitd libglib2.0-bin util-linux busybox-static make zstd \
 	nftables iputils-ping tmux \
 	docker-registry skopeo umoci apache2-utils openssl \
-	mmdebstrap ruby dpkg-dev libseccomp2
+	mmdebstrap ruby dpkg-dev libseccomp2 podman
 
 .PHONY: setup demo test test-unit test-testhost test-integration bench bench-network bench-images bench-setup install install-data clean
 
@@ -61,7 +62,7 @@ test: setup
 
 # `make bench` measures Quilt beside these peers (bench/peers.py); only the bench target installs them,
 # and matplotlib (the chart) and py-spy (profiling the agent) into the venv.
-BENCH_APT_PACKAGES := crun runc podman bubblewrap
+BENCH_APT_PACKAGES := crun runc bubblewrap
 BENCH_PIP_PACKAGES := matplotlib>=3.6 py-spy>=0.3
 BENCH_ARGS ?=
 

@@ -457,6 +457,16 @@ class Client:
     async def copy_from(self, path: str, container_path: str, host_path: str) -> None:
         await self._call(path, CONTAINER_INTERFACE, "CopyFrom", "ss", [container_path, host_path])
 
+    async def copy_to_fd(self, path: str, archive: int, container_path: str) -> None:
+        """Unpack the tar stream read from archive (a pipe, or a file, we keep) at container_path."""
+        await self._call_message(path, CONTAINER_INTERFACE, "CopyToWithFd", "hs", [0, container_path],
+                                 unix_fds=[archive])
+
+    async def copy_from_fd(self, path: str, container_path: str, archive: int) -> None:
+        """Write container_path as a tar stream to archive (a pipe or a file, we keep)."""
+        await self._call_message(path, CONTAINER_INTERFACE, "CopyFromWithFd", "sh", [container_path, 0],
+                                 unix_fds=[archive])
+
     # Volumes: org.quilt.Runtime.Manager's volume methods, org.quilt.Runtime.Volume
 
     async def create_volume(self, name: str, options: Mapping[str, Any] | None = None) -> str:
@@ -489,6 +499,13 @@ class Client:
         body = [source, name, wrap_options(options, IMPORT_OPTION_SIGNATURES)]
         (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ImportImage", "ssa{sv}", body)
         return str(path)
+
+    async def import_image_fd(self, archive: int, name: str = "", options: Mapping[str, Any] | None = None) -> str:
+        """Import from a file or pipe we opened (and keep): the agent reads it, never a path of ours."""
+        body = [0, name, wrap_options(options, IMPORT_OPTION_SIGNATURES)]
+        reply = await self._call_message(MANAGER_PATH, MANAGER_INTERFACE, "ImportImageWithFd", "hsa{sv}", body,
+                                         unix_fds=[archive])
+        return str(reply.body[0])
 
     async def pull_image(self, reference: str, options: Mapping[str, Any] | None = None) -> str:
         body = [reference, wrap_options(options, PULL_OPTION_SIGNATURES)]

@@ -85,6 +85,11 @@ class NoSuchPath(QuiltError):
     """A host path given as a volume's source, or a path to copy, that does not exist."""
 
 
+class CopyFailed(QuiltError):
+    """A copy that could not be completed: an entry in the way (a directory where a file goes), a path changed
+    by the container during the copy, the other end of an archive gone."""
+
+
 class NoSuchVolume(QuiltError):
     def __init__(self, name: str) -> None:
         super().__init__(f"No volume '{name}' known")

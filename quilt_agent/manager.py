@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-from quilt_agent import cgroups, copying, journal
+from quilt_agent import cgroups, copying, journal, pipes
 from quilt_agent.config import Paths
 from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environment, parse_exec_options
 from quilt_agent.logfollow import LogFollowers, parse_follow_options
@@ -520,14 +520,40 @@ class Manager:
     # --- copy ------------------------------------------------------------------------------------
 
     async def copy(self, container_id: str, into: bool, source: str, dest: str) -> None:
-        """CopyTo (into: host source -> container dest) and CopyFrom (copying.py), on a running container through
-        its init's root, on another through its overlay and volumes mounted for the copy alone
-        (copying.stopped_tree), under the container's lock so that no start mounts the same upper directory
-        meanwhile."""
-        c = self._get(container_id)
+        """CopyTo (into: host source -> container dest) and CopyFrom (copying.py), the host's side a path the agent
+        opens itself (the bus layer lets only root, or a caller allowed the host-files action, name one)."""
         copying.check_path(source, "container" if not into else "host")
         copying.check_path(dest, "container" if into else "host")
         run = copying.copy_to if into else copying.copy_from
+        await self._on_tree(container_id, lambda root: run(root, source, dest))
+
+    async def copy_archive(self, container_id: str, into: bool, path: str, fd: int) -> None:
+        """CopyToWithFd (into: a tar stream read from fd -> path in the container) and CopyFromWithFd (path ->
+        a tar stream written to fd): the host's side is the caller's own process, with its own rights. fd is
+        the caller's to close."""
+        copying.check_path(path, "container")
+        stream = pipes.stream(fd, writing=not into)
+
+        def run(root: int) -> None:
+            with stream:
+                if into:
+                    copying.archive_to(root, stream, path)
+                else:
+                    copying.archive_from(root, path, stream)
+        try:
+            await self._on_tree(container_id, run)
+        finally:
+            if not stream.closed:
+                try:
+                    stream.close()
+                except OSError:
+                    pass  # the reader went away: the copy's own error says so
+
+    async def _on_tree(self, container_id: str, fn: Callable[[int], None]) -> None:
+        """fn(root fd) in a worker thread: a running container's tree through its init's root, another's through
+        its overlay and volumes mounted for fn alone (copying.stopped_tree), under the container's lock so that
+        no start mounts the same upper directory meanwhile."""
+        c = self._get(container_id)
         rt = self._runtime[c.id]
         if c.state is State.RUNNING and rt.init_pidfd >= 0:
             try:
@@ -535,7 +561,7 @@ class Manager:
             except (ProcessLookupError, FileNotFoundError):
                 raise NotRunning(c.name, "exiting") from None
             try:
-                return await asyncio.to_thread(run, root, source, dest)
+                return await asyncio.to_thread(fn, root)
             finally:
                 os.close(root)
         async with rt.lock:
@@ -546,8 +572,7 @@ class Manager:
             directory = self._paths.container(c.id)
             mounts = self.volumes.resolve(c.spec.volumes)  # its volumes, as `podman cp` sees them
             await asyncio.to_thread(copying.stopped_tree, image.lower, str(directory / "upper"),
-                                    str(directory / "work"), str(directory / "merged"), mounts,
-                                    lambda root: run(root, source, dest))
+                                    str(directory / "work"), str(directory / "merged"), mounts, fn)
 
     # --- logs ------------------------------------------------------------------------------------
 

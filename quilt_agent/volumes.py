@@ -375,6 +375,19 @@ def check_host_paths(volumes: tuple[str, ...]) -> None:
             raise NoSuchPath(f"Host path '{m.source}' of volume '{entry}' does not exist")
 
 
+def host_sources(volumes: object) -> list[str]:
+    """The host paths a create's volumes option would bind (its bad entries are left for create to name)."""
+    out = []
+    for entry in volumes if isinstance(volumes, (list, tuple)) else ():
+        try:
+            m = parse_volume(entry) if isinstance(entry, str) else None
+        except InvalidArgument:
+            continue
+        if m is not None and m.source.startswith("/"):
+            out.append(m.source)
+    return out
+
+
 def named_volumes(volumes: tuple[str, ...]) -> list[str]:
     return [m.source for m in map(parse_volume, volumes) if m.named]
 

@@ -15,6 +15,7 @@ from dbus_fast import Message, Variant
 from dbus_fast.service import ServiceInterface, dbus_method
 
 from quilt_agent.bus import caller
+from quilt_agent.bus.fds import closing_fds, received_fd as _fd
 from quilt_agent.bus.guard import guarded
 from quilt_agent.bus.polkit import EXEC, MANAGE, READ
 from quilt_agent.errors import InvalidArgument
@@ -28,33 +29,8 @@ ARG_NAMES: dict[str, tuple[str, ...]] = {"Exec": ("exit_code", "stdout", "stderr
 STAT_KEYS = ("memory_current", "memory_peak", "memory_max", "cpu_usec", "pids_current", "pids_max")
 
 
-def closing_fds(fn: F) -> F:
-    """Close the fds that came with the call when it is done, refused or not."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, *args: Any) -> Any:
-        received = caller.current().unix_fds
-        try:
-            return await fn(self, *args)
-        finally:
-            for fd in received:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-
-    return wrapper  # type: ignore[return-value]
-
-
 def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
     return {key: value.value for key, value in options.items()}
-
-
-def _fd(value: Any, what: str) -> int:
-    # Without fds in the message, dbus-fast passes the body's index as it is: never take that for an fd of ours.
-    if not isinstance(value, int) or value not in caller.current().unix_fds:
-        raise InvalidArgument(f"No file descriptor for {what}: the call must carry one (UNIX_FD) per 'h' argument")
-    return value
 
 
 class ContainerIO:

@@ -23,6 +23,7 @@ ERROR_NAMES: dict[type[errors.QuiltError], str] = {
     errors.RegistryError: ERROR_PREFIX + "RegistryError",
     errors.ImageInUse: ERROR_PREFIX + "ImageInUse",
     errors.NoSuchPath: ERROR_PREFIX + "NoSuchPath",
+    errors.CopyFailed: ERROR_PREFIX + "CopyFailed",
     errors.NoSuchVolume: ERROR_PREFIX + "NoSuchVolume",
     errors.VolumeInUse: ERROR_PREFIX + "VolumeInUse",
     errors.AccessDenied: ACCESS_DENIED,

@@ -8,7 +8,8 @@ from dbus_fast.service import PropertyAccess, dbus_method, dbus_property, dbus_s
 
 from quilt_agent.bus.errors import ERROR_NAMES
 from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
-from quilt_agent.bus.polkit import MANAGE, Authority, Subject
+from quilt_agent.bus.fds import closing_fds, received_fd
+from quilt_agent.bus.polkit import HOST, MANAGE, Authority, Subject
 from quilt_agent.errors import NoSuchImage
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import Image
@@ -16,7 +17,7 @@ from quilt_agent.images.store import Image
 IMAGE_INTERFACE = "org.quilt.Runtime.Image"
 IMAGE_PATH_PREFIX = "/org/quilt/Runtime/image/"
 MANAGER_ARG_NAMES: dict[str, tuple[str, ...]] = {
-    "ImportImage": ("image",), "PullImage": ("image",), "ListImages": ("images",), "GetImage": ("image",),
+    "ImportImage": ("image",), "ImportImageWithFd": ("image",), "PullImage": ("image",), "ListImages": ("images",), "GetImage": ("image",),
     "PruneImages": ("bytes_freed",), "ImageProgress": ("job", "phase", "done", "total"),
 }
 
@@ -155,12 +156,25 @@ class ImageMethods:
     @dbus_method(name="ImportImage")
     @guarded(MANAGE, "import", subject="image", subject_arg="name")
     async def import_image(self, source: "s", name: "s", options: "a{sv}") -> "o":
+        await self.authority.check(HOST, "import a host file as", Subject("image", name))
         return self._path_of(await self._images.import_image(source, name, _unwrap(options)))
 
-    # Options: job s, platform s, auth_file s (docker config.json format).
+    # The same, the image read from a file or pipe the caller opened with its own rights (quiltctl image import):
+    # a rootfs tarball, an oci-archive or a docker archive (an OCI layout directory: sent as an oci-archive).
+    @dbus_method(name="ImportImageWithFd")
+    @closing_fds
+    @guarded(MANAGE, "import", subject="image", subject_arg="name")
+    async def import_image_with_fd(self, archive: "h", name: "s", options: "a{sv}") -> "o":
+        fd = received_fd(archive, "archive")
+        return self._path_of(await self._images.import_fd(fd, name, _unwrap(options)))
+
+    # Options: job s, platform s, auth_file s (docker config.json format: a host file the agent reads as root,
+    # so it takes the host-files action).
     @dbus_method(name="PullImage")
     @guarded(MANAGE, "pull", subject="image")
     async def pull_image(self, reference: "s", options: "a{sv}") -> "o":
+        if "auth_file" in options:
+            await self.authority.check(HOST, "read a host file to pull", Subject("image", reference))
         return self._path_of(await self._images.pull(reference, _unwrap(options)))
 
     @dbus_method(name="ListImages")

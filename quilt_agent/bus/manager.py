@@ -18,10 +18,11 @@ from quilt_agent.bus.image import ImageMethods
 from quilt_agent.bus.volume import MANAGER_ARG_NAMES as VOLUME_ARG_NAMES
 from quilt_agent.bus.volume import VolumeMethods
 from quilt_agent.bus.names import CONTAINER_INTERFACE, CONTAINER_PATH_PREFIX, MANAGER_INTERFACE, container_path
-from quilt_agent.bus.polkit import MANAGE, Authority
+from quilt_agent.bus.polkit import HOST, MANAGE, Authority, Subject
 from quilt_agent.errors import InvalidArgument, NoSuchContainer
 from quilt_agent.manager import Manager
 from quilt_agent.model import Container
+from quilt_agent.volumes import host_sources
 
 
 def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
@@ -100,15 +101,23 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
     def version(self) -> "s":
         return __version__
 
+    async def _check_host_paths(self, name: str, image: str, options: dict[str, Any]) -> None:
+        """An image given as a path, or a host path bound into the container, is read as root for the caller:
+        that takes the host-files action besides manage."""
+        if image.startswith("/") or host_sources(options.get("volumes", [])):
+            await self.authority.check(HOST, "give host paths to", Subject("container", name))
+
     @dbus_method(name="CreateContainer")
     @guarded(MANAGE, "create", subject="container")
     async def create_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
+        await self._check_host_paths(name, image, _unwrap(options))
         c = await self._manager.create(name, image, _check_command(command), _unwrap(options))
         return container_path(c.id)
 
     @dbus_method(name="RunContainer")
     @guarded(MANAGE, "run", subject="container")
     async def run_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
+        await self._check_host_paths(name, image, _unwrap(options))
         c = await self._manager.create(name, image, _check_command(command), _unwrap(options))
         await self._manager.start(c.id)
         return container_path(c.id)

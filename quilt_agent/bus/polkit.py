@@ -11,6 +11,8 @@ from quilt_agent.errors import AccessDenied
 READ = "org.quilt.runtime.read"
 MANAGE = "org.quilt.runtime.manage"
 EXEC = "org.quilt.runtime.exec"
+# Host paths that the agent opens as root for a caller: bind mounts, image paths, copies to and from paths.
+HOST = "org.quilt.runtime.host"
 
 POLKIT = "org.freedesktop.PolicyKit1"
 POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"

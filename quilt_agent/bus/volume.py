@@ -10,7 +10,8 @@ from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbu
 
 from quilt_agent.bus.errors import ERROR_NAMES
 from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
-from quilt_agent.bus.polkit import MANAGE, Authority, Subject
+from quilt_agent.bus.fds import closing_fds, received_fd
+from quilt_agent.bus.polkit import HOST, MANAGE, Authority, Subject
 from quilt_agent.errors import NoSuchVolume
 from quilt_agent.manager import Manager
 from quilt_agent.volumes import Volume
@@ -149,18 +150,38 @@ class VolumeMethods(ServiceInterface):
 
 
 class ContainerCopy(ServiceInterface):
-    """The Container's CopyTo and CopyFrom (quilt_agent/copying.py), modelled on machined's. Mixed into
-    ContainerInterface, which has _manager and container_id."""
+    """The Container's copy methods (quilt_agent/copying.py). CopyTo and CopyFrom name a host path that the agent
+    opens as root, as machined's do: they need the host-files action besides manage. CopyToWithFd and
+    CopyFromWithFd take a tar stream through a pipe whose other end is the caller's process, which reads or
+    writes the host's files with its own rights (quiltctl cp). Mixed into ContainerInterface, which has _manager,
+    container_id, authority and subject()."""
 
     _manager: Manager
     container_id: str
+    authority: Authority
+
+    def subject(self) -> Subject | None: ...
 
     @dbus_method(name="CopyTo")
     @guarded(MANAGE, "copy files into")
     async def copy_to(self, host_path: "s", container_path: "s") -> None:
+        await self.authority.check(HOST, "copy host files into", self.subject())
         await self._manager.copy(self.container_id, True, host_path, container_path)
 
     @dbus_method(name="CopyFrom")
     @guarded(MANAGE, "copy files from")
     async def copy_from(self, container_path: "s", host_path: "s") -> None:
+        await self.authority.check(HOST, "copy files to the host from", self.subject())
         await self._manager.copy(self.container_id, False, container_path, host_path)
+
+    @dbus_method(name="CopyToWithFd")
+    @closing_fds
+    @guarded(MANAGE, "copy files into")
+    async def copy_to_with_fd(self, archive: "h", container_path: "s") -> None:
+        await self._manager.copy_archive(self.container_id, True, container_path, received_fd(archive, "archive"))
+
+    @dbus_method(name="CopyFromWithFd")
+    @closing_fds
+    @guarded(MANAGE, "copy files from")
+    async def copy_from_with_fd(self, container_path: "s", archive: "h") -> None:
+        await self._manager.copy_archive(self.container_id, False, container_path, received_fd(archive, "archive"))

@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import click
 
+from quilt_agent.cli import hostfiles
 from quilt_agent.cli import volumes as volume_flags
 from quilt_agent.cli import interactive as interactive_cli
 from quilt_agent.cli import observe, output
@@ -209,7 +210,7 @@ def create(ctx: click.Context, **params: Any) -> None:
     request = build_request(params, os.getcwd())
 
     async def body(client: Client) -> str:
-        path = await client.create_container(request.name, request.image, request.command, request.options)
+        path = await client.create_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
         return await _container_id(client, path)
 
     click.echo(with_client(ctx, body))
@@ -237,7 +238,7 @@ def run(ctx: click.Context, detach: bool, interactive: bool, tty: bool, **params
     if detach:
 
         async def detached(client: Client) -> str:
-            path = await client.run_container(request.name, request.image, request.command, request.options)
+            path = await client.run_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
             return await _container_id(client, path)
 
         click.echo(with_client(ctx, detached))
@@ -249,11 +250,11 @@ def run(ctx: click.Context, detach: bool, interactive: bool, tty: bool, **params
 
     async def foreground(client: Client) -> int:
         if not remove_after:
-            path = await client.run_container(request.name, request.image, request.command, request.options)
+            path = await client.run_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
         else:
             # A RunContainer that fails to start (command not in the image) leaves a failed container, which
             # the agent was not asked to remove: create and start apart, so --rm can remove it then too.
-            path = await client.create_container(request.name, request.image, request.command, request.options)
+            path = await client.create_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
             try:
                 await client.start(path)
             except ClientError:

@@ -9,6 +9,7 @@ from typing import Awaitable, Callable, NoReturn, Sequence, TypeVar
 
 import click
 
+from quilt_agent.cli.hostfiles import HostFileError
 from quilt_agent.client import AgentNotReachable, Client, ClientError
 
 T = TypeVar("T")
@@ -92,3 +93,5 @@ def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T
         fail(unreachable_message(e))
     except ClientError as e:
         fail(e.message)
+    except HostFileError as e:
+        fail(str(e))

@@ -22,6 +22,7 @@ from rich.progress import (
 
 from quilt_agent.cli import output
 from quilt_agent.cli.context import fail, with_client
+from quilt_agent.cli import hostfiles
 from quilt_agent.cli.parsing import resolve_image
 from quilt_agent.client import Client, ClientError, ImageProgress
 
@@ -165,7 +166,7 @@ def import_(ctx: click.Context, ref: str | None, platform: str | None, changes: 
         path = os.path.abspath(path)
 
     async def call(client: Client, job: str) -> str:
-        return await client.import_image(path, name, {**options, "job": job})
+        return await hostfiles.import_image(client, path, name, {**options, "job": job})
 
     click.echo(_with_progress(ctx, call, quiet))
 

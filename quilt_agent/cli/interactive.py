@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from quilt_agent.cli import hostfiles
 from quilt_agent.cli import terminal
 from quilt_agent.cli.context import fail, with_client
 from quilt_agent.cli.parsing import ENV
@@ -79,7 +80,7 @@ def run_attached(ctx: click.Context, request: Any, interactive: bool, tty: bool)
         return await (client.wait(path) if tty else _wait_forwarding_signals(client, path))
 
     async def body(client: Client) -> int:
-        path = await client.create_container(request.name, request.image, request.command, request.options)
+        path = await client.create_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
         null = os.open(os.devnull, os.O_RDONLY)
         try:
             if tty:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from quilt_agent.cli import hostfiles
 from quilt_agent.cli import output
 from quilt_agent.cli.context import each, with_client
 from quilt_agent.client import Client, ClientError
@@ -164,26 +165,25 @@ def _split(arg: str) -> tuple[str, str] | None:
 def cp(ctx: click.Context, source: str, dest: str) -> None:
     """Copy files between a container and the host: SRC and DEST are paths, one of them CONTAINER:PATH.
 
-    As docker cp: a DEST that is an existing directory receives SRC under its own name. Works on running and
-    stopped containers; owners, modes, times and symlinks are kept. Unlike docker cp, '-' (a tar stream on
-    stdin or stdout) is not supported: give a path (./- for a file named '-').
+    As docker cp: a DEST that is an existing directory receives SRC under its own name; '-' is a tar stream on
+    stdin (SRC) or stdout (DEST). Works on running and stopped containers; modes, times and symlinks are kept
+    (owners too for root). The host's side is read and written by quiltctl with your own rights; what comes
+    out of a container never writes through a symlink on the host and loses its setuid and setgid bits.
     """
-    if "-" in (source, dest):
-        # The agent's CopyFrom/CopyTo take host paths: without this, `cp c:/f -` wrote a file named '-'.
-        raise click.UsageError("streaming a tar archive through '-' is not supported: give a host path")
     src, dst = _split(source), _split(dest)
     if (src is None) == (dst is None):
-        raise click.UsageError("give exactly one side as CONTAINER:PATH (the other is a host path)")
+        raise click.UsageError("give exactly one side as CONTAINER:PATH (the other is a host path or '-')")
     cwd = os.getcwd()
+
+    def host(path: str) -> str:
+        return path if path == "-" else os.path.join(cwd, path)
 
     async def body(client: Client) -> None:
         if src is not None:
-            path = await client.get_container(src[0])
-            await client.copy_from(path, src[1], os.path.join(cwd, dest))
+            await hostfiles.copy_out(client, await client.get_container(src[0]), src[1], host(dest))
         else:
             assert dst is not None
-            path = await client.get_container(dst[0])
-            await client.copy_to(path, os.path.join(cwd, source), dst[1])
+            await hostfiles.copy_in(client, await client.get_container(dst[0]), host(source), dst[1])
 
     with_client(ctx, body)
 

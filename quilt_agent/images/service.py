@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from quilt_agent import pipes
 from quilt_agent.errors import ImageInUse, ImageInvalid, InvalidArgument, NoSuchImage
 from quilt_agent.images import archive, oci, reference, registry
 from quilt_agent.images.store import Image, ImageStore, ImportOptions
@@ -101,6 +103,37 @@ class Images:
             reference.normalize_name(name)  # a bad name is refused before anything is read
         image = await self._run(job, self.store.import_path, path, name, opts)
         log.info("Imported image %s from '%s'%s", image.id[:12], source, f" as {name}" if name else "")
+        return image
+
+    async def import_fd(self, fd: int, name: str, options: dict[str, Any]) -> Image:
+        """Import from a file or pipe the caller opened (fd is the caller's to close): a regular file is read in
+        place, through its own open file and never by a name in the caller's tree; a pipe's stream is first kept
+        in a file of the store's, removed after the import."""
+        job, rest = _job(options)
+        opts = _import_options(rest)
+        if name:
+            reference.normalize_name(name)
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise InvalidArgument("An image is sent as a file or a stream: send a directory (an OCI layout) as "
+                                  "an oci-archive (a tar of it)")
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            raise InvalidArgument("The image's file descriptor must be a regular file, a pipe or a socket")
+        own = os.dup(fd)
+        try:
+            if stat.S_ISREG(mode):
+                path = Path(f"/proc/{os.getpid()}/fd/{own}")  # not self: the unpacking runs in a child process
+                image = await self._run(job, self.store.import_path, path, name, opts)
+            else:
+                spool = self.store.work_file(".tar")
+                try:
+                    await asyncio.to_thread(pipes.spool, own, str(spool))
+                    image = await self._run(job, self.store.import_path, spool, name, opts)
+                finally:
+                    await asyncio.to_thread(spool.unlink, True)
+        finally:
+            os.close(own)
+        log.info("Imported image %s from a caller's stream%s", image.id[:12], f" as {name}" if name else "")
         return image
 
     async def pull(self, ref_text: str, options: dict[str, Any]) -> Image:

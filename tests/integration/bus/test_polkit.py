@@ -280,7 +280,8 @@ def policy_actions() -> dict[str, dict[str, str]]:
 
 def test_the_policy_is_loaded_by_polkit_as_written() -> None:
     actions = policy_actions()
-    assert set(actions) == {"org.quilt.runtime.read", "org.quilt.runtime.manage", "org.quilt.runtime.exec"}
+    assert set(actions) == {"org.quilt.runtime.read", "org.quilt.runtime.manage", "org.quilt.runtime.exec",
+                            "org.quilt.runtime.host"}
     listed = subprocess.run(["pkaction"], capture_output=True, text=True, check=True, timeout=30).stdout.split()
     assert set(actions) <= set(listed)
     for action_id, expected in actions.items():
@@ -291,3 +292,5 @@ def test_the_policy_is_loaded_by_polkit_as_written() -> None:
     # Managing is never granted without a password, even at the console; nobody outside a session reads logs.
     assert actions["org.quilt.runtime.manage"]["implicit active"].startswith("auth_admin")
     assert actions["org.quilt.runtime.read"]["implicit any"].startswith("auth_admin")
+    # Host paths opened as root for a caller: an administrator each time, never kept.
+    assert actions["org.quilt.runtime.host"]["implicit active"] == "auth_admin"

@@ -1,0 +1,332 @@
+"""Trees of files read and written by file descriptor: what `cp`, volume copy-up and the CLI's side of a copy share.
+
+Every entry is reached relative to an fd of its parent, by one name: the reading side opens with O_PATH|O_NOFOLLOW
+and looks at what it got before reading it (a device node is never opened, a FIFO never blocks a read); the writing
+side resolves a parent with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so a symlink left in the destination
+(by an earlier copy, or swapped in by a container meanwhile) is replaced or refused, never followed: the docker cp
+CVE-2018-15664 class. Symlinks are copied as symlinks; device nodes, FIFOs, sockets and hard links are not copied.
+
+Written by hand: shutil.copytree and TarFile.extractall open each destination path again by name, following any
+symlink on the way, and Python has no openat2.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import itertools
+import os
+import platform
+import stat
+import struct
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+# Below the top of a copy: never a symlink, never out of it.
+STRICT = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+CHUNK = 1 << 20
+SETID = stat.S_ISUID | stat.S_ISGID
+
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "s390x": 437}
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class CopyError(OSError):
+    """A copy cannot go on: the text says which path and why."""
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    how = struct.pack("QQQ", flags | os.O_CLOEXEC, mode, resolve)
+    buf = ctypes.create_string_buffer(how, len(how))
+    fd = _libc.syscall(_SYS_OPENAT2[platform.machine()], dirfd, os.fsencode(path), buf, len(how))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"openat2 {path}: {os.strerror(err)}")
+    return fd
+
+
+def open_in_root(root_fd: int, path: str, flags: int = os.O_PATH | os.O_DIRECTORY) -> int:
+    """path inside a container's root: its symlinks are followed as if root_fd were '/', never out of it."""
+    return openat2(root_fd, path.lstrip("/") or ".", flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+
+
+def mount_id(fd: int) -> int:
+    """The id of the mount fd is on (what RESOLVE_NO_XDEV compares), from /proc/self/fdinfo."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    raise CopyError(errno.EINVAL, f"no mount id for fd {fd}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of a tree: its path below the tree's top (() for the top itself), what it is and its metadata.
+    For a regular file, read(n) gives its content and size its length."""
+
+    path: tuple[str, ...]
+    kind: str  # "dir", "file" or "symlink"
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    target: str = ""
+    size: int = 0
+    read: Callable[[int], bytes] | None = None
+
+
+def _entry(path: tuple[str, ...], kind: str, st: os.stat_result, **kw: object) -> Entry:
+    return Entry(path, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns,
+                 **kw)  # type: ignore[arg-type]
+
+
+def _reopen(path_fd: int, flags: int) -> int:
+    # An O_PATH fd reopened through its /proc magic link: the same inode, whatever its name is now.
+    return os.open(f"/proc/self/fd/{path_fd}", flags | os.O_CLOEXEC | os.O_NONBLOCK)
+
+
+def walk(top: int, same_mount: bool = False) -> Iterator[Entry]:
+    """The tree at top (an fd opened with O_PATH|O_NOFOLLOW, not consumed), parents before children.
+
+    same_mount: entries on another mount than top's are left out (a volume's copy-up reads only the image's
+    own files, never a /proc or /sys mounted below them)."""
+    yield from _walk(top, (), mount_id(top) if same_mount else 0)
+
+
+def _walk(fd: int, path: tuple[str, ...], mnt: int) -> Iterator[Entry]:
+    st = os.fstat(fd)
+    if stat.S_ISLNK(st.st_mode):
+        yield _entry(path, "symlink", st, target=os.readlink("", dir_fd=fd))  # readlinkat(fd, ""): the link's text
+    elif stat.S_ISREG(st.st_mode):
+        data = _reopen(fd, os.O_RDONLY)
+        try:
+            yield _entry(path, "file", os.fstat(data), size=os.fstat(data).st_size,
+                         read=lambda n: os.read(data, n))
+        finally:
+            os.close(data)
+    elif stat.S_ISDIR(st.st_mode):
+        listing = _reopen(fd, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            names = sorted(os.listdir(listing))
+        finally:
+            os.close(listing)
+        yield _entry(path, "dir", st)
+        for name in names:
+            resolve = STRICT | (RESOLVE_NO_XDEV if mnt else 0)
+            try:
+                child = openat2(fd, name, os.O_PATH | os.O_NOFOLLOW, resolve)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.EXDEV):
+                    continue  # gone meanwhile, or another mount below the copy-up's directory
+                raise
+            try:
+                if mnt and mount_id(child) != mnt:
+                    continue
+                yield from _walk(child, (*path, name), mnt)
+            finally:
+                os.close(child)
+    # device nodes, FIFOs and sockets: not copied
+
+
+class Sink:
+    """Writes entries below the directory fd parent, the top under the name top.
+
+    owners: set owners as the entries say (as root; a caller's own copy keeps its own uid). strip_setid: drop
+    setuid and setgid bits (what a container gives the host never becomes a setuid program there).
+    A directory is made 0700 and gets its mode, owner and times once its content is in (close())."""
+
+    def __init__(self, parent: int, top: str, owners: bool = True, strip_setid: bool = False) -> None:
+        if not top or top in (".", "..") or "/" in top:
+            raise CopyError(errno.EINVAL, f"invalid name '{top}'")
+        self._parent = parent
+        self._top = top
+        self._owners = owners
+        self._strip = strip_setid
+        self._dirs: list[tuple[str, Entry]] = []
+
+    def put(self, e: Entry) -> None:
+        rel = "/".join((self._top, *e.path))
+        head, leaf = rel.rpartition("/")[0], rel.rpartition("/")[2]
+        try:
+            parent = openat2(self._parent, head or ".", os.O_PATH | os.O_DIRECTORY, STRICT)
+        except OSError as err:
+            raise CopyError(err.errno, f"cannot reach '{head}': {err.strerror}") from None
+        try:
+            self._put(parent, leaf, rel, e)
+        finally:
+            os.close(parent)
+
+    def _put(self, parent: int, leaf: str, rel: str, e: Entry) -> None:
+        try:
+            existing: os.stat_result | None = os.stat(leaf, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            if e.kind != "dir":
+                raise CopyError(errno.EISDIR, f"cannot overwrite directory '{rel}' with a non-directory")
+        elif existing is not None:
+            os.unlink(leaf, dir_fd=parent)  # a file or symlink in the way: replaced, never written through
+        if e.kind == "dir":
+            if existing is None or not stat.S_ISDIR(existing.st_mode):
+                os.mkdir(leaf, 0o700, dir_fd=parent)
+            self._dirs.append((rel, e))
+        elif e.kind == "symlink":
+            os.symlink(e.target, leaf, dir_fd=parent)
+            if self._owners:
+                os.chown(leaf, e.uid, e.gid, dir_fd=parent, follow_symlinks=False)
+            os.utime(leaf, ns=(e.atime_ns, e.mtime_ns), dir_fd=parent, follow_symlinks=False)
+        elif e.kind == "file":
+            try:
+                out = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                              dir_fd=parent)
+            except FileExistsError:
+                raise CopyError(errno.EEXIST, f"'{rel}' appeared during the copy") from None
+            try:
+                assert e.read is not None
+                _pump(e.read, out)
+                self._meta(out, e)
+            finally:
+                os.close(out)
+
+    def _meta(self, fd: int, e: Entry) -> None:
+        if self._owners:
+            os.fchown(fd, e.uid, e.gid)
+        os.fchmod(fd, e.mode & ~SETID if self._strip else e.mode)
+        os.utime(fd, ns=(e.atime_ns, e.mtime_ns))
+
+    def close(self) -> None:
+        """Directories' modes, owners and times, deepest first (after their content, which changed them)."""
+        for rel, e in reversed(self._dirs):
+            try:
+                fd = openat2(self._parent, rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, STRICT)
+            except OSError as err:
+                raise CopyError(err.errno, f"cannot reach '{rel}': {err.strerror}") from None
+            try:
+                self._meta(fd, e)
+            finally:
+                os.close(fd)
+        self._dirs = []
+
+
+def _pump(read: Callable[[int], bytes], out: int) -> None:
+    while data := read(CHUNK):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view):]
+
+
+def copy(entries: Iterable[Entry], sink: Sink) -> None:
+    for e in entries:
+        sink.put(e)
+    sink.close()
+
+
+# --- tar streams: how a tree crosses the bus between the agent and a caller's own process -----------------------
+
+def write_tar(entries: Iterable[Entry], top: str, out: BinaryIO) -> None:
+    """entries as a POSIX tar stream, under the top name top ("": the top's content at the archive's root, as
+    an oci-archive holds an OCI layout)."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for e in entries:
+            if not top and not e.path:
+                continue
+            info = tarfile.TarInfo("/".join((top, *e.path)) if top else "/".join(e.path))
+            info.mode, info.uid, info.gid = e.mode, e.uid, e.gid
+            info.mtime = e.mtime_ns / 1e9  # PAX keeps the fraction
+            info.pax_headers = {"atime": f"{e.atime_ns / 1e9:.9f}"}
+            if e.kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif e.kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, e.target
+                tar.addfile(info)
+            else:
+                assert e.read is not None
+                info.size = e.size
+                tar.addfile(info, _Exactly(e.read, e.size))
+
+
+class _Exactly:
+    """A file's content as tarfile reads it: exactly the size written in the header, even if the file grew or
+    shrank meanwhile (a short file is padded with zeros), or the stream would be corrupt."""
+
+    def __init__(self, read: Callable[[int], bytes], size: int) -> None:
+        self._read, self._left = read, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._read(n) if n else b""
+        if len(data) < n:
+            data += b"\0" * (n - len(data))
+        self._left -= len(data)
+        return data
+
+
+def read_tar(inp: BinaryIO) -> tuple[str, Iterator[Entry]]:
+    """The top name and the entries of a tar stream holding one tree (every name under the same first component),
+    in order. A name with '..' or another top is refused; hard links, devices and FIFOs are skipped."""
+    tar = tarfile.open(fileobj=inp, mode="r|")
+    members = iter(tar)
+    first = next(members, None)
+    if first is None:
+        raise CopyError(errno.EINVAL, "the archive is empty")
+    top = _parts(first)[0]
+    return top, _tar_entries(tar, itertools.chain([first], members), top)
+
+
+def _parts(member: tarfile.TarInfo) -> tuple[str, ...]:
+    parts = tuple(p for p in member.name.split("/") if p and p != ".")
+    if not parts or ".." in parts:
+        raise CopyError(errno.EINVAL, f"unsafe name '{member.name}' in the archive")
+    return parts
+
+
+def _tar_entries(tar: tarfile.TarFile, members: Iterator[tarfile.TarInfo], top: str) -> Iterator[Entry]:
+    for member in members:
+        parts = _parts(member)
+        if parts[0] != top:
+            raise CopyError(errno.EINVAL, f"'{member.name}' is not below '{top}': one tree per archive")
+        mtime = int(member.mtime * 1e9)
+        atime = int(float(member.pax_headers.get("atime", member.mtime)) * 1e9)
+        meta = (member.mode & 0o7777, member.uid, member.gid, atime, mtime)
+        if member.isdir():
+            yield Entry(parts[1:], "dir", *meta)
+        elif member.issym():
+            yield Entry(parts[1:], "symlink", *meta, target=member.linkname)
+        elif member.isreg():
+            f = tar.extractfile(member)
+            assert f is not None
+            yield Entry(parts[1:], "file", *meta, size=member.size, read=f.read)
+
+
+def tar_top(name: str) -> str:
+    """The name a path's tree has at the top of its archive: its last component ('/' -> 'root')."""
+    return os.path.basename(os.path.normpath(name)) or "root"
+
+
+def destination(open_dir: Callable[[str], int], dest: str, top: str) -> tuple[int, str]:
+    """Where a copy named top goes for dest, as docker cp decides: into dest under its own name when dest is an
+    existing directory, else dest is the new name and its parent must exist. Returns (parent fd, name);
+    open_dir opens a directory (the container's resolution, or the host's). FileNotFoundError names the
+    missing parent."""
+    try:
+        return open_dir(dest), top
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise
+    head, name = os.path.split(os.path.normpath(dest))
+    if not name or name in (".", ".."):
+        raise CopyError(errno.EINVAL, f"invalid destination '{dest}'")
+    try:
+        return open_dir(head or "/"), name
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise FileNotFoundError(errno.ENOENT, f"no directory '{head or '/'}'", head or "/") from None
+        raise
