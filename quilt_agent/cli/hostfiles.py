@@ -8,8 +8,10 @@ nothing below the destination the caller named is followed through a symlink, an
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
+import tarfile
 from collections.abc import Awaitable, Callable
 
 from quilt_agent import filetree
@@ -40,7 +42,10 @@ async def _with_pipe(call: Callable[[int], Awaitable[None]], here: Callable[[int
     finally:
         if theirs >= 0:
             os.close(theirs)
-    await worker
+    try:
+        await worker
+    except (OSError, tarfile.TarError) as e:
+        raise HostFileError(f"the copy failed: {e}") from None
 
 
 def _pack(source: str, fd: int) -> None:
@@ -71,8 +76,10 @@ def _unpack(dest: str, fd: int) -> None:
         try:
             # As the caller: a non-root caller's copy is its own (as cp without -p), root keeps the owners.
             filetree.copy(entries, filetree.Sink(parent, name, owners=os.geteuid() == 0, strip_setid=True))
-        except PermissionError as e:
-            raise HostFileError(f"cannot write in '{dest}': {e.strerror}") from None
+        except OSError as e:
+            if e.errno == errno.EACCES:
+                raise HostFileError(f"cannot write in '{dest}': permission denied") from None
+            raise HostFileError(f"copying to '{dest}' failed: {e.strerror}") from None
         finally:
             os.close(parent)
 
@@ -82,8 +89,10 @@ async def copy_in(client: Client, container: str, source: str, dest: str) -> Non
     if source == "-":
         await client.copy_to_fd(container, 0, dest)
         return
-    if not os.path.lexists(source):
-        raise HostFileError(f"no such file or directory: '{source}'")
+    try:
+        os.lstat(source)
+    except OSError as e:
+        raise HostFileError(f"cannot read '{source}': {e.strerror}") from None
     await _with_pipe(lambda fd: client.copy_to_fd(container, fd, dest), lambda fd: _pack(source, fd),
                      ours_reads=False)
 

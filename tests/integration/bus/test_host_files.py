@@ -1,0 +1,149 @@
+"""A caller with one polkit grant (manage, exec and read: every container verb) never has the agent open a host path
+for it as root: quiltctl reads and writes the host's files itself, with the caller's rights, and what would have
+the agent open a path (CopyTo/CopyFrom, an image path, a bind mount, a pull's auth_file) needs org.quilt.runtime.host,
+which the caller has not."""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from quilt_agent.client import Client
+from tests.integration.bus.test_polkit import ACCESS_DENIED, BUS_NAME, CONTAINER, MANAGER, MANAGER_PATH, USERS, gdbus
+
+QUILTCTL = shutil.which("quiltctl") or "/usr/bin/quiltctl"
+USER = USERS["passwd-user"]
+GRANT = Path("/etc/polkit-1/rules.d/10-quilt-test-host-files.rules")
+
+
+async def as_user(*cmd: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    proc = await asyncio.create_subprocess_exec(
+        "setpriv", f"--reuid={USER[0]}", f"--regid={USER[1]}", "--clear-groups", *cmd,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "HOME": "/"}, cwd="/")
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out.decode(errors="replace"), err.decode())
+
+
+def one_error_line(r: subprocess.CompletedProcess, *words: str) -> None:
+    assert r.returncode == 125, r
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("quiltctl: ") and all(w in line for w in words), line
+
+
+@pytest.fixture
+async def granted(client: Client) -> AsyncIterator[None]:
+    """The user may do everything to containers, images and volumes, but not org.quilt.runtime.host."""
+    GRANT.write_text(
+        "polkit.addRule(function(action, subject) {\n"
+        f"    if (subject.user == {USER[0]} || subject.user == '{_user_name()}') {{\n"
+        '        if (["org.quilt.runtime.manage", "org.quilt.runtime.exec", "org.quilt.runtime.read"]'
+        ".indexOf(action.id) >= 0)\n"
+        "            return polkit.Result.YES;\n"
+        "    }\n"
+        "    return polkit.Result.NOT_HANDLED;\n"
+        "});\n")
+    GRANT.chmod(0o644)
+    try:
+        for _ in range(100):  # polkitd reloads its rules on inotify: wait until it has this one
+            probe = await as_user("busctl", "call", BUS_NAME, MANAGER_PATH, MANAGER, "RemoveVolume", "sb",
+                                  "no-such-volume-here", "false")
+            if "Access denied" not in probe.stderr:
+                break
+            await asyncio.sleep(0.1)
+        yield
+    finally:
+        GRANT.unlink()
+
+
+def _user_name() -> str:
+    import pwd
+    return pwd.getpwuid(USER[0]).pw_name
+
+
+@pytest.fixture
+def root_only(busybox_tar: Path) -> Iterator[dict[str, Path]]:
+    """Files only root may read or write, and a directory of the user's own (pytest's tmp_path is root's alone)."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="quilt-host-files-"))
+    secret_dir = tmp_path / "root-only"
+    secret_dir.mkdir(mode=0o700)
+    private_tar = secret_dir / "private.tar"
+    shutil.copy(busybox_tar, private_tar)
+    secret = secret_dir / "secret"
+    secret.write_text("root's secret\n")
+    secret.chmod(0o600)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    os.chown(mine, *USER)
+    tmp_path.chmod(0o755)
+    yield {"tar": private_tar, "secret": secret, "dir": secret_dir, "mine": mine}
+    shutil.rmtree(tmp_path)
+
+
+async def test_quiltctl_reads_an_image_path_with_the_callers_rights(
+        client: Client, granted: None, root_only: dict[str, Path], busybox_tar: Path, name: str) -> None:
+    tar = str(root_only["tar"])
+    one_error_line(await as_user(QUILTCTL, "run", "--rm", tar, "--", "echo", "ran"), "cannot read the image", tar)
+    one_error_line(await as_user(QUILTCTL, "image", "import", tar, f"{name}:x"), "cannot read the image", tar)
+    assert f"{name}:x" not in {i.name for i in await client.list_images()}
+    # A copy of its own is read by quiltctl and sent open: the user needs no more than manage.
+    own = root_only["mine"] / "busybox.tar"
+    shutil.copy(busybox_tar, own)
+    os.chown(own, *USER)
+    ran = await as_user(QUILTCTL, "run", "--rm", str(own), "--", "echo", "ran")
+    assert ran.returncode == 0 and ran.stdout == "ran\n", ran
+
+
+async def test_the_agent_opens_no_host_path_for_a_caller_without_the_host_action(
+        client: Client, granted: None, root_only: dict[str, Path], busybox_tar: Path, name: str) -> None:
+    running = await client.run_container(name, str(busybox_tar), ["/bin/sleep", "300"])
+    await client.exec(running, ["/bin/sh", "-c", "echo in-container > /tmp/f"])
+    secret = str(root_only["secret"])
+    host = "org.quilt.runtime.host"
+    calls = [
+        gdbus(running, f"{CONTAINER}.CopyTo", secret, "/tmp/stolen"),
+        gdbus(running, f"{CONTAINER}.CopyFrom", "/tmp/f", "/etc/cron.d/quilt-test"),
+        gdbus(MANAGER_PATH, f"{MANAGER}.ImportImage", str(root_only["tar"]), f"{name}:y", "{}"),
+        gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", f"{name}-img", str(root_only["tar"]), "['/bin/true']",
+              "{}"),
+        gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", f"{name}-bind", f"{name}-missing:1", "['/bin/true']",
+              "{'volumes': <['/:/host']>}"),
+        gdbus(MANAGER_PATH, f"{MANAGER}.PullImage", "127.0.0.1:1/x", f"{{'auth_file': <'{secret}'>}}"),
+    ]
+    results = await asyncio.gather(*(as_user(*cmd) for cmd in calls))
+    for cmd, r in zip(calls, results):
+        assert r.returncode != 0 and f"GDBus.Error:{ACCESS_DENIED}: " in r.stderr and host in r.stderr, (cmd, r)
+    assert not os.path.exists("/etc/cron.d/quilt-test")
+    assert (await client.exec(running, ["/bin/cat", "/tmp/stolen"])).exit_code != 0
+    assert {i.name for i in await client.list_images()}.isdisjoint({f"{name}:y"})
+    assert [e.name for e in await client.list_containers()] == [name]
+
+
+async def test_quiltctl_cp_reads_and_writes_with_the_callers_rights(
+        client: Client, granted: None, root_only: dict[str, Path], busybox_tar: Path, name: str) -> None:
+    await client.run_container(name, str(busybox_tar), ["/bin/sleep", "300"])
+    secret = str(root_only["secret"])
+    one_error_line(await as_user(QUILTCTL, "cp", secret, f"{name}:/tmp/"), "cannot read", secret)
+    one_error_line(await as_user(QUILTCTL, "cp", str(root_only["dir"]), f"{name}:/tmp/"), "cannot read")
+    one_error_line(await as_user(QUILTCTL, "cp", f"{name}:/etc/passwd", "/etc/cron.d/quilt-test"), "cannot write")
+    one_error_line(await as_user(QUILTCTL, "cp", f"{name}:/etc/passwd", str(root_only["dir"])), "cannot write")
+    assert not os.path.exists("/etc/cron.d/quilt-test") and not (root_only["dir"] / "passwd").exists()
+    path = await client.get_container(name)
+    assert (await client.exec(path, ["/bin/ls", "/tmp/secret"])).exit_code != 0
+    # Its own files go both ways, and what it gets is its own.
+    mine = root_only["mine"]
+    (mine / "hello").write_text("hello\n")
+    os.chown(mine / "hello", *USER)
+    assert (await as_user(QUILTCTL, "cp", str(mine / "hello"), f"{name}:/tmp/hello")).returncode == 0
+    back = await as_user(QUILTCTL, "cp", f"{name}:/bin/busybox", str(mine / "busybox"))
+    assert back.returncode == 0, back
+    st = (mine / "busybox").stat()
+    assert (st.st_uid, st.st_gid) == USER and st.st_size > 0
+    assert (await client.exec(path, ["/bin/cat", "/tmp/hello"])).stdout == b"hello\n"
