@@ -239,8 +239,9 @@ def write_tar(entries: Iterable[Entry], top: str, out: BinaryIO) -> None:
                 continue
             info = tarfile.TarInfo("/".join((top, *e.path)) if top else "/".join(e.path))
             info.mode, info.uid, info.gid = e.mode, e.uid, e.gid
-            info.mtime = e.mtime_ns / 1e9  # PAX keeps the fraction
-            info.pax_headers = {"atime": f"{e.atime_ns / 1e9:.9f}"}
+            info.mtime = e.mtime_ns / 1e9
+            # Written as exact decimals: a float's str() keeps only about 0.1 µs of today's times.
+            info.pax_headers = {"mtime": _seconds(e.mtime_ns), "atime": _seconds(e.atime_ns)}
             if e.kind == "dir":
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
@@ -262,11 +263,29 @@ class _Exactly:
 
     def read(self, n: int = -1) -> bytes:
         n = self._left if n < 0 else min(n, self._left)
-        data = self._read(n) if n else b""
-        if len(data) < n:
-            data += b"\0" * (n - len(data))
+        data = b""
+        while len(data) < n:  # a read may return less than asked before the end (FUSE, a signal)
+            more = self._read(n - len(data))
+            if not more:
+                data += b"\0" * (n - len(data))
+                break
+            data += more
         self._left -= len(data)
         return data
+
+
+def _seconds(ns: int) -> str:
+    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
+    return f"{sign}{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+
+
+def _ns(text: str) -> int:
+    """A PAX time (decimal seconds) as nanoseconds, without going through a float."""
+    sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text)
+    whole, _, frac = digits.partition(".")
+    if not whole.isdigit() or not (frac.isdigit() or frac == ""):
+        return int(float(text) * 1e9)  # another writer's spelling
+    return sign * (int(whole) * 1_000_000_000 + int((frac + "000000000")[:9]))
 
 
 def read_tar(inp: BinaryIO) -> tuple[str, Iterator[Entry]]:
@@ -293,8 +312,8 @@ def _tar_entries(tar: tarfile.TarFile, members: Iterator[tarfile.TarInfo], top: 
         parts = _parts(member)
         if parts[0] != top:
             raise CopyError(errno.EINVAL, f"'{member.name}' is not below '{top}': one tree per archive")
-        mtime = int(member.mtime * 1e9)
-        atime = int(float(member.pax_headers.get("atime", member.mtime)) * 1e9)
+        mtime = _ns(member.pax_headers.get("mtime", str(member.mtime)))
+        atime = _ns(member.pax_headers.get("atime", str(member.mtime)))
         meta = (member.mode & 0o7777, member.uid, member.gid, atime, mtime)
         if member.isdir():
             yield Entry(parts[1:], "dir", *meta)
@@ -321,6 +340,8 @@ def destination(open_dir: Callable[[str], int], dest: str, top: str) -> tuple[in
     except OSError as e:
         if e.errno not in (errno.ENOENT, errno.ENOTDIR):
             raise
+        if dest.endswith("/"):  # docker cp: 'the destination directory must exist', never made
+            raise FileNotFoundError(errno.ENOENT, f"no directory '{dest}'", dest) from None
     head, name = os.path.split(os.path.normpath(dest))
     if not name or name in (".", ".."):
         raise CopyError(errno.EINVAL, f"invalid destination '{dest}'")

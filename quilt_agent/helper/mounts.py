@@ -8,36 +8,24 @@ runc does, so no path is looked up again after the check.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
+import fcntl
 import os
-import platform
+import shutil
 import stat
-import struct
+import tempfile
+from collections.abc import Callable
 
+from quilt_agent import filetree
+from quilt_agent.filetree import open_in_root
+from quilt_agent.helper import process
 from quilt_agent.helper.syscalls import (
     MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, mount,
 )
 
-_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "s390x": 437}
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_IN_ROOT = 0x10
-_libc = ctypes.CDLL(None, use_errno=True)
 _FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
-
-
-def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
-    how = struct.pack("QQQ", flags | os.O_CLOEXEC, mode, resolve)
-    buf = ctypes.create_string_buffer(how, len(how))
-    fd = _libc.syscall(_SYS_OPENAT2[platform.machine()], dirfd, os.fsencode(path), buf, len(how))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"openat2 {path}: {os.strerror(err)}")
-    return fd
-
-
-def open_in_root(root_fd: int, path: str, flags: int = os.O_PATH | os.O_DIRECTORY) -> int:
-    return openat2(root_fd, path.lstrip("/") or ".", flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+# Kernel interfaces and the runtime's own /dev, not the container's files: nothing is mounted over or below them.
+NOT_TARGETS = ("proc", "sys", "dev")
 
 
 def make_in_root(root_fd: int, path: str, directory: bool = True) -> int:
@@ -72,6 +60,8 @@ def make_in_root(root_fd: int, path: str, directory: bool = True) -> int:
                     done = []
                 todo = [p for p in target.split("/") if p and p != "."] + todo
                 continue
+            if not done and part in NOT_TARGETS:
+                raise OSError(errno.EPERM, f"'{path}' is inside /{part}: not a mount target")
             if st is None:
                 if directory or todo:
                     os.mkdir(part, 0o755, dir_fd=parent)
@@ -80,6 +70,8 @@ def make_in_root(root_fd: int, path: str, directory: bool = True) -> int:
             done.append(part)
         finally:
             os.close(parent)
+    if not done:
+        raise OSError(errno.EPERM, f"'{path}' resolves to the container's root: not a mount target")
     return open_in_root(root_fd, "/".join(done), os.O_PATH | (os.O_DIRECTORY if directory else 0))
 
 
@@ -91,6 +83,8 @@ def _remount(root_fd: int, target: str, flags: int) -> None:
     """Set per-mount flags on the mount now at target (opened again: the walk crosses onto the new mount)."""
     fd = open_in_root(root_fd, target, os.O_PATH)
     try:
+        # A bind remount sets every per-mount flag: keep those the bind took from its source (a noexec /tmp stays so).
+        flags |= os.statvfs(fd).f_flag & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
         mount(None, _proc(fd), None, MS_REMOUNT | MS_BIND | flags)
     finally:
         os.close(fd)
@@ -118,7 +112,7 @@ def apply(merged: str, mounts: tuple[tuple[str, str, str], ...], tmpfs: tuple[tu
             finally:
                 os.close(fd)
         if read_only:
-            mount(None, merged, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+            mount(None, merged, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NODEV)  # keeps the root's nodev
     finally:
         os.close(root_fd)
 
@@ -127,16 +121,8 @@ def _bind(root_fd: int, source: str, target: str, options: list[str]) -> None:
     is_dir = os.path.isdir(source)
     fd = make_in_root(root_fd, target, directory=is_dir)
     try:
-        if "copyup" in options and is_dir and _empty(source) and not _empty(_proc(fd)):
-            # A new named volume over a non-empty image directory starts with its content, owners and modes, as
-            # in Docker. CopyFrom's walk (copying.py): entry by entry relative to its parent's fd, O_NOFOLLOW,
-            # symlinks kept as symlinks, device nodes and FIFOs (a container may mknod) skipped.
-            from quilt_agent.copying import copy_tree_out  # here: copying imports this module
-            fd_dir = open_in_root(root_fd, target, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                copy_tree_out(fd_dir, source)
-            finally:
-                os.close(fd_dir)
+        if "copyup" in options and is_dir:
+            _copy_up_if_new(root_fd, fd, source)
         mount(source, _proc(fd), None, MS_BIND | MS_REC)
     finally:
         os.close(fd)
@@ -146,8 +132,91 @@ def _bind(root_fd: int, source: str, target: str, options: list[str]) -> None:
         mount(None, _proc(mnt), None, MS_PRIVATE | MS_REC)
     finally:
         os.close(mnt)
-    flags = 0
+    flags = MS_NOSUID | MS_NODEV  # as Podman's volumes: nothing in a volume or a host directory is a device or setuid
     for opt in options:
         flags |= _FLAGS.get(opt, 0)
     if flags:
         _remount(root_fd, target, flags)
+
+
+def _copy_up_if_new(root_fd: int, target: int, source: str) -> None:
+    """Copy-up under a lock on the volume's directory: containers starting together on a new volume would
+    otherwise each find it empty and copy into it at once."""
+    lock = os.open(os.path.dirname(source), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _empty(source) and not _empty(_proc(target)):
+            _copy_up(root_fd, target, source)
+    finally:
+        os.close(lock)
+
+
+def _copy_up(root_fd: int, target: int, source: str) -> None:
+    """A new volume over a non-empty image directory starts with its content, owners and modes, as in Docker.
+
+    Only the image's own directory is copied: a target that resolved onto another mount (/dev, a tmpfs, another
+    volume) has nothing of the image, and the walk leaves out every mount below it (/proc, /sys). It runs in a
+    child that has dropped to the container's capabilities, into a directory beside the volume's, moved into it
+    only once complete: a failed copy leaves the volume empty."""
+    if filetree.mount_id(target) != filetree.mount_id(root_fd):
+        return
+    staging = tempfile.mkdtemp(prefix=".copyup-", dir=os.path.dirname(source))
+    try:
+        _in_child(lambda: _fill(target, staging))
+        _move_into(os.path.join(staging, "data"), source)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fill(target: int, staging: str) -> None:
+    process.drop_privileges(process.User(0, 0, (), "/"))  # root of the container, with its capabilities only
+    parent = os.open(staging, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        filetree.copy(filetree.walk(target, same_mount=True), filetree.Sink(parent, "data"))
+    finally:
+        os.close(parent)
+
+
+def _in_child(body: Callable[[], None]) -> None:
+    """body() in a forked child; its exception comes back as an OSError with its text."""
+    read, write = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(read)
+            body()
+        except BaseException as e:  # noqa: BLE001 - told to the parent, which raises it
+            os.write(write, str(e).encode()[:4096])
+            code = 1
+        os._exit(code)
+    os.close(write)
+    try:
+        with os.fdopen(read, "rb") as f:
+            message = f.read().decode(errors="replace")
+    finally:
+        _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise OSError(errno.EIO, f"copying the image's files into the volume failed: {message or status}")
+
+
+def _move_into(done: str, source: str) -> None:
+    """Move the copy's entries into the (empty) volume directory, one rename each; undone if one fails."""
+    moved: list[str] = []
+    src = os.open(done, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    dst = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            for name in os.listdir(src):
+                os.rename(name, name, src_dir_fd=src, dst_dir_fd=dst)
+                moved.append(name)
+        except OSError:
+            for name in moved:
+                os.rename(name, name, src_dir_fd=dst, dst_dir_fd=src)
+            raise
+        st = os.fstat(src)
+        os.fchown(dst, st.st_uid, st.st_gid)
+        os.fchmod(dst, stat.S_IMODE(st.st_mode))
+    finally:
+        os.close(src)
+        os.close(dst)
