@@ -1,7 +1,9 @@
 """The container's root filesystem: overlayfs over the image, /proc, /dev, /sys, masks, pivot_root."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
 from quilt_agent.helper import mounts as volume_mounts
 from quilt_agent.helper.syscalls import (
@@ -29,9 +31,11 @@ def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str,
     """Mount the container's tree at merged, then make it the root. Runs in the container's mount namespace."""
     # Nothing mounted here may propagate back to the host.
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    mount("overlay", merged, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+    # nodev: a device node in the container's layer (one made through /proc/PID/root by a host process, or by a
+    # process that kept CAP_MKNOD) opens nothing; the device cgroup is the other half of that guard.
+    mount("overlay", merged, "overlay", MS_NODEV, f"lowerdir={lower},upperdir={upper},workdir={work}")
     for d in ("proc", "sys", "dev"):
-        _mkdir(f"{merged}/{d}")
+        _kernel_dir(f"{merged}/{d}")
     mount("proc", f"{merged}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("sysfs", f"{merged}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _make_dev(f"{merged}/dev", "ipc" in namespaces)
@@ -44,6 +48,19 @@ def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str,
     pivot_root(".", ".")
     umount(".", MNT_DETACH)
     os.chdir("/")
+
+
+def _kernel_dir(path: str) -> None:
+    """Where /proc, /sys or /dev is mounted: a directory of the image's or a new one. An image's symlink there
+    would be followed from the host's side before pivot_root (the mounts would land on the host's tree, in this
+    private namespace), so it is refused, as runc refuses a symlinked /proc."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        os.mkdir(path, 0o755)
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, f"the image's /{os.path.basename(path)} is not a directory (a symlink or a file)")
 
 
 def _bind_file(source: str, root: str, target: str) -> None:
@@ -70,7 +87,9 @@ def _bind_file(source: str, root: str, target: str) -> None:
 
 
 def _make_dev(dev: str, own_ipc: bool) -> None:
-    mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=0755,size=65536k")
+    # nodev too: the nodes below are bind mounts of the host's, each a mount of its own that keeps its source's
+    # flags, and devpts is mounted without nodev; a node made in the tmpfs itself opens nothing.
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=65536k")
     for node in DEVICES:
         path = f"{dev}/{node}"
         open(path, "w").close()
