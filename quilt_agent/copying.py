@@ -46,7 +46,9 @@ def stopped_tree(lower: str, upper: str, work: str, merged: str, mounts: tuple[t
         try:
             syscalls.unshare(syscalls.CLONE_NEWNS)
             syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
-            syscalls.mount("overlay", merged, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+            # Nothing runs from this view of the tree: no device, setuid bit or program of it takes effect.
+            syscalls.mount("overlay", merged, "overlay", syscalls.MS_NODEV | syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
+                           f"lowerdir={lower},upperdir={upper},workdir={work}")
             # No copy-up here: a new volume is filled from the image by the container's own start.
             volume_mounts.apply(merged, tuple((s, t, o.replace("copyup", "")) for s, t, o in mounts), (), False)
             root = os.open(merged, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

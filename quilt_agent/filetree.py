@@ -32,6 +32,8 @@ RESOLVE_IN_ROOT = 0x10
 STRICT = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 CHUNK = 1 << 20
 SETID = stat.S_ISUID | stat.S_ISGID
+# Deeper trees are refused: each level is an open fd on both sides of a copy.
+MAX_DEPTH = 256
 
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "s390x": 437}
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -118,6 +120,8 @@ def _walk(fd: int, path: tuple[str, ...], mnt: int) -> Iterator[Entry]:
         finally:
             os.close(listing)
         yield _entry(path, "dir", st)
+        if names and len(path) + 1 >= MAX_DEPTH:
+            raise CopyError(errno.ELOOP, f"'{'/'.join(path[:3])}/...' is deeper than {MAX_DEPTH} levels")
         for name in names:
             resolve = STRICT | (RESOLVE_NO_XDEV if mnt else 0)
             try:
@@ -140,7 +144,10 @@ class Sink:
 
     owners: set owners as the entries say (as root; a caller's own copy keeps its own uid). strip_setid: drop
     setuid and setgid bits (what a container gives the host never becomes a setuid program there).
-    A directory is made 0700 and gets its mode, owner and times once its content is in (close())."""
+    Each directory on the way is held open, one name at a time below its parent (openat2, STRICT), so any depth
+    is written without a path longer than a name; a missing one (a tar stream without it) is made 0755, as
+    docker cp does. A directory the copy makes is 0700 until its content is in: it gets its mode, owner and times
+    when the copy leaves it (entries come parents first, as walk and tar give them)."""
 
     def __init__(self, parent: int, top: str, owners: bool = True, strip_setid: bool = False) -> None:
         if not top or top in (".", "..") or "/" in top:
@@ -149,21 +156,48 @@ class Sink:
         self._top = top
         self._owners = owners
         self._strip = strip_setid
-        self._dirs: list[tuple[str, Entry]] = []
+        self._held: list[tuple[str, int]] = []  # the open directories from the top down: (name, O_PATH fd)
+        self._meta_of: dict[int, Entry] = {}  # depth -> metadata for the directory held there, set when left
 
     def put(self, e: Entry) -> None:
-        rel = "/".join((self._top, *e.path))
-        head, leaf = rel.rpartition("/")[0], rel.rpartition("/")[2]
-        try:
-            parent = openat2(self._parent, head or ".", os.O_PATH | os.O_DIRECTORY, STRICT)
-        except OSError as err:
-            raise CopyError(err.errno, f"cannot reach '{head}': {err.strerror}") from None
-        try:
-            self._put(parent, leaf, rel, e)
-        finally:
-            os.close(parent)
+        parts = (self._top, *e.path)
+        if len(parts) > MAX_DEPTH:
+            raise CopyError(errno.ELOOP, f"'{'/'.join(parts[:3])}/...' is deeper than {MAX_DEPTH} levels")
+        parent = self._reach(parts[:-1])
+        self._put(parent, parts[-1], "/".join(parts), e, len(parts))
 
-    def _put(self, parent: int, leaf: str, rel: str, e: Entry) -> None:
+    def _reach(self, parts: tuple[str, ...]) -> int:
+        """The fd of the directory parts below parent, reusing the held ones that are on the way."""
+        keep = 0
+        while keep < len(self._held) and keep < len(parts) and self._held[keep][0] == parts[keep]:
+            keep += 1
+        self._leave(keep)
+        for name in parts[keep:]:
+            up = self._held[-1][1] if self._held else self._parent
+            try:
+                fd = openat2(up, name, os.O_PATH | os.O_DIRECTORY, STRICT)
+            except FileNotFoundError:
+                os.mkdir(name, 0o755, dir_fd=up)
+                fd = openat2(up, name, os.O_PATH | os.O_DIRECTORY, STRICT)
+            except OSError as err:
+                where = "/".join(parts[:len(self._held) + 1])
+                raise CopyError(err.errno, f"cannot reach '{where}': {err.strerror}") from None
+            self._held.append((name, fd))
+        return self._held[-1][1] if self._held else self._parent
+
+    def _leave(self, depth: int) -> None:
+        """Close the held directories below depth, each getting its metadata first (its content is complete)."""
+        while len(self._held) > depth:
+            level = len(self._held)
+            _, fd = self._held.pop()
+            try:
+                e = self._meta_of.pop(level, None)
+                if e is not None:
+                    self._meta(f"/proc/self/fd/{fd}", e)
+            finally:
+                os.close(fd)
+
+    def _put(self, parent: int, leaf: str, rel: str, e: Entry, depth: int) -> None:
         try:
             existing: os.stat_result | None = os.stat(leaf, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
@@ -176,7 +210,8 @@ class Sink:
         if e.kind == "dir":
             if existing is None or not stat.S_ISDIR(existing.st_mode):
                 os.mkdir(leaf, 0o700, dir_fd=parent)
-            self._dirs.append((rel, e))
+            self._reach(tuple(n for n, _ in self._held) + (leaf,))
+            self._meta_of[depth] = e
         elif e.kind == "symlink":
             os.symlink(e.target, leaf, dir_fd=parent)
             if self._owners:
@@ -195,24 +230,17 @@ class Sink:
             finally:
                 os.close(out)
 
-    def _meta(self, fd: int, e: Entry) -> None:
+    def _meta(self, target: int | str, e: Entry) -> None:
+        """Owner, mode and times of an open file (fd) or of a held directory (its /proc/self/fd path: an O_PATH
+        fd takes no fchmod, and the magic link reaches the same inode, whatever its name is now)."""
         if self._owners:
-            os.fchown(fd, e.uid, e.gid)
-        os.fchmod(fd, e.mode & ~SETID if self._strip else e.mode)
-        os.utime(fd, ns=(e.atime_ns, e.mtime_ns))
+            os.chown(target, e.uid, e.gid)
+        os.chmod(target, e.mode & ~SETID if self._strip else e.mode)
+        os.utime(target, ns=(e.atime_ns, e.mtime_ns))
 
     def close(self) -> None:
-        """Directories' modes, owners and times, deepest first (after their content, which changed them)."""
-        for rel, e in reversed(self._dirs):
-            try:
-                fd = openat2(self._parent, rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, STRICT)
-            except OSError as err:
-                raise CopyError(err.errno, f"cannot reach '{rel}': {err.strerror}") from None
-            try:
-                self._meta(fd, e)
-            finally:
-                os.close(fd)
-        self._dirs = []
+        """Leave every held directory: the last ones get their metadata."""
+        self._leave(0)
 
 
 def _pump(read: Callable[[int], bytes], out: int) -> None:
@@ -223,9 +251,11 @@ def _pump(read: Callable[[int], bytes], out: int) -> None:
 
 
 def copy(entries: Iterable[Entry], sink: Sink) -> None:
-    for e in entries:
-        sink.put(e)
-    sink.close()
+    try:
+        for e in entries:
+            sink.put(e)
+    finally:
+        sink.close()
 
 
 # --- tar streams: how a tree crosses the bus between the agent and a caller's own process -----------------------

@@ -23,6 +23,21 @@ SYSTEMD_MANAGER = "org.freedesktop.systemd1.Manager"
 SLICE = "quilt.slice"
 JOB_TIMEOUT = 30.0
 UINT64_MAX = (1 << 64) - 1
+# The OCI runtime spec's default devices, as runc and crun allow them (without /dev/console and the tun device,
+# which Quilt gives no container): a device node a container gets hold of by other means, such as one a host
+# process made in a volume, then cannot be opened. The nodes are named by number, as runc's systemd driver does,
+# so that systemd reads no path (the host's /dev need not hold them); char-pts covers every pseudo-terminal,
+# those of the container's own devpts and the caller's terminal that `run -it` passes in.
+DEVICE_ALLOW = (
+    ("/dev/char/1:3", "rwm"),  # null
+    ("/dev/char/1:5", "rwm"),  # zero
+    ("/dev/char/1:7", "rwm"),  # full
+    ("/dev/char/1:8", "rwm"),  # random
+    ("/dev/char/1:9", "rwm"),  # urandom
+    ("/dev/char/5:0", "rwm"),  # tty
+    ("/dev/char/5:2", "rwm"),  # ptmx
+    ("char-pts", "rwm"),
+)
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,8 @@ class Scopes:
             ("Delegate", Variant("b", True)),
             ("DefaultDependencies", Variant("b", False)),
             ("CollectMode", Variant("s", "inactive-or-failed")),
+            ("DevicePolicy", Variant("s", "closed")),
+            ("DeviceAllow", Variant("a(ss)", [list(d) for d in DEVICE_ALLOW])),
         ]
         if limits.memory_max:
             props.append(("MemoryMax", Variant("t", limits.memory_max)))

@@ -402,6 +402,15 @@ def test_with_only_cgroup2_systemd_runs_unified_and_the_agent_runs_a_container()
 echo "cgroupfs=$(stat -fc %T /sys/fs/cgroup)"
 scripts/busybox-rootfs.sh /tmp/bb.tar
 quiltctl run --rm /tmp/bb.tar -- /bin/sh -c 'echo "ran=$(grep ^0:: /proc/self/cgroup)"'
+# The scope's device rule, a BPF program on v2: a block device node in a tmpfs that allows devices, mounted into
+# the container by root on the host, opens for that root but not in the container; ptmx and null still open.
+quiltctl run -d --name dev /tmp/bb.tar -- sleep 600 >/dev/null
+echo "policy=$(systemctl show -P DevicePolicy quilt-dev.scope)"
+pid=$(quiltctl inspect dev | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["MainPID"])')
+nsenter -t "$pid" -m -r -w -- /bin/sh -c \
+    'mkdir /hole && mount -t tmpfs hole /hole && mknod /hole/blk b 7 0 && : < /hole/blk && echo "made=ok"'
+echo "blk=$(quiltctl exec dev -- sh -c ': < /hole/blk' 2>&1 | sed 's/.*: //')"
+echo "allowed=$(quiltctl exec dev -- sh -c 'exec 3<>/dev/ptmx && echo x > /dev/null && echo ok')"
 """
 
     result = run_testhost("run", "--name", "unified", "--cgroup", "unified", "--", "sh", "-c", script)
@@ -410,6 +419,8 @@ quiltctl run --rm /tmp/bb.tar -- /bin/sh -c 'echo "ran=$(grep ^0:: /proc/self/cg
     seen = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     assert (seen["state"], seen["agent"], seen["cgroupfs"]) == ("running", "active", "cgroup2fs"), result.stdout
     assert seen["ran"] == "0::/", result.stdout  # the container sees its scope as the root (cgroup namespace)
+    assert (seen["policy"], seen["made"], seen["blk"], seen["allowed"]) == (
+        "closed", "ok", "Operation not permitted", "ok"), result.stdout
     assert_machine_unchanged(before)
 
 

@@ -209,7 +209,7 @@ def test_inspect_prints_the_containers_properties_as_json(image: str, name: str)
     assert quiltctl("run", "--name", name, image, "/bin/sh", "-c", "exit 4").returncode == 4
     props = inspect(name)
     # quiltctl reads an image path itself and names the image it imported by its id.
-    assert props["Name"] == name and props["Image"] == ok("image", "import", image).strip()
+    assert props["Name"] == name and props["Image"] == ok("image", "import", "-q", image).strip()
     assert props["Command"] == ["/bin/sh", "-c", "exit 4"]
     assert props["State"] == "exited" and props["ExitCode"] == 4 and props["ExitSignal"] == 0
     assert props["Unit"] == f"quilt-{name}.scope"

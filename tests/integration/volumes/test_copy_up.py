@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from quilt_agent.client import Client, ClientError
+from quilt_agent.filetree import MAX_DEPTH
 from tests.integration.network.conftest import END
 from tests.integration.volumes.conftest import ERR, VOLUMES
 from tests.integration.volumes.test_cli import ok, quiltctl
@@ -306,10 +307,9 @@ async def test_a_volume_that_is_not_empty_is_never_copied_into(vclient: Client, 
 async def test_a_copy_up_that_fails_midway_leaves_the_volume_empty(vclient: Client, name: str,
                                                                    evil_image: str) -> None:
     """The container itself points its volume's target at a tree of its own that the copy cannot finish (deeper
-    than PATH_MAX): the next start copies nothing, or everything, never a part."""
-    deep = "d" * 250
+    than filetree.MAX_DEPTH, after files it has copied already): the next start fails and copies nothing."""
     swap = (f"rm /swapme && mkdir /other && echo first > /other/a && cd -P /other && "
-            f"i=0; while [ $i -lt 20 ]; do mkdir {deep} && cd -P {deep} || exit 1; i=$((i+1)); done; "
+            f"i=0; while [ $i -lt {MAX_DEPTH + 20} ]; do mkdir d && cd d || exit 1; i=$((i+1)); done; "
             f"echo leaf > leaf && ln -s /other /swapme")
     path = await vclient.create_container(name, evil_image, _script(f"[ -e /other ] || {{ {swap}; }}"),
                                           {"volumes": [f"{name}-part:/swapme"]})
@@ -317,17 +317,12 @@ async def test_a_copy_up_that_fails_midway_leaves_the_volume_empty(vclient: Clie
     assert code == 0, err
     mountpoint = str(VOLUMES / f"{name}-part" / "_data")
     assert _volume(mountpoint) == ([], ["_data"])
-    try:
+    with pytest.raises(ClientError) as failed:
         await vclient.start(path)  # /swapme -> /other now
-    except ClientError as e:
-        assert e.name == ERR + "ContainerFailed", e
-        assert "copying the image's files into the volume failed" in e.message, e.message[:300]
-        assert _volume(mountpoint) == ([], ["_data"])
-    else:
-        assert await vclient.wait(path) == 0
-        assert sorted(os.listdir(mountpoint)) == ["a", deep]
-        assert len(list(Path(mountpoint).rglob("leaf"))) == 1
-
+    assert failed.value.name == ERR + "ContainerFailed", failed.value
+    assert "copying the image's files into the volume failed" in failed.value.message
+    assert f"deeper than {MAX_DEPTH} levels" in failed.value.message
+    assert _volume(mountpoint) == ([], ["_data"])
 
 
 async def test_containers_starting_together_on_a_new_volume_all_start_and_it_holds_the_image_content(
