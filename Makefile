@@ -17,11 +17,14 @@ PYTEST_ARGS ?=
 # the test host, which has no network), ruby (`gem build` and `gem generate_index` for the tests' gem index),
 # dpkg-dev (dpkg-scanpackages for the tests' apt repository). libseccomp2: the seccomp filter (helper/seccomp.py).
 # podman: `podman save` archives in the image import tests.
+# iproute2 (ip, ss), procps (sysctl), xz-utils and bzip2 (the unit tests' compressed layers): a minimal Debian,
+# as CI images are, lacks them. tests/host/test_setup_programs.py fails, naming the program and its package,
+# when the suite runs a program that no package here (or one every Debian has) provides.
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	systemd dbus polkitd libglib2.0-bin util-linux busybox-static make zstd \
 	nftables iputils-ping tmux \
 	docker-registry skopeo umoci apache2-utils openssl \
-	mmdebstrap ruby dpkg-dev libseccomp2 podman
+	mmdebstrap ruby dpkg-dev libseccomp2 podman iproute2 procps xz-utils bzip2
 
 .PHONY: setup demo test test-unit test-testhost test-integration bench bench-network bench-images bench-setup install install-data clean
 

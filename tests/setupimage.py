@@ -19,7 +19,10 @@ import time
 from pathlib import Path
 
 CACHE = Path("/var/cache/quilt-tests")
-SOURCES = Path("/etc/apt/sources.list.d/debian.sources")  # the machine's own mirror, as mmdebstrap's argument
+# The machine's own mirror, as mmdebstrap's argument: deb822 on Debian 12 images, the one-line format on machines
+# installed from the ISO.
+SOURCES = next((p for p in (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+                if p.exists() and p.stat().st_size), Path("/etc/apt/sources.list.d/debian.sources"))
 SUITE = "bookworm"
 VARIANT = "minbase"
 PACKAGES = ("python3-pip", "python3-venv", "nodejs", "npm", "ruby")

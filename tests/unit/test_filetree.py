@@ -504,7 +504,7 @@ SAME_MOUNT = textwrap.dedent("""
 @needs_root
 def test_same_mount_leaves_out_what_is_mounted_below_the_top(tmp_path: Path) -> None:
     if shutil.which("unshare") is None:
-        pytest.skip("no unshare(1)")
+        pytest.fail("no unshare(1): util-linux is Essential on Debian")
     top = tmp_path / "top"
     (top / "mnt").mkdir(parents=True)
     (top / "own").write_text("x")
@@ -513,7 +513,7 @@ def test_same_mount_leaves_out_what_is_mounted_below_the_top(tmp_path: Path) -> 
     result = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", SAME_MOUNT,
                              str(top)], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     if result.returncode != 0 and "unshare failed" in result.stderr:
-        pytest.skip(f"no mount namespace here: {result.stderr.strip()}")
+        pytest.fail(f"no mount namespace here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
     same, every = result.stdout.splitlines()
     assert same == str(["", "bound-src", "own"])  # neither the tmpfs nor the bound file, nor the mount point
@@ -588,3 +588,139 @@ def test_copy_up_runs_with_the_container_capabilities_only(copyup: tuple[int, in
     assert int(status["CapBnd"], 16) & ~default == 0, status["CapBnd"]
     assert status["NoNewPrivs"].strip() == "1"
     assert os.getpid() != int(status["Pid"])  # a child: the agent's own process keeps its capabilities
+
+
+# --- remove_tree and tree_size: trees of any depth -----------------------------------------------------------------
+
+DEEP = 5000  # far past Python's recursion limit and PATH_MAX: only a walk by fd and name reaches the bottom
+
+
+def make_deep(top: Path, depth: int, outside: Path) -> None:
+    """top/d/d/.../d, depth levels below top, each with a symlink to outside, every 50th with a file and a symlink
+    to outside's file; the last 'd' is a symlink to outside. Made by fd: its paths are longer than the kernel
+    takes."""
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for level in range(depth + 1):
+            os.symlink(outside, "out", dir_fd=fd)
+            if level % 50 == 0:
+                out = os.open("f", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=fd)
+                os.write(out, b"x" * 5000)
+                os.close(out)
+                os.symlink(outside / "a.txt", "out-file", dir_fd=fd)
+            if level == depth:
+                os.symlink(outside, "d", dir_fd=fd)
+                break
+            os.mkdir("d", dir_fd=fd)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = below
+    finally:
+        os.close(fd)
+
+
+def deep_blocks(top: Path) -> int:
+    """st_blocks * 512 of every entry below top, as make_deep made it, going down by fd."""
+    total = 0
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        while True:
+            total += sum(os.stat(n, dir_fd=fd, follow_symlinks=False).st_blocks * 512 for n in os.listdir(fd))
+            try:
+                below = os.open("d", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError:  # the last one, a symlink
+                return total
+            os.close(fd)
+            fd = below
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def deep(tmp_path: Path, outside: Path) -> Iterator[Path]:
+    top = tmp_path / "deep"
+    make_deep(top, DEEP, outside)
+    yield top
+    # Whatever the test did, no tree pytest's own cleanup (shutil.rmtree) cannot remove is left behind.
+    subprocess.run(["rm", "-rf", "--", str(top)], check=True)
+
+
+def test_remove_tree_removes_a_deep_tree_with_bounded_fds_and_follows_no_symlink(deep: Path, outside: Path) -> None:
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # New fds must stay below 64 past the highest one open now: an fd held per level would hit EMFILE at once.
+    highest = max(int(n) for n in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 64, hard))
+    try:
+        filetree.remove_tree(deep)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not os.path.lexists(deep)
+    assert os.listdir(outside) == ["a.txt"] and (outside / "a.txt").read_text() == "untouched\n"
+
+
+def test_tree_size_of_a_deep_tree_counts_every_entry_and_follows_no_symlink(deep: Path, outside: Path) -> None:
+    (outside / "big").write_bytes(b"y" * (1 << 20))  # reached through every 'out' symlink if they were followed
+    expected = deep_blocks(deep)
+    assert expected >= (DEEP // 50) * 4096  # the files' data at least (tmpfs gives directories no blocks)
+    assert filetree.tree_size(deep) == expected
+    assert sum(1 for _ in filetree.lstat_below(deep)) == (DEEP + 1) * 2 + (DEEP // 50 + 1) * 2
+
+
+def test_remove_tree_of_a_symlink_or_a_file_unlinks_only_that(tmp_path: Path, outside: Path) -> None:
+    os.symlink(outside, tmp_path / "link")
+    (tmp_path / "file").write_text("x")
+    filetree.remove_tree(tmp_path / "link")
+    filetree.remove_tree(str(tmp_path / "file"))
+    filetree.remove_tree(tmp_path / "missing")  # nothing to do is no error
+    assert sorted(os.listdir(tmp_path)) == ["outside"]
+    assert os.listdir(outside) == ["a.txt"]
+    assert list(filetree.lstat_below(outside / "a.txt")) == [] and filetree.tree_size(tmp_path / "missing") == 0
+
+
+def test_remove_tree_relative_to_a_dir_fd(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "c").write_text("c")
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        filetree.remove_tree("a", dir_fd=fd)
+    finally:
+        os.close(fd)
+    assert os.listdir(tmp_path) == []
+
+
+REMOVE_ACROSS_MOUNT = textwrap.dedent("""
+    import os, sys
+    from quilt_agent import filetree
+    from quilt_agent.helper.syscalls import mount
+    top = sys.argv[1]
+    mount("tmpfs", top + "/sub/mnt", "tmpfs", 0, "size=1m")
+    open(top + "/sub/mnt/on-tmpfs", "w").close()
+    try:
+        filetree.remove_tree(top)
+    except OSError as e:
+        print("error", e.errno)
+    print(sorted(os.path.relpath(os.path.join(d, n), top) for d, ds, fs in os.walk(top) for n in ds + fs))
+    filetree.remove_tree(top, ignore_errors=True)  # the same, silently
+""")
+
+
+@needs_root
+def test_remove_tree_never_removes_what_is_mounted_below(tmp_path: Path) -> None:
+    if shutil.which("unshare") is None:
+        pytest.fail("no unshare(1): util-linux is Essential on Debian")
+    top = tmp_path / "top"
+    (top / "sub" / "mnt").mkdir(parents=True)
+    (top / "sub" / "own").write_text("x")
+    (top / "own").write_text("x")
+    result = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                             REMOVE_ACROSS_MOUNT, str(top)],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    if result.returncode != 0 and "unshare failed" in result.stderr:
+        pytest.fail(f"no mount namespace here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    error, left = result.stdout.splitlines()
+    assert error == f"error {errno.EXDEV}"  # the first error: the mount point, not entered
+    assert left == str(["sub", "sub/mnt", "sub/mnt/on-tmpfs"])  # all the rest is gone
+    assert sorted(os.listdir(top)) == ["sub"] and os.listdir(top / "sub" / "mnt") == []
