@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 from quilt_agent import cgroups, copying, journal, pipes
+from quilt_agent import stdio as caller_stdio
 from quilt_agent.config import Paths
 from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environment, parse_exec_options
 from quilt_agent.logfollow import LogFollowers, parse_follow_options
@@ -233,7 +234,13 @@ class Manager:
                 raise AlreadyRunning(c.name)
             if not c.state.can_start():
                 raise NotRunning(c.name, c.state.value)
-            return await self._launch(c, rt, stdio, tty)
+            if stdio is None:
+                return await self._launch(c, rt, None, tty)
+            relays = caller_stdio.prepare(stdio)  # a regular file is relayed, never handed to the container
+            try:
+                return await self._launch(c, rt, relays.fds, tty)
+            finally:
+                relays.close_handed()
 
     async def _launch(self, c: Container, rt: _Runtime, stdio: tuple[int, int, int] | None = None,
                       tty: bool = False) -> Container:
@@ -515,7 +522,13 @@ class Manager:
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING or rt.init_pidfd < 0:
             raise NotRunning(c.name, c.state.value)
-        return await self._executor.run(c, rt.init_pidfd, command, opts, self._full_env(c.spec), stdio)
+        if stdio is None:
+            return await self._executor.run(c, rt.init_pidfd, command, opts, self._full_env(c.spec), None)
+        relays = caller_stdio.prepare(stdio)  # a regular file is relayed, never handed to the container
+        try:
+            return await self._executor.run(c, rt.init_pidfd, command, opts, self._full_env(c.spec), relays.fds)
+        finally:
+            await relays.drained()
 
     # --- copy ------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from quilt_agent.bus.names import CONTAINER_INTERFACE, CONTAINER_PATH_PREFIX, MA
 from quilt_agent.bus.polkit import HOST, MANAGE, Authority, Subject
 from quilt_agent.errors import InvalidArgument, NoSuchContainer
 from quilt_agent.manager import Manager
-from quilt_agent.model import Container
+from quilt_agent.model import NAMESPACES, Container
 from quilt_agent.volumes import host_sources
 
 
@@ -101,23 +101,31 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
     def version(self) -> "s":
         return __version__
 
-    async def _check_host_paths(self, name: str, image: str, options: dict[str, Any]) -> None:
-        """An image given as a path, or a host path bound into the container, is read as root for the caller:
-        that takes the host-files action besides manage."""
+    async def _check_host_access(self, name: str, image: str, options: dict[str, Any]) -> None:
+        """What hands the host to a container takes the host action besides manage: an image given as a path or a
+        host path bound into it (read as root for the caller), a namespace of the host's kept (its processes,
+        network, IPC: through /proc/1/root, a process of the host's reaches every file), no seccomp filter."""
         if image.startswith("/") or host_sources(options.get("volumes", [])):
             await self.authority.check(HOST, "give host paths to", Subject("container", name))
+        namespaces = options.get("namespaces")
+        networks = options.get("networks")
+        if (isinstance(namespaces, list) and set(NAMESPACES) - set(namespaces)) or (
+                isinstance(networks, list) and "host" in networks):
+            await self.authority.check(HOST, "share the host's namespaces with", Subject("container", name))
+        if options.get("seccomp") == "unconfined":
+            await self.authority.check(HOST, "run without a seccomp filter", Subject("container", name))
 
     @dbus_method(name="CreateContainer")
     @guarded(MANAGE, "create", subject="container")
     async def create_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
-        await self._check_host_paths(name, image, _unwrap(options))
+        await self._check_host_access(name, image, _unwrap(options))
         c = await self._manager.create(name, image, _check_command(command), _unwrap(options))
         return container_path(c.id)
 
     @dbus_method(name="RunContainer")
     @guarded(MANAGE, "run", subject="container")
     async def run_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
-        await self._check_host_paths(name, image, _unwrap(options))
+        await self._check_host_access(name, image, _unwrap(options))
         c = await self._manager.create(name, image, _check_command(command), _unwrap(options))
         await self._manager.start(c.id)
         return container_path(c.id)

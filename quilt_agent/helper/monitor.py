@@ -153,6 +153,15 @@ def _record_exit(exit_file: str, status: int, reason: str, failed: bool = False)
 def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[int] | None = None) -> None:
     """The container's first process, until exec. Reports failure as 'CODE reason' on err_write."""
     try:
+        # Not dumpable until its exec: the setup steps and execs run beside it in the container while it holds
+        # its pipes to the monitor. And what it inherited goes: 0-2 were the agent's own journal stream.
+        process.make_undumpable()
+        process.close_fds_except((0, 1, 2, go_read, err_write, *(stdio or ())))
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in {0, 1, 2} - {null, *(stdio or ())}:
+            os.dup2(null, fd)
+        if null > 2:
+            os.close(null)
         if stdio:
             out, err = stdio[1], stdio[2]  # the caller's: this run's output is not in the journal
         else:
@@ -178,20 +187,21 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
         if os.read(go_read, 1) != b"g":
             os._exit(SETUP_FAILED)
         namespaces.unshare_cgroup(spec.namespaces)
+        process.drop_capabilities()  # before anything of the image is read
         user = process.resolve_user(spec.user)
-        if not os.path.isdir(spec.workdir):
-            try:
-                os.makedirs(spec.workdir, 0o755)
-                os.chown(spec.workdir, user.uid, user.gid)
-            except OSError as e:
-                raise SetupError(f"cannot create the working directory {spec.workdir}: {e.strerror}") from e
-        process.drop_privileges(user)
+        try:
+            workdir = process.open_workdir(spec.workdir, owner=user)
+        except OSError as e:
+            raise SetupError(f"cannot create the working directory {spec.workdir}: {e.strerror}") from e
+        process.switch_user(user)
         if spec.seccomp:
             _seccomp()
         try:
-            os.chdir(spec.workdir)
+            os.fchdir(workdir)  # as the user: its search permission is checked here
         except OSError as e:
             raise SetupError(f"cannot enter the working directory {spec.workdir}: {e.strerror}", 126) from e
+        finally:
+            os.close(workdir)
         # The monitor ignores these; an ignored signal stays ignored across exec, and a shell
         # could then not even trap it.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):

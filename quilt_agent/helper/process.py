@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
+import stat
+import resource
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from quilt_agent.filetree import open_in_root
 from quilt_agent.helper import syscalls
 
 # Podman's default capability set (containers.conf default_capabilities).
@@ -14,6 +17,7 @@ DEFAULT_CAPABILITIES = {
     "SETPCAP": 8, "NET_BIND_SERVICE": 10, "SYS_CHROOT": 18, "SETFCAP": 31,
 }
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
+MAX_DB_BYTES = 4 << 20
 
 
 class SetupError(Exception):
@@ -36,9 +40,9 @@ class Gated:
 
 def fork_gated(agent: socket.socket, child: Callable[[int, int], None]) -> Gated:
     """Fork child(go_read, err_write), which never returns (it execs or exits), without the agent's socket.
-    The container's init (monitor.py) and an exec'd command (enter.py) start this way."""
-    go_read, go_write = os.pipe()
-    err_read, err_write = os.pipe2(os.O_CLOEXEC)
+    The container's init (monitor.py) starts this way; an exec'd command (enter.py) is forked by an
+    intermediate process with the same two pipes (gate_pipes)."""
+    go_read, go_write, err_read, err_write = gate_pipes()
     pid = os.fork()
     if pid == 0:
         agent.close()
@@ -51,6 +55,38 @@ def fork_gated(agent: socket.socket, child: Callable[[int, int], None]) -> Gated
     return Gated(pid, go_write, err_read)
 
 
+def gate_pipes() -> tuple[int, int, int, int]:
+    """go_read, go_write, err_read, err_write: the go pipe survives the child's exec (the child closes it),
+    the status pipe does not, so its reader sees EOF at the exec."""
+    go_read, go_write = os.pipe()
+    err_read, err_write = os.pipe2(os.O_CLOEXEC)
+    return go_read, go_write, err_read, err_write
+
+
+def make_undumpable() -> None:
+    """No ptrace, pidfd_getfd or /proc/PID/fd for anyone without CAP_SYS_PTRACE, until the next execve, which
+    makes a process dumpable again. A process that enters a container holds what the container must not get
+    (pipes to its parent, the host's fds) and is visible there before its exec: a root process of the container
+    would otherwise pass the ptrace check as soon as the capabilities are down to the container's. Inherited by
+    fork; a change of uid resets it to fs.suid_dumpable, so switch_user sets it again."""
+    syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
+
+
+def close_fds_except(keep: Collection[int]) -> None:
+    """Close every fd but keep (0, 1 and 2 too, unless kept): what a forked helper inherited from the fork
+    server and its parent is not the container's business."""
+    try:
+        limit = max(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 65536)
+    except (OSError, ValueError):
+        limit = 65536
+    low = 0
+    for fd in sorted(set(keep)):
+        if fd > low:  # never an empty range: closerange(n, n) would be close_range(n, UINT_MAX), all of them
+            os.closerange(low, fd)
+        low = max(low, fd + 1)
+    os.closerange(low, limit)
+
+
 @dataclass(frozen=True)
 class User:
     uid: int
@@ -60,11 +96,53 @@ class User:
 
 
 def _read_db(path: str) -> list[list[str]]:
+    """The container's passwd or group file: a FIFO it made there would hang the start or exec, /dev/zero would
+    grow without end; only a regular file is read, and only its first MAX_DB_BYTES."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return []
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        text = os.read(fd, MAX_DB_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    return [line.split(":") for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def open_workdir(path: str, owner: User | None = None) -> int:
+    """An fd of the working directory, resolved inside the container's root ("/" by now): its symlinks followed
+    as its own, never a /proc magic link such as /proc/1/root, which would lead out of it. With owner, missing
+    components are made (0755) one at a time below their parent's fd, the last one owned by owner."""
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            return open_in_root(root, path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            if owner is None:
+                raise
+        parts = [p for p in path.split("/") if p and p != "."]
+        for i, name in enumerate(parts):
+            parent = open_in_root(root, "/".join(parts[:i]), os.O_PATH | os.O_DIRECTORY)
+            try:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                except FileExistsError:
+                    continue
+                if i == len(parts) - 1:
+                    made = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+                    try:
+                        os.fchown(made, owner.uid, owner.gid)
+                    finally:
+                        os.close(made)
+            finally:
+                os.close(parent)
+        return open_in_root(root, path, os.O_RDONLY | os.O_DIRECTORY)
+    finally:
+        os.close(root)
 
 
 def resolve_user(spec: str) -> User:
@@ -96,7 +174,14 @@ def resolve_user(spec: str) -> User:
 
 
 def drop_privileges(user: User) -> None:
-    """Bounding set to the default set, no_new_privs, then become the user."""
+    """drop_capabilities, then switch_user."""
+    drop_capabilities()
+    switch_user(user)
+
+
+def drop_capabilities() -> None:
+    """Bounding, permitted and effective sets to the default set, nothing inheritable or ambient, no_new_privs:
+    as root of the container, before reading anything of the container's (its /etc/passwd)."""
     try:
         with open(CAP_LAST_CAP_FILE) as f:
             last = int(f.read())
@@ -108,15 +193,19 @@ def drop_privileges(user: User) -> None:
             syscalls.prctl(syscalls.PR_CAPBSET_DROP, cap)
     syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
     mask = sum(1 << c for c in keep)
-    effective, permitted, _inheritable = syscalls.capabilities()
-    # Nothing inheritable (the CVE-2022-29162 lesson); exec recomputes the rest from the bounding set.
-    syscalls.set_capabilities(effective & permitted, permitted, 0)
+    _effective, permitted, _inheritable = syscalls.capabilities()
+    # Nothing inheritable (the CVE-2022-29162 lesson); exec recomputes the rest from the bounding set. SETUID
+    # and SETGID stay, for switch_user.
+    syscalls.set_capabilities(mask & permitted, mask & permitted, 0)
     syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def switch_user(user: User) -> None:
+    """Become the user (capabilities already dropped: a uid other than 0 loses them all here)."""
     os.setgroups(list(user.groups))
     os.setgid(user.gid)
     os.setuid(user.uid)
-    if user.uid == 0:
-        syscalls.set_capabilities(mask & permitted, mask & permitted, 0)
+    make_undumpable()
 
 
 def environment(env: tuple[str, ...], user: User) -> dict[str, str]:

@@ -7,6 +7,7 @@ their progress comes back to the event loop through call_soon_threadsafe.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import stat
@@ -113,6 +114,11 @@ class Images:
         opts = _import_options(rest)
         if name:
             reference.normalize_name(name)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if flags & os.O_PATH or (flags & os.O_ACCMODE) not in (os.O_RDONLY, os.O_RDWR):
+            # Read again by its /proc link as root, an fd the caller could not read from would be a way around
+            # the file's permissions.
+            raise InvalidArgument("The image's file descriptor must be open for reading (not O_PATH)")
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise InvalidArgument("An image is sent as a file or a stream: send a directory (an OCI layout) as "

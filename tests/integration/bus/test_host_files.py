@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from quilt_agent.client import Client
+from quilt_agent.client import Client, ClientError
 from tests.integration.bus.test_polkit import ACCESS_DENIED, BUS_NAME, CONTAINER, MANAGER, MANAGER_PATH, USERS, gdbus
 
 QUILTCTL = shutil.which("quiltctl") or "/usr/bin/quiltctl"
@@ -147,3 +147,58 @@ async def test_quiltctl_cp_reads_and_writes_with_the_callers_rights(
     st = (mine / "busybox").stat()
     assert (st.st_uid, st.st_gid) == USER and st.st_size > 0
     assert (await client.exec(path, ["/bin/cat", "/tmp/hello"])).stdout == b"hello\n"
+
+
+async def test_a_regular_file_as_stdio_is_relayed_never_handed_to_the_container(
+        client: Client, granted: None, root_only: dict[str, Path], busybox_tar: Path, name: str) -> None:
+    """Held by the container's root, the caller's file could be opened again through /proc/self/fd with the
+    container's rights: a file the caller may only read would be written."""
+    await client.run_container(name, str(busybox_tar), ["/bin/sleep", "300"])
+    readable = root_only["dir"].parent / "readable-by-all"
+    readable.write_text("the host's\n")
+    readable.chmod(0o644)
+    attack = await as_user("sh", "-c", f"{QUILTCTL} exec -i {name} sh -c 'cat; echo pwned >> /proc/self/fd/0; "
+                                       f"ls /proc/self/fd/0/ 2>&1' < {readable}")
+    assert "the host's" in attack.stdout, attack
+    assert readable.read_text() == "the host's\n"
+    # Its output into its own regular file arrives whole, before quiltctl returns.
+    out = root_only["mine"] / "out"
+    wrote = await as_user("sh", "-c", f"{QUILTCTL} exec {name} sh -c 'seq 1 20000; echo err >&2' > {out} 2>&1")
+    assert wrote.returncode == 0, wrote
+    lines = out.read_text().splitlines()
+    assert lines[:20000] == [str(i) for i in range(1, 20001)] and "err" in lines
+
+
+async def test_stdio_that_could_open_the_host_is_refused(client: Client, busybox_tar: Path, name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sleep", "300"])
+    root = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    opath = os.open("/etc/hostname", os.O_PATH)
+    write_only = os.open("/dev/null", os.O_WRONLY)
+    try:
+        for fds, words in (((root, 1, 2), "stdin descriptor must be a pipe"),
+                           ((0, opath, 2), "stdout descriptor is an O_PATH one"),
+                           ((write_only, 1, 2), "stdin descriptor is not open for reading")):
+            with pytest.raises(ClientError) as refused:
+                await client.exec_with_fds(path, ["/bin/true"], {}, *fds)
+            assert refused.value.name == "org.quilt.Runtime.Error.InvalidArgument" and words in refused.value.message
+        with pytest.raises(ClientError) as refused:
+            await client.import_image_fd(opath, f"{name}:opath")
+        assert "must be open for reading (not O_PATH)" in refused.value.message
+    finally:
+        for fd in (root, opath, write_only):
+            os.close(fd)
+
+
+@pytest.mark.parametrize("options", ["{'namespaces': <['mount', 'uts', 'ipc', 'net', 'cgroup']>}",
+                                     "{'networks': <['host']>}", "{'seccomp': <'unconfined'>}"])
+async def test_what_hands_the_host_to_a_container_needs_the_host_action(
+        client: Client, granted: None, busybox_tar: Path, name: str, options: str) -> None:
+    image = await client.import_image(str(busybox_tar), f"{name}-img:1")
+    r = await as_user(*gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", name, f"{name}-img:1", "['/bin/true']",
+                             options))
+    assert r.returncode != 0 and f"GDBus.Error:{ACCESS_DENIED}: " in r.stderr, r
+    assert "org.quilt.runtime.host" in r.stderr and image
+    assert [e.name for e in await client.list_containers()] == []
+    ok = await as_user(*gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", name, f"{name}-img:1", "['/bin/true']",
+                              "{}"))
+    assert ok.returncode == 0, ok  # the same create, with the host's namespaces kept out, passes
