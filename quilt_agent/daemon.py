@@ -1,4 +1,4 @@
-"""Wiring only: store, recovery, manager, exported objects, bus name, sd_notify, signals."""
+"""Wiring only: store, recovery, manager, exported objects, bus name, sd_notify, watchdog, idle exit, signals."""
 import asyncio
 import logging
 import os
@@ -8,32 +8,51 @@ from dbus_fast import BusType, RequestNameReply
 from dbus_fast.aio import MessageBus
 from systemd import daemon as sd_daemon
 
-from quilt_agent import __version__
+from quilt_agent import __version__, lifecycle
 from quilt_agent.bus import caller
 from quilt_agent.bus.manager import ManagerInterface
 from quilt_agent.bus.names import BUS_NAME, MANAGER_PATH
 from quilt_agent.bus.polkit import Authority
-from quilt_agent.config import default_paths
+from quilt_agent.config import Paths, default_paths
 from quilt_agent.helper.zygote import Zygote
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import ImageStore
 from quilt_agent.manager import Manager
 from quilt_agent.scopes import Scopes
-from quilt_agent.store import Store
+from quilt_agent.store import Store, StoreRefused
 
 log = logging.getLogger("quilt")
+
+# The LSB's "program is not configured", beside __main__.EXIT_NOT_INSTALLED: the unit does not restart on either
+# (RestartPreventExitStatus=), since only an administrator can fix their cause.
+EXIT_BAD_STATE = 6  # the state database is refused (store.py)
 
 
 async def run(zygote: Zygote) -> int:
     paths = default_paths()
     paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    idle_seconds = lifecycle.idle_seconds()
+    try:
+        store = await Store.open(paths.database)
+    except StoreRefused as e:
+        log.error("%s", e, extra={"QUILT_DATABASE": str(e.path)})
+        return EXIT_BAD_STATE
+    try:
+        return await _serve(paths, store, zygote, idle_seconds)
+    finally:
+        # Whatever ended the agent: the store's thread would otherwise keep the process from exiting.
+        await store.close()
+
+
+async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float) -> int:
     bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
     bus.add_message_handler(caller.remember)
-    store = await Store.open(paths.database)
+    bus.add_message_handler(lifecycle.CALLS.seen)
     scopes = Scopes(bus)
     await scopes.connect()
     manager = Manager(paths, store, scopes, zygote, Images(ImageStore(paths.images, zygote.extract)))
     await manager.recover()
+    manager.subscribe(lifecycle.ContainerEdges(lifecycle.CALLS))
     interface = ManagerInterface(manager, Authority(bus), bus)
     bus.export(MANAGER_PATH, interface)
     interface.export_existing()
@@ -45,6 +64,7 @@ async def run(zygote: Zygote) -> int:
     reply = await bus.request_name(BUS_NAME)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
         log.error("could not own %s: %s", BUS_NAME, reply)
+        bus.disconnect()
         return 1
 
     loop = asyncio.get_running_loop()
@@ -64,15 +84,43 @@ async def run(zygote: Zygote) -> int:
     zygote_fd = os.pidfd_open(zygote.pid)
     loop.add_reader(zygote_fd, zygote_died)
 
-    sd_daemon.notify("READY=1")
-    log.info("quilt-agent %s ready on %s, %d containers known", __version__, BUS_NAME, len(manager.list()))
-    disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    sd_daemon.notify("STOPPING=1")
+    # Recovery is done and the name is owned: calls queued by the activation are being answered.
+    known = manager.list()
+    sd_daemon.notify(f"READY=1\nSTATUS={len(known)} containers known")
+    log.info("quilt-agent %s ready on %s, %d containers known", __version__, BUS_NAME, len(known))
+    tasks = {asyncio.ensure_future(bus.wait_for_disconnect()), asyncio.ensure_future(stop.wait())}
+    watchdog = lifecycle.watchdog_seconds()
+    if watchdog:
+        tasks.add(asyncio.ensure_future(lifecycle.ping_watchdog(watchdog, sd_daemon.notify)))
+    idle = None
+    if idle_seconds:
+        idle = asyncio.ensure_future(lifecycle.wait_until_idle(idle_seconds, lifecycle.CALLS, manager.activity,
+                                                               lifecycle.Followers(bus)))
+        tasks.add(idle)
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    if idle in done and not idle.exception():
+        # As systemd's own idle services do: STOPPING=1 first, so that systemd queues a start asked for from
+        # now on (the bus activating us again) instead of taking this agent for running; then the name goes.
+        # Every call that reached us before the release is answered: they precede its reply on the connection.
+        sd_daemon.notify("STOPPING=1\nSTATUS=idle: exiting")
+        log.info("idle for %g s with no container running: exiting (the next call starts the agent again)",
+                 idle_seconds)
+        try:
+            await bus.release_name(BUS_NAME)
+            await asyncio.sleep(0)  # the calls dispatched with the reply start, and count themselves
+            await lifecycle.CALLS.drained()
+        except Exception as e:  # noqa: BLE001 - the bus went away meanwhile: nothing is left to answer
+            log.warning("releasing %s: %s", BUS_NAME, e)
+    else:
+        for task in done:
+            if not task.cancelled() and task.exception():
+                log.error("exiting: %s", task.exception())
+                status = 1
+        sd_daemon.notify("STOPPING=1")
+    for task in tasks:
+        task.cancel()
     loop.remove_reader(zygote_fd)
     os.close(zygote_fd)
     bus.disconnect()
     await manager.flush()
-    await store.close()
     return status

@@ -381,3 +381,262 @@ def destination(open_dir: Callable[[str], int], dest: str, top: str) -> tuple[in
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             raise FileNotFoundError(errno.ENOENT, f"no directory '{head or '/'}'", head or "/") from None
         raise
+
+
+# --- removing and measuring trees of any depth -------------------------------------------------------------------
+# A container or an image decides how deep its trees go. shutil.rmtree and os.walk recurse once per level (a
+# RecursionError past about 990 levels, which ignore_errors does not catch) and os.walk goes by path (ENAMETOOLONG
+# past PATH_MAX): these go down by name from a directory fd, with a stack of their own.
+
+# Directory fds held at once below the top, whatever the depth: the ones above are reopened on the way back up.
+_HELD = 32
+
+
+class _Level:
+    """A directory on the way down: its name in the one above, its identity, its fd (-1 while closed to bound the
+    fds held), and the names of its subdirectories not visited yet (None until it is listed)."""
+
+    __slots__ = ("name", "dev", "ino", "fd", "pending")
+
+    def __init__(self, name: str, fd: int) -> None:
+        st = os.fstat(fd)
+        self.name, self.dev, self.ino, self.fd = name, st.st_dev, st.st_ino, fd
+        self.pending: list[str] | None = None
+
+
+class _Descent:
+    """The directories from a tree's top down to the one being worked in. Each is entered by one name with
+    O_NOFOLLOW|O_DIRECTORY (a symlink is never followed) and never on another mount than the top's. Only the top
+    and the deepest _HELD levels keep their fd; a closed level is reopened by '..' from the level below when the
+    walk comes back to it, and must be the directory it recorded (st_dev, st_ino), or the walk stops (ESTALE):
+    the tree was moved meanwhile, and '..' now leads elsewhere.
+
+    Mounts are told apart by their mount id (a bind mount of the same filesystem has the same st_dev); without a
+    /proc to read it from (a chroot), by st_dev."""
+
+    def __init__(self, parent: int, name: str) -> None:
+        fd = _open_dir(parent, name)
+        try:
+            self.levels = [_Level(name, fd)]
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            self._mnt = mount_id(fd)
+        except OSError:
+            self._mnt = 0
+
+    @property
+    def fd(self) -> int:
+        return self.levels[-1].fd
+
+    def down(self, name: str) -> None:
+        fd = _open_dir(self.fd, name)
+        try:
+            level = _Level(name, fd)
+            if (mount_id(fd) != self._mnt) if self._mnt else (level.dev != self.levels[0].dev):
+                raise OSError(errno.EXDEV, f"'{name}' is a mount point: not crossed")
+        except BaseException:
+            os.close(fd)
+            raise
+        self.levels.append(level)
+        if len(self.levels) > _HELD + 1:
+            old = self.levels[-_HELD - 1]
+            os.close(old.fd)
+            old.fd = -1
+
+    def up(self) -> None:
+        """Back to the level above (never above the top)."""
+        below = self.levels.pop()
+        try:
+            above = self.levels[-1]
+            if above.fd < 0:
+                fd = _open_dir(below.fd, "..")
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (above.dev, above.ino):
+                    os.close(fd)
+                    raise OSError(errno.ESTALE, f"'{below.name}' was moved out of its directory meanwhile")
+                above.fd = fd
+        finally:
+            os.close(below.fd)
+
+    def close(self) -> None:
+        for level in self.levels:
+            if level.fd >= 0:
+                os.close(level.fd)
+        self.levels = []
+
+
+def _open_dir(parent: int, name: str) -> int:
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+
+
+def _listing(fd: int) -> list[os.DirEntry[str]]:
+    with os.scandir(fd) as it:  # scandir works on a dup of fd: fd stays the caller's
+        return list(it)
+
+
+def _split(path: str | os.PathLike[str]) -> tuple[str, str]:
+    head, name = os.path.split(os.fspath(path).rstrip("/"))
+    if name in ("", ".", ".."):
+        raise ValueError(f"'{os.fspath(path)}' names no entry to remove or measure")
+    return head or ("/" if os.fspath(path).startswith("/") else "."), name
+
+
+def remove_tree(path: str | os.PathLike[str], dir_fd: int | None = None, ignore_errors: bool = False) -> None:
+    """Remove path (relative to dir_fd if given) and, if it is a directory, everything below it, at any depth.
+
+    The directories leading to path are the caller's and are followed; path itself and everything below it are
+    entered by name, never through a symlink (a symlink is unlinked, whatever it points at) and never across a
+    mount. A missing path is no error. Entries that cannot be removed are left with their parents, the rest is
+    removed; then the first error is raised (an OSError), unless ignore_errors."""
+    head, name = _split(path)
+    errors: list[OSError] = []
+    parent = os.open(head, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        _remove_entry(parent, name, errors)
+    except OSError as e:  # the walk cannot go on (the top or a level moved away)
+        errors.append(e)
+    finally:
+        os.close(parent)
+    if errors and not ignore_errors:
+        first = errors[0]
+        raise OSError(first.errno, f"cannot remove all of '{os.fspath(path)}': {first.strerror or first}")
+
+
+def _remove_entry(parent: int, name: str, errors: list[OSError]) -> None:
+    try:
+        os.unlink(name, dir_fd=parent)
+        return
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        pass
+    try:
+        descent = _Descent(parent, name)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):  # replaced by a symlink or a file meanwhile
+            _unlink(parent, name, errors)
+        else:
+            errors.append(e)
+        return
+    try:
+        _empty(descent, errors)
+    finally:
+        descent.close()
+    _rmdir(parent, name, errors)
+
+
+def _empty(descent: _Descent, errors: list[OSError]) -> None:
+    """Everything below the descent's top, leaves first; depth costs memory (a name per level), not the stack."""
+    while True:
+        level = descent.levels[-1]
+        if level.pending is None:
+            level.pending = []
+            try:
+                entries = _listing(level.fd)
+            except OSError as e:
+                errors.append(e)
+                entries = []
+            for entry in entries:
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    level.pending.append(entry.name)
+                    continue
+                try:
+                    os.unlink(entry.name, dir_fd=level.fd)
+                except FileNotFoundError:
+                    pass
+                except IsADirectoryError:  # made a directory meanwhile
+                    level.pending.append(entry.name)
+                except OSError as e:
+                    errors.append(e)
+        if level.pending:
+            name = level.pending.pop()
+            try:
+                descent.down(name)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):  # replaced by a symlink or a file meanwhile
+                    _unlink(level.fd, name, errors)
+                else:
+                    errors.append(e)
+            continue
+        if len(descent.levels) == 1:
+            return
+        descent.up()
+        _rmdir(descent.fd, level.name, errors)
+
+
+def _unlink(parent: int, name: str, errors: list[OSError]) -> None:
+    try:
+        os.unlink(name, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        errors.append(e)
+
+
+def _rmdir(parent: int, name: str, errors: list[OSError]) -> None:
+    try:
+        os.rmdir(name, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        errors.append(e)
+
+
+def lstat_below(path: str | os.PathLike[str]) -> Iterator[os.stat_result]:
+    """The lstat of every entry below the directory path, at any depth, never through a symlink or across a mount.
+    Entries that vanish or cannot be read meanwhile are left out, as os.walk leaves them; a path that is not a
+    directory has nothing below it."""
+    head, name = _split(path)
+    parent = os.open(head, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        descent = _Descent(parent, name)
+    except OSError:
+        return
+    finally:
+        os.close(parent)
+    try:
+        while True:
+            level = descent.levels[-1]
+            if level.pending is None:
+                level.pending = []
+                try:
+                    entries = _listing(level.fd)
+                except OSError:
+                    entries = []
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    yield st
+                    if stat.S_ISDIR(st.st_mode):
+                        level.pending.append(entry.name)
+            if level.pending:
+                try:
+                    descent.down(level.pending.pop())
+                except OSError:
+                    pass
+                continue
+            if len(descent.levels) == 1:
+                return
+            try:
+                descent.up()
+            except OSError:
+                return  # moved away meanwhile: the rest is not below path any more
+    finally:
+        descent.close()
+
+
+def tree_size(path: str | os.PathLike[str]) -> int:
+    """The bytes the content of the directory path takes on disk: st_blocks * 512 of every entry below it."""
+    return sum(st.st_blocks * 512 for st in lstat_below(path))

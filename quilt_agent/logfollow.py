@@ -208,6 +208,10 @@ class LogFollowers:
         follower.start()
         return read_fd
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._followers)
+
     def _finished(self, follower: _Follower) -> None:
         with self._lock:
             self._followers.discard(follower)

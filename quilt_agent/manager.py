@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal as signals
 import socket
 import time
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-from quilt_agent import cgroups, copying, journal, pipes
+from quilt_agent import cgroups, copying, filetree, journal, pipes
 from quilt_agent import stdio as caller_stdio
 from quilt_agent.config import Paths
 from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environment, parse_exec_options
@@ -106,6 +105,7 @@ class Manager:
         self.volumes = Volumes(paths.volumes, store.connection, self._write)
         self._creating_volumes: dict[str, list[str]] = {}  # as _creating: the volumes each create names
         self.volumes.attach(self)
+        self._exiting: set[asyncio.Task[None]] = set()  # _record_exit under way
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -124,6 +124,26 @@ class Manager:
             if len(matches) == 1:
                 return matches[0]
         raise NoSuchContainer(name_or_id)
+
+    def activity(self) -> list[str]:
+        """What an exit of the agent now would cut short or give up, in words; empty when nothing. The agent
+        exits when idle only then (lifecycle.py): containers that exist but do not run need nothing of it,
+        but one that publishes ports does, since the agent holds its host ports bound (network/core.py)."""
+        busy = []
+        running = sum(1 for c in self._containers.values() if c.state is State.RUNNING)
+        if running:
+            busy.append(f"{running} containers running")
+        # A failed start's monitor still exiting keeps its pidfd though the state says failed.
+        if (self._creating or self._exiting or any(c.state is State.REMOVING for c in self._containers.values())
+                or any(rt.lock.locked() or rt.caching is not None or rt.monitor_pidfd >= 0
+                       for cid, rt in self._runtime.items() if self._containers.get(cid, None) is None
+                       or self._containers[cid].state is not State.RUNNING)):
+            busy.append("containers being created, started, stopped or removed")
+        if followers := len(self._log_followers):
+            busy.append(f"{followers} logs followed")
+        if published := [c.name for c in self._containers.values() if c.spec.ports]:
+            busy.append(f"host ports held for {', '.join(published)}")
+        return busy
 
     def environment(self, container_id: str) -> list[str]:
         return list(self._full_env(self._get(container_id).spec))
@@ -178,7 +198,7 @@ class Manager:
             await self._write(lambda: self._store.insert_container(container))
         except BaseException:
             self.networks.release(container.id)
-            shutil.rmtree(directory, ignore_errors=True)
+            filetree.remove_tree(directory, ignore_errors=True)
             raise
         finally:
             self._creating.pop(name, None)
@@ -370,7 +390,9 @@ class Manager:
             return
         self._loop.remove_reader(rt.monitor_pidfd)
         self._close_pidfds(rt)
-        self._loop.create_task(self._record_exit(container_id))
+        task = self._loop.create_task(self._record_exit(container_id))
+        self._exiting.add(task)
+        task.add_done_callback(self._exiting.discard)
 
     def _close_pidfds(self, rt: _Runtime) -> None:
         for attr in ("monitor_pidfd", "init_pidfd"):
@@ -497,7 +519,13 @@ class Manager:
                 c = await self._set(c.with_(state=State.REMOVING))
             await self._scopes.stop(c.unit)  # StopUnit + ResetFailedUnit: gone now, not when systemd notices
             await self.networks.detach(c)  # its names at once, then its veths, namespace and rules
-            await asyncio.to_thread(shutil.rmtree, self._paths.container(c.id), True)
+            directory = self._paths.container(c.id)
+            try:
+                # Its upper directory is the container's to fill, at any depth.
+                await asyncio.to_thread(filetree.remove_tree, directory)
+            except OSError:
+                # Not a reason to keep the container: recover() removes what is left at the next start.
+                log.exception("removing container %s: files left in %s", c.name, directory)
             await self._write(lambda: self._store.delete_container(c.id))
             await self._event("removed", c, "removed container %s", c.name)
             del self._containers[c.id]
@@ -634,7 +662,12 @@ class Manager:
             self._containers[c.id] = c
             rt = self._runtime[c.id] = _Runtime()
             if c.state is State.REMOVING:
-                await self.remove(c.id, force=True)
+                try:
+                    await self.remove(c.id, force=True)
+                except Exception:
+                    # One container that cannot be removed must not keep the runtime down: it stays 'removing',
+                    # and a later remove, or the next start, tries again.
+                    log.exception("cannot finish removing container %s", c.name)
                 continue
             if c.monitor_pid and self._alive(c.monitor_pid, c.monitor_start):
                 try:
@@ -655,7 +688,10 @@ class Manager:
             for d in self._paths.containers.iterdir():
                 if d.name not in known:
                     log.warning("removing %s: left by a create that did not finish", d)
-                    shutil.rmtree(d, ignore_errors=True)
+                    try:
+                        filetree.remove_tree(d)
+                    except OSError:
+                        log.exception("cannot remove %s", d)
         units = {c.unit for c in self._containers.values()}
         for unit in await self._scopes.active_scopes():
             if unit not in units:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,10 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 MAX_EVENTS = 10000
+# The first 16 bytes of every SQLite 3 database file (its file format's magic string).
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+log = logging.getLogger("quilt.store")
 
 _STATUS_COLUMNS = ("state", "started_at", "finished_at", "exit_code", "exit_signal", "oom_killed",
                    "failure_reason", "monitor_pid", "monitor_start", "main_pid", "setup_image")
@@ -130,6 +136,31 @@ def _row_to_container(row: aiosqlite.Row) -> Container:
     )
 
 
+class StoreRefused(Exception):
+    """The database cannot be used as it is. It is left exactly as found: the administrator decides (a damaged
+    file may still hold what they need, and a newer schema belongs to a newer Quilt)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"refusing the state database {path}: {reason}; it is left as it is "
+                         f"(move it away to start with no containers)")
+        self.path = path
+        self.reason = reason
+
+
+def _check_header(path: Path) -> None:
+    """SQLite would report a file that is not a database only at the first statement, as 'file is not a
+    database': the header says it before anything is opened."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return  # a first start
+    except OSError as e:
+        raise StoreRefused(path, e.strerror or str(e)) from None
+    if head and head != SQLITE_HEADER:
+        raise StoreRefused(path, f"not an SQLite database (it begins with {head[:16]!r})")
+
+
 class Store:
     """The one writer of the database."""
 
@@ -138,14 +169,28 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path) -> Store:
+        """Open, check and migrate the database; StoreRefused, with the file untouched, when it is damaged, newer
+        than this agent's schema, or a migration fails (that migration rolled back)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        store = cls(db)
-        await store._migrate()
+        _check_header(path)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreRefused(path, str(e)) from None
+        try:
+            db.row_factory = aiosqlite.Row
+            store = cls(db)
+            # Checked before anything is written: switching to WAL alone rewrites the header.
+            await store._check(path)
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await store._migrate(path)
+        except BaseException as e:
+            await db.close()
+            if isinstance(e, sqlite3.Error):
+                raise StoreRefused(path, str(e)) from None
+            raise
         return store
 
     async def close(self) -> None:
@@ -156,18 +201,50 @@ class Store:
         """For the network tables' SQL (network/state.py): the same connection, so still one writer."""
         return self._db
 
-    async def _migrate(self) -> None:
+    async def _check(self, path: Path) -> None:
+        # quick_check: every page and index structure without matching index entries to rows, which
+        # integrity_check adds at many times the cost; a few ms for this database.
+        async with self._db.execute("PRAGMA quick_check") as cur:
+            problems = [row[0] for row in await cur.fetchall() if row[0] != "ok"]
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise StoreRefused(path, f"damaged: {problems[0]}{more}")
+        current = await self._applied_version()
+        if current > len(MIGRATIONS):
+            raise StoreRefused(path, f"its schema version is {current}, newer than the {len(MIGRATIONS)} this "
+                                     f"quilt-agent knows: it was written by a newer Quilt, which reads it")
+
+    async def _applied_version(self) -> int:
+        async with self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ) as cur:
+            if await cur.fetchone() is None:
+                return 0
+        async with self._db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cur:
+            (current,) = await cur.fetchone()
+        return int(current)
+
+    async def _migrate(self, path: Path) -> None:
         await self._db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
         )
-        async with self._db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cur:
-            (current,) = await cur.fetchone()
+        current = await self._applied_version()
         for version, script in enumerate(MIGRATIONS, start=1):
             if version <= current:
                 continue
-            await self._db.executescript(
-                f"BEGIN; {script}; INSERT INTO schema_migrations VALUES ({version}, {now_usec()}); COMMIT;"
-            )
+            try:
+                await self._db.executescript(
+                    f"BEGIN; {script}; INSERT INTO schema_migrations VALUES ({version}, {now_usec()}); COMMIT;"
+                )
+            except sqlite3.Error as e:
+                try:
+                    await self._db.execute("ROLLBACK")
+                except sqlite3.OperationalError:
+                    pass  # the failing statement ended the transaction itself
+                raise StoreRefused(path, f"its migration from schema version {version - 1} to {version} failed "
+                                         f"and was rolled back: {e}") from None
+        if 0 < current < len(MIGRATIONS):
+            log.info("migrated the state database %s from schema version %d to %d", path, current, len(MIGRATIONS))
 
     async def schema_version(self) -> int:
         async with self._db.execute("SELECT MAX(version) FROM schema_migrations") as cur:

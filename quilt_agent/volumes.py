@@ -12,13 +12,13 @@ import json
 import os
 import re
 import secrets
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 import aiosqlite
 
+from quilt_agent import filetree
 from quilt_agent.errors import InvalidArgument, NoSuchPath, NoSuchVolume, VolumeInUse, VolumeNameInUse
 
 VOLUME_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
@@ -290,7 +290,7 @@ class Volumes:
                 (v.id, v.name, v.mountpoint, v.created_at, json.dumps(labels, sort_keys=True))))
         except BaseException:
             self._volumes.pop(name, None)
-            shutil.rmtree(self._root / name, ignore_errors=True)
+            filetree.remove_tree(self._root / name, ignore_errors=True)
             raise
         for listener in self._listeners:
             listener.volume_added(v)
@@ -336,7 +336,8 @@ class Volumes:
         del self._volumes[v.name]
         freed = await asyncio.to_thread(_du, Path(v.path))
         await self._write(lambda: self._db.execute("DELETE FROM volumes WHERE id = ?", (v.id,)))
-        await asyncio.to_thread(shutil.rmtree, v.path, True)
+        # What containers wrote into it, at any depth.
+        await asyncio.to_thread(filetree.remove_tree, v.path, None, True)
         for listener in self._listeners:
             listener.volume_removed(v)
         return freed
@@ -406,11 +407,4 @@ def name_anonymous(volumes: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str
 
 
 def _du(path: Path) -> int:
-    total = 0
-    for root, dirs, files in os.walk(path):
-        for name in files + dirs:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-            except OSError:
-                pass
-    return total
+    return filetree.tree_size(path)

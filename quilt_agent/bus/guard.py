@@ -17,7 +17,7 @@ from dbus_fast import DBusError
 from dbus_fast import introspection as intr
 from dbus_fast.service import ServiceInterface
 
-from quilt_agent import errors
+from quilt_agent import errors, lifecycle
 from quilt_agent.bus.errors import to_dbus_error
 from quilt_agent.bus.polkit import KINDS, MANAGE, Authority, Subject
 
@@ -75,9 +75,10 @@ def guarded(action: str = MANAGE, verb: str = "", subject: str = "", subject_arg
         @functools.wraps(fn)
         async def wrapper(self: GuardedInterface, *args: Any) -> Any:
             try:
-                if action != PUBLIC:
-                    await self.authority.check(action, what, about(self, args))
-                return await fn(self, *args)
+                with lifecycle.CALLS.call():  # an import, a copy, an exec under way keeps the agent from exiting
+                    if action != PUBLIC:
+                        await self.authority.check(action, what, about(self, args))
+                    return await fn(self, *args)
             except errors.QuiltError as err:
                 raise to_dbus_error(err) from err
             except DBusError:

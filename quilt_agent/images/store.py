@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import stat
 import tempfile
 import threading
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quilt_agent import filetree
 from quilt_agent.errors import ImageInvalid, InvalidArgument, NoSuchImage
 from quilt_agent.images import archive, oci, reference, tarball
 from quilt_agent.images.archive import Blobs, Location
@@ -611,7 +611,7 @@ class ImageStore:
             return LayerDone(done.diff_id, done.digest, done.size, done.compression)
         finally:
             if os.path.lexists(work):
-                shutil.rmtree(work)
+                filetree.remove_tree(work)  # the layer's own tree, as deep as the image made it
 
     def blob_location(self, s: Session, digest: str) -> Location | None:
         """A verified blob kept in the store (pinned for the session), or None."""
@@ -770,7 +770,7 @@ class ImageStore:
         freed = 0
         for t in trash:
             freed += _tree_size(t, count_metadata=True)
-            shutil.rmtree(t, ignore_errors=True)
+            filetree.remove_tree(t, ignore_errors=True)
         return freed
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -891,10 +891,11 @@ class ImageStore:
         for entry in os.scandir(self._tmp):
             pid = entry.name.partition("-")[0]
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
+                try:
+                    filetree.remove_tree(entry.path)
+                except Exception:
+                    # Left for the next start: one stuck entry must not keep the runtime from starting.
+                    log.exception("cannot remove %s", entry.path)
 
 
 def posix_normal(name: str) -> str:
@@ -991,12 +992,10 @@ def _tree_size(top: Path, count_metadata: bool = False) -> int:
     total = 0
     if top.is_file():
         return top.stat().st_size
-    for directory, _, names in os.walk(top):
-        for name in names:
-            st = os.lstat(os.path.join(directory, name))
-            if stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
-                seen.add(st.st_ino)
-                total += st.st_size
+    for st in filetree.lstat_below(top):  # an image's layer may be deeper than os.walk's recursion goes
+        if stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
+            seen.add(st.st_ino)
+            total += st.st_size
     return total
 
 

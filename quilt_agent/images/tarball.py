@@ -26,7 +26,6 @@ import logging
 import lzma
 import os
 import posixpath
-import shutil
 import signal
 import stat
 import subprocess
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
+from quilt_agent import filetree
 from quilt_agent.errors import ImageInvalid, InvalidArgument, NoSuchImage
 
 log = logging.getLogger("quilt.images")
@@ -63,6 +63,9 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 XATTR_PAX = "SCHILY.xattr."  # a PAX header key: the rest is an extended attribute's name
 KEPT_XATTRS = ("security.capability",)  # and user.*
 MAX_SKIPPED_REPORTED = 100  # devices named in the report; the count is always exact
+# Deeper members are refused, with a clear message: no real image comes near it, and the paths tarfile extracts by
+# stop at PATH_MAX (2048 levels of one-letter names) anyway.
+MAX_DEPTH = 1024
 
 # Failures of the machine rather than of the image: these must not be reported as a broken image.
 _HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EROFS,
@@ -442,6 +445,9 @@ def _checked(tar: tarfile.TarFile, cursor: _Cursor) -> Iterator[tarfile.TarInfo]
         if name is None:
             raise ImageInvalid(f"member '{_shown(member.name)}' is outside the image root")
         member.name = name
+        if name.count("/") >= MAX_DEPTH:
+            shown = "/".join(name.split("/", 3)[:3])
+            raise ImageInvalid(f"member '{_shown(shown)}/...' is deeper than {MAX_DEPTH} levels")
         base = posixpath.basename(name)
         if base.startswith(WHITEOUT):
             _whiteout(name)
@@ -509,10 +515,8 @@ def _whiteout(name: str) -> None:
     if hidden in ("", ".", "..") or hidden.startswith(WHITEOUT):
         raise ImageInvalid(f"whiteout '{_shown(name)}' names no file")
     target = posixpath.join(directory, hidden)
-    if os.path.isdir(target) and not os.path.islink(target):
-        shutil.rmtree(target)
-    elif os.path.lexists(target):
-        os.unlink(target)
+    if os.path.lexists(target):
+        filetree.remove_tree(target)  # a directory this layer made may be of any depth
     os.mknod(target, stat.S_IFCHR, os.makedev(0, 0))  # mode 0, as the kernel makes them
 
 

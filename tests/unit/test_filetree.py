@@ -693,10 +693,11 @@ def test_remove_tree_relative_to_a_dir_fd(tmp_path: Path) -> None:
 REMOVE_ACROSS_MOUNT = textwrap.dedent("""
     import os, sys
     from quilt_agent import filetree
-    from quilt_agent.helper.syscalls import mount
+    from quilt_agent.helper.syscalls import mount, MS_BIND
     top = sys.argv[1]
     mount("tmpfs", top + "/sub/mnt", "tmpfs", 0, "size=1m")
     open(top + "/sub/mnt/on-tmpfs", "w").close()
+    mount(top + "/../bind-src", top + "/sub/bound", None, MS_BIND)  # the same filesystem: the same st_dev
     try:
         filetree.remove_tree(top)
     except OSError as e:
@@ -712,7 +713,10 @@ def test_remove_tree_never_removes_what_is_mounted_below(tmp_path: Path) -> None
         pytest.fail("no unshare(1): util-linux is Essential on Debian")
     top = tmp_path / "top"
     (top / "sub" / "mnt").mkdir(parents=True)
+    (top / "sub" / "bound").mkdir()
     (top / "sub" / "own").write_text("x")
+    (tmp_path / "bind-src").mkdir()
+    (tmp_path / "bind-src" / "kept").write_text("x")
     (top / "own").write_text("x")
     result = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
                              REMOVE_ACROSS_MOUNT, str(top)],
@@ -721,6 +725,7 @@ def test_remove_tree_never_removes_what_is_mounted_below(tmp_path: Path) -> None
         pytest.fail(f"no mount namespace here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
     error, left = result.stdout.splitlines()
-    assert error == f"error {errno.EXDEV}"  # the first error: the mount point, not entered
-    assert left == str(["sub", "sub/mnt", "sub/mnt/on-tmpfs"])  # all the rest is gone
-    assert sorted(os.listdir(top)) == ["sub"] and os.listdir(top / "sub" / "mnt") == []
+    assert error == f"error {errno.EXDEV}"  # the first error: a mount point, not entered
+    assert left == str(["sub", "sub/bound", "sub/bound/kept", "sub/mnt", "sub/mnt/on-tmpfs"])  # the rest is gone
+    assert sorted(os.listdir(top / "sub")) == ["bound", "mnt"] and os.listdir(top / "sub" / "mnt") == []
+    assert os.listdir(tmp_path / "bind-src") == ["kept"]

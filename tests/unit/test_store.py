@@ -1,11 +1,15 @@
-"""The SQLite store on a real database file: migrations, round trips, bounded events."""
+"""The SQLite store on a real database file: migrations, round trips, bounded events, refused databases."""
+import json
+import sqlite3
+import time
 from pathlib import Path
 
 import aiosqlite
+import pytest
 
 from quilt_agent import store as store_module
 from quilt_agent.model import Container, ContainerSpec, State
-from quilt_agent.store import Store
+from quilt_agent.store import MIGRATIONS, Store, StoreRefused
 
 
 def container(name: str = "web") -> Container:
@@ -53,3 +57,129 @@ async def test_events_are_bounded_oldest_first(tmp_path: Path, monkeypatch) -> N
         await s.add_event("created", str(i))
     assert [e[2] for e in await s.events()] == ["3", "4", "5", "6", "7"]
     await s.close()
+
+
+# --- older, newer and damaged databases -------------------------------------------------------------
+
+
+def database_at_version_1(path: Path) -> None:
+    """What the first Quilt wrote: only the first migration, and a container of that time (no networks key)."""
+    spec = {"name": "old", "image": "/x.tar", "image_id": "a" * 64, "command": ["/bin/true"]}
+    with sqlite3.connect(path) as db:
+        db.executescript(MIGRATIONS[0])
+        db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_migrations VALUES (1, 1)")
+        db.execute("INSERT INTO containers (id, name, spec, state, created_at, exit_code) VALUES (?, ?, ?, ?, ?, ?)",
+                   ("c" * 64, "old", json.dumps(spec), "exited", 5, 3))
+    db.close()
+
+
+async def test_an_older_database_is_migrated_and_keeps_its_containers(tmp_path: Path) -> None:
+    database_at_version_1(tmp_path / "q.db")
+    s = await Store.open(tmp_path / "q.db")
+    assert await s.schema_version() == len(MIGRATIONS)
+    (c,) = await s.containers()
+    assert (c.name, c.state, c.exit_code, c.spec.networks, c.setup_image) == ("old", State.EXITED, 3, ("none",), "")
+    await s.close()
+    with sqlite3.connect(tmp_path / "q.db") as db:
+        versions = [v for (v,) in db.execute("SELECT version FROM schema_migrations ORDER BY version")]
+        tables = {t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    db.close()
+    assert versions == list(range(1, len(MIGRATIONS) + 1))
+    assert {"networks", "volumes"} <= tables and "images" not in tables
+
+
+async def test_a_failed_migration_is_rolled_back_and_refused(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "q.db"
+    s = await Store.open(path)
+    await s.insert_container(container())
+    await s.close()
+    broken = "CREATE TABLE half_done (x INTEGER); INSERT INTO no_such_table VALUES (1);"
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS, broken))
+    with pytest.raises(StoreRefused) as refused:
+        await Store.open(path)
+    assert str(path) in str(refused.value)
+    assert f"migration from schema version {len(MIGRATIONS)} to {len(MIGRATIONS) + 1} failed" in str(refused.value)
+    assert "no such table: no_such_table" in str(refused.value)
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    s = await Store.open(path)  # as it was before: the half migration left nothing
+    assert await s.schema_version() == len(MIGRATIONS)
+    assert [c.name for c in await s.containers()] == ["web"]
+    async with s.connection.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'") as cur:
+        assert await cur.fetchone() is None
+    await s.close()
+
+
+async def test_a_newer_database_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    s = await Store.open(path)
+    await s.insert_container(container())
+    await s.close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO schema_migrations VALUES (?, 1)", (len(MIGRATIONS) + 1,))
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreRefused) as refused:
+        await Store.open(path)
+    message = str(refused.value)
+    assert message.startswith(f"refusing the state database {path}: its schema version is {len(MIGRATIONS) + 1}, "
+                              f"newer than the {len(MIGRATIONS)} this quilt-agent knows")
+    assert "\n" not in message
+    assert path.read_bytes() == before
+
+
+async def test_a_file_that_is_not_sqlite_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    path.write_bytes(b"containers: web, db\n" * 100)
+    with pytest.raises(StoreRefused) as refused:
+        await Store.open(path)
+    assert str(refused.value).startswith(f"refusing the state database {path}: not an SQLite database "
+                                         f"(it begins with b'containers: web,')")
+    assert path.read_bytes() == b"containers: web, db\n" * 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.db"]
+
+
+async def test_a_damaged_database_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    s = await Store.open(path)
+    for i in range(300):
+        await s.add_event("created", f"{i:064x}", {"name": f"c{i}", "padding": "x" * 200})
+    await s.close()
+    with sqlite3.connect(path) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.close()
+    assert pages > 8
+    damaged = bytearray(path.read_bytes())
+    damaged[5 * page_size:7 * page_size] = b"\xff" * (2 * page_size)  # two pages of the events' b-tree
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(StoreRefused) as refused:
+        await Store.open(path)
+    message = str(refused.value)
+    assert message.startswith(f"refusing the state database {path}: ")
+    assert "damaged" in message or "malformed" in message, message
+    assert path.read_bytes() == bytes(damaged)
+
+
+async def test_an_unreadable_path_is_refused_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    path.mkdir()
+    with pytest.raises(StoreRefused) as refused:
+        await Store.open(path)
+    assert str(refused.value).startswith(f"refusing the state database {path}: Is a directory")
+
+
+async def test_the_check_on_open_is_quick_on_a_full_database(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    s = await Store.open(path)
+    for i in range(50):
+        await s.insert_container(container(f"c{i}").with_(id=f"{i:064x}"))
+    for i in range(store_module.MAX_EVENTS):
+        await s.add_event("exited", f"{i % 50:064x}", {"name": f"c{i % 50}", "exit_code": 0})
+    await s.close()
+    started = time.perf_counter()
+    s = await Store.open(path)
+    seconds = time.perf_counter() - started
+    await s.close()
+    print(f"\nopen with quick_check of {path.stat().st_size >> 10} KiB: {seconds * 1000:.1f} ms")
+    assert seconds < 1.0

@@ -194,11 +194,16 @@ async def test_stdio_that_could_open_the_host_is_refused(client: Client, busybox
 async def test_what_hands_the_host_to_a_container_needs_the_host_action(
         client: Client, granted: None, busybox_tar: Path, name: str, options: str) -> None:
     image = await client.import_image(str(busybox_tar), f"{name}-img:1")
-    r = await as_user(*gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", name, f"{name}-img:1", "['/bin/true']",
-                             options))
-    assert r.returncode != 0 and f"GDBus.Error:{ACCESS_DENIED}: " in r.stderr, r
-    assert "org.quilt.runtime.host" in r.stderr and image
-    assert [e.name for e in await client.list_containers()] == []
-    ok = await as_user(*gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", name, f"{name}-img:1", "['/bin/true']",
-                              "{}"))
-    assert ok.returncode == 0, ok  # the same create, with the host's namespaces kept out, passes
+    try:
+        r = await as_user(*gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", name, f"{name}-img:1", "['/bin/true']",
+                                 options))
+        assert r.returncode != 0 and f"GDBus.Error:{ACCESS_DENIED}: " in r.stderr, r
+        assert "org.quilt.runtime.host" in r.stderr and image
+        assert [e.name for e in await client.list_containers()] == []
+        ok = await as_user(*gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", name, f"{name}-img:1", "['/bin/true']",
+                                  "{}"))
+        assert ok.returncode == 0, ok  # the same create, with the host's namespaces kept out, passes
+    finally:
+        for entry in await client.list_containers():
+            await client.remove(entry.path, force=True)
+        await client.remove_image(f"{name}-img:1", True)  # a second name of the suite's busybox image otherwise
