@@ -574,22 +574,22 @@ def _empty(descent: _Descent, errors: list[OSError]) -> None:
         _rmdir(descent.fd, level.name, errors)
 
 
-def _unlink(parent: int, name: str, errors: list[OSError]) -> None:
+def _gone(remove: Callable[..., None], parent: int, name: str, errors: list[OSError]) -> None:
+    """remove (os.unlink or os.rmdir) name below parent; already gone is fine, any other failure is kept."""
     try:
-        os.unlink(name, dir_fd=parent)
+        remove(name, dir_fd=parent)
     except FileNotFoundError:
         pass
     except OSError as e:
         errors.append(e)
+
+
+def _unlink(parent: int, name: str, errors: list[OSError]) -> None:
+    _gone(os.unlink, parent, name, errors)
 
 
 def _rmdir(parent: int, name: str, errors: list[OSError]) -> None:
-    try:
-        os.rmdir(name, dir_fd=parent)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        errors.append(e)
+    _gone(os.rmdir, parent, name, errors)
 
 
 def lstat_below(path: str | os.PathLike[str]) -> Iterator[os.stat_result]:
