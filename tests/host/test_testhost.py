@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,11 +105,28 @@ def find_testhost_cgroups() -> frozenset[str]:
     return frozenset(found)
 
 
+def _walk(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk's top-down walk without its recursion: a tree a thousand levels deep (a test's, or anyone's, in
+    /tmp) would be a RecursionError. The caller may prune dirs, as with os.walk."""
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        dirs = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        files = [e.name for e in entries if not e.is_dir(follow_symlinks=False)]
+        yield top, dirs, files
+        stack.extend(os.path.join(top, d) for d in reversed(dirs))
+
+
 def walk(root: str, strict: bool) -> frozenset:
     found = set()
     if not os.path.lexists(root):
         return frozenset()
-    for top, dirs, files in os.walk(root):
+    for top, dirs, files in _walk(root):
         # The checkout is bound into the host read-write on purpose (a clone may live in /tmp).
         dirs[:] = [d for d in dirs if os.path.join(top, d) != str(PROJECT)]
         if top == "/tmp":
