@@ -20,11 +20,16 @@ PYTEST_ARGS ?=
 # iproute2 (ip, ss), procps (sysctl), xz-utils and bzip2 (the unit tests' compressed layers): a minimal Debian,
 # as CI images are, lacks them. tests/host/test_setup_programs.py fails, naming the program and its package,
 # when the suite runs a program that no package here (or one every Debian has) provides.
+# debhelper, dh-python, lintian and python3-pip/-setuptools/-wheel build the Debian package `make test` installs
+# in the test host (`make deb`); python3-click/-rich/-dnslib/-systemd are its Depends, which the test host's apt,
+# without a network, finds only if this machine has them.
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	systemd dbus polkitd libglib2.0-bin util-linux busybox-static make zstd \
 	nftables iputils-ping tmux \
 	docker-registry skopeo umoci apache2-utils openssl \
-	mmdebstrap ruby dpkg-dev libseccomp2 podman iproute2 procps xz-utils bzip2
+	mmdebstrap ruby dpkg-dev libseccomp2 podman iproute2 procps xz-utils bzip2 \
+	debhelper dh-python lintian python3-pip python3-setuptools python3-wheel \
+	python3-click python3-rich python3-dnslib python3-systemd
 
 .PHONY: setup demo test test-unit test-testhost test-integration bench bench-network bench-images bench-setup install install-data clean
 
@@ -58,8 +63,15 @@ demo: setup
 		$(TESTHOST) scripts/demo.sh; \
 	fi
 
-test: setup
+# The integration suite runs against the Debian package, installed in the test host as an admin would: the
+# bits an admin installs are the bits tested. tests/host/test_package.py installs, upgrades and removes it.
+test: setup deb
 	@$(VENV)/bin/python -m pytest -q tests/unit tests/host $(PYTEST_ARGS)
+	@$(VENV)/bin/python tests/setupimage.py build >/dev/null
+	@$(PYTHON) tests/testhost.py run --deb $(DEB) -- $(VENV)/bin/python -m pytest -q tests/integration $(PYTEST_ARGS)
+
+# The developer's shortcut: the integration suite against the checkout's venv, without building the package.
+test-integration: setup
 	@$(VENV)/bin/python tests/setupimage.py build >/dev/null
 	@$(TESTHOST) $(VENV)/bin/python -m pytest -q tests/integration $(PYTEST_ARGS)
 
@@ -99,12 +111,28 @@ bench-setup: setup
 	@$(VENV)/bin/python tests/setupimage.py build >/dev/null
 	@$(TESTHOST) $(VENV)/bin/python bench/setup.py $(BENCH_ARGS)
 
-# Installs into this machine's /usr: the data files and links to the venv's commands.
-install: install-data
-	ln -sf $(CURDIR)/$(VENV)/bin/quilt-agent $(DESTDIR)/usr/bin/quilt-agent
-	ln -sf $(CURDIR)/$(VENV)/bin/quiltctl $(DESTDIR)/usr/bin/quiltctl
+# The Debian package, build/quilt-runtime_VERSION_all.deb (packaging/build-deb, packaging/README.md): rebuilt when
+# a file it is made of changes. Named quilt-runtime: Debian's own "quilt" is the patch tool.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+DEB := build/quilt-runtime_$(VERSION)_all.deb
+DEB_INPUTS := $(wildcard $(shell git ls-files --cached --others --exclude-standard quilt_agent units dbus polkit man \
+	debian packaging pyproject.toml README.md 2>/dev/null))
+.PHONY: deb
 
-# What a package installs besides the Python code (the test host uses this too).
+deb: $(DEB)
+
+$(DEB): $(DEB_INPUTS)
+	@packaging/build-deb
+
+# Installs the package on this machine, with apt (which fetches its dependencies). Only where systemd is PID 1:
+# elsewhere Quilt cannot run, and the test host is the place to try it (`tests/testhost.py run --deb ...`).
+install: deb
+	@if [ ! -d /run/systemd/system ] || [ "$$(cat /proc/1/comm)" != systemd ]; then \
+		echo "install: this machine's PID 1 is not systemd; try the package in a test host:" \
+			"python3 tests/testhost.py run --deb $(DEB) -- bash" >&2; exit 1; fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ./$(DEB)
+
+# What the package installs besides the Python code, for the test host's venv path (tests/testhost.py without --deb).
 install-data:
 	install -Dm644 units/quilt-agent.service $(DESTDIR)/usr/lib/systemd/system/quilt-agent.service
 	install -Dm644 units/quilt.slice $(DESTDIR)/usr/lib/systemd/system/quilt.slice
@@ -112,6 +140,8 @@ install-data:
 	install -Dm644 dbus/org.quilt.Runtime.service $(DESTDIR)/usr/share/dbus-1/system-services/org.quilt.Runtime.service
 	install -Dm644 dbus/org.quilt.Runtime.xml $(DESTDIR)/usr/share/dbus-1/interfaces/org.quilt.Runtime.xml
 	install -Dm644 polkit/org.quilt.runtime.policy $(DESTDIR)/usr/share/polkit-1/actions/org.quilt.runtime.policy
+	install -Dm644 man/quiltctl.1 $(DESTDIR)/usr/share/man/man1/quiltctl.1
+	install -Dm644 man/quilt-agent.8 $(DESTDIR)/usr/share/man/man8/quilt-agent.8
 
 clean:
 	rm -rf $(VENV) .apt-checked build *.egg-info

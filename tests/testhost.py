@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A throwaway systemd host for Quilt's tests.
 
-    python3 tests/testhost.py run [--keep-on-failure] [--name NAME] [--cgroup unified] -- CMD ARGS...
+    python3 tests/testhost.py run [--keep-on-failure] [--name NAME] [--cgroup unified]
+                                  [--deb build/quilt-runtime_VERSION_all.deb | --bare] -- CMD ARGS...
     python3 tests/testhost.py cleanup
 
 `run` boots a real systemd as PID 1 of its own pid, mount, cgroup, uts, ipc and
@@ -10,6 +11,11 @@ tmpfs, so nothing it writes reaches the machine. The project's units, bus and
 polkit files are installed into that overlay, CMD runs inside (working
 directory = the project checkout, the project's .venv first on PATH), and
 everything is torn down afterwards. The exit status is CMD's.
+
+With --deb, the Debian package is installed instead, with apt-get inside the
+booted host as an admin would (its dependencies must be on the machine: the
+host has no network), and the venv comes last on PATH, so that /usr/bin/quiltctl
+and the packaged agent are what runs. --bare installs nothing of Quilt.
 
 Only the standard library is used: this runs before the project's venv exists.
 """
@@ -246,7 +252,7 @@ def cleanup_orphans() -> list[Path]:
 # --- inside the new namespaces, as their PID 1, before systemd -------------------------------------
 
 
-def setup_root(name: str, project_fd: int, unified: bool) -> Path:
+def setup_root(name: str, project_fd: int, unified: bool, bare: bool = False) -> Path:
     """Build the test host's root filesystem; return its path (still in the old root)."""
     stage = Path("/tmp")  # a private mount namespace: this tmpfs is invisible to the machine
     mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
@@ -275,7 +281,8 @@ def setup_root(name: str, project_fd: int, unified: bool) -> Path:
     mount(f"/proc/self/fd/{project_fd}", target, None, MS_BIND | MS_REC)
 
     configure_systemd(root, name)
-    install_project(root, target)
+    if not bare:
+        install_project(root, target)
     return root
 
 
@@ -333,6 +340,11 @@ def configure_systemd(root: Path, name: str) -> None:
         "Requires=basic.target\nWants=dbus.socket systemd-journald.socket\n"
         "After=basic.target dbus.socket systemd-journald.socket\nAllowIsolate=yes\n"
     )
+    # A container image's policy-rc.d (Docker's refuses every service action) would keep a package's maintainer
+    # scripts from restarting or stopping its services: a booted host has none.
+    policy = root / "usr/sbin/policy-rc.d"
+    if policy.is_symlink() or policy.exists():
+        policy.unlink()
     (root / "etc/hostname").write_text(name + "\n")
     (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
     os.sethostname(name) if hasattr(os, "sethostname") else subprocess.run(["hostname", name], check=True)
@@ -353,10 +365,10 @@ def install_project(root: Path, checkout: Path) -> None:
             link.symlink_to(venv_bin / tool)
 
 
-def boot(name: str, unified: bool) -> None:
+def boot(name: str, unified: bool, bare: bool = False) -> None:
     """PID 1 of the new namespaces: build the root, pivot into it, exec systemd."""
     project_fd = os.open(PROJECT, os.O_PATH | os.O_DIRECTORY)
-    root = setup_root(name, project_fd, unified)
+    root = setup_root(name, project_fd, unified, bare)
     console = os.open(root / CONSOLE.lstrip("/"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.chdir(root)
     pivot_root(".", ".")
@@ -375,10 +387,11 @@ def boot(name: str, unified: bool) -> None:
 
 
 class TestHost:
-    def __init__(self, name: str, unified: bool = False) -> None:
+    def __init__(self, name: str, unified: bool = False, bare: bool = False) -> None:
         me = os.getpid()
         self.name = name
         self.unified = unified
+        self.bare = bare  # nothing of Quilt installed at boot: a package is, or the command installs one
         self.cgroups = Cgroups(f"{CGROUP_PREFIX}{me}-{process_start_time(me)}-{name}")
         self.unshare_pid = 0
         self.pid1 = 0
@@ -395,7 +408,7 @@ class TestHost:
                     "unshare", "--pid", "--fork", "--kill-child", "--mount", "--cgroup", "--uts", "--ipc",
                     "--net", "--propagation", "private",
                     sys.executable, str(Path(__file__).resolve()), "_boot", "--name", self.name,
-                    *(["--cgroup=unified"] if self.unified else []),
+                    *(["--cgroup=unified"] if self.unified else []), *(["--bare"] if self.bare else []),
                 ])
             finally:
                 os._exit(127)
@@ -436,7 +449,10 @@ class TestHost:
     def exec(self, cmd: list[str], capture: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
         """Run cmd inside the test host, in its cgroup, so its teardown takes cmd's leftovers too."""
         env = dict(os.environ)
-        env["PATH"] = f"{PROJECT}/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        system_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        # Without the project installed from the venv, the venv's tools (pytest, py-spy) stay reachable but
+        # quiltctl and quilt-agent are the ones in /usr/bin.
+        env["PATH"] = f"{system_path}:{PROJECT}/.venv/bin" if self.bare else f"{PROJECT}/.venv/bin:{system_path}"
         env["QUILT_TESTHOST"] = self.name
         env.pop("VIRTUAL_ENV", None)
 
@@ -479,10 +495,21 @@ def wait_for_signal() -> None:
         signal.pause()
 
 
-def run(cmd: list[str], name: str, keep_on_failure: bool, unified: bool = False) -> int:
+def install_package(host: TestHost, deb: Path) -> None:
+    """apt-get install ./quilt-runtime_*.deb inside the host, as an admin would; offline, as the host is."""
+    started = time.monotonic()
+    out = host.exec(["apt-get", "install", "-y", "-q", "--no-install-recommends", str(deb)], capture=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"apt-get install {deb} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+    version = host.exec(["dpkg-query", "-W", "-f=${Version}", "quilt-runtime"], capture=True).stdout
+    log(f"installed quilt-runtime {version} from {deb} in {time.monotonic() - started:.1f} s")
+
+
+def run(cmd: list[str], name: str, keep_on_failure: bool, unified: bool = False, deb: Path | None = None,
+        bare: bool = False) -> int:
     cleanup_orphans()
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    host = TestHost(name, unified)
+    host = TestHost(name, unified, bare=bare or deb is not None)
     rc = 125
     started = time.monotonic()
     try:
@@ -491,6 +518,8 @@ def run(cmd: list[str], name: str, keep_on_failure: bool, unified: bool = False)
         log(f"{name} booted in {time.monotonic() - started:.2f} s ({state}), PID 1 is {host.pid1}")
         if state != "running":
             host.exec(["systemctl", "--failed", "--no-pager"])
+        if deb is not None:
+            install_package(host, deb)
         rc = host.exec(cmd).returncode
     except Exception as err:  # noqa: BLE001 - report and tear down whatever went wrong
         log(f"failed: {err}")
@@ -512,16 +541,21 @@ def main(argv: list[str]) -> int:
     p_run.add_argument("--name", default=f"th{os.getpid()}", help="host name, distinct for concurrent hosts")
     p_run.add_argument("--cgroup", choices=("host", "unified"), default="host",
                        help="the machine's cgroup layout, or only cgroup2 as on a pure v2 host")
+    installs = p_run.add_mutually_exclusive_group()
+    installs.add_argument("--deb", type=Path, help="install this Debian package of Quilt (apt-get, inside the host) "
+                                                   "instead of the checkout's files and venv")
+    installs.add_argument("--bare", action="store_true", help="install nothing of Quilt (CMD installs a package)")
     p_run.add_argument("cmd", nargs=argparse.REMAINDER)
     sub.add_parser("cleanup", help="remove what crashed runs left")
     p_boot = sub.add_parser("_boot")
     p_boot.add_argument("--name", required=True)
     p_boot.add_argument("--cgroup", choices=("host", "unified"), default="host")
+    p_boot.add_argument("--bare", action="store_true")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("must run as root")
     if args.verb == "_boot":
-        boot(args.name, args.cgroup == "unified")
+        boot(args.name, args.cgroup == "unified", args.bare)
         return 127
     if args.verb == "cleanup":
         return 0 if cleanup_orphans() is not None else 1
@@ -530,7 +564,16 @@ def main(argv: list[str]) -> int:
         parser.error("no command given")
     if "-" in args.name or "/" in args.name:
         parser.error("--name may not contain '-' or '/'")
-    return run(cmd, args.name, args.keep_on_failure, args.cgroup == "unified")
+    deb = None
+    if args.deb is not None:
+        deb = args.deb.resolve()
+        if not deb.is_file():
+            parser.error(f"--deb {args.deb}: no such file (make deb builds it)")
+        # The host sees the machine's files through its overlay, and the checkout, but has a /tmp of its own.
+        hidden = [d for d in ("/tmp", "/run", "/dev", "/proc", "/sys", "/var/lib/quilt") if deb.is_relative_to(d)]
+        if hidden and not deb.is_relative_to(PROJECT):
+            parser.error(f"--deb {args.deb}: the test host has its own {hidden[0]}")
+    return run(cmd, args.name, args.keep_on_failure, args.cgroup == "unified", deb, args.bare)
 
 
 if __name__ == "__main__":
