@@ -13,8 +13,9 @@ from typing import TextIO
 # is one line naming the package, not a traceback or a failure at the first container or network.
 PROGRAMS = {"nft": "nftables"}  # network/firewall.py runs it (NFT)
 LIBRARIES = {"libseccomp.so.2": "libseccomp2"}  # helper/seccomp.py loads it
-MODULES = {"dbus_fast": "python3-dbus-fast", "systemd": "python3-systemd", "aiosqlite": "python3-aiosqlite",
-           "pyroute2": "python3-pyroute2", "dnslib": "python3-dnslib"}
+# dbus_fast, aiosqlite and pyroute2 come with Quilt's own package (bookworm's are too old: packaging/README.md).
+MODULES = {"dbus_fast": "quilt-runtime", "systemd": "python3-systemd", "aiosqlite": "quilt-runtime",
+           "pyroute2": "quilt-runtime", "dnslib": "python3-dnslib"}
 EXIT_NOT_INSTALLED = 5  # the LSB's "program is not installed"; the unit does not restart on it (daemon.py)
 
 
