@@ -87,7 +87,7 @@ def print_ps_table(rows: Sequence[Mapping[str, Any]], now: float) -> None:
         (
             str(props.get("Id", ""))[:SHORT_ID],
             str(props.get("Name", "")),
-            _truncate(str(props.get("Image", "")), 40),
+            _truncate(_image_text(str(props.get("Image", ""))), 40),
             _truncate(command_text(props.get("Command", [])), 30),
             str(props.get("State", "")),
             exit_text(props),
@@ -153,3 +153,9 @@ def status_lines(props: Mapping[str, Any], now: float) -> list[str]:
             setup += f" (cached: {str(props['SetupImage'])[:SHORT_ID]})"
         fields.append(("Setup", setup.strip()))
     return [f"{label + ':':<12}{value}" for label, value in fields]
+
+
+def _image_text(image: str) -> str:
+    """An image named by its full id (quiltctl imports an image file itself and creates from its id) as the short
+    id, as Podman shows an image without a name."""
+    return image[:12] if len(image) == 64 and all(c in "0123456789abcdef" for c in image) else image

@@ -420,6 +420,17 @@ def test_ps_shows_running_ones_unless_all(fake: FakeClient) -> None:
     assert len(table.stdout.splitlines()) == 3
 
 
+def test_ps_shows_an_image_named_by_its_id_as_the_short_id(fake: FakeClient, monkeypatch: Any) -> None:
+    real = fake.properties
+
+    async def by_id(path: str) -> dict[str, Any]:
+        return {**await real(path), "Image": IMAGE_ID}
+
+    monkeypatch.setattr(fake, "properties", by_id)
+    table = quiltctl(fake, "ps", "-a").stdout
+    assert IMAGE_ID[:12] in table and IMAGE_ID[:13] not in table
+
+
 def test_inspect_leaves_out_the_environment_when_denied(fake: FakeClient) -> None:
     assert '"SECRET=1"' in quiltctl(fake, "inspect", "web").stdout
     fake.errors["get_environment"] = ClientError("org.freedesktop.DBus.Error.AccessDenied", "Access denied")
