@@ -1,6 +1,6 @@
 """filetree.py: walk and Sink (the copy core of cp and volume copy-up), tar streams, docker cp's destination rule;
-and helper/mounts.py's copy-up on a plain directory. Hermetic in tmp_path; what needs root or a mount namespace
-is skipped without them."""
+and helper/mounts.py's copy-up on a plain directory. Hermetic in tmp_path; some need root (owners, device nodes,
+mounts), as make test runs them."""
 from __future__ import annotations
 
 import errno
@@ -21,8 +21,6 @@ import pytest
 from quilt_agent import filetree
 from quilt_agent.filetree import CopyError, Entry, Sink
 
-ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="needs root (owners, device nodes, mounts)")
 T1 = 1_600_000_000_123_456_789  # times with nanoseconds, to see they are kept to the last digit
 T2 = 1_500_000_000_987_654_321
 
@@ -97,7 +95,6 @@ def test_sink_strip_setid_drops_setuid_and_setgid_only(tree: Path, tmp_path: Pat
     assert stat.S_IMODE((tmp_path / "out" / "a.txt").stat().st_mode) == 0o640
 
 
-@needs_root
 def test_sink_sets_owners_as_root_and_keeps_its_own_without_owners(tree: Path, tmp_path: Path) -> None:
     os.chown(tree / "a.txt", 1234, 5678)
     os.chown(tree / "sub", 4321, 8765)
@@ -114,8 +111,7 @@ def test_fifos_sockets_and_devices_are_skipped_never_opened(tree: Path, tmp_path
     os.mkfifo(tree / "fifo")  # opening it for reading would block the copy forever
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(tree / "sock"))
-    if ROOT:
-        os.mknod(tree / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(tree / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     try:
         kinds = {e.path: e.kind for e in filetree.walk(opath(tree))}
         assert ("fifo",) not in kinds and ("sock",) not in kinds and ("null",) not in kinds
@@ -501,7 +497,6 @@ SAME_MOUNT = textwrap.dedent("""
 """)
 
 
-@needs_root
 def test_same_mount_leaves_out_what_is_mounted_below_the_top(tmp_path: Path) -> None:
     if shutil.which("unshare") is None:
         pytest.fail("no unshare(1): util-linux is Essential on Debian")
@@ -535,7 +530,6 @@ def copyup(tmp_path: Path, tree: Path) -> Iterator[tuple[int, int, Path]]:
     os.close(target)
 
 
-@needs_root
 def test_copy_up_fills_the_volume_and_gives_its_root_the_directory_mode(copyup: tuple[int, int, Path],
                                                                        tree: Path) -> None:
     from quilt_agent.helper import mounts
@@ -549,7 +543,6 @@ def test_copy_up_fills_the_volume_and_gives_its_root_the_directory_mode(copyup: 
     assert os.listdir(data.parent) == ["_data"]  # the staging directory is gone
 
 
-@needs_root
 def test_copy_up_that_fails_midway_leaves_the_volume_empty(copyup: tuple[int, int, Path],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from quilt_agent.helper import mounts
@@ -568,7 +561,6 @@ def test_copy_up_that_fails_midway_leaves_the_volume_empty(copyup: tuple[int, in
     assert stat.S_IMODE(data.stat().st_mode) == 0o755  # not given the image directory's mode either
 
 
-@needs_root
 def test_copy_up_runs_with_the_container_capabilities_only(copyup: tuple[int, int, Path], tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from quilt_agent.helper import mounts
@@ -707,7 +699,6 @@ REMOVE_ACROSS_MOUNT = textwrap.dedent("""
 """)
 
 
-@needs_root
 def test_remove_tree_never_removes_what_is_mounted_below(tmp_path: Path) -> None:
     if shutil.which("unshare") is None:
         pytest.fail("no unshare(1): util-linux is Essential on Debian")
