@@ -370,7 +370,7 @@ class Bench:
                 self.q(self.client.remove(self.q(self.client.get_container(name)), True))
 
     async def detect_exec(self, path: str) -> None:
-        """Whether the agent's containers have Exec (issue 7); quilt_exec stays None if not."""
+        """Whether the agent's containers have Exec; quilt_exec stays None if not."""
         (xml,) = await self.client._call(path, "org.freedesktop.DBus.Introspectable", "Introspect")
         if 'name="Exec"' in xml:
             method = getattr(self.client, "exec", None)
@@ -582,7 +582,7 @@ class Bench:
             if self.quilt_exec is not None:
                 contenders[QUILT] = (self.n(200), lambda: self.q(self.quilt_exec_once(one)))
             else:
-                self.workloads["exec"].get(QUILT).note = "not yet (issue 7): no Exec method on the container"
+                self.workloads["exec"].get(QUILT).note = "not yet: no Exec method on the container"
             if self.quiltctl_exec:
                 contenders["quiltctl exec"] = (self.n(40), lambda: timed(["quiltctl", "exec", names[one], "--",
                                                                            "/bin/true"]))

@@ -45,7 +45,7 @@ class TimedOut(QuiltError):
     """An operation with a time limit did not finish within it (an exec's timeout)."""
 
 
-# Networks (issue 8).
+# Networks.
 class NoSuchNetwork(QuiltError):
     def __init__(self, name: str) -> None:
         super().__init__(f"No network '{name}' known")
@@ -70,7 +70,7 @@ class PortInUse(QuiltError):
     """A host port that another container publishes already."""
 
 
-# Images (issue 6).
+# Images.
 class RegistryError(QuiltError):
     """A registry refused or failed a pull (HTTP error, authentication, garbage); the message carries the
     registry's own words."""
@@ -80,7 +80,7 @@ class ImageInUse(QuiltError):
     """An image that containers use, removed without force."""
 
 
-# Volumes (issue 9).
+# Volumes.
 class NoSuchPath(QuiltError):
     """A host path given as a volume's source, or a path to copy, that does not exist."""
 

@@ -51,7 +51,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_time ON events(time);
     """,
-    # 2: networks (issue 8). Addresses and published ports go with their container's row (ON DELETE CASCADE);
+    # 2: networks. Addresses and published ports go with their container's row (ON DELETE CASCADE);
     # a network cannot be deleted while an address on it exists. Containers made before networks existed had
     # only a loopback: they keep it (networks ["none"]).
     """
@@ -84,7 +84,7 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE containers SET spec = json_set(spec, '$.networks', json('["none"]'))
         WHERE json_extract(spec, '$.networks') IS NULL;
     """,
-    # 3: named volumes (issue 9, quilt_agent/volumes.py). Which containers use one is read from their specs.
+    # 3: named volumes (quilt_agent/volumes.py). Which containers use one is read from their specs.
     """
     CREATE TABLE volumes (
         id TEXT PRIMARY KEY,
@@ -94,7 +94,7 @@ MIGRATIONS: tuple[str, ...] = (
         labels TEXT NOT NULL DEFAULT '{}'
     );
     """,
-    # 4: setup commands (issue 9, quilt_agent/setup.py): the cached setup image a container's last start used
+    # 4: setup commands (quilt_agent/setup.py): the cached setup image a container's last start used
     # (its layers are below the container's own). The images table of version 1 was never used: images live in
     # the image store (images/store.py).
     """

@@ -1,4 +1,4 @@
-"""Volumes and mounts (issue 9): the create options volumes, tmpfs and read_only, and named volumes.
+"""Volumes and mounts: the create options volumes, tmpfs and read_only, and named volumes.
 
 A named volume is a directory /var/lib/quilt/volumes/NAME/_data (as Podman and Docker lay it out) and a row in
 the volumes table (migration 3 of store.MIGRATIONS). It is made on first use by a container, as Podman does, or by

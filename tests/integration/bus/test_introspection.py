@@ -187,7 +187,7 @@ def test_the_error_names_the_contract_lists_are_the_ones_the_agent_sends() -> No
     assert names == sent
 
 
-# --- networks (issue 8) ------------------------------------------------------------------------------
+# --- networks ------------------------------------------------------------------------------
 
 NETWORK = "org.quilt.Runtime.Network"
 
@@ -212,7 +212,7 @@ async def test_network_property_values_travel_with_the_types_of_the_contract(cli
         bus.disconnect()
 
 
-# --- volumes (issue 9) -------------------------------------------------------------------------------
+# --- volumes -------------------------------------------------------------------------------
 
 VOLUME = "org.quilt.Runtime.Volume"
 

@@ -1,5 +1,5 @@
 """Each package manager's install, from the offline servers over the container network, and the main command sees
-what it installed (issue 9, setup commands; quilt_agent/setup.py)."""
+what it installed (setup commands; quilt_agent/setup.py)."""
 from __future__ import annotations
 
 import posixpath

@@ -1,4 +1,4 @@
-"""Setup steps with the shell manager on the busybox image (issue 9): order, environment, failure, the journal
+"""Setup steps with the shell manager on the busybox image: order, environment, failure, the journal
 stream, the cache. The package managers themselves are tested with the Debian image (test_managers.py)."""
 from __future__ import annotations
 

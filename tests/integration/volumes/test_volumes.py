@@ -1,4 +1,4 @@
-"""Volumes, bind mounts, tmpfs and a read-only root (issue 9), through the real bus in the test host."""
+"""Volumes, bind mounts, tmpfs and a read-only root, through the real bus in the test host."""
 from __future__ import annotations
 
 import asyncio
