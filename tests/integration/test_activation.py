@@ -242,8 +242,7 @@ async def test_a_wedged_agent_is_restarted_by_the_watchdog_and_containers_are_un
     assert props == before
     assert systemctl("show", "-P", "ActiveState", before["Unit"]).stdout.strip() == "active"
     assert (await client.properties(exited))["ExitCode"] == 3
-    waiting = asyncio.ensure_future(client.wait(running))
-    await asyncio.sleep(0.1)
+    waiting = asyncio.ensure_future(client.wait(running))  # a Wait after the exit returns the code too
     await client.kill(running, signal.SIGUSR1)
     assert await asyncio.wait_for(waiting, 10) == 7
 

@@ -26,6 +26,15 @@ async def wait_state(client: Client, path: str, state: str, timeout: float = 10.
         await asyncio.sleep(0.02)
 
 
+async def logged(client: Client, path: str, count: int, timeout: float = 10.0) -> list[str]:
+    """The container's log lines once there are count of them: journald writes them asynchronously."""
+    deadline = time.monotonic() + timeout
+    while len(lines := [line.text for line in await client.get_logs(path, {})]) < count:
+        assert time.monotonic() < deadline, f"{len(lines)} lines, expected {count}: {lines}"
+        await asyncio.sleep(0.02)
+    return lines
+
+
 async def test_run_records_exit_code_and_sends_output_to_the_journal(client: Client, busybox_tar: Path,
                                                                       name: str) -> None:
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], {})
@@ -89,7 +98,7 @@ async def test_stop_lets_a_container_with_a_term_handler_exit_cleanly(client: Cl
                                                                      name: str) -> None:
     script = "trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.05; done"
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", script], {})
-    await asyncio.sleep(0.3)
+    await logged(client, path, 1)  # "ready": the trap is set
     await client.stop(path, 10)
     props = await client.properties(path)
     assert props["State"] == "exited" and props["ExitCode"] == 0 and props["ExitSignal"] == 0
@@ -97,9 +106,9 @@ async def test_stop_lets_a_container_with_a_term_handler_exit_cleanly(client: Cl
 
 
 async def test_kill_delivers_the_signal(client: Client, busybox_tar: Path, name: str) -> None:
-    script = "trap 'echo got USR1; exit 7' USR1; while true; do sleep 0.05; done"
+    script = "trap 'echo got USR1; exit 7' USR1; echo ready; while true; do sleep 0.05; done"
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", script], {})
-    await asyncio.sleep(0.3)
+    await logged(client, path, 1)  # "ready": the trap is set
     await client.kill(path, signal.SIGUSR1)
     assert await client.wait(path) == 7
 
@@ -172,7 +181,7 @@ async def test_generated_name_when_none_is_given(client: Client, busybox_tar: Pa
 async def test_logs_options_select_the_last_lines_and_since(client: Client, busybox_tar: Path, name: str) -> None:
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "echo 1; echo 2; sleep 0.1; echo 3; echo 4; echo 5"], {})
     await client.wait(path)
-    await asyncio.sleep(0.1)
+    await logged(client, path, 5)
     assert [line.text for line in await client.get_logs(path, {"lines": 2})] == ["4", "5"]
     # journald may stamp lines read in one batch alike: 3 is the first after a pause.
     lines = await client.get_logs(path, {})
@@ -182,7 +191,7 @@ async def test_logs_options_select_the_last_lines_and_since(client: Client, busy
 async def test_lines_written_long_after_start_reach_the_journal(client: Client, busybox_tar: Path, name: str) -> None:
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "sleep 2; echo late"], {})
     assert await client.wait(path) == 0
-    await asyncio.sleep(0.2)
+    await logged(client, path, 1)
     assert journal_lines(f"quilt-{name}.scope") == ["late"]
 
 

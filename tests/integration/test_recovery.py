@@ -193,8 +193,7 @@ async def test_containers_keep_running_when_the_agent_is_killed_and_restarted_by
         assert scope_state(props["Unit"]) == "active"
     await client.stop(paths[0], 10)
     assert (await client.properties(paths[0]))["ExitCode"] == 0
-    waiting = asyncio.ensure_future(client.wait(paths[1]))
-    await asyncio.sleep(0.1)
+    waiting = asyncio.ensure_future(client.wait(paths[1]))  # a Wait after the exit returns the code too
     await client.kill(paths[1], signal.SIGUSR1)
     assert await asyncio.wait_for(waiting, 10) == 7
 
