@@ -118,15 +118,17 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
     @dbus_method(name="CreateContainer")
     @guarded(MANAGE, "create", subject="container")
     async def create_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
-        await self._check_host_access(name, image, _unwrap(options))
-        c = await self._manager.create(name, image, _check_command(command), _unwrap(options))
+        unwrapped = _unwrap(options)
+        await self._check_host_access(name, image, unwrapped)
+        c = await self._manager.create(name, image, _check_command(command), unwrapped)
         return container_path(c.id)
 
     @dbus_method(name="RunContainer")
     @guarded(MANAGE, "run", subject="container")
     async def run_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
-        await self._check_host_access(name, image, _unwrap(options))
-        c = await self._manager.create(name, image, _check_command(command), _unwrap(options))
+        unwrapped = _unwrap(options)
+        await self._check_host_access(name, image, unwrapped)
+        c = await self._manager.create(name, image, _check_command(command), unwrapped)
         await self._manager.start(c.id)
         return container_path(c.id)
 

@@ -2,6 +2,7 @@
 the Manager's volume methods (VolumeMethods, mixed into ManagerInterface). Thin: parse, look up, authorize, call,
 reply; the work is in quilt_agent/volumes.py."""
 
+from collections.abc import Callable
 from typing import Any
 
 from dbus_fast import Message, MessageFlag, MessageType, Variant
@@ -159,8 +160,7 @@ class ContainerCopy(ServiceInterface):
     _manager: Manager
     container_id: str
     authority: Authority
-
-    def subject(self) -> Subject | None: ...
+    subject: Callable[[], Subject | None]  # GuardedInterface's, as ContainerInterface answers it
 
     @dbus_method(name="CopyTo")
     @guarded(MANAGE, "copy files into")
