@@ -1,5 +1,4 @@
 """Entry point of quilt-agent: what it needs checked, the fork server first, before any thread, then the daemon."""
-import asyncio
 import ctypes
 import faulthandler
 import importlib.util
@@ -17,6 +16,7 @@ LIBRARIES = {"libseccomp.so.2": "libseccomp2"}  # helper/seccomp.py loads it
 MODULES = {"dbus_fast": "quilt-runtime", "systemd": "python3-systemd", "aiosqlite": "quilt-runtime",
            "pyroute2": "quilt-runtime", "dnslib": "python3-dnslib"}
 EXIT_NOT_INSTALLED = 5  # the LSB's "program is not installed"; the unit does not restart on it (daemon.py)
+EXIT_NOT_CONFIGURED = 6  # the LSB's "program is not configured" (a bad QUILT_LOOP_CHECK); no restart on it either
 
 
 def missing_dependencies() -> list[str]:
@@ -66,6 +66,13 @@ def main() -> None:
     if missing:
         fail("missing " + "; ".join(missing))
         sys.exit(EXIT_NOT_INSTALLED)
+    from quilt_agent import loopcheck
+
+    try:
+        loop_check = loopcheck.threshold()
+    except ValueError as e:
+        fail(str(e))
+        sys.exit(EXIT_NOT_CONFIGURED)
     try:
         # Import what the monitors run before forking, so each fork starts ready.
         from quilt_agent.helper import zygote
@@ -81,7 +88,7 @@ def main() -> None:
         fail(f"missing the Python module {e.name}" + (f" (Debian package {MODULES[top]})" if top in MODULES else ""))
         sys.exit(EXIT_NOT_INSTALLED)
 
-    sys.exit(asyncio.run(daemon.run(server)))
+    sys.exit(loopcheck.run(daemon.run(server), loop_check))
 
 
 if __name__ == "__main__":

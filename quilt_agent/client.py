@@ -16,7 +16,9 @@ from typing import Any, Mapping, Sequence
 from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from quilt_agent.bus.names import BUS_NAME, CONTAINER_INTERFACE, MANAGER_INTERFACE, MANAGER_PATH, NETWORK_INTERFACE
+from quilt_agent.bus.names import (
+    BUS_NAME, CONTAINER_INTERFACE, IMAGE_INTERFACE, MANAGER_INTERFACE, MANAGER_PATH, NETWORK_INTERFACE, VOLUME_INTERFACE,
+)
 
 PROPERTIES_INTERFACE = "org.freedesktop.DBus.Properties"
 
@@ -491,7 +493,7 @@ class Client:
         return int(freed)
 
     async def volume_properties(self, path: str) -> dict[str, Any]:
-        return await self._get_all(path, "org.quilt.Runtime.Volume")
+        return await self._get_all(path, VOLUME_INTERFACE)
 
     # Images: org.quilt.Runtime.Manager's image methods, org.quilt.Runtime.Image
 
@@ -549,8 +551,6 @@ class Client:
                                  destination="org.freedesktop.DBus")
         return queue
 
-
-IMAGE_INTERFACE = "org.quilt.Runtime.Image"
 
 # The wire type of each key of ImportImage's and PullImage's a{sv}, as documented in the XML.
 IMPORT_OPTION_SIGNATURES: dict[str, str] = {

@@ -14,6 +14,7 @@ comes out of a container loses its setuid and setgid bits.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -23,13 +24,48 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, TypeVar
 
 from quilt_agent import filetree
-from quilt_agent.errors import CopyFailed, InvalidArgument, NoSuchPath
+from quilt_agent.errors import CopyFailed, InvalidArgument, NoSpace, NoSuchPath
 from quilt_agent.filetree import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
 from quilt_agent.helper import mounts as volume_mounts
 from quilt_agent.helper import syscalls
 
 T = TypeVar("T")
 _RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+# What the machine or the agent ran out of is no fault of the copy: left for the bus layer to name
+# (ResourceExhausted, with the limit), as anywhere else in the agent.
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+# The kernel's views of processes, devices and the system: no files to copy, and partly out of reach.
+_KERNEL_TREES = ("/proc", "/sys", "/dev")
+
+
+@contextlib.contextmanager
+def _failures(path: str, into: bool, host_path: str = "") -> Iterator[None]:
+    """Any OSError of a copy into or out of the container's path (host_path: the host's side, when the agent
+    opens it) as the error that says what could not be done: NoSpace for the side being written, InvalidArgument
+    for a path that cannot be followed, CopyFailed for the rest, with what the kernel said."""
+    if into:
+        what = f"{f'{host_path!r} ' if host_path else ''}into the container's '{path}'"
+    else:
+        what = f"'{path}' out of the container{f' to {host_path!r}' if host_path else ''}"
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _EXHAUSTED:
+            raise
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = ("its writable layer, or the volume mounted there," if into else
+                     "the host's filesystem there")
+            raise NoSpace(f"No space left copying {what}: {where} is full. Free space and copy again (what was "
+                          "copied so far is left in place)") from e
+        special = next((t for t in _KERNEL_TREES if f"{path}/".startswith(t + "/")), "")
+        hint = f" (the container's {special} is the kernel's view of it, not files to copy)" if special else ""
+        if e.errno == errno.ELOOP and not isinstance(e, filetree.CopyError):
+            raise InvalidArgument(f"Cannot copy {what}: the path goes through a link out of the container's tree "
+                                  f"(such as /proc/PID/root) or through too many symbolic links{hint}") from e
+        if e.errno == errno.EPIPE:
+            raise CopyFailed(f"Cannot copy {what}: the other end of the archive was closed before the copy "
+                             "was complete") from e
+        raise CopyFailed(f"Cannot copy {what}: {e.strerror or e}{hint}") from e
 
 
 def stopped_tree(lower: str, upper: str, work: str, merged: str, mounts: tuple[tuple[str, str, str], ...],
@@ -123,42 +159,45 @@ def _copy(entries: Iterator[filetree.Entry], sink: filetree.Sink) -> None:
 
 def copy_from(root_fd: int, source: str, dest: str) -> None:
     """Container's source -> host's dest (a path the agent opens: only for root or the host-files action)."""
-    src = _source_in(root_fd, source)
-    try:
-        parent, name = host_destination(dest, filetree.tar_top(source))
+    with _failures(source, False, dest):
+        src = _source_in(root_fd, source)
         try:
-            _copy(filetree.walk(src), filetree.Sink(parent, name, strip_setid=True))
+            parent, name = host_destination(dest, filetree.tar_top(source))
+            try:
+                _copy(filetree.walk(src), filetree.Sink(parent, name, strip_setid=True))
+            finally:
+                os.close(parent)
         finally:
-            os.close(parent)
-    finally:
-        os.close(src)
+            os.close(src)
 
 
 def copy_to(root_fd: int, source: str, dest: str) -> None:
     """Host's source -> container's dest (a path the agent opens: only for root or the host-files action)."""
-    try:
-        src = os.open(source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NoSuchPath(f"Host path '{source}' does not exist") from None
-    try:
-        parent, name = _dest_in(root_fd, dest, filetree.tar_top(source))
+    with _failures(dest, True, source):
         try:
-            _copy(filetree.walk(src), filetree.Sink(parent, name))
+            src = os.open(source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NoSuchPath(f"Host path '{source}' does not exist") from None
+        try:
+            parent, name = _dest_in(root_fd, dest, filetree.tar_top(source))
+            try:
+                _copy(filetree.walk(src), filetree.Sink(parent, name))
+            finally:
+                os.close(parent)
         finally:
-            os.close(parent)
-    finally:
-        os.close(src)
+            os.close(src)
 
 
 def archive_from(root_fd: int, source: str, out: BinaryIO) -> None:
     """Container's source -> a tar stream to the caller, who unpacks it with its own rights."""
-    src = _source_in(root_fd, source)
-    try:
-        filetree.write_tar(filetree.walk(src), filetree.tar_top(source), out)
-    except BrokenPipeError:
-        raise CopyFailed("the receiving end of the archive was closed") from None
-    finally:
-        os.close(src)
+    with _failures(source, False):
+        src = _source_in(root_fd, source)
+        try:
+            filetree.write_tar(filetree.walk(src), filetree.tar_top(source), out)
+        except BrokenPipeError:
+            raise CopyFailed("the receiving end of the archive was closed") from None
+        finally:
+            os.close(src)
 
 
 def archive_to(root_fd: int, inp: BinaryIO, dest: str) -> None:
@@ -168,10 +207,11 @@ def archive_to(root_fd: int, inp: BinaryIO, dest: str) -> None:
         top, entries = filetree.read_tar(inp)
     except (tarfile.TarError, filetree.CopyError) as e:
         raise InvalidArgument(f"Invalid archive: {e}") from None
-    parent, name = _dest_in(root_fd, dest, top)
-    try:
-        _copy(entries, filetree.Sink(parent, name))
-    except tarfile.TarError as e:
-        raise InvalidArgument(f"Invalid archive: {e}") from None
-    finally:
-        os.close(parent)
+    with _failures(dest, True):
+        parent, name = _dest_in(root_fd, dest, top)
+        try:
+            _copy(entries, filetree.Sink(parent, name))
+        except tarfile.TarError as e:
+            raise InvalidArgument(f"Invalid archive: {e}") from None
+        finally:
+            os.close(parent)

@@ -1,23 +1,22 @@
-"""Wiring only: store, recovery, manager, exported objects, bus name, sd_notify, watchdog, idle exit, signals."""
+"""The agent's life on the bus: the store, the services (app.py), the exported objects, the bus name, sd_notify,
+the watchdog, the idle exit and signals."""
 import asyncio
 import logging
 import os
+import resource
 import signal
 
-from dbus_fast import BusType, RequestNameReply
+from dbus_fast import BusType, Message, RequestNameReply
 from dbus_fast.aio import MessageBus
 from systemd import daemon as sd_daemon
 
-from quilt_agent import __version__, lifecycle
-from quilt_agent.bus import caller
+from quilt_agent import __version__, app, lifecycle
+from quilt_agent.bus import caller, guard
 from quilt_agent.bus.manager import ManagerInterface
 from quilt_agent.bus.names import BUS_NAME, MANAGER_PATH
 from quilt_agent.bus.polkit import Authority
 from quilt_agent.config import Paths, default_paths
 from quilt_agent.helper.zygote import Zygote
-from quilt_agent.images.service import Images
-from quilt_agent.images.store import ImageStore
-from quilt_agent.manager import Manager
 from quilt_agent.scopes import Scopes
 from quilt_agent.store import Store, StoreRefused
 
@@ -29,6 +28,7 @@ EXIT_BAD_STATE = 6  # the state database is refused (store.py)
 
 
 async def run(zygote: Zygote) -> int:
+    _raise_fd_limit()
     paths = default_paths()
     paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     idle_seconds = lifecycle.idle_seconds()
@@ -50,10 +50,10 @@ async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float
     bus.add_message_handler(lifecycle.CALLS.seen)
     scopes = Scopes(bus)
     await scopes.connect()
-    manager = Manager(paths, store, scopes, zygote, Images(ImageStore(paths.images, zygote.extract)))
-    await manager.recover()
+    services = await app.build(paths, store, scopes, zygote)
+    manager = services.manager
     manager.subscribe(lifecycle.ContainerEdges(lifecycle.CALLS))
-    interface = ManagerInterface(manager, Authority(bus), bus)
+    interface = ManagerInterface(services, Authority(bus), bus)
     bus.export(MANAGER_PATH, interface)
     interface.export_existing()
     bus.add_message_handler(interface.unknown_container)
@@ -121,6 +121,23 @@ async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float
         task.cancel()
     loop.remove_reader(zygote_fd)
     os.close(zygote_fd)
+    if bus.connected:
+        await guard.end_calls()
+        try:
+            # Answered after every message queued before it: the calls' replies have left when it returns.
+            await asyncio.wait_for(bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                                    interface="org.freedesktop.DBus.Peer", member="Ping")), 5)
+        except (OSError, EOFError, asyncio.TimeoutError) as e:
+            log.warning("the bus went away while the last replies were sent: %s", e)
     bus.disconnect()
-    await manager.flush()
-    return status
+    return status  # run() closes the store, which writes what is queued first
+
+
+def _raise_fd_limit() -> None:
+    """Each running container holds a few of the agent's fds (pidfds, its monitor's socket): the soft limit of 1024
+    that systemd gives services would cap the agent at a few hundred containers. The hard limit is the real one, as
+    systemd and Podman raise it for themselves. The fork server, forked before this, keeps the soft limit, and so
+    do the containers it starts."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

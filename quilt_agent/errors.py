@@ -42,7 +42,30 @@ class ContainerFailed(QuiltError):
 
 
 class TimedOut(QuiltError):
-    """An operation with a time limit did not finish within it (an exec's timeout)."""
+    """An operation with a time limit did not finish within it (an exec's timeout, a systemd job that systemd
+    did not finish)."""
+
+
+# What the machine or the agent ran out of, or what refused the agent: the message names the filesystem, the
+# limit or the refusal, and what to do about it.
+class NoSpace(QuiltError):
+    """A filesystem the agent writes to is full (ENOSPC), or its quota is (EDQUOT)."""
+
+
+class ResourceExhausted(QuiltError):
+    """A limit of the agent's or the system's ran out: open files (LimitNOFILE), memory."""
+
+
+class SystemdFailed(QuiltError):
+    """systemd refused or failed a call the agent made to it; the message carries systemd's error name and text.
+
+    The name is the agent's own, not systemd's: clients (quiltctl among them) take org.freedesktop.systemd1.*
+    from the agent's bus name for a failed bus activation of the agent itself."""
+
+
+class Failed(QuiltError):
+    """An error in the agent itself, not in what the caller asked: the message says what, and that the journal
+    (journalctl -u quilt-agent) has its traceback."""
 
 
 # Networks.

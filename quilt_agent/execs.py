@@ -21,7 +21,7 @@ from quilt_agent import cgroups
 from quilt_agent.errors import ContainerFailed, InvalidArgument, NotRunning, TimedOut
 from quilt_agent.helper import protocol
 from quilt_agent.helper.protocol import ExecExited, ExecSetupFailed, ExecSpawned, ExecSpec
-from quilt_agent.helper.zygote import Zygote
+from quilt_agent.helper.forkserver import ForkServer
 from quilt_agent.model import OPTION_PARSERS, Container, validate_command
 
 MAX_OUTPUT = 1 << 20  # bytes kept of each of stdout and stderr by Exec; the rest is read and dropped
@@ -140,7 +140,7 @@ async def _receive_with_fds(loop: asyncio.AbstractEventLoop, sock: socket.socket
 class Executor:
     """Runs exec requests through the fork server."""
 
-    def __init__(self, zygote: Zygote) -> None:
+    def __init__(self, zygote: ForkServer) -> None:
         self._zygote = zygote
         # container id -> (init pid, the cgroup.procs files to write): a running container's cgroups stay put,
         # and finding them in /proc was a third of the agent's own time per exec.
@@ -174,6 +174,7 @@ class Executor:
                         workdir=options.workdir or c.spec.workdir, user=options.user or c.spec.user,
                         namespaces=c.spec.namespaces, tty=options.tty, cgroup_procs=procs,
                         seccomp=c.spec.seccomp != "unconfined")
+        protocol.check_size(spec, "The exec's command and environment")
         loop = asyncio.get_running_loop()
         collectors: list[_Collector] = []
         if stdio is None:
@@ -181,7 +182,7 @@ class Executor:
             out_read, out_write = os.pipe2(os.O_CLOEXEC)
             err_read, err_write = os.pipe2(os.O_CLOEXEC)
             try:
-                sock = self._zygote.execute(spec, null, out_write, err_write, init_pidfd)
+                sock = await self._zygote.execute(spec, null, out_write, err_write, init_pidfd)
             except BaseException:
                 for fd in (out_read, err_read):
                     os.close(fd)
@@ -191,7 +192,7 @@ class Executor:
                     os.close(fd)  # the helper has its copies: EOF comes when the command's side is closed
             collectors = [_Collector(loop, out_read, MAX_OUTPUT), _Collector(loop, err_read, MAX_OUTPUT)]
         else:
-            sock = self._zygote.execute(spec, *stdio, init_pidfd)
+            sock = await self._zygote.execute(spec, *stdio, init_pidfd)
         pidfd = -1
         timed_out = False
         try:

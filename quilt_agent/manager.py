@@ -13,11 +13,12 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from quilt_agent import cgroups, copying, filetree, journal, pipes
 from quilt_agent import stdio as caller_stdio
 from quilt_agent.config import Paths
+from quilt_agent.containers import ContainerTable
 from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environment, parse_exec_options
 from quilt_agent.logfollow import LogFollowers, parse_follow_options
 from quilt_agent.errors import (
@@ -27,7 +28,7 @@ from quilt_agent.errors import (
 from quilt_agent.helper import protocol
 from quilt_agent.helper.monitor import start_time
 from quilt_agent.helper.protocol import ExecFailed, Go, LaunchSpec, SetupDone, Spawned, Started
-from quilt_agent.helper.zygote import Zygote
+from quilt_agent.helper.forkserver import ForkServer
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import Image
 from quilt_agent.network.core import Networks
@@ -35,11 +36,12 @@ from quilt_agent.model import (
     Container, ContainerSpec, ExitStatus, State, effective_hostname, generate_name, new_id, now_usec, parse_options,
     validate_command, validate_name,
 )
-from quilt_agent.scopes import ScopeLimits, Scopes
+from quilt_agent.scopes import ScopeLimits, ScopeManager
 from quilt_agent.setup import cache_key as setup_cache_key
 from quilt_agent.setup import identifier as setup_identifier
-from quilt_agent.store import Store
-from quilt_agent.volumes import Volumes, check_host_paths, name_anonymous, named_volumes
+from quilt_agent.store import StateStore
+from quilt_agent.volume_options import check_host_paths, name_anonymous, named_volumes
+from quilt_agent.volumes import Volumes
 
 log = logging.getLogger("quilt.manager")
 
@@ -81,30 +83,25 @@ class _Runtime:
 
 
 class Manager:
-    def __init__(self, paths: Paths, store: Store, scopes: Scopes, zygote: Zygote, images: Images) -> None:
+    """The container lifecycle. Its peers, each given here by the wiring (app.py): the images a container runs,
+    its networks (addresses, namespaces and veths, names, published ports) and its named volumes."""
+
+    def __init__(self, paths: Paths, store: StateStore, scopes: ScopeManager, zygote: ForkServer, containers: ContainerTable,
+                 images: Images, networks: Networks, volumes: Volumes) -> None:
         self._paths = paths
         self._store = store
         self._scopes = scopes
         self._zygote = zygote
+        self._containers = containers
         self._images = images
-        self.images = images  # the image API (images/service.py), for the bus layer
-        images.attach(self)  # RemoveImage and PruneImages ask which containers use which image
-        self._containers: dict[str, Container] = {}
+        self._networks = networks
+        self._volumes = volumes
         self._runtime: dict[str, _Runtime] = {}
         self._listeners: list[Listener] = []
-        self._last_write: asyncio.Future[None] | None = None  # the tail of the ordered store writes
-        # Names whose create is storing its row (taken already), with the image each holds (not removable).
-        self._creating: dict[str, str] = {}
         self._loop = asyncio.get_running_loop()
         self._executor = Executor(zygote)
         self._log_followers = LogFollowers()
         self._listeners.append(self._log_followers)  # each follow ends with its container
-        # Container networks (network/core.py): addresses, namespaces and veths, names, published ports.
-        self.networks = Networks(paths, store, self._write, self.get, self.remove)
-        # Named volumes (volumes.py): made on first use, kept after their containers.
-        self.volumes = Volumes(paths.volumes, store.connection, self._write)
-        self._creating_volumes: dict[str, list[str]] = {}  # as _creating: the volumes each create names
-        self.volumes.attach(self)
         self._exiting: set[asyncio.Task[None]] = set()  # _record_exit under way
 
     def subscribe(self, listener: Listener) -> None:
@@ -116,14 +113,7 @@ class Manager:
         return sorted(self._containers.values(), key=lambda c: c.created_at)
 
     def get(self, name_or_id: str) -> Container:
-        for c in self._containers.values():
-            if c.name == name_or_id or c.id == name_or_id:
-                return c
-        if len(name_or_id) >= 3:
-            matches = [c for c in self._containers.values() if c.id.startswith(name_or_id)]
-            if len(matches) == 1:
-                return matches[0]
-        raise NoSuchContainer(name_or_id)
+        return self._containers.find(name_or_id)
 
     def activity(self) -> list[str]:
         """What an exit of the agent now would cut short or give up, in words; empty when nothing. The agent
@@ -134,7 +124,7 @@ class Manager:
         if running:
             busy.append(f"{running} containers running")
         # A failed start's monitor still exiting keeps its pidfd though the state says failed.
-        if (self._creating or self._exiting or any(c.state is State.REMOVING for c in self._containers.values())
+        if (self._containers.creating or self._exiting or any(c.state is State.REMOVING for c in self._containers.values())
                 or any(rt.lock.locked() or rt.caching is not None or rt.monitor_pidfd >= 0
                        for cid, rt in self._runtime.items() if self._containers.get(cid, None) is None
                        or self._containers[cid].state is not State.RUNNING)):
@@ -156,7 +146,7 @@ class Manager:
         # Every argument is checked before the image is imported: a refused call leaves no new image behind.
         # An empty command means the image's (Entrypoint + Cmd), as in Docker.
         command = validate_command(command) if command else ()
-        if name in self._creating or any(c.name == name for c in self._containers.values()):
+        if self._containers.name_taken(name):
             raise NameInUse(name)
         check_host_paths(fields.get("volumes", ()))  # NoSuchPath: never created silently
         if fields.get("volumes"):
@@ -164,22 +154,23 @@ class Manager:
         img = await self._images.resolve(image, need_command=not command)
         defaults = await self._images.defaults(img, command, fields)
         spec = ContainerSpec(name=name, image=image, image_id=img.id, command=defaults.command, **defaults.fields)
+        protocol.check_size(spec, "The container's command, environment, labels and setup steps")
         # Checked again now: another create may have taken the name while the image was imported; from
-        # here until the container is in _containers, _creating holds the name (the insert awaits).
-        if name in self._creating or any(c.name == name for c in self._containers.values()):
+        # here until the container is in the table, the table holds the name (the insert awaits).
+        if self._containers.name_taken(name):
             raise NameInUse(name)
-        await self.volumes.ensure(named_volumes(spec.volumes))  # first use makes the volume, as in Podman
+        await self._volumes.ensure(named_volumes(spec.volumes))  # first use makes the volume, as in Podman
         try:
             container = Container(id=new_id(), spec=spec, created_at=now_usec())
             # Addresses, ports and names are taken before anything is stored: a refusal leaves nothing behind.
-            container = self.networks.reserve(container)
+            container = self._networks.reserve(container)
             await self._store_new(container, img.id)
         except BaseException:
             await self._remove_anonymous_volumes(spec)  # made for this container alone
             raise
         self._containers[container.id] = container
         self._runtime[container.id] = _Runtime()
-        self.networks.created(container)  # addresses to the store; namespace and veths made meanwhile
+        self._networks.created(container)  # addresses to the store; namespace and veths made meanwhile
         # Exported before the next await: from now on ListContainers and GetContainer return its path.
         for listener in self._listeners:
             listener.container_added(container)
@@ -187,28 +178,26 @@ class Manager:
         return container
 
     async def _store_new(self, container: Container, image_id: str) -> None:
-        """Its directories and its row; the name, image and volumes held meanwhile (_creating)."""
+        """Its directories and its row; the name, image and volumes held meanwhile (ContainerTable.hold)."""
         name, spec = container.name, container.spec
         directory = self._paths.container(container.id)
-        self._creating[name] = image_id
-        self._creating_volumes[name] = named_volumes(spec.volumes)  # in use from here (prune, RemoveVolume)
+        # In use from here (prune, RemoveImage, RemoveVolume).
+        self._containers.hold(name, image_id, tuple(named_volumes(spec.volumes)))
         try:
-            for sub in ("upper", "work", "merged"):
-                (directory / sub).mkdir(parents=True, mode=0o755)
-            await self._write(lambda: self._store.insert_container(container))
+            await asyncio.to_thread(_make_directories, directory)
+            await self._store.insert_container(container)
         except BaseException:
-            self.networks.release(container.id)
-            filetree.remove_tree(directory, ignore_errors=True)
+            self._networks.release(container.id)
+            await asyncio.to_thread(filetree.remove_tree, directory, ignore_errors=True)
             raise
         finally:
-            self._creating.pop(name, None)
-            self._creating_volumes.pop(name, None)
+            self._containers.release(name)
 
     async def _remove_anonymous_volumes(self, spec: ContainerSpec) -> None:
         """The volumes made for `-v DEST` go with their container (as `podman run --rm` and `rm -v` do)."""
         for volume in spec.anonymous_volumes:
             try:
-                await self.volumes.remove(volume, force=False)
+                await self._volumes.remove(volume)
             except (VolumeInUse, NoSuchVolume):
                 pass  # another container mounts it by name, or it is gone already
 
@@ -218,28 +207,6 @@ class Manager:
             pass
         return name
 
-    def image_users(self) -> dict[str, list[tuple[str, str]]]:
-        """image id -> (container id, name) of the containers that use it, and of creates that hold it."""
-        users: dict[str, list[tuple[str, str]]] = {}
-        for c in self._containers.values():
-            users.setdefault(c.spec.image_id, []).append((c.id, c.name))
-            if c.setup_image:
-                users.setdefault(c.setup_image, []).append((c.id, c.name))
-        for name, image_id in self._creating.items():
-            users.setdefault(image_id, []).append(("", name))
-        return users
-
-    def volume_users(self) -> dict[str, list[tuple[str, str]]]:
-        """volume name -> (container id, name) of the containers that name it (volumes.py asks)."""
-        users: dict[str, list[tuple[str, str]]] = {}
-        for c in self._containers.values():
-            for volume in named_volumes(c.spec.volumes):
-                users.setdefault(volume, []).append((c.id, c.name))
-        for name, volumes in self._creating_volumes.items():
-            for volume in volumes:
-                users.setdefault(volume, []).append(("", name))
-        return users
-
     # --- start -----------------------------------------------------------------------------------
 
     async def start(self, container_id: str, stdio: tuple[int, int, int] | None = None, tty: bool = False) -> Container:
@@ -247,7 +214,7 @@ class Manager:
         (still the caller's to close); tty: stdin is a terminal, to be the init's controlling one."""
         if tty and stdio is None:
             raise InvalidArgument("Option 'tty' needs the caller's terminal: use StartWithFds with a terminal as stdin")
-        rt = self._runtime[container_id]
+        rt = self._runtime[self._get(container_id).id]
         async with rt.lock:
             c = self._get(container_id)
             if c.state is State.RUNNING:
@@ -271,8 +238,8 @@ class Manager:
         cached, setup_layer = await self._setup_plan(c, image)
         # Noted before the next await: from here a prune sees the cached setup image in use.
         c = self._containers[c.id] = c.with_(setup_image=cached.id if cached else "")
-        mounts = self.volumes.resolve(c.spec.volumes)  # NoSuchPath if a host path went away since create
-        net = await self.networks.launch(c, effective_hostname(c.spec))  # the namespace to join, the /etc files
+        mounts = self._volumes.resolve(c.spec.volumes)  # NoSuchPath if a host path went away since create
+        net = await self._networks.launch(c, effective_hostname(c.spec))  # the namespace to join, the /etc files
         spec = LaunchSpec(
             container_id=c.id, name=c.name, unit=c.unit, lower=(cached or image).lower,
             upper=str(directory / "upper"),
@@ -288,7 +255,7 @@ class Manager:
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()
-        sock = self._zygote.spawn(spec, stdio or ())
+        sock = await self._zygote.spawn(spec, stdio or ())
         keep_sock = False
         try:
             spawned = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Spawned)
@@ -300,7 +267,7 @@ class Manager:
             try:
                 await self._scopes.start(c.unit, [spawned.monitor_pid, spawned.init_pid],
                                          f"Quilt container {c.name}", limits)
-                await self.networks.ready(c)  # interfaces, address, route, ports: before the command runs
+                await self._networks.ready(c)  # interfaces, address, route, ports: before the command runs
             except BaseException as err:
                 protocol.send(sock, protocol.Abort(str(err)))
                 self._close_pidfds(rt)
@@ -309,7 +276,7 @@ class Manager:
                         main_pid=spawned.init_pid, exit_code=-1, exit_signal=0, oom_killed=False, failure_reason="",
                         started_at=now_usec(), finished_at=0)
             # Recorded before Go: if the agent dies now, the restarted one finds the monitor.
-            await self._write(lambda: self._store.update_status(c))
+            await self._store.update_status(c)
             self._containers[c.id] = c
             self._watch(c.id, rt)
             t2 = time.perf_counter()
@@ -502,7 +469,7 @@ class Manager:
 
     async def remove(self, container_id: str, force: bool) -> None:
         c = self._get(container_id)
-        self.networks.check_removable(c)  # no container may be left sharing its network namespace
+        self._networks.check_removable(c)  # no container may be left sharing its network namespace
         rt = self._runtime[c.id]
         if c.state is State.RUNNING:
             if not force:
@@ -518,7 +485,7 @@ class Manager:
             if c.state is not State.REMOVING:
                 c = await self._set(c.with_(state=State.REMOVING))
             await self._scopes.stop(c.unit)  # StopUnit + ResetFailedUnit: gone now, not when systemd notices
-            await self.networks.detach(c)  # its names at once, then its veths, namespace and rules
+            await self._networks.detach(c)  # its names at once, then its veths, namespace and rules
             directory = self._paths.container(c.id)
             try:
                 # Its upper directory is the container's to fill, at any depth.
@@ -526,7 +493,7 @@ class Manager:
             except OSError:
                 # Not a reason to keep the container: recover() removes what is left at the next start.
                 log.exception("removing container %s: files left in %s", c.name, directory)
-            await self._write(lambda: self._store.delete_container(c.id))
+            await self._store.delete_container(c.id)
             await self._event("removed", c, "removed container %s", c.name)
             del self._containers[c.id]
             rt.exited.set()  # wake waiters: they find it gone
@@ -611,7 +578,7 @@ class Manager:
                 raise AlreadyRunning(c.name, "it started meanwhile: copy again")
             image = await asyncio.to_thread(self._images.get, c.setup_image or c.spec.image_id)
             directory = self._paths.container(c.id)
-            mounts = self.volumes.resolve(c.spec.volumes)  # its volumes, as `podman cp` sees them
+            mounts = self._volumes.resolve(c.spec.volumes)  # its volumes, as `podman cp` sees them
             await asyncio.to_thread(copying.stopped_tree, image.lower, str(directory / "upper"),
                                     str(directory / "work"), str(directory / "merged"), mounts, fn)
 
@@ -648,17 +615,16 @@ class Manager:
 
     async def events(self, since_usec: int = 0, until_usec: int = 0) -> list[tuple[int, str, str, dict[str, Any]]]:
         """The stored lifecycle events (time, kind, container id, details), oldest first; until 0 = no end."""
-        await self.flush()  # with every event told so far: a client that saw the signal finds its row
+        await self._store.flush()  # with every event told so far: a client that saw the signal finds its row
         rows = await self._store.events(since_usec)
         return [row for row in rows if not until_usec or row[0] <= until_usec]
 
     # --- recovery --------------------------------------------------------------------------------
 
-    async def recover(self) -> None:
-        """Reconcile the database with what runs: called once at start, before the bus name is taken."""
-        await self.volumes.load()
-        await self.networks.recover(await self._store.containers())  # first: removals below detach networks
-        for c in await self._store.containers():
+    async def recover(self, stored: list[Container]) -> None:
+        """Reconcile the stored containers with what runs: called once at start, after the networks recovered
+        (removals below detach networks) and before the bus name is taken."""
+        for c in stored:
             self._containers[c.id] = c
             rt = self._runtime[c.id] = _Runtime()
             if c.state is State.REMOVING:
@@ -683,15 +649,7 @@ class Manager:
                     continue
             if c.state is State.RUNNING or c.monitor_pid:
                 await self._record_exit(c.id)  # from the exit file, or unknown if the monitor left none
-        known = set(self._containers)
-        if self._paths.containers.is_dir():
-            for d in self._paths.containers.iterdir():
-                if d.name not in known:
-                    log.warning("removing %s: left by a create that did not finish", d)
-                    try:
-                        filetree.remove_tree(d)
-                    except OSError:
-                        log.exception("cannot remove %s", d)
+        await asyncio.to_thread(_remove_strays, self._paths.containers, set(self._containers))
         units = {c.unit for c in self._containers.values()}
         for unit in await self._scopes.active_scopes():
             if unit not in units:
@@ -715,34 +673,11 @@ class Manager:
         """
         at = now_usec()
         stored = {"name": c.name, **details}
-        self._write(lambda: self._store.add_event(kind, c.id, stored, time=at))
+        self._store.add_event(kind, c.id, stored, time=at)
         for listener in self._listeners:
             listener.event(kind, c, {**stored, "time": at})
         log.info(text, *args, extra={"MESSAGE_ID": MESSAGE_IDS[kind], "CONTAINER_NAME": c.name,
                                      "CONTAINER_ID_FULL": c.id, "QUILT_EVENT": kind})
-
-    def _write(self, write: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
-        """Run a store write after every write asked for before it; await the result only where it must
-        be on disk before going on (a row before its object exists, the monitor's pid before Go)."""
-        previous = self._last_write
-
-        async def in_order() -> None:
-            if previous is not None:
-                await asyncio.wait([previous])  # its failure is its own, logged by _written
-            await write()
-
-        future = self._last_write = asyncio.ensure_future(in_order())
-        future.add_done_callback(self._written)
-        return future
-
-    def _written(self, write: asyncio.Future[None]) -> None:
-        if not write.cancelled() and write.exception():
-            log.error("could not write to the store: %s", write.exception())
-
-    async def flush(self) -> None:
-        """Wait for every write asked for so far (before the store is closed)."""
-        if self._last_write is not None:
-            await asyncio.wait([self._last_write])
 
     def _get(self, container_id: str) -> Container:
         c = self._containers.get(container_id)
@@ -759,7 +694,25 @@ class Manager:
         if c.id not in self._containers:
             return c  # removed meanwhile: it must not come back
         self._containers[c.id] = c
-        self._write(lambda: self._store.update_status(c))
+        self._store.update_status(c)
         for listener in self._listeners:
             listener.container_changed(c)
         return c
+
+
+def _make_directories(directory: Path) -> None:
+    for sub in ("upper", "work", "merged"):
+        (directory / sub).mkdir(parents=True, mode=0o755)
+
+
+def _remove_strays(containers: Path, known: set[str]) -> None:
+    """The directories of creates that did not finish (the agent died between the directory and the row)."""
+    if not containers.is_dir():
+        return
+    for d in containers.iterdir():
+        if d.name not in known:
+            log.warning("removing %s: left by a create that did not finish", d)
+            try:
+                filetree.remove_tree(d)
+            except OSError:
+                log.exception("cannot remove %s", d)

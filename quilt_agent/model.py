@@ -13,7 +13,7 @@ from typing import Any
 
 from quilt_agent.errors import InvalidArgument
 from quilt_agent import setup as setup_commands
-from quilt_agent import volumes as volume_options
+from quilt_agent import volume_options
 from quilt_agent.network import options as network_options
 from quilt_agent.network.model import DEFAULT_NETWORK
 
@@ -43,12 +43,6 @@ class State(enum.Enum):
     # The state owns its rules, as youki's ContainerStatus does.
     def can_start(self) -> bool:
         return self in (State.CREATED, State.EXITED, State.FAILED)
-
-    def can_kill(self) -> bool:
-        return self is State.RUNNING
-
-    def can_remove(self) -> bool:
-        return self is not State.RUNNING
 
 
 @dataclass(frozen=True)

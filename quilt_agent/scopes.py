@@ -9,13 +9,34 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from quilt_agent.errors import ContainerFailed
+from quilt_agent.errors import ContainerFailed, SystemdFailed, TimedOut
 
 log = logging.getLogger("quilt.scopes")
+
+
+class ScopeManager(Protocol):
+    """What the manager needs of systemd: a container's processes in a scope of their own, limits on it, and the
+    scope gone again. Scopes is the real one; tests/fakes/scopes.py keeps scopes in memory, and
+    tests/contract/scopes.py holds both to the same behaviour."""
+
+    async def start(self, unit: str, pids: list[int], description: str, limits: ScopeLimits) -> None:
+        """Put pids into a new scope named unit, with limits; return once they are in it. A scope of that name
+        whose processes are gone is cleared first. ContainerFailed when one still runs processes, when a pid is
+        no running process, or when the name is no scope's."""
+        ...
+
+    async def stop(self, unit: str) -> None:
+        """End the scope's processes and forget the scope; an unknown unit is no error."""
+        ...
+
+    async def active_scopes(self) -> list[str]:
+        """Names of the quilt-*.scope units whose processes still run."""
+        ...
 
 SYSTEMD = "org.freedesktop.systemd1"
 SYSTEMD_PATH = "/org/freedesktop/systemd1"
@@ -47,10 +68,16 @@ class ScopeLimits:
     tasks_max: int = 0  # 0 = none
 
 
-class SystemdError(Exception):
-    def __init__(self, name: str, text: str) -> None:
-        super().__init__(f"{name}: {text}")
+class SystemdError(SystemdFailed):
+    """systemd's error reply to a call; name is its D-Bus error name. One left unhandled reaches the agent's
+    caller as SystemdFailed, saying which call on which unit systemd refused and in its own words."""
+
+    def __init__(self, name: str, text: str, call: str = "", unit: str = "") -> None:
+        about = f"{call} of {unit}" if unit else call
+        hint = f" (`systemctl status {unit}` and the agent's journal say more)" if unit else ""
+        super().__init__(f"systemd refused {about}: {name}: {text}{hint}" if call else f"{name}: {text}")
         self.name = name
+        self.text = text
 
 
 class Scopes:
@@ -82,19 +109,23 @@ class Scopes:
         reply = await self._bus.call(Message(destination=dest, path=path, interface=iface, member=member,
                                              signature=sig, body=body or []))
         if reply.message_type is MessageType.ERROR:
-            raise SystemdError(reply.error_name or "error", str(reply.body[0]) if reply.body else "")
+            unit = body[0] if body and isinstance(body[0], str) and body[0].endswith((".scope", ".slice")) else ""
+            raise SystemdError(reply.error_name or "error", str(reply.body[0]) if reply.body else "", member, unit)
         return reply.body
 
     async def _manager(self, member: str, sig: str = "", body: list | None = None):
         return await self._call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, member, sig, body)
 
-    async def _wait_job(self, job: str) -> str:
+    async def _wait_job(self, job: str, unit: str, what: str) -> str:
         if job in self._finished:
             return self._finished.pop(job)
         future = asyncio.get_running_loop().create_future()
         self._waiting[job] = future
         try:
             return await asyncio.wait_for(future, JOB_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise TimedOut(f"systemd did not finish {what} {unit} within {JOB_TIMEOUT:g} seconds (job {job}): "
+                           f"`systemctl status {unit}` and `journalctl -u {unit}` say why") from None
         finally:
             self._waiting.pop(job, None)
 
@@ -123,8 +154,8 @@ class Scopes:
                 if err.name == "org.freedesktop.systemd1.UnitExists" and attempt == 1:
                     await self._clear_stale(unit)
                     continue
-                raise ContainerFailed(f"systemd could not create scope {unit}: {err}") from err
-            result = await self._wait_job(job)
+                raise ContainerFailed(f"systemd could not create scope {unit}: {err.name}: {err.text}") from err
+            result = await self._wait_job(job, unit, "starting")
             if result != "done":
                 raise ContainerFailed(f"systemd could not start scope {unit}: job {result}")
             return
@@ -150,7 +181,7 @@ class Scopes:
         """Stop the scope (SIGTERM then SIGKILL to what is left) and forget it."""
         try:
             (job,) = await self._manager("StopUnit", "ss", [unit, "replace"])
-            await self._wait_job(job)
+            await self._wait_job(job, unit, "stopping")
         except SystemdError as err:
             if err.name != "org.freedesktop.systemd1.NoSuchUnit":
                 raise

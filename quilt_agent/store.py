@@ -1,20 +1,28 @@
-"""SQLite state: schema, migrations, one transaction per state change.
+"""SQLite state: schema, migrations, and every statement the agent runs; the one module that speaks SQL.
 
 The database is the truth for what the user asked; systemd and /proc are the
 truth for what runs (the manager reconciles the two at start).
+
+Writes are queued in the order they are asked for and run one after another (`_queue`): a write method returns
+at once with a future, which a caller awaits only where the row must be on disk before it goes on (a container's
+row before its bus object exists, the monitor's pid before the container's command runs); the others land in
+order behind it. Reads run after nothing: a caller that needs its own writes first awaits `flush()`.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 import aiosqlite
 
 from quilt_agent.model import Container, ContainerSpec, State, now_usec
+from quilt_agent.network.model import Attachment, Network, PortMapping
+from quilt_agent.volume_options import Volume
 
 # Each entry is one schema version; never edit an applied one, append a new one.
 MIGRATIONS: tuple[str, ...] = (
@@ -161,11 +169,96 @@ def _check_header(path: Path) -> None:
         raise StoreRefused(path, f"not an SQLite database (it begins with {head[:16]!r})")
 
 
+class StateStore(Protocol):
+    """What the agent needs of its state: containers, events, networks with their addresses and published
+    ports, and named volumes. Writes return at once with a future, and land in the order they were asked for;
+    a caller awaits the future only where the row must be stored before it goes on, and a failed write raises
+    there without stopping the writes behind it. Reads wait for nothing: a caller that needs its own writes
+    first awaits flush()."""
+
+    def insert_container(self, c: Container) -> asyncio.Future[None]:
+        """Its id, spec, state and creation time; the status starts at the defaults. IntegrityError when the
+        id or name is taken."""
+        ...
+
+    def update_status(self, c: Container) -> asyncio.Future[None]:
+        """Every status field of c (state to setup_image) onto the container of c.id; the spec stays."""
+        ...
+
+    def delete_container(self, container_id: str) -> asyncio.Future[None]:
+        """The container, and with it its addresses and published ports; an unknown id is no error."""
+        ...
+
+    async def containers(self) -> list[Container]:
+        """Every container, oldest first (by created_at)."""
+        ...
+
+    def add_event(self, kind: str, container_id: str, details: dict[str, Any] | None = None,
+                  time: int = 0) -> asyncio.Future[None]:
+        """time: when it happened (usec), 0 = now. Only the newest store.MAX_EVENTS are kept."""
+        ...
+
+    async def events(self, since_usec: int = 0) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """(time, kind, container id, details) of the events at or after since_usec, in the order added."""
+        ...
+
+    async def networks(self) -> list[Network]:
+        """Every network, oldest first."""
+        ...
+
+    def insert_network(self, n: Network) -> asyncio.Future[None]:
+        """IntegrityError when its id, name, subnet or bridge is taken."""
+        ...
+
+    def update_network(self, n: Network) -> asyncio.Future[None]:
+        """The subnet and gateway of n onto the network of n.id."""
+        ...
+
+    def delete_network(self, network_id: str) -> asyncio.Future[None]:
+        """IntegrityError while an address on it exists."""
+        ...
+
+    async def attachments(self) -> list[Attachment]:
+        """Every container's addresses, by container id then position."""
+        ...
+
+    async def ports(self) -> list[tuple[str, PortMapping]]:
+        """Every published port with its container's id, in no promised order."""
+        ...
+
+    def insert_attachments(self, container_id: str, attachments: Iterable[Attachment],
+                           ports: Iterable[PortMapping]) -> asyncio.Future[None]:
+        """A container's addresses and published ports. IntegrityError when an address or port is taken or its
+        container or network is unknown; those before the refused one stay."""
+        ...
+
+    async def volumes(self) -> list[Volume]:
+        """Every named volume, oldest first."""
+        ...
+
+    def insert_volume(self, v: Volume) -> asyncio.Future[None]:
+        """IntegrityError when its id or name is taken."""
+        ...
+
+    def delete_volume(self, volume_id: str) -> asyncio.Future[None]:
+        ...
+
+    async def flush(self) -> None:
+        """Wait for every write queued so far."""
+        ...
+
+    async def close(self) -> None:
+        """Flush, then let go of the store."""
+        ...
+
+
 class Store:
-    """The one writer of the database."""
+    """The one writer of the database: the StateStore in SQLite (tests/fakes/store.py keeps one in memory, and
+    tests/contract/store.py holds both to the same behaviour)."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        self._last_write: asyncio.Future[None] | None = None  # the tail of the queued writes
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -194,12 +287,32 @@ class Store:
         return store
 
     async def close(self) -> None:
+        await self.flush()
         await self._db.close()
 
-    @property
-    def connection(self) -> aiosqlite.Connection:
-        """For the network tables' SQL (network/state.py): the same connection, so still one writer."""
-        return self._db
+    # --- the ordered writes ----------------------------------------------------------------------
+
+    def _queue(self, write: Callable[[], Awaitable[Any]]) -> asyncio.Future[None]:
+        """Run write after every write queued before it. A failure is the write's own: logged here, raised to
+        whoever awaits it, and it does not stop the writes behind it."""
+        previous = self._last_write
+
+        async def in_order() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await write()
+
+        future = self._last_write = asyncio.ensure_future(in_order())
+        future.add_done_callback(_log_failure)
+        return future
+
+    async def flush(self) -> None:
+        """Wait for every write queued so far."""
+        if self._last_write is not None:
+            await asyncio.wait([self._last_write])
+
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> asyncio.Future[None]:
+        return self._queue(lambda: self._db.execute(sql, tuple(params)))
 
     async def _check(self, path: Path) -> None:
         # quick_check: every page and index structure without matching index entries to rows, which
@@ -251,41 +364,105 @@ class Store:
             (version,) = await cur.fetchone()
         return int(version)
 
-    async def insert_container(self, c: Container) -> None:
-        await self._db.execute(
-            "INSERT INTO containers (id, name, spec, state, created_at) VALUES (?, ?, ?, ?, ?)",
-            (c.id, c.name, _spec_to_json(c.spec), c.state.value, c.created_at),
-        )
+    # --- containers ------------------------------------------------------------------------------
 
-    async def update_status(self, c: Container) -> None:
+    def insert_container(self, c: Container) -> asyncio.Future[None]:
+        return self._execute("INSERT INTO containers (id, name, spec, state, created_at) VALUES (?, ?, ?, ?, ?)",
+                             (c.id, c.name, _spec_to_json(c.spec), c.state.value, c.created_at))
+
+    def update_status(self, c: Container) -> asyncio.Future[None]:
         values: list[Any] = [getattr(c, col) if col != "state" else c.state.value for col in _STATUS_COLUMNS]
         values[_STATUS_COLUMNS.index("oom_killed")] = int(c.oom_killed)
-        await self._db.execute(
+        return self._execute(
             f"UPDATE containers SET {', '.join(f'{col} = ?' for col in _STATUS_COLUMNS)} WHERE id = ?",
-            (*values, c.id),
-        )
+            (*values, c.id))
 
-    async def delete_container(self, container_id: str) -> None:
-        await self._db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+    def delete_container(self, container_id: str) -> asyncio.Future[None]:
+        """The row, and with it (ON DELETE CASCADE) its addresses and published ports."""
+        return self._execute("DELETE FROM containers WHERE id = ?", (container_id,))
 
     async def containers(self) -> list[Container]:
         async with self._db.execute("SELECT * FROM containers ORDER BY created_at") as cur:
             return [_row_to_container(row) for row in await cur.fetchall()]
 
-    async def add_event(self, kind: str, container_id: str, details: dict[str, Any] | None = None,
-                        time: int = 0) -> None:
+    # --- events --------------------------------------------------------------------------------
+
+    def add_event(self, kind: str, container_id: str, details: dict[str, Any] | None = None,
+                  time: int = 0) -> asyncio.Future[None]:
         """time: when it happened (usec), as the Event signal says it; 0 = now."""
-        await self._db.execute(
-            "INSERT INTO events (time, kind, container_id, details) VALUES (?, ?, ?, ?)",
-            (time or now_usec(), kind, container_id, json.dumps(details or {})),
-        )
-        # Bounded: the oldest go first.
-        await self._db.execute(
-            "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (MAX_EVENTS,)
-        )
+        async def write() -> None:
+            await self._db.execute("INSERT INTO events (time, kind, container_id, details) VALUES (?, ?, ?, ?)",
+                                   (time or now_usec(), kind, container_id, json.dumps(details or {})))
+            # Bounded: the oldest go first.
+            await self._db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (MAX_EVENTS,))
+        return self._queue(write)
 
     async def events(self, since_usec: int = 0) -> list[tuple[int, str, str, dict[str, Any]]]:
         async with self._db.execute(
             "SELECT time, kind, container_id, details FROM events WHERE time >= ? ORDER BY id", (since_usec,)
         ) as cur:
             return [(r["time"], r["kind"], r["container_id"], json.loads(r["details"])) for r in await cur.fetchall()]
+
+    # --- networks, their addresses and published ports (migration 2) ----------------------------
+
+    async def networks(self) -> list[Network]:
+        async with self._db.execute("SELECT * FROM networks ORDER BY created_at") as cur:
+            return [Network(id=r["id"], name=r["name"], subnet=r["subnet"], gateway=r["gateway"], bridge=r["bridge"],
+                            internal=bool(r["internal"]), dns=bool(r["dns"]), created_at=r["created_at"])
+                    for r in await cur.fetchall()]
+
+    def insert_network(self, n: Network) -> asyncio.Future[None]:
+        return self._execute("INSERT INTO networks (id, name, subnet, gateway, bridge, internal, dns, created_at) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (n.id, n.name, n.subnet, n.gateway, n.bridge, int(n.internal), int(n.dns), n.created_at))
+
+    def update_network(self, n: Network) -> asyncio.Future[None]:
+        return self._execute("UPDATE networks SET subnet = ?, gateway = ? WHERE id = ?", (n.subnet, n.gateway, n.id))
+
+    def delete_network(self, network_id: str) -> asyncio.Future[None]:
+        return self._execute("DELETE FROM networks WHERE id = ?", (network_id,))
+
+    async def attachments(self) -> list[Attachment]:
+        async with self._db.execute("SELECT * FROM network_addresses ORDER BY container_id, position") as cur:
+            return [Attachment(container_id=r["container_id"], network_id=r["network_id"], address=r["address"],
+                               position=r["position"]) for r in await cur.fetchall()]
+
+    async def ports(self) -> list[tuple[str, PortMapping]]:
+        async with self._db.execute("SELECT * FROM published_ports") as cur:
+            return [(r["container_id"], PortMapping(protocol=r["protocol"], host_ip=r["host_ip"],
+                                                    host_port=r["host_port"], container_port=r["container_port"]))
+                    for r in await cur.fetchall()]
+
+    def insert_attachments(self, container_id: str, attachments: Iterable[Attachment],
+                           ports: Iterable[PortMapping]) -> asyncio.Future[None]:
+        """A container's addresses and ports, queued after its row (they reference it)."""
+        rows = [(a.network_id, a.address, a.container_id, a.position) for a in attachments]
+        published = [(p.protocol, p.host_ip, p.host_port, container_id, p.container_port) for p in ports]
+
+        async def write() -> None:
+            await self._db.executemany(
+                "INSERT INTO network_addresses (network_id, address, container_id, position) VALUES (?, ?, ?, ?)",
+                rows)
+            await self._db.executemany(
+                "INSERT INTO published_ports (protocol, host_ip, host_port, container_id, container_port) "
+                "VALUES (?, ?, ?, ?, ?)", published)
+        return self._queue(write)
+
+    # --- named volumes (migration 3) --------------------------------------------------------------
+
+    async def volumes(self) -> list[Volume]:
+        async with self._db.execute("SELECT * FROM volumes ORDER BY created_at") as cur:
+            return [Volume(id=r["id"], name=r["name"], mountpoint=r["mountpoint"], created_at=r["created_at"],
+                           labels=json.loads(r["labels"])) for r in await cur.fetchall()]
+
+    def insert_volume(self, v: Volume) -> asyncio.Future[None]:
+        return self._execute("INSERT INTO volumes (id, name, mountpoint, created_at, labels) VALUES (?, ?, ?, ?, ?)",
+                             (v.id, v.name, v.mountpoint, v.created_at, json.dumps(v.labels, sort_keys=True)))
+
+    def delete_volume(self, volume_id: str) -> asyncio.Future[None]:
+        return self._execute("DELETE FROM volumes WHERE id = ?", (volume_id,))
+
+
+def _log_failure(write: asyncio.Future[None]) -> None:
+    if not write.cancelled() and write.exception():
+        log.error("could not write to the store: %s", write.exception())

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A throwaway systemd host for Quilt's tests.
 
-    python3 tests/testhost.py run [--keep-on-failure] [--name NAME] [--cgroup unified]
+    python3 tests/testhost.py run [--keep-on-failure] [--name NAME] [--cgroup unified] [--loop-check MS]
                                   [--deb build/quilt-runtime_VERSION_all.deb | --bare] -- CMD ARGS...
     python3 tests/testhost.py cleanup
 
@@ -16,6 +16,11 @@ With --deb, the Debian package is installed instead, with apt-get inside the
 booted host as an admin would (its dependencies must be on the machine: the
 host has no network), and the venv comes last on PATH, so that /usr/bin/quiltctl
 and the packaged agent are what runs. --bare installs nothing of Quilt.
+
+Either way quilt-agent.service gets a drop-in that runs the agent's event loop in asyncio's debug mode
+(QUILT_LOOP_CHECK=MS, quilt_agent/loopcheck.py): it logs every callback that holds the loop longer than MS
+(default 50; 0: off), and the integration suite fails the test during which one did
+(tests/integration/loopcheck.py, told MS in QUILT_TESTHOST_LOOP_CHECK).
 
 Only the standard library is used: this runs before the project's venv exists.
 """
@@ -39,6 +44,8 @@ CGROUP_PREFIX = "quilt-testhost-"
 TARGET = "quilt-testhost.target"
 CONSOLE = "/run/quilt-testhost-console.log"
 BOOT_TIMEOUT = 30.0
+LOOP_CHECK_MS = 50
+LOOP_CHECK_DROPIN = "etc/systemd/system/quilt-agent.service.d/50-testhost-loop-check.conf"
 
 # Units that would change machine-wide state (sysctls, binfmt, modules, the
 # clock) or that make no sense in a throwaway host. Masked in the overlay.
@@ -252,7 +259,7 @@ def cleanup_orphans() -> list[Path]:
 # --- inside the new namespaces, as their PID 1, before systemd -------------------------------------
 
 
-def setup_root(name: str, project_fd: int, unified: bool, bare: bool = False) -> Path:
+def setup_root(name: str, project_fd: int, unified: bool, bare: bool = False, loop_check_ms: int = 0) -> Path:
     """Build the test host's root filesystem; return its path (still in the old root)."""
     stage = Path("/tmp")  # a private mount namespace: this tmpfs is invisible to the machine
     mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
@@ -280,7 +287,7 @@ def setup_root(name: str, project_fd: int, unified: bool, bare: bool = False) ->
     target.mkdir(parents=True, exist_ok=True)
     mount(f"/proc/self/fd/{project_fd}", target, None, MS_BIND | MS_REC)
 
-    configure_systemd(root, name)
+    configure_systemd(root, name, loop_check_ms)
     if not bare:
         install_project(root, target)
     return root
@@ -324,7 +331,7 @@ def make_dev(dev: Path) -> None:
         mount("/dev/net/tun", dev / "net/tun", None, MS_BIND)
 
 
-def configure_systemd(root: Path, name: str) -> None:
+def configure_systemd(root: Path, name: str, loop_check_ms: int = 0) -> None:
     etc = root / "etc/systemd/system"
     for unit in MASKED_UNITS:
         path = etc / unit
@@ -345,6 +352,11 @@ def configure_systemd(root: Path, name: str) -> None:
     policy = root / "usr/sbin/policy-rc.d"
     if policy.is_symlink() or policy.exists():
         policy.unlink()
+    if loop_check_ms:
+        # In /etc: over the unit wherever it is installed, by the checkout's files or by the package.
+        dropin = root / LOOP_CHECK_DROPIN
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(f"[Service]\nEnvironment=QUILT_LOOP_CHECK={loop_check_ms}\n")
     (root / "etc/hostname").write_text(name + "\n")
     (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
     os.sethostname(name) if hasattr(os, "sethostname") else subprocess.run(["hostname", name], check=True)
@@ -365,10 +377,10 @@ def install_project(root: Path, checkout: Path) -> None:
             link.symlink_to(venv_bin / tool)
 
 
-def boot(name: str, unified: bool, bare: bool = False) -> None:
+def boot(name: str, unified: bool, bare: bool = False, loop_check_ms: int = 0) -> None:
     """PID 1 of the new namespaces: build the root, pivot into it, exec systemd."""
     project_fd = os.open(PROJECT, os.O_PATH | os.O_DIRECTORY)
-    root = setup_root(name, project_fd, unified, bare)
+    root = setup_root(name, project_fd, unified, bare, loop_check_ms)
     console = os.open(root / CONSOLE.lstrip("/"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.chdir(root)
     pivot_root(".", ".")
@@ -387,11 +399,13 @@ def boot(name: str, unified: bool, bare: bool = False) -> None:
 
 
 class TestHost:
-    def __init__(self, name: str, unified: bool = False, bare: bool = False) -> None:
+    def __init__(self, name: str, unified: bool = False, bare: bool = False,
+                 loop_check_ms: int = LOOP_CHECK_MS) -> None:
         me = os.getpid()
         self.name = name
         self.unified = unified
         self.bare = bare  # nothing of Quilt installed at boot: a package is, or the command installs one
+        self.loop_check_ms = loop_check_ms
         self.cgroups = Cgroups(f"{CGROUP_PREFIX}{me}-{process_start_time(me)}-{name}")
         self.unshare_pid = 0
         self.pid1 = 0
@@ -409,6 +423,7 @@ class TestHost:
                     "--net", "--propagation", "private",
                     sys.executable, str(Path(__file__).resolve()), "_boot", "--name", self.name,
                     *(["--cgroup=unified"] if self.unified else []), *(["--bare"] if self.bare else []),
+                    f"--loop-check={self.loop_check_ms}",
                 ])
             finally:
                 os._exit(127)
@@ -454,6 +469,7 @@ class TestHost:
         # quiltctl and quilt-agent are the ones in /usr/bin.
         env["PATH"] = f"{system_path}:{PROJECT}/.venv/bin" if self.bare else f"{PROJECT}/.venv/bin:{system_path}"
         env["QUILT_TESTHOST"] = self.name
+        env["QUILT_TESTHOST_LOOP_CHECK"] = str(self.loop_check_ms)
         env.pop("VIRTUAL_ENV", None)
 
         def enter() -> None:
@@ -506,10 +522,10 @@ def install_package(host: TestHost, deb: Path) -> None:
 
 
 def run(cmd: list[str], name: str, keep_on_failure: bool, unified: bool = False, deb: Path | None = None,
-        bare: bool = False) -> int:
+        bare: bool = False, loop_check_ms: int = LOOP_CHECK_MS) -> int:
     cleanup_orphans()
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    host = TestHost(name, unified, bare=bare or deb is not None)
+    host = TestHost(name, unified, bare=bare or deb is not None, loop_check_ms=loop_check_ms)
     rc = 125
     started = time.monotonic()
     try:
@@ -541,6 +557,9 @@ def main(argv: list[str]) -> int:
     p_run.add_argument("--name", default=f"th{os.getpid()}", help="host name, distinct for concurrent hosts")
     p_run.add_argument("--cgroup", choices=("host", "unified"), default="host",
                        help="the machine's cgroup layout, or only cgroup2 as on a pure v2 host")
+    p_run.add_argument("--loop-check", type=int, default=LOOP_CHECK_MS, metavar="MS",
+                       help="the agent logs each event-loop callback over MS milliseconds, and the integration "
+                            "tests fail on it (0: off)")
     installs = p_run.add_mutually_exclusive_group()
     installs.add_argument("--deb", type=Path, help="install this Debian package of Quilt (apt-get, inside the host) "
                                                    "instead of the checkout's files and venv")
@@ -551,11 +570,12 @@ def main(argv: list[str]) -> int:
     p_boot.add_argument("--name", required=True)
     p_boot.add_argument("--cgroup", choices=("host", "unified"), default="host")
     p_boot.add_argument("--bare", action="store_true")
+    p_boot.add_argument("--loop-check", type=int, default=0)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("must run as root")
     if args.verb == "_boot":
-        boot(args.name, args.cgroup == "unified", args.bare)
+        boot(args.name, args.cgroup == "unified", args.bare, args.loop_check)
         return 127
     if args.verb == "cleanup":
         return 0 if cleanup_orphans() is not None else 1
@@ -573,7 +593,9 @@ def main(argv: list[str]) -> int:
         hidden = [d for d in ("/tmp", "/run", "/dev", "/proc", "/sys", "/var/lib/quilt") if deb.is_relative_to(d)]
         if hidden and not deb.is_relative_to(PROJECT):
             parser.error(f"--deb {args.deb}: the test host has its own {hidden[0]}")
-    return run(cmd, args.name, args.keep_on_failure, args.cgroup == "unified", deb, args.bare)
+    if args.loop_check < 0:
+        parser.error("--loop-check: a number of milliseconds, 0 for none")
+    return run(cmd, args.name, args.keep_on_failure, args.cgroup == "unified", deb, args.bare, args.loop_check)
 
 
 if __name__ == "__main__":

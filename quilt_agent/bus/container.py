@@ -1,8 +1,11 @@
 """org.quilt.Runtime.Container on /org/quilt/Runtime/container/ID: one object per container."""
+import re
 import signal
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from dbus_fast import Variant
+from dbus_fast.aio import MessageBus
 from dbus_fast.service import PropertyAccess, dbus_method, dbus_property
 
 from quilt_agent.bus import container_io
@@ -15,25 +18,87 @@ from quilt_agent.bus.names import CONTAINER_INTERFACE
 from quilt_agent.bus.polkit import MANAGE, READ, Authority, Subject
 from quilt_agent.errors import InvalidArgument
 from quilt_agent.manager import Manager
+from quilt_agent.network.core import Networks
 from quilt_agent.model import Container, effective_hostname
 
 LOG_OPTIONS = {"lines": int, "since": int, "setup": bool}
 
 
+@dataclass(frozen=True)
+class Property:
+    """One property of org.quilt.Runtime.Container: its D-Bus name, its wire type and its value."""
+
+    name: str
+    signature: str
+    value: Callable[[Container], Any]
+
+
+# The one list of the object's properties, in the contract's order (dbus/org.quilt.Runtime.xml; Addresses and Ports
+# are bus/network.py's): the exported properties are made from it (below ContainerInterface), and PropertiesChanged
+# compares its values.
+# Properties are answered by dbus-fast itself from memory, without a polkit check, like machined's; the environment
+# is not among them for that reason.
+PROPERTIES: tuple[Property, ...] = (
+    Property("Id", "s", lambda c: c.id),
+    Property("Name", "s", lambda c: c.name),
+    Property("Image", "s", lambda c: c.spec.image),
+    Property("Command", "as", lambda c: list(c.spec.command)),
+    Property("State", "s", lambda c: c.state.value),
+    Property("ExitCode", "i", lambda c: c.exit_code),
+    Property("ExitSignal", "i", lambda c: c.exit_signal),
+    Property("OOMKilled", "b", lambda c: c.oom_killed),
+    Property("FailureReason", "s", lambda c: c.failure_reason),
+    Property("MainPID", "u", lambda c: c.main_pid),
+    Property("Unit", "s", lambda c: c.unit),
+    Property("Hostname", "s", lambda c: effective_hostname(c.spec)),
+    Property("WorkingDirectory", "s", lambda c: c.spec.workdir),
+    Property("User", "s", lambda c: c.spec.user or "0"),
+    Property("Namespaces", "as", lambda c: list(c.spec.namespaces)),
+    Property("CreatedAt", "t", lambda c: c.created_at),
+    Property("StartedAt", "t", lambda c: c.started_at),
+    Property("FinishedAt", "t", lambda c: c.finished_at),
+    Property("MemoryMax", "t", lambda c: c.spec.memory_max),
+    Property("PidsMax", "t", lambda c: c.spec.pids_max),
+    Property("CPUQuota", "d", lambda c: c.spec.cpu_quota),
+    Property("StopSignal", "i", lambda c: c.spec.stop_signal or signal.SIGTERM),
+    Property("StopTimeout", "u", lambda c: c.spec.stop_timeout),
+    Property("RemoveOnExit", "b", lambda c: c.spec.remove_on_exit),
+    Property("Labels", "a{ss}", lambda c: dict(c.spec.labels)),
+    Property("Seccomp", "s", lambda c: c.spec.seccomp),
+    Property("Setup", "as", lambda c: list(c.spec.setup)),
+    Property("SetupImage", "s", lambda c: c.setup_image),
+)
+
+
 def properties(c: Container) -> dict[str, Any]:
     """The object's property values, by D-Bus name; PropertiesChanged compares these."""
-    return {
-        "Id": c.id, "Name": c.name, "Image": c.spec.image, "Command": list(c.spec.command),
-        "State": c.state.value, "ExitCode": c.exit_code, "ExitSignal": c.exit_signal, "OOMKilled": c.oom_killed,
-        "FailureReason": c.failure_reason, "MainPID": c.main_pid, "Unit": c.unit,
-        "Hostname": effective_hostname(c.spec), "WorkingDirectory": c.spec.workdir, "User": c.spec.user or "0",
-        "Namespaces": list(c.spec.namespaces), "CreatedAt": c.created_at, "StartedAt": c.started_at,
-        "FinishedAt": c.finished_at, "MemoryMax": c.spec.memory_max, "PidsMax": c.spec.pids_max,
-        "CPUQuota": c.spec.cpu_quota, "StopTimeout": c.spec.stop_timeout,
-        "StopSignal": c.spec.stop_signal or signal.SIGTERM, "RemoveOnExit": c.spec.remove_on_exit,
-        "Labels": dict(c.spec.labels), "Setup": list(c.spec.setup), "SetupImage": c.setup_image,
-        "Seccomp": c.spec.seccomp,
-    }
+    return {prop.name: prop.value(c) for prop in PROPERTIES}
+
+
+def _attribute(dbus_name: str) -> str:
+    """The Python attribute a property is exported as: OOMKilled -> oom_killed_ (the trailing _ keeps it from
+    shadowing a ServiceInterface attribute such as `name`)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", dbus_name).lower() + "_"
+
+
+def _exported(prop: Property) -> Any:
+    """A read-only dbus-fast property that reads prop's value from the container the object stands for."""
+    def getter(self: "ContainerInterface") -> Any:
+        return prop.value(self._c)
+
+    getter.__name__ = getter.__qualname__ = _attribute(prop.name)
+    getter.__annotations__ = {"return": prop.signature}  # dbus-fast reads the wire type from the annotation
+    return dbus_property(access=PropertyAccess.READ, name=prop.name)(getter)
+
+
+def _export_properties(cls: type) -> type:
+    """Class decorator: each of PROPERTIES becomes a read-only property of the interface."""
+    for prop in PROPERTIES:
+        attribute = _attribute(prop.name)
+        if hasattr(cls, attribute):
+            raise TypeError(f"{cls.__name__}.{attribute} exists: property {prop.name} would replace it")
+        setattr(cls, attribute, _exported(prop))
+    return cls
 
 
 def _log_options(options: dict[str, Variant]) -> tuple[int, int, bool]:
@@ -50,14 +115,18 @@ def _log_options(options: dict[str, Variant]) -> tuple[int, int, bool]:
     return lines, since, bool(options["setup"].value) if "setup" in options else False
 
 
+@_export_properties
 class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedInterface):
     ARG_NAMES = {"Wait": ("exit_code",), "GetLogs": ("lines",), "GetEnvironment": ("environment",),
                  **container_io.ARG_NAMES, **NETWORK_ARG_NAMES}
 
-    def __init__(self, container_id: str, manager: Manager, authority: Authority) -> None:
+    def __init__(self, container_id: str, manager: Manager, networks: Networks, authority: Authority,
+                 bus: MessageBus) -> None:
         super().__init__(CONTAINER_INTERFACE, authority)
         self.container_id = container_id
         self._manager = manager
+        self._networks = networks
+        self._bus = bus  # the bus it is exported on: FollowLogs waits there until its reply is sent
         self.last: dict[str, Any] = {}
 
     def subject(self) -> Subject:
@@ -111,117 +180,3 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
     @guarded(MANAGE, "read the environment of")
     async def get_environment(self) -> "as":
         return self._manager.environment(self.container_id)
-
-    # Properties: answered by dbus-fast itself from memory, without a polkit check,
-    # like machined's; the environment is not among them for that reason.
-    @dbus_property(access=PropertyAccess.READ, name="Id")
-    def id_(self) -> "s":
-        return self._c.id
-
-    @dbus_property(access=PropertyAccess.READ, name="Name")
-    def name_(self) -> "s":
-        return self._c.name
-
-    @dbus_property(access=PropertyAccess.READ, name="Image")
-    def image(self) -> "s":
-        return self._c.spec.image
-
-    @dbus_property(access=PropertyAccess.READ, name="Command")
-    def command(self) -> "as":
-        return list(self._c.spec.command)
-
-    @dbus_property(access=PropertyAccess.READ, name="State")
-    def state(self) -> "s":
-        return self._c.state.value
-
-    @dbus_property(access=PropertyAccess.READ, name="ExitCode")
-    def exit_code(self) -> "i":
-        return self._c.exit_code
-
-    @dbus_property(access=PropertyAccess.READ, name="ExitSignal")
-    def exit_signal(self) -> "i":
-        return self._c.exit_signal
-
-    @dbus_property(access=PropertyAccess.READ, name="OOMKilled")
-    def oom_killed(self) -> "b":
-        return self._c.oom_killed
-
-    @dbus_property(access=PropertyAccess.READ, name="FailureReason")
-    def failure_reason(self) -> "s":
-        return self._c.failure_reason
-
-    @dbus_property(access=PropertyAccess.READ, name="MainPID")
-    def main_pid(self) -> "u":
-        return self._c.main_pid
-
-    @dbus_property(access=PropertyAccess.READ, name="Unit")
-    def unit(self) -> "s":
-        return self._c.unit
-
-    @dbus_property(access=PropertyAccess.READ, name="Hostname")
-    def hostname(self) -> "s":
-        return properties(self._c)["Hostname"]
-
-    @dbus_property(access=PropertyAccess.READ, name="WorkingDirectory")
-    def working_directory(self) -> "s":
-        return self._c.spec.workdir
-
-    @dbus_property(access=PropertyAccess.READ, name="User")
-    def user(self) -> "s":
-        return properties(self._c)["User"]
-
-    @dbus_property(access=PropertyAccess.READ, name="Namespaces")
-    def namespaces(self) -> "as":
-        return list(self._c.spec.namespaces)
-
-    @dbus_property(access=PropertyAccess.READ, name="CreatedAt")
-    def created_at(self) -> "t":
-        return self._c.created_at
-
-    @dbus_property(access=PropertyAccess.READ, name="StartedAt")
-    def started_at(self) -> "t":
-        return self._c.started_at
-
-    @dbus_property(access=PropertyAccess.READ, name="FinishedAt")
-    def finished_at(self) -> "t":
-        return self._c.finished_at
-
-    @dbus_property(access=PropertyAccess.READ, name="MemoryMax")
-    def memory_max(self) -> "t":
-        return self._c.spec.memory_max
-
-    @dbus_property(access=PropertyAccess.READ, name="PidsMax")
-    def pids_max(self) -> "t":
-        return self._c.spec.pids_max
-
-    @dbus_property(access=PropertyAccess.READ, name="CPUQuota")
-    def cpu_quota(self) -> "d":
-        return self._c.spec.cpu_quota
-
-    @dbus_property(access=PropertyAccess.READ, name="StopSignal")
-    def stop_signal(self) -> "i":
-        return self._c.spec.stop_signal or signal.SIGTERM
-
-    @dbus_property(access=PropertyAccess.READ, name="StopTimeout")
-    def stop_timeout(self) -> "u":
-        return self._c.spec.stop_timeout
-
-    @dbus_property(access=PropertyAccess.READ, name="RemoveOnExit")
-    def remove_on_exit(self) -> "b":
-        return self._c.spec.remove_on_exit
-
-    @dbus_property(access=PropertyAccess.READ, name="Labels")
-    def labels(self) -> "a{ss}":
-        return dict(self._c.spec.labels)
-
-    @dbus_property(access=PropertyAccess.READ, name="Seccomp")
-    def seccomp(self) -> "s":
-        return self._c.spec.seccomp
-
-    @dbus_property(access=PropertyAccess.READ, name="Setup")
-    def setup(self) -> "as":
-        return list(self._c.spec.setup)
-
-    @dbus_property(access=PropertyAccess.READ, name="SetupImage")
-    def setup_image(self) -> "s":
-        return self._c.setup_image

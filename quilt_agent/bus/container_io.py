@@ -6,24 +6,19 @@ its outcome (closing_fds); an fd we return is copied into the reply only when th
 dbus-fast does after the method has returned, so our copy is closed once the bus has the reply (close_after_reply).
 """
 import asyncio
-import functools
-import logging
 import os
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any
 
 from dbus_fast import Message, Variant
-from dbus_fast.service import ServiceInterface, dbus_method
+from dbus_fast.aio import MessageBus
+from dbus_fast.service import dbus_method
 
-from quilt_agent.bus import caller
 from quilt_agent.bus.fds import closing_fds, received_fd as _fd
 from quilt_agent.bus.guard import guarded
 from quilt_agent.bus.polkit import EXEC, MANAGE, READ
 from quilt_agent.errors import InvalidArgument
 from quilt_agent.manager import Manager
 
-log = logging.getLogger("quilt.bus")
-
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 ARG_NAMES: dict[str, tuple[str, ...]] = {"Exec": ("exit_code", "stdout", "stderr"), "ExecWithFds": ("exit_code",),
                                           "FollowLogs": ("fd",), "GetStats": ("stats",)}  # StartWithFds returns nothing
 STAT_KEYS = ("memory_current", "memory_peak", "memory_max", "cpu_usec", "pids_current", "pids_max")
@@ -34,10 +29,12 @@ def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
 
 
 class ContainerIO:
-    """Exec and friends; expects container_id, _manager and authority from ContainerInterface."""
+    """Exec and friends; expects container_id, _manager, _bus (the bus the object is exported on) and authority
+    from ContainerInterface."""
 
     container_id: str
     _manager: Manager
+    _bus: MessageBus
 
     @dbus_method(name="Exec")
     @guarded(EXEC, "exec in")
@@ -67,7 +64,7 @@ class ContainerIO:
     @guarded(READ, "read the logs of")
     async def follow_logs(self, options: "a{sv}") -> "h":
         fd = self._manager.follow_logs(self.container_id, _unwrap(options))
-        close_after_reply(self, fd)  # type: ignore[arg-type]
+        close_after_reply(self._bus, fd)
         return fd
 
     @dbus_method(name="GetStats")
@@ -78,21 +75,20 @@ class ContainerIO:
         return {key: Variant("t", getattr(stats, key)) for key in STAT_KEYS if key not in stats.missing}
 
 
-def close_after_reply(interface: ServiceInterface, fd: int) -> None:
-    """Close our copy of `fd`, returned by the running method of `interface`, once the reply holds its own.
+def close_after_reply(bus: MessageBus, fd: int) -> None:
+    """Close our copy of `fd`, returned by the running method of an object exported on `bus`, once the reply
+    holds its own.
 
     dbus-fast queues the reply in a done-callback of the method's task, registered before the method ran: a
     callback we add now runs after it. There we queue a Ping to the bus; messages are written in order, so when
     the Ping's answer comes, the reply (and the fd in it) has been sent.
     """
     task = asyncio.current_task()
-    buses = ServiceInterface._get_buses(interface)  # the only way to the bus a service method has in dbus-fast
 
     async def close_when_sent() -> None:
         try:
-            for bus in buses:
-                await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                                       interface="org.freedesktop.DBus.Peer", member="Ping"))
+            await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                   interface="org.freedesktop.DBus.Peer", member="Ping"))
         except Exception:  # noqa: BLE001 - the bus is gone: nothing to wait for
             pass
         finally:

@@ -1,4 +1,5 @@
-"""The one decorator every exported method wears: authorization, then named errors.
+"""The one decorator every exported method wears: authorization, then named errors (bus/errors.py): a
+QuiltError by its class, any other exception by its kind, logged with its traceback.
 
 Secure by default: @guarded() without an action asks for the strictest one
 (manage). Reads that anyone may do say so with action=PUBLIC.
@@ -8,6 +9,7 @@ methods are about the object (GuardedInterface.subject); a Manager method names 
 @guarded(MANAGE, "remove", subject="image"), and the argument that names it, the first unless
 subject_arg says which.
 """
+import asyncio
 import functools
 import inspect
 import logging
@@ -19,6 +21,7 @@ from dbus_fast.service import ServiceInterface
 
 from quilt_agent import errors, lifecycle
 from quilt_agent.bus.errors import to_dbus_error
+from quilt_agent.bus.names import ERROR_PREFIX
 from quilt_agent.bus.polkit import KINDS, MANAGE, Authority, Subject
 
 log = logging.getLogger("quilt.bus")
@@ -51,6 +54,24 @@ class GuardedInterface(ServiceInterface):
         return interface
 
 
+# Calls being answered, and whether the agent is stopping: end_calls() answers each before the bus goes, so that
+# no reply is written to a closed connection and each caller learns why its call ended.
+_in_flight: set[asyncio.Task[Any]] = set()
+_stopping = asyncio.Event()
+STOPPING_ERROR = ERROR_PREFIX + "Failed"
+
+
+async def end_calls() -> None:
+    """At the agent's stop: end the calls still under way (a Wait, a log follow's setup) with a named error."""
+    _stopping.set()
+    calls = [t for t in _in_flight if not t.done()]
+    for task in calls:
+        task.cancel()
+    if calls:
+        await asyncio.wait(calls)
+        await asyncio.sleep(0)  # their replies are handed to the bus in their done callbacks
+
+
 def guarded(action: str = MANAGE, verb: str = "", subject: str = "", subject_arg: str = "") -> Callable[[F], F]:
     """subject: the kind (polkit.KINDS) of what the method's argument subject_arg (default: the first) names;
     "" for the object's own subject (GuardedInterface.subject), or none on the Manager."""
@@ -74,18 +95,29 @@ def guarded(action: str = MANAGE, verb: str = "", subject: str = "", subject_arg
 
         @functools.wraps(fn)
         async def wrapper(self: GuardedInterface, *args: Any) -> Any:
+            task = asyncio.current_task()
+            if task is not None:
+                _in_flight.add(task)
             try:
                 with lifecycle.CALLS.call():  # an import, a copy, an exec under way keeps the agent from exiting
                     if action != PUBLIC:
                         await self.authority.check(action, what, about(self, args))
                     return await fn(self, *args)
+            except asyncio.CancelledError:
+                if _stopping.is_set():
+                    raise DBusError(STOPPING_ERROR, "The agent stopped before the call finished (systemd stopped "
+                                                    "or restarted it): call again") from None
+                raise
             except errors.QuiltError as err:
                 raise to_dbus_error(err) from err
-            except DBusError:
+            except Exception as err:  # noqa: BLE001 - every failure reaches the caller under a declared name
+                named = to_dbus_error(err)
+                if named is not err:
+                    log.exception("%s failed: %s: %s", fn.__name__, named.type, named.text)
+                    raise named from err
                 raise
-            except Exception:
-                log.exception("%s failed", fn.__name__)
-                raise
+            finally:
+                _in_flight.discard(task)  # type: ignore[arg-type]
 
         wrapper.__dict__["quilt_action"] = action
         return wrapper  # type: ignore[return-value]

@@ -8,13 +8,14 @@ from dbus_fast.service import PropertyAccess, dbus_method, dbus_property, dbus_s
 
 from quilt_agent.bus.errors import ERROR_NAMES
 from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
+from quilt_agent.bus.names import IMAGE_INTERFACE
 from quilt_agent.bus.fds import closing_fds, received_fd
 from quilt_agent.bus.polkit import HOST, MANAGE, Authority, Subject
 from quilt_agent.errors import NoSuchImage
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import Image
+from quilt_agent.removal import Removal
 
-IMAGE_INTERFACE = "org.quilt.Runtime.Image"
 IMAGE_PATH_PREFIX = "/org/quilt/Runtime/image/"
 MANAGER_ARG_NAMES: dict[str, tuple[str, ...]] = {
     "ImportImage": ("image",), "ImportImageWithFd": ("image",), "PullImage": ("image",), "ListImages": ("images",), "GetImage": ("image",),
@@ -98,8 +99,9 @@ class ImageMethods:
     _bus: Any
     authority: Authority
 
-    def _images_init(self, images: Images) -> None:
+    def _images_init(self, images: Images, removal: Removal) -> None:
         self._images = images
+        self._image_removal = removal
         self._image_objects: dict[str, ImageInterface] = {}
         images.subscribe(self)
 
@@ -194,7 +196,7 @@ class ImageMethods:
     @dbus_method(name="RemoveImage")
     @guarded(MANAGE, "remove", subject="image")
     async def remove_image(self, name_or_id: "s", force: "b") -> None:
-        await self._images.remove(name_or_id, force)
+        await self._image_removal.image(name_or_id, force)
 
     @dbus_method(name="PruneImages")
     @guarded(MANAGE, "prune images")

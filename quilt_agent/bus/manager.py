@@ -6,6 +6,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.service import PropertyAccess, dbus_method, dbus_property, dbus_signal
 
 from quilt_agent import __version__
+from quilt_agent.app import Services
 from quilt_agent.bus.container import ContainerInterface, properties
 from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
 from quilt_agent.bus.errors import ERROR_NAMES
@@ -20,9 +21,8 @@ from quilt_agent.bus.volume import VolumeMethods
 from quilt_agent.bus.names import CONTAINER_INTERFACE, CONTAINER_PATH_PREFIX, MANAGER_INTERFACE, container_path
 from quilt_agent.bus.polkit import HOST, MANAGE, Authority, Subject
 from quilt_agent.errors import InvalidArgument, NoSuchContainer
-from quilt_agent.manager import Manager
 from quilt_agent.model import NAMESPACES, Container
-from quilt_agent.volumes import host_sources
+from quilt_agent.volume_options import host_sources
 
 
 def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
@@ -41,15 +41,15 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
                  "ContainerRemoved": ("id", "container"), **NETWORK_ARG_NAMES, **EVENT_ARG_NAMES,
                  **IMAGE_ARG_NAMES, **VOLUME_ARG_NAMES}
 
-    def __init__(self, manager: Manager, authority: Authority, bus: MessageBus) -> None:
+    def __init__(self, services: Services, authority: Authority, bus: MessageBus) -> None:
         super().__init__(MANAGER_INTERFACE, authority)
-        self._manager = manager
+        self._manager = services.manager
         self._bus = bus
         self._objects: dict[str, ContainerInterface] = {}
-        manager.subscribe(self)
-        self._networks_init()  # bus/network.py: the network objects and signals
-        self._images_init(manager.images)  # bus/image.py: the image objects and methods
-        self._volumes_init()  # bus/volume.py: the volume objects and methods
+        self._manager.subscribe(self)
+        self._networks_init(services.networks, services.removal)  # bus/network.py: network objects and signals
+        self._images_init(services.images, services.removal)  # bus/image.py: the image objects and methods
+        self._volumes_init(services.volumes, services.removal)  # bus/volume.py: the volume objects and methods
 
     # --- events from the manager: export objects, emit signals -----------------------------------
 
@@ -61,7 +61,7 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
             self._export(c)
 
     def _export(self, c: Container) -> None:
-        obj = ContainerInterface(c.id, self._manager, self.authority)
+        obj = ContainerInterface(c.id, self._manager, self._networks, self.authority, self._bus)
         obj.last = properties(c)
         self._objects[c.id] = obj
         self._bus.export(container_path(c.id), obj)

@@ -1,18 +1,19 @@
-"""Bus names, object paths and interface names, in one place."""
+"""Bus names, object paths and interface names, in one place (the agent's bus layer and its clients use these)."""
 
 BUS_NAME = "org.quilt.Runtime"
 MANAGER_PATH = "/org/quilt/Runtime"
 MANAGER_INTERFACE = "org.quilt.Runtime.Manager"
 CONTAINER_INTERFACE = "org.quilt.Runtime.Container"
 CONTAINER_PATH_PREFIX = "/org/quilt/Runtime/container/"
+IMAGE_INTERFACE = "org.quilt.Runtime.Image"
+NETWORK_INTERFACE = "org.quilt.Runtime.Network"
+NETWORK_PATH_PREFIX = "/org/quilt/Runtime/network/"
+VOLUME_INTERFACE = "org.quilt.Runtime.Volume"
 ERROR_PREFIX = "org.quilt.Runtime.Error."
 
 
 def container_path(container_id: str) -> str:
     return CONTAINER_PATH_PREFIX + container_id
-
-NETWORK_INTERFACE = "org.quilt.Runtime.Network"
-NETWORK_PATH_PREFIX = "/org/quilt/Runtime/network/"
 
 
 def network_path(network_id: str) -> str:

@@ -14,6 +14,8 @@ from quilt_agent.bus.names import NETWORK_INTERFACE, NETWORK_PATH_PREFIX, networ
 from quilt_agent.bus.polkit import MANAGE, Authority, Subject
 from quilt_agent.errors import InvalidArgument, NoSuchNetwork
 from quilt_agent.manager import Manager
+from quilt_agent.network.core import Networks
+from quilt_agent.removal import Removal
 from quilt_agent.network.model import Network
 
 MANAGER_ARG_NAMES: dict[str, tuple[str, ...]] = {
@@ -21,13 +23,12 @@ MANAGER_ARG_NAMES: dict[str, tuple[str, ...]] = {
     "NetworkNew": ("id", "network"), "NetworkRemoved": ("id", "network"),
 }
 CONTAINER_ARG_NAMES: dict[str, tuple[str, ...]] = {"Ping": ("received", "average_ms")}
-MAX_UINT32 = (1 << 32) - 1
 
 
-def properties(manager: Manager, n: Network) -> dict[str, Any]:
+def properties(networks: Networks, n: Network) -> dict[str, Any]:
     """The object's property values, by D-Bus name; PropertiesChanged compares these."""
     return {"Id": n.id, "Name": n.name, "Subnet": n.subnet, "Gateway": n.gateway, "Bridge": n.bridge,
-            "Internal": n.internal, "DNS": n.dns, "Containers": manager.networks.container_names(n.id)}
+            "Internal": n.internal, "DNS": n.dns, "Containers": networks.container_names(n.id)}
 
 
 def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
@@ -35,10 +36,11 @@ def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
 
 
 class NetworkInterface(GuardedInterface):
-    def __init__(self, network_id: str, manager: Manager, authority: Authority) -> None:
+    def __init__(self, network_id: str, networks: Networks, removal: Removal, authority: Authority) -> None:
         super().__init__(NETWORK_INTERFACE, authority)
         self.network_id = network_id
-        self._manager = manager
+        self._networks = networks
+        self._removal = removal
         self.last: dict[str, Any] = {}
 
     def subject(self) -> Subject:
@@ -46,10 +48,10 @@ class NetworkInterface(GuardedInterface):
 
     @property
     def _n(self) -> Network:
-        return self._manager.networks.get(self.network_id)
+        return self._networks.get(self.network_id)
 
     def changed(self, n: Network) -> None:
-        now = properties(self._manager, n)
+        now = properties(self._networks, n)
         diff = {k: v for k, v in now.items() if self.last.get(k) != v}
         self.last = now
         if diff:
@@ -58,7 +60,7 @@ class NetworkInterface(GuardedInterface):
     @dbus_method(name="Remove")
     @guarded(MANAGE, "remove")
     async def remove(self, force: "b") -> None:
-        await self._manager.networks.remove(self.network_id, force)
+        await self._removal.network(self.network_id, force)
 
     @dbus_property(access=PropertyAccess.READ, name="Id")
     def id_(self) -> "s":
@@ -90,28 +92,29 @@ class NetworkInterface(GuardedInterface):
 
     @dbus_property(access=PropertyAccess.READ, name="Containers")
     def containers(self) -> "as":
-        return self._manager.networks.container_names(self.network_id)
+        return self._networks.container_names(self.network_id)
 
 
 class NetworkMethods(ServiceInterface):
     """The Manager's network methods and signals, and the export of one object per network. Mixed into
-    ManagerInterface, which has _manager, _bus and authority."""
+    ManagerInterface, which has _bus and authority."""
 
-    _manager: Manager
     _bus: MessageBus
     authority: Authority
 
-    def _networks_init(self) -> None:
+    def _networks_init(self, networks: Networks, removal: Removal) -> None:
+        self._networks = networks
+        self._network_removal = removal
         self._network_objects: dict[str, NetworkInterface] = {}
-        self._manager.networks.subscribe(self)
+        networks.subscribe(self)
 
     def export_networks(self) -> None:
-        for n in self._manager.networks.list():
+        for n in self._networks.list():
             self._export_network(n)
 
     def _export_network(self, n: Network) -> None:
-        obj = NetworkInterface(n.id, self._manager, self.authority)
-        obj.last = properties(self._manager, n)
+        obj = NetworkInterface(n.id, self._networks, self._network_removal, self.authority)
+        obj.last = properties(self._networks, n)
         self._network_objects[n.id] = obj
         self._bus.export(network_path(n.id), obj)
 
@@ -145,23 +148,23 @@ class NetworkMethods(ServiceInterface):
     @dbus_method(name="CreateNetwork")
     @guarded(MANAGE, "create", subject="network")
     async def create_network(self, name: "s", options: "a{sv}") -> "o":
-        n = await self._manager.networks.create(name, _unwrap(options))
+        n = await self._networks.create(name, _unwrap(options))
         return network_path(n.id)
 
     @dbus_method(name="ListNetworks")
     @guarded(PUBLIC)
     async def list_networks(self) -> "a(sso)":
-        return [[n.name, n.subnet, network_path(n.id)] for n in self._manager.networks.list()]
+        return [[n.name, n.subnet, network_path(n.id)] for n in self._networks.list()]
 
     @dbus_method(name="GetNetwork")
     @guarded(PUBLIC)
     async def get_network(self, name_or_id: "s") -> "o":
-        return network_path(self._manager.networks.get(name_or_id).id)
+        return network_path(self._networks.get(name_or_id).id)
 
     @dbus_method(name="RemoveNetwork")
     @guarded(MANAGE, "remove", subject="network")
     async def remove_network(self, name: "s", force: "b") -> None:
-        await self._manager.networks.remove(name, force)
+        await self._network_removal.network(name, force)
 
     @dbus_signal(name="NetworkNew")
     def network_new(self, network_id: str, path: str) -> "so":
@@ -173,9 +176,11 @@ class NetworkMethods(ServiceInterface):
 
 
 class ContainerNetwork(ServiceInterface):
-    """The Container's network members. Mixed into ContainerInterface, which has _manager, _c, container_id."""
+    """The Container's network members. Mixed into ContainerInterface, which has _manager, _networks and
+    container_id."""
 
     _manager: Manager
+    _networks: Networks
     container_id: str
 
     @dbus_method(name="Ping")
@@ -184,12 +189,12 @@ class ContainerNetwork(ServiceInterface):
         if not target:
             raise InvalidArgument("No target given: name a container or an IPv4 address")
         c = self._manager.get(self.container_id)
-        received, average, _address, _times = await self._manager.networks.ping(c, target, count)
+        received, average, _address, _times = await self._networks.ping(c, target, count)
         return [received, average]
 
     @dbus_property(access=PropertyAccess.READ, name="Addresses")
     def addresses(self) -> "a(ss)":
-        return [list(pair) for pair in self._manager.networks.addresses(self.container_id)]
+        return [list(pair) for pair in self._networks.addresses(self.container_id)]
 
     @dbus_property(access=PropertyAccess.READ, name="Ports")
     def ports(self) -> "as":

@@ -11,13 +11,15 @@ from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbu
 
 from quilt_agent.bus.errors import ERROR_NAMES
 from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
+from quilt_agent.bus.names import VOLUME_INTERFACE
 from quilt_agent.bus.fds import closing_fds, received_fd
 from quilt_agent.bus.polkit import HOST, MANAGE, Authority, Subject
 from quilt_agent.errors import NoSuchVolume
 from quilt_agent.manager import Manager
-from quilt_agent.volumes import Volume
+from quilt_agent.removal import Removal
+from quilt_agent.volume_options import Volume
+from quilt_agent.volumes import Volumes
 
-VOLUME_INTERFACE = "org.quilt.Runtime.Volume"
 VOLUME_PATH_PREFIX = "/org/quilt/Runtime/volume/"
 MANAGER_ARG_NAMES: dict[str, tuple[str, ...]] = {
     "CreateVolume": ("volume",), "GetVolume": ("volume",), "ListVolumes": ("volumes",),
@@ -34,10 +36,11 @@ def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
 
 
 class VolumeInterface(GuardedInterface):
-    def __init__(self, volume: Volume, manager: Manager, authority: Authority) -> None:
+    def __init__(self, volume: Volume, volumes: Volumes, removal: Removal, authority: Authority) -> None:
         super().__init__(VOLUME_INTERFACE, authority)
         self._v = volume  # fixed for the object's life: a volume's record never changes
-        self._manager = manager
+        self._volumes = volumes
+        self._removal = removal
 
     def subject(self) -> Subject:
         return Subject("volume", self._v.name)
@@ -45,7 +48,7 @@ class VolumeInterface(GuardedInterface):
     @dbus_method(name="Remove")
     @guarded(MANAGE, "remove")
     async def remove(self, force: "b") -> None:
-        await self._manager.volumes.remove(self._v.id, force)
+        await self._removal.volume(self._v.id, force)
 
     @dbus_property(access=PropertyAccess.READ, name="Id")
     def id_(self) -> "s":
@@ -65,7 +68,7 @@ class VolumeInterface(GuardedInterface):
 
     @dbus_property(access=PropertyAccess.READ, name="UsedBy")
     def used_by(self) -> "as":
-        return [name for _, name in self._manager.volumes.used_by(self._v.name)]
+        return [u.name for u in self._volumes.used_by(self._v.name)]
 
     @dbus_property(access=PropertyAccess.READ, name="Labels")
     def labels(self) -> "a{ss}":
@@ -74,22 +77,23 @@ class VolumeInterface(GuardedInterface):
 
 class VolumeMethods(ServiceInterface):
     """The Manager's volume methods and signals, and the export of one object per volume. Mixed into
-    ManagerInterface, which has _manager, _bus and authority."""
+    ManagerInterface, which has _bus and authority."""
 
-    _manager: Manager
     _bus: MessageBus
     authority: Authority
 
-    def _volumes_init(self) -> None:
+    def _volumes_init(self, volumes: Volumes, removal: Removal) -> None:
+        self._volumes = volumes
+        self._volume_removal = removal
         self._volume_objects: dict[str, VolumeInterface] = {}
-        self._manager.volumes.subscribe(self)
+        volumes.subscribe(self)
 
     def export_volumes(self) -> None:
-        for v in self._manager.volumes.list():
+        for v in self._volumes.list():
             self._export_volume(v)
 
     def _export_volume(self, v: Volume) -> None:
-        obj = VolumeInterface(v, self._manager, self.authority)
+        obj = VolumeInterface(v, self._volumes, self._volume_removal, self.authority)
         self._volume_objects[v.id] = obj
         self._bus.export(volume_path(v.id), obj)
 
@@ -118,28 +122,28 @@ class VolumeMethods(ServiceInterface):
     @dbus_method(name="CreateVolume")
     @guarded(MANAGE, "create", subject="volume")
     async def create_volume(self, name: "s", options: "a{sv}") -> "o":
-        v = await self._manager.volumes.create(name, _unwrap(options))
+        v = await self._volumes.create(name, _unwrap(options))
         return volume_path(v.id)
 
     @dbus_method(name="ListVolumes")
     @guarded(PUBLIC)
     async def list_volumes(self) -> "a(sso)":
-        return [[v.name, v.mountpoint, volume_path(v.id)] for v in self._manager.volumes.list()]
+        return [[v.name, v.mountpoint, volume_path(v.id)] for v in self._volumes.list()]
 
     @dbus_method(name="GetVolume")
     @guarded(PUBLIC)
     async def get_volume(self, name_or_id: "s") -> "o":
-        return volume_path(self._manager.volumes.get(name_or_id).id)
+        return volume_path(self._volumes.get(name_or_id).id)
 
     @dbus_method(name="RemoveVolume")
     @guarded(MANAGE, "remove", subject="volume")
     async def remove_volume(self, name: "s", force: "b") -> None:
-        await self._manager.volumes.remove(name, force)
+        await self._volume_removal.volume(name, force)
 
     @dbus_method(name="PruneVolumes")
     @guarded(MANAGE, "prune volumes")
     async def prune_volumes(self) -> "t":
-        return await self._manager.volumes.prune()
+        return await self._volumes.prune()
 
     @dbus_signal(name="VolumeNew")
     def volume_new(self, volume_id: str, path: str) -> "so":

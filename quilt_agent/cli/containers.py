@@ -21,7 +21,7 @@ import click
 from quilt_agent.cli import hostfiles
 from quilt_agent.cli import volumes as volume_flags
 from quilt_agent.cli import interactive as interactive_cli
-from quilt_agent.cli import observe, output
+from quilt_agent.cli import observe, output, sigproxy
 from quilt_agent.cli.context import (
     ACCESS_DENIED,
     NO_SUCH_CONTAINER,
@@ -232,7 +232,8 @@ def run(ctx: click.Context, detach: bool, interactive: bool, tty: bool, **params
     if interactive or tty:
         if detach:
             raise click.UsageError("-d cannot be combined with -i or -t: nothing would be attached")
-        interactive_cli.run_attached(ctx, request, interactive, tty)
+        interactive_cli.run_attached(ctx, request.name, request.image, request.command, request.options,
+                                     interactive, tty)
         return
 
     if detach:
@@ -267,7 +268,7 @@ def run(ctx: click.Context, detach: bool, interactive: bool, tty: bool, **params
         live = None
         if request.options.get("setup") and sys.stderr.isatty():
             live = asyncio.ensure_future(_show_setup_live(client, path))
-        code = await _wait_forwarding_signals(client, path)
+        code = await sigproxy.wait_forwarding_signals(client, path)
         if live is not None:
             try:
                 await asyncio.wait_for(live, 5.0)  # the pipe ends with the container
@@ -321,39 +322,6 @@ async def _print_logs_after_setup(client: Client, path: str, shown: bool = False
             output.print_logs(LogLine(line.usec, "stderr", line.text) for line in setup)
         warn(reason)
     output.print_logs(own)
-
-
-async def _wait_forwarding_signals(client: Client, path: str) -> int:
-    """Wait for the container, passing ^C and friends on to it as Podman's --sig-proxy does.
-
-    The container then decides how to end, and we still collect its logs and its real exit code.
-    """
-    loop = asyncio.get_running_loop()
-    pending: set[asyncio.Task[None]] = set()
-
-    async def forward(signum: int) -> None:
-        try:
-            await client.kill(path, signum)
-        except ClientError:
-            pass  # it has already exited, or we may not signal it: Wait will tell
-
-    def on_signal(signum: int) -> None:
-        task = loop.create_task(forward(signum))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
-    forwarded: list[int] = []
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        try:
-            loop.add_signal_handler(signum, on_signal, signum)
-        except (ValueError, RuntimeError):
-            break  # not the main thread (quiltctl called from a test's thread): wait without forwarding
-        forwarded.append(signum)
-    try:
-        return await client.wait(path)
-    finally:
-        for signum in forwarded:
-            loop.remove_signal_handler(signum)
 
 
 def _for_each(

@@ -9,6 +9,8 @@ from typing import Awaitable, Callable, NoReturn, Sequence, TypeVar
 
 import click
 
+# ACCESS_DENIED, NO_SUCH_CONTAINER and NOT_RUNNING: for the verbs, which import them from here.
+from quilt_agent.bus.errors import ACCESS_DENIED, DECLARED_NAMES, NO_SUCH_CONTAINER, NOT_RUNNING  # noqa: F401
 from quilt_agent.cli.hostfiles import HostFileError
 from quilt_agent.client import AgentNotReachable, Client, ClientError
 
@@ -18,11 +20,9 @@ R = TypeVar("R")
 # Podman's convention: 125 is "the runtime failed", leaving 126/127 and the container's own codes distinct.
 EXIT_QUILT_ERROR = 125
 
-ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+# The agent's own error names come from its one table (bus/errors.py); these are the bus's.
 NO_SERVER = "org.freedesktop.DBus.Error.NoServer"  # Client.connect's: no system bus to talk to
 SERVICE_UNKNOWN = "org.freedesktop.DBus.Error.ServiceUnknown"
-NO_SUCH_CONTAINER = "org.quilt.Runtime.Error.NoSuchContainer"
-NOT_RUNNING = "org.quilt.Runtime.Error.NotRunning"
 UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
 
 
@@ -53,6 +53,19 @@ def unreachable_message(error: AgentNotReachable) -> str:
     return error.message
 
 
+def error_message(error: ClientError) -> str:
+    """The one line quiltctl prints for an error reply. The agent's declared errors (NoSpace, ResourceExhausted,
+    SystemdFailed, TimedOut, Failed among them) carry their own advice; anything else is named, since its text
+    alone may not say where it came from (an older agent's unnamed failure, the bus's own refusal)."""
+    if isinstance(error, AgentNotReachable):
+        message = unreachable_message(error)
+    elif error.name in DECLARED_NAMES:
+        message = error.message
+    else:
+        message = f"{error.message} ({error.name}; the agent's journal may say more: journalctl -u quilt-agent)"
+    return " ".join(message.splitlines())  # systemd's or a registry's text may span lines: one line a failure
+
+
 def fail(message: str, code: int = EXIT_QUILT_ERROR) -> NoReturn:
     click.echo(f"quiltctl: {message}", err=True)
     raise click.exceptions.Exit(code)
@@ -74,7 +87,7 @@ async def each(names: Sequence[str], action: Callable[[str], Awaitable[R]]) -> t
         except AgentNotReachable:
             raise  # no point trying the others
         except ClientError as e:
-            warn(e.message)
+            warn(error_message(e))
             ok = False
     return results, ok
 
@@ -89,9 +102,7 @@ def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T
 
     try:
         return asyncio.run(session())
-    except AgentNotReachable as e:
-        fail(unreachable_message(e))
     except ClientError as e:
-        fail(e.message)
+        fail(error_message(e))
     except HostFileError as e:
         fail(str(e))

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from quilt_agent.cli import hostfiles
-from quilt_agent.cli import terminal
+from quilt_agent.cli import sigproxy, terminal
 from quilt_agent.cli.context import fail, with_client
 from quilt_agent.cli.parsing import ENV
 from quilt_agent.client import Client, ClientError
@@ -67,20 +67,19 @@ def exec_(ctx: click.Context, interactive: bool, tty: bool, env: tuple[tuple[str
     ctx.exit(with_client(ctx, body))
 
 
-def run_attached(ctx: click.Context, request: Any, interactive: bool, tty: bool) -> None:
-    """`quiltctl run -i/-t`: create the container (a cli.containers.ContainerRequest), start it on quiltctl's
-    stdin, stdout and stderr or on a pty (StartWithFds), wait, and exit with its exit code."""
-    from quilt_agent.cli.containers import _wait_forwarding_signals  # that module imports this one
-
-    remove_after = bool(request.options.pop("remove_on_exit", False))
+def run_attached(ctx: click.Context, name: str, image: str, command: list[str], options: dict[str, Any],
+                 interactive: bool, tty: bool) -> None:
+    """`quiltctl run -i/-t`: create the container (CreateContainer's arguments), start it on quiltctl's stdin,
+    stdout and stderr or on a pty (StartWithFds), wait, and exit with its exit code."""
+    remove_after = bool(options.pop("remove_on_exit", False))
 
     async def start_and_wait(client: Client, path: str, stdin: int, stdout: int, stderr: int) -> int:
         await client.start_with_fds(path, tty, stdin, stdout, stderr)
         # With a terminal, ^C is a key for the container's terminal; without, quiltctl passes signals on.
-        return await (client.wait(path) if tty else _wait_forwarding_signals(client, path))
+        return await (client.wait(path) if tty else sigproxy.wait_forwarding_signals(client, path))
 
     async def body(client: Client) -> int:
-        path = await client.create_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
+        path = await client.create_container(name, await hostfiles.image_ref(client, image), command, options)
         null = os.open(os.devnull, os.O_RDONLY)
         try:
             if tty:

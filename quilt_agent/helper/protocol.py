@@ -11,7 +11,10 @@ import socket
 from dataclasses import dataclass
 from typing import TypeVar
 
+from quilt_agent import errors
+
 MAX_MESSAGE = 1 << 20
+MAX_REQUEST = 128 << 10  # the command, environment, labels and setup steps of a container or an exec
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,15 @@ class ProtocolError(Exception):
 
 def encode(message: object) -> bytes:
     return json.dumps({"type": type(message).__name__, **dataclasses.asdict(message)}).encode()
+
+
+def check_size(message: object, what: str) -> None:
+    """A request goes to the fork server as one datagram, which the socket's buffer bounds (net.core.wmem_max,
+    212992 bytes by default): refuse, before anything is stored or forked, what would not fit."""
+    size = len(encode(message))
+    if size > MAX_REQUEST:
+        raise errors.InvalidArgument(f"{what} take {size} bytes; at most {MAX_REQUEST} fit: pass large data in "
+                                     "a file or a volume instead")
 
 
 def decode(data: bytes, *expected: type[M]) -> M:

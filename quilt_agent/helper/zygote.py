@@ -7,12 +7,14 @@ start clean.
 """
 from __future__ import annotations
 
+import array
+import asyncio
 import gc
 import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from quilt_agent import errors
@@ -32,29 +34,57 @@ class Zygote:
 
     pid: int
     sock: socket.socket
+    # The event loop's sends, one at a time: a wait for room in the socket is one add_writer on its fd.
+    _loop_send: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False, compare=False)
 
     def _request(self, message: object, fds: tuple[int, ...] = ()) -> socket.socket:
+        """Send a request from a worker thread, blocking while the fork server's queue is full."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             # One datagram with its fds: sends from several threads cannot interleave.
             socket.send_fds(self.sock, [protocol.encode(message)], [theirs.fileno(), *fds])
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         return ours
 
-    def spawn(self, spec: LaunchSpec, stdio: tuple[int, ...] = ()) -> socket.socket:
-        """Fork a monitor for spec; return the agent's end of the socket to it. stdio: the init's stdin, stdout
-        and stderr, copied into the request (the caller still owns its own); none: /dev/null and the journal."""
-        ours = self._request(spec, stdio)
-        ours.setblocking(False)
+    async def _request_from_loop(self, message: object, fds: tuple[int, ...] = ()) -> socket.socket:
+        """Send a request from the event loop, which never waits in send: the fork server reads one request at a
+        time, forking for each, so a burst can fill its queue. MSG_DONTWAIT leaves the socket blocking for the
+        worker threads' extracts; a SOCK_SEQPACKET send is whole or nothing, so a retry resends it all."""
+        loop = asyncio.get_running_loop()
+        data = protocol.encode(message)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            async with self._loop_send:
+                while True:
+                    try:
+                        # Not socket.send_fds: Python 3.11's drops its flags argument.
+                        self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                    array.array("i", [theirs.fileno(), *fds]))], socket.MSG_DONTWAIT)
+                        break
+                    except BlockingIOError:
+                        await _writable(loop, self.sock)
+            ours.setblocking(False)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         return ours
 
-    def execute(self, spec: ExecSpec, stdin: int, stdout: int, stderr: int, init_pidfd: int) -> socket.socket:
+    async def spawn(self, spec: LaunchSpec, stdio: tuple[int, ...] = ()) -> socket.socket:
+        """Fork a monitor for spec; return the agent's end of the socket to it, non-blocking. stdio: the init's
+        stdin, stdout and stderr, copied into the request (the caller still owns its own); none: /dev/null and the
+        journal."""
+        return await self._request_from_loop(spec, stdio)
+
+    async def execute(self, spec: ExecSpec, stdin: int, stdout: int, stderr: int, init_pidfd: int) -> socket.socket:
         """Fork an exec helper for spec; the fds are copied into the request (the caller still owns its own).
-        Returns the agent's end of the socket to the helper."""
-        ours = self._request(spec, (stdin, stdout, stderr, init_pidfd))
-        ours.setblocking(False)
-        return ours
+        Returns the agent's end of the socket to the helper, non-blocking."""
+        return await self._request_from_loop(spec, (stdin, stdout, stderr, init_pidfd))
 
     def extract(self, path: Path, dest: Path, *, offset: int = 0, size: int | None = None, label: str = "",
                 progress: Callable[[int], None] | None = None) -> tarball.Extracted:
@@ -74,6 +104,15 @@ class Zygote:
             raise OSError(done.errno, done.message)
         if done.error:
             raise RuntimeError(done.message)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready = loop.create_future()
+    loop.add_writer(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_writer(sock.fileno())
 
 
 def start() -> Zygote:

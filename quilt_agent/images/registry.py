@@ -358,10 +358,13 @@ def _complete(resp: HTTPResponse, got: int, what: str) -> None:
 
 
 def _read_error(e: urllib.error.HTTPError) -> str:
+    """The error's body; the response is closed, so that its connection goes with it."""
     try:
         return e.read(64 << 10).decode(errors="replace")
     except (HTTPException, OSError):
         return ""
+    finally:
+        e.close()
 
 
 def _message(body: str) -> str:

@@ -15,9 +15,10 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from quilt_agent import pipes
+from quilt_agent.containers import ContainerTable, User
 from quilt_agent.errors import ImageInUse, ImageInvalid, InvalidArgument, NoSuchImage
 from quilt_agent.images import archive, oci, reference, registry
 from quilt_agent.images.store import Image, ImageStore, ImportOptions
@@ -41,14 +42,8 @@ class Listener(Protocol):
     def image_progress(self, job: str, phase: str, done: int, total: int) -> None: ...
 
 
-class Users(Protocol):
-    """The containers, as the image API needs them (the manager)."""
-
-    def image_users(self) -> dict[str, list[tuple[str, str]]]:
-        """image id -> (container id, name) of each container that uses it, creates in progress included."""
-        ...
-
-    async def remove(self, container_id: str, force: bool) -> None: ...
+# Removes the containers that use an image removed with force (removal.py), before the image goes.
+RemoveUsers = Callable[[list[User]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -60,18 +55,15 @@ class ContainerDefaults:
 
 
 class Images:
-    def __init__(self, store: ImageStore) -> None:
+    def __init__(self, store: ImageStore, containers: ContainerTable) -> None:
         self.store = store
-        self._users: Users | None = None
+        self._containers = containers  # read only: who uses an image
         self._listeners: list[Listener] = []
         self._known: dict[str, Image] = {i.id: i for i in store.list()}
         self._configs: dict[str, oci.ImageConfig] = {}
         # Removal and resolution exclude each other: a create never gets an image that is being removed,
-        # and a removal sees every create that holds its image (Users.image_users).
+        # and a removal sees every create that holds its image (ContainerTable.image_users).
         self._lock = asyncio.Lock()
-
-    def attach(self, users: Users) -> None:
-        self._users = users
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -88,9 +80,6 @@ class Images:
 
     def known(self, image_id: str) -> Image | None:
         return self._known.get(image_id)
-
-    async def config_json(self, image: Image) -> str:
-        return (await asyncio.to_thread(self.store.config_bytes, image)).decode()
 
     # --- import and pull ----------------------------------------------------------------------------
 
@@ -226,23 +215,24 @@ class Images:
 
     # --- removal --------------------------------------------------------------------------------
 
-    async def remove(self, ref: str, force: bool) -> None:
+    async def remove(self, ref: str, remove_users: RemoveUsers | None = None) -> None:
         """As `podman rmi`: a name that is one of several of its image only loses that name; otherwise the
-        image goes, with its layers no other image has. Used by containers: ImageInUse, or with force those
-        containers are removed first."""
+        image goes, with its layers no other image has. Used by containers: ImageInUse, unless remove_users
+        (a removal with force) removes them first, with no create resolving the image meanwhile."""
         image = self.get(ref)
         if self.store.is_name(ref) and len(image.names) > 1:
             await asyncio.to_thread(self.store.untag, ref)
             self._sync()
             return
         async with self._lock:
-            users = self._users_of(image.id)
-            if users and not force:
+            users = self.users_of(image.id)
+            if users and remove_users is None:
                 raise ImageInUse(f"Image '{ref}' is in use by {len(users)} container(s): "
-                                 f"{', '.join(name for _, name in users)} (remove them first, or use force)")
-            for container_id, name in users:
-                log.info("Removing container %s: it uses image %s, removed with force", name, image.id[:12])
-                await self._users.remove(container_id, True)  # type: ignore[union-attr]
+                                 f"{', '.join(u.name for u in users)} (remove them first, or use force)")
+            if users and remove_users is not None:
+                await remove_users(users)
+                if left := self.users_of(image.id):
+                    raise ImageInUse(f"Image '{ref}' is still in use: {', '.join(u.name for u in left)}")
             try:
                 freed = await asyncio.to_thread(self.store.remove, image.id)
             finally:
@@ -251,7 +241,7 @@ class Images:
 
     async def prune(self) -> int:
         async with self._lock:
-            keep = set(self._users.image_users()) if self._users else set()
+            keep = set(self._containers.image_users())
             try:
                 freed, removed = await asyncio.to_thread(self.store.prune, keep)
             finally:
@@ -259,8 +249,8 @@ class Images:
         log.info("Pruned %d images, %d bytes freed", len(removed), freed)
         return freed
 
-    def _users_of(self, image_id: str) -> list[tuple[str, str]]:
-        return list(self._users.image_users().get(image_id, [])) if self._users else []
+    def users_of(self, image_id: str) -> list[User]:
+        return list(self._containers.image_users().get(image_id, []))
 
     def _sync(self) -> None:
         """Tell the listeners what changed in the store since last time: images added, renamed, removed."""

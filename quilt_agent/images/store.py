@@ -19,8 +19,10 @@ a retry reuses them, PruneImages removes them.
 Images imported before this store (layers/<sha256 of the tarball>/ with a {"source", ...} json) are taken
 over as they are, under their old ids, so that their containers keep working.
 
-Blocking: the agent calls these methods from worker threads; one lock guards the in-memory indexes and
-every rename into or out of place.
+Blocking: what changes the store (imports, pulls, tags, removals) runs in worker threads, under one lock that
+guards the in-memory indexes and every rename into or out of place, held across fsyncs and directory scans. The
+reads (get, find, list, is_name, setup_image, config_bytes) never take it: they answer from a Catalog, an immutable
+view of the images that each change builds once its I/O is done and swaps in whole. The event loop calls them.
 """
 from __future__ import annotations
 
@@ -35,10 +37,11 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from quilt_agent import filetree
@@ -93,6 +96,37 @@ class Image:
                 seen.add(d)
                 out.append(str(d))
         return ":".join(out)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The images as the store's last change left them. Never changed once built: a reader holds one whole, and
+    sees every image with its names and config as they were together."""
+
+    images: Mapping[str, Image]  # image id -> image
+    names: Mapping[str, str]  # normalized name -> image id
+    configs: Mapping[str, bytes]  # image id -> its config blob (an image's config never changes: its id is its digest)
+
+    def find(self, ref: str) -> str | None:
+        """The id of the image ref names: an id ("sha256:" digest, or a unique prefix of at least 3 hex digits) or
+        a name."""
+        bare = ref.removeprefix("sha256:")
+        if _HEX.match(bare) and bare in self.images:
+            return bare
+        if bare == ref:
+            for name in reference.candidates(ref):
+                if name in self.names:
+                    return self.names[name]
+        if _HEX_PREFIX.match(bare):
+            matches = [i for i in self.images if i.startswith(bare)]
+            if len(matches) > 1:
+                raise InvalidArgument(f"Image id prefix '{ref}' is ambiguous: {len(matches)} images start with it")
+            if matches:
+                return matches[0]
+        return None
+
+
+_EMPTY = Catalog(MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -164,9 +198,13 @@ class ImageStore:
         os.chmod(root, 0o700)
         for d in (self._blobs, self._layers, self._images, self._tmp):
             d.mkdir(parents=True, exist_ok=True)
+        # Held by worker threads across I/O: never taken by a read (the event loop's), which uses _catalog.
         self._lock = threading.RLock()
         self._records: dict[str, _Record] = {}
         self._names: dict[str, str] = {}
+        self._configs: dict[str, bytes] = {}  # image id -> config blob, kept for the catalog
+        # Replaced whole (one reference assignment) under _lock, after the change it shows is on disk.
+        self._catalog = _EMPTY
         self._layer_meta: dict[str, dict[str, Any]] = {}  # hex DiffID -> its json
         self._blob_layers: dict[str, str] = {}  # blob digest -> hex DiffID of the layer it unpacks into
         self._pinned_layers: Counter[str] = Counter()
@@ -177,57 +215,49 @@ class ImageStore:
         self._remove_stale_work()
         self._load()
 
-    # --- reads -----------------------------------------------------------------------------------
+    # --- reads: from the catalog, never under the lock ---------------------------------------------
 
     def get(self, ref: str) -> Image:
         """The image with this id ("sha256:" digest, or a unique prefix of at least 3 hex digits) or name."""
-        with self._lock:
-            image_id = self._find(ref)
-            if image_id is None:
-                raise NoSuchImage(f"No image '{ref}' known")
-            return self._image(image_id)
+        catalog = self._catalog
+        image_id = catalog.find(ref)
+        if image_id is None:
+            raise NoSuchImage(f"No image '{ref}' known")
+        return catalog.images[image_id]
 
     def find(self, ref: str) -> Image | None:
-        with self._lock:
-            image_id = self._find(ref)
-            return None if image_id is None else self._image(image_id)
-
-    def _find(self, ref: str) -> str | None:
-        bare = ref.removeprefix("sha256:")
-        if _HEX.match(bare) and bare in self._records:
-            return bare
-        if bare == ref:
-            for name in reference.candidates(ref):
-                if name in self._names:
-                    return self._names[name]
-        if _HEX_PREFIX.match(bare):
-            matches = [i for i in self._records if i.startswith(bare)]
-            if len(matches) > 1:
-                raise InvalidArgument(f"Image id prefix '{ref}' is ambiguous: {len(matches)} images start with it")
-            if matches:
-                return matches[0]
-        return None
+        catalog = self._catalog
+        image_id = catalog.find(ref)
+        return None if image_id is None else catalog.images[image_id]
 
     def list(self) -> list[Image]:
-        with self._lock:
-            images = [self._image(i) for i in self._records]
-        return sorted(images, key=lambda i: (i.created_at, i.id))
+        return sorted(self._catalog.images.values(), key=lambda i: (i.created_at, i.id))
 
     def config_bytes(self, image: Image) -> bytes:
-        with self._lock:
-            record = self._records.get(image.id)
-        if record is None:
+        config = self._catalog.configs.get(image.id)
+        if config is None:
             raise NoSuchImage(f"No image '{image.id}' known")
-        if record.legacy:
-            return _rootfs_config(record.layers, oci.host_platform(), {})
-        return (self._blobs / record.config.removeprefix("sha256:")).read_bytes()
+        return config
 
     def image_config(self, image: Image) -> oci.ImageConfig:
         return oci.parse_config(self.config_bytes(image), f"config of image {image.id}")
 
-    def _image(self, image_id: str) -> Image:
-        r = self._records[image_id]
-        names = tuple(sorted(n for n, i in self._names.items() if i == image_id))
+    def is_name(self, ref: str) -> bool:
+        catalog = self._catalog
+        bare = ref.removeprefix("sha256:")
+        return any(c in catalog.names for c in reference.candidates(ref)) and not (
+            _HEX.match(bare) and bare in catalog.images)
+
+    def _publish(self) -> None:
+        """A new catalog from the indexes: called under the lock by each change, once its files are in place."""
+        names_of: dict[str, list[str]] = {}
+        for name, image_id in self._names.items():
+            names_of.setdefault(image_id, []).append(name)
+        images = {i: self._image(i, r, tuple(sorted(names_of.get(i, ())))) for i, r in self._records.items()}
+        self._catalog = Catalog(MappingProxyType(images), MappingProxyType(dict(self._names)),
+                                MappingProxyType({i: self._configs[i] for i in images}))
+
+    def _image(self, image_id: str, r: _Record, names: tuple[str, ...]) -> Image:
         dirs = tuple(self._layers / d.removeprefix("sha256:") for d in r.layers)
         setup = r.setup or {}
         return Image(id=image_id, digest=r.manifest or f"sha256:{image_id}", config_digest=r.config, names=names,
@@ -239,11 +269,8 @@ class ImageStore:
 
     def setup_image(self, key: str) -> Image | None:
         """The newest setup cache image with this key (quilt_agent/setup.py's cache_key), if any."""
-        with self._lock:
-            found = [i for i, r in self._records.items() if r.setup and r.setup.get("key") == key]
-            if not found:
-                return None
-            return self._image(max(found, key=lambda i: self._records[i].created_at))
+        found = [i for i in self._catalog.images.values() if key and i.setup_key == key]
+        return max(found, key=lambda i: i.created_at) if found else None
 
     def commit_layer(self, base_id: str, layer: Path, key: str, steps: tuple[str, ...]) -> Image:
         """A setup cache image: the base image with one more layer on top (an uncompressed OCI layer tar,
@@ -282,7 +309,8 @@ class ImageStore:
                 if not record.setup:
                     record.setup = {"base": base_id, "key": key, "steps": list(steps)}
                     self._write_json(self._images / f"{image.id}.json", record.to_json())
-                return self._image(image.id)
+                    self._publish()
+                return self._catalog.images[image.id]
 
     # --- import ----------------------------------------------------------------------------------
 
@@ -584,7 +612,7 @@ class ImageStore:
                 raise ImageInvalid(f"Image '{label}' is invalid: its content does not match the config's DiffID: "
                                    f"expected {diff_id}, got {done.diff_id}")
             if done.skipped_count:
-                # As the issue asks, and as Podman does without privileges: no device nodes from images.
+                # As Podman does without privileges: no device nodes from images.
                 log.warning("Image '%s': skipped %d device nodes and FIFOs (the runtime provides /dev): %s%s",
                             label, done.skipped_count, ", ".join(f"{what} '{name}'" for name, what in done.skipped),
                             ", ..." if done.skipped_count > len(done.skipped) else "")
@@ -669,11 +697,13 @@ class ImageStore:
                                  created_at=record.created_at if record else time.time_ns() // 1000, size=size)
                 self._write_json(self._images / f"{image_id}.json", record.to_json())
                 self._records[image_id] = record
+                self._configs[image_id] = config
                 log.info("Image %s (%s) from '%s': %d layers, %d bytes", image_id[:12], manifest_digest, source,
                          len(diff_ids), size)
             if names:
                 self._set_names({**self._names, **{n: image_id for n in names}})
-            return self._image(image_id)
+            self._publish()
+            return self._catalog.images[image_id]
 
     # --- names, removal, prune -------------------------------------------------------------------
 
@@ -683,7 +713,8 @@ class ImageStore:
             if image_id not in self._records:
                 raise NoSuchImage(f"No image '{image_id}' known")
             self._set_names({**self._names, name: image_id})
-            return self._image(image_id)
+            self._publish()
+            return self._catalog.images[image_id]
 
     def untag(self, name: str) -> Image:
         """Take a name off its image; returns the image as it is after."""
@@ -692,13 +723,9 @@ class ImageStore:
                 if candidate in self._names:
                     image_id = self._names[candidate]
                     self._set_names({n: i for n, i in self._names.items() if n != candidate})
-                    return self._image(image_id)
+                    self._publish()
+                    return self._catalog.images[image_id]
         raise NoSuchImage(f"No image named '{name}' known")
-
-    def is_name(self, ref: str) -> bool:
-        with self._lock:
-            return any(c in self._names for c in reference.candidates(ref)) and not (
-                _HEX.match(ref.removeprefix("sha256:")) and ref.removeprefix("sha256:") in self._records)
 
     def remove(self, image_id: str) -> int:
         """Remove an image, its names, and the layers and blobs no other image uses; return the bytes freed.
@@ -707,6 +734,7 @@ class ImageStore:
             if image_id not in self._records:
                 raise NoSuchImage(f"No image '{image_id}' known")
             record = self._drop_image(image_id)
+            self._publish()
             trash = self._unreferenced({d.removeprefix("sha256:") for d in record.layers},
                                        {record.manifest, record.config})
         return self._empty_trash(trash)
@@ -718,13 +746,16 @@ class ImageStore:
             removed = [i for i in self._records if i not in keep and i not in self._names.values()]
             for image_id in removed:
                 self._drop_image(image_id)
+            self._publish()
             trash = self._unreferenced(None, None)
         return self._empty_trash(trash), removed
 
     def _drop_image(self, image_id: str) -> _Record:
-        # The record first: from here the image is gone for get and list, whatever happens to its layers.
+        # The record first: from the next catalog on the image is gone for get and list, whatever happens to its
+        # layers.
         os.unlink(self._images / f"{image_id}.json")
         record = self._records.pop(image_id)
+        self._configs.pop(image_id, None)
         if image_id in self._names.values():
             self._set_names({n: i for n, i in self._names.items() if i != image_id})
         log.info("Removed image %s", image_id)
@@ -857,13 +888,24 @@ class ImageStore:
                 missing = [d for d in record.layers if d.removeprefix("sha256:") not in self._layer_meta]
                 missing += [d for d in (record.manifest, record.config)
                             if not record.legacy and not (self._blobs / d.removeprefix("sha256:")).is_file()]
-                if missing:
+                config = self._read_config(record) if not missing else None
+                if config is None:
                     # Only tampering does this (removal drops the record first): the rest is prune's.
-                    log.warning("Ignoring image %s: its %s are missing", image_id, ", ".join(missing))
+                    log.warning("Ignoring image %s: its %s are missing", image_id, ", ".join(missing) or record.config)
                     continue
                 self._records[image_id] = record
+                self._configs[image_id] = config
             names = _read_json(self._names_file) or {}
             self._names = {n: i for n, i in names.items() if isinstance(n, str) and i in self._records}
+            self._publish()
+
+    def _read_config(self, record: _Record) -> bytes | None:
+        if record.legacy:
+            return _rootfs_config(record.layers, oci.host_platform(), {})
+        try:
+            return (self._blobs / record.config.removeprefix("sha256:")).read_bytes()
+        except OSError:
+            return None
 
     def _take_over_legacy(self) -> None:
         """The store before images had manifests: layers/<id>/ with layers/<id>.json {"source", "size",

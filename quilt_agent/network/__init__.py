@@ -4,7 +4,6 @@
     options.py   the create options (networks, aliases, ip, ports) and CreateNetwork's
     config.py    the agent's [network] settings (/etc/quilt/quilt.conf)
     ipam.py      which address each container has on each network (in memory; the store keeps it)
-    state.py     the SQL for networks, addresses and ports (tables from store.MIGRATIONS)
     netns.py     network namespaces from a thread: unshare, setns, the /run/netns bind mounts
     bridge.py    the kernel side (pyroute2, in one worker thread): bridges, veths, addresses, sysctls
     firewall.py  the table `inet quilt` (nftables JSON through `nft -j -f -`)

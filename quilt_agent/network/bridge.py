@@ -17,10 +17,11 @@ import ipaddress
 import logging
 import os
 import socket
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 from quilt_agent.helper.namespaces import loopback_up
 from quilt_agent.network.model import BRIDGE_PREFIX, LINK_ALIAS_PREFIX, VETH_PREFIX, Network
@@ -59,6 +60,62 @@ class LinkPlan:
     alias: str  # marks the host end as Quilt's
 
 
+class NetworkKernel(Protocol):
+    """What the networks (core.py) ask of the kernel. The methods but run() block: core.py calls each through
+    run(fn, *args), which runs it where the kernel's sockets live (Kernel's worker thread) and returns its
+    result. A refusal by the kernel is an OSError with its errno (the ifname taken: EEXIST; a plan's bridge
+    missing: ENODEV; a namespace path missing: FileNotFoundError). Kernel is the real one; tests/fakes/kernel.py
+    keeps records in memory, and tests/contract/kernel.py holds both to the same behaviour."""
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+    def warm(self) -> None:
+        """Get ready for the first container (the real one imports pyroute2 and opens its socket)."""
+
+    def ensure_bridge(self, network: Network) -> None:
+        """The network's bridge, up, with its gateway address, MAC and alias; what exists is kept."""
+
+    def remove_bridge(self, bridge: str) -> None:
+        """Delete the bridge (its ports stay, on no bridge); a missing one is no error."""
+
+    def forwarding(self, value: str | None = None) -> str:
+        """net.ipv4.ip_forward before; set to value when one is given."""
+
+    def create_netns(self, path: Path) -> None:
+        """A namespace pinned at path, loopback up; one pinned there already is kept."""
+
+    def prepare_netns(self) -> int:
+        """A namespace made ahead, loopback up, held by the returned fd only (the caller closes it)."""
+
+    def attach(self, path: Path, plans: list[LinkPlan], repair: bool = False) -> None:
+        """Each plan's veth pair: host end up on its bridge with its alias, peer up inside with its address, the
+        default route by the plan that asks for it. repair: first delete host ends left by a former attach."""
+
+    def attached(self, path: Path, host_ifnames: list[str]) -> bool:
+        """Whether the namespace is pinned and every host end is up on a bridge."""
+
+    def detach(self, path: Path, host_ifnames: list[str]) -> None:
+        """Delete the veth pairs and unpin the namespace; what is gone already is no error."""
+
+    def owned_links(self) -> list[tuple[str, str]]:
+        """(name, alias) of the host's bridges and veth host ends named and aliased as Quilt's."""
+
+    def delete_link(self, name: str) -> None:
+        """Delete the link (a veth with its peer); a missing one is no error."""
+
+    def list_netns(self) -> list[Path]:
+        """The pinned namespaces of Quilt's under /run/netns."""
+
+    def remove_netns(self, path: Path) -> None:
+        """Unpin the namespace (its veths go with it); a missing one is no error."""
+
+    def host_routes(self) -> list[ipaddress.IPv4Network]:
+        """The destinations of the host's IPv4 routes."""
+
+    def icmp_socket(self, path: str | Path | None) -> socket.socket:
+        """An ICMP echo socket in the namespace at path (None: the host's)."""
+
+
 def _sysctl(path: Path, value: str | None = None) -> str:
     old = path.read_text().strip()
     if value is not None and old != value:
@@ -72,6 +129,18 @@ def bridge_mac(network_id: str) -> str:
     return "02:" + ":".join(network_id[i:i + 2] for i in range(0, 10, 2))
 
 
+def _os_errors(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args), with pyroute2's NetlinkError told as the OSError of its errno: callers know the kernel's
+    refusals by errno, not by the library that carried them."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        exceptions = sys.modules.get("pyroute2.netlink.exceptions")  # imported already if it raised
+        if exceptions is not None and isinstance(e, exceptions.NetlinkError) and e.code:
+            raise OSError(e.code, os.strerror(e.code)) from e
+        raise
+
+
 class Kernel:
     """The network worker: one thread that owns every netlink socket."""
 
@@ -82,7 +151,7 @@ class Kernel:
         self._bridges: dict[str, int] = {}  # bridge name -> index, so an attach need not look it up
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _os_errors, fn, *args)
 
     def close(self) -> None:
         self._executor.submit(self._close).result()

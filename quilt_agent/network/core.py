@@ -24,24 +24,24 @@ import struct
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Protocol
 
 from quilt_agent.config import Paths
 from quilt_agent.errors import (
-    ContainerFailed, InvalidArgument, QuiltError, NetworkInUse, NetworkNameInUse, NoSuchContainer, NoSuchNetwork, NotRunning, PortInUse,
+    ContainerFailed, InvalidArgument, QuiltError, NetworkInUse, NetworkNameInUse, NoSuchNetwork, NotRunning, PortInUse,
 )
+from quilt_agent.containers import ContainerTable
 from quilt_agent.model import Container, State, new_id, now_usec
 from quilt_agent.network import config as network_config
 from quilt_agent.network import dns, files, firewall, netns
-from quilt_agent.network.bridge import Kernel, LinkPlan
+from quilt_agent.network.bridge import Kernel, LinkPlan, NetworkKernel
 from quilt_agent.network.ipam import Allocator
 from quilt_agent.network.model import (
     CONTAINER_PREFIX, DEFAULT_NETWORK, HOST, NONE, Attachment, Network, PortMapping, bridge_name, link_alias,
     parse_gateway, parse_subnet, validate_network_name,
 )
 from quilt_agent.network.options import parse_network_options, ports_of
-from quilt_agent.network.state import NetworkStore
-from quilt_agent.store import Store
+from quilt_agent.store import StateStore
 
 log = logging.getLogger("quilt.network")
 
@@ -55,9 +55,6 @@ PING_TIMEOUT = 1.0
 # network needs it. /run: the kernel setting does not outlive a reboot either.
 FORWARD_NOTE = Path("/run/quilt/ip_forward")
 AUTO_SUBNET_BASE = ipaddress.IPv4Network("10.89.0.0/16")  # new networks get the first free /24 in it
-
-Write = Callable[[Callable[[], Awaitable[None]]], "asyncio.Future[None]"]
-
 
 class NetworkListener(Protocol):
     def network_added(self, network: Network) -> None: ...
@@ -118,17 +115,13 @@ def mode_of(networks: tuple[str, ...]) -> str:
 
 
 class Networks:
-    def __init__(self, paths: Paths, store: Store, write: Write, find: Callable[[str], Container],
-                 remove_container: Callable[[str, bool], Awaitable[None]], kernel: Kernel | None = None,
+    def __init__(self, paths: Paths, store: StateStore, containers: ContainerTable, kernel: NetworkKernel | None = None,
                  config: network_config.NetworkConfig | None = None) -> None:
         self._paths = paths
         self._store = store
-        self._write = write
-        self._find = find
-        self._remove_container = remove_container
-        self.kernel = kernel or Kernel()
+        self._containers = containers  # read only: the manager's, to resolve container:NAME and ping targets
+        self.kernel: NetworkKernel = kernel or Kernel()
         self.config = config or network_config.load()
-        self._db = NetworkStore(store.connection)
         self._networks: dict[str, Network] = {}
         self._members: dict[str, _Member] = {}
         self._ipam = Allocator()
@@ -211,7 +204,7 @@ class Networks:
             raise InvalidArgument(f"Network '{name}' could not get a bridge: try again")
         self._add_network(network)
         try:
-            await self._write(lambda: self._db.insert_network(network))
+            await self._store.insert_network(network)
         except BaseException:
             self._drop_network(network)
             raise
@@ -248,27 +241,34 @@ class Networks:
         self._names.pop(network.id, None)
         self._reverse.pop(network.id, None)
 
-    async def remove(self, name_or_id: str, force: bool) -> None:
+    def removal_order(self, name_or_id: str) -> list[str]:
+        """The containers a removal of the network with force removes first (removal.py), in the order they
+        must go: those that share a user's namespace (container:NAME) before the user."""
+        network = self._removable(name_or_id)
+        users = self._users(network.id)
+        joiners = [cid for cid, m in self._members.items()
+                   if m.mode.startswith(CONTAINER_PREFIX) and m.mode[len(CONTAINER_PREFIX):] in users]
+        return [*joiners, *users]
+
+    def _removable(self, name_or_id: str) -> Network:
         network = self.get(name_or_id)
         if network.name == DEFAULT_NETWORK:
             raise InvalidArgument(f"The default network '{DEFAULT_NETWORK}' cannot be removed")
+        return network
+
+    async def remove(self, name_or_id: str, cascaded: bool = False) -> None:
+        """Remove a network no container uses (NetworkInUse otherwise). cascaded: its containers were just
+        removed for it (removal.py), so one found now came meanwhile."""
+        network = self._removable(name_or_id)
         users = self._users(network.id)
-        if users and not force:
+        if users and cascaded:
+            raise NetworkInUse(f"Network '{network.name}' got a new container while it was being removed")
+        if users:
             raise NetworkInUse(f"Network '{network.name}' is used by container"
                                f"{'s' if len(users) > 1 else ''} {', '.join(sorted(users.values()))}: remove "
                                "them first, or remove the network with force")
-        # Containers sharing a user's namespace (container:NAME) go first: the user cannot go before them.
-        joiners = [cid for cid, m in self._members.items()
-                   if m.mode.startswith(CONTAINER_PREFIX) and m.mode[len(CONTAINER_PREFIX):] in users]
-        for container_id in [*joiners, *users]:
-            try:
-                await self._remove_container(container_id, True)
-            except NoSuchContainer:
-                pass  # removed meanwhile
-        if self._users(network.id):
-            raise NetworkInUse(f"Network '{network.name}' got a new container while it was being removed")
         await self._deactivate(network.id)
-        await self._write(lambda: self._db.delete_network(network.id))
+        await self._store.delete_network(network.id)
         self._drop_network(network)
         for listener in self._listeners:
             listener.network_removed(network)
@@ -286,12 +286,12 @@ class Networks:
         spec = c.spec
         mode = mode_of(spec.networks)
         if mode.startswith(CONTAINER_PREFIX):
-            target = self._find(mode[len(CONTAINER_PREFIX):])
+            target = self._containers.find(mode[len(CONTAINER_PREFIX):])
             if target.id == c.id:
                 raise InvalidArgument("A container cannot join its own network namespace")
             joined = self._members.get(target.id)
             if joined is not None and joined.mode.startswith(CONTAINER_PREFIX):
-                target = self._find(joined.mode[len(CONTAINER_PREFIX):])  # join the namespace's owner
+                target = self._containers.find(joined.mode[len(CONTAINER_PREFIX):])  # join the namespace's owner
             if joined is not None and joined.mode == HOST:
                 raise InvalidArgument(f"Container '{target.name}' uses the host's network: use networks ['host']")
             mode = CONTAINER_PREFIX + target.id
@@ -356,7 +356,7 @@ class Networks:
     def _commit(self, c: Container) -> asyncio.Future[None] | None:
         m = self._members.get(c.id)
         if m is not None and (m.attachments or m.ports):
-            return self._write(lambda: self._db.insert_container(c.id, list(m.attachments), list(m.ports)))
+            return self._store.insert_attachments(c.id, list(m.attachments), list(m.ports))
         return None
 
     def release(self, container_id: str) -> None:
@@ -475,7 +475,7 @@ class Networks:
             return str(netns.path_for(container_id))
         if m is not None and m.mode == HOST:
             return ""
-        c = self._find(container_id)
+        c = self._containers.find(container_id)
         if c.state is not State.RUNNING or not c.main_pid:
             raise NotRunning(c.name, c.state.value)
         return f"/proc/{c.main_pid}/ns/net"
@@ -515,8 +515,8 @@ class Networks:
             if future is not None:
                 try:
                     await asyncio.wait_for(asyncio.shield(future), 30)
-                except BaseException:  # noqa: BLE001 - whatever it made is removed below
-                    pass
+                except Exception as e:  # noqa: BLE001 - whatever it made is removed below
+                    log.info("container %s: its network setup ended with %r before its removal", c.name, e)
         if not m.mode:
             hosts = [a.host_ifname for a in m.attachments]
             await self.kernel.run(self.kernel.detach, netns.path_for(c.id), hosts)
@@ -615,14 +615,14 @@ class Networks:
         """At agent start: the store's networks, addresses and ports back in memory, the kernel made to match
         (namespaces, veths and bridges no container owns removed; active networks' bridges, name servers and
         rules up again), addresses a crash lost between a container's row and its addresses taken again."""
-        for network in await self._db.networks():
+        for network in await self._store.networks():
             self._add_network(network)
         await self._ensure_default()
         attachments: dict[str, list[Attachment]] = {}
-        for a in await self._db.attachments():
+        for a in await self._store.attachments():
             attachments.setdefault(a.container_id, []).append(a)
         ports: dict[str, list[PortMapping]] = {}
-        for container_id, mapping in await self._db.ports():
+        for container_id, mapping in await self._store.ports():
             ports.setdefault(container_id, []).append(mapping)
         for c in containers:
             mode = mode_of(c.spec.networks)
@@ -675,13 +675,13 @@ class Networks:
                 network = network.with_(bridge=next(bridge_name(i) for i in range(len(taken) + 1)
                                                     if bridge_name(i) not in taken))
             self._add_network(network)
-            await self._write(lambda: self._db.insert_network(network))
+            await self._store.insert_network(network)
         elif existing.subnet != str(subnet):
             if self._ipam.count(existing.id) == 0 and not any(
                     a.network_id == existing.id for m in self._members.values() for a in m.attachments):
                 moved = existing.with_(subnet=str(subnet), gateway=str(next(subnet.hosts())))
                 self._networks[existing.id] = moved
-                await self._write(lambda: self._db.update_network(moved))
+                await self._store.update_network(moved)
                 log.info("default network %s now uses subnet %s (configured)", DEFAULT_NETWORK, subnet)
             else:
                 log.warning("the configured default subnet %s is not used: network %s has containers on %s",
@@ -753,7 +753,7 @@ class Networks:
             return str(ipaddress.IPv4Address(target))
         except ValueError:
             pass
-        other = self._find(target)
+        other = self._containers.find(target)
         theirs = self._members.get(other.id)
         if theirs is not None and theirs.mode.startswith(CONTAINER_PREFIX):
             theirs = self._members.get(theirs.mode[len(CONTAINER_PREFIX):])

@@ -70,10 +70,6 @@ class Namespaces:
     def __init__(self) -> None:
         self._host = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
-    @property
-    def host_fd(self) -> int:
-        return self._host
-
     def create(self, path: Path) -> None:
         """A new network namespace pinned at path (which must not exist)."""
         global _dir_shared

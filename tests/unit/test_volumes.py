@@ -6,7 +6,7 @@ import pytest
 from quilt_agent.cli.volumes import _split, volume_options
 from quilt_agent.errors import InvalidArgument
 from quilt_agent.model import parse_options
-from quilt_agent.volumes import name_anonymous, named_volumes, parse_tmpfs, parse_volume, parse_volumes
+from quilt_agent.volume_options import name_anonymous, named_volumes, parse_tmpfs, parse_volume, parse_volumes
 
 
 def test_volume_entries_are_normalised() -> None:

@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -443,6 +444,38 @@ def test_a_name_moves_to_the_image_imported_last(tmp_path: Path, store: ImageSto
 
 def test_list_of_an_empty_store_is_empty(store: ImageStore) -> None:
     assert store.list() == []
+
+
+def test_reads_answer_while_a_change_holds_the_lock_in_its_fsync(tmp_path: Path, store: ImageStore,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event loop reads the store while worker threads change it: a read must not wait for their disk."""
+    image = store.import_path(rootfs_tar(tmp_path / "a.tar", GOOD), "app:v1")
+    config = store.config_bytes(image)
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        if threading.current_thread().name.startswith("tagging"):
+            in_fsync.set()
+            release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    with ThreadPoolExecutor(1, thread_name_prefix="tagging") as tagging, ThreadPoolExecutor(1) as reader:
+        tagged = tagging.submit(store.tag, image.id, "app:v2")
+        try:
+            assert in_fsync.wait(10)
+
+            def reads() -> tuple:
+                return (store.get("app:v1"), store.find("app:v2"), store.list(), store.is_name("app:v1"),
+                        store.config_bytes(image), store.setup_image("no such key"))
+
+            # What the store held before the change, whole: the new name is not there until its file is.
+            assert reader.submit(reads).result(timeout=5) == (image, None, [image], True, config, None)
+        finally:
+            release.set()
+        assert tagged.result(timeout=10).names == ("app:v1", "app:v2")
+    assert store.get("app:v2") == store.get(image.id) and store.get(image.id).names == ("app:v1", "app:v2")
 
 
 # --- removal and prune ---------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""Scopes in memory: what systemd does with a container's transient scope, without systemd.
+
+It checks what systemd checks (the name is a scope's, each pid a running process), refuses a name whose scope
+still runs processes, clears one whose processes are gone, and stop kills the processes it was given (by pidfd,
+so never a process that took a dead one's pid) and waits for their end, as StopUnit's job does.
+"""
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import os
+import re
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+
+from quilt_agent.errors import ContainerFailed
+from quilt_agent.scopes import ScopeLimits
+
+# systemd's unit_name_is_valid for a plain name: these characters, at most 255 of them, and a type's suffix.
+_UNIT_TYPES = "service|socket|target|device|mount|automount|swap|timer|path|slice|scope"
+_UNIT_NAME = re.compile(rf"[A-Za-z0-9:_.\\-]+\.({_UNIT_TYPES})")
+_MAX_UNIT_NAME = 255
+ACTIVE_PATTERN = "quilt-*.scope"  # the real active_scopes' ListUnitsByPatterns
+STOP_TIMEOUT = 5.0
+
+
+def _exited(pidfd: int) -> bool:
+    """A pidfd is readable once its process has exited (a zombie counts as exited, as for systemd's cgroup)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+@dataclass
+class FakeScope:
+    description: str
+    limits: ScopeLimits
+    pidfds: dict[int, int] = field(default_factory=dict)  # pid -> pidfd, opened at start
+
+    def live_pids(self) -> list[int]:
+        return [pid for pid, fd in self.pidfds.items() if not _exited(fd)]
+
+    def close(self) -> None:
+        for fd in self.pidfds.values():
+            os.close(fd)
+        self.pidfds.clear()
+
+
+class FakeScopes:
+    """A ScopeManager whose units are records in a dict."""
+
+    def __init__(self) -> None:
+        self.units: dict[str, FakeScope] = {}
+
+    async def start(self, unit: str, pids: list[int], description: str, limits: ScopeLimits) -> None:
+        refused = f"systemd could not create scope {unit}: org.freedesktop.DBus.Error."
+        valid = _UNIT_NAME.fullmatch(unit) if len(unit) <= _MAX_UNIT_NAME else None
+        if valid is None:
+            raise ContainerFailed(refused + "InvalidArgs: Invalid unit name or type.")
+        if valid.group(1) != "scope":  # the properties are checked against the type: another one has no PIDs
+            raise ContainerFailed(refused + "PropertyReadOnly: Cannot set property PIDs, or unknown property.")
+        old = self.units.get(unit)
+        if old is not None:
+            live = old.live_pids()
+            if live:
+                raise ContainerFailed(f"scope {unit} already exists and runs {len(live)} processes "
+                                      "that this container did not start")
+            self._forget(unit)  # a former run whose processes are gone: cleared, as the real one does
+        if not pids:
+            raise ContainerFailed(refused + "InvalidArgs: Failed to set unit properties: Invalid argument")
+        pidfds: dict[int, int] = {}
+        try:
+            for pid in pids:
+                try:
+                    pidfds[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    raise ContainerFailed(refused + f"UnixProcessIdUnknown: Process with ID {pid} does not exist.") \
+                        from None
+        except BaseException:
+            for fd in pidfds.values():
+                os.close(fd)
+            raise
+        for other in self.units.values():  # a process is in one cgroup: systemd moves it out of the old scope
+            for pid in pidfds.keys() & other.pidfds.keys():
+                os.close(other.pidfds.pop(pid))
+        self.units[unit] = FakeScope(description, limits, pidfds)
+
+    async def stop(self, unit: str) -> None:
+        scope = self.units.get(unit)
+        if scope is None:
+            return
+        try:
+            for fd in scope.pidfds.values():
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while scope.live_pids():
+                if time.monotonic() > deadline:
+                    raise ContainerFailed(f"scope {unit}: processes {scope.live_pids()} outlived SIGKILL")
+                await _readable(list(scope.pidfds.values()), deadline - time.monotonic())
+        finally:
+            self._forget(unit)
+
+    async def active_scopes(self) -> list[str]:
+        return [u for u, s in self.units.items() if fnmatch.fnmatchcase(u, ACTIVE_PATTERN) and s.live_pids()]
+
+    def unit_of(self, pid: int) -> str | None:
+        """The unit holding pid while it runs (what /proc/PID/cgroup tells of the real one)."""
+        for unit, scope in self.units.items():
+            fd = scope.pidfds.get(pid)
+            if fd is not None and not _exited(fd):
+                return unit
+        return None
+
+    def close(self) -> None:
+        for unit in list(self.units):
+            self._forget(unit)
+
+    def _forget(self, unit: str) -> None:
+        scope = self.units.pop(unit, None)
+        if scope is not None:
+            scope.close()
+
+
+async def _readable(fds: list[int], timeout: float) -> None:
+    """Until one of fds is readable (a process exited) or timeout passes."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    for fd in fds:
+        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    try:
+        await asyncio.wait_for(done, max(timeout, 0))
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)

@@ -1,0 +1,164 @@
+"""The container lifecycle core (manager.py and its peers) wired as app.build wires it, over in-memory fakes:
+FakeScopes for systemd, FakeForkServer for the fork server (the command runs as a plain host process),
+FakeKernel for the network kernel, and a state store: the real one on a file under the test's directory, or
+the one in memory (tests/fakes/store.py). Every path of the
+agent's is under that directory; nothing touches systemd, the real fork server or the host's network.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quilt_agent.config import Paths
+from quilt_agent.containers import ContainerTable
+from quilt_agent.images.service import Images
+from quilt_agent.images.store import ImageStore
+from quilt_agent.manager import Manager
+from quilt_agent.model import Container
+from quilt_agent.network.config import NetworkConfig
+from quilt_agent.network.core import Networks
+from quilt_agent.removal import Removal
+from quilt_agent.scopes import ScopeLimits
+from quilt_agent.volumes import Volumes
+from tests.fakes.helper import FakeForkServer
+from tests.fakes.kernel import FakeKernel
+from tests.fakes.scopes import FakeScopes
+from tests.fakes.store import StateStore
+from tests.imagetools import tar_layer
+
+DEADLINE = 5.0  # seconds any one wait in these tests may take before it fails
+
+
+@dataclass
+class Event:
+    kind: str
+    container_id: str
+    details: dict[str, Any]
+
+
+class Recorder:
+    """A manager Listener that keeps every lifecycle event and lets a test wait for one, with a deadline."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._new = asyncio.Event()
+
+    def container_added(self, container: Container) -> None:
+        pass
+
+    def container_changed(self, container: Container) -> None:
+        pass
+
+    def container_removed(self, container: Container) -> None:
+        pass
+
+    def event(self, kind: str, container: Container, details: dict[str, Any]) -> None:
+        self.events.append(Event(kind, container.id, details))
+        self._new.set()
+
+    def kinds(self, container_id: str) -> list[str]:
+        return [e.kind for e in self.events if e.container_id == container_id]
+
+    async def next(self, kind: str, container_id: str, timeout: float = DEADLINE) -> Event:
+        """The first event of kind for the container, waiting for it to come."""
+        async def found() -> Event:
+            while True:
+                for e in self.events:
+                    if e.kind == kind and e.container_id == container_id:
+                        return e
+                self._new.clear()
+                await self._new.wait()
+        return await asyncio.wait_for(found(), timeout)
+
+
+class RecordingScopes(FakeScopes):
+    """FakeScopes that remember the pids each start was given, refused or not, held by pidfds opened at the
+    call: a test can then wait for those very processes to end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: dict[str, list[int]] = {}  # unit -> pidfds of the pids of its last start
+
+    async def start(self, unit: str, pids: list[int], description: str, limits: ScopeLimits) -> None:
+        fds = []
+        for pid in pids:
+            try:
+                fds.append(os.pidfd_open(pid))
+            except ProcessLookupError:
+                pass
+        for fd in self.given.pop(unit, []):
+            os.close(fd)
+        self.given[unit] = fds
+        await super().start(unit, pids, description, limits)
+
+    def close(self) -> None:
+        super().close()
+        for fds in self.given.values():
+            for fd in fds:
+                os.close(fd)
+        self.given.clear()
+
+
+async def processes_ended(pidfds: list[int], timeout: float = DEADLINE) -> bool:
+    """Whether every process (by pidfd) has exited within timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for fd in pidfds:
+        done = loop.create_future()
+        loop.add_reader(fd, lambda d=done: d.done() or d.set_result(None))
+        try:
+            await asyncio.wait_for(done, max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(fd)
+    return all(select.select([fd], [], [], 0)[0] for fd in pidfds)
+
+
+@dataclass
+class Core:
+    """What app.build returns, and the fakes under it."""
+
+    paths: Paths
+    store: StateStore
+    scopes: RecordingScopes
+    kernel: FakeKernel
+    zygote: FakeForkServer
+    containers: ContainerTable
+    images: Images
+    volumes: Volumes
+    networks: Networks
+    manager: Manager
+    removal: Removal
+    recorder: Recorder = field(default_factory=Recorder)
+
+
+def tiny_rootfs(directory: Path) -> Path:
+    """A rootfs tarball of one file: the fake fork server ignores the image's tree, so any valid image serves."""
+    path = directory / "tiny.tar"
+    path.write_bytes(tar_layer(("etc/", None), ("etc/hostname", b"tiny\n")))
+    return path
+
+
+async def build_core(paths: Paths, store: StateStore, scopes: RecordingScopes, kernel: FakeKernel,
+                     zygote: FakeForkServer) -> Core:
+    """As app.build, but with the fakes. Networks.recover is left out: it applies the firewall with nft and
+    notes ip_forward under /run, neither of them behind the kernel interface; containers on networks ['none']
+    need nothing it does."""
+    containers = ContainerTable()
+    image_store = await asyncio.to_thread(ImageStore, paths.images, zygote.extract)
+    images = Images(image_store, containers)
+    volumes = Volumes(paths.volumes, store, containers)
+    networks = Networks(paths, store, containers, kernel=kernel, config=NetworkConfig())
+    manager = Manager(paths, store, scopes, zygote, containers, images, networks, volumes)
+    stored = await store.containers()
+    await volumes.load()
+    await manager.recover(stored)
+    core = Core(paths, store, scopes, kernel, zygote, containers, images, volumes, networks, manager,
+                Removal(manager, images, volumes, networks))
+    manager.subscribe(core.recorder)
+    return core

@@ -1,0 +1,344 @@
+"""The container lifecycle (quilt_agent/manager.py) and the removals that span it (removal.py), over in-memory
+fakes (tests/unit/manager_fixtures.py): the state machine, its named errors, and what each edge leaves in the
+table, the store, the scopes and the container's directory."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import pytest
+
+from quilt_agent.config import Paths
+from quilt_agent.errors import (
+    AlreadyRunning, ContainerFailed, ImageInUse, InvalidArgument, NameInUse, NoSuchContainer, NotRunning,
+    VolumeInUse,
+)
+from quilt_agent.model import Container, State
+from quilt_agent.scopes import ScopeLimits
+from quilt_agent.store import Store
+from tests.fakes.helper import FakeForkServer
+from tests.fakes.kernel import FakeKernel
+from tests.fakes.store import MemoryStore, StateStore
+from tests.unit.manager_fixtures import DEADLINE, Core, RecordingScopes, build_core, processes_ended, tiny_rootfs
+
+NO_NETWORK = {"networks": ["none"]}
+LONG = ["sleep", "30"]  # ends only when signalled: each test that starts it stops, kills or removes it
+
+
+@pytest.fixture(scope="module")
+def zygote() -> Iterator[FakeForkServer]:
+    server = FakeForkServer()
+    yield server
+    server.close()
+
+
+async def open_store(kind: str, paths: Paths) -> StateStore:
+    if kind == "memory":
+        return MemoryStore()
+    return await Store.open(paths.database)
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+async def core(request: pytest.FixtureRequest, tmp_path: Path, zygote: FakeForkServer) -> AsyncIterator[Core]:
+    paths = Paths(tmp_path / "state")
+    store = await open_store(request.param, paths)
+    scopes = RecordingScopes()
+    built = await build_core(paths, store, scopes, FakeKernel(), zygote)
+    await built.images.import_image(str(tiny_rootfs(tmp_path)), "tiny", {})
+    try:
+        yield built
+    finally:
+        for c in built.manager.list():
+            try:
+                await asyncio.wait_for(built.manager.remove(c.id, force=True), DEADLINE)
+            except NoSuchContainer:
+                pass
+        scopes.close()
+        await store.close()
+
+
+async def create(core: Core, command: list[str], name: str = "", **options: object) -> Container:
+    return await core.manager.create(name, "tiny", command, {**NO_NETWORK, **options})
+
+
+async def stored(core: Core) -> dict[str, Container]:
+    await core.store.flush()
+    return {c.id: c for c in await core.store.containers()}
+
+
+@dataclass
+class Gate:
+    """A fifo a command blocks reading until the test opens the gate. The test holds it open read-write from
+    the start, so a line written before the command opens it is still there when it does."""
+
+    path: Path
+    fd: int
+
+    def open(self) -> None:
+        os.write(self.fd, b"go\n")
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[Gate]:
+    path = tmp_path / "gate"
+    os.mkfifo(path)
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    yield Gate(path, fd)
+    os.close(fd)
+
+
+# --- create ---------------------------------------------------------------------------------------
+
+
+async def test_create_stores_a_created_container_and_tells_created(core: Core) -> None:
+    c = await create(core, ["true"], name="web")
+    assert c.state is State.CREATED and core.manager.get("web").id == c.id
+    row = (await stored(core))[c.id]
+    assert row.state is State.CREATED and row.name == "web"
+    assert core.paths.container(c.id).is_dir()
+    assert core.recorder.kinds(c.id) == ["created"]
+
+
+async def test_create_with_a_taken_name_is_refused_and_leaves_nothing_behind(core: Core) -> None:
+    first = await create(core, ["true"], name="web")
+    with pytest.raises(NameInUse):
+        await create(core, ["true"], name="web")
+    assert [c.id for c in core.manager.list()] == [first.id]
+    assert list(await stored(core)) == [first.id]
+    assert [d.name for d in core.paths.containers.iterdir()] == [first.id]
+
+
+# --- start, exit, wait ----------------------------------------------------------------------------
+
+
+async def test_start_runs_the_command_and_its_exit_is_recorded_with_its_code(core: Core, gate: Gate) -> None:
+    c = await create(core, ["sh", "-c", f"read x < {gate.path}; exit 3"])
+    started = await core.manager.start(c.id)
+    assert started.state is State.RUNNING and started.main_pid > 0
+    assert (await stored(core))[c.id].monitor_pid == started.monitor_pid  # recorded for recover()
+    gate.open()
+    assert await asyncio.wait_for(core.manager.wait(c.id), DEADLINE) == 3
+    done = core.manager.get(c.id)
+    assert done.state is State.EXITED and done.exit_code == 3 and done.main_pid == 0
+    exited = await core.recorder.next("exited", c.id)
+    assert exited.details["exit_code"] == 3
+    assert core.recorder.kinds(c.id) == ["created", "started", "exited"]
+    row = (await stored(core))[c.id]
+    assert row.state is State.EXITED and row.exit_code == 3
+
+
+async def test_wait_on_a_created_container_returns_the_code_of_its_next_run(core: Core) -> None:
+    c = await create(core, ["sh", "-c", "exit 5"])
+    waiting = asyncio.ensure_future(core.manager.wait(c.id))
+    await asyncio.sleep(0)  # let it block on the created container: no timing depends on this
+    assert not waiting.done()
+    await core.manager.start(c.id)
+    assert await asyncio.wait_for(waiting, DEADLINE) == 5
+
+
+async def test_an_exited_container_starts_again(core: Core) -> None:
+    c = await create(core, ["sh", "-c", "exit 4"])
+    await core.manager.start(c.id)
+    assert await asyncio.wait_for(core.manager.wait(c.id), DEADLINE) == 4
+    await core.manager.start(c.id)
+    assert await asyncio.wait_for(core.manager.wait(c.id), DEADLINE) == 4
+    assert core.recorder.kinds(c.id).count("exited") == 2
+
+
+async def test_a_missing_command_fails_the_start_with_127(core: Core) -> None:
+    c = await create(core, ["/nonexistent/program"])
+    with pytest.raises(ContainerFailed):
+        await core.manager.start(c.id)
+    failed = core.manager.get(c.id)
+    assert failed.state is State.FAILED and failed.exit_code == 127 and failed.failure_reason
+    assert "failed" in core.recorder.kinds(c.id)
+    assert await asyncio.wait_for(core.manager.wait(c.id), DEADLINE) == 127
+
+
+async def test_start_of_a_running_container_is_refused(core: Core) -> None:
+    c = await create(core, LONG)
+    await core.manager.start(c.id)
+    with pytest.raises(AlreadyRunning):
+        await core.manager.start(c.id)
+    assert core.manager.get(c.id).state is State.RUNNING
+
+
+# --- kill, stop -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["start", "remove", "wait", "kill"])
+async def test_a_call_on_an_unknown_container_is_no_such_container(core: Core, verb: str) -> None:
+    args = {"start": (), "remove": (True,), "wait": (), "kill": (signal.SIGTERM,)}[verb]
+    with pytest.raises(NoSuchContainer):
+        await getattr(core.manager, verb)("0" * 64, *args)
+
+
+async def test_kill_of_a_created_container_is_refused(core: Core) -> None:
+    c = await create(core, LONG)
+    with pytest.raises(NotRunning):
+        await core.manager.kill(c.id, signal.SIGTERM)
+
+
+@pytest.mark.parametrize("sig", [0, 99, -1])
+async def test_kill_with_an_invalid_signal_is_refused(core: Core, sig: int) -> None:
+    c = await create(core, LONG)
+    await core.manager.start(c.id)
+    with pytest.raises(InvalidArgument):
+        await core.manager.kill(c.id, sig)
+    assert core.manager.get(c.id).state is State.RUNNING
+
+
+async def test_kill_delivers_the_signal_and_the_exit_says_so(core: Core) -> None:
+    c = await create(core, LONG)
+    await core.manager.start(c.id)
+    await core.manager.kill(c.id, signal.SIGKILL)
+    assert await asyncio.wait_for(core.manager.wait(c.id), DEADLINE) == 128 + signal.SIGKILL
+    assert core.manager.get(c.id).exit_signal == signal.SIGKILL
+
+
+async def test_stop_ends_a_running_container_with_the_stop_signal(core: Core) -> None:
+    c = await create(core, LONG)
+    await core.manager.start(c.id)
+    stopped = await asyncio.wait_for(core.manager.stop(c.id, 5), DEADLINE)
+    assert stopped.state is State.EXITED
+    assert stopped.exit_signal == signal.SIGTERM and stopped.exit_code == 128 + signal.SIGTERM
+
+
+async def test_stop_of_a_created_container_changes_nothing(core: Core) -> None:
+    c = await create(core, LONG)
+    assert (await core.manager.stop(c.id, 1)).state is State.CREATED
+
+
+# --- remove ---------------------------------------------------------------------------------------
+
+
+async def test_remove_of_a_running_container_needs_force(core: Core) -> None:
+    c = await create(core, LONG)
+    await core.manager.start(c.id)
+    with pytest.raises(AlreadyRunning):
+        await core.manager.remove(c.id, force=False)
+    assert core.manager.get(c.id).state is State.RUNNING
+    assert c.id in await stored(core)
+
+
+async def test_remove_with_force_kills_and_forgets_a_running_container(core: Core) -> None:
+    c = await create(core, LONG)
+    started = await core.manager.start(c.id)
+    assert await core.scopes.active_scopes() == [c.unit]
+    pids = list(core.scopes.given[c.unit])
+    await asyncio.wait_for(core.manager.remove(c.id, force=True), DEADLINE)
+    with pytest.raises(NoSuchContainer):
+        core.manager.get(c.id)
+    assert c.id not in await stored(core)
+    assert not core.paths.container(c.id).exists()
+    assert await core.scopes.active_scopes() == [] and c.unit not in core.scopes.units
+    assert await processes_ended(pids), f"monitor {started.monitor_pid} or init {started.main_pid} still runs"
+    assert core.recorder.kinds(c.id)[-1] == "removed"
+
+
+async def test_a_waiter_on_a_container_removed_before_it_ran_is_told_it_is_gone(core: Core) -> None:
+    c = await create(core, LONG)
+    waiting = asyncio.ensure_future(core.manager.wait(c.id))
+    await asyncio.sleep(0)  # let it block on the created container: no timing depends on this
+    assert not waiting.done()
+    await asyncio.wait_for(core.manager.remove(c.id, force=True), DEADLINE)
+    with pytest.raises(NoSuchContainer):
+        await asyncio.wait_for(waiting, DEADLINE)
+
+
+async def test_remove_on_exit_removes_the_container_after_its_exit(core: Core) -> None:
+    c = await create(core, ["sh", "-c", "exit 0"], remove_on_exit=True)
+    await core.manager.start(c.id)
+    await core.recorder.next("removed", c.id)
+    assert core.recorder.kinds(c.id)[-2:] == ["exited", "removed"]
+    assert core.manager.list() == [] and await stored(core) == {}
+    assert not core.paths.container(c.id).exists()
+
+
+# --- scopes ---------------------------------------------------------------------------------------
+
+
+async def test_a_scope_refused_at_start_fails_it_and_leaves_no_process(core: Core) -> None:
+    c = await create(core, LONG)
+    # A scope of the container's name that runs a process of its own: systemd refuses the name, and the
+    # container's own processes must not outlive the refusal.
+    squatter = subprocess.Popen(["sleep", "30"])
+    try:
+        await core.scopes.start(c.unit, [squatter.pid], "not Quilt's", ScopeLimits())
+        with pytest.raises(ContainerFailed):
+            await core.manager.start(c.id)
+        assert await processes_ended(core.scopes.given[c.unit])
+        assert core.manager.get(c.id).state is not State.RUNNING
+        assert squatter.poll() is None  # what Quilt did not start is left alone
+    finally:
+        squatter.kill()
+        squatter.wait()
+    # Once the other scope's processes are gone, the name is free again: the container starts.
+    assert (await core.manager.start(c.id)).state is State.RUNNING
+
+
+# --- recovery -------------------------------------------------------------------------------------
+
+
+async def test_recover_records_an_unknown_exit_for_a_running_container_whose_monitor_is_gone(
+        core: Core, zygote: FakeForkServer) -> None:
+    c = await create(core, LONG)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    # As the agent left it when it died: running, with a monitor that ended without an exit file.
+    await core.store.update_status(c.with_(state=State.RUNNING, monitor_pid=gone.pid, monitor_start=1,
+                                           main_pid=gone.pid, started_at=c.created_at + 1))
+    again = await build_core(core.paths, core.store, RecordingScopes(), FakeKernel(), zygote)
+    recovered = again.manager.get(c.id)
+    assert recovered.state is State.EXITED and recovered.exit_code == -1
+    assert "unknown" in recovered.failure_reason and recovered.monitor_pid == 0
+    assert (await stored(again))[c.id].state is State.EXITED
+    again.containers.clear()  # the fixture's core removes it
+
+
+async def test_recover_removes_the_directory_of_a_create_that_did_not_finish(core: Core,
+                                                                             zygote: FakeForkServer) -> None:
+    stray = core.paths.container("0" * 64)
+    (stray / "upper").mkdir(parents=True)
+    await build_core(core.paths, core.store, RecordingScopes(), FakeKernel(), zygote)
+    assert not stray.exists()
+
+
+# --- removals that take containers with them ------------------------------------------------------
+
+
+async def test_image_removal_is_refused_while_a_container_uses_it(core: Core) -> None:
+    c = await create(core, ["true"])
+    with pytest.raises(ImageInUse):
+        await core.removal.image("tiny", force=False)
+    assert core.manager.get(c.id).state is State.CREATED and core.images.list()
+
+
+async def test_image_removal_with_force_removes_its_containers_first(core: Core) -> None:
+    idle = await create(core, ["true"])
+    running = await create(core, LONG)
+    await core.manager.start(running.id)
+    await asyncio.wait_for(core.removal.image("tiny", force=True), DEADLINE)
+    assert core.manager.list() == [] and await stored(core) == {}
+    assert core.images.list() == []
+    assert {idle.id, running.id} <= {e.container_id for e in core.recorder.events if e.kind == "removed"}
+
+
+async def test_volume_removal_is_refused_while_a_container_uses_it(core: Core) -> None:
+    c = await create(core, ["true"], volumes=["data:/data"])
+    with pytest.raises(VolumeInUse):
+        await core.removal.volume("data", force=False)
+    assert core.manager.get(c.id) and [v.name for v in core.volumes.list()] == ["data"]
+
+
+async def test_volume_removal_with_force_removes_its_containers_first(core: Core) -> None:
+    c = await create(core, LONG, volumes=["data:/data"])
+    await core.manager.start(c.id)
+    await asyncio.wait_for(core.removal.volume("data", force=True), DEADLINE)
+    assert core.manager.list() == [] and await stored(core) == {}
+    assert core.volumes.list() == []
