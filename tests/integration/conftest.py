@@ -10,6 +10,8 @@ from typing import AsyncIterator
 import pytest
 
 from quilt_agent.client import Client
+from tests.integration.cleanup import CONTAINER_GONE, Cleanup
+from tests.integration.loopcheck import agent_journal, loop_check, pytest_configure  # noqa: F401 - the agent's loop
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -41,12 +43,21 @@ def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def client(agent: None) -> AsyncIterator[Client]:
     async with Client() as c:
         yield c
-        # Each test starts from no containers: remove what this one left.
-        for entry in await c.list_containers():
-            try:
-                await c.remove(entry.path, force=True)
-            except Exception:  # noqa: BLE001 - it may be gone already (remove_on_exit)
-                pass
+        # Each test starts from no containers: remove what this one left, and fail it for what cannot be.
+        cleanup = Cleanup("client")
+        await cleanup.attempt("list containers", remove_containers(c, cleanup))
+        await cleanup.attempt("list containers after their removal", _containers_left(c, cleanup))
+        cleanup.report()
+
+
+async def remove_containers(c: Client, cleanup: Cleanup) -> None:
+    """Force-remove every container; what fails is recorded in cleanup."""
+    for entry in await c.list_containers():
+        await cleanup.attempt(f"remove container {entry.name}", c.remove(entry.path, force=True), CONTAINER_GONE)
+
+
+async def _containers_left(c: Client, cleanup: Cleanup) -> None:
+    cleanup.left("containers", [entry.name for entry in await c.list_containers()])
 
 
 @pytest.fixture

@@ -150,6 +150,7 @@ async def test_a_call_that_comes_as_the_agent_exits_is_answered(unit_as_shipped:
     outcomes = []
     for step in range(10):
         await client.list_containers()
+        # Held on purpose: each call comes a little later around the idle exit, to meet the moment it happens.
         await asyncio.sleep(0.98 + step * 0.008)
         pid = agent_pid()
         started = time.monotonic()
@@ -163,7 +164,7 @@ async def test_a_running_container_keeps_the_agent_and_its_exit_is_kept_after_th
     use_unit("Environment=QUILT_IDLE_EXIT_SEC=1\n")
     pid = agent_pid()
     path = await client.run_container(name, str(busybox_tar), LONG_RUNNING, {})
-    await asyncio.sleep(3)
+    await asyncio.sleep(3)  # held on purpose: three idle times pass, and the agent has not gone
     assert (agent_state(), agent_pid()) == ("active", pid)
     # It ends by itself, without a call: the agent records the exit, then goes.
     main_pid = (await client.properties(path))["MainPID"]
@@ -192,7 +193,7 @@ async def test_a_call_in_progress_and_a_follower_of_events_keep_the_idle_agent(
     stream = buffer.getvalue()
     for i in range(3):
         os.write(write_end, stream[i * 512:(i + 1) * 512])
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # held on purpose: the stream comes slower than the idle time
         assert (agent_state(), agent_pid()) == ("active", pid)
     os.write(write_end, stream[3 * 512:])
     os.close(write_end)
@@ -201,7 +202,7 @@ async def test_a_call_in_progress_and_a_follower_of_events_keep_the_idle_agent(
     # A client following the Event signal: the agent knows it from the bus's match rules.
     async with Client() as follower:
         events = await follower.watch_events()
-        await asyncio.sleep(3)
+        await asyncio.sleep(3)  # held on purpose: three idle times pass, and the agent has not gone
         assert (agent_state(), agent_pid()) == ("active", pid)
         await client.remove(path)
         event = await asyncio.wait_for(events.get(), 5)

@@ -13,6 +13,7 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from quilt_agent.client import Client, ClientError, Event
+from tests.integration.waiting import subscribed, until
 
 ERR = "org.quilt.Runtime.Error."
 MiB = 1 << 20
@@ -99,7 +100,7 @@ async def test_a_failed_start_tells_failed_with_the_reason(client: Client, busyb
 async def test_list_events_since_and_until(client: Client, busybox_tar: Path, name: str) -> None:
     first = await client.create_container(f"{name}-1", str(busybox_tar), ["/bin/true"], {})
     middle = time.time_ns() // 1000
-    await asyncio.sleep(0.01)
+    await until(lambda: time.time_ns() // 1000 > middle, "the clock stood still")  # the second is after middle
     second = await client.create_container(f"{name}-2", str(busybox_tar), ["/bin/true"], {})
     ids = {(await client.properties(p))["Id"]: n for p, n in ((first, "1"), (second, "2"))}
     mine = lambda events: [ids[e.container_id] for e in events if e.container_id in ids]  # noqa: E731
@@ -117,7 +118,8 @@ async def test_quiltctl_events_prints_them_as_they_come_and_the_history_since(cl
     proc = await asyncio.create_subprocess_exec(QUILTCTL, "events", "--json", stdin=subprocess.DEVNULL,
                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        await asyncio.sleep(0.5)  # subscribed
+        # From its match rule on the bus on, the Event signals reach it.
+        await subscribed(proc.pid, "member='Event'")
         path = await client.run_container(name, str(busybox_tar), ["/bin/true"], {})
         await client.wait(path)
         cid = (await client.properties(path))["Id"]

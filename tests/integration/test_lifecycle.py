@@ -11,6 +11,7 @@ import pytest
 
 from quilt_agent.client import Client, ClientError
 from tests.integration.conftest import journal_lines
+from tests.integration.waiting import reached_agent
 
 ERR = "org.quilt.Runtime.Error."
 
@@ -45,6 +46,7 @@ async def test_run_records_exit_code_and_sends_output_to_the_journal(client: Cli
     assert props["MainPID"] == 0
     assert props["Unit"] == f"quilt-{name}.scope"
     assert props["CreatedAt"] <= props["StartedAt"] <= props["FinishedAt"]
+    await logged(client, path, 2)
     lines = await client.get_logs(path, {})
     # Two streams: journald keeps each one's order, not the order between them.
     assert sorted((line.stream, line.text) for line in lines) == [("stderr", "err"), ("stdout", "out")]
@@ -66,7 +68,7 @@ async def test_a_container_can_be_started_again_after_it_exited(client: Client, 
     await client.start(path)
     assert await client.wait(path) == 0
     # The container's writable layer is kept between runs, as with podman start.
-    assert [line.text for line in await client.get_logs(path, {})] == ["1", "2"]
+    assert await logged(client, path, 2) == ["1", "2"]
 
 
 async def test_running_container_reports_main_pid_in_its_scope(client: Client, busybox_tar: Path, name: str) -> None:
@@ -102,7 +104,7 @@ async def test_stop_lets_a_container_with_a_term_handler_exit_cleanly(client: Cl
     await client.stop(path, 10)
     props = await client.properties(path)
     assert props["State"] == "exited" and props["ExitCode"] == 0 and props["ExitSignal"] == 0
-    assert [line.text for line in await client.get_logs(path, {})] == ["ready", "bye"]
+    assert await logged(client, path, 2) == ["ready", "bye"]
 
 
 async def test_kill_delivers_the_signal(client: Client, busybox_tar: Path, name: str) -> None:
@@ -202,14 +204,14 @@ async def test_a_new_container_with_a_former_name_does_not_show_its_logs(client:
     await client.remove(first)
     second = await client.run_container(name, str(busybox_tar), ["/bin/echo", "second"], {})
     await client.wait(second)
-    assert [line.text for line in await client.get_logs(second, {})] == ["second"]
+    assert await logged(client, second, 1) == ["second"]
 
 
 async def test_wait_on_a_created_container_returns_once_it_has_run(client: Client, busybox_tar: Path,
                                                                    name: str) -> None:
     path = await client.create_container(name, str(busybox_tar), ["/bin/sh", "-c", "exit 4"], {})
     waiter = asyncio.ensure_future(client.wait(path))
-    await asyncio.sleep(0.2)
+    await reached_agent(client, path)  # the Wait is at the agent, not on its way: it waits for the start
     assert not waiter.done()
     await client.start(path)
     assert await asyncio.wait_for(waiter, 10) == 4

@@ -18,6 +18,7 @@ import pytest
 from dbus_fast import Variant
 
 from quilt_agent.client import Client, ClientError
+from tests.integration.waiting import until
 
 ERR = "org.quilt.Runtime.Error."
 QUILTCTL = shutil.which("quiltctl") or "/usr/bin/quiltctl"
@@ -31,24 +32,51 @@ def agent_pid() -> int:
                               text=True, check=True).stdout)
 
 
-def read_pipe(fd: int, timeout: float = 20.0) -> list[dict]:
-    """Every JSON line up to EOF (which must come within timeout)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    os.set_blocking(fd, False)
+class FollowedLog:
+    """FollowLogs' pipe, read as its JSON lines come."""
+
+    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.ReadTransport) -> None:
+        self.reader, self.transport = reader, transport
+        self.lines: list[dict] = []
+
+    @classmethod
+    async def open(cls, fd: int) -> FollowedLog:
+        reader = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+        return cls(reader, transport)
+
+    async def _next(self, timeout: float) -> dict | None:
+        raw = await asyncio.wait_for(self.reader.readline(), timeout)
+        if not raw:
+            return None
+        self.lines.append(json.loads(raw))
+        return self.lines[-1]
+
+    async def until(self, text: str, timeout: float = 10.0) -> None:
+        """Read until the line text has come (the follower has sent the log up to it and has not ended)."""
+        async with asyncio.timeout(timeout):
+            while (line := await self._next(timeout)) is None or line["text"] != text:
+                assert line is not None, f"the log ended before {text!r}: {self.lines}"
+
+    async def rest(self, timeout: float = 20.0) -> list[dict]:
+        """Every line read, once the pipe is at its end (which must come within timeout)."""
+        async with asyncio.timeout(timeout):
+            while await self._next(timeout) is not None:
+                pass
+        return self.lines
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+async def read_all(fd: int, timeout: float = 20.0) -> list[dict]:
+    """Every JSON line of a FollowLogs pipe up to its end (which must come within timeout)."""
+    log = await FollowedLog.open(fd)
     try:
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                assert time.monotonic() < deadline, f"no EOF on the log pipe; got {data!r}"
-                time.sleep(0.02)
-                continue
-            if not chunk:
-                return [json.loads(line) for line in data.splitlines()]
-            data += chunk
+        return await log.rest(timeout)
     finally:
-        os.close(fd)
+        log.close()
 
 
 async def wait_for_line(client: Client, path: str, text: str, timeout: float = 10.0) -> None:
@@ -71,12 +99,13 @@ async def open_gate(client: Client, path: str) -> None:
 async def test_follow_sees_lines_written_after_it_started_and_ends_with_the_container(
         client: Client, busybox_tar: Path, name: str) -> None:
     path = await gated_container(client, busybox_tar, name)
-    fd = await client.follow_logs(path, {})
-    reading = asyncio.ensure_future(asyncio.to_thread(read_pipe, fd))
-    await asyncio.sleep(0.3)
-    assert not reading.done()  # following: the container runs, so no EOF yet
-    await open_gate(client, path)
-    lines = await reading
+    log = await FollowedLog.open(await client.follow_logs(path, {}))
+    try:
+        await log.until("before")  # what was there: and the pipe stays open, the container runs
+        await open_gate(client, path)
+        lines = await log.rest()
+    finally:
+        log.close()
     assert [(line["stream"], line["text"]) for line in lines] == [
         ("stdout", "before"), ("stdout", "after1"), ("stderr", "after2"), ("stdout", "last")]
     assert (await client.properties(path))["State"] == "exited"
@@ -89,7 +118,7 @@ async def test_follow_of_an_exited_container_gives_its_log_and_ends(client: Clie
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "seq 1 3000"], {})
     await client.wait(path)
     started = time.monotonic()
-    lines = await asyncio.to_thread(read_pipe, await client.follow_logs(path, {}))
+    lines = await read_all(await client.follow_logs(path, {}))
     assert [line["text"] for line in lines] == [str(i) for i in range(1, 3001)]
     assert time.monotonic() - started < 5
 
@@ -102,7 +131,7 @@ async def test_follow_options_lines_since_until_and_no_follow(client: Client, bu
     two, three = all_lines[1].usec, all_lines[2].usec
 
     async def texts(options: dict) -> list[str]:
-        return [line["text"] for line in await asyncio.to_thread(read_pipe, await client.follow_logs(path, options))]
+        return [line["text"] for line in await read_all(await client.follow_logs(path, options))]
 
     assert await texts({"follow": False}) == ["one", "two", "three", "four"]
     assert await texts({"follow": False, "lines": 2}) == ["three", "four"]
@@ -110,12 +139,13 @@ async def test_follow_options_lines_since_until_and_no_follow(client: Client, bu
     # Following, but only until a time that has passed: what is there up to it, then the end.
     assert await texts({"until": three}) == ["one", "two", "three"]
     # Following with the last line first: ends when the container does.
-    fd = await client.follow_logs(path, {"lines": 1})
-    reading = asyncio.ensure_future(asyncio.to_thread(read_pipe, fd))
-    await asyncio.sleep(0.2)
-    assert not reading.done()
-    await client.kill(path, 9)
-    assert [line["text"] for line in await reading] == ["four"]
+    log = await FollowedLog.open(await client.follow_logs(path, {"lines": 1}))
+    try:
+        await log.until("four")  # and then it follows, until the kill
+        await client.kill(path, 9)
+        assert [line["text"] for line in await log.rest()] == ["four"]
+    finally:
+        log.close()
 
 
 async def test_follow_ends_when_the_reader_goes_away_and_leaves_nothing_behind(client: Client, busybox_tar: Path,
@@ -125,7 +155,7 @@ async def test_follow_ends_when_the_reader_goes_away_and_leaves_nothing_behind(c
     threads = len(os.listdir(f"/proc/{agent}/task"))
     fds = len(os.listdir(f"/proc/{agent}/fd"))
     followers = [await client.follow_logs(path, {}) for _ in range(5)]
-    await asyncio.sleep(0.2)
+    await until(lambda: len(os.listdir(f"/proc/{agent}/task")) >= threads + 5, "the followers' threads never ran")
     assert len(os.listdir(f"/proc/{agent}/task")) == threads + 5  # one thread each, none of asyncio's pool
     for fd in followers:
         os.close(fd)
@@ -139,7 +169,7 @@ async def test_follow_ends_when_the_reader_goes_away_and_leaves_nothing_behind(c
 async def test_follow_ends_when_the_container_is_removed(client: Client, busybox_tar: Path, name: str) -> None:
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "echo hi; sleep 300"], {})
     await wait_for_line(client, path, "hi")
-    reading = asyncio.ensure_future(asyncio.to_thread(read_pipe, await client.follow_logs(path, {})))
+    reading = asyncio.ensure_future(read_all(await client.follow_logs(path, {})))
     await client.remove(path, True)
     assert [line["text"] for line in await reading] == ["hi"]
 
@@ -165,12 +195,12 @@ async def test_quiltctl_logs_follow_prints_new_lines_stdout_and_stderr_apart(cli
     path = await gated_container(client, busybox_tar, name)
     proc = await asyncio.create_subprocess_exec(QUILTCTL, "logs", "-f", name, stdin=subprocess.DEVNULL,
                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    await asyncio.sleep(0.5)
-    assert proc.returncode is None
+    first = await asyncio.wait_for(proc.stdout.readline(), 20)  # the log so far: it follows from there
+    assert first == b"before\n" and proc.returncode is None
     await open_gate(client, path)
     out, err = await asyncio.wait_for(proc.communicate(), 20)  # ends by itself: the container exited
     assert proc.returncode == 0
-    assert out.decode() == "before\nafter1\nlast\n" and err.decode() == "after2\n"
+    assert (first + out).decode() == "before\nafter1\nlast\n" and err.decode() == "after2\n"
 
 
 async def test_quiltctl_logs_tail_timestamps_and_until(client: Client, busybox_tar: Path, name: str) -> None:

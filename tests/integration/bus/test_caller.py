@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 
 from quilt_agent.client import Client, ClientError
+from tests.integration.waiting import log_line, reached_agent
 
 BUS_NAME = "org.quilt.Runtime"
 MANAGER = (BUS_NAME, "/org/quilt/Runtime", "org.quilt.Runtime.Manager")
@@ -74,13 +75,16 @@ async def test_waits_in_flight_and_unprivileged_calls_meanwhile_each_get_their_o
         client: Client, busybox_tar: Path, name: str) -> None:
     paths = []
     for i in range(3):
-        script = f"trap 'exit {20 + i}' USR1; while :; do sleep 0.05; done"
+        script = f"trap 'exit {20 + i}' USR1; echo trapped; while :; do sleep 0.05; done"
         paths.append(await client.run_container(f"{name}-{i}", str(busybox_tar), ["/bin/sh", "-c", script], {}))
+    for path in paths:
+        await log_line(client, path, "trapped")  # SIGUSR1 now ends it with its own code
     roots = await connected(6)
     # Root callers, each on its own connection, wait on the containers: calls that stay in flight.
     waits = [asyncio.ensure_future(roots[i].wait(paths[i])) for i in range(3)]
     try:
-        await asyncio.sleep(0.3)  # the traps are set
+        for i in range(3):
+            await reached_agent(roots[i], paths[i])
         assert not any(w.done() for w in waits)
         # Meanwhile unprivileged callers call the same methods (and others) on the same objects, while root
         # callers on other connections keep calling a method that needs authorization too.

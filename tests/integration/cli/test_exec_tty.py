@@ -11,6 +11,7 @@ from typing import Iterator
 import pytest
 
 from quilt_agent.client import Client
+from tests.integration.waiting import in_foreground
 
 QUILTCTL = shutil.which("quiltctl") or "/usr/bin/quiltctl"
 QUILT_ERROR = 125
@@ -99,18 +100,18 @@ async def test_exec_it_ctrl_c_and_ctrl_z_reach_the_foreground_job(running: str, 
     tmux.start(f"{QUILTCTL} exec -it {running} sh; echo QUILTCTL-EXIT=$?; sleep 600")
     tmux.wait_for("/ #")
     tmux.keys("sleep 100", "Enter")
-    time.sleep(0.3)
+    await in_foreground(["sleep", "100"])
     started = time.monotonic()
     tmux.keys("C-c")
     tmux.keys("echo status=$?", "Enter")
     tmux.wait_for("status=130")  # the sleep got SIGINT from its terminal; the shell and quiltctl did not
     assert time.monotonic() - started < 5
     tmux.keys("sleep 101", "Enter")
-    time.sleep(0.3)
+    await in_foreground(["sleep", "101"])
     tmux.keys("C-z")
     tmux.wait_for("Stopped")  # job control: the terminal stopped the foreground job
     tmux.keys("fg", "Enter")  # back in the foreground, where ^C reaches it again
-    time.sleep(0.3)
+    await in_foreground(["sleep", "101"])
     tmux.keys("C-c")
     tmux.keys("echo status=$?", "Enter")
     tmux.wait_for("status=130\n/ #\n")  # 130 twice on the screen now, once per interrupted sleep
@@ -133,8 +134,8 @@ async def test_run_it_gives_an_interactive_container(busybox_tar: Path, name: st
     tmux.keys("echo pid=$$ on $TERM; stty size", "Enter")
     tmux.wait_for("pid=1 on xterm")  # the shell is the container's init, on its terminal
     tmux.wait_for("30 100")
-    tmux.keys("sleep 100", "Enter")
-    time.sleep(0.3)
+    tmux.keys("sleep 102", "Enter")
+    await in_foreground(["sleep", "102"])
     tmux.keys("C-c")
     tmux.keys("echo status=$?; exit 6", "Enter")
     screen = tmux.wait_for("QUILTCTL-EXIT=6")

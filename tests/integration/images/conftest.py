@@ -23,6 +23,7 @@ import pytest
 
 from quilt_agent.client import Client
 from tests import imagetools
+from tests.integration.cleanup import IMAGE_GONE, Cleanup
 from tests.packageindex import access_log_requests, wait_listening
 
 IMAGES = Path("/var/lib/quilt/images")
@@ -52,12 +53,17 @@ async def images_client(client: Client) -> AsyncIterator[Client]:
     """The client fixture; after the test, the images it made are removed (with their containers)."""
     before = {e.id for e in await client.list_images()}
     yield client
+    cleanup = Cleanup("images_client")
+    await cleanup.attempt("list images", remove_new_images(client, before, cleanup))
+    cleanup.report()
+
+
+async def remove_new_images(client: Client, before: set[str], cleanup: Cleanup) -> None:
+    """Remove (with their containers) the images not in before; what stays is a failure of cleanup."""
     for entry in await client.list_images():
         if entry.id not in before:
-            try:
-                await client.remove_image(entry.id, True)
-            except Exception:  # noqa: BLE001 - gone already
-                pass
+            await cleanup.attempt(f"remove image {entry.id[:12]}", client.remove_image(entry.id, True), IMAGE_GONE)
+    cleanup.left("images", [e.id[:12] for e in await client.list_images() if e.id not in before])
 
 
 # --- test images ---------------------------------------------------------------------------------

@@ -18,18 +18,27 @@ from quilt_agent.client import Client, ClientError
 from tests import imagetools
 from tests.integration.conftest import systemctl
 from tests.integration.images.conftest import ERR, IMAGES
+from tests.integration.waiting import until
 
 
-async def run_logs(client: Client, name: str, image: str, command: list[str], options: dict | None = None) -> list[str]:
+APP_LAST = "srv="  # the app image's last line
+
+
+async def run_logs(client: Client, name: str, image: str, command: list[str], options: dict | None = None, *,
+                   last: str = APP_LAST) -> list[str]:
+    """Run the container to its end; its log lines once journald has the last one (the one starting with last)."""
     path = await client.run_container(name, image, command, options or {})
     assert await asyncio.wait_for(client.wait(path), 20) == 0
-    for _ in range(100):  # journald may take a moment to write what the streams sent
+
+    async def complete() -> list[str] | None:
         lines = [line.text for line in await client.get_logs(path, {})]
-        if lines:
-            await asyncio.sleep(0.1)  # and the rest of them
-            return [line.text for line in await client.get_logs(path, {})]
-        await asyncio.sleep(0.05)
-    return []
+        return lines if any(line.startswith(last) for line in lines) else None
+
+    return await until(complete, f"no line starting with {last!r} in the log of {name}")
+
+
+async def _has_line(client: Client, path: str, start: str) -> bool:
+    return any(line.text.startswith(start) for line in await client.get_logs(path, {}))
 
 
 def fields(lines: list[str]) -> dict[str, str]:
@@ -100,10 +109,7 @@ async def test_stop_sends_the_images_stop_signal(images_client: Client, app_layo
     await images_client.import_image(str(app_layout), "test/app:v1")
     path = await images_client.run_container(name, "test/app:v1", ["wait"], {})
     assert (await images_client.properties(path))["StopSignal"] == signal.SIGUSR1
-    for _ in range(100):
-        if any("cwd=" in line.text for line in await images_client.get_logs(path, {})):
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: _has_line(images_client, path, APP_LAST), "the app never started waiting")  # trap set
     await images_client.stop(path, 10)
     props = await images_client.properties(path)
     assert props["ExitCode"] == 7, props  # the trap for SIGUSR1 ran: SIGTERM would have killed it (143)
@@ -149,7 +155,7 @@ async def test_a_rootfs_tarball_imports_with_config_changes(images_client: Clien
         "cmd": ["/bin/sh", "-c", "echo $GREETING from $(pwd)"], "env": ["GREETING=hello"], "workdir": "/tmp"})
     props = await images_client.image_properties(path)
     assert len(props["Layers"]) == 1
-    assert await run_logs(images_client, name, "bb:changed", []) == ["hello from /tmp"]
+    assert await run_logs(images_client, name, "bb:changed", [], last="hello") == ["hello from /tmp"]
 
 
 async def test_a_second_import_unpacks_nothing_and_takes_next_to_no_time(images_client: Client,
@@ -256,7 +262,7 @@ async def test_images_of_the_previous_store_layout_are_taken_over(images_client:
         systemctl("start", "quilt-agent")
     async with Client() as fresh:
         assert (await fresh.image_properties(await fresh.get_image(old_id)))["Layers"] == [f"sha256:{old_id}"]
-        assert await run_logs(fresh, name, old_id, ["/bin/echo", "old"]) == ["old"]
+        assert await run_logs(fresh, name, old_id, ["/bin/echo", "old"], last="old") == ["old"]
         await fresh.remove(await fresh.get_container(name), True)
         await fresh.remove_image(old_id)
 
@@ -287,4 +293,4 @@ async def _podman_save_and_import(images_client: Client, busybox_tar: Path, tmp_
     assert paths[0] == paths[1] == f"/org/quilt/Runtime/image/{podman_id}"  # podman's id is the config's too
     props = await images_client.image_properties(paths[0])
     assert props["Names"] == ["localhost/podman-made:v1", "podman:oci"]  # the archive's RepoTag, and one given
-    assert await run_logs(images_client, name, "localhost/podman-made:v1", []) == ["from podman"]
+    assert await run_logs(images_client, name, "localhost/podman-made:v1", [], last="from podman") == ["from podman"]

@@ -19,9 +19,10 @@ from quilt_agent.images import oci
 from tests import imagetools
 from tests.integration.conftest import systemctl
 from tests.integration.images.conftest import (
-    ERR, FakeRegistry, Registry, TokenServer, auth_file, store_tree,
+    ERR, IMAGES, FakeRegistry, Registry, TokenServer, auth_file, store_tree,
 )
 from tests.integration.images.test_import import fields, run_logs
+from tests.integration.waiting import until
 
 
 def registry_digest(registry: Registry, repo: str, tag: str, accept: str = oci.OCI_MANIFEST) -> str:
@@ -68,19 +69,22 @@ async def test_a_second_pull_downloads_no_blob_and_unpacks_nothing(images_client
 async def test_layers_are_downloaded_in_parallel_and_reported(images_client: Client, app_layout: Path,
                                                               fake_registry: FakeRegistry) -> None:
     inflight, most = [0], [0]
-    lock = threading.Lock()
+    together = threading.Condition()
+    deadline = time.monotonic() + 10
 
-    def slow_blob(h: BaseHTTPRequestHandler) -> None:
-        with lock:
+    def held_blob(h: BaseHTTPRequestHandler) -> None:
+        # Each layer is held until a second download is in flight: one after the other, they never overlap (each
+        # then waits out the one deadline, and most stays 1).
+        with together:
             inflight[0] += 1
             most[0] = max(most[0], inflight[0])
-        time.sleep(0.4)
-        with lock:
+            together.notify_all()
+            together.wait_for(lambda: most[0] >= 2, timeout=max(0.0, deadline - time.monotonic()))
             inflight[0] -= 1
         fake_registry.serve(h)
 
     for layer in fake_registry.manifest()["layers"]:
-        fake_registry.routes[f"/v2/test/app/blobs/{layer['digest']}"] = slow_blob
+        fake_registry.routes[f"/v2/test/app/blobs/{layer['digest']}"] = held_blob
     progress = await images_client.watch_image_progress("parallel")
     await images_client.pull_image(f"{fake_registry.host}/test/app:v1", {"job": "parallel"})
     assert most[0] >= 2, most
@@ -181,6 +185,20 @@ async def test_plain_http_is_only_for_the_registries_configured(images_client: C
         conf.unlink()
 
 
+def stored(digest: str) -> bool:
+    """The blob is in the image store: as a verified blob, or unpacked into a layer that records it."""
+    hexdigest = digest.removeprefix("sha256:")
+    if (IMAGES / "blobs" / "sha256" / hexdigest).exists():
+        return True
+    for meta in (IMAGES / "layers").glob("*.json"):
+        try:
+            if digest in json.loads(meta.read_text()).get("blobs", []):
+                return True
+        except (OSError, ValueError):
+            pass  # replaced meanwhile: written by rename, read again at the next poll
+    return False
+
+
 async def test_a_pull_cut_short_leaves_no_image_and_its_retry_fetches_only_the_rest(
         images_client: Client, fake_registry: FakeRegistry) -> None:
     layers = [layer["digest"] for layer in fake_registry.manifest()["layers"]]
@@ -198,11 +216,10 @@ async def test_a_pull_cut_short_leaves_no_image_and_its_retry_fetches_only_the_r
     before = await images_client.list_images()
     pull = asyncio.ensure_future(images_client.pull_image(ref))
     assert await asyncio.to_thread(entered.wait, 20)
-    for _ in range(200):  # the other layers land (they are small)
-        if sum(f"/blobs/{d}" in p for d in layers[:-1] for p in fake_registry.seen) == len(layers) - 1:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)
+    # The kill comes once the config and every other layer are in the store (they are small).
+    config = fake_registry.manifest()["config"]["digest"]
+    await until(lambda: all(stored(d) for d in [config, *layers[:-1]]),
+                "the config and the first layers never landed in the store", timeout=20)
     systemctl("kill", "-s", "KILL", "quilt-agent")
     with pytest.raises(ClientError):
         await pull

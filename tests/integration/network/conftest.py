@@ -19,7 +19,8 @@ from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
-from quilt_agent.client import Client, ClientError
+from quilt_agent.client import Client
+from tests.integration.cleanup import NETWORK_GONE, Cleanup
 
 ERR = "org.quilt.Runtime.Error."
 END = "END"
@@ -114,11 +115,15 @@ async def networks(client: Client) -> AsyncIterator[list[str]]:
     """Names of networks the test creates; removed (with their containers) afterwards."""
     made: list[str] = []
     yield made
+    cleanup = Cleanup("networks")
     for name in made:
-        try:
-            await client.remove_network(name, True)
-        except ClientError:
-            pass
+        await cleanup.attempt(f"remove network {name}", client.remove_network(name, True), NETWORK_GONE)
+    await cleanup.attempt("list networks", networks_left(client, made, cleanup))
+    cleanup.report()
+
+
+async def networks_left(client: Client, made: list[str], cleanup: Cleanup) -> None:
+    cleanup.left("networks", [n.name for n in await client.list_networks() if n.name in made])
 
 
 @pytest.fixture(scope="session")

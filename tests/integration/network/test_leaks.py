@@ -19,6 +19,7 @@ import pytest
 
 from quilt_agent.client import Client, ClientError
 from tests.integration.network.conftest import ERR, eventually_same, same, sh, snapshot, start
+from tests.integration.waiting import until
 
 
 @pytest.fixture
@@ -109,7 +110,11 @@ async def test_agent_killed_and_restarted_then_remove_leaves_nothing(client: Cli
     before = snapshot()
     running = await start(client, f"{name}-run", busybox_tar, options={"ports": ["8130:80"]})
     created = await client.create_container(f"{name}-new", str(busybox_tar), ["/bin/true"], {})
-    await asyncio.sleep(0.2)  # its namespace is being made
+    # The kill comes once the worker has made the created container's namespace and its interface: what a
+    # crash leaves for the remove to find.
+    cid = (await client.properties(created))["Id"]
+    await until(lambda: sh("ip", "-n", f"quilt-{cid}", "-o", "link", "show", "eth0", check=False).returncode == 0,
+                "the created container's namespace and interface were never made")
     await agent_restarted_after_kill(agent_pid())
     async with Client() as again:
         assert (await again.properties(running))["State"] == "running"

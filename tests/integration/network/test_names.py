@@ -76,7 +76,8 @@ async def test_reverse_lookup_and_other_types(client: Client, busybox_tar: Path,
     assert unknown.header.rcode == RCODE.NXDOMAIN and unknown.header.aa
 
 
-async def test_the_container_files(client: Client, busybox_tar: Path, name: str) -> None:
+async def test_resolv_conf_hosts_and_hostname_are_bound_with_the_containers_names(client: Client, busybox_tar: Path,
+                                                                                  name: str) -> None:
     out = await run(client, name, busybox_tar, "cat /etc/resolv.conf; echo ---; cat /etc/hosts; echo ---; "
                     "cat /etc/hostname; grep -c . /proc/mounts >/dev/null; mount | grep -c ' /etc/'",
                     {"aliases": ["alias1"], "hostname": "box"})
@@ -90,7 +91,8 @@ async def test_the_container_files(client: Client, busybox_tar: Path, name: str)
     assert rest.splitlines() == ["box", "3"]  # three files bound over the image's
 
 
-async def test_the_image_is_not_changed(client: Client, busybox_tar: Path, name: str) -> None:
+async def test_the_network_files_are_bound_not_written_into_the_containers_layer(client: Client, busybox_tar: Path,
+                                                                                 name: str) -> None:
     # The files are bound, not written: the container's own layer does not even hold them.
     path = await client.run_container(name, str(busybox_tar), ["/bin/true"], {})
     await client.wait(path)

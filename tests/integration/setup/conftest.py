@@ -20,6 +20,9 @@ from dbus_fast import Variant
 from quilt_agent.client import Client, ClientError
 from quilt_agent.network.model import DEFAULT_SUBNET
 from tests import packageindex, setupimage
+from tests.integration.cleanup import Cleanup
+from tests.integration.conftest import remove_containers
+from tests.integration.images.conftest import remove_new_images
 from tests.integration.network.conftest import END
 
 ERR = "org.quilt.Runtime.Error."
@@ -81,17 +84,10 @@ async def sclient(client: Client) -> AsyncIterator[Client]:
     """The client fixture; after the test its containers and the images it made (cached setup results) go."""
     before = {e.id for e in await client.list_images()}
     yield client
-    for entry in await client.list_containers():
-        try:
-            await client.remove(entry.path, force=True)
-        except ClientError:
-            pass
-    for entry in await client.list_images():
-        if entry.id not in before:
-            try:
-                await client.remove_image(entry.id, True)
-            except ClientError:
-                pass
+    cleanup = Cleanup("sclient")
+    await cleanup.attempt("list containers", remove_containers(client, cleanup))
+    await cleanup.attempt("list images", remove_new_images(client, before, cleanup))
+    cleanup.report()
 
 
 @dataclass

@@ -2,12 +2,11 @@
 that GetLogs/FollowLogs option `setup` and `quiltctl logs --setup` select."""
 from __future__ import annotations
 
-import asyncio
 import subprocess
 
 from quilt_agent.client import Client
 from tests.integration.setup.conftest import quiltctl, run
-from tests.integration.test_logs_follow import read_pipe
+from tests.integration.test_logs_follow import read_all
 
 STEPS = ["sh: echo setup-out-1; echo setup-err-1 >&2", "sh: echo setup-out-2"]
 HEADERS = ["quilt: setup step 1/2: sh: echo setup-out-1; echo setup-err-1 >&2",
@@ -77,6 +76,6 @@ async def test_followlogs_setup_follows_the_steps_while_they_run(sclient: Client
     path = await sclient.run_container(name, busybox, ["/bin/sh", "-c", "echo main-out"],
                                        {"setup": [step], "setup_cache": False})
     fd = await sclient.follow_logs(path, {"setup": True, "follow": True})
-    lines = await asyncio.to_thread(read_pipe, fd)
+    lines = await read_all(fd)
     assert [line["text"] for line in lines] == [f"quilt: setup step 1/1: {step}", "s1", "s2"], lines
     assert await sclient.wait(path) == 0

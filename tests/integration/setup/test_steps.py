@@ -9,6 +9,7 @@ import pytest
 from dbus_fast import Variant
 
 from quilt_agent.client import Client, ClientError
+from tests.integration.waiting import until
 
 ERR = "org.quilt.Runtime.Error."
 
@@ -70,13 +71,11 @@ async def test_the_second_container_starts_from_the_cached_result(client: Client
     assert props["State"] == "exited" and props["SetupImage"] == "", props
     assert [line.text for line in await client.get_logs(first, {}) if not line.text.startswith("quilt:")] == [
         "installed", "vi-gone"]
-    for _ in range(100):  # the cache image is committed after the command started
-        cached = [i for i in await client.list_images()
-                  if (await client.image_properties(i.path))["SetupSteps"] == steps]
-        if cached:
-            break
-        await asyncio.sleep(0.1)
-    (image,) = cached
+    async def cached() -> list:
+        return [i for i in await client.list_images() if (await client.image_properties(i.path))["SetupSteps"] == steps]
+
+    # The cache image is committed after the command started.
+    (image,) = await until(cached, "the setup's result was never cached", interval=0.1)
     image_props = await client.image_properties(image.path)
     assert image_props["SetupSteps"] == steps and image_props["Names"] == []
     second, props = await _finish(client, name + "b", busybox_tar, script, options)
@@ -127,10 +126,10 @@ async def test_setup_cache_must_be_a_boolean(client: Client, name: str, busybox_
 async def test_stop_during_setup_reaches_the_running_step(client: Client, name: str, busybox_tar: Path) -> None:
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "echo MAIN"],
                                       {"setup": ["sh: echo started; exec sleep 60"], "stop_timeout": 30})
-    for _ in range(100):
-        if [line.text for line in await client.get_logs(path, {"setup": True})][-1:] == ["started"]:
-            break
-        await asyncio.sleep(0.1)
+    async def started() -> bool:
+        return [line.text for line in await client.get_logs(path, {"setup": True})][-1:] == ["started"]
+
+    await until(started, "the setup step never started")
     assert (await client.properties(path))["State"] == "running"
     await client.stop(path)
     props = await client.properties(path)
@@ -143,10 +142,10 @@ async def test_stop_during_setup_reaches_the_running_step(client: Client, name: 
 async def test_a_restarted_container_runs_on_the_cached_result(client: Client, name: str, busybox_tar: Path) -> None:
     path, props = await _finish(client, name, busybox_tar, "cat /etc/tool", {"setup": ["sh: echo v1 > /etc/tool"]})
     assert props["State"] == "exited" and props["SetupImage"] == ""
-    for _ in range(100):
-        if [i for i in await client.list_images() if (await client.image_properties(i.path))["SetupBase"]]:
-            break
-        await asyncio.sleep(0.1)
+    async def cached() -> bool:
+        return any([(await client.image_properties(i.path))["SetupBase"] for i in await client.list_images()])
+
+    await until(cached, "the setup's result was never cached", interval=0.1)
     await client.start(path)
     assert await asyncio.wait_for(client.wait(path), 60) == 0
     props = await client.properties(path)

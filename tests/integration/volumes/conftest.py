@@ -10,6 +10,8 @@ from typing import AsyncIterator
 import pytest
 
 from quilt_agent.client import Client
+from tests.integration.cleanup import VOLUME_GONE, Cleanup
+from tests.integration.conftest import remove_containers
 from tests.integration.network.conftest import END, Output, logs_until_end
 
 ERR = "org.quilt.Runtime.Error."
@@ -54,10 +56,13 @@ async def run(client: Client, name: str, image: Path | str, script: str, options
 async def vclient(client: Client) -> AsyncIterator[Client]:
     """The client fixture, and every volume left by the test removed after its containers."""
     yield client
-    for entry in await client.list_containers():
-        try:
-            await client.remove(entry.path, force=True)
-        except Exception:  # noqa: BLE001
-            pass
+    cleanup = Cleanup("vclient")
+    await cleanup.attempt("list containers", remove_containers(client, cleanup))
+    await cleanup.attempt("list volumes", remove_volumes(client, cleanup))
+    cleanup.report()
+
+
+async def remove_volumes(client: Client, cleanup: Cleanup) -> None:
     for name, _, _ in await client.list_volumes():
-        await client.remove_volume(name, True)
+        await cleanup.attempt(f"remove volume {name}", client.remove_volume(name, True), VOLUME_GONE)
+    cleanup.left("volumes", [name for name, _, _ in await client.list_volumes()])
