@@ -101,7 +101,8 @@ class Zygote:
         if done.error in _EXTRACT_ERRORS:
             raise _EXTRACT_ERRORS[done.error](done.message)
         if done.error == "OSError":
-            raise OSError(done.errno, done.message)
+            # The extractor's paths are inside its chroot: name the layer's directory, on the same filesystem.
+            raise OSError(done.errno, done.message, str(dest))
         if done.error:
             raise RuntimeError(done.message)
 
