@@ -116,7 +116,8 @@ def mode_of(networks: tuple[str, ...]) -> str:
 
 class Networks:
     def __init__(self, paths: Paths, store: StateStore, containers: ContainerTable, kernel: NetworkKernel | None = None,
-                 config: network_config.NetworkConfig | None = None) -> None:
+                 config: network_config.NetworkConfig | None = None, rules: firewall.Firewall | None = None,
+                 forward_note: Path = FORWARD_NOTE) -> None:
         self._paths = paths
         self._store = store
         self._containers = containers  # read only: the manager's, to resolve container:NAME and ping targets
@@ -132,7 +133,8 @@ class Networks:
         self._linger: dict[str, asyncio.TimerHandle] = {}
         self._network_locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[NetworkListener] = []
-        self._firewall = firewall.Firewall()
+        self._firewall = rules or firewall.Firewall()
+        self._forward_note = forward_note
         self._upstreams = dns.Upstreams(self.config.dns_servers, self._gateways)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool: list[int] = []
@@ -593,12 +595,12 @@ class Networks:
         needed = any(not self._networks[i].internal for i in self._active if i in self._networks)
         if needed:
             before = await self.kernel.run(self.kernel.forwarding, "1")
-            if before != "1" and not FORWARD_NOTE.exists():
-                FORWARD_NOTE.parent.mkdir(parents=True, exist_ok=True)
-                FORWARD_NOTE.write_text(before)
-        elif FORWARD_NOTE.exists():
-            await self.kernel.run(self.kernel.forwarding, FORWARD_NOTE.read_text().strip() or "0")
-            FORWARD_NOTE.unlink()
+            if before != "1" and not self._forward_note.exists():
+                self._forward_note.parent.mkdir(parents=True, exist_ok=True)
+                self._forward_note.write_text(before)
+        elif self._forward_note.exists():
+            await self.kernel.run(self.kernel.forwarding, self._forward_note.read_text().strip() or "0")
+            self._forward_note.unlink()
 
     async def _apply_firewall(self) -> None:
         active = [self._networks[i] for i in self._active if i in self._networks]

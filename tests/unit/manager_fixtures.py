@@ -21,6 +21,7 @@ from quilt_agent.manager import Manager
 from quilt_agent.model import Container
 from quilt_agent.network.config import NetworkConfig
 from quilt_agent.network.core import Networks
+from quilt_agent.network.firewall import Firewall
 from quilt_agent.removal import Removal
 from quilt_agent.scopes import ScopeLimits
 from quilt_agent.volumes import Volumes
@@ -144,19 +145,31 @@ def tiny_rootfs(directory: Path) -> Path:
     return path
 
 
+class RecordedRules(Firewall):
+    """The table inet quilt as the networks render it, kept instead of handed to nft."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[dict[str, Any]] = []
+
+    async def apply(self, batch: dict[str, Any]) -> None:
+        self.batches.append(batch)
+
+
 async def build_core(paths: Paths, store: StateStore, scopes: RecordingScopes, kernel: FakeKernel,
                      zygote: FakeForkServer) -> Core:
-    """As app.build, but with the fakes. Networks.recover is left out: it applies the firewall with nft and
-    notes ip_forward under /run, neither of them behind the kernel interface; containers on networks ['none']
-    need nothing it does."""
+    """As app.build, but with the fakes: the network rules are recorded, not applied with nft, and the note of
+    ip_forward goes below the test's own directory."""
     containers = ContainerTable()
     image_store = await asyncio.to_thread(ImageStore, paths.images, zygote.extract)
     images = Images(image_store, containers)
     volumes = Volumes(paths.volumes, store, containers)
-    networks = Networks(paths, store, containers, kernel=kernel, config=NetworkConfig())
+    networks = Networks(paths, store, containers, kernel=kernel, config=NetworkConfig(), rules=RecordedRules(),
+                        forward_note=paths.root / "ip_forward")
     manager = Manager(paths, store, scopes, zygote, containers, images, networks, volumes)
     stored = await store.containers()
     await volumes.load()
+    await networks.recover(stored)
     await manager.recover(stored)
     core = Core(paths, store, scopes, kernel, zygote, containers, images, volumes, networks, manager,
                 Removal(manager, images, volumes, networks))
