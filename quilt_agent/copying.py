@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import signal
 import tarfile
 import threading
@@ -123,11 +124,24 @@ def check_path(path: str, side: str) -> str:
 def _source_in(root_fd: int, source: str) -> int:
     """An O_PATH fd of the container's source, its last component not followed (a symlink is copied as one)."""
     try:
-        return openat2(root_fd, source.lstrip("/") or ".", os.O_PATH | os.O_NOFOLLOW, _RESOLVE)
+        fd = openat2(root_fd, source.lstrip("/") or ".", os.O_PATH | os.O_NOFOLLOW, _RESOLVE)
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             raise NoSuchPath(f"No '{source}' in the container") from None
         raise
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        os.close(fd)
+        # Inside a tree such entries are skipped, as docker cp does; named alone, there is nothing to copy.
+        raise CopyFailed(f"'{source}' in the container is a {_special_kind(mode)}: only files, directories and "
+                         "symbolic links are copied")
+    return fd
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device node"
+    return "FIFO" if stat.S_ISFIFO(mode) else "socket"
 
 
 def _dest_in(root_fd: int, dest: str, top: str) -> tuple[int, str]:

@@ -10,13 +10,14 @@ from dbus_fast.service import PropertyAccess, dbus_method, dbus_property
 
 from quilt_agent.bus import container_io
 from quilt_agent.bus.container_io import ContainerIO
+from quilt_agent.bus.errors import to_dbus_error
 from quilt_agent.bus.guard import GuardedInterface, guarded
 from quilt_agent.bus.network import CONTAINER_ARG_NAMES as NETWORK_ARG_NAMES
 from quilt_agent.bus.network import ContainerNetwork
 from quilt_agent.bus.volume import ContainerCopy
 from quilt_agent.bus.names import CONTAINER_INTERFACE
 from quilt_agent.bus.polkit import MANAGE, READ, Authority, Subject
-from quilt_agent.errors import InvalidArgument
+from quilt_agent.errors import InvalidArgument, QuiltError
 from quilt_agent.manager import Manager
 from quilt_agent.network.core import Networks
 from quilt_agent.model import Container, effective_hostname
@@ -84,7 +85,10 @@ def _attribute(dbus_name: str) -> str:
 def _exported(prop: Property) -> Any:
     """A read-only dbus-fast property that reads prop's value from the container the object stands for."""
     def getter(self: "ContainerInterface") -> Any:
-        return prop.value(self._c)
+        try:
+            return prop.value(self._c)
+        except QuiltError as err:  # removed in the same turn of the loop: answered as a method would be
+            raise to_dbus_error(err) from err
 
     getter.__name__ = getter.__qualname__ = _attribute(prop.name)
     getter.__annotations__ = {"return": prop.signature}  # dbus-fast reads the wire type from the annotation

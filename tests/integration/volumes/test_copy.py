@@ -116,3 +116,11 @@ async def test_quiltctl_cp(vclient: Client, name: str, busybox_tar: Path, tmp_pa
     assert both.returncode != 0 and "CONTAINER:PATH" in both.stderr
     missing = quiltctl("cp", f"{name}:/nope", str(tmp_path / "x"))
     assert missing.returncode == 125 and "/nope" in missing.stderr
+
+
+async def test_copying_a_device_node_alone_is_refused_by_name(vclient: Client, name: str, busybox_tar: Path,
+                                                              tmp_path: Path) -> None:
+    await vclient.run_container(name, str(busybox_tar), ["sleep", "60"], {})
+    refused = quiltctl("cp", f"{name}:/dev/null", str(tmp_path / "null"))
+    assert refused.returncode == 125 and "device node" in refused.stderr, refused.stderr
+    assert not (tmp_path / "null").exists()
