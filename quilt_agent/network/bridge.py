@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 from quilt_agent.helper.namespaces import loopback_up
 from quilt_agent.network.model import BRIDGE_PREFIX, LINK_ALIAS_PREFIX, VETH_PREFIX, Network
+from quilt_agent.network import netns
 from quilt_agent.network.netns import Namespaces
 
 if TYPE_CHECKING:
@@ -85,7 +86,12 @@ class NetworkKernel(Protocol):
         """A namespace pinned at path, loopback up; one pinned there already is kept."""
 
     def prepare_netns(self) -> int:
-        """A namespace made ahead, loopback up, held by the returned fd only (the caller closes it)."""
+        """A namespace made ahead, loopback up, held by the returned fd only (the caller closes it, or gives it
+        to pin_netns)."""
+
+    def pin_netns(self, fd: int, path: Path) -> None:
+        """Pin the namespace held by fd (prepare_netns's) at path, and close fd, pinned or not. Something at path
+        already: FileExistsError, the namespace there kept."""
 
     def attach(self, path: Path, plans: list[LinkPlan], repair: bool = False) -> None:
         """Each plan's veth pair: host end up on its bridge with its alias, peer up inside with its address, the
@@ -237,6 +243,14 @@ class Kernel:
         finally:
             self.ns.leave()
         return fd
+
+    def pin_netns(self, fd: int, path: Path) -> None:
+        """A pool's namespace given to a container: a file and a bind mount, no netlink. The fd is closed here,
+        in the thread that pins: a caller cancelled meanwhile cannot close it under the mount."""
+        try:
+            netns.pin(fd, path)
+        finally:
+            os.close(fd)
 
     def attach(self, path: Path, plans: list[LinkPlan], repair: bool = False) -> None:
         """Each plan's veth pair: host end up on its bridge, the other end in the namespace with its address, and

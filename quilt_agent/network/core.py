@@ -18,7 +18,6 @@ import asyncio
 import errno
 import ipaddress
 import logging
-import os
 import socket
 import struct
 import time
@@ -386,20 +385,17 @@ class Networks:
         self._refill()  # after: the worker makes the next namespace once this container's links are queued
 
     def _from_pool(self, path: Path) -> asyncio.Future[None] | None:
-        """A namespace made ahead, pinned at path now (a file and a bind mount); None when the pool is empty."""
+        """A namespace made ahead, pinned at path by the worker; None when the pool is empty."""
         if not self._pool:
             return None
-        fd = self._pool.pop()
+        return asyncio.ensure_future(self._pin(self._pool.pop(), path))
+
+    async def _pin(self, fd: int, path: Path) -> None:
         try:
-            netns.pin(fd, path)
+            await self.kernel.run(self.kernel.pin_netns, fd, path)  # closes fd
         except OSError as e:
             log.warning("could not pin a namespace at %s (%s): making one", path, e)
-            return None
-        finally:
-            os.close(fd)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+            await self.kernel.run(self.kernel.create_netns, path)
 
     def _refill(self) -> None:
         if self._filling or len(self._pool) >= POOL_SIZE:

@@ -204,6 +204,33 @@ class KernelContract:
         finally:
             os.close(fd)
 
+    async def test_pin_netns_pins_a_prepared_namespace_that_takes_an_attach(
+            self, kernel: NetworkKernel, probe: KernelProbe, names: Names) -> None:
+        await kernel.run(kernel.ensure_bridge, names.first)
+        fd = await kernel.run(kernel.prepare_netns)
+        await kernel.run(kernel.pin_netns, fd, names.path)
+        with pytest.raises(OSError) as err:
+            os.fstat(fd)
+        assert err.value.errno == errno.EBADF  # the kernel closed it: the pin holds the namespace now
+        assert names.path in await kernel.run(kernel.list_netns)
+        links = await probe.links(names.path)
+        assert set(links) == {"lo"} and links["lo"].up  # prepared: a namespace just made has lo down
+        await kernel.run(kernel.attach, names.path, [names.plan(names.first, 0)])
+        assert await kernel.run(kernel.attached, names.path, [names.host(0)])
+
+    async def test_pin_netns_where_one_is_pinned_fails_and_keeps_the_pinned_one(
+            self, kernel: NetworkKernel, probe: KernelProbe, names: Names) -> None:
+        await kernel.run(kernel.ensure_bridge, names.first)
+        await kernel.run(kernel.create_netns, names.path)
+        await kernel.run(kernel.attach, names.path, [names.plan(names.first, 0)])
+        fd = await kernel.run(kernel.prepare_netns)
+        with pytest.raises(FileExistsError):
+            await kernel.run(kernel.pin_netns, fd, names.path)
+        with pytest.raises(OSError) as err:
+            os.fstat(fd)
+        assert err.value.errno == errno.EBADF
+        assert "eth0" in await probe.links(names.path)
+
     # --- attach ------------------------------------------------------------------------------------
 
     async def test_attach_puts_the_host_end_on_the_bridge_and_the_address_and_route_inside(

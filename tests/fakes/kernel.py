@@ -129,6 +129,19 @@ class FakeKernel:
         self.held[fd] = FakeNamespace.new()
         return fd
 
+    def pin_netns(self, fd: int, path: Path) -> None:
+        try:
+            space = self.held.pop(fd, None)
+            if space is None:
+                raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+            if path.parent != netns.NETNS_DIR and not path.parent.is_dir():
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+            if path in self.pinned:
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+            self.pinned[path] = space
+        finally:
+            os.close(fd)
+
     def _pinned(self, path: str | Path) -> FakeNamespace:
         space = self.pinned.get(Path(path))
         if space is None:

@@ -4,6 +4,7 @@ table, the store, the scopes and the container's directory."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import subprocess
@@ -15,10 +16,12 @@ import pytest
 
 from quilt_agent.config import Paths
 from quilt_agent.errors import (
-    AlreadyRunning, ContainerFailed, ImageInUse, InvalidArgument, NameInUse, NoSuchContainer, NotRunning,
-    VolumeInUse,
+    AlreadyRunning, ContainerFailed, ImageInUse, InvalidArgument, NameInUse, NetworkInUse, NoSuchContainer,
+    NoSuchNetwork, NotRunning, VolumeInUse,
 )
 from quilt_agent.model import Container, State
+from quilt_agent.network import netns
+from quilt_agent.network.model import DEFAULT_NETWORK, host_ifname, link_alias
 from quilt_agent.scopes import ScopeLimits
 from quilt_agent.store import Store
 from tests.fakes.helper import FakeForkServer
@@ -342,3 +345,108 @@ async def test_volume_removal_with_force_removes_its_containers_first(core: Core
     await asyncio.wait_for(core.removal.volume("data", force=True), DEADLINE)
     assert core.manager.list() == [] and await stored(core) == {}
     assert core.volumes.list() == []
+
+
+# --- containers on a network ----------------------------------------------------------------------
+
+
+async def create_on(core: Core, command: list[str], name: str = "", **options: object) -> Container:
+    """A container on the networks the options name, on the default network when they name none."""
+    return await core.manager.create(name, "tiny", command, dict(options))
+
+
+def links_of(core: Core, container_id: str) -> list[str]:
+    """The host's links that are the container's: by its veth names, or by its alias."""
+    return [name for name, link in core.kernel.host.links.items()
+            if name.startswith(host_ifname(container_id, 0)[:-1]) or link.alias == link_alias(container_id)]
+
+
+async def test_a_container_created_without_networks_gets_an_address_on_the_default_network(core: Core) -> None:
+    c = await create_on(core, ["true"])
+    default = core.networks.get(DEFAULT_NETWORK)
+    assert c.spec.networks == (DEFAULT_NETWORK,)
+    [(network, address)] = core.networks.addresses(c.id)
+    assert network == DEFAULT_NETWORK and address != default.gateway
+    assert ipaddress.IPv4Address(address) in default.network
+    assert core.networks.container_names(default.id) == [c.name]
+
+
+async def test_two_containers_on_the_default_network_get_different_addresses(core: Core) -> None:
+    first = await create_on(core, ["true"], networks=[DEFAULT_NETWORK])
+    second = await create_on(core, ["true"], networks=[DEFAULT_NETWORK])
+    assert core.networks.addresses(first.id) != core.networks.addresses(second.id)
+
+
+async def test_a_container_on_the_default_network_starts_in_its_namespace_and_exits_with_its_code(
+        core: Core, gate: Gate) -> None:
+    c = await create_on(core, ["sh", "-c", f"read x < {gate.path}; exit 3"], networks=[DEFAULT_NETWORK])
+    [(_, address)] = core.networks.addresses(c.id)
+    default = core.networks.get(DEFAULT_NETWORK)
+    started = await core.manager.start(c.id)
+    assert started.state is State.RUNNING
+    inside = core.kernel.pinned[netns.path_for(c.id)]
+    assert inside.links["eth0"].up and (address, default.prefixlen) in inside.links["eth0"].addresses
+    assert inside.default_gateway == default.gateway
+    host_end = core.kernel.host.links[host_ifname(c.id, 0)]
+    assert (host_end.up, host_end.master, host_end.alias) == (True, default.bridge, link_alias(c.id))
+    gate.open()
+    assert await asyncio.wait_for(core.manager.wait(c.id), DEADLINE) == 3
+    assert core.manager.get(c.id).state is State.EXITED
+
+
+async def test_remove_of_a_container_on_the_default_network_frees_its_address_and_leaves_no_links(
+        core: Core) -> None:
+    c = await create_on(core, ["sh", "-c", "exit 0"], networks=[DEFAULT_NETWORK])
+    [(_, address)] = core.networks.addresses(c.id)
+    await core.manager.start(c.id)
+    assert await asyncio.wait_for(core.manager.wait(c.id), DEADLINE) == 0
+    assert links_of(core, c.id)
+    await core.manager.remove(c.id, force=False)
+    assert core.networks.addresses(c.id) == []
+    assert netns.path_for(c.id) not in core.kernel.pinned
+    assert links_of(core, c.id) == []
+    again = await create_on(core, ["true"], networks=[DEFAULT_NETWORK], ip=address)
+    assert core.networks.addresses(again.id) == [(DEFAULT_NETWORK, address)]
+
+
+async def test_a_container_created_after_another_gets_a_namespace_made_ahead(core: Core) -> None:
+    first = await create_on(core, ["true"])
+    await core.manager.start(first.id)
+
+    async def pool_filled() -> None:
+        while not core.kernel.held:
+            await asyncio.sleep(0.001)
+    await asyncio.wait_for(pool_filled(), DEADLINE)
+    ahead = set(map(id, core.kernel.held.values()))
+    second = await create_on(core, ["sh", "-c", "exit 6"])
+    await core.manager.start(second.id)
+    inside = core.kernel.pinned[netns.path_for(second.id)]
+    assert id(inside) in ahead  # pinned, not made at its create
+    [(_, address)] = core.networks.addresses(second.id)
+    assert any(a == address for a, _ in inside.links["eth0"].addresses)
+    assert await asyncio.wait_for(core.manager.wait(second.id), DEADLINE) == 6
+
+
+async def test_network_removal_is_refused_while_a_container_uses_it(core: Core) -> None:
+    await core.networks.create("back", {})
+    c = await create_on(core, ["true"], networks=["back"])
+    with pytest.raises(NetworkInUse):
+        await core.removal.network("back", force=False)
+    assert core.networks.get("back") and core.manager.get(c.id).state is State.CREATED
+
+
+async def test_network_removal_with_force_removes_its_containers_and_their_links_first(core: Core) -> None:
+    back = await core.networks.create("back", {})
+    idle = await create_on(core, ["true"], networks=["back"])
+    running = await create_on(core, LONG, networks=["back"])
+    other = await create_on(core, ["true"], networks=[DEFAULT_NETWORK])
+    await core.manager.start(running.id)
+    assert back.bridge in core.kernel.host.links
+    await asyncio.wait_for(core.removal.network("back", force=True), DEADLINE)
+    assert [c.id for c in core.manager.list()] == [other.id] and list(await stored(core)) == [other.id]
+    with pytest.raises(NoSuchNetwork):
+        core.networks.get("back")
+    assert {idle.id, running.id} <= {e.container_id for e in core.recorder.events if e.kind == "removed"}
+    for c in (idle, running):
+        assert netns.path_for(c.id) not in core.kernel.pinned and links_of(core, c.id) == []
+    assert back.bridge not in core.kernel.host.links
