@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,13 +143,13 @@ class Firewall:
             if text == self._applied:
                 return  # nothing changed since the last apply (a container without ports came or went)
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    NFT, "-j", "-f", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE)
+                # In a worker thread: forking the agent, a large process with threads, can take the loop tens of
+                # milliseconds on a loaded host.
+                proc = await asyncio.to_thread(subprocess.run, [NFT, "-j", "-f", "-"], input=text.encode(),
+                                               capture_output=True, check=False)
             except FileNotFoundError:
                 raise OSError("the nft command is missing: install the nftables package") from None
-            _, err = await proc.communicate(text.encode())
             if proc.returncode != 0:
                 self._applied = None
-                raise OSError(f"nft refused Quilt's table: {err.decode(errors='replace').strip()}")
+                raise OSError(f"nft refused Quilt's table: {proc.stderr.decode(errors='replace').strip()}")
             self._applied = text
