@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -106,9 +108,54 @@ def completion() -> dict:
             "calls": "_QUILTCTL_COMPLETE=bash_complete" in script, "answer": out.stdout.split()}
 
 
-def journal(since: str) -> list[str]:
-    out = run("journalctl", "-u", "quilt-agent", "--since", since, "-o", "cat", "--no-pager")
-    return out["stdout"].splitlines()
+def journal_cursor() -> str:
+    """Where the journal ends now, "" when it is empty. A cursor names one entry, where --since has whole seconds
+    and would take in what came just before."""
+    out = run("journalctl", "-n", "0", "--show-cursor", "--quiet", "--no-pager")
+    for line in out["stdout"].splitlines():
+        if line.startswith("-- cursor: "):
+            return line.removeprefix("-- cursor: ")
+    return ""
+
+
+UNIT_FIELDS = ("_SYSTEMD_UNIT", "UNIT", "OBJECT_SYSTEMD_UNIT", "COREDUMP_UNIT")  # what `journalctl -u` matches
+
+
+def journal(cursor: str, wanted: Callable[[str], bool], timeout: float = 30) -> list[str]:
+    """The agent's journal lines after cursor, up to the first one wanted. journald stores a message when it gets
+    to it, after the command that caused it may have returned: the journal is followed until that line comes or the
+    deadline passes, and what came is returned either way for the test to judge (and show).
+
+    The unit is picked here, not with -u: systemd 252's --after-cursor, given a match the cursor's entry does not
+    meet, skips the first entry that meets it."""
+    argv = ["journalctl", "-o", "json", "--no-pager", "--follow", "--no-tail"]
+    if cursor:
+        argv.append(f"--after-cursor={cursor}")
+    follower = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert follower.stdout is not None
+    lines: list[str] = []
+    pending = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while not any(wanted(line) for line in lines):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([follower.stdout], [], [], left)[0]:
+                break
+            chunk = os.read(follower.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            *complete, pending = (pending + chunk).split(b"\n")
+            for raw in complete:
+                entry = json.loads(raw)
+                if "quilt-agent.service" not in (entry.get(field) for field in UNIT_FIELDS):
+                    continue
+                message = entry.get("MESSAGE")
+                # journald's JSON gives a message that is not UTF-8 as its bytes.
+                lines.append(bytes(message).decode(errors="replace") if isinstance(message, list) else str(message))
+    finally:
+        follower.kill()
+        follower.wait()
+    return lines
 
 
 def main(first: str, second: str) -> dict:
@@ -138,10 +185,10 @@ def main(first: str, second: str) -> dict:
     seen["before_upgrade"] = snapshot()
     long_pid = (seen["before_upgrade"]["long_process"] or {}).get("pid", 0)
 
-    since = run("date", "+%Y-%m-%d %H:%M:%S")["stdout"].strip()
-    time.sleep(1)  # journalctl --since has second granularity
+    cursor = journal_cursor()
     seen["upgrade"] = apt("install", second)
-    seen["after_upgrade"] = {**installed(), **snapshot(), "journal": journal(since)}
+    seen["after_upgrade"] = {**installed(), **snapshot(),
+                             "journal": journal(cursor, lambda line: "from schema version" in line)}
     seen["ps_after_upgrade"] = run(QUILTCTL, "ps")
 
     seen["remove"] = apt("remove", "quilt-runtime")
@@ -152,13 +199,13 @@ def main(first: str, second: str) -> dict:
     }
 
     # The older package again, over the data the newer one migrated: its agent must refuse the database.
-    since = run("date", "+%Y-%m-%d %H:%M:%S")["stdout"].strip()
-    time.sleep(1)
+    cursor = journal_cursor()
     seen["downgrade"] = apt("install", first)
     # Started as an admin would (a bus call would wait out dbus's activation timeout for the failure).
     seen["start_after_downgrade"] = run("systemctl", "start", "quilt-agent")
     seen["after_downgrade"] = {**installed(), "agent": unit("quilt-agent.service"), "schema": schema_version(),
-                               "long_process": process(long_pid), "journal": journal(since)}
+                               "long_process": process(long_pid),
+                               "journal": journal(cursor, lambda line: "newer" in line and "quilt.db" in line)}
 
     seen["purge"] = apt("purge", "quilt-runtime")
     seen["after_purge"] = {

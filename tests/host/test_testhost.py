@@ -166,6 +166,8 @@ def is_volatile(path: str) -> bool:
 def _changing_sysctls() -> frozenset[str]:
     """The /proc/sys files that change between two reads with nothing running."""
     first = read_sysctls()
+    # Not a wait for anything: the two reads are 0.2 s apart on purpose, so that values that move on their own
+    # (counters, entropy, timestamps) get the time to move and are left out of the comparison.
     time.sleep(0.2)
     second = read_sysctls()
     return frozenset(p for p in first.keys() | second.keys() if first.get(p) != second.get(p))

@@ -31,6 +31,8 @@ def test_watchdog_seconds_only_for_this_process() -> None:
 async def test_the_watchdog_is_pinged_at_half_its_timeout() -> None:
     pings: list[float] = []
     task = asyncio.ensure_future(lifecycle.ping_watchdog(0.2, lambda state: pings.append(time.monotonic())))
+    # Real time on purpose: the pinger's own timer is what is measured. 0.35 s of a 0.2 s timeout holds the pings
+    # at 0, 0.1, 0.2 and 0.3 s with 0.05 s to spare either side of the last one.
     await asyncio.sleep(0.35)
     task.cancel()
     assert len(pings) == 4  # at 0, 0.1, 0.2, 0.3
@@ -68,6 +70,8 @@ async def test_idle_waits_for_calls_activity_and_followers() -> None:
     followers = NoFollowers(1)
     started = time.monotonic()
     idle = asyncio.ensure_future(lifecycle.wait_until_idle(0.1, calls, lambda: list(busy), followers))  # type: ignore[arg-type]
+    # Each 0.25 s below is two and a half idle times (0.1 s) of the real idle timer: long enough that the agent
+    # would have gone idle by then were it not for what holds it; nothing to wait on, as it must not happen.
     await asyncio.sleep(0.25)
     assert not idle.done()  # a container runs
     busy.clear()
@@ -87,6 +91,7 @@ async def test_each_call_starts_the_idle_time_again() -> None:
     calls = Calls()
     idle = asyncio.ensure_future(lifecycle.wait_until_idle(0.2, calls, list, NoFollowers()))  # type: ignore[arg-type]
     for _ in range(4):
+        # A call every 0.1 s, half the idle time: each must push the idle exit back, so the timer never runs out.
         await asyncio.sleep(0.1)
         calls.touch()
     last = time.monotonic()
@@ -100,10 +105,10 @@ async def test_drained_returns_when_the_last_call_ends() -> None:
 
     async def one() -> None:
         with calls.call():
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # a call that lasts: drained() must wait for its end, not return at once
 
     task = asyncio.ensure_future(one())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop, no duration: the task runs up to its first await, inside the call
     assert calls.running == 1
     await asyncio.wait_for(calls.drained(), 1)
     assert calls.running == 0 and task.done()
