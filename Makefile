@@ -140,6 +140,7 @@ install-data:
 	install -Dm644 dbus/org.quilt.Runtime.service $(DESTDIR)/usr/share/dbus-1/system-services/org.quilt.Runtime.service
 	install -Dm644 dbus/org.quilt.Runtime.xml $(DESTDIR)/usr/share/dbus-1/interfaces/org.quilt.Runtime.xml
 	install -Dm644 polkit/org.quilt.runtime.policy $(DESTDIR)/usr/share/polkit-1/actions/org.quilt.runtime.policy
+	install -Dm644 polkit/quilt-owner-example.rules $(DESTDIR)/usr/share/doc/quilt-runtime/examples/quilt-owner-example.rules
 	install -Dm644 man/quiltctl.1 $(DESTDIR)/usr/share/man/man1/quiltctl.1
 	install -Dm644 man/quilt-agent.8 $(DESTDIR)/usr/share/man/man8/quilt-agent.8
 

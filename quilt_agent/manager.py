@@ -22,7 +22,7 @@ from quilt_agent.containers import ContainerTable
 from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environment, parse_exec_options
 from quilt_agent.logfollow import LogFollowers, parse_follow_options
 from quilt_agent.errors import (
-    AlreadyRunning, ContainerFailed, InvalidArgument, NameInUse, NoSuchContainer, NoSuchVolume, NotRunning,
+    AccessDenied, AlreadyRunning, ContainerFailed, InvalidArgument, NameInUse, NoSuchContainer, NoSuchVolume, NotRunning,
     VolumeInUse,
 )
 from quilt_agent.helper import protocol
@@ -32,6 +32,7 @@ from quilt_agent.helper.forkserver import ForkServer
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import Image
 from quilt_agent.network.core import Networks
+from quilt_agent.network.model import Network
 from quilt_agent.model import (
     Container, ContainerSpec, ExitStatus, State, effective_hostname, generate_name, new_id, now_usec, parse_options,
     validate_command, validate_name,
@@ -40,7 +41,7 @@ from quilt_agent.scopes import ScopeLimits, ScopeManager
 from quilt_agent.setup import cache_key as setup_cache_key
 from quilt_agent.setup import identifier as setup_identifier
 from quilt_agent.store import StateStore
-from quilt_agent.volume_options import check_host_paths, name_anonymous, named_volumes
+from quilt_agent.volume_options import Volume, check_host_paths, name_anonymous, named_volumes, parse_volume
 from quilt_agent.volumes import Volumes
 
 log = logging.getLogger("quilt.manager")
@@ -53,6 +54,31 @@ MESSAGE_IDS = {
     "failed": "27db21ceddd04a2abcef2b86a8bbafec", "exited": "9b8ed616097b49b295ba9b1c596e866a",
     "oom": "422374fe993343f6b7e031c6aac193f3", "removed": "530128e8449a46459221e6547e06467f",
 }
+
+
+@dataclass(frozen=True)
+class VolumeUse:
+    """A named volume a create mounts: the volume, or None when the create will make it."""
+
+    name: str
+    read_only: bool
+    volume: Volume | None
+
+
+@dataclass(frozen=True)
+class CreatePlan:
+    """A create checked and resolved, nothing made yet: what the caller is authorized for (bus/access.py)."""
+
+    spec: ContainerSpec
+    image: Image
+    owner_uid: int
+    volumes: tuple[VolumeUse, ...]  # named volumes, not the anonymous ones made for the container alone
+    networks: tuple[Network, ...]  # the named networks it joins
+    joins: tuple[Container, ...]  # container:NAME: the container named, and the namespace's owner if another
+
+    @property
+    def host_paths(self) -> tuple[str, ...]:
+        return tuple(m.source for m in map(parse_volume, self.spec.volumes) if m.source.startswith("/"))
 
 
 class Listener(Protocol):
@@ -140,7 +166,10 @@ class Manager:
 
     # --- create ----------------------------------------------------------------------------------
 
-    async def create(self, name: str, image: str, command: list[str], options: dict[str, Any]) -> Container:
+    async def prepare(self, name: str, image: str, command: list[str], options: dict[str, Any],
+                      owner_uid: int = 0) -> CreatePlan:
+        """Check a create and resolve everything it names, changing nothing (but for an image given as a path,
+        imported): the bus layer authorizes the plan's objects, then create(plan) makes the container."""
         fields = parse_options(options)
         name = validate_name(name) if name else self._free_name()
         # Every argument is checked before the image is imported: a refused call leaves no new image behind.
@@ -148,23 +177,42 @@ class Manager:
         command = validate_command(command) if command else ()
         if self._containers.name_taken(name):
             raise NameInUse(name)
-        check_host_paths(fields.get("volumes", ()))  # NoSuchPath: never created silently
         if fields.get("volumes"):
             fields["volumes"], fields["anonymous_volumes"] = name_anonymous(fields["volumes"])
         img = await self._images.resolve(image, need_command=not command)
         defaults = await self._images.defaults(img, command, fields)
         spec = ContainerSpec(name=name, image=image, image_id=img.id, command=defaults.command, **defaults.fields)
         protocol.check_size(spec, "The container's command, environment, labels and setup steps")
+        volumes = tuple(VolumeUse(m.source, m.read_only, self._volumes.find(m.source))
+                        for m in map(parse_volume, spec.volumes)
+                        if m.named and m.source not in spec.anonymous_volumes)
+        return CreatePlan(spec=spec, image=img, owner_uid=owner_uid, volumes=volumes,
+                          networks=self._networks.named_networks(spec.networks),
+                          joins=self._networks.namespace_owners(spec.networks))
+
+    async def create(self, plan: CreatePlan) -> Container:
+        """Make the container a prepared (and authorized) plan describes. What the plan resolved must still be
+        what it names: an object that changed meanwhile (removed and made again by someone else) was not the
+        one authorized, and the create is refused, leaving nothing."""
+        spec, name = plan.spec, plan.spec.name
         # Checked again now: another create may have taken the name while the image was imported; from
         # here until the container is in the table, the table holds the name (the insert awaits).
         if self._containers.name_taken(name):
             raise NameInUse(name)
-        await self._volumes.ensure(named_volumes(spec.volumes))  # first use makes the volume, as in Podman
+        self._check_unchanged(plan)
+        # Host paths are looked at only now, once authorized: whether a path exists is the host's to tell.
+        check_host_paths(spec.volumes)  # NoSuchPath: never created silently
+        made = await self._volumes.ensure(named_volumes(spec.volumes), plan.owner_uid)  # first use makes it, as Podman
         try:
-            container = Container(id=new_id(), spec=spec, created_at=now_usec())
+            for use in plan.volumes:
+                volume = next(v for v in made if v.name == use.name)
+                if (volume.id != use.volume.id) if use.volume else (volume.owner_uid != plan.owner_uid):
+                    raise AccessDenied(f"Volume '{use.name}' changed while the create was being authorized: "
+                                       "call again")
+            container = Container(id=new_id(), spec=spec, created_at=now_usec(), owner_uid=plan.owner_uid)
             # Addresses, ports and names are taken before anything is stored: a refusal leaves nothing behind.
             container = self._networks.reserve(container)
-            await self._store_new(container, img.id)
+            await self._store_new(container, plan.image.id)
         except BaseException:
             await self._remove_anonymous_volumes(spec)  # made for this container alone
             raise
@@ -176,6 +224,12 @@ class Manager:
             listener.container_added(container)
         await self._event("created", container, "created container %s (%s)", name, container.id[:12])
         return container
+
+    def _check_unchanged(self, plan: CreatePlan) -> None:
+        if plan.networks != self._networks.named_networks(plan.spec.networks) or (
+                [c.id for c in plan.joins] != [c.id for c in self._networks.namespace_owners(plan.spec.networks)]):
+            raise AccessDenied(f"A network or container that container '{plan.spec.name}' would join changed while "
+                               "the create was being authorized: call again")
 
     async def _store_new(self, container: Container, image_id: str) -> None:
         """Its directories and its row; the name, image and volumes held meanwhile (ContainerTable.hold)."""

@@ -101,6 +101,7 @@ class Container:
     monitor_start: int = 0  # its start time in clock ticks, so a reused pid is not mistaken for it
     main_pid: int = 0  # the container's init, as the host sees it
     setup_image: str = ""  # the cached setup image the last start used, below the container's own layer
+    owner_uid: int = 0  # who created it: polkit rules may let a user manage only their own
 
     @property
     def name(self) -> str:

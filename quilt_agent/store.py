@@ -109,6 +109,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE containers ADD COLUMN setup_image TEXT NOT NULL DEFAULT '';
     DROP TABLE images;
     """,
+    # 5: the uid that created each container, network and volume (polkit's owner_uid detail). What existed
+    # before was made by root: only root could create.
+    """
+    ALTER TABLE containers ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE networks ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE volumes ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 MAX_EVENTS = 10000
@@ -141,6 +148,7 @@ def _row_to_container(row: aiosqlite.Row) -> Container:
         exit_code=row["exit_code"], exit_signal=row["exit_signal"], oom_killed=bool(row["oom_killed"]),
         failure_reason=row["failure_reason"], monitor_pid=row["monitor_pid"],
         monitor_start=row["monitor_start"], main_pid=row["main_pid"], setup_image=row["setup_image"],
+        owner_uid=row["owner_uid"],
     )
 
 
@@ -367,8 +375,9 @@ class Store:
     # --- containers ------------------------------------------------------------------------------
 
     def insert_container(self, c: Container) -> asyncio.Future[None]:
-        return self._execute("INSERT INTO containers (id, name, spec, state, created_at) VALUES (?, ?, ?, ?, ?)",
-                             (c.id, c.name, _spec_to_json(c.spec), c.state.value, c.created_at))
+        return self._execute("INSERT INTO containers (id, name, spec, state, created_at, owner_uid) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             (c.id, c.name, _spec_to_json(c.spec), c.state.value, c.created_at, c.owner_uid))
 
     def update_status(self, c: Container) -> asyncio.Future[None]:
         values: list[Any] = [getattr(c, col) if col != "state" else c.state.value for col in _STATUS_COLUMNS]
@@ -408,13 +417,15 @@ class Store:
     async def networks(self) -> list[Network]:
         async with self._db.execute("SELECT * FROM networks ORDER BY created_at") as cur:
             return [Network(id=r["id"], name=r["name"], subnet=r["subnet"], gateway=r["gateway"], bridge=r["bridge"],
-                            internal=bool(r["internal"]), dns=bool(r["dns"]), created_at=r["created_at"])
+                            internal=bool(r["internal"]), dns=bool(r["dns"]), created_at=r["created_at"],
+                            owner_uid=r["owner_uid"])
                     for r in await cur.fetchall()]
 
     def insert_network(self, n: Network) -> asyncio.Future[None]:
-        return self._execute("INSERT INTO networks (id, name, subnet, gateway, bridge, internal, dns, created_at) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             (n.id, n.name, n.subnet, n.gateway, n.bridge, int(n.internal), int(n.dns), n.created_at))
+        return self._execute("INSERT INTO networks (id, name, subnet, gateway, bridge, internal, dns, created_at, "
+                             "owner_uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (n.id, n.name, n.subnet, n.gateway, n.bridge, int(n.internal), int(n.dns), n.created_at,
+                              n.owner_uid))
 
     def update_network(self, n: Network) -> asyncio.Future[None]:
         return self._execute("UPDATE networks SET subnet = ?, gateway = ? WHERE id = ?", (n.subnet, n.gateway, n.id))
@@ -453,11 +464,13 @@ class Store:
     async def volumes(self) -> list[Volume]:
         async with self._db.execute("SELECT * FROM volumes ORDER BY created_at") as cur:
             return [Volume(id=r["id"], name=r["name"], mountpoint=r["mountpoint"], created_at=r["created_at"],
-                           labels=json.loads(r["labels"])) for r in await cur.fetchall()]
+                           labels=json.loads(r["labels"]), owner_uid=r["owner_uid"]) for r in await cur.fetchall()]
 
     def insert_volume(self, v: Volume) -> asyncio.Future[None]:
-        return self._execute("INSERT INTO volumes (id, name, mountpoint, created_at, labels) VALUES (?, ?, ?, ?, ?)",
-                             (v.id, v.name, v.mountpoint, v.created_at, json.dumps(v.labels, sort_keys=True)))
+        return self._execute("INSERT INTO volumes (id, name, mountpoint, created_at, labels, owner_uid) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             (v.id, v.name, v.mountpoint, v.created_at, json.dumps(v.labels, sort_keys=True),
+                              v.owner_uid))
 
     def delete_volume(self, volume_id: str) -> asyncio.Future[None]:
         return self._execute("DELETE FROM volumes WHERE id = ?", (volume_id,))

@@ -181,6 +181,7 @@ class Volume:
     mountpoint: str  # the _data directory a container mounts
     created_at: int
     labels: dict[str, str] = field(default_factory=dict)
+    owner_uid: int = 0  # who created it (or the container whose create made it)
 
     @property
     def path(self) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import os
 import secrets
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from quilt_agent import filetree
@@ -73,11 +74,15 @@ class Volumes:
             return matches[0]
         raise NoSuchVolume(name_or_id)
 
+    def find(self, name: str) -> Volume | None:
+        """The volume a container's mount names (by name only, as mounts do), or None."""
+        return self._volumes.get(name)
+
     def used_by(self, name: str) -> list[User]:
         users = self._containers.volume_users(name)
         return users + [User("", "a container being created")] * (name in self._held and not users)
 
-    async def create(self, name: str, options: dict[str, Any], exist_ok: bool = False) -> Volume:
+    async def create(self, name: str, options: dict[str, Any], exist_ok: bool = False, owner_uid: int = 0) -> Volume:
         validate_volume_name(name)
         labels = _parse_create_options(options)
         if name in self._volumes:
@@ -87,7 +92,7 @@ class Volumes:
         # An anonymous volume's name is already 64 random hex digits: its id too, as Podman shows one string.
         vid = name if ANONYMOUS_NAME_RE.fullmatch(name) else secrets.token_hex(32)
         data = self._root / name / "_data"
-        v = Volume(id=vid, name=name, mountpoint=str(data), created_at=now_usec(), labels=labels)
+        v = Volume(id=vid, name=name, mountpoint=str(data), created_at=now_usec(), labels=labels, owner_uid=owner_uid)
         self._volumes[name] = v  # taken before the await: a concurrent create of the same name is refused
         try:
             await asyncio.to_thread(self._make_dirs, data)
@@ -105,14 +110,14 @@ class Volumes:
         data.parent.mkdir(mode=0o700)
         data.mkdir(mode=0o755)
 
-    async def ensure(self, names: list[str]) -> None:
-        """Make the named volumes a container names that do not exist yet (first use, as Podman)."""
+    async def ensure(self, names: list[str], owner_uid: int = 0) -> list[Volume]:
+        """Make the named volumes a container names that do not exist yet (first use, as Podman), owned by the
+        container's owner; returns them all, in order."""
         for name in names:
             self._held[name] = self._held.get(name, 0) + 1
         try:
-            for name in names:
-                if name not in self._volumes:
-                    await self.create(name, {}, exist_ok=True)
+            return [self._volumes.get(name) or await self.create(name, {}, exist_ok=True, owner_uid=owner_uid)
+                    for name in names]
         finally:
             for name in names:
                 self._held[name] -= 1
@@ -140,10 +145,11 @@ class Volumes:
             listener.volume_removed(v)
         return freed
 
-    async def prune(self) -> int:
+    async def prune(self, only: Collection[str] | None = None) -> int:
+        """Remove the volumes no container uses (only: among these ids); the bytes freed."""
         freed = 0
         for v in list(self._volumes.values()):
-            if not self.used_by(v.name):
+            if not self.used_by(v.name) and (only is None or v.id in only):
                 try:
                     freed += await self.remove(v.name)
                 except (VolumeInUse, NoSuchVolume):

@@ -5,6 +5,8 @@ async methods as tasks in that same call stack, and a task copies the context
 when it is created, so each method sees its own caller in CALLER.
 tests/integration/bus/test_caller.py keeps this true across dbus-fast upgrades.
 """
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -36,3 +38,14 @@ def current() -> Caller:
     if caller is None:
         raise RuntimeError("no caller known: is caller.remember installed as a message handler?")
     return caller
+
+
+@contextmanager
+def agent() -> Iterator[None]:
+    """What runs inside is the agent's own doing, for no caller: the property values of the InterfacesAdded
+    signal dbus-fast sends when an object is exported (signals reach only whom the bus policy lets them)."""
+    token = CALLER.set(None)
+    try:
+        yield
+    finally:
+        CALLER.reset(token)

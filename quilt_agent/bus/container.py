@@ -11,12 +11,14 @@ from dbus_fast.service import PropertyAccess, dbus_method, dbus_property
 from quilt_agent.bus import container_io
 from quilt_agent.bus.container_io import ContainerIO
 from quilt_agent.bus.errors import to_dbus_error
-from quilt_agent.bus.guard import GuardedInterface, guarded
+from quilt_agent.bus.guard import GuardedInterface, guarded, readable
 from quilt_agent.bus.network import CONTAINER_ARG_NAMES as NETWORK_ARG_NAMES
 from quilt_agent.bus.network import ContainerNetwork
 from quilt_agent.bus.volume import ContainerCopy
 from quilt_agent.bus.names import CONTAINER_INTERFACE
-from quilt_agent.bus.polkit import MANAGE, READ, Authority, Subject
+from quilt_agent.bus import access
+from quilt_agent.bus.access import Target
+from quilt_agent.bus.polkit import MANAGE, READ, Authority
 from quilt_agent.errors import InvalidArgument, QuiltError
 from quilt_agent.manager import Manager
 from quilt_agent.network.core import Networks
@@ -68,6 +70,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("Seccomp", "s", lambda c: c.spec.seccomp),
     Property("Setup", "as", lambda c: list(c.spec.setup)),
     Property("SetupImage", "s", lambda c: c.setup_image),
+    Property("Owner", "u", lambda c: c.owner_uid),
 )
 
 
@@ -85,14 +88,11 @@ def _attribute(dbus_name: str) -> str:
 def _exported(prop: Property) -> Any:
     """A read-only dbus-fast property that reads prop's value from the container the object stands for."""
     def getter(self: "ContainerInterface") -> Any:
-        try:
-            return prop.value(self._c)
-        except QuiltError as err:  # removed in the same turn of the loop: answered as a method would be
-            raise to_dbus_error(err) from err
+        return prop.value(self._c)  # NoSuchContainer when removed meanwhile: answered as a method would be
 
     getter.__name__ = getter.__qualname__ = _attribute(prop.name)
     getter.__annotations__ = {"return": prop.signature}  # dbus-fast reads the wire type from the annotation
-    return dbus_property(access=PropertyAccess.READ, name=prop.name)(getter)
+    return dbus_property(access=PropertyAccess.READ, name=prop.name)(readable(getter))
 
 
 def _export_properties(cls: type) -> type:
@@ -133,8 +133,8 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
         self._bus = bus  # the bus it is exported on: FollowLogs waits there until its reply is sent
         self.last: dict[str, Any] = {}
 
-    def subject(self) -> Subject:
-        return Subject("container", self._c.name)
+    def subject(self) -> Target:
+        return access.container(self._c)
 
     @property
     def _c(self) -> Container:

@@ -8,9 +8,11 @@ from typing import Any
 from dbus_fast import Variant
 from dbus_fast.service import dbus_method, dbus_signal
 
-from quilt_agent.bus.guard import guarded
-from quilt_agent.bus.polkit import READ
-from quilt_agent.errors import InvalidArgument
+from quilt_agent.bus import access
+from quilt_agent.bus.access import Target
+from quilt_agent.bus.guard import PUBLIC, guarded, visible
+from quilt_agent.bus.polkit import Authority
+from quilt_agent.errors import InvalidArgument, NoSuchContainer
 from quilt_agent.manager import Manager
 from quilt_agent.model import Container
 
@@ -42,9 +44,10 @@ def _event_options(options: dict[str, Variant]) -> tuple[int, int]:
 
 
 class ManagerEvents:
-    """Event and ListEvents; expects _manager from ManagerInterface."""
+    """Event and ListEvents; expects _manager and authority from ManagerInterface."""
 
     _manager: Manager
+    authority: Authority
 
     def event(self, kind: str, container: Container, details: dict[str, Any]) -> None:
         """Listener: the manager's lifecycle edge, as a signal."""
@@ -55,8 +58,17 @@ class ManagerEvents:
         return [kind, container_id, details]
 
     @dbus_method(name="ListEvents")
-    @guarded(READ, "read the events")
+    @guarded(PUBLIC)
     async def list_events(self, options: "a{sv}") -> "a(tssa{sv})":
         since, until = _event_options(options)
+        events = await self._manager.events(since, until)
+        # The events of the containers the caller may see; a removed container's, to those who may see any.
         return [[time, kind, container_id, details_to_variants({**details, "time": time})]
-                for time, kind, container_id, details in await self._manager.events(since, until)]
+                for time, kind, container_id, details in await visible(self.authority, events, self._event_target)]
+
+    def _event_target(self, event: tuple[int, str, str, dict[str, Any]]) -> Target:
+        _time, _kind, container_id, details = event
+        try:
+            return access.container(self._manager.get(container_id))
+        except NoSuchContainer:
+            return access.absent("container", str(details.get("name", container_id)))

@@ -2,32 +2,87 @@
 QuiltError by its class, any other exception by its kind, logged with its traceback.
 
 Secure by default: @guarded() without an action asks for the strictest one
-(manage). Reads that anyone may do say so with action=PUBLIC.
+(manage). Calls that anyone may make say so with action=PUBLIC (and decide themselves what the caller may see,
+with Authority.may_read); a method that authorizes a whole plan itself (a create: bus/manager.py) says
+action=BY_METHOD.
 
-What a call is about (polkit's details, the AccessDenied text) is a Subject, kind and name: an object's
-methods are about the object (GuardedInterface.subject); a Manager method names its kind,
-@guarded(MANAGE, "remove", subject="image"), and the argument that names it, the first unless
-subject_arg says which.
+What a call is about (polkit's details, the AccessDenied text) is a Target (bus/access.py), resolved before
+polkit is asked: an object's methods are about the object (GuardedInterface.subject); a Manager method names
+its kind, @guarded(MANAGE, "remove", subject="image"), and the argument that names it, the first unless
+subject_arg says which, and GuardedInterface.resolve finds the object by whatever alias the caller sent.
 """
 import asyncio
 import functools
 import inspect
 import logging
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from dbus_fast import DBusError
 from dbus_fast import introspection as intr
 from dbus_fast.service import ServiceInterface
 
 from quilt_agent import errors, lifecycle
+from quilt_agent.bus import caller
+from quilt_agent.errors import AccessDenied
+from quilt_agent.model import Container
 from quilt_agent.bus.errors import to_dbus_error
 from quilt_agent.bus.names import ERROR_PREFIX
-from quilt_agent.bus.polkit import KINDS, MANAGE, Authority, Subject
+from quilt_agent.bus import access
+from quilt_agent.bus.access import Target, absent
+from quilt_agent.bus.polkit import KINDS, MANAGE, READ, Authority
 
 log = logging.getLogger("quilt.bus")
 
 PUBLIC = ""
+BY_METHOD = "authorized by the method"
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+T = TypeVar("T")
+
+
+def readable(getter: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
+    """Under @dbus_property: the property is answered only to callers who may see its object (check_visible).
+    dbus-fast awaits an async getter, in a task that keeps the caller of the Get (bus/caller.py)."""
+    @functools.wraps(getter)
+    async def checked(self: GuardedInterface) -> Any:
+        await self.check_visible()
+        try:
+            return getter(self)
+        except errors.QuiltError as err:
+            raise to_dbus_error(err) from err
+    return checked
+
+
+async def visible(authority: Authority, items: Iterable[T], describe: Callable[[T], Target]) -> list[T]:
+    """The items the current caller may see (Authority.may_read), in order: what a list answers it."""
+    items = list(items)
+    if await authority.is_root():
+        return items
+    shown = await asyncio.gather(*(authority.may_read(describe(item)) for item in items))
+    return [item for item, ok in zip(items, shown) if ok]
+
+
+async def cascade(authority: Authority, containers: list[Container]) -> list[str]:
+    """Authorize each container a removal with force would take with it, as removing it directly is, before
+    anything is removed (one refusal refuses the whole removal); their ids, the only ones the removal may remove."""
+    for c in containers:
+        await authority.check(MANAGE, "remove", access.container(c))
+    return [c.id for c in containers]
+
+
+async def removable_by_caller(authority: Authority, items: Iterable[T], describe: Callable[[T], Target]) -> list[T]:
+    """The items the current caller may remove, asked without a password (once the prune itself is authorized,
+    polkit keeps an administrator's authentication): a prune removes only these."""
+    items = list(items)
+    if await authority.is_root():
+        return items
+    return [item for item in items if await authority.allows(MANAGE, "remove", describe(item))]
+
+
+async def reveal(authority: Authority, target: Target) -> None:
+    """AccessDenied unless the current caller may see `target`, which need not exist: a name that finds nothing
+    is reported missing only to callers who could see it if it were there, so names cannot be probed."""
+    if not await authority.may_read(target):
+        raise AccessDenied(f"Not authorized to see {target} (polkit action {READ})")
 
 
 class GuardedInterface(ServiceInterface):
@@ -37,9 +92,25 @@ class GuardedInterface(ServiceInterface):
         super().__init__(name)
         self.authority = authority
 
-    def subject(self) -> Subject | None:
+    def subject(self) -> Target | None:
         """What the object's methods are about (the container, network, volume it is); None for none."""
         return None
+
+    async def check_visible(self) -> None:
+        """AccessDenied unless the current caller may see the object (its properties are read through this);
+        the agent's own reads, for a signal, pass."""
+        if caller.CALLER.get() is None:
+            return
+        try:
+            target = self.subject()
+            if target is not None:
+                await reveal(self.authority, target)
+        except errors.QuiltError as err:  # removed meanwhile, or refused: answered as a method would be
+            raise to_dbus_error(err) from err
+
+    def resolve(self, kind: str, text: str) -> Target:
+        """What a method's argument names, found by any alias (the Manager's methods)."""
+        return absent(kind, text)
 
     # dbus-fast names a method's in-args after its parameters but leaves out-args and signal args unnamed;
     # the contract (dbus/org.quilt.Runtime.xml) names them. Member -> those names, in order.
@@ -88,10 +159,10 @@ def guarded(action: str = MANAGE, verb: str = "", subject: str = "", subject_arg
                 raise ValueError(f"{fn.__name__} has no argument {named_by!r} naming its {subject}")
             index = params.index(named_by)
 
-        def about(self: GuardedInterface, args: tuple[Any, ...]) -> Subject | None:
+        def about(self: GuardedInterface, args: tuple[Any, ...]) -> Target | None:
             if index < 0:
                 return self.subject()
-            return Subject(subject, args[index]) if isinstance(args[index], str) else None
+            return self.resolve(subject, args[index]) if isinstance(args[index], str) else None
 
         @functools.wraps(fn)
         async def wrapper(self: GuardedInterface, *args: Any) -> Any:
@@ -100,7 +171,7 @@ def guarded(action: str = MANAGE, verb: str = "", subject: str = "", subject_arg
                 _in_flight.add(task)
             try:
                 with lifecycle.CALLS.call():  # an import, a copy, an exec under way keeps the agent from exiting
-                    if action != PUBLIC:
+                    if action not in (PUBLIC, BY_METHOD):
                         await self.authority.check(action, what, about(self, args))
                     return await fn(self, *args)
             except asyncio.CancelledError:

@@ -1,16 +1,20 @@
 """Images on the bus: org.quilt.Runtime.Image on /org/quilt/Runtime/image/ID (one object per image), and the
 Manager's image methods and ImageProgress signal (ImageMethods, mixed into ManagerInterface). Thin: parse,
 authorize, call the core (images/service.py), reply."""
-from typing import Any
+from typing import Any, Callable
 
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.service import PropertyAccess, dbus_method, dbus_property, dbus_signal
 
 from quilt_agent.bus.errors import ERROR_NAMES
-from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
+from quilt_agent.bus import access, caller
+from quilt_agent.bus.access import Target
+from quilt_agent.bus.guard import (
+    PUBLIC, GuardedInterface, cascade, guarded, readable, removable_by_caller, reveal, visible,
+)
 from quilt_agent.bus.names import IMAGE_INTERFACE
 from quilt_agent.bus.fds import closing_fds, received_fd
-from quilt_agent.bus.polkit import HOST, MANAGE, Authority, Subject
+from quilt_agent.bus.polkit import HOST, MANAGE, Authority
 from quilt_agent.errors import NoSuchImage
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import Image
@@ -46,8 +50,8 @@ class ImageInterface(GuardedInterface):
         self.image = image
         self.config = config
 
-    def subject(self) -> Subject:
-        return Subject("image", self.image.names[0] if self.image.names else self.image.id)
+    def subject(self) -> Target:
+        return access.image(self.image)
 
     def changed(self, image: Image) -> None:
         before = properties(self.image, self.config)
@@ -57,38 +61,47 @@ class ImageInterface(GuardedInterface):
             self.emit_properties_changed(diff)
 
     @dbus_property(access=PropertyAccess.READ, name="Id")
+    @readable
     def id_(self) -> "s":
         return self.image.id
 
     @dbus_property(access=PropertyAccess.READ, name="Names")
+    @readable
     def names(self) -> "as":
         return list(self.image.names)
 
     @dbus_property(access=PropertyAccess.READ, name="Digest")
+    @readable
     def digest(self) -> "s":
         return self.image.digest
 
     @dbus_property(access=PropertyAccess.READ, name="Size")
+    @readable
     def size(self) -> "t":
         return self.image.size
 
     @dbus_property(access=PropertyAccess.READ, name="Layers")
+    @readable
     def layers(self) -> "as":
         return list(self.image.layers)
 
     @dbus_property(access=PropertyAccess.READ, name="Config")
+    @readable
     def config_(self) -> "s":
         return self.config
 
     @dbus_property(access=PropertyAccess.READ, name="CreatedAt")
+    @readable
     def created_at(self) -> "t":
         return self.image.created_at
 
     @dbus_property(access=PropertyAccess.READ, name="SetupBase")
+    @readable
     def setup_base(self) -> "s":
         return self.image.setup_base
 
     @dbus_property(access=PropertyAccess.READ, name="SetupSteps")
+    @readable
     def setup_steps(self) -> "as":
         return list(self.image.setup_steps)
 
@@ -98,6 +111,7 @@ class ImageMethods:
 
     _bus: Any
     authority: Authority
+    resolve: Callable[[str, str], Target]  # GuardedInterface's, as ManagerInterface answers it
 
     def _images_init(self, images: Images, removal: Removal) -> None:
         self._images = images
@@ -113,7 +127,8 @@ class ImageMethods:
         config = self._images.store.config_bytes(image).decode()
         obj = ImageInterface(image, config, self.authority)
         self._image_objects[image.id] = obj
-        self._bus.export(image_path(image.id), obj)
+        with caller.agent():  # InterfacesAdded: the agent reads the properties
+            self._bus.export(image_path(image.id), obj)
 
     # --- events from the core ------------------------------------------------------------------
 
@@ -158,7 +173,7 @@ class ImageMethods:
     @dbus_method(name="ImportImage")
     @guarded(MANAGE, "import", subject="image", subject_arg="name")
     async def import_image(self, source: "s", name: "s", options: "a{sv}") -> "o":
-        await self.authority.check(HOST, "import a host file as", Subject("image", name))
+        await self.authority.check(HOST, "import a host file as", access.absent("image", name))
         return self._path_of(await self._images.import_image(source, name, _unwrap(options)))
 
     # The same, the image read from a file or pipe the caller opened with its own rights (quiltctl image import):
@@ -176,14 +191,15 @@ class ImageMethods:
     @guarded(MANAGE, "pull", subject="image")
     async def pull_image(self, reference: "s", options: "a{sv}") -> "o":
         if "auth_file" in options:
-            await self.authority.check(HOST, "read a host file to pull", Subject("image", reference))
+            await self.authority.check(HOST, "read a host file to pull", access.absent("image", reference))
         return self._path_of(await self._images.pull(reference, _unwrap(options)))
 
     @dbus_method(name="ListImages")
     @guarded(PUBLIC)
     async def list_images(self) -> "a(ssto)":
         rows = []
-        for image in sorted(self._images.list(), key=lambda i: (i.created_at, i.id)):
+        shown = await visible(self.authority, self._images.list(), access.image)
+        for image in sorted(shown, key=lambda i: (i.created_at, i.id)):
             for name in image.names or ("",):
                 rows.append([image.id, name, image.size, image_path(image.id)])
         return rows
@@ -191,17 +207,22 @@ class ImageMethods:
     @dbus_method(name="GetImage")
     @guarded(PUBLIC)
     async def get_image(self, name_or_id: "s") -> "o":
+        await reveal(self.authority, self.resolve("image", name_or_id))
         return self._path_of(self._images.get(name_or_id))
 
     @dbus_method(name="RemoveImage")
     @guarded(MANAGE, "remove", subject="image")
     async def remove_image(self, name_or_id: "s", force: "b") -> None:
-        await self._image_removal.image(name_or_id, force)
+        authorized = await cascade(self.authority, self._image_removal.affected("image", name_or_id)) if force else []
+        await self._image_removal.image(name_or_id, force, authorized)
 
     @dbus_method(name="PruneImages")
     @guarded(MANAGE, "prune images")
     async def prune_images(self) -> "t":
-        return await self._images.prune()
+        # Only what the caller may remove: the images it may not are kept as if in use.
+        images = self._images.list()
+        removable = await removable_by_caller(self.authority, images, access.image)
+        return await self._images.prune(keep={i.id for i in images} - {i.id for i in removable})
 
     @dbus_signal(name="ImageProgress")
     def image_progress_signal(self, job: str, phase: str, done: int, total: int) -> "sstt":

@@ -8,7 +8,9 @@ from dbus_fast.service import PropertyAccess, dbus_method, dbus_property, dbus_s
 from quilt_agent import __version__
 from quilt_agent.app import Services
 from quilt_agent.bus.container import ContainerInterface, properties
-from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
+from quilt_agent.bus import access, caller
+from quilt_agent.bus.access import Resolver, Target, absent
+from quilt_agent.bus.guard import BY_METHOD, PUBLIC, GuardedInterface, guarded, reveal, visible
 from quilt_agent.bus.errors import ERROR_NAMES
 from quilt_agent.bus.events import ARG_NAMES as EVENT_ARG_NAMES
 from quilt_agent.bus.events import ManagerEvents
@@ -19,10 +21,10 @@ from quilt_agent.bus.image import ImageMethods
 from quilt_agent.bus.volume import MANAGER_ARG_NAMES as VOLUME_ARG_NAMES
 from quilt_agent.bus.volume import VolumeMethods
 from quilt_agent.bus.names import CONTAINER_INTERFACE, CONTAINER_PATH_PREFIX, MANAGER_INTERFACE, container_path
-from quilt_agent.bus.polkit import HOST, MANAGE, Authority, Subject
-from quilt_agent.errors import InvalidArgument, NoSuchContainer
-from quilt_agent.model import NAMESPACES, Container
-from quilt_agent.volume_options import host_sources
+from quilt_agent.bus.polkit import HOST, MANAGE, PRIVILEGED, Authority
+from quilt_agent.errors import InvalidArgument, NoSuchContainer, QuiltError
+from quilt_agent.manager import CreatePlan
+from quilt_agent.model import Container
 
 
 def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
@@ -44,12 +46,16 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
     def __init__(self, services: Services, authority: Authority, bus: MessageBus) -> None:
         super().__init__(MANAGER_INTERFACE, authority)
         self._manager = services.manager
+        self._resolver = Resolver(services.manager, services.images, services.networks, services.volumes)
         self._bus = bus
         self._objects: dict[str, ContainerInterface] = {}
         self._manager.subscribe(self)
         self._networks_init(services.networks, services.removal)  # bus/network.py: network objects and signals
         self._images_init(services.images, services.removal)  # bus/image.py: the image objects and methods
         self._volumes_init(services.volumes, services.removal)  # bus/volume.py: the volume objects and methods
+
+    def resolve(self, kind: str, text: str) -> Target:
+        return self._resolver.find(kind, text)
 
     # --- events from the manager: export objects, emit signals -----------------------------------
 
@@ -64,7 +70,8 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
         obj = ContainerInterface(c.id, self._manager, self._networks, self.authority, self._bus)
         obj.last = properties(c)
         self._objects[c.id] = obj
-        self._bus.export(container_path(c.id), obj)
+        with caller.agent():  # InterfacesAdded: the agent reads the properties
+            self._bus.export(container_path(c.id), obj)
 
     def container_added(self, container: Container) -> None:
         self._export(container)
@@ -101,46 +108,63 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
     def version(self) -> "s":
         return __version__
 
-    async def _check_host_access(self, name: str, image: str, options: dict[str, Any]) -> None:
-        """What hands the host to a container takes the host action besides manage: an image given as a path or a
-        host path bound into it (read as root for the caller), a namespace of the host's kept (its processes,
-        network, IPC: through /proc/1/root, a process of the host's reaches every file), no seccomp filter."""
-        if image.startswith("/") or host_sources(options.get("volumes", [])):
-            await self.authority.check(HOST, "give host paths to", Subject("container", name))
-        namespaces = options.get("namespaces")
-        networks = options.get("networks")
-        if (isinstance(namespaces, list) and set(NAMESPACES) - set(namespaces)) or (
-                isinstance(networks, list) and "host" in networks):
-            await self.authority.check(HOST, "share the host's namespaces with", Subject("container", name))
-        if options.get("seccomp") == "unconfined":
-            await self.authority.check(HOST, "run without a seccomp filter", Subject("container", name))
+    async def _create(self, verb: str, name: str, image: str, command: list[str], options: dict[str, Any]) -> Container:
+        """Resolve what the create names, authorize each object as what it is, then make the container."""
+        unwrapped = _unwrap(options)
+        creds = await self.authority.credentials()
+        if image.startswith("/"):  # read as root for the caller: asked before the file is opened
+            await self.authority.check(HOST, f"{verb} a container from a host file", absent("container", name))
+        try:
+            plan = await self._manager.prepare(name, image, _check_command(command), unwrapped, creds.uid)
+        except QuiltError:
+            # What a create names is said to be missing or wrong only to a caller who may create at all: names
+            # cannot be probed.
+            await self.authority.check(MANAGE, verb, absent("container", name))
+            raise
+        await self._authorize_create(verb, plan)
+        return await self._manager.create(plan)
+
+    async def _authorize_create(self, verb: str, plan: CreatePlan) -> None:
+        target = access.new_container(plan)
+        await self.authority.check(MANAGE, verb, target)
+        if access.privileged_options(plan.spec):
+            await self.authority.check(PRIVILEGED, verb, target)
+        await self.authority.check(MANAGE, "use", access.image(plan.image))
+        for network in plan.networks:
+            await self.authority.check(MANAGE, "join", access.network(network))
+        for joined in plan.joins:
+            await self.authority.check(MANAGE, "join the network of", access.container(joined))
+        for use in plan.volumes:
+            if use.volume is None:
+                await self.authority.check(MANAGE, "create", Target("volume", use.name, "", plan.owner_uid))
+            else:
+                await self.authority.check(MANAGE, "mount read-only" if use.read_only else "mount",
+                                           access.volume(use.volume))
 
     @dbus_method(name="CreateContainer")
-    @guarded(MANAGE, "create", subject="container")
+    @guarded(BY_METHOD)
     async def create_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
-        unwrapped = _unwrap(options)
-        await self._check_host_access(name, image, unwrapped)
-        c = await self._manager.create(name, image, _check_command(command), unwrapped)
+        c = await self._create("create", name, image, command, options)
         return container_path(c.id)
 
     @dbus_method(name="RunContainer")
-    @guarded(MANAGE, "run", subject="container")
+    @guarded(BY_METHOD)
     async def run_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
-        unwrapped = _unwrap(options)
-        await self._check_host_access(name, image, unwrapped)
-        c = await self._manager.create(name, image, _check_command(command), unwrapped)
+        c = await self._create("run", name, image, command, options)
         await self._manager.start(c.id)
         return container_path(c.id)
 
     @dbus_method(name="GetContainer")
     @guarded(PUBLIC)
     async def get_container(self, name_or_id: "s") -> "o":
+        await reveal(self.authority, self.resolve("container", name_or_id))
         return container_path(self._manager.get(name_or_id).id)
 
     @dbus_method(name="ListContainers")
     @guarded(PUBLIC)
     async def list_containers(self) -> "a(ssso)":
-        return [[c.id, c.name, c.state.value, container_path(c.id)] for c in self._manager.list()]
+        shown = await visible(self.authority, self._manager.list(), access.container)
+        return [[c.id, c.name, c.state.value, container_path(c.id)] for c in shown]
 
     @dbus_signal(name="ContainerNew")
     def container_new(self, container_id: str, path: str) -> "so":

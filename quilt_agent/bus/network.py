@@ -2,16 +2,20 @@
 Manager's network methods (NetworkMethods, mixed into ManagerInterface) and the Container's (ContainerNetwork,
 mixed into ContainerInterface): Addresses, Ports, Ping. Thin: parse, look up, authorize, call, reply."""
 
-from typing import Any
+from typing import Any, Callable
 
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from quilt_agent.bus.errors import ERROR_NAMES
-from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
+from quilt_agent.bus import access, caller
+from quilt_agent.bus.access import Target
+from quilt_agent.bus.guard import (
+    PUBLIC, GuardedInterface, cascade, guarded, readable, reveal, visible,
+)
 from quilt_agent.bus.names import NETWORK_INTERFACE, NETWORK_PATH_PREFIX, network_path
-from quilt_agent.bus.polkit import MANAGE, Authority, Subject
+from quilt_agent.bus.polkit import MANAGE, Authority
 from quilt_agent.errors import InvalidArgument, NoSuchNetwork
 from quilt_agent.manager import Manager
 from quilt_agent.network.core import Networks
@@ -28,11 +32,17 @@ CONTAINER_ARG_NAMES: dict[str, tuple[str, ...]] = {"Ping": ("received", "average
 def properties(networks: Networks, n: Network) -> dict[str, Any]:
     """The object's property values, by D-Bus name; PropertiesChanged compares these."""
     return {"Id": n.id, "Name": n.name, "Subnet": n.subnet, "Gateway": n.gateway, "Bridge": n.bridge,
-            "Internal": n.internal, "DNS": n.dns, "Containers": networks.container_names(n.id)}
+            "Internal": n.internal, "DNS": n.dns, "Containers": networks.container_names(n.id), "Owner": n.owner_uid}
 
 
 def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
     return {key: value.value for key, value in options.items()}
+
+
+async def _remove(authority: Authority, removal: Removal, name_or_id: str, force: bool) -> None:
+    """With force, the containers on the network go too: each authorized first."""
+    authorized = await cascade(authority, removal.affected("network", name_or_id)) if force else []
+    await removal.network(name_or_id, force, authorized)
 
 
 class NetworkInterface(GuardedInterface):
@@ -43,8 +53,8 @@ class NetworkInterface(GuardedInterface):
         self._removal = removal
         self.last: dict[str, Any] = {}
 
-    def subject(self) -> Subject:
-        return Subject("network", self._n.name)
+    def subject(self) -> Target:
+        return access.network(self._n)
 
     @property
     def _n(self) -> Network:
@@ -60,39 +70,52 @@ class NetworkInterface(GuardedInterface):
     @dbus_method(name="Remove")
     @guarded(MANAGE, "remove")
     async def remove(self, force: "b") -> None:
-        await self._removal.network(self.network_id, force)
+        await _remove(self.authority, self._removal, self.network_id, force)
 
     @dbus_property(access=PropertyAccess.READ, name="Id")
+    @readable
     def id_(self) -> "s":
         return self._n.id
 
     @dbus_property(access=PropertyAccess.READ, name="Name")
+    @readable
     def name_(self) -> "s":
         return self._n.name
 
     @dbus_property(access=PropertyAccess.READ, name="Subnet")
+    @readable
     def subnet(self) -> "s":
         return self._n.subnet
 
     @dbus_property(access=PropertyAccess.READ, name="Gateway")
+    @readable
     def gateway(self) -> "s":
         return self._n.gateway
 
     @dbus_property(access=PropertyAccess.READ, name="Bridge")
+    @readable
     def bridge(self) -> "s":
         return self._n.bridge
 
     @dbus_property(access=PropertyAccess.READ, name="Internal")
+    @readable
     def internal(self) -> "b":
         return self._n.internal
 
     @dbus_property(access=PropertyAccess.READ, name="DNS")
+    @readable
     def dns(self) -> "b":
         return self._n.dns
 
     @dbus_property(access=PropertyAccess.READ, name="Containers")
+    @readable
     def containers(self) -> "as":
         return self._networks.container_names(self.network_id)
+
+    @dbus_property(access=PropertyAccess.READ, name="Owner")
+    @readable
+    def owner(self) -> "u":
+        return self._n.owner_uid
 
 
 class NetworkMethods(ServiceInterface):
@@ -101,6 +124,7 @@ class NetworkMethods(ServiceInterface):
 
     _bus: MessageBus
     authority: Authority
+    resolve: Callable[[str, str], Target]  # GuardedInterface's, as ManagerInterface answers it
 
     def _networks_init(self, networks: Networks, removal: Removal) -> None:
         self._networks = networks
@@ -116,7 +140,8 @@ class NetworkMethods(ServiceInterface):
         obj = NetworkInterface(n.id, self._networks, self._network_removal, self.authority)
         obj.last = properties(self._networks, n)
         self._network_objects[n.id] = obj
-        self._bus.export(network_path(n.id), obj)
+        with caller.agent():  # InterfacesAdded: the agent reads the properties
+            self._bus.export(network_path(n.id), obj)
 
     # network/core.py's NetworkListener
     def network_added(self, network: Network) -> None:
@@ -148,23 +173,26 @@ class NetworkMethods(ServiceInterface):
     @dbus_method(name="CreateNetwork")
     @guarded(MANAGE, "create", subject="network")
     async def create_network(self, name: "s", options: "a{sv}") -> "o":
-        n = await self._networks.create(name, _unwrap(options))
+        creds = await self.authority.credentials()
+        n = await self._networks.create(name, _unwrap(options), creds.uid)
         return network_path(n.id)
 
     @dbus_method(name="ListNetworks")
     @guarded(PUBLIC)
     async def list_networks(self) -> "a(sso)":
-        return [[n.name, n.subnet, network_path(n.id)] for n in self._networks.list()]
+        return [[n.name, n.subnet, network_path(n.id)]
+                for n in await visible(self.authority, self._networks.list(), access.network)]
 
     @dbus_method(name="GetNetwork")
     @guarded(PUBLIC)
     async def get_network(self, name_or_id: "s") -> "o":
+        await reveal(self.authority, self.resolve("network", name_or_id))
         return network_path(self._networks.get(name_or_id).id)
 
     @dbus_method(name="RemoveNetwork")
     @guarded(MANAGE, "remove", subject="network")
     async def remove_network(self, name: "s", force: "b") -> None:
-        await self._network_removal.network(name, force)
+        await _remove(self.authority, self._network_removal, name, force)
 
     @dbus_signal(name="NetworkNew")
     def network_new(self, network_id: str, path: str) -> "so":
@@ -193,9 +221,11 @@ class ContainerNetwork(ServiceInterface):
         return [received, average]
 
     @dbus_property(access=PropertyAccess.READ, name="Addresses")
+    @readable
     def addresses(self) -> "a(ss)":
         return [list(pair) for pair in self._networks.addresses(self.container_id)]
 
     @dbus_property(access=PropertyAccess.READ, name="Ports")
+    @readable
     def ports(self) -> "as":
         return list(self._manager.get(self.container_id).spec.ports)

@@ -10,10 +10,14 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from quilt_agent.bus.errors import ERROR_NAMES
-from quilt_agent.bus.guard import PUBLIC, GuardedInterface, guarded
+from quilt_agent.bus import access, caller
+from quilt_agent.bus.access import Target
+from quilt_agent.bus.guard import (
+    PUBLIC, GuardedInterface, cascade, guarded, readable, removable_by_caller, reveal, visible,
+)
 from quilt_agent.bus.names import VOLUME_INTERFACE
 from quilt_agent.bus.fds import closing_fds, received_fd
-from quilt_agent.bus.polkit import HOST, MANAGE, Authority, Subject
+from quilt_agent.bus.polkit import HOST, MANAGE, Authority
 from quilt_agent.errors import NoSuchVolume
 from quilt_agent.manager import Manager
 from quilt_agent.removal import Removal
@@ -35,6 +39,12 @@ def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
     return {key: value.value for key, value in options.items()}
 
 
+async def _remove(authority: Authority, removal: Removal, name_or_id: str, force: bool) -> int:
+    """With force, the containers that mount the volume go too: each authorized first. The bytes freed."""
+    authorized = await cascade(authority, removal.affected("volume", name_or_id)) if force else []
+    return await removal.volume(name_or_id, force, authorized)
+
+
 class VolumeInterface(GuardedInterface):
     def __init__(self, volume: Volume, volumes: Volumes, removal: Removal, authority: Authority) -> None:
         super().__init__(VOLUME_INTERFACE, authority)
@@ -42,37 +52,48 @@ class VolumeInterface(GuardedInterface):
         self._volumes = volumes
         self._removal = removal
 
-    def subject(self) -> Subject:
-        return Subject("volume", self._v.name)
+    def subject(self) -> Target:
+        return access.volume(self._v)
 
     @dbus_method(name="Remove")
     @guarded(MANAGE, "remove")
     async def remove(self, force: "b") -> None:
-        await self._removal.volume(self._v.id, force)
+        await _remove(self.authority, self._removal, self._v.id, force)
 
     @dbus_property(access=PropertyAccess.READ, name="Id")
+    @readable
     def id_(self) -> "s":
         return self._v.id
 
     @dbus_property(access=PropertyAccess.READ, name="Name")
+    @readable
     def name_(self) -> "s":
         return self._v.name
 
     @dbus_property(access=PropertyAccess.READ, name="Mountpoint")
+    @readable
     def mountpoint(self) -> "s":
         return self._v.mountpoint
 
     @dbus_property(access=PropertyAccess.READ, name="CreatedAt")
+    @readable
     def created_at(self) -> "t":
         return self._v.created_at
 
     @dbus_property(access=PropertyAccess.READ, name="UsedBy")
+    @readable
     def used_by(self) -> "as":
         return [u.name for u in self._volumes.used_by(self._v.name)]
 
     @dbus_property(access=PropertyAccess.READ, name="Labels")
+    @readable
     def labels(self) -> "a{ss}":
         return dict(self._v.labels)
+
+    @dbus_property(access=PropertyAccess.READ, name="Owner")
+    @readable
+    def owner(self) -> "u":
+        return self._v.owner_uid
 
 
 class VolumeMethods(ServiceInterface):
@@ -81,6 +102,7 @@ class VolumeMethods(ServiceInterface):
 
     _bus: MessageBus
     authority: Authority
+    resolve: Callable[[str, str], Target]  # GuardedInterface's, as ManagerInterface answers it
 
     def _volumes_init(self, volumes: Volumes, removal: Removal) -> None:
         self._volumes = volumes
@@ -95,7 +117,8 @@ class VolumeMethods(ServiceInterface):
     def _export_volume(self, v: Volume) -> None:
         obj = VolumeInterface(v, self._volumes, self._volume_removal, self.authority)
         self._volume_objects[v.id] = obj
-        self._bus.export(volume_path(v.id), obj)
+        with caller.agent():  # InterfacesAdded: the agent reads the properties
+            self._bus.export(volume_path(v.id), obj)
 
     # volumes.py's VolumeListener
     def volume_added(self, volume: Volume) -> None:
@@ -122,28 +145,33 @@ class VolumeMethods(ServiceInterface):
     @dbus_method(name="CreateVolume")
     @guarded(MANAGE, "create", subject="volume")
     async def create_volume(self, name: "s", options: "a{sv}") -> "o":
-        v = await self._volumes.create(name, _unwrap(options))
+        creds = await self.authority.credentials()
+        v = await self._volumes.create(name, _unwrap(options), owner_uid=creds.uid)
         return volume_path(v.id)
 
     @dbus_method(name="ListVolumes")
     @guarded(PUBLIC)
     async def list_volumes(self) -> "a(sso)":
-        return [[v.name, v.mountpoint, volume_path(v.id)] for v in self._volumes.list()]
+        return [[v.name, v.mountpoint, volume_path(v.id)]
+                for v in await visible(self.authority, self._volumes.list(), access.volume)]
 
     @dbus_method(name="GetVolume")
     @guarded(PUBLIC)
     async def get_volume(self, name_or_id: "s") -> "o":
+        await reveal(self.authority, self.resolve("volume", name_or_id))
         return volume_path(self._volumes.get(name_or_id).id)
 
     @dbus_method(name="RemoveVolume")
     @guarded(MANAGE, "remove", subject="volume")
     async def remove_volume(self, name: "s", force: "b") -> None:
-        await self._volume_removal.volume(name, force)
+        await _remove(self.authority, self._volume_removal, name, force)
 
     @dbus_method(name="PruneVolumes")
     @guarded(MANAGE, "prune volumes")
     async def prune_volumes(self) -> "t":
-        return await self._volumes.prune()
+        # Only what the caller may remove.
+        removable = await removable_by_caller(self.authority, self._volumes.list(), access.volume)
+        return await self._volumes.prune(only={v.id for v in removable})
 
     @dbus_signal(name="VolumeNew")
     def volume_new(self, volume_id: str, path: str) -> "so":
@@ -164,7 +192,7 @@ class ContainerCopy(ServiceInterface):
     _manager: Manager
     container_id: str
     authority: Authority
-    subject: Callable[[], Subject | None]  # GuardedInterface's, as ContainerInterface answers it
+    subject: Callable[[], Target | None]  # GuardedInterface's, as ContainerInterface answers it
 
     @dbus_method(name="CopyTo")
     @guarded(MANAGE, "copy files into")

@@ -13,6 +13,7 @@ import os
 import stat
 import secrets
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
@@ -239,9 +240,10 @@ class Images:
                 self._sync()
         log.info("Removed image %s (%s), %d bytes freed", image.id[:12], ", ".join(image.names) or "no name", freed)
 
-    async def prune(self) -> int:
+    async def prune(self, keep: Collection[str] = ()) -> int:
+        """Remove the images no container uses; keep: ids of images to keep besides."""
         async with self._lock:
-            keep = set(self._containers.image_users())
+            keep = set(self._containers.image_users()) | set(keep)
             try:
                 freed, removed = await asyncio.to_thread(self.store.prune, keep)
             finally:

@@ -157,6 +157,24 @@ class Networks:
                 return matches[0]
         raise NoSuchNetwork(name_or_id)
 
+    def named_networks(self, networks: tuple[str, ...]) -> tuple[Network, ...]:
+        """The networks a container's networks option names (none for a mode: none, host, container:NAME)."""
+        return () if mode_of(networks) else tuple(self.get(name) for name in networks)
+
+    def namespace_owners(self, networks: tuple[str, ...]) -> tuple[Container, ...]:
+        """For container:NAME, the container named and, when it shares another's namespace in turn, that
+        namespace's owner (which a new container joins): the containers whose network it would share."""
+        mode = mode_of(networks)
+        if not mode.startswith(CONTAINER_PREFIX):
+            return ()
+        named = self._containers.find(mode[len(CONTAINER_PREFIX):])
+        joined = self._members.get(named.id)
+        if joined is not None and joined.mode == HOST:
+            raise InvalidArgument(f"Container '{named.name}' uses the host's network: use networks ['host']")
+        if joined is not None and joined.mode.startswith(CONTAINER_PREFIX):
+            return named, self._containers.find(joined.mode[len(CONTAINER_PREFIX):])
+        return (named,)
+
     def container_names(self, network_id: str) -> list[str]:
         return sorted(m.name for m in self._members.values()
                       if any(a.network_id == network_id for a in m.attachments))
@@ -181,7 +199,7 @@ class Networks:
 
     # --- networks --------------------------------------------------------------------------------
 
-    async def create(self, name: str, options: dict[str, object]) -> Network:
+    async def create(self, name: str, options: dict[str, object], owner_uid: int = 0) -> Network:
         validate_network_name(name)
         opts = parse_network_options(options)
         if any(n.name == name for n in self._networks.values()):
@@ -196,7 +214,7 @@ class Networks:
         taken = {n.bridge for n in self._networks.values()}
         bridge = next(bridge_name(i) for i in range(len(taken) + 1) if bridge_name(i) not in taken)
         network = Network(id=new_id(), name=name, subnet=str(subnet), gateway=str(gateway), bridge=bridge,
-                          internal=opts.internal, dns=opts.dns, created_at=now_usec())
+                          internal=opts.internal, dns=opts.dns, created_at=now_usec(), owner_uid=owner_uid)
         # Checked again after the await: another create may have taken the name, subnet or bridge meanwhile.
         if any(n.name == name for n in self._networks.values()):
             raise NetworkNameInUse(name)
@@ -287,14 +305,9 @@ class Networks:
         spec = c.spec
         mode = mode_of(spec.networks)
         if mode.startswith(CONTAINER_PREFIX):
-            target = self._containers.find(mode[len(CONTAINER_PREFIX):])
+            target = self.namespace_owners(spec.networks)[-1]
             if target.id == c.id:
                 raise InvalidArgument("A container cannot join its own network namespace")
-            joined = self._members.get(target.id)
-            if joined is not None and joined.mode.startswith(CONTAINER_PREFIX):
-                target = self._containers.find(joined.mode[len(CONTAINER_PREFIX):])  # join the namespace's owner
-            if joined is not None and joined.mode == HOST:
-                raise InvalidArgument(f"Container '{target.name}' uses the host's network: use networks ['host']")
             mode = CONTAINER_PREFIX + target.id
             c = c.with_(spec=replace(spec, networks=(mode,)))
             self._members[c.id] = _Member(spec.name, spec.aliases, mode)

@@ -42,6 +42,7 @@ class Network:
     internal: bool = False  # no egress: nothing forwarded in or out of the bridge
     dns: bool = True
     created_at: int = 0
+    owner_uid: int = 0  # who created it
 
     @property
     def network(self) -> ipaddress.IPv4Network:

@@ -58,7 +58,8 @@ class StoreContract:
     # --- containers ------------------------------------------------------------------------------
 
     async def test_a_container_round_trips_with_every_spec_field(self, store: StateStore) -> None:
-        c = container("web").with_(spec=every_field_spec("web"), state=State.CREATED, created_at=now_usec())
+        c = container("web").with_(spec=every_field_spec("web"), state=State.CREATED, created_at=now_usec(),
+                                   owner_uid=1000)
         assert all(getattr(c.spec, f.name) != f.default for f in dataclasses.fields(ContainerSpec)
                    if f.default is not dataclasses.MISSING)
         await store.insert_container(c)
@@ -145,7 +146,7 @@ class StoreContract:
     # --- networks, addresses and ports -----------------------------------------------------------
 
     async def test_networks_round_trip_and_come_oldest_first(self, store: StateStore) -> None:
-        newer, older = network("back", 2, created_at=20), network("front", 1, created_at=10)
+        newer, older = network("back", 2, created_at=20).with_(owner_uid=1000), network("front", 1, created_at=10)
         store.insert_network(newer)
         await store.insert_network(older)
         assert await store.networks() == [older, newer]
@@ -225,7 +226,8 @@ class StoreContract:
     # --- volumes ---------------------------------------------------------------------------------
 
     async def test_volumes_round_trip_come_oldest_first_and_are_deleted(self, store: StateStore) -> None:
-        newer = Volume(id="2" * 64, name="cache", mountpoint="/v/cache/_data", created_at=20, labels={"a": "b"})
+        newer = Volume(id="2" * 64, name="cache", mountpoint="/v/cache/_data", created_at=20, labels={"a": "b"},
+                       owner_uid=1000)
         older = Volume(id="1" * 64, name="data", mountpoint="/v/data/_data", created_at=10)
         store.insert_volume(newer)
         await store.insert_volume(older)

@@ -89,7 +89,8 @@ class MemoryStore:
     # --- containers ------------------------------------------------------------------------------
 
     def insert_container(self, c: Container) -> asyncio.Future[None]:
-        row = Container(id=c.id, spec=copy.deepcopy(c.spec), state=c.state, created_at=c.created_at)
+        row = Container(id=c.id, spec=copy.deepcopy(c.spec), state=c.state, created_at=c.created_at,
+                        owner_uid=c.owner_uid)
 
         def write() -> None:
             if row.id in self.rows:

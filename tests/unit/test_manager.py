@@ -16,7 +16,7 @@ import pytest
 
 from quilt_agent.config import Paths
 from quilt_agent.errors import (
-    AlreadyRunning, ContainerFailed, ImageInUse, InvalidArgument, NameInUse, NetworkInUse, NoSuchContainer,
+    AccessDenied, AlreadyRunning, ContainerFailed, ImageInUse, InvalidArgument, NameInUse, NetworkInUse, NoSuchContainer,
     NoSuchNetwork, NotRunning, VolumeInUse,
 )
 from quilt_agent.model import Container, State
@@ -66,7 +66,7 @@ async def core(request: pytest.FixtureRequest, tmp_path: Path, zygote: FakeForkS
 
 
 async def create(core: Core, command: list[str], name: str = "", **options: object) -> Container:
-    return await core.manager.create(name, "tiny", command, {**NO_NETWORK, **options})
+    return await core.manager.create(await core.manager.prepare(name, "tiny", command, {**NO_NETWORK, **options}))
 
 
 async def stored(core: Core) -> dict[str, Container]:
@@ -312,6 +312,46 @@ async def test_recover_removes_the_directory_of_a_create_that_did_not_finish(cor
     assert not stray.exists()
 
 
+# --- create: prepared (resolved, nothing made), then made -------------------------------------------
+
+
+async def test_prepare_resolves_what_a_create_names_and_makes_nothing(core: Core) -> None:
+    await core.volumes.create("kept", {}, owner_uid=1000)
+    plan = await core.manager.prepare("web", "tiny", ["true"], {**NO_NETWORK, "volumes": ["kept:/a:ro", "fresh:/b",
+                                                                                          "/c"]}, owner_uid=1000)
+    assert plan.spec.name == "web" and plan.image.names == ("tiny:latest",) and plan.owner_uid == 1000
+    assert [(u.name, u.read_only, u.volume.name if u.volume else None) for u in plan.volumes] == [
+        ("kept", True, "kept"), ("fresh", False, None)]  # the anonymous one (/c) is the container's own
+    assert core.manager.list() == [] and [v.name for v in core.volumes.list()] == ["kept"]
+
+
+async def test_a_container_and_the_volumes_its_create_makes_belong_to_the_caller(core: Core) -> None:
+    c = await core.manager.create(await core.manager.prepare("web", "tiny", ["true"],
+                                                             {**NO_NETWORK, "volumes": ["fresh:/b"]}, owner_uid=1000))
+    assert c.owner_uid == 1000 and core.volumes.find("fresh").owner_uid == 1000
+    assert (await stored(core))[c.id].owner_uid == 1000
+
+
+async def test_a_create_whose_volume_another_caller_made_meanwhile_is_refused_and_leaves_nothing(core: Core) -> None:
+    plan = await core.manager.prepare("web", "tiny", ["true"], {**NO_NETWORK, "volumes": ["fresh:/b", "/c"]},
+                                      owner_uid=1000)
+    await core.volumes.create("fresh", {}, owner_uid=2000)  # while the plan was being authorized
+    with pytest.raises(AccessDenied, match="Volume 'fresh' changed"):
+        await core.manager.create(plan)
+    assert core.manager.list() == [] and await stored(core) == {}
+    assert [v.name for v in core.volumes.list()] == ["fresh"]  # the anonymous volume made for it is gone
+
+
+async def test_a_create_whose_network_was_made_again_meanwhile_is_refused(core: Core) -> None:
+    await core.networks.create("back", {})
+    plan = await core.manager.prepare("web", "tiny", ["true"], {"networks": ["back"]})
+    await core.removal.network("back", False)
+    await core.networks.create("back", {}, owner_uid=2000)
+    with pytest.raises(AccessDenied, match="changed while the create was being authorized"):
+        await core.manager.create(plan)
+    assert core.manager.list() == []
+
+
 # --- removals that take containers with them ------------------------------------------------------
 
 
@@ -326,7 +366,9 @@ async def test_image_removal_with_force_removes_its_containers_first(core: Core)
     idle = await create(core, ["true"])
     running = await create(core, LONG)
     await core.manager.start(running.id)
-    await asyncio.wait_for(core.removal.image("tiny", force=True), DEADLINE)
+    affected = core.removal.affected("image", "tiny")
+    assert {c.id for c in affected} == {idle.id, running.id}
+    await asyncio.wait_for(core.removal.image("tiny", force=True, authorized=[c.id for c in affected]), DEADLINE)
     assert core.manager.list() == [] and await stored(core) == {}
     assert core.images.list() == []
     assert {idle.id, running.id} <= {e.container_id for e in core.recorder.events if e.kind == "removed"}
@@ -342,9 +384,26 @@ async def test_volume_removal_is_refused_while_a_container_uses_it(core: Core) -
 async def test_volume_removal_with_force_removes_its_containers_first(core: Core) -> None:
     c = await create(core, LONG, volumes=["data:/data"])
     await core.manager.start(c.id)
-    await asyncio.wait_for(core.removal.volume("data", force=True), DEADLINE)
+    assert [a.id for a in core.removal.affected("volume", "data")] == [c.id]
+    await asyncio.wait_for(core.removal.volume("data", force=True, authorized=[c.id]), DEADLINE)
     assert core.manager.list() == [] and await stored(core) == {}
     assert core.volumes.list() == []
+
+
+@pytest.mark.parametrize("kind, name", [("image", "tiny"), ("volume", "data"), ("network", "back")])
+async def test_a_removal_with_force_that_would_take_an_unauthorized_container_changes_nothing(
+        core: Core, kind: str, name: str) -> None:
+    await core.networks.create("back", {})
+    first = await create_on(core, ["true"], networks=["back"], volumes=["data:/data"])
+    second = await create_on(core, LONG, networks=["back"], volumes=["data:/data"])
+    await core.manager.start(second.id)
+    assert {c.id for c in core.removal.affected(kind, name)} == {first.id, second.id}
+    remove = getattr(core.removal, kind)
+    with pytest.raises(AccessDenied, match=f"Container '{second.name}' came to use"):
+        await remove(name, True, authorized=[first.id])  # as if second came while the removal was authorized
+    assert [c.id for c in core.manager.list()] == [first.id, second.id]
+    assert core.manager.get(second.id).state is State.RUNNING
+    assert core.images.list() and core.volumes.find("data") and core.networks.get("back")
 
 
 # --- containers on a network ----------------------------------------------------------------------
@@ -352,7 +411,7 @@ async def test_volume_removal_with_force_removes_its_containers_first(core: Core
 
 async def create_on(core: Core, command: list[str], name: str = "", **options: object) -> Container:
     """A container on the networks the options name, on the default network when they name none."""
-    return await core.manager.create(name, "tiny", command, dict(options))
+    return await core.manager.create(await core.manager.prepare(name, "tiny", command, dict(options)))
 
 
 def links_of(core: Core, container_id: str) -> list[str]:
@@ -442,7 +501,9 @@ async def test_network_removal_with_force_removes_its_containers_and_their_links
     other = await create_on(core, ["true"], networks=[DEFAULT_NETWORK])
     await core.manager.start(running.id)
     assert back.bridge in core.kernel.host.links
-    await asyncio.wait_for(core.removal.network("back", force=True), DEADLINE)
+    authorized = [c.id for c in core.removal.affected("network", "back")]
+    assert set(authorized) == {idle.id, running.id}
+    await asyncio.wait_for(core.removal.network("back", force=True, authorized=authorized), DEADLINE)
     assert [c.id for c in core.manager.list()] == [other.id] and list(await stored(core)) == [other.id]
     with pytest.raises(NoSuchNetwork):
         core.networks.get("back")

@@ -1,7 +1,8 @@
 """A caller with one polkit grant (manage, exec and read: every container verb) never has the agent open a host path
 for it as root: quiltctl reads and writes the host's files itself, with the caller's rights, and what would have
-the agent open a path (CopyTo/CopyFrom, an image path, a bind mount, a pull's auth_file) needs org.quilt.runtime.host,
-which the caller has not."""
+the agent open a path (CopyTo/CopyFrom, an image path, a pull's auth_file) needs org.quilt.runtime.host, and what
+would hand the host to a container (a bind mount, the host's namespaces, no seccomp filter)
+org.quilt.runtime.manage-privileged, which the caller has not."""
 from __future__ import annotations
 
 import asyncio
@@ -106,20 +107,24 @@ async def test_the_agent_opens_no_host_path_for_a_caller_without_the_host_action
     running = await client.run_container(name, str(busybox_tar), ["/bin/sleep", "300"])
     await client.exec(running, ["/bin/sh", "-c", "echo in-container > /tmp/f"])
     secret = str(root_only["secret"])
-    host = "org.quilt.runtime.host"
+    host, privileged = "org.quilt.runtime.host", "org.quilt.runtime.manage-privileged"
+    (image,) = {i.id for i in await client.list_images()}  # busybox, imported by the run above
     calls = [
-        gdbus(running, f"{CONTAINER}.CopyTo", secret, "/tmp/stolen"),
-        gdbus(running, f"{CONTAINER}.CopyFrom", "/tmp/f", "/etc/cron.d/quilt-test"),
-        gdbus(MANAGER_PATH, f"{MANAGER}.ImportImage", str(root_only["tar"]), f"{name}:y", "{}"),
-        gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", f"{name}-img", str(root_only["tar"]), "['/bin/true']",
-              "{}"),
-        gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", f"{name}-bind", f"{name}-missing:1", "['/bin/true']",
-              "{'volumes': <['/:/host']>}"),
-        gdbus(MANAGER_PATH, f"{MANAGER}.PullImage", "127.0.0.1:1/x", f"{{'auth_file': <'{secret}'>}}"),
+        (gdbus(running, f"{CONTAINER}.CopyTo", secret, "/tmp/stolen"), host),
+        (gdbus(running, f"{CONTAINER}.CopyFrom", "/tmp/f", "/etc/cron.d/quilt-test"), host),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.ImportImage", str(root_only["tar"]), f"{name}:y", "{}"), host),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", f"{name}-img", str(root_only["tar"]), "['/bin/true']",
+               "{}"), host),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", f"{name}-bind", image, "['/bin/true']",
+               "{'volumes': <['/:/host']>}"), privileged),
+        # Whether a host path exists is not told before the bind is authorized.
+        (gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", f"{name}-probe", image, "['/bin/true']",
+               "{'volumes': <['/root/no-such-path:/host']>}"), privileged),
+        (gdbus(MANAGER_PATH, f"{MANAGER}.PullImage", "127.0.0.1:1/x", f"{{'auth_file': <'{secret}'>}}"), host),
     ]
-    results = await asyncio.gather(*(as_user(*cmd) for cmd in calls))
-    for cmd, r in zip(calls, results):
-        assert r.returncode != 0 and f"GDBus.Error:{ACCESS_DENIED}: " in r.stderr and host in r.stderr, (cmd, r)
+    results = await asyncio.gather(*(as_user(*cmd) for cmd, _ in calls))
+    for (cmd, action), r in zip(calls, results):
+        assert r.returncode != 0 and f"GDBus.Error:{ACCESS_DENIED}: " in r.stderr and action in r.stderr, (cmd, r)
     assert not os.path.exists("/etc/cron.d/quilt-test")
     assert (await client.exec(running, ["/bin/cat", "/tmp/stolen"])).exit_code != 0
     assert {i.name for i in await client.list_images()}.isdisjoint({f"{name}:y"})
@@ -191,14 +196,14 @@ async def test_stdio_that_could_open_the_host_is_refused(client: Client, busybox
 
 @pytest.mark.parametrize("options", ["{'namespaces': <['mount', 'uts', 'ipc', 'net', 'cgroup']>}",
                                      "{'networks': <['host']>}", "{'seccomp': <'unconfined'>}"])
-async def test_what_hands_the_host_to_a_container_needs_the_host_action(
+async def test_what_hands_the_host_to_a_container_needs_the_privileged_action(
         client: Client, granted: None, busybox_tar: Path, name: str, options: str) -> None:
     image = await client.import_image(str(busybox_tar), f"{name}-img:1")
     try:
         r = await as_user(*gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", name, f"{name}-img:1", "['/bin/true']",
                                  options))
         assert r.returncode != 0 and f"GDBus.Error:{ACCESS_DENIED}: " in r.stderr, r
-        assert "org.quilt.runtime.host" in r.stderr and image
+        assert "org.quilt.runtime.manage-privileged" in r.stderr and image
         assert [e.name for e in await client.list_containers()] == []
         ok = await as_user(*gdbus(MANAGER_PATH, f"{MANAGER}.CreateContainer", name, f"{name}-img:1", "['/bin/true']",
                                   "{}"))

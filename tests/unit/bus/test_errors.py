@@ -26,6 +26,7 @@ import quilt_agent.bus
 from quilt_agent import errors
 from quilt_agent.bus import caller
 from quilt_agent.bus.errors import ACCESS_DENIED, DECLARED_NAMES, ERROR_NAMES, to_dbus_error
+from quilt_agent.bus.polkit import Credentials
 from quilt_agent.bus.guard import GuardedInterface
 from quilt_agent.bus.names import ERROR_PREFIX
 
@@ -109,8 +110,22 @@ class Failing:
 
 
 class AllowAll:
+    """Authority's answers for root: everything allowed."""
+
     async def check(self, action: str, verb: str, subject: object = None) -> None:
         return None
+
+    async def allows(self, action: str, verb: str, subject: object = None, interactive: bool = False) -> bool:
+        return True
+
+    async def credentials(self) -> Credentials:
+        return Credentials(0, 1)
+
+    async def is_root(self) -> bool:
+        return True
+
+    async def may_read(self, target: object) -> bool:
+        return True
 
 
 OBJECT_ID = "0" * 64
