@@ -2,6 +2,7 @@
 Manager's network methods (NetworkMethods, mixed into ManagerInterface) and the Container's (ContainerNetwork,
 mixed into ContainerInterface): Addresses, Ports, Ping. Thin: parse, look up, authorize, call, reply."""
 
+import ipaddress
 from typing import Any, Callable
 
 from dbus_fast import Message, MessageFlag, MessageType, Variant
@@ -16,7 +17,7 @@ from quilt_agent.bus.guard import (
 )
 from quilt_agent.bus.names import NETWORK_INTERFACE, NETWORK_PATH_PREFIX, network_path
 from quilt_agent.bus.polkit import MANAGE, Authority
-from quilt_agent.errors import InvalidArgument, NoSuchNetwork
+from quilt_agent.errors import InvalidArgument, NoSuchContainer, NoSuchNetwork
 from quilt_agent.manager import Manager
 from quilt_agent.network.core import Networks
 from quilt_agent.removal import Removal
@@ -210,12 +211,21 @@ class ContainerNetwork(ServiceInterface):
     _manager: Manager
     _networks: Networks
     container_id: str
+    authority: Authority
 
     @dbus_method(name="Ping")
     @guarded(MANAGE, "ping from")
     async def ping(self, target: "s", count: "u") -> "ud":
         if not target:
             raise InvalidArgument("No target given: name a container or an IPv4 address")
+        try:
+            ipaddress.IPv4Address(target)
+        except ValueError:  # a container's name: whether it exists, and where, is for those who may see it
+            try:
+                await reveal(self.authority, access.container(self._manager.get(target)))
+            except NoSuchContainer:
+                await reveal(self.authority, access.absent("container", target))
+                raise
         c = self._manager.get(self.container_id)
         received, average, _address, _times = await self._networks.ping(c, target, count)
         return [received, average]
