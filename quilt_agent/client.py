@@ -422,9 +422,17 @@ class Client:
 
         self._bus.add_message_handler(on_message)
         await self._call_message("/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
-                                 [f"type='signal',sender='{BUS_NAME}',path='{MANAGER_PATH}',"
+                                 [f"type='signal',sender='{await self._signal_sender()}',path='{MANAGER_PATH}',"
                                   f"interface='{MANAGER_INTERFACE}',member='Event'"], destination="org.freedesktop.DBus")
         return queue
+
+    async def _signal_sender(self) -> str:
+        """Whom the agent's signals come from: for root, the agent's broadcasts; for anyone else, the copies the
+        agent sends it alone, about what it may see, once subscribed (Manager.Subscribe)."""
+        if os.geteuid() == 0:
+            return BUS_NAME
+        (sender,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "Subscribe")
+        return str(sender)
 
     # Networks: org.quilt.Runtime.Manager's network methods, org.quilt.Runtime.Network, Container.Ping
 

@@ -7,7 +7,6 @@ import resource
 import signal
 
 from dbus_fast import BusType, Message, RequestNameReply
-from dbus_fast.aio import MessageBus
 from systemd import daemon as sd_daemon
 
 from quilt_agent import __version__, app, lifecycle
@@ -15,6 +14,7 @@ from quilt_agent.bus import caller, guard
 from quilt_agent.bus.manager import ManagerInterface
 from quilt_agent.bus.names import BUS_NAME, MANAGER_PATH
 from quilt_agent.bus.polkit import Authority
+from quilt_agent.bus.relay import Relay, RelayingBus
 from quilt_agent.config import Paths, default_paths
 from quilt_agent.helper.zygote import Zygote
 from quilt_agent.scopes import Scopes
@@ -45,7 +45,7 @@ async def run(zygote: Zygote) -> int:
 
 
 async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float) -> int:
-    bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
+    bus = await RelayingBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
     bus.add_message_handler(caller.remember)
     bus.add_message_handler(lifecycle.CALLS.seen)
     scopes = Scopes(bus)
@@ -53,7 +53,12 @@ async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float
     services = await app.build(paths, store, scopes, zygote)
     manager = services.manager
     manager.subscribe(lifecycle.ContainerEdges(lifecycle.CALLS))
-    interface = ManagerInterface(services, Authority(bus), bus)
+    authority = Authority(bus)
+    relay = Relay(authority)
+    await relay.connect()
+    interface = ManagerInterface(services, authority, bus, relay)
+    relay.describe_with(interface.describe_signal)
+    bus.relay = relay
     bus.export(MANAGER_PATH, interface)
     interface.export_existing()
     bus.add_message_handler(interface.unknown_container)
@@ -129,6 +134,7 @@ async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float
                                                     interface="org.freedesktop.DBus.Peer", member="Ping")), 5)
         except (OSError, EOFError, asyncio.TimeoutError) as e:
             log.warning("the bus went away while the last replies were sent: %s", e)
+    relay.close()
     bus.disconnect()
     return status  # run() closes the store, which writes what is queued first
 

@@ -53,9 +53,10 @@ def readable(getter: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
 
 
 async def visible(authority: Authority, items: Iterable[T], describe: Callable[[T], Target]) -> list[T]:
-    """The items the current caller may see (Authority.may_read), in order: what a list answers it."""
+    """The items the current caller may see (Authority.may_read), in order: what a list answers it. The agent's
+    own reads (for a signal: bus/caller.agent) keep them all."""
     items = list(items)
-    if await authority.is_root():
+    if caller.CALLER.get() is None or await authority.is_root():
         return items
     shown = await asyncio.gather(*(authority.may_read(describe(item)) for item in items))
     return [item for item, ok in zip(items, shown) if ok]

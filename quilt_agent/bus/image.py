@@ -111,6 +111,7 @@ class ImageMethods:
 
     _bus: Any
     authority: Authority
+    _targets: dict[str, Target]  # ManagerInterface's: what each object path is, for relayed signals
     resolve: Callable[[str, str], Target]  # GuardedInterface's, as ManagerInterface answers it
 
     def _images_init(self, images: Images, removal: Removal) -> None:
@@ -127,6 +128,7 @@ class ImageMethods:
         config = self._images.store.config_bytes(image).decode()
         obj = ImageInterface(image, config, self.authority)
         self._image_objects[image.id] = obj
+        self._targets[image_path(image.id)] = access.image(image)
         with caller.agent():  # InterfacesAdded: the agent reads the properties
             self._bus.export(image_path(image.id), obj)
 
@@ -139,12 +141,14 @@ class ImageMethods:
     def image_changed(self, image: Image) -> None:
         obj = self._image_objects.get(image.id)
         if obj is not None:
+            self._targets[image_path(image.id)] = access.image(image)
             obj.changed(image)
 
     def image_removed(self, image_id: str) -> None:
         obj = self._image_objects.pop(image_id, None)
         if obj is not None:
             self._bus.unexport(image_path(image_id), obj)
+        self._targets.pop(image_path(image_id), None)
 
     def image_progress(self, job: str, phase: str, done: int, total: int) -> None:
         self.image_progress_signal(job, phase, done, total)

@@ -20,7 +20,10 @@ from quilt_agent.bus.image import MANAGER_ARG_NAMES as IMAGE_ARG_NAMES
 from quilt_agent.bus.image import ImageMethods
 from quilt_agent.bus.volume import MANAGER_ARG_NAMES as VOLUME_ARG_NAMES
 from quilt_agent.bus.volume import VolumeMethods
-from quilt_agent.bus.names import CONTAINER_INTERFACE, CONTAINER_PATH_PREFIX, MANAGER_INTERFACE, container_path
+from quilt_agent.bus.names import (
+    CONTAINER_INTERFACE, CONTAINER_PATH_PREFIX, MANAGER_INTERFACE, MANAGER_PATH, NETWORK_PATH_PREFIX, container_path,
+)
+from quilt_agent.bus.relay import Relay
 from quilt_agent.bus.polkit import HOST, MANAGE, PRIVILEGED, Authority
 from quilt_agent.errors import InvalidArgument, NoSuchContainer, QuiltError
 from quilt_agent.manager import CreatePlan
@@ -38,13 +41,15 @@ def _check_command(command: list[str]) -> list[str]:
 
 
 class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethods, GuardedInterface):
-    ARG_NAMES = {"CreateContainer": ("container",), "RunContainer": ("container",), "GetContainer": ("container",),
+    ARG_NAMES = {"Subscribe": ("sender",), "CreateContainer": ("container",), "RunContainer": ("container",), "GetContainer": ("container",),
                  "ListContainers": ("containers",), "ContainerNew": ("id", "container"),
                  "ContainerRemoved": ("id", "container"), **NETWORK_ARG_NAMES, **EVENT_ARG_NAMES,
                  **IMAGE_ARG_NAMES, **VOLUME_ARG_NAMES}
 
-    def __init__(self, services: Services, authority: Authority, bus: MessageBus) -> None:
+    def __init__(self, services: Services, authority: Authority, bus: MessageBus, relay: Relay) -> None:
         super().__init__(MANAGER_INTERFACE, authority)
+        self._relay = relay
+        self._targets: dict[str, Target] = {}  # object path -> what it is, kept until its last signal is sent
         self._manager = services.manager
         self._resolver = Resolver(services.manager, services.images, services.networks, services.volumes)
         self._bus = bus
@@ -70,6 +75,7 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
         obj = ContainerInterface(c.id, self._manager, self._networks, self.authority, self._bus)
         obj.last = properties(c)
         self._objects[c.id] = obj
+        self._targets[container_path(c.id)] = access.container(c)
         with caller.agent():  # InterfacesAdded: the agent reads the properties
             self._bus.export(container_path(c.id), obj)
 
@@ -80,6 +86,7 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
     def container_changed(self, container: Container) -> None:
         obj = self._objects.get(container.id)
         if obj is not None:
+            self._targets[container_path(container.id)] = access.container(container)
             obj.changed(container)
 
     def unknown_container(self, msg: Message) -> Message | bool | None:
@@ -101,6 +108,35 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
             obj.changed(container)
             self._bus.unexport(container_path(container.id), obj)
         self.container_removed_signal(container.id, container_path(container.id))
+        self._targets.pop(container_path(container.id), None)  # its last signals are relayed: forgotten
+
+    # --- signals for subscribers other than root (bus/relay.py) ------------------------------------
+
+    def describe_signal(self, msg: Message) -> Target | None:
+        """The object a signal is about: by its path, or for the Manager's signals by the object path or the
+        container id they carry; None (not relayed) for ImageProgress, which names a job, not an object."""
+        if msg.path.startswith(NETWORK_PATH_PREFIX) and msg.member == "PropertiesChanged":
+            return None  # its Containers name every container on it: a subscriber reads them again (Get)
+        if msg.path != MANAGER_PATH:
+            return self._targets.get(msg.path)
+        if msg.member == "Event":
+            return self._targets.get(container_path(msg.body[1]))
+        if msg.signature == "so":  # ContainerNew, ContainerRemoved, NetworkNew, ..., VolumeRemoved
+            return self._targets.get(msg.body[1])
+        return None
+
+    @dbus_method(name="Subscribe")
+    @guarded(PUBLIC)
+    async def subscribe_signals(self) -> "s":
+        """Root receives the agent's signals as broadcasts; any other caller, once subscribed, a copy of those
+        about the objects it may see, from the connection whose unique name this returns."""
+        await self._relay.subscribe(caller.current().sender, await self.authority.credentials())
+        return self._relay.name
+
+    @dbus_method(name="Unsubscribe")
+    @guarded(PUBLIC)
+    async def unsubscribe_signals(self) -> None:
+        self._relay.unsubscribe(caller.current().sender)
 
     # --- methods ---------------------------------------------------------------------------------
 

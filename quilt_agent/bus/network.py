@@ -47,15 +47,21 @@ async def _remove(authority: Authority, removal: Removal, name_or_id: str, force
 
 
 class NetworkInterface(GuardedInterface):
-    def __init__(self, network_id: str, networks: Networks, removal: Removal, authority: Authority) -> None:
+    def __init__(self, network_id: str, networks: Networks, removal: Removal, authority: Authority,
+                 resolve: Callable[[str, str], Target]) -> None:
+        """resolve: the Manager's (its Containers are named, and told only to those who may see them)."""
         super().__init__(NETWORK_INTERFACE, authority)
         self.network_id = network_id
         self._networks = networks
         self._removal = removal
+        self._resolve = resolve
         self.last: dict[str, Any] = {}
 
     def subject(self) -> Target:
         return access.network(self._n)
+
+    def resolve(self, kind: str, text: str) -> Target:
+        return self._resolve(kind, text)
 
     @property
     def _n(self) -> Network:
@@ -109,9 +115,11 @@ class NetworkInterface(GuardedInterface):
         return self._n.dns
 
     @dbus_property(access=PropertyAccess.READ, name="Containers")
-    @readable
-    def containers(self) -> "as":
-        return self._networks.container_names(self.network_id)
+    async def containers(self) -> "as":
+        """The names of those the caller may see."""
+        await self.check_visible()
+        return await visible(self.authority, self._networks.container_names(self.network_id),
+                             lambda name: self.resolve("container", name))
 
     @dbus_property(access=PropertyAccess.READ, name="Owner")
     @readable
@@ -126,6 +134,7 @@ class NetworkMethods(ServiceInterface):
     _bus: MessageBus
     authority: Authority
     resolve: Callable[[str, str], Target]  # GuardedInterface's, as ManagerInterface answers it
+    _targets: dict[str, Target]  # ManagerInterface's: what each object path is, for relayed signals
 
     def _networks_init(self, networks: Networks, removal: Removal) -> None:
         self._networks = networks
@@ -138,9 +147,10 @@ class NetworkMethods(ServiceInterface):
             self._export_network(n)
 
     def _export_network(self, n: Network) -> None:
-        obj = NetworkInterface(n.id, self._networks, self._network_removal, self.authority)
+        obj = NetworkInterface(n.id, self._networks, self._network_removal, self.authority, self.resolve)
         obj.last = properties(self._networks, n)
         self._network_objects[n.id] = obj
+        self._targets[network_path(n.id)] = access.network(n)
         with caller.agent():  # InterfacesAdded: the agent reads the properties
             self._bus.export(network_path(n.id), obj)
 
@@ -159,6 +169,7 @@ class NetworkMethods(ServiceInterface):
         if obj is not None:
             self._bus.unexport(network_path(network.id), obj)
         self.network_removed_signal(network.id, network_path(network.id))
+        self._targets.pop(network_path(network.id), None)
 
     def unknown_network(self, msg: Message) -> Message | bool | None:
         """Message handler: a call to a network path without an object is NoSuchNetwork naming the id."""

@@ -92,22 +92,25 @@ class Authority:
     async def may_read(self, target: Target) -> bool:
         """Whether the current caller may see `target` at all (lists, lookups, properties): root and its owner
         may; anyone else if polkit grants the read action without asking (a list asks no password)."""
-        creds = await self.credentials()
+        return await self.may_read_as(caller.current().sender, await self.credentials(), target)
+
+    async def may_read_as(self, sender: str, creds: Credentials, target: Target) -> bool:
+        """may_read for a given bus name: a signal's subscriber (bus/relay.py)."""
         if creds.uid == 0 or creds.uid == target.owner_uid:
             return True
-        key = (caller.current().sender, target.kind, target.id or target.name)
+        key = (sender, target.kind, target.id or target.name)
         now = time.monotonic()
         cached = self._reads.get(key)
         if cached is None or now - cached[0] > READ_DECISION_TTL:
             # One question for concurrent readers (a GetAll's properties ask together).
-            decision = asyncio.ensure_future(self._decide(creds, READ, "see", target, interactive=False))
+            decision = asyncio.ensure_future(self._decide(creds, READ, "see", target, False, sender))
             self._reads[key] = cached = (now, decision)
             if len(self._reads) > self.CACHE:
                 self._reads.popitem(last=False)
         return await asyncio.shield(cached[1])
 
     async def _decide(self, creds: Credentials, action: str, verb: str, target: Target | None,
-                      interactive: bool) -> bool:
+                      interactive: bool, sender: str = "") -> bool:
         if creds.uid == 0:
             return True
         if action == READ and target is not None and target.owner_uid == creds.uid:
@@ -115,7 +118,7 @@ class Authority:
         details = {"verb": verb}
         if target is not None:
             details.update(target.details(creds.uid))
-        who_asks = ("system-bus-name", {"name": Variant("s", caller.current().sender)})
+        who_asks = ("system-bus-name", {"name": Variant("s", sender or caller.current().sender)})
         reply = await self._bus.call(Message(
             destination=POLKIT, path=POLKIT_PATH, interface=POLKIT_INTERFACE, member="CheckAuthorization",
             signature="(sa{sv})sa{ss}us",

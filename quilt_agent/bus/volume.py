@@ -46,14 +46,20 @@ async def _remove(authority: Authority, removal: Removal, name_or_id: str, force
 
 
 class VolumeInterface(GuardedInterface):
-    def __init__(self, volume: Volume, volumes: Volumes, removal: Removal, authority: Authority) -> None:
+    def __init__(self, volume: Volume, volumes: Volumes, removal: Removal, authority: Authority,
+                 resolve: Callable[[str, str], Target]) -> None:
+        """resolve: the Manager's (its UsedBy are named, and told only to those who may see them)."""
         super().__init__(VOLUME_INTERFACE, authority)
         self._v = volume  # fixed for the object's life: a volume's record never changes
         self._volumes = volumes
         self._removal = removal
+        self._resolve = resolve
 
     def subject(self) -> Target:
         return access.volume(self._v)
+
+    def resolve(self, kind: str, text: str) -> Target:
+        return self._resolve(kind, text)
 
     @dbus_method(name="Remove")
     @guarded(MANAGE, "remove")
@@ -81,9 +87,11 @@ class VolumeInterface(GuardedInterface):
         return self._v.created_at
 
     @dbus_property(access=PropertyAccess.READ, name="UsedBy")
-    @readable
-    def used_by(self) -> "as":
-        return [u.name for u in self._volumes.used_by(self._v.name)]
+    async def used_by(self) -> "as":
+        """The names of those the caller may see."""
+        await self.check_visible()
+        return await visible(self.authority, [u.name for u in self._volumes.used_by(self._v.name)],
+                             lambda name: self.resolve("container", name))
 
     @dbus_property(access=PropertyAccess.READ, name="Labels")
     @readable
@@ -103,6 +111,7 @@ class VolumeMethods(ServiceInterface):
     _bus: MessageBus
     authority: Authority
     resolve: Callable[[str, str], Target]  # GuardedInterface's, as ManagerInterface answers it
+    _targets: dict[str, Target]  # ManagerInterface's: what each object path is, for relayed signals
 
     def _volumes_init(self, volumes: Volumes, removal: Removal) -> None:
         self._volumes = volumes
@@ -115,8 +124,9 @@ class VolumeMethods(ServiceInterface):
             self._export_volume(v)
 
     def _export_volume(self, v: Volume) -> None:
-        obj = VolumeInterface(v, self._volumes, self._volume_removal, self.authority)
+        obj = VolumeInterface(v, self._volumes, self._volume_removal, self.authority, self.resolve)
         self._volume_objects[v.id] = obj
+        self._targets[volume_path(v.id)] = access.volume(v)
         with caller.agent():  # InterfacesAdded: the agent reads the properties
             self._bus.export(volume_path(v.id), obj)
 
@@ -130,6 +140,7 @@ class VolumeMethods(ServiceInterface):
         if obj is not None:
             self._bus.unexport(volume_path(volume.id), obj)
         self.volume_removed_signal(volume.id, volume_path(volume.id))
+        self._targets.pop(volume_path(volume.id), None)
 
     def unknown_volume(self, msg: Message) -> Message | bool | None:
         """Message handler: a call to a volume path without an object is NoSuchVolume naming the id."""

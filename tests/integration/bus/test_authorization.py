@@ -203,6 +203,10 @@ async def test_the_example_rule_confines_a_user_to_what_it_owns(client: Client, 
         vol = await client.get_volume(f"{name}-vol")
         owner = await run_as(None, "busctl", "get-property", BUS_NAME, vol, VOLUME, "Owner")
         assert owner.stdout.strip() == f"u {NOBODY[0]}", owner
+        # The default network, which both are on, names to it only its own.
+        on_net = await run_as(NOBODY, "busctl", "get-property", BUS_NAME, await client.get_network("quilt"),
+                              NETWORK, "Containers")
+        assert on_net.stdout.strip() == f'as 1 "{name}-mine"', on_net
         ps = await run_as(NOBODY, QUILTCTL, "ps", "-a")
         assert ps.returncode == 0 and f"{name}-mine" in ps.stdout and f"{name}-root" not in ps.stdout, ps
         inspected = await run_as(NOBODY, QUILTCTL, "inspect", f"{name}-mine")
@@ -254,3 +258,74 @@ async def test_signals_reach_root_and_no_one_else(client: Client, busybox_tar: P
     assert b"/org/quilt/Runtime" not in rest, rest
     await root_watch.wait()
     await nobody_watch.wait()
+
+
+# Run as the subscriber: subscribes, then prints each relayed signal as a JSON line (member, path, its string
+# arguments, destination).
+SUBSCRIBER = r'''
+import asyncio, json, sys
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
+
+async def main():
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    reply = await bus.call(Message(destination="org.quilt.Runtime", path="/org/quilt/Runtime",
+                                   interface="org.quilt.Runtime.Manager", member="Subscribe"))
+    assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+    relay = reply.body[0]
+    def seen(msg):
+        if msg.message_type is MessageType.SIGNAL and msg.sender == relay:
+            strings = [b for b in msg.body if isinstance(b, str)]
+            print(json.dumps([msg.member, msg.path, strings, msg.destination]), flush=True)
+    bus.add_message_handler(seen)
+    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                           interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                           body=[f"type='signal',sender='{relay}'"]))
+    print(json.dumps(["ready", relay, [bus.unique_name], ""]), flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+'''
+
+
+async def test_a_subscriber_other_than_root_receives_the_signals_of_what_it_may_see_and_no_other(
+        client: Client, busybox_tar: Path, name: str) -> None:
+    text = EXAMPLE_RULE.read_text().replace('subject.isInGroup("quilt")', 'subject.user == "nobody"')
+    body = text[text.index("polkit.addRule(function(action, subject) {") + 43:text.rindex("});")]
+    image = None
+    async with rules.installed(name, body, NOBODY):
+        proc = await asyncio.create_subprocess_exec(
+            "setpriv", f"--reuid={NOBODY[0]}", f"--regid={NOBODY[1]}", "--clear-groups",
+            str(PROJECT / ".venv/bin/python"), "-c", SUBSCRIBER, stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "HOME": "/"})
+        assert proc.stdout is not None
+        try:
+            _ready, relay, (me,), _ = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+            assert _ready == "ready"
+            roots = await client.run_container(f"{name}-root", str(busybox_tar), ["/bin/true"],
+                                               {"labels": {"k": "s3cr3t"}})
+            image = await image_id(client)
+            mine = await run_as(NOBODY, QUILTCTL, "run", "--name", f"{name}-mine", image, "--", "true")
+            assert mine.returncode == 0, mine
+            await client.wait(roots)
+            await client.remove(roots)
+            gone = await run_as(NOBODY, QUILTCTL, "rm", f"{name}-mine")
+            assert gone.returncode == 0, gone
+            lines = []
+            while not any(m == "ContainerRemoved" for m, *_ in lines):
+                lines.append(json.loads(await asyncio.wait_for(proc.stdout.readline(), 30)))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+    members = {m for m, *_ in lines}
+    assert {"ContainerNew", "PropertiesChanged", "Event", "ContainerRemoved"} <= members, lines
+    paths = {p for _, p, _, _ in lines}
+    mine_ids = {strings[0] for m, _, strings, _ in lines if m == "ContainerNew"}
+    assert len(mine_ids) == 1, lines
+    (mine_id,) = mine_ids
+    assert paths <= {"/org/quilt/Runtime", f"/org/quilt/Runtime/container/{mine_id}"}, lines
+    assert {strings[1] for m, _, strings, _ in lines if m == "Event"} == {mine_id}, lines  # kind, id, details
+    assert {strings[0] for m, _, strings, _ in lines if m == "ContainerRemoved"} == {mine_id}, lines
+    assert not any("s3cr3t" in json.dumps(line) for line in lines)
+    assert {d for *_, d in lines} == {me}  # addressed to it alone
+    assert relay != me and image

@@ -33,7 +33,7 @@ VOLUME = "org.quilt.Runtime.Volume"
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 # Anyone may call these; each answers only what the caller may see (test_unprivileged_callers_see_nothing_...).
 PUBLIC_METHODS = {"ListContainers", "GetContainer", "ListImages", "GetImage", "ListNetworks", "GetNetwork",
-                  "ListVolumes", "GetVolume", "ListEvents"}
+                  "ListVolumes", "GetVolume", "ListEvents", "Subscribe", "Unsubscribe"}
 
 
 def _passwd_user() -> tuple[int, int]:
