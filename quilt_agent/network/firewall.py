@@ -12,8 +12,17 @@ ruleset, and recovery after a crash is one more render. With no active network t
                                 hairpin, a container to a published port on its own network: masquerade
                                 egress of a non-internal network's subnet: masquerade
     forward     (filter)        between two Quilt bridges: drop; in or out of an internal network: drop
+    input       (filter)        from an internal network's bridge to the host itself: replies to the host's
+                                own connections and UDP 53 to its gateway (Quilt's name server) pass,
+                                TCP 53 to its gateway is reset, everything else dropped
 
 Traffic that other machines send to a published port is not masqueraded: the container sees the real client.
+
+The input chain is what keeps an internal network internal: a packet for one of the host's own addresses (the
+gateway, another network's gateway, any other interface's) takes the input hook, not forward, so without it
+every host service listening on 0.0.0.0 would answer. A normal network's containers reach the host as
+Podman's do (through the gateway, to whatever listens there or on 0.0.0.0): that is left to the admin's own
+rules, in a table of their own.
 
 Written by hand: the JSON batch (libnftables' documented input, nft's -j) and the call of the `nft` tool.
 Debian's python3-nftables binding imports only into /usr/bin/python3 itself, not a venv, and pyroute2's
@@ -91,6 +100,7 @@ def render(networks: list[Network], published: list[Published]) -> dict[str, Any
         _chain("output", "output", "nat", -100),
         _chain("postrouting", "postrouting", "nat", 100),
         _chain("forward", "forward", "filter", 0),
+        _chain("input", "input", "filter", 0),
         _chain("published"),
     ]
     local = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
@@ -127,7 +137,27 @@ def render(networks: list[Network], published: list[Published]) -> dict[str, Any
             commands.append(_rule("forward", _match(_meta("oifname"), n.bridge),
                                   _match(_meta("iifname"), n.bridge, "!="), {"drop": None},
                                   comment=f"{n.name}: internal, no ingress"))
+            commands += _closed_host(n)
     return {"nftables": commands}
+
+
+def _closed_host(n: Network) -> list[dict[str, Any]]:
+    """The input rules of an internal network: the host answers its containers with nothing but the name
+    server, and still gets the replies to the connections it opens itself (to a container's address, to a
+    port published from its loopback)."""
+    bridge = _match(_meta("iifname"), n.bridge)
+    rules = [_rule("input", bridge, _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+                   {"accept": None}, comment=f"{n.name}: internal, replies to the host")]
+    if n.dns:
+        gateway = _match(_payload("ip", "daddr"), n.gateway)
+        rules.append(_rule("input", bridge, gateway, _match(_payload("udp", "dport"), 53), {"accept": None},
+                           comment=f"{n.name}: internal, its name server"))
+        # Quilt's name server is UDP only. A resolver retries over TCP after a truncated answer: a reset fails
+        # it at once, as on a normal network where nothing listens there, where a drop would leave it waiting.
+        rules.append(_rule("input", bridge, gateway, _match(_payload("tcp", "dport"), 53),
+                           {"reject": {"type": "tcp reset"}}, comment=f"{n.name}: internal, no DNS over TCP"))
+    rules.append(_rule("input", bridge, {"drop": None}, comment=f"{n.name}: internal, the host closed"))
+    return rules
 
 
 class Firewall:

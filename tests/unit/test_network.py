@@ -162,6 +162,29 @@ def test_only_quilts_table_is_touched() -> None:
     assert {"dnat": {"family": "ip", "addr": "10.89.0.2", "port": 80}} in dnat["expr"]
 
 
+
+def _input(batch: dict) -> list[str]:
+    return [r.get("comment", "") for r in _rules(batch) if r["chain"] == "input"]
+
+
+def test_an_internal_network_closes_the_host_but_its_name_server() -> None:
+    internal = Network(id="c" * 64, name="int", subnet="10.89.1.0/24", gateway="10.89.1.1", bridge="quilt1",
+                       internal=True)
+    assert _input(render([NET, internal], [])) == [
+        "int: internal, replies to the host", "int: internal, its name server", "int: internal, no DNS over TCP",
+        "int: internal, the host closed"]
+    dns = next(r for r in _rules(render([internal], [])) if r.get("comment") == "int: internal, its name server")
+    assert {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                      "right": "10.89.1.1"}} in dns["expr"]
+    quiet = Network(id="d" * 64, name="quiet", subnet="10.89.2.0/24", gateway="10.89.2.1", bridge="quilt2",
+                    internal=True, dns=False)
+    assert _input(render([quiet], [])) == ["quiet: internal, replies to the host", "quiet: internal, the host closed"]
+
+
+def test_a_normal_network_leaves_the_host_to_the_admin() -> None:
+    assert _input(render([NET], [])) == []
+
+
 # --- the name server -------------------------------------------------------------------------------
 
 

@@ -70,8 +70,8 @@ async def address(client: Client, path: str, network: str = "quilt") -> str:
     return found[0]
 
 
-def sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), capture_output=True, text=True, check=check, timeout=timeout)
+def sh(*args: str, check: bool = True, timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, check=check, timeout=timeout, input=input)
 
 
 def snapshot() -> dict[str, Any]:

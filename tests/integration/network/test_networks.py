@@ -125,6 +125,63 @@ async def test_an_internal_network_has_no_egress(client: Client, busybox_tar: Pa
     assert out.stdout[-1] != "rc=0" and not any("client=" in line for line in out.stdout), out
 
 
+ADMIN_CLOSES_HOST = """
+table inet host-closed {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        iifname "quilt*" ct state established,related accept
+        iifname "quilt*" udp dport 53 accept
+        iifname "quilt*" drop
+    }
+}
+"""
+
+
+async def test_an_internal_network_reaches_no_host_service(client: Client, busybox_tar: Path, name: str,
+                                                            networks: list[str]) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"host\n")
+        await writer.drain()
+        writer.close()
+
+    # A host service on every address, as a careless daemon listens.
+    server = await asyncio.start_server(answer, "0.0.0.0", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        networks.append(f"{name}-int")
+        internal = await client.network_properties(await client.create_network(f"{name}-int", {"internal": True}))
+        peer = await start(client, f"{name}-peer", busybox_tar,
+                           ["/bin/sh", "-c", "echo peer > /i; exec httpd -f -p 80 -h /"], {"networks": [f"{name}-int"]})
+        probe = f"timeout 3 nc {{}} {port} </dev/null; echo rc=$?"
+        # On the default network the host answers, through the gateway: what Podman does, and the README says.
+        out = await run(client, f"{name}-open", busybox_tar, probe.format("10.89.0.1"))
+        assert out.stdout == ["host", "rc=0"], out
+        # The README's recipe closes it, in a table of the admin's own, while names still resolve.
+        sh("nft", "-f", "-", input=ADMIN_CLOSES_HOST)
+        try:
+            out = await run(client, f"{name}-shut", busybox_tar,
+                            f"{probe.format('10.89.0.1')}; nslookup {name}-shut 10.89.0.1 | grep -c 10.89.0.")
+            assert out.stdout[0] == "rc=143" and out.stdout[1] != "0", out
+        finally:
+            sh("nft", "delete", "table", "inet", "host-closed")
+        # On the internal one: not on its own gateway, not on the other network's, while its name server answers.
+        script = "; ".join([probe.format(internal["Gateway"]), probe.format("10.89.0.1"),
+                            f"nslookup {name}-peer {internal['Gateway']} | grep -c {internal['Subnet'][:-5]}"])
+        out = await run(client, f"{name}-closed", busybox_tar, script, {"networks": [f"{name}-int"]})
+        assert out.stdout[:2] == ["rc=143", "rc=143"] and "host" not in out.stdout, out
+        assert out.stdout[2] != "0", out
+        # The host still opens connections to the internal network's containers and gets their replies.
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(await address(client, peer, f"{name}-int"), 80), 5)
+        writer.write(b"GET /i HTTP/1.0\r\n\r\n")
+        reply = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert reply.endswith(b"peer\n"), reply
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_none_has_only_loopback(client: Client, busybox_tar: Path, name: str) -> None:
     out = await run(client, name, busybox_tar, "ls /sys/class/net; cat /etc/resolv.conf | grep -c 10.89",
                     {"networks": ["none"]})
