@@ -552,9 +552,10 @@ class Client:
                 _, phase, done, total = msg.body
                 queue.put_nowait(ImageProgress(phase, int(done), int(total)))
 
+        sender = await self._signal_sender()
         self._bus.add_message_handler(on_message)
         await self._call_message("/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
-                                 [f"type='signal',sender='{BUS_NAME}',path='{MANAGER_PATH}',"
+                                 [f"type='signal',sender='{sender}',path='{MANAGER_PATH}',"
                                   f"interface='{MANAGER_INTERFACE}',member='ImageProgress',arg0='{job}'"],
                                  destination="org.freedesktop.DBus")
         return queue

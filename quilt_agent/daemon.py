@@ -57,7 +57,7 @@ async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float
     relay = Relay(authority)
     await relay.connect()
     interface = ManagerInterface(services, authority, bus, relay)
-    relay.describe_with(interface.describe_signal)
+    relay.describe_with(interface.describe_signal, interface.progress_addressee)
     bus.relay = relay
     bus.export(MANAGER_PATH, interface)
     interface.export_existing()

@@ -1,7 +1,8 @@
 """Images on the bus: org.quilt.Runtime.Image on /org/quilt/Runtime/image/ID (one object per image), and the
 Manager's image methods and ImageProgress signal (ImageMethods, mixed into ManagerInterface). Thin: parse,
 authorize, call the core (images/service.py), reply."""
-from typing import Any, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
 
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.service import PropertyAccess, dbus_method, dbus_property, dbus_signal
@@ -15,7 +16,8 @@ from quilt_agent.bus.guard import (
 from quilt_agent.bus.names import IMAGE_INTERFACE
 from quilt_agent.bus.fds import closing_fds, received_fd
 from quilt_agent.bus.polkit import HOST, MANAGE, Authority
-from quilt_agent.errors import NoSuchImage
+from quilt_agent.bus.names import MANAGER_PATH
+from quilt_agent.errors import InvalidArgument, NoSuchImage
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import Image
 from quilt_agent.removal import Removal
@@ -118,6 +120,9 @@ class ImageMethods:
         self._images = images
         self._image_removal = removal
         self._image_objects: dict[str, ImageInterface] = {}
+        # The job of each running import or pull that named one -> the unique name of its caller, "" for root
+        # (who gets the broadcasts).
+        self._jobs: dict[str, str] = {}
         images.subscribe(self)
 
     def export_images(self) -> None:
@@ -153,6 +158,29 @@ class ImageMethods:
     def image_progress(self, job: str, phase: str, done: int, total: int) -> None:
         self.image_progress_signal(job, phase, done, total)
 
+    def progress_addressee(self, msg: Message) -> str | None:
+        """A job's progress goes to its caller alone when that is not root: for the relay (bus/relay.py)."""
+        if msg.member == "ImageProgress" and msg.path == MANAGER_PATH:
+            return self._jobs.get(msg.body[0]) or None
+        return None
+
+    @asynccontextmanager
+    async def _job(self, options: dict[str, Variant]) -> AsyncIterator[None]:
+        """The call's progress job, held for its length: no two running calls share one, so that a caller
+        receives its own job's progress and no other's."""
+        job = options["job"].value if "job" in options else None
+        if not isinstance(job, str):  # none asked, or a wrong one that the core names
+            yield
+            return
+        if job in self._jobs:
+            raise InvalidArgument(f"Option 'job': '{job}' is the job of another import or pull still running")
+        uid = (await self.authority.credentials()).uid
+        self._jobs[job] = "" if uid == 0 else caller.current().sender
+        try:
+            yield
+        finally:
+            del self._jobs[job]
+
     def unknown_image(self, msg: Message) -> Message | bool | None:
         """Message handler: a call to an image path that has no object (removed, or a wrong id) is NoSuchImage
         naming the id, as for containers."""
@@ -178,7 +206,8 @@ class ImageMethods:
     @guarded(MANAGE, "import", subject="image", subject_arg="name")
     async def import_image(self, source: "s", name: "s", options: "a{sv}") -> "o":
         await self.authority.check(HOST, "import a host file as", access.absent("image", name))
-        return self._path_of(await self._images.import_image(source, name, _unwrap(options)))
+        async with self._job(options):
+            return self._path_of(await self._images.import_image(source, name, _unwrap(options)))
 
     # The same, the image read from a file or pipe the caller opened with its own rights (quiltctl image import):
     # a rootfs tarball, an oci-archive or a docker archive (an OCI layout directory: sent as an oci-archive).
@@ -187,7 +216,8 @@ class ImageMethods:
     @guarded(MANAGE, "import", subject="image", subject_arg="name")
     async def import_image_with_fd(self, archive: "h", name: "s", options: "a{sv}") -> "o":
         fd = received_fd(archive, "archive")
-        return self._path_of(await self._images.import_fd(fd, name, _unwrap(options)))
+        async with self._job(options):
+            return self._path_of(await self._images.import_fd(fd, name, _unwrap(options)))
 
     # Options: job s, platform s, auth_file s (docker config.json format: a host file the agent reads as root,
     # so it takes the host-files action).
@@ -196,7 +226,8 @@ class ImageMethods:
     async def pull_image(self, reference: "s", options: "a{sv}") -> "o":
         if "auth_file" in options:
             await self.authority.check(HOST, "read a host file to pull", access.absent("image", reference))
-        return self._path_of(await self._images.pull(reference, _unwrap(options)))
+        async with self._job(options):
+            return self._path_of(await self._images.pull(reference, _unwrap(options)))
 
     @dbus_method(name="ListImages")
     @guarded(PUBLIC)

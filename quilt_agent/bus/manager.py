@@ -114,7 +114,8 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
 
     def describe_signal(self, msg: Message) -> Target | None:
         """The object a signal is about: by its path, or for the Manager's signals by the object path or the
-        container id they carry; None (not relayed) for ImageProgress, which names a job, not an object."""
+        container id they carry; None for ImageProgress, which names a job, not an object (it goes to the job's
+        caller alone: progress_addressee)."""
         if msg.path.startswith(NETWORK_PATH_PREFIX) and msg.member == "PropertiesChanged":
             return None  # its Containers name every container on it: a subscriber reads them again (Get)
         if msg.path != MANAGER_PATH:

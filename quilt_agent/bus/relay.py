@@ -54,6 +54,7 @@ class Relay:
     def __init__(self, authority: Authority) -> None:
         self._authority = authority
         self._describe: Callable[[Message], Target | None] = lambda msg: None
+        self._addressee: Callable[[Message], str | None] = lambda msg: None
         self._bus: MessageBus | None = None
         self._subscribers: dict[str, _Subscriber] = {}
 
@@ -61,10 +62,13 @@ class Relay:
         self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         self._bus.add_message_handler(self._gone)
 
-    def describe_with(self, describe: Callable[[Message], Target | None]) -> None:
+    def describe_with(self, describe: Callable[[Message], Target | None],
+                      addressee: Callable[[Message], str | None] = lambda msg: None) -> None:
         """describe: the object a signal is about, or None for a signal no subscriber gets (the bus layer's
-        ManagerInterface knows the objects by path)."""
+        ManagerInterface knows the objects by path). addressee: the one caller a signal is for, subscribed or
+        not, or None (an image job's progress is for the caller who started it)."""
         self._describe = describe
+        self._addressee = addressee
 
     @property
     def name(self) -> str:
@@ -94,6 +98,10 @@ class Relay:
             subscriber.task.cancel()
 
     def forward(self, msg: Message) -> None:
+        addressee = self._addressee(msg)
+        if addressee is not None:
+            self._send(addressee, msg)
+            return
         if not self._subscribers:
             return
         target = self._describe(msg)  # now: the object may be gone by the time the copy is sent
@@ -108,7 +116,6 @@ class Relay:
             subscriber.queue.put_nowait((msg, target))
 
     async def _deliver(self, subscriber: _Subscriber) -> None:
-        assert self._bus is not None
         while True:
             msg, target = await subscriber.queue.get()
             try:
@@ -117,9 +124,12 @@ class Relay:
             except Exception as err:  # noqa: BLE001 - polkit unreachable: the copy is not sent, the relay goes on
                 log.warning("not relaying %s.%s to %s: %s", msg.interface, msg.member, subscriber.sender, err)
                 continue
-            self._bus.send(Message(destination=subscriber.sender, path=msg.path, interface=msg.interface,
-                                   member=msg.member, message_type=MessageType.SIGNAL, signature=msg.signature,
-                                   body=msg.body))
+            self._send(subscriber.sender, msg)
+
+    def _send(self, destination: str, msg: Message) -> None:
+        assert self._bus is not None
+        self._bus.send(Message(destination=destination, path=msg.path, interface=msg.interface, member=msg.member,
+                               message_type=MessageType.SIGNAL, signature=msg.signature, body=msg.body))
 
     def _gone(self, msg: Message) -> None:
         if (msg.message_type is MessageType.SIGNAL and msg.member == "NameOwnerChanged"

@@ -5,10 +5,14 @@ audited in the journal, and signals reach root alone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -329,3 +333,73 @@ async def test_a_subscriber_other_than_root_receives_the_signals_of_what_it_may_
     assert not any("s3cr3t" in json.dumps(line) for line in lines)
     assert {d for *_, d in lines} == {me}  # addressed to it alone
     assert relay != me and image
+
+
+async def test_a_caller_other_than_root_receives_the_progress_of_its_own_import_and_no_other(
+        client: Client, busybox_tar: Path, name: str) -> None:
+    readable = Path(tempfile.mkdtemp(prefix="quilt-progress-"))  # pytest's tmp_path is root's alone
+    readable.chmod(0o755)
+    tar = readable / "busybox.tar"
+    shutil.copy(busybox_tar, tar)
+    tar.chmod(0o644)
+    grant = ('if (subject.user == "nobody" && (action.id == "org.quilt.runtime.manage"'
+             ' || action.id == "org.quilt.runtime.read")) return polkit.Result.YES;')
+    async with rules.installed(name, grant, NOBODY):
+        spy = await asyncio.create_subprocess_exec(
+            "setpriv", f"--reuid={NOBODY[0]}", f"--regid={NOBODY[1]}", "--clear-groups",
+            str(PROJECT / ".venv/bin/python"), "-c", SUBSCRIBER, stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "HOME": "/"})
+        assert spy.stdout is not None
+        try:
+            assert json.loads(await asyncio.wait_for(spy.stdout.readline(), 30))[0] == "ready"
+            # quiltctl draws the progress of its own import, from the copies addressed to it.
+            mine = await run_as(NOBODY, QUILTCTL, "image", "import", str(tar), f"{name}:mine")
+            assert mine.returncode == 0, mine
+            assert mine.stderr and all(line.split()[0] in ("checking", "unpacking", "unpacked", "exists")
+                                       for line in mine.stderr.splitlines()), mine.stderr
+            await client.import_image(str(busybox_tar), f"{name}:root", {"job": f"{name}-root"})
+            # The spy, subscribed as the same user, got neither job's progress: a volume of its own ends it.
+            made = await run_as(NOBODY, QUILTCTL, "volume", "create", f"{name}-end")
+            assert made.returncode == 0, made
+            lines = []
+            while not any(m == "VolumeNew" for m, *_ in lines):
+                lines.append(json.loads(await asyncio.wait_for(spy.stdout.readline(), 30)))
+        finally:
+            spy.send_signal(signal.SIGTERM)
+            await spy.wait()
+            for leftover in (client.remove_volume(f"{name}-end"), client.remove_image(f"{name}:mine"),
+                             client.remove_image(f"{name}:root")):
+                with contextlib.suppress(ClientError):  # what the test did not get to make
+                    await leftover
+            shutil.rmtree(readable)
+    assert not any(m == "ImageProgress" for m, *_ in lines), lines
+
+
+async def test_quiltctl_events_shows_a_confined_user_only_its_own_containers(
+        client: Client, busybox_tar: Path, name: str) -> None:
+    text = EXAMPLE_RULE.read_text().replace('subject.isInGroup("quilt")', 'subject.user == "nobody"')
+    body = text[text.index("polkit.addRule(function(action, subject) {") + 43:text.rindex("});")]
+    since = f"{time.time() - 1:.6f}"  # the history from before the watch began, so that nothing is missed
+    async with rules.installed(name, body, NOBODY):
+        watch = await asyncio.create_subprocess_exec(
+            "setpriv", f"--reuid={NOBODY[0]}", f"--regid={NOBODY[1]}", "--clear-groups", QUILTCTL, "events",
+            "--json", "--since", since, stdout=asyncio.subprocess.PIPE, env={**os.environ, "HOME": "/"})
+        assert watch.stdout is not None
+        try:
+            roots = await client.run_container(f"{name}-root", str(busybox_tar), ["/bin/true"])
+            await client.wait(roots)
+            root_id = (await client.properties(roots))["Id"]
+            image = await image_id(client)
+            mine = await run_as(NOBODY, QUILTCTL, "run", "-d", "--name", f"{name}-mine", image, "--", "true")
+            assert mine.returncode == 0, mine
+            mine_id = (await client.properties(await client.get_container(f"{name}-mine")))["Id"]
+            assert (await run_as(NOBODY, QUILTCTL, "rm", "-f", f"{name}-mine")).returncode == 0
+            await client.remove(roots)
+            seen: list[dict] = []
+            while not any(e["kind"] == "removed" and e["container_id"] == mine_id for e in seen):
+                seen.append(json.loads(await asyncio.wait_for(watch.stdout.readline(), 30)))
+        finally:
+            watch.send_signal(signal.SIGTERM)
+            await watch.wait()
+    assert {e["kind"] for e in seen} >= {"created", "started", "removed"}, seen
+    assert {e["container_id"] for e in seen} == {mine_id} and root_id not in json.dumps(seen), seen

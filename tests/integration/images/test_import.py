@@ -194,6 +194,35 @@ async def test_import_reports_its_progress_as_signals(images_client: Client, app
     assert all(p.done <= p.total for p in unpacking) and unpacking[-1].total > 0
 
 
+async def test_two_running_imports_cannot_share_a_job(images_client: Client, busybox_tar: Path) -> None:
+    """A job's progress goes to its caller: a second call with the job of one still running is refused, and the
+    first goes on."""
+    reader, writer = os.pipe()
+    try:
+        first = asyncio.ensure_future(images_client.import_image_fd(reader, "", {"job": "shared-job"}))
+
+        async def refused() -> ClientError | None:
+            with open(os.devnull, "rb") as empty:
+                try:
+                    await images_client.import_image_fd(empty.fileno(), "", {"job": "shared-job"})
+                except ClientError as err:
+                    return err if "shared-job" in err.message else None
+            return None
+
+        err = await until(refused, "the second call with a running call's job was not refused")
+        assert err.name == ERR + "InvalidArgument" and "still running" in err.message, err
+        with open(writer, "wb", closefd=False) as out:
+            out.write(busybox_tar.read_bytes())
+        os.close(writer)
+        writer = -1
+        path = await asyncio.wait_for(first, 30)
+        assert (await images_client.image_properties(path))["Id"]
+    finally:
+        os.close(reader)
+        if writer != -1:
+            os.close(writer)
+
+
 async def test_image_objects_names_and_list(images_client: Client, app_layout: Path, tmp_path: Path) -> None:
     app = await images_client.import_image(str(app_layout), "test/app:v1")
     await images_client.import_image(str(app_layout), "test/app:also")
