@@ -179,7 +179,7 @@ class Manager:
             raise NameInUse(name)
         if fields.get("volumes"):
             fields["volumes"], fields["anonymous_volumes"] = name_anonymous(fields["volumes"])
-        img = await self._images.resolve(image, need_command=not command)
+        img = await self._images.resolve(image, need_command=not command, owner_uid=owner_uid)
         defaults = await self._images.defaults(img, command, fields)
         spec = ContainerSpec(name=name, image=image, image_id=img.id, command=defaults.command, **defaults.fields)
         protocol.check_size(spec, "The container's command, environment, labels and setup steps")
@@ -387,7 +387,7 @@ class Manager:
                 return
             key = setup_cache_key(image.id, c.spec.user, c.spec.setup)
             if await self._images.setup_image(key) is None:  # another container's may have landed meanwhile
-                await self._images.commit_setup(image, layer, key, c.spec.setup)
+                await self._images.commit_setup(image, layer, key, c.spec.setup, c.owner_uid)
         except Exception:  # noqa: BLE001 - the cache is an optimisation: the container runs on regardless
             log.exception("Could not cache the setup of container %s", c.name)
         finally:

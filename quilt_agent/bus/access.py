@@ -7,8 +7,8 @@ polkit details of a Target (action.lookup() in a rule; all strings):
     KIND (the kind itself as the key): the canonical name (an image: the tag the caller named, else its first tag,
         else its id)
     id: the object's full id ("" for an object that does not exist, or not yet)
-    owner_uid: the uid that created it ("" when none: an object not there, or an image, which is shared by
-        content and owned by nobody); caller_is_owner: "true" or "false"
+    owner_uid: the uid that created it (an image: that first brought its content into the store; "" for an
+        object not there); caller_is_owner: "true" or "false"
     names (images): every tag, comma-separated
     a container's: image, image_id, networks (its named networks, or its mode: none, host, container:ID),
         volumes (named volumes), ports (published), privileged (the options that hand it the host, comma-separated,
@@ -82,7 +82,7 @@ def new_container(plan: CreatePlan) -> Target:
 
 
 def image(img: Image) -> Target:
-    return Target("image", img.names[0] if img.names else img.id, img.id,
+    return Target("image", img.names[0] if img.names else img.id, img.id, img.owner_uid,
                   more=(("names", ",".join(img.names)), ("digest", img.digest)))
 
 

@@ -36,7 +36,7 @@ def image_path(image_id: str) -> str:
 def properties(image: Image, config: str) -> dict[str, Any]:
     """The object's property values, by D-Bus name; PropertiesChanged compares these."""
     return {"Id": image.id, "Names": list(image.names), "Digest": image.digest, "Size": image.size,
-            "Layers": list(image.layers), "Config": config, "CreatedAt": image.created_at}
+            "Layers": list(image.layers), "Config": config, "CreatedAt": image.created_at, "Owner": image.owner_uid}
 
 
 def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
@@ -107,6 +107,11 @@ class ImageInterface(GuardedInterface):
     def setup_steps(self) -> "as":
         return list(self.image.setup_steps)
 
+    @dbus_property(access=PropertyAccess.READ, name="Owner")
+    @readable
+    def owner(self) -> "u":
+        return self.image.owner_uid
+
 
 class ImageMethods:
     """The Manager's image methods; mixed into ManagerInterface, which provides authority and _bus."""
@@ -174,12 +179,15 @@ class ImageMethods:
             return
         if job in self._jobs:
             raise InvalidArgument(f"Option 'job': '{job}' is the job of another import or pull still running")
-        uid = (await self.authority.credentials()).uid
-        self._jobs[job] = "" if uid == 0 else caller.current().sender
+        self._jobs[job] = "" if await self._uid() == 0 else caller.current().sender
         try:
             yield
         finally:
             del self._jobs[job]
+
+    async def _uid(self) -> int:
+        """The caller's uid: an image it brings into the store is its own."""
+        return (await self.authority.credentials()).uid
 
     def unknown_image(self, msg: Message) -> Message | bool | None:
         """Message handler: a call to an image path that has no object (removed, or a wrong id) is NoSuchImage
@@ -207,7 +215,7 @@ class ImageMethods:
     async def import_image(self, source: "s", name: "s", options: "a{sv}") -> "o":
         await self.authority.check(HOST, "import a host file as", access.absent("image", name))
         async with self._job(options):
-            return self._path_of(await self._images.import_image(source, name, _unwrap(options)))
+            return self._path_of(await self._images.import_image(source, name, _unwrap(options), await self._uid()))
 
     # The same, the image read from a file or pipe the caller opened with its own rights (quiltctl image import):
     # a rootfs tarball, an oci-archive or a docker archive (an OCI layout directory: sent as an oci-archive).
@@ -217,7 +225,7 @@ class ImageMethods:
     async def import_image_with_fd(self, archive: "h", name: "s", options: "a{sv}") -> "o":
         fd = received_fd(archive, "archive")
         async with self._job(options):
-            return self._path_of(await self._images.import_fd(fd, name, _unwrap(options)))
+            return self._path_of(await self._images.import_fd(fd, name, _unwrap(options), await self._uid()))
 
     # Options: job s, platform s, auth_file s (docker config.json format: a host file the agent reads as root,
     # so it takes the host-files action).
@@ -227,7 +235,7 @@ class ImageMethods:
         if "auth_file" in options:
             await self.authority.check(HOST, "read a host file to pull", access.absent("image", reference))
         async with self._job(options):
-            return self._path_of(await self._images.pull(reference, _unwrap(options)))
+            return self._path_of(await self._images.pull(reference, _unwrap(options), await self._uid()))
 
     @dbus_method(name="ListImages")
     @guarded(PUBLIC)

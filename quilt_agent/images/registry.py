@@ -397,7 +397,7 @@ def _reason(e: BaseException) -> str:
 
 
 def pull(store: ImageStore, ref: Reference, options: PullOptions, progress: Progress,
-         config: RegistryConfig | None = None) -> Image:
+         config: RegistryConfig | None = None, owner_uid: int = 0) -> Image:
     """Pull ref into store and name it; the same image again downloads and unpacks nothing."""
     config = config or RegistryConfig.load()
     auth_files = (options.auth_file,) if options.auth_file else config.auth_files
@@ -421,7 +421,7 @@ def pull(store: ImageStore, ref: Reference, options: PullOptions, progress: Prog
         manifest = oci.parse_manifest(data, f"manifest {digest}", media_type)
     except ImageInvalid as e:
         raise ImageInvalid(f"Image '{ref}' is invalid: {e}") from None
-    with store.session() as s:
+    with store.session(owner_uid) as s:
         config_bytes = _config(store, s, registry, manifest.config.digest)
         try:
             image_config = oci.parse_config(config_bytes, f"config {manifest.config.digest}")

@@ -84,7 +84,7 @@ class Images:
 
     # --- import and pull ----------------------------------------------------------------------------
 
-    async def import_image(self, source: str, name: str, options: dict[str, Any]) -> Image:
+    async def import_image(self, source: str, name: str, options: dict[str, Any], owner_uid: int = 0) -> Image:
         job, rest = _job(options)
         opts = _import_options(rest)
         path = Path(source)
@@ -92,11 +92,11 @@ class Images:
             raise InvalidArgument(f"Image source '{source}' is not an absolute path")
         if name:
             reference.normalize_name(name)  # a bad name is refused before anything is read
-        image = await self._run(job, self.store.import_path, path, name, opts)
+        image = await self._run(job, self.store.import_path, path, name, opts, owner_uid=owner_uid)
         log.info("Imported image %s from '%s'%s", image.id[:12], source, f" as {name}" if name else "")
         return image
 
-    async def import_fd(self, fd: int, name: str, options: dict[str, Any]) -> Image:
+    async def import_fd(self, fd: int, name: str, options: dict[str, Any], owner_uid: int = 0) -> Image:
         """Import from a file or pipe the caller opened (fd is the caller's to close): a regular file is read in
         place, through its own open file and never by a name in the caller's tree; a pipe's stream is first kept
         in a file of the store's, removed after the import."""
@@ -119,12 +119,12 @@ class Images:
         try:
             if stat.S_ISREG(mode):
                 path = Path(f"/proc/{os.getpid()}/fd/{own}")  # not self: the unpacking runs in a child process
-                image = await self._run(job, self.store.import_path, path, name, opts)
+                image = await self._run(job, self.store.import_path, path, name, opts, owner_uid=owner_uid)
             else:
                 spool = self.store.work_file(".tar")
                 try:
                     await asyncio.to_thread(pipes.spool, own, str(spool))
-                    image = await self._run(job, self.store.import_path, spool, name, opts)
+                    image = await self._run(job, self.store.import_path, spool, name, opts, owner_uid=owner_uid)
                 finally:
                     await asyncio.to_thread(spool.unlink, True)
         finally:
@@ -132,12 +132,12 @@ class Images:
         log.info("Imported image %s from a caller's stream%s", image.id[:12], f" as {name}" if name else "")
         return image
 
-    async def pull(self, ref_text: str, options: dict[str, Any]) -> Image:
+    async def pull(self, ref_text: str, options: dict[str, Any], owner_uid: int = 0) -> Image:
         job, rest = _job(options)
         opts = _pull_options(rest)
         ref = reference.parse(ref_text)
         config = registry.RegistryConfig.load()
-        return await self._run(job, registry.pull, self.store, ref, opts, config=config)
+        return await self._run(job, registry.pull, self.store, ref, opts, config=config, owner_uid=owner_uid)
 
     async def _run(self, job: str, fn: Any, *args: Any, **kwargs: Any) -> Image:
         loop = asyncio.get_running_loop()
@@ -163,9 +163,10 @@ class Images:
 
     # --- for containers -----------------------------------------------------------------------------
 
-    async def resolve(self, image: str, need_command: bool) -> Image:
-        """The image a create names: a path (imported, once), an id or a name. need_command: the create gave
-        none, so the image must have one; a rootfs tarball never does, and is refused before it is read."""
+    async def resolve(self, image: str, need_command: bool, owner_uid: int = 0) -> Image:
+        """The image a create names: a path (imported, once, as owner_uid's if new), an id or a name.
+        need_command: the create gave none, so the image must have one; a rootfs tarball never does, and is
+        refused before it is read."""
         if not image:
             raise InvalidArgument("No image given: name an image or give an absolute path to a rootfs tarball")
         if image.startswith("/"):
@@ -176,7 +177,7 @@ class Images:
                     raise InvalidArgument("The command is empty: give at least the program to run (a rootfs "
                                           "tarball has no default command)")
             for _ in range(2):
-                found = await asyncio.to_thread(self.store.import_path, path)
+                found = await asyncio.to_thread(self.store.import_path, path, owner_uid=owner_uid)
                 self._sync()
                 async with self._lock:
                     # Removed meanwhile by a RemoveImage: import it again (its layers went with it).
@@ -205,10 +206,11 @@ class Images:
         async with self._lock:
             return self.store.setup_image(key)
 
-    async def commit_setup(self, base: Image, layer: Path, key: str, steps: tuple[str, ...]) -> Image:
-        """Record a container's setup result (a layer tar) as a cache image over base."""
+    async def commit_setup(self, base: Image, layer: Path, key: str, steps: tuple[str, ...],
+                           owner_uid: int = 0) -> Image:
+        """Record a container's setup result (a layer tar) as a cache image over base; owner_uid: the container's."""
         try:
-            image = await asyncio.to_thread(self.store.commit_layer, base.id, layer, key, steps)
+            image = await asyncio.to_thread(self.store.commit_layer, base.id, layer, key, steps, owner_uid)
         finally:
             self._sync()
         log.info("Cached the setup of image %s as image %s", base.id[:12], image.id[:12])

@@ -83,6 +83,8 @@ class Image:
     setup_base: str = ""
     setup_key: str = ""
     setup_steps: tuple[str, ...] = ()
+    owner_uid: int = 0  # the uid that brought it into the store first (a later import of the same content, or a
+    # new name for it, changes nothing of that)
 
     @property
     def lower(self) -> str:
@@ -157,10 +159,11 @@ class _Record:
     size: int
     legacy: bool = False
     setup: dict[str, Any] | None = None  # {"base", "key", "steps"} of a setup cache image
+    owner_uid: int = 0  # who brought it into the store first; images from before owners were recorded: root's
 
     def to_json(self) -> dict[str, Any]:
         out = {"manifest": self.manifest, "config": self.config, "layers": self.layers, "source": self.source,
-               "created_at": self.created_at, "size": self.size}
+               "created_at": self.created_at, "size": self.size, "owner_uid": self.owner_uid}
         if self.legacy:
             out["legacy"] = True
         if self.setup:
@@ -174,8 +177,9 @@ class Session:
     image found invalid (or not there for this platform) takes its new layers and blobs with it; one cut short
     by anything else (the registry, the network, the disk, a kill) leaves them, verified, for its retry."""
 
-    def __init__(self, store: ImageStore) -> None:
+    def __init__(self, store: ImageStore, owner_uid: int = 0) -> None:
         self.store = store
+        self.owner_uid = owner_uid  # of an image this session commits that the store did not have
         self.layers: list[str] = []
         self.blobs: list[str] = []
         self.new_layers: set[str] = set()
@@ -263,7 +267,7 @@ class ImageStore:
         return Image(id=image_id, digest=r.manifest or f"sha256:{image_id}", config_digest=r.config, names=names,
                      layers=tuple(r.layers), layer_dirs=dirs, size=r.size, created_at=r.created_at, source=r.source,
                      setup_base=setup.get("base", ""), setup_key=setup.get("key", ""),
-                     setup_steps=tuple(setup.get("steps", ())))
+                     setup_steps=tuple(setup.get("steps", ())), owner_uid=r.owner_uid)
 
     # --- setup cache -----------------------------------------------------------------------------
 
@@ -272,7 +276,7 @@ class ImageStore:
         found = [i for i in self._catalog.images.values() if key and i.setup_key == key]
         return max(found, key=lambda i: i.created_at) if found else None
 
-    def commit_layer(self, base_id: str, layer: Path, key: str, steps: tuple[str, ...]) -> Image:
+    def commit_layer(self, base_id: str, layer: Path, key: str, steps: tuple[str, ...], owner_uid: int = 0) -> Image:
         """A setup cache image: the base image with one more layer on top (an uncompressed OCI layer tar,
         content-addressed as any other layer), its config's labels saying what it caches. Untagged: prune
         removes it once no container uses it."""
@@ -284,7 +288,7 @@ class ImageStore:
             raise InvalidArgument(f"Image {base_id[:12]} predates manifests: its setup is not cached")
         manifest = json.loads((self._blobs / base.manifest.removeprefix("sha256:")).read_bytes())
         config = json.loads((self._blobs / base.config.removeprefix("sha256:")).read_bytes())
-        with self.session() as s:
+        with self.session(owner_uid) as s:
             for diff_id in base.layers:
                 if not self.has_layer(s, diff_id):
                     raise NoSuchImage(f"Image {base_id[:12]} lost its layer {diff_id}")
@@ -315,7 +319,7 @@ class ImageStore:
     # --- import ----------------------------------------------------------------------------------
 
     def import_path(self, path: Path, name: str = "", options: ImportOptions | None = None,
-                    progress: Progress = _no_progress) -> Image:
+                    progress: Progress = _no_progress, owner_uid: int = 0) -> Image:
         """Import a rootfs tarball, an OCI layout directory, an oci-archive or a docker save archive; the kind
         is read from the content. The same content again gives the same image, unpacking nothing."""
         options = options or ImportOptions()
@@ -328,7 +332,7 @@ class ImageStore:
         if options.changes and kind != archive.ROOTFS:
             raise InvalidArgument(f"Config changes ({', '.join(sorted(options.changes))}) apply to rootfs tarballs "
                                   f"only; '{path}' is an image with its own config")
-        with self.session() as s:
+        with self.session(owner_uid) as s:
             if kind == archive.OCI_DIR:
                 return self._import_oci(s, archive.DirBlobs(path), names, options, progress, str(path))
             if kind == archive.COMPRESSED_ARCHIVE:
@@ -493,8 +497,8 @@ class ImageStore:
     # --- layers, blobs, commit: also what a pull uses ---------------------------------------------
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        s = Session(self)
+    def session(self, owner_uid: int = 0) -> Iterator[Session]:
+        s = Session(self, owner_uid)
         trash: list[Path] = []
         try:
             yield s
@@ -694,7 +698,8 @@ class ImageStore:
                 size = sum(self._layer_meta[h]["size"] for h in {d.removeprefix("sha256:") for d in diff_ids})
                 record = _Record(manifest=manifest_digest, config=config_digest, layers=list(diff_ids),
                                  source=record.source if record else source,
-                                 created_at=record.created_at if record else time.time_ns() // 1000, size=size)
+                                 created_at=record.created_at if record else time.time_ns() // 1000, size=size,
+                                 owner_uid=record.owner_uid if record else s.owner_uid)
                 self._write_json(self._images / f"{image_id}.json", record.to_json())
                 self._records[image_id] = record
                 self._configs[image_id] = config

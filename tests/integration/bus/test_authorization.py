@@ -335,12 +335,13 @@ async def test_a_subscriber_other_than_root_receives_the_signals_of_what_it_may_
     assert relay != me and image
 
 
-async def test_a_caller_other_than_root_receives_the_progress_of_its_own_import_and_no_other(
-        client: Client, busybox_tar: Path, name: str) -> None:
+async def test_a_caller_other_than_root_receives_the_progress_of_its_own_import_and_owns_what_it_brought_in(
+        client: Client, name: str) -> None:
     readable = Path(tempfile.mkdtemp(prefix="quilt-progress-"))  # pytest's tmp_path is root's alone
     readable.chmod(0o755)
-    tar = readable / "busybox.tar"
-    shutil.copy(busybox_tar, tar)
+    (readable / "hello").write_text(f"content no image has yet: {name}\n")
+    tar = readable / "hello.tar"
+    subprocess.run(["tar", "-C", str(readable), "-cf", str(tar), "hello"], check=True)
     tar.chmod(0o644)
     grant = ('if (subject.user == "nobody" && (action.id == "org.quilt.runtime.manage"'
              ' || action.id == "org.quilt.runtime.read")) return polkit.Result.YES;')
@@ -357,7 +358,10 @@ async def test_a_caller_other_than_root_receives_the_progress_of_its_own_import_
             assert mine.returncode == 0, mine
             assert mine.stderr and all(line.split()[0] in ("checking", "unpacking", "unpacked", "exists")
                                        for line in mine.stderr.splitlines()), mine.stderr
-            await client.import_image(str(busybox_tar), f"{name}:root", {"job": f"{name}-root"})
+            again = await client.import_image(str(tar), f"{name}:root", {"job": f"{name}-root"})
+            # The image is nobody's, who brought its content in first; root's import of it named it, no more.
+            assert (await client.image_properties(again))["Owner"] == NOBODY[0]
+            assert await client.get_image(f"{name}:mine") == again
             # The spy, subscribed as the same user, got neither job's progress: a volume of its own ends it.
             made = await run_as(NOBODY, QUILTCTL, "volume", "create", f"{name}-end")
             assert made.returncode == 0, made

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 
 from quilt_agent.bus import access
+from quilt_agent.images.store import Image
 from quilt_agent.model import NAMESPACES, Container, ContainerSpec
 
 SPEC = ContainerSpec(name="web", image="debian:12", image_id="ab" * 32, command=("true",))
@@ -21,6 +22,15 @@ def test_a_containers_details_name_it_canonically_with_its_owner_and_references(
         "ports": "8080:80/tcp", "privileged": "bind:/srv"}
     assert target.details(1001)["caller_is_owner"] == "false"
     assert str(target) == "container 'web'"
+
+
+def test_an_images_details_name_every_tag_and_its_owner() -> None:
+    image = Image(id="ef" * 32, digest="sha256:" + "01" * 32, config_digest="sha256:" + "ef" * 32,
+                  names=("localhost/app:v1", "localhost/app:v2"), layers=(), layer_dirs=(), size=0, created_at=0,
+                  source="/srv/app.tar", owner_uid=1000)
+    assert access.image(image).details(1000) == {
+        "kind": "image", "image": "localhost/app:v1", "id": "ef" * 32, "owner_uid": "1000",
+        "caller_is_owner": "true", "names": "localhost/app:v1,localhost/app:v2", "digest": "sha256:" + "01" * 32}
 
 
 def test_what_does_not_exist_has_no_id_and_no_owner() -> None:

@@ -137,6 +137,22 @@ def test_second_import_of_the_same_bytes_unpacks_nothing(tmp_path: Path, store: 
         assert (now.st_ino, now.st_mtime_ns, now.st_ctime_ns) == (then.st_ino, then.st_mtime_ns, then.st_ctime_ns)
 
 
+def test_an_image_is_owned_by_the_uid_that_first_brought_its_content_in(tmp_path: Path, store: ImageStore) -> None:
+    first = store.import_path(rootfs_tar(tmp_path / "a.tar", GOOD), "one", owner_uid=1000)
+    again = store.import_path(tmp_path / "a.tar", "two", owner_uid=2000)  # a new name, the same content
+    assert first.owner_uid == again.owner_uid == 1000
+    assert ImageStore(store.root).get("two").owner_uid == 1000  # kept across agents
+    cached = store.commit_layer(first.id, rootfs_tar(tmp_path / "layer.tar", {"etc/setup": b"ran"}), "key",
+                                ("apt-get install x",), owner_uid=3000)
+    assert cached.owner_uid == 3000
+    # An image recorded before owners were kept is root's.
+    record = store.root / "images" / f"{first.id}.json"
+    data = json.loads(record.read_text())
+    del data["owner_uid"]
+    record.write_text(json.dumps(data))
+    assert ImageStore(store.root).get("one").owner_uid == 0
+
+
 def test_the_same_tar_compressed_otherwise_is_the_same_image(tmp_path: Path, store: ImageStore) -> None:
     plain = store.import_path(rootfs_tar(tmp_path / "a.tar", GOOD))
     gzipped = store.import_path(rootfs_tar(tmp_path / "a.tar.gz", GOOD, gzip=True))
