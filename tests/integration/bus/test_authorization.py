@@ -53,6 +53,14 @@ async def image_id(client: Client) -> str:
     return found
 
 
+async def remove_what_was_made(client: Client, name: str) -> None:
+    """Every container, and the network, volume and image NAME-net, NAME-vol, NAME-img:1."""
+    for entry in await client.list_containers():
+        await client.remove(entry.path, force=True)
+    await client.remove_network(f"{name}-net")
+    await client.remove_volume(f"{name}-vol")
+    await client.remove_image(f"{name}-img:1")
+
 async def test_a_rule_on_a_canonical_name_holds_for_every_alias(client: Client, busybox_tar: Path, name: str) -> None:
     guarded = await client.create_container(f"{name}-prod", str(busybox_tar), ["/bin/true"])
     other = await client.create_container(f"{name}-other", str(busybox_tar), ["/bin/true"])
@@ -87,11 +95,7 @@ async def test_a_rule_on_a_canonical_name_holds_for_every_alias(client: Client, 
         assert f"{name}-img:1" in {i.name for i in await client.list_images()}
         assert await client.get_network(f"{name}-net") == net and await client.get_volume(f"{name}-vol") == vol
     finally:
-        for entry in await client.list_containers():
-            await client.remove(entry.path, force=True)
-        await client.remove_network(f"{name}-net")
-        await client.remove_volume(f"{name}-vol")
-        await client.remove_image(f"{name}-img:1")
+        await remove_what_was_made(client, name)
 
 
 @pytest.mark.parametrize("kind", ["network", "volume", "image"])
@@ -152,11 +156,7 @@ async def test_what_a_create_names_is_authorized_as_what_it_is(client: Client, b
                               "--method", *create[1:], "{'networks': <['none']>}")
             assert ok.returncode == 0, ok
     finally:
-        for entry in await client.list_containers():
-            await client.remove(entry.path, force=True)
-        await client.remove_network(f"{name}-net")
-        await client.remove_volume(f"{name}-vol")
-        await client.remove_image(f"{name}-img:1")
+        await remove_what_was_made(client, name)
     assert image
 
 
@@ -187,13 +187,24 @@ async def test_every_decision_on_a_change_is_an_audit_entry_in_the_journal(
     assert [(e["QUILT_RESULT"], e["QUILT_CALLER_UID"]) for e in created] == [("allowed", "0")]
 
 
+def example_rule_for_nobody() -> str:
+    """The shipped example rule's body, for the user nobody instead of the group quilt."""
+    text = EXAMPLE_RULE.read_text().replace('subject.isInGroup("quilt")', 'subject.user == "nobody"')
+    return text[text.index("polkit.addRule(function(action, subject) {") + 43:text.rindex("});")]
+
+
+async def streaming_as_nobody(*cmd: str) -> asyncio.subprocess.Process:
+    """A command run as nobody whose output the test reads as it comes."""
+    return await asyncio.create_subprocess_exec(
+        "setpriv", f"--reuid={NOBODY[0]}", f"--regid={NOBODY[1]}", "--clear-groups", *cmd,
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, "HOME": "/"})
+
+
 async def test_the_example_rule_confines_a_user_to_what_it_owns(client: Client, busybox_tar: Path, name: str) -> None:
     """The shipped rule, for the group quilt; here for the user nobody (the test host's users are the machine's:
     no group is added to them)."""
-    text = EXAMPLE_RULE.read_text()
-    assert text.count('subject.isInGroup("quilt")') == 1
-    body = text.replace('subject.isInGroup("quilt")', 'subject.user == "nobody"')
-    body = body[body.index("polkit.addRule(function(action, subject) {") + 43:body.rindex("});")]
+    assert EXAMPLE_RULE.read_text().count('subject.isInGroup("quilt")') == 1
+    body = example_rule_for_nobody()
     roots = await client.run_container(f"{name}-root", str(busybox_tar), ["/bin/sleep", "300"],
                                        {"env": ["TOKEN=s3cr3t"]})
     image = await image_id(client)
@@ -292,16 +303,20 @@ asyncio.run(main())
 '''
 
 
+async def relayed_until(subscriber: asyncio.subprocess.Process, member: str) -> list[list]:
+    """The SUBSCRIBER's lines up to the first signal named member."""
+    assert subscriber.stdout is not None
+    lines: list[list] = []
+    while not any(m == member for m, *_ in lines):
+        lines.append(json.loads(await asyncio.wait_for(subscriber.stdout.readline(), 30)))
+    return lines
+
 async def test_a_subscriber_other_than_root_receives_the_signals_of_what_it_may_see_and_no_other(
         client: Client, busybox_tar: Path, name: str) -> None:
-    text = EXAMPLE_RULE.read_text().replace('subject.isInGroup("quilt")', 'subject.user == "nobody"')
-    body = text[text.index("polkit.addRule(function(action, subject) {") + 43:text.rindex("});")]
+    body = example_rule_for_nobody()
     image = None
     async with rules.installed(name, body, NOBODY):
-        proc = await asyncio.create_subprocess_exec(
-            "setpriv", f"--reuid={NOBODY[0]}", f"--regid={NOBODY[1]}", "--clear-groups",
-            str(PROJECT / ".venv/bin/python"), "-c", SUBSCRIBER, stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "HOME": "/"})
+        proc = await streaming_as_nobody(str(PROJECT / ".venv/bin/python"), "-c", SUBSCRIBER)
         assert proc.stdout is not None
         try:
             _ready, relay, (me,), _ = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
@@ -315,9 +330,7 @@ async def test_a_subscriber_other_than_root_receives_the_signals_of_what_it_may_
             await client.remove(roots)
             gone = await run_as(NOBODY, QUILTCTL, "rm", f"{name}-mine")
             assert gone.returncode == 0, gone
-            lines = []
-            while not any(m == "ContainerRemoved" for m, *_ in lines):
-                lines.append(json.loads(await asyncio.wait_for(proc.stdout.readline(), 30)))
+            lines = await relayed_until(proc, "ContainerRemoved")
         finally:
             proc.send_signal(signal.SIGTERM)
             await proc.wait()
@@ -346,10 +359,7 @@ async def test_a_caller_other_than_root_receives_the_progress_of_its_own_import_
     grant = ('if (subject.user == "nobody" && (action.id == "org.quilt.runtime.manage"'
              ' || action.id == "org.quilt.runtime.read")) return polkit.Result.YES;')
     async with rules.installed(name, grant, NOBODY):
-        spy = await asyncio.create_subprocess_exec(
-            "setpriv", f"--reuid={NOBODY[0]}", f"--regid={NOBODY[1]}", "--clear-groups",
-            str(PROJECT / ".venv/bin/python"), "-c", SUBSCRIBER, stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "HOME": "/"})
+        spy = await streaming_as_nobody(str(PROJECT / ".venv/bin/python"), "-c", SUBSCRIBER)
         assert spy.stdout is not None
         try:
             assert json.loads(await asyncio.wait_for(spy.stdout.readline(), 30))[0] == "ready"
@@ -365,9 +375,7 @@ async def test_a_caller_other_than_root_receives_the_progress_of_its_own_import_
             # The spy, subscribed as the same user, got neither job's progress: a volume of its own ends it.
             made = await run_as(NOBODY, QUILTCTL, "volume", "create", f"{name}-end")
             assert made.returncode == 0, made
-            lines = []
-            while not any(m == "VolumeNew" for m, *_ in lines):
-                lines.append(json.loads(await asyncio.wait_for(spy.stdout.readline(), 30)))
+            lines = await relayed_until(spy, "VolumeNew")
         finally:
             spy.send_signal(signal.SIGTERM)
             await spy.wait()
@@ -381,13 +389,10 @@ async def test_a_caller_other_than_root_receives_the_progress_of_its_own_import_
 
 async def test_quiltctl_events_shows_a_confined_user_only_its_own_containers(
         client: Client, busybox_tar: Path, name: str) -> None:
-    text = EXAMPLE_RULE.read_text().replace('subject.isInGroup("quilt")', 'subject.user == "nobody"')
-    body = text[text.index("polkit.addRule(function(action, subject) {") + 43:text.rindex("});")]
+    body = example_rule_for_nobody()
     since = f"{time.time() - 1:.6f}"  # the history from before the watch began, so that nothing is missed
     async with rules.installed(name, body, NOBODY):
-        watch = await asyncio.create_subprocess_exec(
-            "setpriv", f"--reuid={NOBODY[0]}", f"--regid={NOBODY[1]}", "--clear-groups", QUILTCTL, "events",
-            "--json", "--since", since, stdout=asyncio.subprocess.PIPE, env={**os.environ, "HOME": "/"})
+        watch = await streaming_as_nobody(QUILTCTL, "events", "--json", "--since", since)
         assert watch.stdout is not None
         try:
             roots = await client.run_container(f"{name}-root", str(busybox_tar), ["/bin/true"])
