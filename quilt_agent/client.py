@@ -61,6 +61,7 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "setup": "as",
     "setup_cache": "b",
     "seccomp": "s",
+    "userns": "s",
 }
 
 NETWORK_OPTION_SIGNATURES: dict[str, str] = {

@@ -172,7 +172,8 @@ class Executor:
         procs = self._cgroup_procs(c)
         spec = ExecSpec(container_id=c.id, name=c.name, command=command, env=exec_environment(env, options),
                         workdir=options.workdir or c.spec.workdir, user=options.user or c.spec.user,
-                        namespaces=c.spec.namespaces, tty=options.tty, cgroup_procs=procs,
+                        namespaces=(*c.spec.namespaces, "user") if c.id_first >= 0 else c.spec.namespaces,
+                        tty=options.tty, cgroup_procs=procs,
                         seccomp=c.spec.seccomp != "unconfined")
         protocol.check_size(spec, "The exec's command and environment")
         loop = asyncio.get_running_loop()

@@ -40,6 +40,7 @@ from quilt_agent.model import (
 from quilt_agent.scopes import ScopeLimits, ScopeManager
 from quilt_agent.setup import cache_key as setup_cache_key
 from quilt_agent.setup import identifier as setup_identifier
+from quilt_agent.userns import IdRange, Pool, Ranges
 from quilt_agent.store import StateStore
 from quilt_agent.volume_options import Volume, check_host_paths, name_anonymous, named_volumes, parse_volume
 from quilt_agent.volumes import Volumes
@@ -113,8 +114,9 @@ class Manager:
     its networks (addresses, namespaces and veths, names, published ports) and its named volumes."""
 
     def __init__(self, paths: Paths, store: StateStore, scopes: ScopeManager, zygote: ForkServer, containers: ContainerTable,
-                 images: Images, networks: Networks, volumes: Volumes) -> None:
+                 images: Images, networks: Networks, volumes: Volumes, ranges: Ranges | None = None) -> None:
         self._paths = paths
+        self._ranges = ranges or Ranges(Pool(), [])  # host ids for containers in their own user namespace
         self._store = store
         self._scopes = scopes
         self._zygote = zygote
@@ -203,17 +205,20 @@ class Manager:
         # Host paths are looked at only now, once authorized: whether a path exists is the host's to tell.
         check_host_paths(spec.volumes)  # NoSuchPath: never created silently
         made = await self._volumes.ensure(named_volumes(spec.volumes), plan.owner_uid)  # first use makes it, as Podman
+        container = Container(id=new_id(), spec=spec, created_at=now_usec(), owner_uid=plan.owner_uid)
         try:
             for use in plan.volumes:
                 volume = next(v for v in made if v.name == use.name)
                 if (volume.id != use.volume.id) if use.volume else (volume.owner_uid != plan.owner_uid):
                     raise AccessDenied(f"Volume '{use.name}' changed while the create was being authorized: "
                                        "call again")
-            container = Container(id=new_id(), spec=spec, created_at=now_usec(), owner_uid=plan.owner_uid)
+            if spec.userns == "auto":
+                container = container.with_(id_first=self._ranges.take(container.id).first)
             # Addresses, ports and names are taken before anything is stored: a refusal leaves nothing behind.
             container = self._networks.reserve(container)
             await self._store_new(container, plan.image.id)
         except BaseException:
+            self._ranges.release(container.id)  # nothing of it was stored: no file has its ids
             await self._remove_anonymous_volumes(spec)  # made for this container alone
             raise
         self._containers[container.id] = container
@@ -306,6 +311,7 @@ class Manager:
             tmpfs=tuple(tuple(t.split(":", 1)) for t in c.spec.tmpfs), read_only=c.spec.read_only,
             setup=c.spec.setup, setup_layer=setup_layer, setup_cached=cached.id if cached else "",
             seccomp=c.spec.seccomp != "unconfined",
+            id_map=IdRange(c.id_first).id_map() if c.id_first >= 0 else "", id_first=c.id_first,
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()
@@ -544,8 +550,11 @@ class Manager:
             try:
                 # Its upper directory is the container's to fill, at any depth.
                 await asyncio.to_thread(filetree.remove_tree, directory)
+                # Its ids may serve another container only now: no file of its own is left with them.
+                self._ranges.release(c.id)
             except OSError:
-                # Not a reason to keep the container: recover() removes what is left at the next start.
+                # Not a reason to keep the container: recover() removes what is left at the next start, before
+                # its range is handed out again (recover holds only the ranges of stored containers).
                 log.exception("removing container %s: files left in %s", c.name, directory)
             await self._store.delete_container(c.id)
             await self._event("removed", c, "removed container %s", c.name)
@@ -680,6 +689,8 @@ class Manager:
         (removals below detach networks) and before the bus name is taken."""
         for c in stored:
             self._containers[c.id] = c
+            if c.id_first >= 0:
+                self._ranges.restore(c.id, c.id_first)
             rt = self._runtime[c.id] = _Runtime()
             if c.state is State.REMOVING:
                 try:

@@ -25,6 +25,9 @@ NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 HOSTNAME_RE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SECCOMP_PROFILES = ("default", "unconfined")
+# host: the container's uids are the host's; auto: a user namespace with a range of host ids of its own
+# (quilt_agent/userns.py), uid 0 inside being the range's first.
+USERNS_MODES = ("host", "auto")
 MIN_MEMORY = 6 * 1024 * 1024  # as Docker and Podman: less cannot even start a shell
 MAX_LIMIT = 1 << 62
 
@@ -81,6 +84,7 @@ class ContainerSpec:
     setup: tuple[str, ...] = ()
     setup_cache: bool = True
     seccomp: str = "default"  # helper/seccomp.py's filter, or "unconfined"
+    userns: str = "host"  # USERNS_MODES
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class Container:
     main_pid: int = 0  # the container's init, as the host sees it
     setup_image: str = ""  # the cached setup image the last start used, below the container's own layer
     owner_uid: int = 0  # who created it: polkit rules may let a user manage only their own
+    id_first: int = -1  # with userns auto: the first host id of its range (uid 0 inside); -1: the host's ids
 
     @property
     def name(self) -> str:
@@ -255,6 +260,13 @@ def _parse_stop_timeout(value: Any) -> int:
     return value
 
 
+def _parse_userns(value: Any) -> str:
+    _expect("userns", value, str, "a string")
+    if value not in USERNS_MODES:
+        raise InvalidArgument(f"Invalid userns '{value}': choose among {', '.join(USERNS_MODES)}")
+    return value
+
+
 def _parse_seccomp(value: Any) -> str:
     _expect("seccomp", value, str, "a string")
     if value not in SECCOMP_PROFILES:
@@ -280,6 +292,7 @@ OPTION_PARSERS = {
     "setup": ("setup", lambda v: setup_commands.parse_option("setup", v)),
     "setup_cache": ("setup_cache", lambda v: _expect("setup_cache", v, bool, "a boolean")),
     "seccomp": ("seccomp", _parse_seccomp),
+    "userns": ("userns", _parse_userns),
 }
 
 
@@ -295,9 +308,20 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
         # As Podman: the hostname would be silently ignored (or, set, change the host's).
         raise InvalidArgument(f"Cannot set hostname '{fields['hostname']}' without the uts namespace: "
                               "the container shares the host's hostname")
+    if fields.get("userns") == "auto":
+        _check_userns(fields)
     network_options.settle(fields, fields.get("namespaces", NAMESPACES))
     volume_options.check_mount_targets(fields.get("volumes", ()), fields.get("tmpfs", ()))
     return fields
+
+
+def _check_userns(fields: dict[str, Any]) -> None:
+    """What a container in its own user namespace cannot have yet: mounts from the host's side, whose files
+    would show as nobody's inside (they need idmapped mounts of their own), and setup steps, whose cached layer
+    would keep the container's shifted ids."""
+    for option in ("volumes", "setup"):
+        if fields.get(option):
+            raise InvalidArgument(f"Option '{option}' cannot be combined with userns 'auto' yet: use userns 'host'")
 
 
 def validate_command(command: list[str] | tuple[str, ...]) -> tuple[str, ...]:

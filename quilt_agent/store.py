@@ -116,6 +116,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE networks ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE volumes ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: the first host id of the range of a container in its own user namespace (quilt_agent/userns.py); -1
+    # for one with the host's ids, as every container before was.
+    """
+    ALTER TABLE containers ADD COLUMN id_first INTEGER NOT NULL DEFAULT -1;
+    """,
 )
 
 MAX_EVENTS = 10000
@@ -148,7 +153,7 @@ def _row_to_container(row: aiosqlite.Row) -> Container:
         exit_code=row["exit_code"], exit_signal=row["exit_signal"], oom_killed=bool(row["oom_killed"]),
         failure_reason=row["failure_reason"], monitor_pid=row["monitor_pid"],
         monitor_start=row["monitor_start"], main_pid=row["main_pid"], setup_image=row["setup_image"],
-        owner_uid=row["owner_uid"],
+        owner_uid=row["owner_uid"], id_first=row["id_first"],
     )
 
 
@@ -375,9 +380,10 @@ class Store:
     # --- containers ------------------------------------------------------------------------------
 
     def insert_container(self, c: Container) -> asyncio.Future[None]:
-        return self._execute("INSERT INTO containers (id, name, spec, state, created_at, owner_uid) "
-                             "VALUES (?, ?, ?, ?, ?, ?)",
-                             (c.id, c.name, _spec_to_json(c.spec), c.state.value, c.created_at, c.owner_uid))
+        return self._execute("INSERT INTO containers (id, name, spec, state, created_at, owner_uid, id_first) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (c.id, c.name, _spec_to_json(c.spec), c.state.value, c.created_at, c.owner_uid,
+                              c.id_first))
 
     def update_status(self, c: Container) -> asyncio.Future[None]:
         values: list[Any] = [getattr(c, col) if col != "state" else c.state.value for col in _STATUS_COLUMNS]

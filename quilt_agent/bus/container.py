@@ -23,6 +23,7 @@ from quilt_agent.errors import InvalidArgument, QuiltError
 from quilt_agent.manager import Manager
 from quilt_agent.network.core import Networks
 from quilt_agent.model import Container, effective_hostname
+from quilt_agent.userns import IdRange
 
 LOG_OPTIONS = {"lines": int, "since": int, "setup": bool}
 
@@ -71,6 +72,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("Setup", "as", lambda c: list(c.spec.setup)),
     Property("SetupImage", "s", lambda c: c.setup_image),
     Property("Owner", "u", lambda c: c.owner_uid),
+    Property("UserNamespace", "s", lambda c: "host" if c.id_first < 0 else str(IdRange(c.id_first))),
 )
 
 

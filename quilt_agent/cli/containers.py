@@ -134,6 +134,8 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
         if key != "seccomp" or not sep:
             raise click.UsageError(f"--security-opt '{opt}': only seccomp=default and seccomp=unconfined are known")
         options["seccomp"] = value  # the agent checks the profile's name
+    if params.get("userns") is not None:
+        options["userns"] = params["userns"]  # the agent checks the mode's name
 
     return ContainerRequest(name=params["name"] or "", image=resolve_image(image, cwd), command=args, options=options)
 
@@ -181,6 +183,9 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Run the setup steps at each start instead of reusing a cached result."),
         click.option("--security-opt", multiple=True, metavar="seccomp=PROFILE",
                      help="seccomp=unconfined runs without Quilt's seccomp filter (default: seccomp=default)."),
+        click.option("--userns", default=None, metavar="MODE",
+                     help="auto: a user namespace with host ids of its own (root inside is no one on the host); "
+                          "host: the host's ids (the default)."),
         click.option("--image-path", "--image", "image_path", default=None, hidden=True),
         click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="IMAGE [--] [COMMAND [ARG...]]"),
     ]

@@ -35,6 +35,7 @@ SETUP_FAILED = 125
 NAMESPACE_FLAGS = {
     "mount": syscalls.CLONE_NEWNS, "uts": syscalls.CLONE_NEWUTS, "ipc": syscalls.CLONE_NEWIPC,
     "net": syscalls.CLONE_NEWNET, "pid": syscalls.CLONE_NEWPID, "cgroup": syscalls.CLONE_NEWCGROUP,
+    "user": syscalls.CLONE_NEWUSER,
 }
 _SIGNALS_TO_RESET = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT, signal.SIGTSTP,
                      signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)

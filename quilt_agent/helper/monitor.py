@@ -16,7 +16,7 @@ import termios
 import time
 
 from quilt_agent import journal
-from quilt_agent.helper import namespaces, pack, process, protocol, rootfs, seccomp, steps, syscalls
+from quilt_agent.helper import namespaces, pack, process, protocol, rootfs, seccomp, steps, syscalls, userns
 from quilt_agent.helper.process import SetupError
 from quilt_agent.helper.protocol import Abort, ExecFailed, Go, LaunchSpec, SetupDone, Spawned, Started
 
@@ -175,15 +175,21 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
         namespaces.unshare_early(tuple(n for n in spec.namespaces if n != "net") if spec.netns else spec.namespaces)
         if "net" in spec.namespaces and not spec.netns:
             namespaces.allow_ping()  # before the rootfs: /proc/sys is read-only in it
+        userns_fd = userns.make(spec.id_map) if spec.id_map else -1
+        if userns_fd >= 0 and "net" in spec.namespaces:
+            userns.allow_low_ports()  # before the rootfs, as allow_ping
         try:
             rootfs.build(spec.lower, spec.upper, spec.work, spec.merged, spec.namespaces, spec.bind_files,
-                          spec.mounts, spec.tmpfs, spec.read_only)
+                          spec.mounts, spec.tmpfs, spec.read_only, userns_fd, spec.id_first)
         except OSError as e:
             raise SetupError(f"setting up the root filesystem failed: {e}") from e
         if "uts" in spec.namespaces and spec.hostname:
             socket.sethostname(spec.hostname)
         if "net" in spec.namespaces:
             namespaces.loopback_up()
+        if userns_fd >= 0:
+            # Last: what was made above belongs to the host's namespace, out of the reach of the container's root.
+            userns.join(userns_fd)
         if os.read(go_read, 1) != b"g":
             os._exit(SETUP_FAILED)
         namespaces.unshare_cgroup(spec.namespaces)

@@ -96,7 +96,8 @@ def _empty(path: str) -> bool:
 
 
 def apply(merged: str, mounts: tuple[tuple[str, str, str], ...], tmpfs: tuple[tuple[str, str], ...],
-          read_only: bool) -> None:
+          read_only: bool, owner: str = "") -> None:
+    """owner: "uid=N,gid=N" that the tmpfs mounts get (the container's root in its own user namespace)."""
     root_fd = os.open(merged, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         targets = {m[1] for m in mounts} | {t[0] for t in tmpfs}
@@ -108,7 +109,7 @@ def apply(merged: str, mounts: tuple[tuple[str, str, str], ...], tmpfs: tuple[tu
         for target, options in tmpfs:
             fd = make_in_root(root_fd, target)
             try:
-                mount("tmpfs", _proc(fd), "tmpfs", MS_NOSUID | MS_NODEV, options)
+                mount("tmpfs", _proc(fd), "tmpfs", MS_NOSUID | MS_NODEV, ",".join(o for o in (options, owner) if o))
             finally:
                 os.close(fd)
         if read_only:

@@ -55,6 +55,10 @@ class LaunchSpec:
     setup_layer: str = ""
     setup_cached: str = ""
     seccomp: bool = True  # the default filter (helper/seccomp.py); False: unconfined
+    # A user namespace of its own (quilt_agent/userns.py): "0 FIRST COUNT" for uid_map and gid_map; "" = the
+    # host's ids. id_first is FIRST (-1 without).
+    id_map: str = ""
+    id_first: int = -1
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import os
 import stat
 
 from quilt_agent.helper import mounts as volume_mounts
+from quilt_agent.helper import userns
 from quilt_agent.helper.syscalls import (
     MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, mount,
     pivot_root, umount,
@@ -27,10 +28,17 @@ def _mkdir(path: str) -> None:
 
 def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str, ...],
           bind_files: tuple[tuple[str, str], ...] = (), mounts: tuple[tuple[str, str, str], ...] = (),
-          tmpfs: tuple[tuple[str, str], ...] = (), read_only: bool = False) -> None:
-    """Mount the container's tree at merged, then make it the root. Runs in the container's mount namespace."""
+          tmpfs: tuple[tuple[str, str], ...] = (), read_only: bool = False, userns_fd: int = -1,
+          id_first: int = -1) -> None:
+    """Mount the container's tree at merged, then make it the root. Runs in the container's mount namespace.
+    With a user namespace (userns_fd), the layers are seen through its id map and the container's own mounts
+    belong to its root (host id id_first)."""
     # Nothing mounted here may propagate back to the host.
     mount(None, "/", None, MS_REC | MS_PRIVATE)
+    owner = ""
+    if userns_fd >= 0:
+        userns.map_layers(lower, upper, work, userns_fd, id_first)
+        owner = f"uid={id_first},gid={id_first}"
     # nodev: a device node in the container's layer (one made through /proc/PID/root by a host process, or by a
     # process that kept CAP_MKNOD) opens nothing; the device cgroup is the other half of that guard.
     mount("overlay", merged, "overlay", MS_NODEV, f"lowerdir={lower},upperdir={upper},workdir={work}")
@@ -38,11 +46,12 @@ def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str,
         _kernel_dir(f"{merged}/{d}")
     mount("proc", f"{merged}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("sysfs", f"{merged}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _make_dev(f"{merged}/dev", "ipc" in namespaces)
+    _make_dev(f"{merged}/dev", "ipc" in namespaces, owner)
     for source, target in bind_files:
         _bind_file(source, merged, target)
     if mounts or tmpfs or read_only:
-        volume_mounts.apply(merged, mounts, tmpfs, read_only)  # volumes, tmpfs, read-only root (helper/mounts.py)
+        # volumes, tmpfs, read-only root (helper/mounts.py)
+        volume_mounts.apply(merged, mounts, tmpfs, read_only, owner)
     _mask(merged)
     os.chdir(merged)
     pivot_root(".", ".")
@@ -86,10 +95,11 @@ def _bind_file(source: str, root: str, target: str) -> None:
     mount(source, path, None, MS_BIND)
 
 
-def _make_dev(dev: str, own_ipc: bool) -> None:
+def _make_dev(dev: str, own_ipc: bool, owner: str = "") -> None:
+    """owner: "uid=N,gid=N" of the container's root in its own user namespace, for its tmpfs mounts."""
     # nodev too: the nodes below are bind mounts of the host's, each a mount of its own that keeps its source's
     # flags, and devpts is mounted without nodev; a node made in the tmpfs itself opens nothing.
-    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=65536k")
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV, _with("mode=0755,size=65536k", owner))
     for node in DEVICES:
         path = f"{dev}/{node}"
         open(path, "w").close()
@@ -97,12 +107,16 @@ def _make_dev(dev: str, own_ipc: bool) -> None:
     _mkdir(f"{dev}/pts")
     mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
     _mkdir(f"{dev}/shm")
-    mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, _with("mode=1777,size=65536k", owner))
     if own_ipc:
         _mkdir(f"{dev}/mqueue")
         mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for name, target in DEV_LINKS:
         os.symlink(target, f"{dev}/{name}")
+
+
+def _with(options: str, more: str) -> str:
+    return f"{options},{more}" if more else options
 
 
 def _mask(root: str) -> None:

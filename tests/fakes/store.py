@@ -90,7 +90,7 @@ class MemoryStore:
 
     def insert_container(self, c: Container) -> asyncio.Future[None]:
         row = Container(id=c.id, spec=copy.deepcopy(c.spec), state=c.state, created_at=c.created_at,
-                        owner_uid=c.owner_uid)
+                        owner_uid=c.owner_uid, id_first=c.id_first)
 
         def write() -> None:
             if row.id in self.rows:
