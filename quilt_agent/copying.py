@@ -70,24 +70,29 @@ def _failures(path: str, into: bool, host_path: str = "") -> Iterator[None]:
 
 
 def stopped_tree(lower: str, upper: str, work: str, merged: str, mounts: tuple[tuple[str, str, str], ...],
-                 fn: Callable[[int], T]) -> T:
+                 fn: Callable[[int], T], userns_fd: int = -1) -> T:
     """fn(root fd) on the tree of a container that does not run, its volumes mounted where they are when it
     runs (helper/mounts.py, the same code), as `podman cp` sees them.
 
     The mounts are made in a thread of its own that first unshares its mount namespace and makes every mount in
     it private: they exist only there, nothing propagates to the host, and they end with the thread. The caller
-    holds the container's lock, so no start mounts the same upper directory meanwhile. Blocking."""
+    holds the container's lock, so no start mounts the same upper directory meanwhile. userns_fd: the container's
+    user namespace (one with its id map), whose map the layers and volumes are seen through. Blocking."""
     outcome: list[Any] = []
 
     def body() -> None:
         try:
             syscalls.unshare(syscalls.CLONE_NEWNS)
             syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+            if userns_fd >= 0:
+                for layer in dict.fromkeys(lower.split(":")):
+                    syscalls.idmapped_over(layer, userns_fd)
             # Nothing runs from this view of the tree: no device, setuid bit or program of it takes effect.
             syscalls.mount("overlay", merged, "overlay", syscalls.MS_NODEV | syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
                            f"lowerdir={lower},upperdir={upper},workdir={work}")
             # No copy-up here: a new volume is filled from the image by the container's own start.
-            volume_mounts.apply(merged, tuple((s, t, o.replace("copyup", "")) for s, t, o in mounts), (), False)
+            volume_mounts.apply(merged, tuple((s, t, o.replace("copyup", "")) for s, t, o in mounts), (), False,
+                                userns_fd=userns_fd)
             root = os.open(merged, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 outcome.append(fn(root))
@@ -171,22 +176,25 @@ def _copy(entries: Iterator[filetree.Entry], sink: filetree.Sink) -> None:
         raise CopyFailed(e.strerror or str(e)) from None
 
 
-def copy_from(root_fd: int, source: str, dest: str) -> None:
-    """Container's source -> host's dest (a path the agent opens: only for root or the host-files action)."""
+def copy_from(root_fd: int, source: str, dest: str, id_first: int = -1) -> None:
+    """Container's source -> host's dest (a path the agent opens: only for root or the host-files action).
+    id_first: the first host id of the container's user namespace (-1: none); owners come out as it sees them."""
     with _failures(source, False, dest):
         src = _source_in(root_fd, source)
         try:
             parent, name = host_destination(dest, filetree.tar_top(source))
             try:
-                _copy(filetree.walk(src), filetree.Sink(parent, name, strip_setid=True))
+                _copy(filetree.out_of_range(filetree.walk(src), id_first),
+                      filetree.Sink(parent, name, strip_setid=True))
             finally:
                 os.close(parent)
         finally:
             os.close(src)
 
 
-def copy_to(root_fd: int, source: str, dest: str) -> None:
-    """Host's source -> container's dest (a path the agent opens: only for root or the host-files action)."""
+def copy_to(root_fd: int, source: str, dest: str, id_first: int = -1) -> None:
+    """Host's source -> container's dest (a path the agent opens: only for root or the host-files action). The
+    owners' numbers are kept as the container sees them (a host file of root's is the container's root's)."""
     with _failures(dest, True, source):
         try:
             src = os.open(source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -195,26 +203,26 @@ def copy_to(root_fd: int, source: str, dest: str) -> None:
         try:
             parent, name = _dest_in(root_fd, dest, filetree.tar_top(source))
             try:
-                _copy(filetree.walk(src), filetree.Sink(parent, name))
+                _copy(filetree.into_range(filetree.walk(src), id_first), filetree.Sink(parent, name))
             finally:
                 os.close(parent)
         finally:
             os.close(src)
 
 
-def archive_from(root_fd: int, source: str, out: BinaryIO) -> None:
+def archive_from(root_fd: int, source: str, out: BinaryIO, id_first: int = -1) -> None:
     """Container's source -> a tar stream to the caller, who unpacks it with its own rights."""
     with _failures(source, False):
         src = _source_in(root_fd, source)
         try:
-            filetree.write_tar(filetree.walk(src), filetree.tar_top(source), out)
+            filetree.write_tar(filetree.out_of_range(filetree.walk(src), id_first), filetree.tar_top(source), out)
         except BrokenPipeError:
             raise CopyFailed("the receiving end of the archive was closed") from None
         finally:
             os.close(src)
 
 
-def archive_to(root_fd: int, inp: BinaryIO, dest: str) -> None:
+def archive_to(root_fd: int, inp: BinaryIO, dest: str, id_first: int = -1) -> None:
     """A tar stream from the caller (one tree, read with the caller's own rights) -> container's dest, with
     docker cp's naming: its top goes into dest when dest is a directory, else becomes dest."""
     try:
@@ -224,7 +232,7 @@ def archive_to(root_fd: int, inp: BinaryIO, dest: str) -> None:
     with _failures(dest, True):
         parent, name = _dest_in(root_fd, dest, top)
         try:
-            _copy(entries, filetree.Sink(parent, name))
+            _copy(filetree.into_range(entries, id_first), filetree.Sink(parent, name))
         except tarfile.TarError as e:
             raise InvalidArgument(f"Invalid archive: {e}") from None
         finally:

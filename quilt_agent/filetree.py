@@ -20,7 +20,7 @@ import stat
 import struct
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 RESOLVE_NO_XDEV = 0x01
@@ -248,6 +248,32 @@ def _pump(read: Callable[[int], bytes], out: int) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(out, view):]
+
+
+# A user namespace's ids (quilt_agent/userns.py): inside 0..RANGE-1 are FIRST..FIRST+RANGE-1 on the host, and an
+# id without a mapping shows as the overflow id, as the kernel shows it.
+RANGE, OVERFLOW_ID = 65536, 65534
+
+
+def into_range(entries: Iterable[Entry], first: int) -> Iterator[Entry]:
+    """Entries whose owners are a container's ids (a tar stream for it, a host tree copied in as its root's own
+    files) as the host stores them in its layer: moved up to its range. first < 0: no user namespace, as they are."""
+    if first < 0:
+        yield from entries
+        return
+    for e in entries:
+        yield replace(e, uid=first + (e.uid if 0 <= e.uid < RANGE else OVERFLOW_ID),
+                      gid=first + (e.gid if 0 <= e.gid < RANGE else OVERFLOW_ID))
+
+
+def out_of_range(entries: Iterable[Entry], first: int) -> Iterator[Entry]:
+    """Entries read from a container's tree (host ids in its range) with the owners its processes see."""
+    if first < 0:
+        yield from entries
+        return
+    for e in entries:
+        yield replace(e, uid=e.uid - first if first <= e.uid < first + RANGE else OVERFLOW_ID,
+                      gid=e.gid - first if first <= e.gid < first + RANGE else OVERFLOW_ID)
 
 
 def copy(entries: Iterable[Entry], sink: Sink) -> None:

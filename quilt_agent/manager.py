@@ -596,7 +596,8 @@ class Manager:
         copying.check_path(source, "container" if not into else "host")
         copying.check_path(dest, "container" if into else "host")
         run = copying.copy_to if into else copying.copy_from
-        await self._on_tree(container_id, lambda root: run(root, source, dest))
+        first = self._get(container_id).id_first
+        await self._on_tree(container_id, lambda root: run(root, source, dest, first))
 
     async def copy_archive(self, container_id: str, into: bool, path: str, fd: int) -> None:
         """CopyToWithFd (into: a tar stream read from fd -> path in the container) and CopyFromWithFd (path ->
@@ -604,13 +605,14 @@ class Manager:
         the caller's to close."""
         copying.check_path(path, "container")
         stream = pipes.stream(fd, writing=not into)
+        first = self._get(container_id).id_first
 
         def run(root: int) -> None:
             with stream:
                 if into:
-                    copying.archive_to(root, stream, path)
+                    copying.archive_to(root, stream, path, first)
                 else:
-                    copying.archive_from(root, path, stream)
+                    copying.archive_from(root, path, stream, first)
         try:
             await self._on_tree(container_id, run)
         finally:
@@ -642,8 +644,15 @@ class Manager:
             image = await asyncio.to_thread(self._images.get, c.setup_image or c.spec.image_id)
             directory = self._paths.container(c.id)
             mounts = self._volumes.resolve(c.spec.volumes)  # its volumes, as `podman cp` sees them
-            await asyncio.to_thread(copying.stopped_tree, image.lower, str(directory / "upper"),
-                                    str(directory / "work"), str(directory / "merged"), mounts, fn)
+            userns_fd = -1
+            if c.id_first >= 0:  # its tree as it sees it: the layers and volumes idmapped as when it runs
+                userns_fd = await asyncio.to_thread(self._zygote.user_namespace, IdRange(c.id_first).id_map())
+            try:
+                await asyncio.to_thread(copying.stopped_tree, image.lower, str(directory / "upper"),
+                                        str(directory / "work"), str(directory / "merged"), mounts, fn, userns_fd)
+            finally:
+                if userns_fd >= 0:
+                    os.close(userns_fd)
 
     # --- logs ------------------------------------------------------------------------------------
 

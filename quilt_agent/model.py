@@ -308,20 +308,9 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
         # As Podman: the hostname would be silently ignored (or, set, change the host's).
         raise InvalidArgument(f"Cannot set hostname '{fields['hostname']}' without the uts namespace: "
                               "the container shares the host's hostname")
-    if fields.get("userns") == "auto":
-        _check_userns(fields)
     network_options.settle(fields, fields.get("namespaces", NAMESPACES))
     volume_options.check_mount_targets(fields.get("volumes", ()), fields.get("tmpfs", ()))
     return fields
-
-
-def _check_userns(fields: dict[str, Any]) -> None:
-    """What a container in its own user namespace cannot have yet: mounts from the host's side, whose files
-    would show as nobody's inside (they need idmapped mounts of their own), and setup steps, whose cached layer
-    would keep the container's shifted ids."""
-    for option in ("volumes", "setup"):
-        if fields.get(option):
-            raise InvalidArgument(f"Option '{option}' cannot be combined with userns 'auto' yet: use userns 'host'")
 
 
 def validate_command(command: list[str] | tuple[str, ...]) -> tuple[str, ...]:

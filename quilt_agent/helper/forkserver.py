@@ -45,3 +45,8 @@ class ForkServer(Protocol):
                 progress: Callable[[int], None] | None = None) -> tarball.Extracted:
         """tarball.extract (its arguments, result and errors), done outside the agent's process. Blocking: call
         it from a worker thread."""
+
+    def user_namespace(self, id_map: str) -> int:
+        """An fd (the caller's to close) of a new user namespace whose uids and gids map as id_map ("INSIDE HOST
+        COUNT"): what the idmapped mounts of a container that does not run shift through. OSError when the
+        kernel refuses. Blocking: call it from a worker thread."""

@@ -108,7 +108,7 @@ def _snapshot(spec: LaunchSpec) -> SetupDone:
     """Pack the container's layer, as the setup steps left it, for the setup cache."""
     skip = tuple(target for _, target in spec.bind_files)  # Quilt's own /etc files, bound over placeholders
     try:
-        pack.pack(spec.upper, spec.setup_layer, skip)
+        pack.pack(spec.upper, spec.setup_layer, skip, spec.id_first)
     except OSError as e:
         return SetupDone(error=str(e))
     return SetupDone(layer=spec.setup_layer)

@@ -20,7 +20,7 @@ from quilt_agent import filetree
 from quilt_agent.filetree import open_in_root
 from quilt_agent.helper import process
 from quilt_agent.helper.syscalls import (
-    MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, mount,
+    MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, idmapped_bind, mount,
 )
 
 _FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
@@ -96,8 +96,10 @@ def _empty(path: str) -> bool:
 
 
 def apply(merged: str, mounts: tuple[tuple[str, str, str], ...], tmpfs: tuple[tuple[str, str], ...],
-          read_only: bool, owner: str = "") -> None:
-    """owner: "uid=N,gid=N" that the tmpfs mounts get (the container's root in its own user namespace)."""
+          read_only: bool, owner: str = "", userns_fd: int = -1, id_first: int = -1) -> None:
+    """With a user namespace of the container's own: owner is "uid=N,gid=N" that the tmpfs mounts get (its
+    root), and the volumes and host directories are bound idmapped through userns_fd (their files keep the ids
+    they have on disk, seen inside as the same numbers), id_first the first host id of its range."""
     root_fd = os.open(merged, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         targets = {m[1] for m in mounts} | {t[0] for t in tmpfs}
@@ -105,7 +107,7 @@ def apply(merged: str, mounts: tuple[tuple[str, str, str], ...], tmpfs: tuple[tu
             # As Podman's --read-only: /tmp and /run stay writable, as fresh tmpfs (unless a mount is there).
             tmpfs = (*tmpfs, *((t, "mode=1777,size=65536k") for t in ("/tmp", "/run") if t not in targets))
         for source, target, options in mounts:
-            _bind(root_fd, source, target, [o for o in options.split(",") if o])
+            _bind(root_fd, source, target, [o for o in options.split(",") if o], userns_fd, id_first)
         for target, options in tmpfs:
             fd = make_in_root(root_fd, target)
             try:
@@ -118,13 +120,17 @@ def apply(merged: str, mounts: tuple[tuple[str, str, str], ...], tmpfs: tuple[tu
         os.close(root_fd)
 
 
-def _bind(root_fd: int, source: str, target: str, options: list[str]) -> None:
+def _bind(root_fd: int, source: str, target: str, options: list[str], userns_fd: int = -1,
+          id_first: int = -1) -> None:
     is_dir = os.path.isdir(source)
     fd = make_in_root(root_fd, target, directory=is_dir)
     try:
         if "copyup" in options and is_dir:
-            _copy_up_if_new(root_fd, fd, source)
-        mount(source, _proc(fd), None, MS_BIND | MS_REC)
+            _copy_up_if_new(root_fd, fd, source, id_first)
+        if userns_fd >= 0:
+            idmapped_bind(source, fd, userns_fd)
+        else:
+            mount(source, _proc(fd), None, MS_BIND | MS_REC)
     finally:
         os.close(fd)
     # Private: nothing mounted under it inside propagates back to the host, nor the other way.
@@ -140,40 +146,43 @@ def _bind(root_fd: int, source: str, target: str, options: list[str]) -> None:
         _remount(root_fd, target, flags)
 
 
-def _copy_up_if_new(root_fd: int, target: int, source: str) -> None:
+def _copy_up_if_new(root_fd: int, target: int, source: str, id_first: int = -1) -> None:
     """Copy-up under a lock on the volume's directory: containers starting together on a new volume would
     otherwise each find it empty and copy into it at once."""
     lock = os.open(os.path.dirname(source), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _empty(source) and not _empty(_proc(target)):
-            _copy_up(root_fd, target, source)
+            _copy_up(root_fd, target, source, id_first)
     finally:
         os.close(lock)
 
 
-def _copy_up(root_fd: int, target: int, source: str) -> None:
+def _copy_up(root_fd: int, target: int, source: str, id_first: int = -1) -> None:
     """A new volume over a non-empty image directory starts with its content, owners and modes, as in Docker.
 
     Only the image's own directory is copied: a target that resolved onto another mount (/dev, a tmpfs, another
     volume) has nothing of the image, and the walk leaves out every mount below it (/proc, /sys). It runs in a
     child that has dropped to the container's capabilities, into a directory beside the volume's, moved into it
-    only once complete: a failed copy leaves the volume empty."""
+    only once complete: a failed copy leaves the volume empty. In a user namespace (id_first), the image's files
+    are seen with the range's host ids: the volume keeps the numbers the container sees, as its idmapped mount
+    shows them."""
     if filetree.mount_id(target) != filetree.mount_id(root_fd):
         return
     staging = tempfile.mkdtemp(prefix=".copyup-", dir=os.path.dirname(source))
     try:
-        _in_child(lambda: _fill(target, staging))
+        _in_child(lambda: _fill(target, staging, id_first))
         _move_into(os.path.join(staging, "data"), source)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _fill(target: int, staging: str) -> None:
+def _fill(target: int, staging: str, id_first: int = -1) -> None:
     process.drop_privileges(process.User(0, 0, (), "/"))  # root of the container, with its capabilities only
     parent = os.open(staging, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        filetree.copy(filetree.walk(target, same_mount=True), filetree.Sink(parent, "data"))
+        filetree.copy(filetree.out_of_range(filetree.walk(target, same_mount=True), id_first),
+                      filetree.Sink(parent, "data"))
     finally:
         os.close(parent)
 

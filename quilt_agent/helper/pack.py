@@ -17,6 +17,7 @@ import os
 import stat
 import tarfile
 
+from quilt_agent.filetree import OVERFLOW_ID, RANGE
 from quilt_agent.images.tarball import KEPT_XATTRS, XATTR_PAX
 
 WHITEOUT_PREFIX = ".wh."
@@ -24,9 +25,11 @@ OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
-def pack(upper: str, dest: str, skip: tuple[str, ...] = ()) -> None:
+def pack(upper: str, dest: str, skip: tuple[str, ...] = (), id_first: int = -1) -> None:
     """Write the layer of upper to dest (a new file) in a chrooted child; OSError if it could not be done.
-    skip: absolute paths inside the container to leave out (files Quilt itself put there)."""
+    skip: absolute paths inside the container to leave out (files Quilt itself put there). id_first: the first
+    host id of the container's user namespace: the layer gets the ids the container saw, so that it serves
+    every container as the image's own layers do."""
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     pid = os.fork()
     if pid == 0:
@@ -35,7 +38,7 @@ def pack(upper: str, dest: str, skip: tuple[str, ...] = ()) -> None:
             os.chroot(upper)
             os.chdir("/")
             with os.fdopen(fd, "wb") as out:
-                write_layer(".", out, frozenset(s.lstrip("/") for s in skip))
+                write_layer(".", out, frozenset(s.lstrip("/") for s in skip), id_first)
             code = 0
         except BaseException as e:  # noqa: BLE001 - told through the exit code and stderr
             os.write(2, f"packing the setup layer failed: {e}\n".encode())
@@ -51,8 +54,9 @@ def pack(upper: str, dest: str, skip: tuple[str, ...] = ()) -> None:
         raise OSError(f"packing {upper} failed")
 
 
-def write_layer(top: str, out: object, skip: frozenset[str] = frozenset()) -> None:
-    """The OCI layer of the overlayfs upper directory top, written to the binary file out."""
+def write_layer(top: str, out: object, skip: frozenset[str] = frozenset(), id_first: int = -1) -> None:
+    """The OCI layer of the overlayfs upper directory top, written to the binary file out; owners moved down
+    from the user namespace's range that starts at id_first (-1: none)."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for directory, dirs, files in os.walk(top):
             dirs.sort()
@@ -69,6 +73,9 @@ def write_layer(top: str, out: object, skip: frozenset[str] = frozenset()) -> No
                 if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
                     continue  # device nodes, FIFOs, sockets: the runtime provides /dev
                 info = tar.gettarinfo(path, arcname)
+                if id_first >= 0:
+                    info.uid, info.gid = _inside(info.uid, id_first), _inside(info.gid, id_first)
+                    info.uname = info.gname = ""  # the host's names of the range's ids say nothing inside
                 _add_xattrs(path, info)
                 if info.isreg():
                     with open(path, "rb") as f:
@@ -77,6 +84,10 @@ def write_layer(top: str, out: object, skip: frozenset[str] = frozenset()) -> No
                     tar.addfile(info)
                 if stat.S_ISDIR(st.st_mode) and _opaque(path):
                     _add_empty(tar, os.path.join(arcname, OPAQUE), st)
+
+
+def _inside(host_id: int, first: int) -> int:
+    return host_id - first if first <= host_id < first + RANGE else OVERFLOW_ID
 
 
 def _add_xattrs(path: str, info: tarfile.TarInfo) -> None:

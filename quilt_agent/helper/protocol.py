@@ -105,6 +105,20 @@ class SetupDone:
 
 
 @dataclass(frozen=True)
+class MakeUserNamespace:
+    """Agent -> fork server: a user namespace with this id map ("INSIDE HOST COUNT"), for the idmapped mounts of
+    a container that does not run (a copy into or out of it). Answered by UserNamespaceMade, with the
+    namespace's fd as the datagram's one fd on success."""
+
+    id_map: str
+
+
+@dataclass(frozen=True)
+class UserNamespaceMade:
+    error: str = ""  # "" on success
+
+
+@dataclass(frozen=True)
 class ExtractLayer:
     """Agent -> fork server: unpack a layer tarball into dest (an empty directory): the whole file, or size
     bytes from offset (a member of an archive); label names it in errors."""
@@ -181,7 +195,8 @@ class ExecSetupFailed:
 
 
 MESSAGES = {cls.__name__: cls for cls in (LaunchSpec, Spawned, Go, Abort, Started, ExecFailed, SetupDone, ExtractLayer,
-                                          ExtractProgress, ExtractDone, ExecSpec, ExecSpawned, ExecExited, ExecSetupFailed)}
+                                          ExtractProgress, ExtractDone, ExecSpec, ExecSpawned, ExecExited, ExecSetupFailed,
+                                          MakeUserNamespace, UserNamespaceMade)}
 M = TypeVar("M")
 
 

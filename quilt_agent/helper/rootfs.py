@@ -46,12 +46,12 @@ def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str,
         _kernel_dir(f"{merged}/{d}")
     mount("proc", f"{merged}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("sysfs", f"{merged}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _make_dev(f"{merged}/dev", "ipc" in namespaces, owner)
+    _make_dev(f"{merged}/dev", "ipc" in namespaces, id_first)
     for source, target in bind_files:
         _bind_file(source, merged, target)
     if mounts or tmpfs or read_only:
         # volumes, tmpfs, read-only root (helper/mounts.py)
-        volume_mounts.apply(merged, mounts, tmpfs, read_only, owner)
+        volume_mounts.apply(merged, mounts, tmpfs, read_only, owner, userns_fd, id_first)
     _mask(merged)
     os.chdir(merged)
     pivot_root(".", ".")
@@ -95,8 +95,10 @@ def _bind_file(source: str, root: str, target: str) -> None:
     mount(source, path, None, MS_BIND)
 
 
-def _make_dev(dev: str, own_ipc: bool, owner: str = "") -> None:
-    """owner: "uid=N,gid=N" of the container's root in its own user namespace, for its tmpfs mounts."""
+def _make_dev(dev: str, own_ipc: bool, id_first: int = -1) -> None:
+    """id_first: the host id of the container's root in its own user namespace, which owns its tmpfs mounts;
+    its tty group (5) is the terminals'."""
+    owner = f"uid={id_first},gid={id_first}" if id_first >= 0 else ""
     # nodev too: the nodes below are bind mounts of the host's, each a mount of its own that keeps its source's
     # flags, and devpts is mounted without nodev; a node made in the tmpfs itself opens nothing.
     mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV, _with("mode=0755,size=65536k", owner))
@@ -105,7 +107,7 @@ def _make_dev(dev: str, own_ipc: bool, owner: str = "") -> None:
         open(path, "w").close()
         mount(f"/dev/{node}", path, None, MS_BIND)
     _mkdir(f"{dev}/pts")
-    mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, f"newinstance,ptmxmode=0666,mode=0620,gid={max(id_first, 0) + 5}")
     _mkdir(f"{dev}/shm")
     mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, _with("mode=1777,size=65536k", owner))
     if own_ipc:

@@ -49,6 +49,7 @@ AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 MOUNT_ATTR_IDMAP = 0x00100000
 
 
@@ -82,19 +83,29 @@ class _MountAttr(ctypes.Structure):
                 ("userns_fd", ctypes.c_uint64)]
 
 
-def idmapped_over(path: str, userns_fd: int) -> None:
-    """Mount over path a copy of the tree at path whose file owners are shifted through the user namespace's
-    id map (on disk 0 is the namespace's 0: host id FIRST), in this mount namespace."""
-    tree = _check(_libc.syscall(_SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | os.O_CLOEXEC),
-                  f"open_tree {path}")
+def idmapped_bind(source: str, target: int, userns_fd: int) -> None:
+    """Bind the tree at source (with the mounts below it) onto the directory or file that the fd target names,
+    its file owners shifted through the user namespace's id map: on disk 0 shows as the namespace's 0, host
+    id FIRST."""
+    tree = _check(_libc.syscall(_SYS_OPEN_TREE, AT_FDCWD, source.encode(),
+                                OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC), f"open_tree {source}")
     try:
         attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
-        _check(_libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)),
-               f"an idmapped mount of {path}")
-        _check(_libc.syscall(_SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, path.encode(), MOVE_MOUNT_F_EMPTY_PATH),
-               f"move_mount onto {path}")
+        _check(_libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr),
+                             ctypes.sizeof(attr)), f"an idmapped mount of {source}")
+        _check(_libc.syscall(_SYS_MOVE_MOUNT, tree, b"", target, b"",
+                             MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH), f"move_mount of {source}")
     finally:
         os.close(tree)
+
+
+def idmapped_over(path: str, userns_fd: int) -> None:
+    """An idmapped bind of path over itself, in this mount namespace."""
+    target = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        idmapped_bind(path, target, userns_fd)
+    finally:
+        os.close(target)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

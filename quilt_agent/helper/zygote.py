@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quilt_agent import errors
-from quilt_agent.helper import enter, monitor, protocol, seccomp, syscalls
-from quilt_agent.helper.protocol import ExecSpec, ExtractDone, ExtractLayer, ExtractProgress, LaunchSpec
+from quilt_agent.helper import enter, monitor, protocol, seccomp, syscalls, userns
+from quilt_agent.helper.process import SetupError
+from quilt_agent.helper.protocol import (
+    ExecSpec, ExtractDone, ExtractLayer, ExtractProgress, LaunchSpec, MakeUserNamespace, UserNamespaceMade,
+)
 from quilt_agent.images import tarball
 
 # The most fds a request carries: an exec's socket, stdin, stdout, stderr and the container init's pidfd.
@@ -107,6 +110,19 @@ class Zygote:
             raise RuntimeError(done.message)
 
 
+    def user_namespace(self, id_map: str) -> int:
+        """An fd of a new user namespace with id_map, made by a child of the fork server (the agent has threads:
+        it cannot unshare one, nor fork). Blocking: call it from a worker thread."""
+        with self._request(MakeUserNamespace(id_map)) as ours:
+            data, fds, _flags, _addr = socket.recv_fds(ours, protocol.MAX_MESSAGE, 1)
+        made = protocol.decode(data, UserNamespaceMade)
+        if made.error or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(made.error or "the fork server sent no user namespace")
+        return fds[0]
+
+
 async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
     ready = loop.create_future()
     loop.add_writer(sock.fileno(), lambda: ready.done() or ready.set_result(None))
@@ -143,7 +159,7 @@ def _serve(sock: socket.socket) -> None:
         data, fds, _flags, _addr = socket.recv_fds(sock, protocol.MAX_MESSAGE, MAX_FDS)
         if not data:
             return  # the agent is gone
-        request = protocol.decode(data, LaunchSpec, ExtractLayer, ExecSpec)
+        request = protocol.decode(data, LaunchSpec, ExtractLayer, ExecSpec, MakeUserNamespace)
         pid = os.fork()
         if pid == 0:
             sock.close()
@@ -156,12 +172,24 @@ def _serve(sock: socket.socket) -> None:
                     status = monitor.run(request, peer, fds[1:4] or None)
                 elif isinstance(request, ExecSpec):
                     status = enter.run(request, peer, fds[1:4], fds[4])
+                elif isinstance(request, MakeUserNamespace):
+                    status = _user_namespace(request, peer)
                 else:
                     status = _extract(request, peer)
             finally:
                 os._exit(status)
         for fd in fds:
             os.close(fd)
+
+
+def _user_namespace(request: MakeUserNamespace, peer: socket.socket) -> int:
+    try:
+        fd = userns.make(request.id_map)
+    except SetupError as e:
+        protocol.send(peer, UserNamespaceMade(str(e)))
+        return 1
+    socket.send_fds(peer, [protocol.encode(UserNamespaceMade())], [fd])
+    return 0
 
 
 def _extract(request: ExtractLayer, peer: socket.socket) -> int:

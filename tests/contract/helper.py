@@ -321,6 +321,20 @@ class HelperContract:
         for pipe in (out, err):
             os.close(pipe.read)
 
+    # --- user namespaces ---------------------------------------------------------------------------
+
+    async def test_user_namespace_gives_a_namespace_with_the_map(self, helper: ForkServer) -> None:
+        fd = await asyncio.to_thread(helper.user_namespace, "0 600000 65536\n")
+        try:
+            assert os.readlink(f"/proc/self/fd/{fd}").startswith("user:[")
+            assert os.readlink(f"/proc/self/fd/{fd}") != os.readlink("/proc/self/ns/user")
+        finally:
+            os.close(fd)
+
+    async def test_a_map_the_kernel_refuses_is_an_os_error(self, helper: ForkServer) -> None:
+        with pytest.raises(OSError):
+            await asyncio.to_thread(helper.user_namespace, "0 600000 4294967295\n")
+
     # --- extraction --------------------------------------------------------------------------------
 
     async def test_extract_unpacks_a_layer_and_names_its_digest(self, helper: ForkServer, tmp_path: Path) -> None:

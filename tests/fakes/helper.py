@@ -16,6 +16,7 @@ from quilt_agent.helper.protocol import ExecSpec, LaunchSpec
 from quilt_agent.images import tarball
 
 PROGRAM = Path(__file__).with_name("fake_monitor.py")
+PROJECT = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT = 5.0
 
 
@@ -65,3 +66,21 @@ class FakeForkServer:
                 progress: Callable[[int], None] | None = None) -> tarball.Extracted:
         # The unpacking is tarball's own, which forks a chrooted child of its own: no fork server needed.
         return tarball.extract(path, dest, offset=offset, size=size, label=label, progress=progress)
+
+    def user_namespace(self, id_map: str) -> int:
+        # Made by the real code, in a process started afresh: the test's own may have threads.
+        code = ("import socket, sys\nfrom quilt_agent.helper import userns\n"
+                "sock = socket.socket(fileno=int(sys.argv[1]))\n"
+                "socket.send_fds(sock, [b'made'], [userns.make(sys.argv[2])])\n")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with ours, theirs:
+            maker = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), id_map],
+                                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, cwd=PROJECT)
+            theirs.close()
+            try:
+                _data, fds, _flags, _addr = socket.recv_fds(ours, 16, 1)
+            finally:
+                maker.wait()
+        if maker.returncode != 0 or len(fds) != 1:
+            raise OSError(f"could not make a user namespace for {id_map!r}")
+        return fds[0]

@@ -199,6 +199,19 @@ async def test_containers_keep_running_when_the_agent_is_killed_and_restarted_by
     assert await asyncio.wait_for(waiting, 10) == 7
 
 
+
+async def test_a_containers_user_namespace_is_kept_across_an_agent_kill(client: Client, busybox_tar: Path,
+                                                                      name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), LONG_RUNNING, {"userns": "auto"})
+    before = (await client.properties(path))["UserNamespace"]
+    await kill_agent_and_wait_for_restart(client)
+    assert (await client.properties(path))["UserNamespace"] == before
+    out = await client.exec(path, ["/bin/sh", "-c", "cat /proc/self/uid_map"])
+    assert out.stdout.decode().split() == before.split(":"), out
+    # The restarted agent holds the range: a new container gets another.
+    other = await client.create_container(f"{name}-2", str(busybox_tar), ["/bin/true"], {"userns": "auto"})
+    assert (await client.properties(other))["UserNamespace"] != before
+
 # --- exits while the agent is away -----------------------------------------------------------------
 
 

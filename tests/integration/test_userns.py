@@ -2,6 +2,7 @@
 of the container's, the image's layers are seen through idmapped mounts, exec enters the same namespace."""
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -65,8 +66,6 @@ async def test_root_inside_cannot_do_what_needs_the_hosts_root(client: Client, b
 
 @pytest.mark.parametrize("options, word", [
     ({"userns": "private"}, "userns"),
-    ({"userns": "auto", "volumes": ["data:/data"]}, "volumes"),
-    ({"userns": "auto", "setup": ["sh: true"]}, "setup"),
 ])
 async def test_bad_userns_options_are_refused_by_name(client: Client, busybox_tar: Path, name: str,
                                                      options: dict, word: str) -> None:
@@ -74,3 +73,118 @@ async def test_bad_userns_options_are_refused_by_name(client: Client, busybox_ta
         await client.create_container(name, str(busybox_tar), ["/bin/true"], options)
     assert caught.value.name == ERR + "InvalidArgument" and word in caught.value.message, caught.value
     assert name not in [c.name for c in await client.list_containers()]
+
+
+async def test_a_named_volume_keeps_the_ids_the_container_sees(client: Client, busybox_tar: Path, name: str) -> None:
+    volume = f"{name}-vol"
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "echo x > /data/f; chown 1000 /data"],
+                                      {"userns": "auto", "volumes": [f"{volume}:/data"]})
+    assert await client.wait(path) == 0
+    mountpoint = Path((await client.volume_properties(await client.get_volume(volume)))["Mountpoint"])
+    # On the volume's side, the container's root is root: another container, with another range, reads it so.
+    assert (os.stat(mountpoint / "f").st_uid, os.stat(mountpoint).st_uid) == (0, 1000)
+    other = await client.run_container(f"{name}-2", str(busybox_tar), ["/bin/sh", "-c", "ls -ln /data"],
+                                       {"userns": "auto", "volumes": [f"{volume}:/data"]})
+    assert await client.wait(other) == 0
+    await client.remove(path)
+    await client.remove(other)
+    await client.remove_volume(volume)
+
+
+async def test_a_bound_host_directory_shows_its_real_owners(client: Client, busybox_tar: Path, name: str,
+                                                           tmp_path: Path) -> None:
+    (tmp_path / "mine").write_text("x")
+    os.chown(tmp_path / "mine", 1000, 1000)
+    path = await client.run_container(name, str(busybox_tar), SLEEPER,
+                                      {"userns": "auto", "volumes": [f"{tmp_path}:/host"]})
+    out = await client.exec(path, ["/bin/sh", "-c", "stat -c '%u %g' /host/mine /host"])
+    assert out.stdout.decode().split("\n")[:2] == ["1000 1000", "0 0"], out
+    await client.remove(path, force=True)
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["running", "stopped"])
+async def test_cp_in_and_out_keeps_the_owners_the_container_sees(client: Client, busybox_tar: Path, name: str,
+                                                                 tmp_path: Path, running: bool) -> None:
+    path = await client.run_container(name, str(busybox_tar), SLEEPER if running else ["/bin/true"],
+                                      {"userns": "auto"})
+    first = int((await client.properties(path))["UserNamespace"].split(":")[1])
+    if not running:
+        assert await client.wait(path) == 0
+    (tmp_path / "in").write_text("in")
+    os.chown(tmp_path / "in", 1000, 1000)
+    await client.copy_to(path, str(tmp_path / "in"), "/in")
+    await client.copy_from(path, "/bin/busybox", str(tmp_path / "busybox"))
+    upper = Path("/var/lib/quilt/containers") / (await client.properties(path))["Id"] / "upper"
+    assert os.stat(upper / "in").st_uid == first + 1000  # the container's uid 1000
+    assert os.stat(tmp_path / "busybox").st_uid == 0  # the image's root-owned file, as the container sees it
+    await client.remove(path, force=True)
+
+
+async def test_a_terminal_exec_and_a_low_published_port_work_inside(client: Client, busybox_tar: Path,
+                                                                   name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar),
+                                      ["/bin/sh", "-c", "echo hi > /i; exec httpd -f -p 80 -h /"],
+                                      {"userns": "auto", "ports": ["8089:80/tcp"]})
+    master, slave = os.openpty()
+    try:
+        script = "test -t 0 && echo tty"
+        code = await client.exec_with_fds(path, ["/bin/sh", "-c", script], {"tty": True}, slave, slave, slave)
+        os.close(slave)
+        out = ""
+        while True:  # to EIO: every slave is closed once the command has ended and ours is
+            try:
+                out += (await asyncio.to_thread(os.read, master, 65536)).decode()
+            except OSError:
+                break
+    finally:
+        os.close(master)
+    assert code == 0 and out.replace("\r", "").split() == ["tty"], out
+    # The terminals made inside belong to its tty group (5): the mount's option, in host ids.
+    props = await client.properties(path)
+    first = int(props["UserNamespace"].split(":")[1])
+    with open(f"/proc/{props['MainPID']}/mounts") as f:
+        devpts = next(line for line in f if line.startswith("devpts "))
+    assert f"gid={first + 5}," in devpts, devpts
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", 8089), 5)
+    writer.write(b"GET /i HTTP/1.0\r\n\r\n")
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert reply.endswith(b"hi\n"), reply
+    await client.remove(path, force=True)
+
+
+async def test_setup_steps_run_as_root_inside_and_their_cache_serves_a_host_container(
+        client: Client, busybox_tar: Path, name: str) -> None:
+    step = f"sh: echo {name} > /etc/made && chown 1000 /etc/made"
+    first = await client.run_container(f"{name}-1", str(busybox_tar), ["/bin/true"],
+                                       {"userns": "auto", "setup": [step]})
+    assert await client.wait(first) == 0
+    second = await client.run_container(f"{name}-2", str(busybox_tar), ["/bin/sh", "-c", "stat -c %u /etc/made"],
+                                        {"setup": [step]})
+    assert await client.wait(second) == 0
+    props = await client.properties(second)
+    assert props["SetupImage"], props  # from the cache the first one filled
+    lines = [line.text for line in await client.get_logs(second, {})]
+    assert "1000" in lines, lines
+    await client.remove(first)
+    await client.remove(second)
+
+
+async def test_a_setuid_binary_made_inside_is_harmless_on_the_host(client: Client, busybox_tar: Path,
+                                                                  name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), SLEEPER, {"userns": "auto"})
+    props = await client.properties(path)
+    first = int(props["UserNamespace"].split(":")[1])
+    out = await client.exec(path, ["/bin/sh", "-c", "cp /bin/busybox /suid && chmod 4755 /suid && ls -ln /suid"])
+    assert out.exit_code == 0 and out.stdout.decode().split()[2] == "0", out  # root's setuid program, inside
+    st = os.stat(Path("/var/lib/quilt/containers") / props["Id"] / "upper/suid")
+    assert st.st_uid == first and st.st_mode & 0o4000  # on the host: setuid to an id no host user has
+    await client.remove(path, force=True)
+
+
+async def test_fifty_creates_at_once_get_fifty_ranges(client: Client, busybox_tar: Path, name: str) -> None:
+    paths = await asyncio.gather(*(client.create_container(f"{name}-{i}", str(busybox_tar), ["/bin/true"],
+                                                           {"userns": "auto"}) for i in range(50)))
+    firsts = sorted([int((await client.properties(p))["UserNamespace"].split(":")[1]) for p in paths])
+    assert all(b - a >= RANGE_SIZE for a, b in zip(firsts, firsts[1:])), firsts
+    await asyncio.gather(*(client.remove(p) for p in paths))

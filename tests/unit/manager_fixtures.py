@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quilt_agent.userns import Ranges
 from quilt_agent.config import Paths
 from quilt_agent.containers import ContainerTable
 from quilt_agent.images.service import Images
@@ -157,7 +158,7 @@ class RecordedRules(Firewall):
 
 
 async def build_core(paths: Paths, store: StateStore, scopes: RecordingScopes, kernel: FakeKernel,
-                     zygote: FakeForkServer) -> Core:
+                     zygote: FakeForkServer, ranges: Ranges | None = None) -> Core:
     """As app.build, but with the fakes: the network rules are recorded, not applied with nft, and the note of
     ip_forward goes below the test's own directory."""
     containers = ContainerTable()
@@ -166,7 +167,7 @@ async def build_core(paths: Paths, store: StateStore, scopes: RecordingScopes, k
     volumes = Volumes(paths.volumes, store, containers)
     networks = Networks(paths, store, containers, kernel=kernel, config=NetworkConfig(), rules=RecordedRules(),
                         forward_note=paths.root / "ip_forward")
-    manager = Manager(paths, store, scopes, zygote, containers, images, networks, volumes)
+    manager = Manager(paths, store, scopes, zygote, containers, images, networks, volumes, ranges)
     stored = await store.containers()
     await volumes.load()
     await networks.recover(stored)

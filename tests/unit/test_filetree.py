@@ -720,3 +720,17 @@ def test_remove_tree_never_removes_what_is_mounted_below(tmp_path: Path) -> None
     assert left == str(["sub", "sub/bound", "sub/bound/kept", "sub/mnt", "sub/mnt/on-tmpfs"])  # the rest is gone
     assert sorted(os.listdir(top / "sub")) == ["bound", "mnt"] and os.listdir(top / "sub" / "mnt") == []
     assert os.listdir(tmp_path / "bind-src") == ["kept"]
+
+
+def _owned(uid: int, gid: int) -> filetree.Entry:
+    return filetree.Entry(path=("f",), kind="file", mode=0o644, uid=uid, gid=gid, atime_ns=0, mtime_ns=0)
+
+
+def test_owners_move_into_and_out_of_a_user_namespaces_range() -> None:
+    first = 524288
+    inside = [_owned(0, 0), _owned(1000, 5), _owned(70000, 1)]
+    assert [(e.uid, e.gid) for e in filetree.into_range(inside, first)] == [
+        (first, first), (first + 1000, first + 5), (first + 65534, first + 1)]  # 70000 has no id inside
+    host = [_owned(first, first), _owned(first + 1000, first + 5), _owned(0, 7)]
+    assert [(e.uid, e.gid) for e in filetree.out_of_range(host, first)] == [(0, 0), (1000, 5), (65534, 65534)]
+    assert list(filetree.into_range(inside, -1)) == inside and list(filetree.out_of_range(host, -1)) == host

@@ -17,7 +17,7 @@ import pytest
 from quilt_agent.config import Paths
 from quilt_agent.errors import (
     AccessDenied, AlreadyRunning, ContainerFailed, ImageInUse, InvalidArgument, NameInUse, NetworkInUse, NoSuchContainer,
-    NoSuchNetwork, NotRunning, VolumeInUse,
+    NoSuchNetwork, NotRunning, ResourceExhausted, VolumeInUse,
 )
 from quilt_agent.model import Container, State
 from quilt_agent.network import netns
@@ -27,6 +27,7 @@ from quilt_agent.store import Store
 from tests.fakes.helper import FakeForkServer
 from tests.fakes.kernel import FakeKernel
 from tests.fakes.store import MemoryStore, StateStore
+from quilt_agent.userns import RANGE_SIZE, Pool, Ranges
 from tests.unit.manager_fixtures import DEADLINE, Core, RecordingScopes, build_core, processes_ended, tiny_rootfs
 
 NO_NETWORK = {"networks": ["none"]}
@@ -311,6 +312,26 @@ async def test_recover_removes_the_directory_of_a_create_that_did_not_finish(cor
     await build_core(core.paths, core.store, RecordingScopes(), FakeKernel(), zygote)
     assert not stray.exists()
 
+
+
+async def test_user_namespace_ranges_run_out_by_name_and_come_back_once_the_files_are_gone(
+        core: Core, zygote: FakeForkServer) -> None:
+    pool = Pool(600000, 600000 + RANGE_SIZE - 1)  # one range
+    small = await build_core(core.paths, core.store, RecordingScopes(), FakeKernel(), zygote, Ranges(pool, []))
+    first = await create(small, ["true"], name="a", userns="auto")
+    assert first.id_first == 600000 and (await stored(small))[first.id].id_first == 600000
+    with pytest.raises(ResourceExhausted, match=r"All 1 user namespace ranges"):
+        await create(small, ["true"], name="b", userns="auto")
+    assert [c.name for c in small.manager.list()] == ["a"]  # nothing of b
+    await small.manager.remove(first.id, force=False)
+    again = await create(small, ["true"], name="b", userns="auto")
+    assert again.id_first == 600000
+    # An agent started again holds the stored range: none is left for another.
+    restarted = await build_core(core.paths, core.store, RecordingScopes(), FakeKernel(), zygote, Ranges(pool, []))
+    with pytest.raises(ResourceExhausted):
+        await create(restarted, ["true"], name="c", userns="auto")
+    await restarted.manager.remove(again.id, force=False)
+    small.containers.clear()
 
 # --- create: prepared (resolved, nothing made), then made -------------------------------------------
 

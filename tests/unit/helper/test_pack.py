@@ -52,6 +52,20 @@ def test_file_capabilities_and_user_xattrs_go_into_the_layer(tmp_path: Path) -> 
     assert headers["SCHILY.xattr.user.note"] == "kept"
 
 
+def test_a_user_namespaces_layer_gets_the_ids_the_container_saw(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    first = 524288
+    for name, uid in (("root-file", first), ("user-file", first + 1000), ("stranger", 7)):
+        (upper / name).write_text("x")
+        os.chown(upper / name, uid, uid)
+    out = io.BytesIO()
+    pack.write_layer(str(upper), out, id_first=first)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        owners = {m.name: (m.uid, m.gid) for m in tar.getmembers()}
+    assert owners == {"root-file": (0, 0), "user-file": (1000, 1000), "stranger": (65534, 65534)}
+
+
 def test_pack_writes_the_layer_from_a_chrooted_child(tmp_path: Path) -> None:
     upper = tmp_path / "upper"
     upper.mkdir()
