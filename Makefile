@@ -16,6 +16,7 @@ PYTEST_ARGS ?=
 # Setup commands: mmdebstrap (the Debian image with pip, npm and gem, tests/setupimage.py, built before
 # the test host, which has no network), ruby (`gem build` and `gem generate_index` for the tests' gem index),
 # dpkg-dev (dpkg-scanpackages for the tests' apt repository). libseccomp2: the seccomp filter (helper/seccomp.py).
+# libnss-systemd: names for containers' host ids (quilt-NAME-0, from the agent's /run/userdb records).
 # podman: `podman save` archives in the image import tests.
 # iproute2 (ip, ss), procps (sysctl), xz-utils and bzip2 (the unit tests' compressed layers): a minimal Debian,
 # as CI images are, lacks them. tests/host/test_setup_programs.py fails, naming the program and its package,
@@ -27,7 +28,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	systemd dbus polkitd libglib2.0-bin util-linux busybox-static make zstd \
 	nftables iputils-ping tmux \
 	docker-registry skopeo umoci apache2-utils openssl \
-	mmdebstrap ruby dpkg-dev libseccomp2 podman iproute2 procps xz-utils bzip2 \
+	mmdebstrap ruby dpkg-dev libseccomp2 libnss-systemd podman iproute2 procps xz-utils bzip2 \
 	debhelper dh-python lintian python3-pip python3-setuptools python3-wheel \
 	python3-click python3-rich python3-dnslib python3-systemd
 

@@ -3,7 +3,8 @@
 
 Run inside the test host (or on a systemd host with the agent installed):
     make bench        or        python3 tests/testhost.py run -- .venv/bin/python bench/lifecycle.py
-Prints median and p95 of: RunContainer to exit of /bin/true, Exec of /bin/true, a property read,
+Prints median and p95 of: RunContainer to exit of /bin/true and Exec of /bin/true (each with a user namespace
+of its own and with --userns host), a property read,
 ListContainers with 100 containers present. A benchmark, not a test: nothing is asserted.
 """
 from __future__ import annotations
@@ -42,8 +43,9 @@ async def time_to_exit(client: Client, name: str, image: str, options: dict[str,
     return elapsed
 
 
-async def run_to_exit(client: Client, image: str, runs: int, warmup: int) -> list[float]:
-    samples = [await time_to_exit(client, f"bench-true-{i}", image, {}) for i in range(warmup + runs)]
+async def run_to_exit(client: Client, image: str, runs: int, warmup: int,
+                      options: dict[str, Any] | None = None) -> list[float]:
+    samples = [await time_to_exit(client, f"bench-true-{i}", image, options or {}) for i in range(warmup + runs)]
     return samples[warmup:]
 
 
@@ -93,10 +95,14 @@ async def listing(client: Client, runs: int) -> list[float]:
 
 async def main(runs: int) -> None:
     async with busybox_client() as (client, image):
-        print(summary("RunContainer -> exit, /bin/true", await run_to_exit(client, image, runs, warmup=5)))
-        running = await client.run_container("bench-exec", image, ["/bin/sleep", "3600"], {})
-        print(summary("Exec /bin/true in a running container", await exec_true(client, running, runs * 2, 10)))
-        await client.remove(running, True)
+        # With a user namespace of its own (the default) and with the host's ids, one after the other.
+        for label, options in (("", {"userns": "auto"}), (", --userns host", {"userns": "host"})):
+            print(summary(f"RunContainer -> exit, /bin/true{label}",
+                          await run_to_exit(client, image, runs, warmup=5, options=options)))
+            running = await client.run_container("bench-exec", image, ["/bin/sleep", "3600"], options)
+            print(summary(f"Exec /bin/true in a running container{label}",
+                          await exec_true(client, running, runs * 2, 10)))
+            await client.remove(running, True)
         one = await client.create_container("bench-props", image, ["/bin/true"], {})
         print(summary("property read (State of a container)", await property_read(client, one, runs * 5)))
         paths = [await client.create_container(f"bench-list-{i}", image, ["/bin/true"], {}) for i in range(99)]

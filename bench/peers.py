@@ -443,6 +443,9 @@ class Bench:
                  "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--unshare-cgroup", "/bin/true"]
         self.interleave(wl, {
             QUILT: (self.n(150), lambda: self.q(self.quilt_run_to_exit())),
+            # The default is a user namespace of the container's own; the host's ids beside it, interleaved.
+            QUILT + ", --userns host": (self.n(150), lambda: self.q(self.quilt_run_to_exit(
+                {**self.s.quilt_opts, "userns": "host"}))),
             "quiltctl run --rm": (self.n(40), lambda: timed(["quiltctl", "run", *self.s.quiltctl_net, "--rm",
                                                               self.s.quilt_image, "--", "/bin/true"])),
             "crun": (self.n(150), lambda: self.oci_run("crun", bundle)),
@@ -568,6 +571,7 @@ class Bench:
 
     def fleet_quilt(self) -> Fleet:
         names: dict[str, str] = {}
+        hosts: list[str] = []  # the exec workload's container with the host's ids
 
         def start() -> str:
             name = self.uid("bf")
@@ -581,6 +585,10 @@ class Bench:
             contenders: dict[str, tuple[int, Callable[[], float]]] = {}
             if self.quilt_exec is not None:
                 contenders[QUILT] = (self.n(200), lambda: self.q(self.quilt_exec_once(one)))
+                host = self.q(self.client.run_container(self.uid("bh"), self.s.quilt_image, ["/bin/sleep", "3600"],
+                                                        {**self.s.quilt_opts, "userns": "host"}))
+                hosts.append(host)
+                contenders[QUILT + ", --userns host"] = (self.n(200), lambda: self.q(self.quilt_exec_once(host)))
             else:
                 self.workloads["exec"].get(QUILT).note = "not yet: no Exec method on the container"
             if self.quiltctl_exec:
@@ -598,8 +606,9 @@ class Bench:
                     "quiltctl ps -a": (self.n(30 * share), lambda: timed(["quiltctl", "ps", "-a"]))}
 
         def teardown(paths: list[str]) -> None:
-            for p in paths:
+            for p in [*paths, *hosts]:
                 self.q(self.client.remove(p, True))
+            hosts.clear()
 
         return Fleet(QUILT, start, execs, status, listing,
                      lambda paths: [self.q(self.client.get_property(p, "MainPID")) for p in paths], teardown,

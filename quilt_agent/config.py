@@ -9,6 +9,7 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Paths:
     root: Path
+    userdb: Path = Path("/run/userdb")  # the user records naming containers' host ids (userdb.py)
 
     @property
     def database(self) -> Path:

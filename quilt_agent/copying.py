@@ -69,6 +69,25 @@ def _failures(path: str, into: bool, host_path: str = "") -> Iterator[None]:
         raise CopyFailed(f"Cannot copy {what}: {e.strerror or e}{hint}") from e
 
 
+@contextlib.contextmanager
+def as_container_root(first: int) -> Iterator[None]:
+    """For this thread, files are made as the root of the container whose user namespace starts at host id first
+    (-1: none, nothing changes): an idmapped volume takes a new file only from an id its map has (the host's
+    root is not in it: EOVERFLOW). The capabilities that a filesystem id other than 0 clears are raised again,
+    so the copy still writes any file and sets any owner; both come back at the end."""
+    if first < 0:
+        yield
+        return
+    effective, permitted, inheritable = syscalls.capabilities()
+    syscalls.set_fs_ids(first, first)
+    try:
+        syscalls.set_capabilities(permitted, permitted, inheritable)
+        yield
+    finally:
+        syscalls.set_fs_ids(0, 0)
+        syscalls.set_capabilities(effective, permitted, inheritable)
+
+
 def stopped_tree(lower: str, upper: str, work: str, merged: str, mounts: tuple[tuple[str, str, str], ...],
                  fn: Callable[[int], T], userns_fd: int = -1) -> T:
     """fn(root fd) on the tree of a container that does not run, its volumes mounted where they are when it

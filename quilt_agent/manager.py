@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from quilt_agent import cgroups, copying, filetree, journal, pipes
+from quilt_agent import cgroups, copying, filetree, journal, pipes, userdb
 from quilt_agent import stdio as caller_stdio
 from quilt_agent.config import Paths
 from quilt_agent.containers import ContainerTable
@@ -223,6 +223,8 @@ class Manager:
             raise
         self._containers[container.id] = container
         self._runtime[container.id] = _Runtime()
+        if container.id_first >= 0:
+            userdb.register(container.name, container.id_first, self._paths.userdb)
         self._networks.created(container)  # addresses to the store; namespace and veths made meanwhile
         # Exported before the next await: from now on ListContainers and GetContainer return its path.
         for listener in self._listeners:
@@ -552,6 +554,8 @@ class Manager:
                 await asyncio.to_thread(filetree.remove_tree, directory)
                 # Its ids may serve another container only now: no file of its own is left with them.
                 self._ranges.release(c.id)
+                if c.id_first >= 0:
+                    userdb.unregister(c.name, c.id_first, self._paths.userdb)
             except OSError:
                 # Not a reason to keep the container: recover() removes what is left at the next start, before
                 # its range is handed out again (recover holds only the ranges of stored containers).
@@ -597,7 +601,11 @@ class Manager:
         copying.check_path(dest, "container" if into else "host")
         run = copying.copy_to if into else copying.copy_from
         first = self._get(container_id).id_first
-        await self._on_tree(container_id, lambda root: run(root, source, dest, first))
+
+        def copy(root: int) -> None:
+            with copying.as_container_root(first):
+                run(root, source, dest, first)
+        await self._on_tree(container_id, copy)
 
     async def copy_archive(self, container_id: str, into: bool, path: str, fd: int) -> None:
         """CopyToWithFd (into: a tar stream read from fd -> path in the container) and CopyFromWithFd (path ->
@@ -608,7 +616,7 @@ class Manager:
         first = self._get(container_id).id_first
 
         def run(root: int) -> None:
-            with stream:
+            with stream, copying.as_container_root(first):
                 if into:
                     copying.archive_to(root, stream, path, first)
                 else:
@@ -700,6 +708,7 @@ class Manager:
             self._containers[c.id] = c
             if c.id_first >= 0:
                 self._ranges.restore(c.id, c.id_first)
+                userdb.register(c.name, c.id_first, self._paths.userdb)  # /run was emptied by a reboot
             rt = self._runtime[c.id] = _Runtime()
             if c.state is State.REMOVING:
                 try:

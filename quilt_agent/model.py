@@ -84,7 +84,7 @@ class ContainerSpec:
     setup: tuple[str, ...] = ()
     setup_cache: bool = True
     seccomp: str = "default"  # helper/seccomp.py's filter, or "unconfined"
-    userns: str = "host"  # USERNS_MODES
+    userns: str = "auto"  # USERNS_MODES
 
 
 @dataclass(frozen=True)

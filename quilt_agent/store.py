@@ -117,9 +117,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE volumes ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;
     """,
     # 6: the first host id of the range of a container in its own user namespace (quilt_agent/userns.py); -1
-    # for one with the host's ids, as every container before was.
+    # for one with the host's ids, as every container before was: their specs say so, now that a spec without
+    # the key means a namespace of its own.
     """
     ALTER TABLE containers ADD COLUMN id_first INTEGER NOT NULL DEFAULT -1;
+    UPDATE containers SET spec = json_set(spec, '$.userns', 'host');
     """,
 )
 

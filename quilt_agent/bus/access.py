@@ -58,11 +58,14 @@ class Target:
 
 def privileged_options(spec: ContainerSpec) -> tuple[str, ...]:
     """What of a container's spec hands it the host: host paths bound in, the host's namespaces kept (through
-    /proc/1/root a process in the host's pid namespace reaches every file), no seccomp filter."""
+    /proc/1/root a process in the host's pid namespace reaches every file), no seccomp filter, the host's
+    user ids (no user namespace of its own)."""
     out = [f"bind:{m.source}" for m in map(parse_volume, spec.volumes) if m.source.startswith("/")]
     out += [f"host-{ns}" for ns in NAMESPACES if ns not in spec.namespaces]  # networks ['host'] leaves out net
     if spec.seccomp == "unconfined":
         out.append("seccomp-unconfined")
+    if spec.userns == "host":
+        out.append("host-user")  # its root is the host's root
     return tuple(out)
 
 

@@ -184,8 +184,8 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--security-opt", multiple=True, metavar="seccomp=PROFILE",
                      help="seccomp=unconfined runs without Quilt's seccomp filter (default: seccomp=default)."),
         click.option("--userns", default=None, metavar="MODE",
-                     help="auto: a user namespace with host ids of its own (root inside is no one on the host); "
-                          "host: the host's ids (the default)."),
+                     help="auto (the default): a user namespace with 65536 host ids of its own, root inside being "
+                          "no one on the host; host: the host's ids (needs the manage-privileged action)."),
         click.option("--image-path", "--image", "image_path", default=None, hidden=True),
         click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="IMAGE [--] [COMMAND [ARG...]]"),
     ]

@@ -128,7 +128,12 @@ def _bind(root_fd: int, source: str, target: str, options: list[str], userns_fd:
         if "copyup" in options and is_dir:
             _copy_up_if_new(root_fd, fd, source, id_first)
         if userns_fd >= 0:
-            idmapped_bind(source, fd, userns_fd)
+            try:
+                idmapped_bind(source, fd, userns_fd)
+            except OSError as e:
+                raise OSError(e.errno, f"the kernel refused an idmapped mount of {source} for the container's user "
+                                       f"namespace ({e.strerror}: its filesystem may not support idmapped mounts); "
+                                       "mount it into a container with --userns host, or use a named volume") from e
         else:
             mount(source, _proc(fd), None, MS_BIND | MS_REC)
     finally:

@@ -108,6 +108,12 @@ def idmapped_over(path: str, userns_fd: int) -> None:
         os.close(target)
 
 
+def set_fs_ids(uid: int, gid: int) -> None:
+    """This thread's filesystem uid and gid (setfsuid, setfsgid: per thread, unlike os.setuid)."""
+    _libc.setfsgid(gid)
+    _libc.setfsuid(uid)
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(_SYS_PIVOT_ROOT[os.uname().machine], new_root.encode(), put_old.encode()), "pivot_root")
 

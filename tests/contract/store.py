@@ -35,7 +35,7 @@ def every_field_spec(name: str) -> ContainerSpec:
         labels={"k": "v", "ünï": "cödé"}, stop_signal=15, networks=("front", "back"), aliases=("db", "db.local"),
         ip="10.89.0.9", ports=("8080:80/tcp", "127.0.0.1:53:53/udp"), volumes=("data:/data:ro", "/srv:/srv"),
         tmpfs=("/run:size=1m,mode=755",), read_only=True, anonymous_volumes=("quilt_anon1",),
-        setup=("apk: add curl",), setup_cache=False, seccomp="unconfined", userns="auto",
+        setup=("apk: add curl",), setup_cache=False, seccomp="unconfined", userns="host",
     )
 
 
@@ -59,7 +59,7 @@ class StoreContract:
 
     async def test_a_container_round_trips_with_every_spec_field(self, store: StateStore) -> None:
         c = container("web").with_(spec=every_field_spec("web"), state=State.CREATED, created_at=now_usec(),
-                                   owner_uid=1000, id_first=524288)
+                                   owner_uid=1000, id_first=524288)  # the store keeps what it is given
         assert all(getattr(c.spec, f.name) != f.default for f in dataclasses.fields(ContainerSpec)
                    if f.default is not dataclasses.MISSING)
         await store.insert_container(c)

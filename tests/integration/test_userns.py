@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ async def test_two_containers_never_share_ids_and_a_host_container_keeps_the_hos
         client: Client, busybox_tar: Path, name: str) -> None:
     one = await client.run_container(f"{name}-1", str(busybox_tar), SLEEPER, {"userns": "auto"})
     two = await client.run_container(f"{name}-2", str(busybox_tar), SLEEPER, {"userns": "auto"})
-    host = await client.run_container(f"{name}-h", str(busybox_tar), SLEEPER, {})
+    host = await client.run_container(f"{name}-h", str(busybox_tar), SLEEPER, {"userns": "host"})
     firsts = [int((await client.properties(p))["UserNamespace"].split(":")[1]) for p in (one, two)]
     assert abs(firsts[0] - firsts[1]) >= RANGE_SIZE
     props = await client.properties(host)
@@ -188,3 +189,36 @@ async def test_fifty_creates_at_once_get_fifty_ranges(client: Client, busybox_ta
     firsts = sorted([int((await client.properties(p))["UserNamespace"].split(":")[1]) for p in paths])
     assert all(b - a >= RANGE_SIZE for a, b in zip(firsts, firsts[1:])), firsts
     await asyncio.gather(*(client.remove(p) for p in paths))
+
+
+async def test_host_tools_name_a_containers_root_until_its_removal(client: Client, busybox_tar: Path,
+                                                                   name: str) -> None:
+    path = await client.run_container(name, str(busybox_tar), SLEEPER, {})  # a user namespace by default
+    props = await client.properties(path)
+    first = int(props["UserNamespace"].split(":")[1])
+    record = f"quilt-{name}-0"
+    assert subprocess.run(["getent", "passwd", record], capture_output=True, text=True).stdout.split(":")[2] == str(first)
+    assert subprocess.run(["getent", "group", str(first)], capture_output=True, text=True).stdout.startswith(record)
+    ps = subprocess.run(["ps", "-o", "user:64=", "-p", str(props["MainPID"])], capture_output=True, text=True)
+    assert ps.stdout.strip() == record
+    await client.remove(path, force=True)
+    assert subprocess.run(["getent", "passwd", record], capture_output=True).returncode == 2  # not found
+
+
+async def test_a_host_directory_whose_filesystem_refuses_idmapped_mounts_fails_the_start_by_name(
+        client: Client, busybox_tar: Path, name: str) -> None:
+    """The test host's root is an overlayfs (tests/testhost.py), which takes no idmapped mount: the container
+    does not start, rather than run with the directory's files unmapped."""
+    source = Path(f"/srv/quilt-userns-{name}")
+    source.mkdir()
+    try:
+        with pytest.raises(ClientError) as caught:
+            await client.run_container(name, str(busybox_tar), ["/bin/true"], {"volumes": [f"{source}:/data"]})
+        assert caught.value.name == ERR + "ContainerFailed", caught.value
+        assert f"refused an idmapped mount of {source}" in caught.value.message, caught.value
+        assert "--userns host" in caught.value.message
+        path = await client.run_container(f"{name}-h", str(busybox_tar), ["/bin/true"],
+                                          {"volumes": [f"{source}:/data"], "userns": "host"})
+        assert await client.wait(path) == 0
+    finally:
+        source.rmdir()

@@ -80,6 +80,8 @@ async def test_an_older_database_is_migrated_and_keeps_its_containers(tmp_path: 
     assert await s.schema_version() == len(MIGRATIONS)
     (c,) = await s.containers()
     assert (c.name, c.state, c.exit_code, c.spec.networks, c.setup_image) == ("old", State.EXITED, 3, ("none",), "")
+    # It ran with the host's ids, as every container did then: not a user namespace it never had.
+    assert (c.spec.userns, c.id_first, c.owner_uid) == ("host", -1, 0)
     await s.close()
     with sqlite3.connect(tmp_path / "q.db") as db:
         versions = [v for (v,) in db.execute("SELECT version FROM schema_migrations ORDER BY version")]
