@@ -373,9 +373,13 @@ class Manager:
         or where the monitor is to pack their result for the cache ("" = not cached)."""
         if not c.spec.setup or not c.spec.setup_cache:
             return None, ""
-        cached = await self._images.setup_image(setup_cache_key(image.id, c.spec.user, c.spec.setup))
+        cached = await self._images.setup_image(setup_cache_key(image.id, c.spec.user, c.spec.setup, c.owner_uid))
         if cached is not None:
             return cached, ""
+        if await asyncio.to_thread(_has_files, self._paths.container(c.id) / "upper"):
+            # Files copied in before the steps ran, or left by an earlier start: not the steps' result alone.
+            log.info("The setup of container %s is not cached: its layer has files from before its steps", c.name)
+            return None, ""
         layer = self._paths.container(c.id) / "setup-layer.tar"
         layer.unlink(missing_ok=True)
         return None, str(layer)
@@ -393,7 +397,7 @@ class Manager:
             if done.error:
                 log.warning("The setup of container %s is not cached: %s", c.name, done.error)
                 return
-            key = setup_cache_key(image.id, c.spec.user, c.spec.setup)
+            key = setup_cache_key(image.id, c.spec.user, c.spec.setup, c.owner_uid)
             if await self._images.setup_image(key) is None:  # another container's may have landed meanwhile
                 await self._images.commit_setup(image, layer, key, c.spec.setup, c.owner_uid)
         except Exception:  # noqa: BLE001 - the cache is an optimisation: the container runs on regardless
@@ -781,6 +785,11 @@ class Manager:
         for listener in self._listeners:
             listener.container_changed(c)
         return c
+
+
+def _has_files(directory: Path) -> bool:
+    with os.scandir(directory) as it:
+        return next(it, None) is not None
 
 
 def _make_directories(directory: Path) -> None:

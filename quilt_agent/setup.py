@@ -106,9 +106,11 @@ def parse_option(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def cache_key(image_id: str, user: str, steps: tuple[str, ...]) -> str:
-    """What a cached setup result is found by: the same image, user and steps give the same result."""
-    doc = json.dumps({"image": image_id, "user": user, "setup": list(steps)}, sort_keys=True)
+def cache_key(image_id: str, user: str, steps: tuple[str, ...], owner_uid: int) -> str:
+    """What a cached setup result is found by: the same image, user and steps give the same result, for the same
+    owner only. A result is what its container's environment, volumes and callers made of the steps (a secret in
+    the environment written to a file, a program copied in): one owner's never serves another's containers."""
+    doc = json.dumps({"image": image_id, "user": user, "setup": list(steps), "owner": owner_uid}, sort_keys=True)
     return hashlib.sha256(doc.encode()).hexdigest()
 
 

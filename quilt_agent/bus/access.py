@@ -9,9 +9,10 @@ polkit details of a Target (action.lookup() in a rule; all strings):
     id: the object's full id ("" for an object that does not exist, or not yet)
     owner_uid: the uid that created it (an image: that first brought its content into the store; "" for an
         object not there); caller_is_owner: "true" or "false"
-    names (images): every tag, comma-separated
+    names (images): every tag, comma-separated; setup_base: for a setup cache image (a container's setup result,
+        which may hold what its environment held), the id of the image its steps ran on, else ""
     a container's: image, image_id, networks (its named networks, or its mode: none, host, container:ID),
-        volumes (named volumes), ports (published), privileged (the options that hand it the host, comma-separated,
+        volumes (named volumes), ports (published), aliases (its other names on its networks), privileged (the options that hand it the host, comma-separated,
         see privileged_options)
 """
 from __future__ import annotations
@@ -25,10 +26,12 @@ from quilt_agent.manager import CreatePlan, Manager
 from quilt_agent.model import NAMESPACES, Container, ContainerSpec
 from quilt_agent.network.core import Networks
 from quilt_agent.network.model import Network
+from quilt_agent.network.options import ports_of
 from quilt_agent.volume_options import Volume, named_volumes, parse_volume
 from quilt_agent.volumes import Volumes
 
 NO_OWNER = -1
+PRIVILEGED_PORTS = 1024  # the kernel's default ip_unprivileged_port_start
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,16 @@ def privileged_options(spec: ContainerSpec) -> tuple[str, ...]:
         out.append("seccomp-unconfined")
     if spec.userns == "host":
         out.append("host-user")  # its root is the host's root
+    # A host port below 1024 is one only the host's root may listen on (sshd's, a print server's): the agent binds
+    # it as root for the container.
+    out += [f"port:{m}" for m in ports_of(spec.ports) if m.host_port < PRIVILEGED_PORTS]
     return tuple(out)
 
 
 def _spec_details(spec: ContainerSpec) -> tuple[tuple[str, str], ...]:
     return (("image", spec.image), ("image_id", spec.image_id), ("networks", ",".join(spec.networks)),
             ("volumes", ",".join(named_volumes(spec.volumes))), ("ports", ",".join(spec.ports)),
+            ("aliases", ",".join(spec.aliases)),
             ("privileged", ",".join(privileged_options(spec))))
 
 
@@ -86,7 +93,7 @@ def new_container(plan: CreatePlan) -> Target:
 
 def image(img: Image) -> Target:
     return Target("image", img.names[0] if img.names else img.id, img.id, img.owner_uid,
-                  more=(("names", ",".join(img.names)), ("digest", img.digest)))
+                  more=(("names", ",".join(img.names)), ("digest", img.digest), ("setup_base", img.setup_base)))
 
 
 def network(n: Network) -> Target:

@@ -27,7 +27,7 @@ from typing import Awaitable, Protocol
 
 from quilt_agent.config import Paths
 from quilt_agent.errors import (
-    ContainerFailed, InvalidArgument, QuiltError, NetworkInUse, NetworkNameInUse, NoSuchNetwork, NotRunning, PortInUse,
+    AccessDenied, ContainerFailed, InvalidArgument, QuiltError, NetworkInUse, NetworkNameInUse, NoSuchNetwork, NotRunning, PortInUse,
 )
 from quilt_agent.containers import ContainerTable
 from quilt_agent.model import Container, State, new_id, now_usec
@@ -317,6 +317,7 @@ class Networks:
             self._members[c.id] = member
             return c
         networks = [self.get(name) for name in spec.networks]
+        self._check_names(c, networks)
         try:
             for position, network in enumerate(networks):
                 address = self._ipam.take(network, c.id, spec.ip if position == 0 else "")
@@ -338,6 +339,23 @@ class Networks:
         for network in networks:
             self._changed(network.id)
         return c
+
+    def _check_names(self, c: Container, networks: list[Network]) -> None:
+        """A name on a network answers with every container that has it: an alias that another owner's container
+        has (as its name or an alias) on a network it would share with it would take part of that container's
+        traffic. Aliases among one owner's containers stay shared, as Podman's do."""
+        wanted = {c.spec.name.lower(), *c.spec.aliases}
+        for network in networks:
+            for other_id, m in self._members.items():
+                other = self._containers.get(other_id)
+                if other is None or other.owner_uid == c.owner_uid:
+                    continue
+                if not any(a.network_id == network.id for a in m.attachments):
+                    continue
+                taken = sorted(wanted & {m.name.lower(), *m.aliases})
+                if taken:
+                    raise AccessDenied(f"The name '{taken[0]}' on network '{network.name}' is another owner's "
+                                       "container's: choose another alias")
 
     def _register_names(self, container_id: str, m: _Member) -> None:
         for a in m.attachments:

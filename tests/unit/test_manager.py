@@ -435,6 +435,20 @@ async def create_on(core: Core, command: list[str], name: str = "", **options: o
     return await core.manager.create(await core.manager.prepare(name, "tiny", command, dict(options)))
 
 
+
+async def test_an_alias_may_not_take_another_owners_name_on_a_shared_network(core: Core) -> None:
+    await core.networks.create("back", {})
+    await core.manager.create(await core.manager.prepare("db", "tiny", ["true"], {"networks": ["back"]}, 0))
+    plan = await core.manager.prepare("spy", "tiny", ["true"], {"networks": ["back"], "aliases": ["db"]}, 1000)
+    with pytest.raises(AccessDenied, match="The name 'db' on network 'back' is another owner's"):
+        await core.manager.create(plan)
+    assert [c.name for c in core.manager.list()] == ["db"] and core.networks.lookup(
+        core.networks.get("back").id, "db") == [core.networks.addresses(core.manager.get("db").id)[0][1]]
+    # The same owner's containers share an alias, as Podman's do; another network is another namespace of names.
+    await core.manager.create(await core.manager.prepare("db2", "tiny", ["true"], {"networks": ["back"],
+                                                                                   "aliases": ["db"]}, 0))
+    await core.manager.create(await core.manager.prepare("spy", "tiny", ["true"], {"aliases": ["db"]}, 1000))
+
 def links_of(core: Core, container_id: str) -> list[str]:
     """The host's links that are the container's: by its veth names, or by its alias."""
     return [name for name, link in core.kernel.host.links.items()

@@ -56,12 +56,12 @@ def test_manager_environment_fills_gaps_and_the_containers_values_win() -> None:
     assert setup.parse("sh: x").environment({"A": "1"}) == {"A": "1"}
 
 
-def test_cache_key_depends_on_image_user_and_steps_in_order() -> None:
-    key = setup.cache_key("img", "", ("sh: a", "sh: b"))
-    assert key == setup.cache_key("img", "", ("sh: a", "sh: b"))
-    others = {setup.cache_key("img2", "", ("sh: a", "sh: b")), setup.cache_key("img", "1000", ("sh: a", "sh: b")),
-              setup.cache_key("img", "", ("sh: b", "sh: a"))}
-    assert key not in others and len(others) == 3
+def test_cache_key_depends_on_image_user_steps_in_order_and_owner() -> None:
+    key = setup.cache_key("img", "", ("sh: a", "sh: b"), 0)
+    assert key == setup.cache_key("img", "", ("sh: a", "sh: b"), 0)
+    others = {setup.cache_key("img2", "", ("sh: a", "sh: b"), 0), setup.cache_key("img", "1000", ("sh: a", "sh: b"), 0),
+              setup.cache_key("img", "", ("sh: b", "sh: a"), 0), setup.cache_key("img", "", ("sh: a", "sh: b"), 1000)}
+    assert key not in others and len(others) == 4
 
 
 def test_setup_identifier_can_never_be_a_container_name() -> None:

@@ -19,7 +19,7 @@ def test_a_containers_details_name_it_canonically_with_its_owner_and_references(
     assert target.details(1000) == {
         "kind": "container", "container": "web", "id": "cd" * 32, "owner_uid": "1000", "caller_is_owner": "true",
         "image": "debian:12", "image_id": "ab" * 32, "networks": "front,back", "volumes": "data,cache",
-        "ports": "8080:80/tcp", "privileged": "bind:/srv"}
+        "ports": "8080:80/tcp", "aliases": "", "privileged": "bind:/srv"}
     assert target.details(1001)["caller_is_owner"] == "false"
     assert str(target) == "container 'web'"
 
@@ -30,7 +30,8 @@ def test_an_images_details_name_every_tag_and_its_owner() -> None:
                   source="/srv/app.tar", owner_uid=1000)
     assert access.image(image).details(1000) == {
         "kind": "image", "image": "localhost/app:v1", "id": "ef" * 32, "owner_uid": "1000",
-        "caller_is_owner": "true", "names": "localhost/app:v1,localhost/app:v2", "digest": "sha256:" + "01" * 32}
+        "caller_is_owner": "true", "names": "localhost/app:v1,localhost/app:v2", "digest": "sha256:" + "01" * 32,
+        "setup_base": ""}
 
 
 def test_what_does_not_exist_has_no_id_and_no_owner() -> None:
@@ -45,6 +46,8 @@ def test_what_does_not_exist_has_no_id_and_no_owner() -> None:
     ({"namespaces": tuple(n for n in NAMESPACES if n != "net"), "networks": ("host",)}, ("host-net",)),
     ({"namespaces": tuple(n for n in NAMESPACES if n not in ("pid", "ipc"))}, ("host-pid", "host-ipc")),
     ({"seccomp": "unconfined"}, ("seccomp-unconfined",)),
+    ({"userns": "host"}, ("host-user",)),
+    ({"ports": ("80:8080/tcp", "8080:80/tcp", "127.0.0.1:631:80/tcp")}, ("port:80:8080/tcp", "port:127.0.0.1:631:80/tcp")),
 ])
 def test_privileged_options_are_those_that_hand_the_host_to_the_container(changes: dict, expected: tuple) -> None:
     assert access.privileged_options(replace(SPEC, **changes)) == expected
