@@ -15,6 +15,7 @@ import asyncio
 import functools
 import inspect
 import logging
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from dbus_fast import DBusError
@@ -173,7 +174,11 @@ def guarded(action: str = MANAGE, verb: str = "", subject: str = "", subject_arg
             try:
                 with lifecycle.CALLS.call():  # an import, a copy, an exec under way keeps the agent from exiting
                     if action not in (PUBLIC, BY_METHOD):
-                        await self.authority.check(action, what, about(self, args))
+                        target = about(self, args)
+                        if what == "create" and target is not None and not target.exists:
+                            # What the call would make is the caller's: a rule on owners reads it so.
+                            target = replace(target, owner_uid=(await self.authority.credentials()).uid)
+                        await self.authority.check(action, what, target)
                     return await fn(self, *args)
             except asyncio.CancelledError:
                 if _stopping.is_set():

@@ -36,6 +36,9 @@ class Recording:
     async def is_root(self) -> bool:
         return self.root
 
+    async def credentials(self) -> Any:
+        return type("Credentials", (), {"uid": 1000, "pid": 7})()
+
 
 class Volumes(GuardedInterface):
     """A Manager-like interface whose volumes are known by id and by name."""
@@ -55,6 +58,10 @@ class Volumes(GuardedInterface):
 
     @guarded(BY_METHOD)
     async def create(self, name: str) -> None:
+        self.removed.append(name)
+
+    @guarded(MANAGE, "create", subject="volume")
+    async def make(self, name: str) -> None:
         self.removed.append(name)
 
 
@@ -90,6 +97,13 @@ async def test_a_method_that_authorizes_itself_is_not_asked_about_by_the_guard()
     await Volumes(authority).create("x")
     assert authority.asked == []
 
+
+async def test_what_a_create_would_make_is_asked_about_as_the_callers() -> None:
+    authority = Recording()
+    await Volumes(authority).make("fresh")
+    [(_, verb, target)] = authority.asked
+    assert (verb, target.name, target.exists, target.owner_uid) == ("create", "fresh", False, 1000)
+    assert target.details(1000)["caller_is_owner"] == "true"
 
 def _container(name: str) -> Container:
     return Container(id=name * 8, spec=ContainerSpec(name=name, image="i", image_id="0", command=("true",)))
