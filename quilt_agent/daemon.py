@@ -60,7 +60,7 @@ async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float
     relay.describe_with(interface.describe_signal, interface.progress_addressee)
     bus.relay = relay
     bus.export(MANAGER_PATH, interface)
-    interface.export_existing()
+    await interface.export_existing()
     bus.add_message_handler(interface.unknown_container)
     bus.add_message_handler(interface.unknown_network)
     bus.add_message_handler(interface.unknown_image)

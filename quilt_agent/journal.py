@@ -6,6 +6,7 @@ in the data path and `journalctl -u quilt-NAME.scope` shows every line.
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,17 @@ def match(reader: Any, unit: str, identifier: str = "") -> None:
         reader.add_match(_SYSTEMD_UNIT=unit, SYSLOG_IDENTIFIER=identifier)
     else:
         reader.add_match(_SYSTEMD_UNIT=unit)
+
+
+def synchronize() -> None:
+    """Wait until journald has stored every line written to it before this call (`journalctl --sync`): a stream's
+    last lines may still be in journald's socket buffer when its writer exits. Blocking: call it in a worker
+    thread. A failure (no journalctl, a stuck journald) is not one: the read then shows what is stored."""
+    try:
+        subprocess.run(["journalctl", "--sync"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "") -> list[LogLine]:

@@ -130,10 +130,6 @@ class ImageMethods:
         self._jobs: dict[str, str] = {}
         images.subscribe(self)
 
-    def export_images(self) -> None:
-        for image in self._images.list():
-            self._export_image(image)
-
     def _export_image(self, image: Image) -> None:
         config = self._images.store.config_bytes(image).decode()
         obj = ImageInterface(image, config, self.authority)

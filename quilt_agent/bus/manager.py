@@ -1,5 +1,7 @@
 """org.quilt.Runtime.Manager on /org/quilt/Runtime, and the export of one object per container."""
-from typing import Any
+import asyncio
+import functools
+from typing import Any, Callable
 
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -28,6 +30,9 @@ from quilt_agent.bus.polkit import HOST, MANAGE, PRIVILEGED, Authority
 from quilt_agent.errors import InvalidArgument, NoSuchContainer, QuiltError
 from quilt_agent.manager import CreatePlan
 from quilt_agent.model import Container
+
+
+EXPORTS_PER_PAUSE = 16
 
 
 def _unwrap(options: dict[str, Variant]) -> dict[str, Any]:
@@ -64,12 +69,18 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
 
     # --- events from the manager: export objects, emit signals -----------------------------------
 
-    def export_existing(self) -> None:
-        self.export_networks()
-        self.export_images()
-        self.export_volumes()
-        for c in self._manager.list():
-            self._export(c)
+    async def export_existing(self) -> None:
+        """Every object the services know, exported before the name is taken. Each export sends its
+        InterfacesAdded: a pause every few objects keeps hundreds of them from holding the loop at once."""
+        exports: list[Callable[[], None]] = [
+            *(functools.partial(self._export_network, n) for n in self._networks.list()),
+            *(functools.partial(self._export_image, i) for i in self._images.list()),
+            *(functools.partial(self._export_volume, v) for v in self._volumes.list()),
+            *(functools.partial(self._export, c) for c in self._manager.list())]
+        for done, export in enumerate(exports, 1):
+            export()
+            if done % EXPORTS_PER_PAUSE == 0:
+                await asyncio.sleep(0)
 
     def _export(self, c: Container) -> None:
         obj = ContainerInterface(c.id, self._manager, self._networks, self.authority, self._bus)

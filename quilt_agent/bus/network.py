@@ -142,10 +142,6 @@ class NetworkMethods(ServiceInterface):
         self._network_objects: dict[str, NetworkInterface] = {}
         networks.subscribe(self)
 
-    def export_networks(self) -> None:
-        for n in self._networks.list():
-            self._export_network(n)
-
     def _export_network(self, n: Network) -> None:
         obj = NetworkInterface(n.id, self._networks, self._network_removal, self.authority, self.resolve)
         obj.last = properties(self._networks, n)

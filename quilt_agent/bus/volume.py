@@ -119,10 +119,6 @@ class VolumeMethods(ServiceInterface):
         self._volume_objects: dict[str, VolumeInterface] = {}
         volumes.subscribe(self)
 
-    def export_volumes(self) -> None:
-        for v in self._volumes.list():
-            self._export_volume(v)
-
     def _export_volume(self, v: Volume) -> None:
         obj = VolumeInterface(v, self._volumes, self._volume_removal, self.authority, self.resolve)
         self._volume_objects[v.id] = obj

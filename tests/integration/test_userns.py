@@ -59,6 +59,7 @@ async def test_root_inside_cannot_do_what_needs_the_hosts_root(client: Client, b
     path = await client.run_container(name, str(busybox_tar), SLEEPER, {"userns": "auto"})
     script = ("mount -t tmpfs x /mnt 2>/dev/null && echo mounted; hostname other 2>/dev/null && echo renamed; "
               "ip link set lo down 2>/dev/null && echo down; cat /proc/1/root/etc/shadow 2>/dev/null | head -1; "
+              "unshare -U true 2>/dev/null && echo unshared; unshare -m true 2>/dev/null && echo unshared; "
               "echo done")
     out = await client.exec(path, ["/bin/sh", "-c", script])
     assert out.stdout.decode().split() == ["done"], out

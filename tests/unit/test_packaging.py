@@ -22,7 +22,7 @@ CONTROL = (PROJECT / "debian/control").read_text()
 # What the code needs from outside Python's standard library, and the Debian package that gives it.
 MODULE_PACKAGES = {"click": "python3-click", "rich": "python3-rich", "dnslib": "python3-dnslib",
                    "systemd": "python3-systemd"}
-PROGRAM_PACKAGES = {"nft": "nftables", "zstd": "zstd"}
+PROGRAM_PACKAGES = {"nft": "nftables", "zstd": "zstd", "journalctl": "systemd"}
 LIBRARY_PACKAGES = {"libseccomp.so.2": "libseccomp2"}
 # Run by the package's own scripts and needed of every host Quilt runs on (debian/control says why not others).
 ALWAYS = {"systemd", "dbus", "polkitd", "python3"}
