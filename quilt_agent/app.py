@@ -10,13 +10,12 @@ import asyncio
 from dataclasses import dataclass
 
 from quilt_agent import userns
-from quilt_agent.config import Paths
+from quilt_agent.config import Paths, config_path
 from quilt_agent.containers import ContainerTable
 from quilt_agent.helper.forkserver import ForkServer
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import ImageStore
 from quilt_agent.manager import Manager
-from quilt_agent.network import config as network_config
 from quilt_agent.network.core import Networks
 from quilt_agent.removal import Removal
 from quilt_agent.scopes import ScopeManager
@@ -42,7 +41,7 @@ async def build(paths: Paths, store: StateStore, scopes: ScopeManager, zygote: F
     images = Images(image_store, containers)
     volumes = Volumes(paths.volumes, store, containers)
     networks = Networks(paths, store, containers)
-    ranges = userns.Ranges(userns.load_pool(network_config.config_path()), await asyncio.to_thread(userns.host_owned))
+    ranges = userns.Ranges(userns.load_pool(config_path()), await asyncio.to_thread(userns.host_owned))
     manager = Manager(paths, store, scopes, zygote, containers, images, networks, volumes, ranges)
     stored = await store.containers()
     await volumes.load()

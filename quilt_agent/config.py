@@ -1,9 +1,35 @@
-"""Where Quilt keeps things. One place, so tests and packaging agree."""
+"""Where Quilt keeps things, and its settings file. One place, so tests and packaging agree."""
 from __future__ import annotations
 
+import logging
 import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("quilt.config")
+
+CONFIG_FILE = Path("/etc/quilt/quilt.conf")
+
+
+def config_path() -> Path:
+    """The agent's settings (TOML); QUILT_CONFIG names another file (tests)."""
+    return Path(os.environ.get("QUILT_CONFIG", str(CONFIG_FILE)))
+
+
+def read_table(path: Path, table: str) -> dict[str, Any]:
+    """One table of the settings file; {} when the file is missing, or (logged) unreadable: a typo never keeps
+    the agent, and its running containers' management, from starting."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f).get(table, {})
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        log.error("ignoring %s: %s", path, e)
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ comes back to the pool only once the container's files are gone.
 from __future__ import annotations
 
 import logging
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from quilt_agent.config import read_table
 from quilt_agent.errors import InvalidArgument, ResourceExhausted
 
 log = logging.getLogger("quilt.userns")
@@ -77,14 +77,7 @@ def parse_pool(text: str) -> Pool:
 def load_pool(path: Path) -> Pool:
     """The [userns] pool of the agent's configuration file; the default when it has none. A bad value is
     logged and the default used, as for the other tables: a typo never keeps the agent from starting."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f).get("userns", {})
-    except FileNotFoundError:
-        return Pool()
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        log.error("ignoring %s: %s", path, e)
-        return Pool()
+    data = read_table(path, "userns")
     if "pool" not in data:
         return Pool()
     try:

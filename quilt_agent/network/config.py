@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from quilt_agent.config import config_path, read_table
 from quilt_agent.errors import InvalidArgument
 from quilt_agent.network.model import DEFAULT_SUBNET, parse_subnet
 
 log = logging.getLogger("quilt.network")
 
-CONFIG_FILE = Path("/etc/quilt/quilt.conf")
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 HOST_HOSTS = Path("/etc/hosts")
 
@@ -33,20 +31,9 @@ class NetworkConfig:
     dns_servers: tuple[str, ...] = ()  # empty: the host's resolv.conf
 
 
-def config_path() -> Path:
-    return Path(os.environ.get("QUILT_CONFIG", str(CONFIG_FILE)))
-
-
 def load(path: Path | None = None) -> NetworkConfig:
     path = path or config_path()
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f).get("network", {})
-    except FileNotFoundError:
-        return NetworkConfig()
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        log.error("ignoring %s: %s", path, e)
-        return NetworkConfig()
+    data = read_table(path, "network")
     config = NetworkConfig()
     try:
         if "default_subnet" in data:

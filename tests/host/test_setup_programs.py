@@ -40,7 +40,7 @@ PROGRAMS = (
     "/lib/systemd/systemd", "systemctl", "systemd-run", "systemd-analyze", "journalctl", "busctl", "gdbus",
     "pkaction",
     # namespaces, users, mounts
-    "unshare", "nsenter", "setpriv", "setsid", "mount", "umount", "findmnt", "hostname", "sysctl",
+    "unshare", "nsenter", "setpriv", "setsid", "mount", "umount", "findmnt", "hostname", "sysctl", "getent", "ps",
     # networking
     "ip", "ss", "nft", "ping", "ldd", "ldconfig", "busybox", "/bin/busybox",
     # images and archives

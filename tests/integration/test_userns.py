@@ -11,6 +11,7 @@ import pytest
 
 from quilt_agent.client import Client, ClientError
 from quilt_agent.userns import RANGE_SIZE
+from tests.integration.terminal import exec_on_a_terminal
 
 ERR = "org.quilt.Runtime.Error."
 SLEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"]
@@ -127,19 +128,7 @@ async def test_a_terminal_exec_and_a_low_published_port_work_inside(client: Clie
     path = await client.run_container(name, str(busybox_tar),
                                       ["/bin/sh", "-c", "echo hi > /i; exec httpd -f -p 80 -h /"],
                                       {"userns": "auto", "ports": ["8089:80/tcp"]})
-    master, slave = os.openpty()
-    try:
-        script = "test -t 0 && echo tty"
-        code = await client.exec_with_fds(path, ["/bin/sh", "-c", script], {"tty": True}, slave, slave, slave)
-        os.close(slave)
-        out = ""
-        while True:  # to EIO: every slave is closed once the command has ended and ours is
-            try:
-                out += (await asyncio.to_thread(os.read, master, 65536)).decode()
-            except OSError:
-                break
-    finally:
-        os.close(master)
+    code, out = await exec_on_a_terminal(client, path, "test -t 0 && echo tty")
     assert code == 0 and out.replace("\r", "").split() == ["tty"], out
     # The terminals made inside belong to its tty group (5): the mount's option, in host ids.
     props = await client.properties(path)

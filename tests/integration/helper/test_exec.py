@@ -18,6 +18,7 @@ from dbus_fast.aio import MessageBus
 from quilt_agent import cgroups
 from quilt_agent.client import Client, ClientError
 from tests.integration.bus.test_polkit import USERS, run_as
+from tests.integration.terminal import exec_on_a_terminal
 
 ERR = "org.quilt.Runtime.Error."
 BUS_NAME = "org.quilt.Runtime"
@@ -168,21 +169,9 @@ async def test_exec_with_fds_reads_and_writes_the_callers_descriptors(client: Cl
 
 
 async def test_exec_with_fds_tty_gives_a_controlling_terminal(client: Client, running: str) -> None:
-    master, slave = os.openpty()
-    try:
-        # The session's own terminal: its process group is the foreground one, so a ^C from the master reaches it.
-        script = "test -t 0 && echo tty; echo term=$TERM; stty size; cat /proc/self/stat | cut -d' ' -f6,8"
-        code = await client.exec_with_fds(running, ["/bin/sh", "-c", script], {"tty": True}, slave, slave, slave)
-        os.close(slave)
-        out = ""
-        while True:  # to EIO: every slave is closed once the command has ended and ours is
-            try:
-                chunk = await asyncio.to_thread(os.read, master, 65536)
-            except OSError:
-                break
-            out += chunk.decode()
-    finally:
-        os.close(master)
+    # The session's own terminal: its process group is the foreground one, so a ^C from the master reaches it.
+    code, out = await exec_on_a_terminal(
+        client, running, "test -t 0 && echo tty; echo term=$TERM; stty size; cat /proc/self/stat | cut -d' ' -f6,8")
     assert code == 0
     lines = out.replace("\r", "").splitlines()
     assert lines[:2] == ["tty", "term=xterm"]
