@@ -9,7 +9,7 @@ import signal
 from dbus_fast import BusType, Message, RequestNameReply
 from systemd import daemon as sd_daemon
 
-from quilt_agent import __version__, app, lifecycle
+from quilt_agent import __version__, app, lifecycle, loopcheck
 from quilt_agent.bus import caller, guard
 from quilt_agent.bus.manager import ManagerInterface
 from quilt_agent.bus.names import BUS_NAME, MANAGER_PATH
@@ -90,6 +90,7 @@ async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float
     loop.add_reader(zygote_fd, zygote_died)
 
     # Recovery is done and the name is owned: calls queued by the activation are being answered.
+    loopcheck.serving()
     known = manager.list()
     sd_daemon.notify(f"READY=1\nSTATUS={len(known)} containers known")
     log.info("quilt-agent %s ready on %s, %d containers known", __version__, BUS_NAME, len(known))

@@ -25,7 +25,9 @@ def blocking_callback() -> None:
     time.sleep(0.05)
 
 
-async def schedule_a_blocking_callback() -> int:
+async def schedule_a_blocking_callback(serving: bool = True) -> int:
+    if serving:
+        loopcheck.serving()
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     loop.call_soon(lambda: (blocking_callback(), done.set_result(7)))
@@ -40,6 +42,17 @@ def test_a_callback_over_the_threshold_is_logged_by_name(caplog: pytest.LogCaptu
         logging.captureWarnings(False)
     slow = [r.getMessage() for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()]
     assert len(slow) == 1 and slow[0].startswith("Executing <Handle schedule_a_blocking_callback.<locals>.<lambda>()")
+
+
+def test_before_the_agent_serves_only_a_callback_over_the_start_up_bound_is_reported(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    try:
+        assert loopcheck.run(schedule_a_blocking_callback(serving=False), 0.02) == 7
+    finally:
+        logging.captureWarnings(False)
+    assert not [r for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()]
+    assert loopcheck.STARTING_SECONDS > 0.05
 
 
 def test_without_a_threshold_nothing_is_reported(caplog: pytest.LogCaptureFixture) -> None:
