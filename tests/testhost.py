@@ -19,7 +19,7 @@ and the packaged agent are what runs. --bare installs nothing of Quilt.
 
 Either way quilt-agent.service gets a drop-in that runs the agent's event loop in asyncio's debug mode
 (QUILT_LOOP_CHECK=MS, quilt_agent/loopcheck.py): it logs every callback that holds the loop longer than MS
-(default 50; 0: off), and the integration suite fails the test during which one did
+(default 100; 0: off), and the integration suite fails the test during which one did
 (tests/integration/loopcheck.py, told MS in QUILT_TESTHOST_LOOP_CHECK).
 
 Only the standard library is used: this runs before the project's venv exists.
@@ -44,7 +44,10 @@ CGROUP_PREFIX = "quilt-testhost-"
 TARGET = "quilt-testhost.target"
 CONSOLE = "/run/quilt-testhost-console.log"
 BOOT_TIMEOUT = 30.0
-LOOP_CHECK_MS = 50
+# Debug mode records where every task and future was made: on a loaded 2-core CI host, plain steps (a polkit
+# check's, a bus object's export) reached 50 ms with nothing blocking in them. The blocking calls found so far
+# took 100 ms and more there (forking nft from the loop, a lock held across an fsync).
+LOOP_CHECK_MS = 100
 LOOP_CHECK_DROPIN = "etc/systemd/system/quilt-agent.service.d/50-testhost-loop-check.conf"
 
 # Units that would change machine-wide state (sysctls, binfmt, modules, the
