@@ -43,8 +43,19 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
     syscalls.set_process_name(f"quilt-mon {spec.name}")  # what ps and top show
     me = os.getpid()
     born = start_time(me)
+    # The user namespace is made here, in the host's pid namespace, where its child is found by its pid; a failure
+    # is the init's to report, as every setup failure is.
+    userns_fd, userns_error = -1, ""
+    if spec.id_map:
+        try:
+            userns_fd = userns.make(spec.id_map)
+        except SetupError as e:
+            userns_error = str(e)
     namespaces.unshare_pid(spec.namespaces)
-    init = process.fork_gated(agent, lambda go_read, err_write: _container_init(spec, go_read, err_write, stdio))
+    init = process.fork_gated(agent, lambda go_read, err_write: _container_init(
+        spec, go_read, err_write, stdio, userns_fd, userns_error))
+    if userns_fd >= 0:
+        os.close(userns_fd)  # the init's
     pid, go_write, err_read = init.pid, init.go_write, init.err_read
     for fd in stdio or ():
         os.close(fd)  # the init's alone: the caller sees the end of its pipes or terminal when the container ends
@@ -150,13 +161,15 @@ def _record_exit(exit_file: str, status: int, reason: str, failed: bool = False)
     os.rename(tmp, exit_file)
 
 
-def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[int] | None = None) -> None:
+def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[int] | None = None,
+                    userns_fd: int = -1, userns_error: str = "") -> None:
     """The container's first process, until exec. Reports failure as 'CODE reason' on err_write."""
     try:
         # Not dumpable until its exec: the setup steps and execs run beside it in the container while it holds
         # its pipes to the monitor. And what it inherited goes: 0-2 were the agent's own journal stream.
         process.make_undumpable()
-        process.close_fds_except((0, 1, 2, go_read, err_write, *(stdio or ())))
+        kept = (userns_fd,) if userns_fd >= 0 else ()
+        process.close_fds_except((0, 1, 2, go_read, err_write, *(stdio or ()), *kept))
         null = os.open("/dev/null", os.O_RDWR)
         for fd in {0, 1, 2} - {null, *(stdio or ())}:
             os.dup2(null, fd)
@@ -175,7 +188,8 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
         namespaces.unshare_early(tuple(n for n in spec.namespaces if n != "net") if spec.netns else spec.namespaces)
         if "net" in spec.namespaces and not spec.netns:
             namespaces.allow_ping()  # before the rootfs: /proc/sys is read-only in it
-        userns_fd = userns.make(spec.id_map) if spec.id_map else -1
+        if spec.id_map and userns_fd < 0:
+            raise SetupError(userns_error)
         if userns_fd >= 0 and "net" in spec.namespaces:
             userns.allow_low_ports()  # before the rootfs, as allow_ping
         try:
