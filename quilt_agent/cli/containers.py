@@ -333,9 +333,11 @@ def _for_each(
     ctx: click.Context,
     containers: Sequence[str],
     action: Callable[[Client, str, str], Awaitable[str | None]],
+    together: bool = False,
 ) -> None:
-    """Apply `action(client, path, name)` to each container in turn, as Podman does: print what it returns,
-    report each failure on its own line, go on with the rest, and end with 125 if any failed."""
+    """Apply `action(client, path, name)` to each container, in turn or (together) all at once, as Podman does:
+    print what it returns as each ends, report each failure on its own line, go on with the rest, and end with
+    125 if any failed."""
 
     async def body(client: Client) -> bool:
         async def one(name: str) -> None:
@@ -343,7 +345,7 @@ def _for_each(
             if result is not None:
                 click.echo(result)
 
-        return (await each(containers, one))[1]
+        return (await each(containers, one, together))[1]
 
     if not with_client(ctx, body):
         ctx.exit(125)
@@ -362,6 +364,10 @@ def start(ctx: click.Context, containers: tuple[str, ...]) -> None:
     _for_each(ctx, containers, action)
 
 
+async def _running_names(client: Client) -> list[str]:
+    return [e.name for e in await client.list_containers() if e.state == "running"]
+
+
 @click.command()
 @click.option(
     "-t",
@@ -371,10 +377,13 @@ def start(ctx: click.Context, containers: tuple[str, ...]) -> None:
     default=None,
     help="Seconds to wait before SIGKILL (default: the container's stop timeout; 0 kills at once).",
 )
-@click.argument("containers", nargs=-1, required=True)
+@click.option("-a", "--all", "every", is_flag=True, help="Stop every running container.")
+@click.argument("containers", nargs=-1)
 @click.pass_context
-def stop(ctx: click.Context, timeout: int | None, containers: tuple[str, ...]) -> None:
-    """Stop one or more containers: SIGTERM, then SIGKILL after the timeout."""
+def stop(ctx: click.Context, timeout: int | None, every: bool, containers: tuple[str, ...]) -> None:
+    """Stop one or more containers, all at once: their stop signal, then SIGKILL after the timeout."""
+    if every == bool(containers):
+        raise click.UsageError("name the containers to stop, or give -a for every running one")
 
     async def action(client: Client, path: str, name: str) -> str:
         if timeout == 0:
@@ -390,7 +399,9 @@ def stop(ctx: click.Context, timeout: int | None, containers: tuple[str, ...]) -
             await client.stop(path, timeout or 0)
         return name
 
-    _for_each(ctx, containers, action)
+    if every:
+        containers = tuple(with_client(ctx, _running_names))
+    _for_each(ctx, containers, action, together=True)
 
 
 @click.command()
@@ -420,7 +431,7 @@ def rm(ctx: click.Context, force: bool, containers: tuple[str, ...]) -> None:
         await client.remove(path, force)
         return name
 
-    _for_each(ctx, containers, action)
+    _for_each(ctx, containers, action, together=force)  # with force, running ones are killed at once
 
 
 # The original CLI's name for rm.

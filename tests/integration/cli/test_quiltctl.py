@@ -299,6 +299,29 @@ def test_journalctl_shows_a_containers_output_to_the_admin(image: str, name: str
     assert entry["MESSAGE"] == marker and entry["_SYSTEMD_UNIT"] == f"quilt-{name}.scope"
 
 
+def test_stop_of_several_containers_waits_out_their_timeouts_together(image: str, name: str) -> None:
+    names = [f"{name}-{i}" for i in range(5)]
+    for n in names:  # sleep as PID 1 ignores SIGTERM: each stop waits its whole timeout, then SIGKILLs
+        ok("run", "-d", "--name", n, image, "/bin/sleep", "300")
+    started = time.monotonic()
+    out = ok("stop", "-t", "2", *names)
+    elapsed = time.monotonic() - started
+    assert sorted(out.split()) == sorted(names)
+    assert 2.0 <= elapsed < 2 * 2.0, elapsed  # one timeout, not five one after another
+    assert {inspect(n)["ExitCode"] for n in names} == {128 + 9}
+
+
+def test_stop_all_stops_every_running_container_and_wants_names_or_all(image: str, name: str) -> None:
+    for n in (f"{name}-a", f"{name}-b"):
+        ok("run", "-d", "--name", n, image, "/bin/sh", "-c", "trap 'exit 3' TERM; sleep 300 & wait")
+    ok("create", "--name", f"{name}-c", image, "/bin/true")
+    assert sorted(ok("stop", "-a").split()) == [f"{name}-a", f"{name}-b"]
+    assert [inspect(n)["State"] for n in (f"{name}-a", f"{name}-b", f"{name}-c")] == ["exited", "exited", "created"]
+    for args in ((), ("-a", f"{name}-c")):
+        result = quiltctl("stop", *args)
+        assert result.returncode == 2 and "name the containers to stop, or give -a" in result.stderr, result
+
+
 # errors
 
 
