@@ -397,6 +397,14 @@ def stop(ctx: click.Context, timeout: int | None, every: bool, containers: tuple
             await client.wait(path)
         else:
             await client.stop(path, timeout or 0)
+            props = await client.properties(path)
+            stop_signal = int(props.get("StopSignal", signal.SIGTERM))
+            if props.get("ExitSignal") == signal.SIGKILL and stop_signal != signal.SIGKILL:
+                # As Podman says it: the program did not end on its stop signal (one without a handler, as PID 1,
+                # ignores SIGTERM), which --init or a handler would fix.
+                seconds = timeout or int(props.get("StopTimeout", 10))
+                warn(f"StopSignal {signal.Signals(stop_signal).name} failed to stop container {name} in {seconds} "
+                     "seconds, resorting to SIGKILL")
         return name
 
     if every:

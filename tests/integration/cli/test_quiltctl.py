@@ -143,8 +143,12 @@ def test_create_does_not_start_and_start_then_stop_with_a_timeout_ends_it(image:
 
     # sleep is PID 1 of its pid namespace and ignores SIGTERM: stop -t 1 must SIGKILL it after one second.
     started = time.monotonic()
-    assert ok("stop", "-t", "1", name) == f"{name}\n"
+    stopped = quiltctl("stop", "-t", "1", name)
     elapsed = time.monotonic() - started
+    assert stopped.returncode == 0 and stopped.stdout == f"{name}\n", stopped
+    # As Podman warns: the stop signal did not end it.
+    assert stopped.stderr == (f"quiltctl: StopSignal SIGTERM failed to stop container {name} in 1 seconds, "
+                              "resorting to SIGKILL\n"), stopped.stderr
     assert elapsed >= 1.0 and elapsed < 8  # the grace period was waited, not the default 10 s
     props = inspect(name)
     assert props["State"] == "exited" and props["ExitSignal"] == 9 and props["ExitCode"] == 128 + 9
@@ -242,8 +246,9 @@ def test_podman_flags_reach_the_container_and_its_scope(image: str, name: str) -
     # --stop-timeout is how long a plain stop waits before SIGKILL: sh, PID 1 of its pid namespace with no
     # handler for it, ignores SIGTERM, so stop takes that second rather than the default 10.
     started = time.monotonic()
-    ok("stop", name)
+    stopped = quiltctl("stop", name)
     elapsed = time.monotonic() - started
+    assert stopped.returncode == 0 and "in 1 seconds, resorting to SIGKILL" in stopped.stderr, stopped
     assert elapsed >= 1.0 and elapsed < 8  # the grace period was waited, not the default 10 s
     assert inspect(name)["ExitSignal"] == 9
 
@@ -304,9 +309,10 @@ def test_stop_of_several_containers_waits_out_their_timeouts_together(image: str
     for n in names:  # sleep as PID 1 ignores SIGTERM: each stop waits its whole timeout, then SIGKILLs
         ok("run", "-d", "--name", n, image, "/bin/sleep", "300")
     started = time.monotonic()
-    out = ok("stop", "-t", "2", *names)
+    stopped = quiltctl("stop", "-t", "2", *names)
     elapsed = time.monotonic() - started
-    assert sorted(out.split()) == sorted(names)
+    assert stopped.returncode == 0 and sorted(stopped.stdout.split()) == sorted(names), stopped
+    assert len(stopped.stderr.splitlines()) == 5 and "resorting to SIGKILL" in stopped.stderr
     assert 2.0 <= elapsed < 2 * 2.0, elapsed  # one timeout, not five one after another
     assert {inspect(n)["ExitCode"] for n in names} == {128 + 9}
 
