@@ -28,7 +28,7 @@ from quilt_agent import filetree
 from quilt_agent.errors import CopyFailed, InvalidArgument, NoSpace, NoSuchPath
 from quilt_agent.filetree import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
 from quilt_agent.helper import mounts as volume_mounts
-from quilt_agent.helper import syscalls
+from quilt_agent.helper import syscalls, userns
 
 T = TypeVar("T")
 _RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
@@ -104,8 +104,7 @@ def stopped_tree(lower: str, upper: str, work: str, merged: str, mounts: tuple[t
             syscalls.unshare(syscalls.CLONE_NEWNS)
             syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
             if userns_fd >= 0:
-                for layer in dict.fromkeys(lower.split(":")):
-                    syscalls.idmapped_over(layer, userns_fd)
+                userns.idmap_layers(lower, userns_fd)
             # Nothing runs from this view of the tree: no device, setuid bit or program of it takes effect.
             syscalls.mount("overlay", merged, "overlay", syscalls.MS_NODEV | syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
                            f"lowerdir={lower},upperdir={upper},workdir={work}")

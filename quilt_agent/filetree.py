@@ -255,25 +255,33 @@ def _pump(read: Callable[[int], bytes], out: int) -> None:
 RANGE, OVERFLOW_ID = 65536, 65534
 
 
-def into_range(entries: Iterable[Entry], first: int) -> Iterator[Entry]:
-    """Entries whose owners are a container's ids (a tar stream for it, a host tree copied in as its root's own
-    files) as the host stores them in its layer: moved up to its range. first < 0: no user namespace, as they are."""
+def host_id(inside: int, first: int) -> int:
+    """The host's id of a container's id, its range starting at first."""
+    return first + (inside if 0 <= inside < RANGE else OVERFLOW_ID)
+
+
+def inside_id(host: int, first: int) -> int:
+    """The id a container's processes see for a host id, its range starting at first."""
+    return host - first if first <= host < first + RANGE else OVERFLOW_ID
+
+
+def _shifted(entries: Iterable[Entry], first: int, shift: Callable[[int, int], int]) -> Iterator[Entry]:
     if first < 0:
         yield from entries
         return
     for e in entries:
-        yield replace(e, uid=first + (e.uid if 0 <= e.uid < RANGE else OVERFLOW_ID),
-                      gid=first + (e.gid if 0 <= e.gid < RANGE else OVERFLOW_ID))
+        yield replace(e, uid=shift(e.uid, first), gid=shift(e.gid, first))
+
+
+def into_range(entries: Iterable[Entry], first: int) -> Iterator[Entry]:
+    """Entries whose owners are a container's ids (a tar stream for it, a host tree copied in as its root's own
+    files) as the host stores them in its layer: moved up to its range. first < 0: no user namespace, as they are."""
+    return _shifted(entries, first, host_id)
 
 
 def out_of_range(entries: Iterable[Entry], first: int) -> Iterator[Entry]:
     """Entries read from a container's tree (host ids in its range) with the owners its processes see."""
-    if first < 0:
-        yield from entries
-        return
-    for e in entries:
-        yield replace(e, uid=e.uid - first if first <= e.uid < first + RANGE else OVERFLOW_ID,
-                      gid=e.gid - first if first <= e.gid < first + RANGE else OVERFLOW_ID)
+    return _shifted(entries, first, inside_id)
 
 
 def copy(entries: Iterable[Entry], sink: Sink) -> None:

@@ -49,7 +49,6 @@ log = logging.getLogger("quilt.manager")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KILL_GRACE = 10.0  # how long to wait for a SIGKILLed container's monitor to report
-JUST_ENDED_USEC = 5_000_000  # a container that ended this recently may have lines not yet in the journal
 # journalctl MESSAGE_ID=... finds every edge of a kind, as with systemd's own catalog ids.
 MESSAGE_IDS = {
     "created": "4dac182fa45d471899d4bbbddde4cfdd", "started": "0600d97482a4436296a92545868adc16",
@@ -108,6 +107,9 @@ class _Runtime:
     # Keeping this run's setup result for the cache (_cache_setup): its exit is told once that is done, so
     # that a container started after Wait returned finds the cache.
     caching: asyncio.Task[None] | None = None
+    # The end (finished_at) after which the journal was last made to store every line already written: a read
+    # after a container ended waits for that once, not at every read.
+    journal_synced: int = 0
 
 
 class Manager:
@@ -673,9 +675,11 @@ class Manager:
                    setup: bool = False) -> list[journal.LogLine]:
         """setup: only the lines of the setup steps."""
         c = self._get(container_id)
-        if c.state is not State.RUNNING and now_usec() - c.finished_at < JUST_ENDED_USEC:
+        rt = self._runtime[c.id]
+        if c.state is not State.RUNNING and c.finished_at and rt.journal_synced != c.finished_at:
             # Its last lines may still be on their way into the journal: `quiltctl run` reads them right after.
             await asyncio.to_thread(journal.synchronize)
+            rt.journal_synced = c.finished_at
         # A former container of the same name had the same unit: only lines since this one was made.
         since = max(since_usec, c.created_at)
         return await asyncio.to_thread(journal.read_lines, c.unit, since, last,

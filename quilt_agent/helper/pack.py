@@ -17,7 +17,7 @@ import os
 import stat
 import tarfile
 
-from quilt_agent.filetree import OVERFLOW_ID, RANGE
+from quilt_agent.filetree import inside_id
 from quilt_agent.images.tarball import KEPT_XATTRS, XATTR_PAX
 
 WHITEOUT_PREFIX = ".wh."
@@ -74,7 +74,7 @@ def write_layer(top: str, out: object, skip: frozenset[str] = frozenset(), id_fi
                     continue  # device nodes, FIFOs, sockets: the runtime provides /dev
                 info = tar.gettarinfo(path, arcname)
                 if id_first >= 0:
-                    info.uid, info.gid = _inside(info.uid, id_first), _inside(info.gid, id_first)
+                    info.uid, info.gid = inside_id(info.uid, id_first), inside_id(info.gid, id_first)
                     info.uname = info.gname = ""  # the host's names of the range's ids say nothing inside
                 _add_xattrs(path, info)
                 if info.isreg():
@@ -84,10 +84,6 @@ def write_layer(top: str, out: object, skip: frozenset[str] = frozenset(), id_fi
                     tar.addfile(info)
                 if stat.S_ISDIR(st.st_mode) and _opaque(path):
                     _add_empty(tar, os.path.join(arcname, OPAQUE), st)
-
-
-def _inside(host_id: int, first: int) -> int:
-    return host_id - first if first <= host_id < first + RANGE else OVERFLOW_ID
 
 
 def _add_xattrs(path: str, info: tarfile.TarInfo) -> None:

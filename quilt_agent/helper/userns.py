@@ -52,18 +52,24 @@ def make(id_map: str) -> int:
 
 
 def map_layers(lower: str, upper: str, work: str, userns_fd: int, first: int) -> None:
-    """Mount each layer idmapped over itself (in this private mount namespace: the store's copy is untouched and
-    shared by every container), and give the container's root its own upper directory, empty at its create."""
-    for layer in dict.fromkeys(lower.split(":")):
-        try:
-            syscalls.idmapped_over(layer, userns_fd)
-        except OSError as e:
-            raise SetupError(f"the kernel refused an idmapped mount of the image's layer {layer} "
-                             f"(user namespaces need idmapped mounts on the image store's filesystem): {e}") from e
+    """Mount the layers idmapped (idmap_layers), and give the container's root its own upper directory, empty at
+    its create."""
+    try:
+        idmap_layers(lower, userns_fd)
+    except OSError as e:
+        raise SetupError(f"the kernel refused an idmapped mount of the image's layers (user namespaces need "
+                         f"idmapped mounts on the image store's filesystem): {e}") from e
     for d in (upper, work):
         if os.stat(d).st_uid != first:
             os.chown(d, first, first)
     os.chmod(work, 0o700)
+
+
+def idmap_layers(lower: str, userns_fd: int) -> None:
+    """Mount each layer of overlayfs's lowerdir idmapped over itself, in this private mount namespace: the store's
+    copy is untouched and shared by every container."""
+    for layer in dict.fromkeys(lower.split(":")):
+        syscalls.idmapped_over(layer, userns_fd)
 
 
 def join(userns_fd: int) -> None:

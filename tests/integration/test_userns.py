@@ -159,6 +159,7 @@ async def test_setup_steps_run_as_root_inside_and_their_cache_serves_a_host_cont
     assert "1000" in lines, lines
     await client.remove(first)
     await client.remove(second)
+    await client.remove_image(props["SetupImage"])  # the cache it made: the next tests count images
 
 
 async def test_a_setuid_binary_made_inside_is_harmless_on_the_host(client: Client, busybox_tar: Path,
