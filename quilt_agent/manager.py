@@ -182,6 +182,9 @@ class Manager:
         command = validate_command(command) if command else ()
         if self._containers.name_taken(name):
             raise NameInUse(name)
+        if fields.get("init") and not os.access(self._paths.init, os.X_OK):
+            raise InvalidArgument(f"Option 'init': the init program {self._paths.init} is not installed "
+                                  "(Debian package catatonit)")
         if fields.get("volumes"):
             fields["volumes"], fields["anonymous_volumes"] = name_anonymous(fields["volumes"])
         img = await self._images.resolve(image, need_command=not command, owner_uid=owner_uid)
@@ -317,6 +320,7 @@ class Manager:
             setup=c.spec.setup, setup_layer=setup_layer, setup_cached=cached.id if cached else "",
             seccomp=c.spec.seccomp != "unconfined",
             id_map=IdRange(c.id_first).id_map() if c.id_first >= 0 else "", id_first=c.id_first,
+            init=str(self._paths.init) if c.spec.init else "",
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()
@@ -327,11 +331,8 @@ class Manager:
             t1 = time.perf_counter()
             rt.monitor_pidfd = os.pidfd_open(spawned.monitor_pid)
             rt.init_pidfd = os.pidfd_open(spawned.init_pid)
-            limits = ScopeLimits(c.spec.memory_max, c.spec.cpu_quota,
-                                 c.spec.pids_max + 1 if c.spec.pids_max else 0)  # +1: the monitor is in the scope
             try:
-                await self._scopes.start(c.unit, [spawned.monitor_pid, spawned.init_pid],
-                                         f"Quilt container {c.name}", limits)
+                await self._start_scopes(c, spawned)
                 await self._networks.ready(c)  # interfaces, address, route, ports: before the command runs
             except BaseException as err:
                 protocol.send(sock, protocol.Abort(str(err)))
@@ -370,6 +371,22 @@ class Manager:
                           "exec %.1f)", c.name, c.main_pid, (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
                           (t3 - t2) * 1e3)
         return c
+
+    async def _start_scopes(self, c: Container, spawned: Spawned) -> None:
+        """The container's init into its scope, with its limits and its stop settings (what `systemctl stop`
+        does to it), and its monitor into a scope of its own; both at once."""
+        stop_usec = max(1, c.spec.stop_timeout * 1_000_000)  # 0 would be no timeout at all for systemd
+        limits = ScopeLimits(c.spec.memory_max, c.spec.cpu_quota, c.spec.pids_max,
+                             kill_signal=c.spec.stop_signal or signals.SIGTERM, stop_timeout_usec=stop_usec)
+        # The monitor ignores SIGTERM: at a shutdown, its scope's stop waits for it to record the container's end.
+        monitor = ScopeLimits(stop_timeout_usec=stop_usec + int(KILL_GRACE * 1_000_000))
+        results = await asyncio.gather(
+            self._scopes.start(c.unit, [spawned.init_pid], f"Quilt container {c.name}", limits),
+            self._scopes.start(c.monitor_unit, [spawned.monitor_pid], f"Quilt monitor of container {c.name}",
+                               monitor), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # the monitor, told to abort, kills the init: both scopes then end by themselves
 
     async def _setup_plan(self, c: Container, image: Image) -> tuple[Image | None, str]:
         """How this start treats the setup steps: a cached setup image to start from instead of running them,
@@ -492,19 +509,16 @@ class Manager:
             raise NotRunning(c.name, "exiting") from None
 
     async def stop(self, container_id: str, timeout: int) -> Container:
-        """The stop signal (the image's StopSignal, else SIGTERM), then SIGKILL after timeout seconds (0 = the
-        container's stop_timeout)."""
+        """As systemd stops the container's scope (`systemctl stop`): the stop signal (the image's StopSignal,
+        else SIGTERM) to every process in it, then SIGKILL after timeout seconds (0 = the container's
+        stop_timeout, which is the scope's TimeoutStopSec=)."""
         c = self._get(container_id)
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING:
             return c  # as podman stop: stopping a stopped container is done already
-        grace = timeout or c.spec.stop_timeout
+        await self._scopes.kill(c.unit, c.spec.stop_signal or signals.SIGTERM)
         try:
-            if rt.init_pidfd >= 0:
-                signals.pidfd_send_signal(rt.init_pidfd, c.spec.stop_signal or signals.SIGTERM)
-            await asyncio.wait_for(rt.exited.wait(), grace)
-        except ProcessLookupError:
-            await asyncio.wait_for(rt.exited.wait(), KILL_GRACE)
+            await asyncio.wait_for(rt.exited.wait(), timeout or c.spec.stop_timeout)
         except asyncio.TimeoutError:
             await self._kill_and_wait(c)
         return self._get(c.id)
@@ -513,13 +527,14 @@ class Manager:
         rt = self._runtime[c.id]
         try:
             if rt.init_pidfd >= 0:
-                signals.pidfd_send_signal(rt.init_pidfd, signals.SIGKILL)
+                signals.pidfd_send_signal(rt.init_pidfd, signals.SIGKILL)  # also when a failed start left no scope
         except ProcessLookupError:
             pass
+        await self._scopes.kill(c.unit, signals.SIGKILL)  # every process: also those of a host pid namespace
         try:
             await asyncio.wait_for(rt.exited.wait(), KILL_GRACE)
         except asyncio.TimeoutError:
-            await self._scopes.stop(c.unit)  # the monitor is stuck: end the scope
+            await self._scopes.stop(c.monitor_unit)  # the monitor is stuck: end it
             await asyncio.wait_for(rt.exited.wait(), KILL_GRACE)
 
     async def wait(self, container_id: str) -> int:
@@ -688,18 +703,15 @@ class Manager:
     # --- stats -----------------------------------------------------------------------------------
 
     def stats(self, container_id: str) -> cgroups.Stats:
-        """What the kernel counts for the container's scope (cgroups.py), as the container sees it: the monitor,
-        one task of the scope that Quilt adds to TasksMax, is left out of pids_current and pids_max."""
+        """What the kernel counts for the container's scope (cgroups.py): the container's processes alone, its
+        monitor being in a scope of its own."""
         c = self._get(container_id)
         if c.state is not State.RUNNING or not c.main_pid:
             raise NotRunning(c.name, c.state.value)
         try:
-            stats = cgroups.read_stats(c.main_pid)  # a few small cgroupfs reads: never waits on a disk
+            return cgroups.read_stats(c.main_pid)  # a few small cgroupfs reads: never waits on a disk
         except OSError:
             raise NotRunning(c.name, "exited") from None
-        monitor = 1 if c.monitor_pid else 0
-        return stats.with_(pids_current=max(0, stats.pids_current - monitor),
-                           pids_max=max(0, stats.pids_max - monitor) if stats.pids_max else 0)
 
     def follow_logs(self, container_id: str, options: dict[str, Any]) -> int:
         """Start following the container's log (logfollow.py); return the read end of the pipe (the caller's)."""
@@ -745,7 +757,7 @@ class Manager:
             if c.state is State.RUNNING or c.monitor_pid:
                 await self._record_exit(c.id)  # from the exit file, or unknown if the monitor left none
         await asyncio.to_thread(_remove_strays, self._paths.containers, set(self._containers))
-        units = {c.unit for c in self._containers.values()}
+        units = {unit for c in self._containers.values() for unit in (c.unit, c.monitor_unit)}
         for unit in await self._scopes.active_scopes():
             if unit not in units:
                 log.warning("scope %s runs but no container of Quilt's owns it; leaving it alone", unit)

@@ -85,6 +85,7 @@ class ContainerSpec:
     setup_cache: bool = True
     seccomp: str = "default"  # helper/seccomp.py's filter, or "unconfined"
     userns: str = "auto"  # USERNS_MODES
+    init: bool = False  # a small init (Paths.init) as PID 1, running the command
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,10 @@ class Container:
     def unit(self) -> str:
         return scope_name(self.spec.name)
 
+    @property
+    def monitor_unit(self) -> str:
+        return monitor_scope_name(self.spec.name)
+
     def with_(self, **changes: Any) -> Container:
         return replace(self, **changes)
 
@@ -141,6 +146,12 @@ def effective_hostname(spec: ContainerSpec) -> str:
 
 def scope_name(container_name: str) -> str:
     return f"quilt-{container_name}.scope"
+
+
+def monitor_scope_name(container_name: str) -> str:
+    """The monitor's own scope, beside the container's (as Podman's conmon scope): a stop of the container's
+    scope then never ends the process that records how the container ended. ':' is in no container name."""
+    return f"quilt-{container_name}:monitor.scope"
 
 
 def new_id() -> str:
@@ -293,6 +304,7 @@ OPTION_PARSERS = {
     "setup_cache": ("setup_cache", lambda v: _expect("setup_cache", v, bool, "a boolean")),
     "seccomp": ("seccomp", _parse_seccomp),
     "userns": ("userns", _parse_userns),
+    "init": ("init", lambda v: _expect("init", v, bool, "a boolean")),
 }
 
 

@@ -34,6 +34,10 @@ class ScopeManager(Protocol):
         """End the scope's processes and forget the scope; an unknown unit is no error."""
         ...
 
+    async def kill(self, unit: str, sig: int) -> None:
+        """Send sig to every process of the scope, as its stop does; an unknown unit is no error."""
+        ...
+
     async def active_scopes(self) -> list[str]:
         """Names of the quilt-*.scope units whose processes still run."""
         ...
@@ -63,9 +67,14 @@ DEVICE_ALLOW = (
 
 @dataclass(frozen=True)
 class ScopeLimits:
+    """What a scope is given: limits, and how systemd stops it (KillSignal=, then SIGKILL after TimeoutStopSec=:
+    `systemctl stop`, `machinectl terminate` and a shutdown of the host stop it so)."""
+
     memory_max: int = 0  # bytes, 0 = none
     cpu_quota: float = 0.0  # percent of one CPU, 0 = none
     tasks_max: int = 0  # 0 = none
+    kill_signal: int = 0  # 0 = systemd's default, SIGTERM
+    stop_timeout_usec: int = 0  # 0 = systemd's default (DefaultTimeoutStopSec=)
 
 
 class SystemdError(SystemdFailed):
@@ -140,7 +149,15 @@ class Scopes:
             ("CollectMode", Variant("s", "inactive-or-failed")),
             ("DevicePolicy", Variant("s", "closed")),
             ("DeviceAllow", Variant("a(ss)", [list(d) for d in DEVICE_ALLOW])),
+            # DefaultDependencies= would add these and order the scope after the slice's own dependencies; only
+            # these two are wanted: a shutdown stops the scope as `systemctl stop` does, not by its final kill.
+            ("Conflicts", Variant("as", ["shutdown.target"])),
+            ("Before", Variant("as", ["shutdown.target"])),
         ]
+        if limits.kill_signal:
+            props.append(("KillSignal", Variant("i", limits.kill_signal)))
+        if limits.stop_timeout_usec:
+            props += [("TimeoutStopUSec", Variant("t", limits.stop_timeout_usec)), ("SendSIGKILL", Variant("b", True))]
         if limits.memory_max:
             props.append(("MemoryMax", Variant("t", limits.memory_max)))
         if limits.cpu_quota:
@@ -186,6 +203,15 @@ class Scopes:
             if err.name != "org.freedesktop.systemd1.NoSuchUnit":
                 raise
         await self.reset_failed(unit)
+
+    async def kill(self, unit: str, sig: int) -> None:
+        """KillUnit(who=all): signal every process of the scope, as its stop does, without stopping it."""
+        try:
+            await self._manager("KillUnit", "ssi", [unit, "all", sig])
+        except SystemdError as err:
+            # An unknown unit, or one whose processes are gone already.
+            if err.name not in ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.systemd1.NoSuchProcess"):
+                raise
 
     async def reset_failed(self, unit: str) -> None:
         try:

@@ -3,13 +3,16 @@
 The monitor stays the parent of the container's init, like Podman's conmon:
 it waits for it and writes how it ended to the container's exit file, so the
 exit code is known even when the agent is stopped or restarted meanwhile.
-Both processes live in the container's scope.
+The init lives in the container's scope, the monitor in its own beside it (as
+conmon does): a stop of the container's scope, which ends in SIGKILL to every
+process in it, never ends the monitor before it has written the exit.
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import select
 import signal
 import socket
 import termios
@@ -17,8 +20,9 @@ import time
 
 from quilt_agent import journal
 from quilt_agent.helper import namespaces, pack, process, protocol, rootfs, seccomp, steps, syscalls, userns
+from quilt_agent.helper.oom import OomWatch
 from quilt_agent.helper.process import SetupError
-from quilt_agent.helper.protocol import Abort, ExecFailed, Go, LaunchSpec, SetupDone, Spawned, Started
+from quilt_agent.helper.protocol import INIT_TARGET, Abort, ExecFailed, Go, LaunchSpec, SetupDone, Spawned, Started
 
 SETUP_FAILED = 125
 # What the init writes on its status pipe before its end: its setup steps begin (the container is started),
@@ -79,6 +83,7 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
         os.write(go_write, b"g")
     except OSError:
         pass  # the init died during setup: its reason is in the error pipe
+    oom = OomWatch(pid)  # the init is in the container's scope from Go on
     failure, told = _follow_init(spec, agent, err_read, go_write)
     os.close(go_write)
     os.close(err_read)
@@ -88,10 +93,26 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
             protocol.tell(agent, ExecFailed(reason=reason, exit_code=int(code)))
         else:
             protocol.tell(agent, Started())
-    _, status = os.waitpid(pid, 0)
+    status = _wait(pid, oom)
     # A failure after the start was told (a setup step) makes the container failed, not merely exited.
-    _record_exit(spec.exit_file, status, failure.partition(" ")[2], failed=bool(failure) and told)
+    _record_exit(spec.exit_file, status, oom.finish(), failure.partition(" ")[2], failed=bool(failure) and told)
     return 0
+
+
+def _wait(pid: int, oom: OomWatch) -> int:
+    """Wait for the init's end, watching for OOM kills meanwhile; its wait status."""
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    if oom.fd >= 0:
+        poller.register(oom.fd, oom.events)
+    try:
+        while not any(fd == pidfd for fd, _ in poller.poll()):
+            if not oom.fired():
+                poller.unregister(oom.fd)
+    finally:
+        os.close(pidfd)
+    return os.waitpid(pid, 0)[1]
 
 
 def _follow_init(spec: LaunchSpec, agent: socket.socket, err_read: int, go_write: int) -> tuple[str, bool]:
@@ -125,35 +146,14 @@ def _snapshot(spec: LaunchSpec) -> SetupDone:
     return SetupDone(layer=spec.setup_layer)
 
 
-def _oom_kills() -> int:
-    """OOM kills in this process's memory cgroup (the scope), v1 or v2."""
-    for line in open("/proc/self/cgroup"):
-        hid, controllers, path = line.rstrip("\n").split(":", 2)
-        if "memory" in controllers.split(","):
-            candidates = [f"/sys/fs/cgroup/memory{path}/memory.oom_control"]
-            break
-    else:
-        path = next((l.split(":", 2)[2].strip() for l in open("/proc/self/cgroup") if l.startswith("0::")), "/")
-        candidates = [f"/sys/fs/cgroup{path}/memory.events"]
-    for candidate in candidates:
-        try:
-            for line in open(candidate):
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-        except OSError:
-            pass
-    return 0
-
-
-def _record_exit(exit_file: str, status: int, reason: str, failed: bool = False) -> None:
+def _record_exit(exit_file: str, status: int, oom_killed: bool, reason: str, failed: bool = False) -> None:
     finished = time.time_ns() // 1000  # first: as close to the reaping as can be
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         code = 128 + sig
     else:
         sig, code = 0, os.WEXITSTATUS(status)
-    result = {"exit_code": code, "exit_signal": sig, "oom_killed": _oom_kills() > 0, "reason": reason,
+    result = {"exit_code": code, "exit_signal": sig, "oom_killed": oom_killed, "reason": reason,
               "finished_at": finished, "failed": failed}
     tmp = f"{exit_file}.tmp"
     with open(tmp, "w") as f:
@@ -194,7 +194,7 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
             userns.allow_low_ports()  # before the rootfs, as allow_ping
         try:
             rootfs.build(spec.lower, spec.upper, spec.work, spec.merged, spec.namespaces, spec.bind_files,
-                          spec.mounts, spec.tmpfs, spec.read_only, userns_fd, spec.id_first)
+                          spec.mounts, spec.tmpfs, spec.read_only, userns_fd, spec.id_first, spec.init)
         except OSError as e:
             raise SetupError(f"setting up the root filesystem failed: {e}") from e
         if "uts" in spec.namespaces and spec.hostname:
@@ -240,6 +240,9 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         os.closerange(3, err_write)
         os.closerange(err_write + 1, 65536)
+        if spec.init:
+            # The command is looked up now, so that a missing one fails as without the init (127, 126).
+            process.execute((INIT_TARGET, "--", process.find_program(spec.command[0], env), *spec.command[1:]), env)
         process.execute(spec.command, env)
     except SetupError as e:
         _fail(err_write, e.exit_code, str(e))

@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterator, Protocol
@@ -21,6 +22,10 @@ from quilt_agent.scopes import ScopeLimits, ScopeManager
 from tests.contract.protocols import missing_methods
 
 DEADLINE = 10.0  # seconds for a killed process to be gone
+# Throwaways that tell a stop signal from a kill: one exits 7 on SIGUSR1, one outlives SIGTERM (a trap of "" is
+# an ignored signal, inherited by its sleep). Each says "ready" once its trap is set.
+TRAPS_USR1 = ("sh", "-c", "trap 'exit 7' USR1; echo ready; while :; do sleep 0.05; done")
+IGNORES_TERM = ("sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done")
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class Throwaway:
         self.process.wait(DEADLINE)
 
 
-Spawn = Callable[[], Throwaway]
+Spawn = Callable[..., Throwaway]  # (command=["sleep", "60"])
 
 
 class ScopesContract:
@@ -76,8 +81,12 @@ class ScopesContract:
     def spawn(self) -> Iterator[Spawn]:
         made: list[Throwaway] = []
 
-        def spawn() -> Throwaway:
-            process = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        def spawn(command: tuple[str, ...] = ("sleep", "60")) -> Throwaway:
+            ready = command != ("sleep", "60")
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE if ready else subprocess.DEVNULL)
+            if ready:
+                assert process.stdout is not None and process.stdout.readline() == b"ready\n"
             made.append(Throwaway(process, os.pidfd_open(process.pid)))
             return made[-1]
 
@@ -85,6 +94,8 @@ class ScopesContract:
         for p in made:
             p.reap()
             os.close(p.pidfd)
+            if p.process.stdout is not None:
+                p.process.stdout.close()
 
     @pytest.fixture
     async def unit(self, scopes: ScopeManager) -> AsyncIterator[str]:
@@ -117,6 +128,13 @@ class ScopesContract:
         limits = ScopeLimits(memory_max=64 << 20, cpu_quota=50.0, tasks_max=7)
         await scopes.start(unit, [spawn().pid], "Quilt container contract", limits)
         assert await probe.scope(unit) == ScopeView("Quilt container contract", limits)
+
+    async def test_start_applies_the_kill_signal_and_stop_timeout(self, scopes: ScopeManager, probe: ScopeProbe,
+                                                                  unit: str, spawn: Spawn) -> None:
+        await scopes.start(unit, [spawn().pid], "contract", ScopeLimits(kill_signal=signal.SIGUSR1,
+                                                                        stop_timeout_usec=3_000_000))
+        limits = (await probe.scope(unit)).limits
+        assert (limits.kill_signal, limits.stop_timeout_usec) == (signal.SIGUSR1, 3_000_000)
 
     async def test_start_without_limits_leaves_memory_and_cpu_unlimited(
             self, scopes: ScopeManager, probe: ScopeProbe, unit: str, spawn: Spawn) -> None:
@@ -211,6 +229,38 @@ class ScopesContract:
 
     async def test_stop_of_an_unknown_unit_is_a_no_op(self, scopes: ScopeManager, unit: str) -> None:
         await scopes.stop(unit)
+        assert unit not in await scopes.active_scopes()
+
+    async def test_stop_sends_the_kill_signal_first(self, scopes: ScopeManager, unit: str, spawn: Spawn) -> None:
+        p = spawn(TRAPS_USR1)
+        await scopes.start(unit, [p.pid], "contract", ScopeLimits(kill_signal=signal.SIGUSR1,
+                                                                  stop_timeout_usec=30_000_000))
+        started = time.monotonic()
+        await scopes.stop(unit)
+        assert p.process.wait(DEADLINE) == 7  # its trap ran: not killed
+        assert time.monotonic() - started < 10
+
+    async def test_stop_kills_what_outlives_the_stop_timeout(self, scopes: ScopeManager, unit: str,
+                                                               spawn: Spawn) -> None:
+        p = spawn(IGNORES_TERM)
+        await scopes.start(unit, [p.pid], "contract", ScopeLimits(stop_timeout_usec=1_000_000))
+        started = time.monotonic()
+        await scopes.stop(unit)
+        assert p.process.wait(DEADLINE) == -signal.SIGKILL
+        assert 1.0 <= time.monotonic() - started < 1.0 + DEADLINE
+
+    # --- kill --------------------------------------------------------------------------------------
+
+    async def test_kill_signals_every_process_and_leaves_the_scope(self, scopes: ScopeManager, probe: ScopeProbe,
+                                                                    unit: str, spawn: Spawn) -> None:
+        trapping, plain = spawn(TRAPS_USR1), spawn()
+        await scopes.start(unit, [trapping.pid, plain.pid], "contract", ScopeLimits())
+        await scopes.kill(unit, signal.SIGUSR1)
+        assert trapping.process.wait(DEADLINE) == 7
+        assert plain.process.wait(DEADLINE) == -signal.SIGUSR1
+
+    async def test_kill_of_an_unknown_unit_is_a_no_op(self, scopes: ScopeManager, unit: str) -> None:
+        await scopes.kill(unit, signal.SIGTERM)
         assert unit not in await scopes.active_scopes()
 
     async def test_a_stopped_name_can_be_started_again(self, scopes: ScopeManager, probe: ScopeProbe, unit: str,

@@ -1,8 +1,9 @@
 """Scopes in memory: what systemd does with a container's transient scope, without systemd.
 
 It checks what systemd checks (the name is a scope's, each pid a running process), refuses a name whose scope
-still runs processes, clears one whose processes are gone, and stop kills the processes it was given (by pidfd,
-so never a process that took a dead one's pid) and waits for their end, as StopUnit's job does.
+still runs processes, clears one whose processes are gone, and stop signals the processes it was given (by
+pidfd, so never a process that took a dead one's pid), kills them after the stop timeout and waits for their
+end, as StopUnit's job does.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ _UNIT_TYPES = "service|socket|target|device|mount|automount|swap|timer|path|slic
 _UNIT_NAME = re.compile(rf"[A-Za-z0-9:_.\\-]+\.({_UNIT_TYPES})")
 _MAX_UNIT_NAME = 255
 ACTIVE_PATTERN = "quilt-*.scope"  # the real active_scopes' ListUnitsByPatterns
-STOP_TIMEOUT = 5.0
+DEFAULT_STOP_TIMEOUT = 90.0  # systemd's DefaultTimeoutStopSec=
+KILL_TIMEOUT = 5.0
 
 
 def _exited(pidfd: int) -> bool:
@@ -88,22 +90,27 @@ class FakeScopes:
         self.units[unit] = FakeScope(description, limits, pidfds)
 
     async def stop(self, unit: str) -> None:
+        """As systemd's stop: the kill signal to every process, SIGKILL to what is left after the stop timeout."""
         scope = self.units.get(unit)
         if scope is None:
             return
         try:
-            for fd in scope.pidfds.values():
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while scope.live_pids():
-                if time.monotonic() > deadline:
-                    raise ContainerFailed(f"scope {unit}: processes {scope.live_pids()} outlived SIGKILL")
-                await _readable(list(scope.pidfds.values()), deadline - time.monotonic())
+            await self.kill(unit, scope.limits.kill_signal or signal.SIGTERM)
+            timeout = scope.limits.stop_timeout_usec / 1e6 or DEFAULT_STOP_TIMEOUT
+            await _until_ended(scope, time.monotonic() + timeout)
+            await self.kill(unit, signal.SIGKILL)
+            if not await _until_ended(scope, time.monotonic() + KILL_TIMEOUT):
+                raise ContainerFailed(f"scope {unit}: processes {scope.live_pids()} outlived SIGKILL")
         finally:
             self._forget(unit)
+
+    async def kill(self, unit: str, sig: int) -> None:
+        scope = self.units.get(unit)
+        for fd in scope.pidfds.values() if scope else ():
+            try:
+                signal.pidfd_send_signal(fd, sig)
+            except ProcessLookupError:
+                pass
 
     async def active_scopes(self) -> list[str]:
         return [u for u, s in self.units.items() if fnmatch.fnmatchcase(u, ACTIVE_PATTERN) and s.live_pids()]
@@ -124,6 +131,15 @@ class FakeScopes:
         scope = self.units.pop(unit, None)
         if scope is not None:
             scope.close()
+
+
+async def _until_ended(scope: FakeScope, deadline: float) -> bool:
+    """Whether every process of the scope ended before deadline (monotonic seconds)."""
+    while scope.live_pids():
+        if time.monotonic() > deadline:
+            return False
+        await _readable(list(scope.pidfds.values()), deadline - time.monotonic())
+    return True
 
 
 async def _readable(fds: list[int], timeout: float) -> None:

@@ -233,8 +233,8 @@ async def test_remove_of_a_running_container_needs_force(core: Core) -> None:
 async def test_remove_with_force_kills_and_forgets_a_running_container(core: Core) -> None:
     c = await create(core, LONG)
     started = await core.manager.start(c.id)
-    assert await core.scopes.active_scopes() == [c.unit]
-    pids = list(core.scopes.given[c.unit])
+    assert sorted(await core.scopes.active_scopes()) == [c.unit, c.monitor_unit]
+    pids = core.scopes.given[c.unit] + core.scopes.given[c.monitor_unit]
     await asyncio.wait_for(core.manager.remove(c.id, force=True), DEADLINE)
     with pytest.raises(NoSuchContainer):
         core.manager.get(c.id)
@@ -276,7 +276,7 @@ async def test_a_scope_refused_at_start_fails_it_and_leaves_no_process(core: Cor
         await core.scopes.start(c.unit, [squatter.pid], "not Quilt's", ScopeLimits())
         with pytest.raises(ContainerFailed):
             await core.manager.start(c.id)
-        assert await processes_ended(core.scopes.given[c.unit])
+        assert await processes_ended(core.scopes.given[c.unit] + core.scopes.given.get(c.monitor_unit, []))
         assert core.manager.get(c.id).state is not State.RUNNING
         assert squatter.poll() is None  # what Quilt did not start is left alone
     finally:

@@ -128,7 +128,8 @@ async def test_unprivileged_callers_are_refused_every_method_but_list_and_get(
     assert len(os.listdir("/var/lib/quilt/containers")) == 2
     units = subprocess.run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "quilt-*.scope"],
                            capture_output=True, text=True, check=True).stdout
-    assert [line.split()[0] for line in units.splitlines()] == [f"quilt-{name}-run.scope"]
+    assert [line.split()[0] for line in units.splitlines()] == [f"quilt-{name}-run.scope",
+                                                                f"quilt-{name}-run:monitor.scope"]
 
 
 def gdbus(path: str, method: str, *args: str) -> list[str]:

@@ -241,7 +241,7 @@ def test_podman_flags_reach_the_container_and_its_scope(image: str, name: str) -
     # Applied by systemd to the container's scope.
     unit = f"quilt-{name}.scope"
     assert scope_property(unit, "MemoryMax") == str(64 * MIB)
-    assert scope_property(unit, "TasksMax") == "51"  # the 50 of the container, and its monitor
+    assert scope_property(unit, "TasksMax") == "50"
     assert scope_property(unit, "CPUQuotaPerSecUSec") == "500ms"
     # --stop-timeout is how long a plain stop waits before SIGKILL: sh, PID 1 of its pid namespace with no
     # handler for it, ignores SIGTERM, so stop takes that second rather than the default 10.

@@ -2,6 +2,7 @@
 systemd: what the fake lets pass, systemd does too."""
 from __future__ import annotations
 
+import signal
 from typing import AsyncIterator
 
 import pytest
@@ -49,8 +50,15 @@ class SystemdProbe:
             return 0 if value == UINT64_MAX else value
 
         cpu = limit(await get("Scope", "CPUQuotaPerSecUSec"))
+        # systemd's defaults read as ScopeLimits' 0: SIGTERM, and the manager's DefaultTimeoutStopUSec.
+        kill_signal = await get("Scope", "KillSignal")
+        stop_timeout = await get("Scope", "TimeoutStopUSec")
+        (default_timeout,) = await self._call(SYSTEMD_PATH, "org.freedesktop.DBus.Properties", "Get", "ss",
+                                              [SYSTEMD_MANAGER, "DefaultTimeoutStopUSec"])
         limits = ScopeLimits(memory_max=limit(await get("Scope", "MemoryMax")), cpu_quota=cpu / 10_000,
-                             tasks_max=limit(await get("Scope", "TasksMax")))
+                             tasks_max=limit(await get("Scope", "TasksMax")),
+                             kill_signal=0 if kill_signal == signal.SIGTERM else kill_signal,
+                             stop_timeout_usec=0 if stop_timeout == default_timeout.value else stop_timeout)
         return ScopeView(await get("Unit", "Description"), limits)
 
 
