@@ -4,7 +4,7 @@
 Run inside the test host (or on a systemd host with the agent installed):
     make bench        or        python3 tests/testhost.py run -- .venv/bin/python bench/lifecycle.py
 Prints median and p95 of: RunContainer to exit of /bin/true and Exec of /bin/true (each with a user namespace
-of its own and with --userns host), a property read,
+of its own and with --userns host), RunContainer to exit with --init (catatonit as PID 1), a property read,
 ListContainers with 100 containers present. A benchmark, not a test: nothing is asserted.
 """
 from __future__ import annotations
@@ -103,6 +103,8 @@ async def main(runs: int) -> None:
             print(summary(f"Exec /bin/true in a running container{label}",
                           await exec_true(client, running, runs * 2, 10)))
             await client.remove(running, True)
+        print(summary("RunContainer -> exit, /bin/true, --init",
+                      await run_to_exit(client, image, runs, warmup=5, options={"init": True})))
         one = await client.create_container("bench-props", image, ["/bin/true"], {})
         print(summary("property read (State of a container)", await property_read(client, one, runs * 5)))
         paths = [await client.create_container(f"bench-list-{i}", image, ["/bin/true"], {}) for i in range(99)]

@@ -62,6 +62,7 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "setup_cache": "b",
     "seccomp": "s",
     "userns": "s",
+    "init": "b",
 }
 
 NETWORK_OPTION_SIGNATURES: dict[str, str] = {

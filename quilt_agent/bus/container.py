@@ -73,6 +73,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("SetupImage", "s", lambda c: c.setup_image),
     Property("Owner", "u", lambda c: c.owner_uid),
     Property("UserNamespace", "s", lambda c: "host" if c.id_first < 0 else str(IdRange(c.id_first))),
+    Property("Init", "b", lambda c: c.spec.init),
 )
 
 

@@ -136,6 +136,8 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
         options["seccomp"] = value  # the agent checks the profile's name
     if params.get("userns") is not None:
         options["userns"] = params["userns"]  # the agent checks the mode's name
+    if params.get("init"):
+        options["init"] = True
 
     return ContainerRequest(name=params["name"] or "", image=resolve_image(image, cwd), command=args, options=options)
 
@@ -186,6 +188,9 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--userns", default=None, metavar="MODE",
                      help="auto (the default): a user namespace with 65536 host ids of its own, root inside being "
                           "no one on the host; host: the host's ids (needs the manage-privileged action)."),
+        click.option("--init", is_flag=True,
+                     help="Run an init (catatonit) as PID 1 that forwards signals to the command and reaps "
+                          "orphaned processes."),
         click.option("--image-path", "--image", "image_path", default=None, hidden=True),
         click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="IMAGE [--] [COMMAND [ARG...]]"),
     ]

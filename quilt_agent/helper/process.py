@@ -214,6 +214,23 @@ def environment(env: tuple[str, ...], user: User) -> dict[str, str]:
     return result
 
 
+def find_program(name: str, env: dict[str, str]) -> str:
+    """Where exec would find name, searching the container's PATH as execvp does; the errors execute raises."""
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d or ".", name) for d in env.get("PATH", os.defpath).split(":")]
+    denied = False
+    for path in candidates:
+        if os.path.isfile(path):
+            if os.access(path, os.X_OK):
+                return path
+            denied = True
+    if denied:
+        raise SetupError(f"'{name}': permission denied (not executable)", 126)
+    raise SetupError(f"executable file '{name}' not found in $PATH or the image", 127)
+
+
 def execute(command: tuple[str, ...], env: dict[str, str]) -> None:
     """exec the command, searching the container's PATH; never returns."""
     try:

@@ -59,7 +59,11 @@ class LaunchSpec:
     # host's ids. id_first is FIRST (-1 without).
     id_map: str = ""
     id_first: int = -1
+    # A host program bound read-only at INIT_TARGET to run the command as its child ("" = the command is PID 1).
+    init: str = ""
 
+
+INIT_TARGET = "/dev/init"  # in the container's own /dev: never a file of its image or its layer
 
 @dataclass(frozen=True)
 class Spawned:

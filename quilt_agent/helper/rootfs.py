@@ -7,6 +7,7 @@ import stat
 
 from quilt_agent.helper import mounts as volume_mounts
 from quilt_agent.helper import userns
+from quilt_agent.helper.protocol import INIT_TARGET
 from quilt_agent.helper.syscalls import (
     MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, mount,
     pivot_root, umount,
@@ -29,7 +30,7 @@ def _mkdir(path: str) -> None:
 def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str, ...],
           bind_files: tuple[tuple[str, str], ...] = (), mounts: tuple[tuple[str, str, str], ...] = (),
           tmpfs: tuple[tuple[str, str], ...] = (), read_only: bool = False, userns_fd: int = -1,
-          id_first: int = -1) -> None:
+          id_first: int = -1, init: str = "") -> None:
     """Mount the container's tree at merged, then make it the root. Runs in the container's mount namespace.
     With a user namespace (userns_fd), the layers are seen through its id map and the container's own mounts
     belong to its root (host id id_first)."""
@@ -47,6 +48,8 @@ def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str,
     mount("proc", f"{merged}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("sysfs", f"{merged}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _make_dev(f"{merged}/dev", "ipc" in namespaces, id_first)
+    if init:
+        _bind_init(init, merged + INIT_TARGET)
     for source, target in bind_files:
         _bind_file(source, merged, target)
     if mounts or tmpfs or read_only:
@@ -115,6 +118,15 @@ def _make_dev(dev: str, own_ipc: bool, id_first: int = -1) -> None:
         mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for name, target in DEV_LINKS:
         os.symlink(target, f"{dev}/{name}")
+
+
+def _bind_init(source: str, target: str) -> None:
+    """The host's init program, read-only in the container's /dev (a tmpfs of its own, so nothing of the image
+    is shadowed and no file is left in its layer). The mount belongs to the host's user namespace: the
+    container cannot make it writable."""
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755))
+    mount(source, target, None, MS_BIND)
+    mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 def _with(options: str, more: str) -> str:

@@ -35,7 +35,7 @@ def every_field_spec(name: str) -> ContainerSpec:
         labels={"k": "v", "ünï": "cödé"}, stop_signal=15, networks=("front", "back"), aliases=("db", "db.local"),
         ip="10.89.0.9", ports=("8080:80/tcp", "127.0.0.1:53:53/udp"), volumes=("data:/data:ro", "/srv:/srv"),
         tmpfs=("/run:size=1m,mode=755",), read_only=True, anonymous_volumes=("quilt_anon1",),
-        setup=("apk: add curl",), setup_cache=False, seccomp="unconfined", userns="host",
+        setup=("apk: add curl",), setup_cache=False, seccomp="unconfined", userns="host", init=True,
     )
 
 

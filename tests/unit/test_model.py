@@ -34,7 +34,7 @@ def test_unknown_option_is_an_error_naming_the_key() -> None:
     {"pids_max": 0}, {"stop_timeout": 86401}, {"env": "A=1"}, {"env": ["NOEQUALS"]}, {"env": ["=x"]},
     {"env": ["A B=c"]}, {"workdir": "relative"}, {"namespaces": ["pid", "mount", "time"]},
     {"namespaces": ["pid"]}, {"labels": {"": "x"}}, {"user": "a b"}, {"hostname": "bad host"},
-    {"remove_on_exit": 1}, {"userns": 1}, {"userns": "keep-id"},
+    {"remove_on_exit": 1}, {"userns": 1}, {"userns": "keep-id"}, {"init": 1}, {"init": "yes"},
 ])
 def test_bad_option_values_are_refused(options: dict) -> None:
     with pytest.raises(InvalidArgument):

@@ -312,13 +312,13 @@ def test_every_podman_flag_reaches_the_options(fake: FakeClient) -> None:
     name, image, command, options = created(
         fake, "--name", "web", "-e", "A=1", "--env", "B=x=y", "-w", "/srv", "-u", "1000:1000", "--hostname", "h",
         "-m", "1g", "--cpus", "1.5", "--pids-limit", "64", "--rm", "--label", "k=v", "-l", "k2=v2",
-        "--stop-timeout", "3", "--namespaces", "pid,mount,net", "debian:12", "ls", "-l",
+        "--stop-timeout", "3", "--namespaces", "pid,mount,net", "--init", "debian:12", "ls", "-l",
     )
     assert (name, image, command) == ("web", "debian:12", ["ls", "-l"])
     assert options == {
         "env": ["A=1", "B=x=y"], "workdir": "/srv", "user": "1000:1000", "hostname": "h", "memory_max": 1 << 30,
         "cpu_quota": 150.0, "pids_max": 64, "namespaces": ["pid", "mount", "net"], "remove_on_exit": True,
-        "stop_timeout": 3, "labels": {"k": "v", "k2": "v2"},
+        "stop_timeout": 3, "labels": {"k": "v", "k2": "v2"}, "init": True,
     }
 
 

@@ -70,3 +70,41 @@ def test_switch_user_leaves_the_process_undumpable_and_drop_capabilities_keeps_t
     got = in_child(body)
     assert got == {"uid": "65534\t65534\t65534\t65534", "bnd": "00000000800405fb", "eff": "0000000000000000",
                    "nnp": "1", "dumpable": "0"}
+
+
+# --- find_program: the command's path, looked up as execvp would ------------------------------------
+
+
+def test_find_program_searches_path_in_order(tmp_path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    for d in (first, second):
+        d.mkdir()
+        (d / "tool").write_text("#!/bin/sh\n")
+        (d / "tool").chmod(0o755)
+    assert process.find_program("tool", {"PATH": f"{tmp_path}/none:{first}:{second}"}) == f"{first}/tool"
+
+
+def test_find_program_takes_a_path_as_it_is(tmp_path) -> None:
+    (tmp_path / "tool").write_text("#!/bin/sh\n")
+    (tmp_path / "tool").chmod(0o755)
+    assert process.find_program(str(tmp_path / "tool"), {"PATH": "/nowhere"}) == str(tmp_path / "tool")
+
+
+def test_find_program_of_a_missing_command_is_127(tmp_path) -> None:
+    with pytest.raises(process.SetupError, match="not found") as err:
+        process.find_program("tool", {"PATH": str(tmp_path)})
+    assert err.value.exit_code == 127
+
+
+def test_find_program_of_a_file_that_is_not_executable_is_126(tmp_path) -> None:
+    (tmp_path / "tool").write_text("data\n")
+    (tmp_path / "tool").chmod(0o644)
+    with pytest.raises(process.SetupError, match="permission denied") as err:
+        process.find_program("tool", {"PATH": str(tmp_path)})
+    assert err.value.exit_code == 126
+
+
+def test_find_program_skips_directories(tmp_path) -> None:
+    (tmp_path / "a" / "tool").mkdir(parents=True)
+    with pytest.raises(process.SetupError, match="not found"):
+        process.find_program("tool", {"PATH": str(tmp_path / "a")})
