@@ -137,6 +137,7 @@ install: deb
 install-data:
 	install -Dm644 units/quilt-agent.service $(DESTDIR)/usr/lib/systemd/system/quilt-agent.service
 	install -Dm644 units/quilt.slice $(DESTDIR)/usr/lib/systemd/system/quilt.slice
+	install -Dm644 units/quilt-restart.service $(DESTDIR)/usr/lib/systemd/system/quilt-restart.service
 	install -Dm644 dbus/org.quilt.Runtime.conf $(DESTDIR)/usr/share/dbus-1/system.d/org.quilt.Runtime.conf
 	install -Dm644 dbus/org.quilt.Runtime.service $(DESTDIR)/usr/share/dbus-1/system-services/org.quilt.Runtime.service
 	install -Dm644 dbus/org.quilt.Runtime.xml $(DESTDIR)/usr/share/dbus-1/interfaces/org.quilt.Runtime.xml

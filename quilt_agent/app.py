@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from quilt_agent import userns
+from quilt_agent import restart, userns
 from quilt_agent.config import Paths, config_path
 from quilt_agent.containers import ContainerTable
 from quilt_agent.helper.forkserver import ForkServer
@@ -42,7 +42,8 @@ async def build(paths: Paths, store: StateStore, scopes: ScopeManager, zygote: F
     volumes = Volumes(paths.volumes, store, containers)
     networks = Networks(paths, store, containers)
     ranges = userns.Ranges(userns.load_pool(config_path()), await asyncio.to_thread(userns.host_owned))
-    manager = Manager(paths, store, scopes, zygote, containers, images, networks, volumes, ranges)
+    manager = Manager(paths, store, scopes, zygote, containers, images, networks, volumes, ranges,
+                      restart.load_backoff(config_path()))
     stored = await store.containers()
     await volumes.load()
     await networks.recover(stored)  # before the manager's: a removal it finishes detaches the container's networks

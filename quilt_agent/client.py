@@ -63,6 +63,8 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "seccomp": "s",
     "userns": "s",
     "init": "b",
+    "restart_policy": "s",
+    "restart_max": "u",
 }
 
 NETWORK_OPTION_SIGNATURES: dict[str, str] = {

@@ -36,6 +36,7 @@ def read_table(path: Path, table: str) -> dict[str, Any]:
 class Paths:
     root: Path
     userdb: Path = Path("/run/userdb")  # the user records naming containers' host ids (userdb.py)
+    run: Path = Path("/run/quilt")  # notes for this boot only (RuntimeDirectory=, emptied by a reboot)
     # The init a container created with `init` runs as its PID 1 (Debian's catatonit, static, as Podman's --init):
     # it forwards signals to the command and reaps orphans, which a command as PID 1 of its own rarely does.
     init: Path = Path("/usr/bin/catatonit")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from quilt_agent import cgroups, copying, filetree, journal, pipes, userdb
+from quilt_agent import cgroups, copying, filetree, journal, pipes, restart, userdb
 from quilt_agent import stdio as caller_stdio
 from quilt_agent.config import Paths
 from quilt_agent.containers import ContainerTable
@@ -23,7 +23,7 @@ from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environmen
 from quilt_agent.logfollow import LogFollowers, parse_follow_options
 from quilt_agent.errors import (
     AccessDenied, AlreadyRunning, ContainerFailed, InvalidArgument, NameInUse, NoSuchContainer, NoSuchVolume, NotRunning,
-    VolumeInUse,
+    QuiltError, VolumeInUse,
 )
 from quilt_agent.helper import protocol
 from quilt_agent.helper.monitor import start_time
@@ -54,6 +54,7 @@ MESSAGE_IDS = {
     "created": "4dac182fa45d471899d4bbbddde4cfdd", "started": "0600d97482a4436296a92545868adc16",
     "failed": "27db21ceddd04a2abcef2b86a8bbafec", "exited": "9b8ed616097b49b295ba9b1c596e866a",
     "oom": "422374fe993343f6b7e031c6aac193f3", "removed": "530128e8449a46459221e6547e06467f",
+    "restarting": "0b3f4e3cf4a24c55a86bd1b4e3b6e0a1",
 }
 
 
@@ -117,7 +118,8 @@ class Manager:
     its networks (addresses, namespaces and veths, names, published ports) and its named volumes."""
 
     def __init__(self, paths: Paths, store: StateStore, scopes: ScopeManager, zygote: ForkServer, containers: ContainerTable,
-                 images: Images, networks: Networks, volumes: Volumes, ranges: Ranges | None = None) -> None:
+                 images: Images, networks: Networks, volumes: Volumes, ranges: Ranges | None = None,
+                 backoff: restart.Backoff | None = None) -> None:
         self._paths = paths
         self._ranges = ranges or Ranges(Pool(), [])  # host ids for containers in their own user namespace
         self._store = store
@@ -134,6 +136,8 @@ class Manager:
         self._log_followers = LogFollowers()
         self._listeners.append(self._log_followers)  # each follow ends with its container
         self._exiting: set[asyncio.Task[None]] = set()  # _record_exit under way
+        self._backoff = backoff or restart.Backoff()
+        self._restart_timers: dict[str, asyncio.TimerHandle] = {}  # container id -> its pending restart
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -160,6 +164,8 @@ class Manager:
                        for cid, rt in self._runtime.items() if self._containers.get(cid, None) is None
                        or self._containers[cid].state is not State.RUNNING)):
             busy.append("containers being created, started, stopped or removed")
+        if waiting := sum(1 for c in self._containers.values() if c.restart_at):
+            busy.append(f"{waiting} containers waiting to be restarted")
         if followers := len(self._log_followers):
             busy.append(f"{followers} logs followed")
         if published := [c.name for c in self._containers.values() if c.spec.ports]:
@@ -288,6 +294,9 @@ class Manager:
                 raise AlreadyRunning(c.name)
             if not c.state.can_start():
                 raise NotRunning(c.name, c.state.value)
+            # A user's start: a pending restart is this one, and the policy counts from here again.
+            self._cancel_restart(c.id)
+            c = c.with_(restart_count=0, restart_streak=0, restart_at=0, user_stopped=False)
             if stdio is None:
                 return await self._launch(c, rt, None, tty)
             relays = caller_stdio.prepare(stdio)  # a regular file is relayed, never handed to the container
@@ -462,7 +471,7 @@ class Manager:
             return ExitStatus(exit_code=-1, reason="exit status unknown: the container's monitor ended "
                                                    "without recording one", finished_at=now_usec())
 
-    async def _record_exit(self, container_id: str) -> None:
+    async def _record_exit(self, container_id: str, plan_restart: bool = True) -> None:
         c = self._containers.get(container_id)
         rt = self._runtime.get(container_id)
         if c is None or rt is None or c.state is State.REMOVING:
@@ -487,12 +496,104 @@ class Manager:
                               reason=c.failure_reason)
         await self._event("exited", c, "container %s exited with code %d", c.name, c.exit_code,
                           exit_code=c.exit_code, oom_killed=c.oom_killed)
+        if plan_restart and restart.wanted(c):
+            c = await self._plan_restart(c)
         rt.exited.set()
         if c.spec.remove_on_exit and c.id in self._containers:
             try:
                 await self.remove(c.id, force=False)
             except Exception:  # noqa: BLE001 - logged; the container stays for the user to remove
                 log.exception("could not remove container %s after its exit", c.name)
+
+    # --- restarts by policy (restart.py) ------------------------------------------------------------
+
+    async def _plan_restart(self, c: Container) -> Container:
+        """c ended and its policy wants it back: unless systemd was told to stop it (`systemctl stop`, which is a
+        user's stop) or the host shuts down, schedule the restart after the back-off's wait."""
+        cause = await self._stop_cause(c)
+        c = self._get(c.id)
+        if cause == "shutdown":
+            return c  # at boot, start_at_boot() decides
+        if cause == "user":
+            return await self._set(c.with_(user_stopped=True))
+        if c.state not in (State.EXITED, State.FAILED) or c.restart_at:
+            return c  # started again meanwhile
+        streak = self._backoff.streak(c)
+        wait = self._backoff.wait(streak)
+        c = await self._set(c.with_(restart_streak=streak, restart_at=now_usec() + int(wait * 1e6)))
+        await self._event("restarting", c, "container %s exited with code %d; restart %d in %.3g s", c.name,
+                          c.exit_code, c.restart_count + 1, wait, exit_code=c.exit_code, attempt=c.restart_count + 1,
+                          delay_usec=int(wait * 1e6), at=c.restart_at)
+        self._schedule_restart(c)
+        return c
+
+    async def _stop_cause(self, c: Container) -> str:
+        try:
+            cause = await self._scopes.stop_cause(c.unit)
+        except QuiltError:
+            log.exception("cannot tell whether systemd was asked to stop container %s; taking it for a crash", c.name)
+            return ""
+        if cause:
+            log.info("container %s was stopped through systemd (%s): its restart policy leaves it stopped", c.name,
+                     "the host shuts down" if cause == "shutdown" else "a user's stop")
+        return cause
+
+    def _schedule_restart(self, c: Container) -> None:
+        self._cancel_restart(c.id)
+        wait = max(0.0, (c.restart_at - now_usec()) / 1e6)
+        self._restart_timers[c.id] = self._loop.call_later(wait, self._restart_due, c.id)
+
+    def _cancel_restart(self, container_id: str) -> None:
+        timer = self._restart_timers.pop(container_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _restart_due(self, container_id: str) -> None:
+        self._restart_timers.pop(container_id, None)
+        task = self._loop.create_task(self._restart(container_id))
+        self._exiting.add(task)
+        task.add_done_callback(self._exiting.discard)
+
+    async def _restart(self, container_id: str) -> None:
+        rt = self._runtime.get(container_id)
+        if rt is None:
+            return
+        async with rt.lock:
+            c = self._containers.get(container_id)
+            # Removed, started by a user, or stopped by one meanwhile: nothing is pending any more.
+            if c is None or not c.restart_at or c.state not in (State.EXITED, State.FAILED):
+                return
+            cause = await self._stop_cause(c)  # told to systemd just before the end: seen only now
+            if cause:
+                await self._set(c.with_(restart_at=0, user_stopped=cause == "user"))
+                return
+            c = await self._set(c.with_(restart_at=0, restart_count=c.restart_count + 1))
+            try:
+                await self._launch(c, rt)
+            except Exception as err:  # noqa: BLE001 - a restart has no caller: the journal and an event say why
+                if rt.monitor_pidfd >= 0:
+                    return  # the command failed to start: its exit is recorded as any, and the policy decides
+                # Nothing ran (its image or a host path is gone, systemd refused the scope): trying again would
+                # fail the same way, so it fails once, saying why, and stays.
+                reason = f"restart failed: {err}"
+                if not isinstance(err, QuiltError):
+                    log.exception("restarting container %s", c.name)
+                c = await self._set(self._get(c.id).with_(state=State.FAILED, failure_reason=reason))
+                await self._event("failed", c, "container %s could not be restarted: %s", c.name, err, reason=reason)
+
+    async def start_at_boot(self) -> list[Container]:
+        """Start what the host's boot should bring back (quilt-restart.service calls this once per boot): every
+        container with policy always, and those with unless-stopped that no user stopped. One that fails to
+        start is logged and left; the others start regardless."""
+        started = []
+        for c in self.list():
+            if not restart.at_boot(c) or c.state is State.RUNNING or not c.state.can_start():
+                continue
+            try:
+                started.append(await self.start(c.id))
+            except QuiltError as err:
+                log.error("container %s was not started at boot: %s", c.name, err)
+        return started
 
     # --- stop, kill, wait ------------------------------------------------------------------------
 
@@ -503,6 +604,9 @@ class Manager:
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING or rt.init_pidfd < 0:
             raise NotRunning(c.name, c.state.value)
+        if sig in (signals.SIGKILL, signals.SIGTERM, signals.SIGINT, signals.SIGQUIT, c.spec.stop_signal):
+            # A user ending it (not one asking it to reload, say): no restart policy brings it back.
+            c = await self._set(c.with_(user_stopped=True))
         try:
             signals.pidfd_send_signal(rt.init_pidfd, sig)
         except ProcessLookupError:
@@ -515,7 +619,11 @@ class Manager:
         c = self._get(container_id)
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING:
+            if c.restart_at:  # waiting to be restarted: it stays stopped
+                self._cancel_restart(c.id)
+                return await self._set(c.with_(restart_at=0, user_stopped=True))
             return c  # as podman stop: stopping a stopped container is done already
+        c = await self._set(c.with_(user_stopped=True))  # no restart policy brings it back
         await self._scopes.kill(c.unit, c.spec.stop_signal or signals.SIGTERM)
         try:
             await asyncio.wait_for(rt.exited.wait(), timeout or c.spec.stop_timeout)
@@ -555,9 +663,13 @@ class Manager:
         c = self._get(container_id)
         self._networks.check_removable(c)  # no container may be left sharing its network namespace
         rt = self._runtime[c.id]
+        if c.restart_at and not force:
+            raise AlreadyRunning(c.name, "it is waiting to be restarted: stop it first or remove it with force")
+        self._cancel_restart(c.id)  # a removal wins over a pending restart
         if c.state is State.RUNNING:
             if not force:
                 raise AlreadyRunning(c.name, "stop it first or remove it with force")
+            c = await self._set(c.with_(user_stopped=True))  # its end is no reason to restart it
             await self._kill_and_wait(c)  # as docker rm -f: SIGKILL, no grace period
         elif rt.monitor_pidfd >= 0:
             # A failed start's monitor still exiting: it writes the exit file into the directory removed below.
@@ -727,7 +839,11 @@ class Manager:
 
     async def recover(self, stored: list[Container]) -> None:
         """Reconcile the stored containers with what runs: called once at start, after the networks recovered
-        (removals below detach networks) and before the bus name is taken."""
+        (removals below detach networks) and before the bus name is taken.
+
+        At the first start since the host booted, the containers that ran ended with the boot: their exits are
+        recorded without restarting any; start_at_boot() starts those whose policy says so."""
+        booted = await asyncio.to_thread(_first_start_since_boot, self._paths.run)
         for c in stored:
             self._containers[c.id] = c
             if c.id_first >= 0:
@@ -755,7 +871,14 @@ class Manager:
                     log.info("reattached to running container %s", c.name)
                     continue
             if c.state is State.RUNNING or c.monitor_pid:
-                await self._record_exit(c.id)  # from the exit file, or unknown if the monitor left none
+                # From the exit file, or unknown if the monitor left none.
+                await self._record_exit(c.id, plan_restart=not booted)
+        for c in list(self._containers.values()):
+            if c.restart_at and c.state is not State.RUNNING:
+                if booted:
+                    await self._set(c.with_(restart_at=0))  # the restart a reboot cut short: the boot decides
+                else:
+                    self._schedule_restart(c)  # the agent went away while it waited
         await asyncio.to_thread(_remove_strays, self._paths.containers, set(self._containers))
         units = {unit for c in self._containers.values() for unit in (c.unit, c.monitor_unit)}
         for unit in await self._scopes.active_scopes():
@@ -815,6 +938,16 @@ def _has_files(directory: Path) -> bool:
 def _make_directories(directory: Path) -> None:
     for sub in ("upper", "work", "merged"):
         (directory / sub).mkdir(parents=True, mode=0o755)
+
+
+def _first_start_since_boot(run: Path) -> bool:
+    """Whether the agent starts for the first time since the host booted; notes that it has."""
+    note = run / "booted"
+    if note.exists():
+        return False
+    run.mkdir(parents=True, exist_ok=True)
+    note.touch()
+    return True
 
 
 def _remove_strays(containers: Path, known: set[str]) -> None:

@@ -28,6 +28,8 @@ SECCOMP_PROFILES = ("default", "unconfined")
 # host: the container's uids are the host's; auto: a user namespace with a range of host ids of its own
 # (quilt_agent/userns.py), uid 0 inside being the range's first.
 USERNS_MODES = ("host", "auto")
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")  # quilt_agent/restart.py
+MAX_RESTARTS = 1_000_000
 MIN_MEMORY = 6 * 1024 * 1024  # as Docker and Podman: less cannot even start a shell
 MAX_LIMIT = 1 << 62
 
@@ -86,6 +88,8 @@ class ContainerSpec:
     seccomp: str = "default"  # helper/seccomp.py's filter, or "unconfined"
     userns: str = "auto"  # USERNS_MODES
     init: bool = False  # a small init (Paths.init) as PID 1, running the command
+    restart_policy: str = "no"  # RESTART_POLICIES
+    restart_max: int = 0  # with on-failure: the most restarts in a row, 0 = no limit
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,13 @@ class Container:
     setup_image: str = ""  # the cached setup image the last start used, below the container's own layer
     owner_uid: int = 0  # who created it: polkit rules may let a user manage only their own
     id_first: int = -1  # with userns auto: the first host id of its range (uid 0 inside); -1: the host's ids
+    # Restarts by its policy (quilt_agent/restart.py): how many since a user last started it, how many of the
+    # last runs in a row were short (the back-off's step), when the next one is due (usec, 0 = none pending),
+    # and whether a user stopped it (no policy restarts it then).
+    restart_count: int = 0
+    restart_streak: int = 0
+    restart_at: int = 0
+    user_stopped: bool = False
 
     @property
     def name(self) -> str:
@@ -278,6 +289,20 @@ def _parse_userns(value: Any) -> str:
     return value
 
 
+def _parse_restart_policy(value: Any) -> str:
+    _expect("restart_policy", value, str, "a string")
+    if value not in RESTART_POLICIES:
+        raise InvalidArgument(f"Invalid restart_policy '{value}': choose among {', '.join(RESTART_POLICIES)}")
+    return value
+
+
+def _parse_restart_max(value: Any) -> int:
+    _expect("restart_max", value, int, "an unsigned integer")
+    if not 0 <= value <= MAX_RESTARTS:
+        raise InvalidArgument(f"Invalid restart_max {value}: must be between 0 (no limit) and {MAX_RESTARTS}")
+    return value
+
+
 def _parse_seccomp(value: Any) -> str:
     _expect("seccomp", value, str, "a string")
     if value not in SECCOMP_PROFILES:
@@ -305,6 +330,8 @@ OPTION_PARSERS = {
     "seccomp": ("seccomp", _parse_seccomp),
     "userns": ("userns", _parse_userns),
     "init": ("init", lambda v: _expect("init", v, bool, "a boolean")),
+    "restart_policy": ("restart_policy", _parse_restart_policy),
+    "restart_max": ("restart_max", _parse_restart_max),
 }
 
 
@@ -320,6 +347,12 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
         # As Podman: the hostname would be silently ignored (or, set, change the host's).
         raise InvalidArgument(f"Cannot set hostname '{fields['hostname']}' without the uts namespace: "
                               "the container shares the host's hostname")
+    policy = fields.get("restart_policy", "no")
+    if fields.get("restart_max") and policy != "on-failure":
+        raise InvalidArgument(f"Option 'restart_max' needs restart_policy 'on-failure', not '{policy}'")
+    if fields.get("remove_on_exit") and policy != "no":
+        raise InvalidArgument(f"Options 'remove_on_exit' and restart_policy '{policy}' contradict each other: a "
+                              "container removed at its exit cannot be restarted")
     network_options.settle(fields, fields.get("namespaces", NAMESPACES))
     volume_options.check_mount_targets(fields.get("volumes", ()), fields.get("tmpfs", ()))
     return fields

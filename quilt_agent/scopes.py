@@ -7,9 +7,10 @@ name is left over, StopUnit + ResetFailedUnit on teardown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Iterator, Protocol
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -42,10 +43,19 @@ class ScopeManager(Protocol):
         """Names of the quilt-*.scope units whose processes still run."""
         ...
 
+    async def stop_cause(self, unit: str) -> str:
+        """Why the unit's processes may have ended besides by themselves or by this ScopeManager: "shutdown"
+        while the host shuts down, "user" when someone else asked systemd to stop it since it was started
+        (`systemctl stop`, `machinectl terminate`), else ""."""
+        ...
+
 SYSTEMD = "org.freedesktop.systemd1"
 SYSTEMD_PATH = "/org/freedesktop/systemd1"
 SYSTEMD_MANAGER = "org.freedesktop.systemd1.Manager"
 SLICE = "quilt.slice"
+# The targets whose start is a shutdown of the host: the stops of scopes it brings are not a user's.
+SHUTDOWN_TARGETS = frozenset({"shutdown.target", "poweroff.target", "reboot.target", "halt.target", "kexec.target",
+                              "soft-reboot.target"})
 JOB_TIMEOUT = 30.0
 UINT64_MAX = (1 << 64) - 1
 # The OCI runtime spec's default devices, as runc and crun allow them (without /dev/console and the tun device,
@@ -96,14 +106,24 @@ class Scopes:
         self._bus = bus
         self._waiting: dict[str, asyncio.Future[str]] = {}
         self._finished: dict[str, str] = {}  # JobRemoved seen before the job's reply
+        self._own: dict[str, int] = {}  # units this client is starting or stopping: their jobs are its own
+        self._stop_requested: set[str] = set()  # units whose stop job someone else queued (JobNew)
+        self._shutting_down = False
 
     async def connect(self) -> None:
-        await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
-                         [f"type='signal',sender='{SYSTEMD}',interface='{SYSTEMD_MANAGER}',member='JobRemoved'"])
+        for member in ("JobRemoved", "JobNew"):
+            await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
+                             [f"type='signal',sender='{SYSTEMD}',interface='{SYSTEMD_MANAGER}',member='{member}'"])
         self._bus.add_message_handler(self._on_message)
         await self._manager("Subscribe")
 
     def _on_message(self, msg: Message) -> None:
+        if msg.message_type is MessageType.SIGNAL and msg.member == "JobNew" and msg.interface == SYSTEMD_MANAGER:
+            unit = msg.body[2]
+            if unit in SHUTDOWN_TARGETS:
+                self._shutting_down = True
+            elif unit.startswith("quilt-") and unit.endswith(".scope") and unit not in self._own:
+                self._stop_requested.add(unit)  # a scope is only ever started by its client: this is a stop
         if msg.message_type is MessageType.SIGNAL and msg.member == "JobRemoved" and msg.interface == SYSTEMD_MANAGER:
             _id, job, _unit, result = msg.body
             future = self._waiting.pop(job, None)
@@ -164,6 +184,11 @@ class Scopes:
             props.append(("CPUQuotaPerSecUSec", Variant("t", round(limits.cpu_quota * 10_000))))
         if limits.tasks_max:
             props.append(("TasksMax", Variant("t", limits.tasks_max)))
+        with self._owning(unit):
+            self._stop_requested.discard(unit)
+            await self._start(unit, props)
+
+    async def _start(self, unit: str, props: list[tuple[str, Variant]]) -> None:
         for attempt in (1, 2):
             try:
                 (job,) = await self._manager("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit, "fail", props, []])
@@ -195,14 +220,33 @@ class Scopes:
         await self.stop(unit)
 
     async def stop(self, unit: str) -> None:
-        """Stop the scope (SIGTERM then SIGKILL to what is left) and forget it."""
-        try:
-            (job,) = await self._manager("StopUnit", "ss", [unit, "replace"])
-            await self._wait_job(job, unit, "stopping")
-        except SystemdError as err:
-            if err.name != "org.freedesktop.systemd1.NoSuchUnit":
-                raise
+        """Stop the scope (its KillSignal=, then SIGKILL to what is left after TimeoutStopSec=) and forget it."""
+        with self._owning(unit):
+            try:
+                (job,) = await self._manager("StopUnit", "ss", [unit, "replace"])
+                await self._wait_job(job, unit, "stopping")
+            except SystemdError as err:
+                if err.name != "org.freedesktop.systemd1.NoSuchUnit":
+                    raise
         await self.reset_failed(unit)
+
+    @contextlib.contextmanager
+    def _owning(self, unit: str) -> Iterator[None]:
+        """The jobs of unit are this client's meanwhile (counted: a start may clear a stale scope by a stop)."""
+        self._own[unit] = self._own.get(unit, 0) + 1
+        try:
+            yield
+        finally:
+            self._own[unit] -= 1
+            if not self._own[unit]:
+                del self._own[unit]
+
+    async def stop_cause(self, unit: str) -> str:
+        # A round trip first: systemd's JobNew signals sent before its reply have arrived by then.
+        await self._call(SYSTEMD, SYSTEMD_PATH, "org.freedesktop.DBus.Peer", "Ping")
+        if self._shutting_down:
+            return "shutdown"
+        return "user" if unit in self._stop_requested else ""
 
     async def kill(self, unit: str, sig: int) -> None:
         """KillUnit(who=all): signal every process of the scope, as its stop does, without stopping it."""

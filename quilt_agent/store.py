@@ -123,6 +123,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE containers ADD COLUMN id_first INTEGER NOT NULL DEFAULT -1;
     UPDATE containers SET spec = json_set(spec, '$.userns', 'host');
     """,
+    # 7: restarts by a container's policy (quilt_agent/restart.py).
+    """
+    ALTER TABLE containers ADD COLUMN restart_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE containers ADD COLUMN restart_streak INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE containers ADD COLUMN restart_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE containers ADD COLUMN user_stopped INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 MAX_EVENTS = 10000
@@ -132,7 +139,8 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 log = logging.getLogger("quilt.store")
 
 _STATUS_COLUMNS = ("state", "started_at", "finished_at", "exit_code", "exit_signal", "oom_killed",
-                   "failure_reason", "monitor_pid", "monitor_start", "main_pid", "setup_image")
+                   "failure_reason", "monitor_pid", "monitor_start", "main_pid", "setup_image", "restart_count",
+                   "restart_streak", "restart_at", "user_stopped")
 
 
 def _spec_to_json(spec: ContainerSpec) -> str:
@@ -155,7 +163,8 @@ def _row_to_container(row: aiosqlite.Row) -> Container:
         exit_code=row["exit_code"], exit_signal=row["exit_signal"], oom_killed=bool(row["oom_killed"]),
         failure_reason=row["failure_reason"], monitor_pid=row["monitor_pid"],
         monitor_start=row["monitor_start"], main_pid=row["main_pid"], setup_image=row["setup_image"],
-        owner_uid=row["owner_uid"], id_first=row["id_first"],
+        owner_uid=row["owner_uid"], id_first=row["id_first"], restart_count=row["restart_count"],
+        restart_streak=row["restart_streak"], restart_at=row["restart_at"], user_stopped=bool(row["user_stopped"]),
     )
 
 
@@ -197,7 +206,7 @@ class StateStore(Protocol):
         ...
 
     def update_status(self, c: Container) -> asyncio.Future[None]:
-        """Every status field of c (state to setup_image) onto the container of c.id; the spec stays."""
+        """Every status field of c (state to user_stopped) onto the container of c.id; the spec stays."""
         ...
 
     def delete_container(self, container_id: str) -> asyncio.Future[None]:
@@ -390,6 +399,7 @@ class Store:
     def update_status(self, c: Container) -> asyncio.Future[None]:
         values: list[Any] = [getattr(c, col) if col != "state" else c.state.value for col in _STATUS_COLUMNS]
         values[_STATUS_COLUMNS.index("oom_killed")] = int(c.oom_killed)
+        values[_STATUS_COLUMNS.index("user_stopped")] = int(c.user_stopped)
         return self._execute(
             f"UPDATE containers SET {', '.join(f'{col} = ?' for col in _STATUS_COLUMNS)} WHERE id = ?",
             (*values, c.id))

@@ -2,7 +2,8 @@
 """A throwaway systemd host for Quilt's tests.
 
     python3 tests/testhost.py run [--keep-on-failure] [--name NAME] [--cgroup unified] [--loop-check MS]
-                                  [--deb build/quilt-runtime_VERSION_all.deb | --bare] -- CMD ARGS...
+                                  [--state DIR] [--deb build/quilt-runtime_VERSION_all.deb | --bare]
+                                  -- CMD ARGS...
     python3 tests/testhost.py cleanup
 
 `run` boots a real systemd as PID 1 of its own pid, mount, cgroup, uts, ipc and
@@ -10,7 +11,16 @@ net namespaces, over an overlay of the machine's root whose upper layer is a
 tmpfs, so nothing it writes reaches the machine. The project's units, bus and
 polkit files are installed into that overlay, CMD runs inside (working
 directory = the project checkout, the project's .venv first on PATH), and
-everything is torn down afterwards. The exit status is CMD's.
+everything is torn down afterwards. The exit status is CMD's. Installed from the
+checkout, quilt-restart.service is enabled, as the package's postinst enables it,
+so each boot starts the containers whose restart policy says so (with --deb, the
+package's postinst enables it after the boot: no boot of that host runs it).
+
+The agent's data directory, /var/lib/quilt, is a fresh tmpfs; with --state DIR
+it is DIR (made, mode 0700, if missing), bound from the machine: a second host
+booted with the same DIR finds the first one's database, containers and images,
+as a machine finds them after a reboot (a host's processes die with it, as at a
+power cut).
 
 With --deb, the Debian package is installed instead, with apt-get inside the
 booted host as an admin would (its dependencies must be on the machine: the
@@ -262,8 +272,11 @@ def cleanup_orphans() -> list[Path]:
 # --- inside the new namespaces, as their PID 1, before systemd -------------------------------------
 
 
-def setup_root(name: str, project_fd: int, unified: bool, bare: bool = False, loop_check_ms: int = 0) -> Path:
-    """Build the test host's root filesystem; return its path (still in the old root)."""
+def setup_root(name: str, project_fd: int, unified: bool, bare: bool = False, loop_check_ms: int = 0,
+               state_fd: int = -1) -> Path:
+    """Build the test host's root filesystem; return its path (still in the old root).
+
+    state_fd: a directory of the machine's to be the agent's data directory (-1: a fresh tmpfs)."""
     stage = Path("/tmp")  # a private mount namespace: this tmpfs is invisible to the machine
     mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
     for d in ("upper", "work", "root"):
@@ -285,7 +298,10 @@ def setup_root(name: str, project_fd: int, unified: bool, bare: bool = False, lo
         mount("tmpfs", root / d, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode}")
     # The agent's data directory must not be on the overlay: overlayfs refuses an upper dir on overlayfs.
     (root / "var/lib/quilt").mkdir(parents=True, exist_ok=True)
-    mount("tmpfs", root / "var/lib/quilt", "tmpfs", 0, "mode=0700")
+    if state_fd >= 0:
+        mount(f"/proc/self/fd/{state_fd}", root / "var/lib/quilt", None, MS_BIND)
+    else:
+        mount("tmpfs", root / "var/lib/quilt", "tmpfs", 0, "mode=0700")
     target = root / str(PROJECT).lstrip("/")
     target.mkdir(parents=True, exist_ok=True)
     mount(f"/proc/self/fd/{project_fd}", target, None, MS_BIND | MS_REC)
@@ -371,6 +387,7 @@ def install_project(root: Path, checkout: Path) -> None:
     checkout is the project as bound into root: the stage's tmpfs may hide PROJECT (a clone in /tmp).
     """
     subprocess.run(["make", "-s", "-C", str(checkout), "install-data", f"DESTDIR={root}"], check=True)
+    enable_restart_unit(root)
     venv_bin = PROJECT / ".venv/bin"
     for tool in ("quilt-agent", "quiltctl"):
         link = root / "usr/bin" / tool
@@ -380,10 +397,27 @@ def install_project(root: Path, checkout: Path) -> None:
             link.symlink_to(venv_bin / tool)
 
 
-def boot(name: str, unified: bool, bare: bool = False, loop_check_ms: int = 0) -> None:
+def enable_restart_unit(root: Path) -> None:
+    """Enable quilt-restart.service as the package's postinst does (WantedBy=multi-user.target), so that
+    `systemctl is-enabled` and `disable` inside act on it as on a machine.
+
+    The test host boots TARGET, not multi-user.target (whose other wants configure_systemd empties): the unit is
+    hooked there too, so that each boot, like a machine's, starts the containers whose policy says so."""
+    unit = "/usr/lib/systemd/system/quilt-restart.service"
+    for target in ("multi-user.target", TARGET):
+        link = root / "etc/systemd/system" / f"{target}.wants" / "quilt-restart.service"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(unit)
+
+
+def boot(name: str, unified: bool, bare: bool = False, loop_check_ms: int = 0, state: Path | None = None) -> None:
     """PID 1 of the new namespaces: build the root, pivot into it, exec systemd."""
+    # Opened before the stage's tmpfs covers /tmp, where either may be (a clone, pytest's tmp_path).
     project_fd = os.open(PROJECT, os.O_PATH | os.O_DIRECTORY)
-    root = setup_root(name, project_fd, unified, bare, loop_check_ms)
+    state_fd = os.open(state, os.O_PATH | os.O_DIRECTORY) if state is not None else -1
+    root = setup_root(name, project_fd, unified, bare, loop_check_ms, state_fd)
     console = os.open(root / CONSOLE.lstrip("/"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.chdir(root)
     pivot_root(".", ".")
@@ -403,12 +437,13 @@ def boot(name: str, unified: bool, bare: bool = False, loop_check_ms: int = 0) -
 
 class TestHost:
     def __init__(self, name: str, unified: bool = False, bare: bool = False,
-                 loop_check_ms: int = LOOP_CHECK_MS) -> None:
+                 loop_check_ms: int = LOOP_CHECK_MS, state: Path | None = None) -> None:
         me = os.getpid()
         self.name = name
         self.unified = unified
         self.bare = bare  # nothing of Quilt installed at boot: a package is, or the command installs one
         self.loop_check_ms = loop_check_ms
+        self.state = state  # the agent's data directory, kept across hosts; None: a tmpfs of this host's own
         self.cgroups = Cgroups(f"{CGROUP_PREFIX}{me}-{process_start_time(me)}-{name}")
         self.unshare_pid = 0
         self.pid1 = 0
@@ -427,6 +462,7 @@ class TestHost:
                     sys.executable, str(Path(__file__).resolve()), "_boot", "--name", self.name,
                     *(["--cgroup=unified"] if self.unified else []), *(["--bare"] if self.bare else []),
                     f"--loop-check={self.loop_check_ms}",
+                    *([f"--state={self.state}"] if self.state is not None else []),
                 ])
             finally:
                 os._exit(127)
@@ -525,10 +561,10 @@ def install_package(host: TestHost, deb: Path) -> None:
 
 
 def run(cmd: list[str], name: str, keep_on_failure: bool, unified: bool = False, deb: Path | None = None,
-        bare: bool = False, loop_check_ms: int = LOOP_CHECK_MS) -> int:
+        bare: bool = False, loop_check_ms: int = LOOP_CHECK_MS, state: Path | None = None) -> int:
     cleanup_orphans()
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    host = TestHost(name, unified, bare=bare or deb is not None, loop_check_ms=loop_check_ms)
+    host = TestHost(name, unified, bare=bare or deb is not None, loop_check_ms=loop_check_ms, state=state)
     rc = 125
     started = time.monotonic()
     try:
@@ -563,6 +599,10 @@ def main(argv: list[str]) -> int:
     p_run.add_argument("--loop-check", type=int, default=LOOP_CHECK_MS, metavar="MS",
                        help="the agent logs each event-loop callback over MS milliseconds, and the integration "
                             "tests fail on it (0: off)")
+    p_run.add_argument("--state", type=Path, metavar="DIR",
+                       help="bind DIR (made, mode 0700, if missing) on the host's /var/lib/quilt instead of a fresh "
+                            "tmpfs: a second host booted with the same DIR finds the first one's containers, as "
+                            "after a reboot")
     installs = p_run.add_mutually_exclusive_group()
     installs.add_argument("--deb", type=Path, help="install this Debian package of Quilt (apt-get, inside the host) "
                                                    "instead of the checkout's files and venv")
@@ -574,11 +614,12 @@ def main(argv: list[str]) -> int:
     p_boot.add_argument("--cgroup", choices=("host", "unified"), default="host")
     p_boot.add_argument("--bare", action="store_true")
     p_boot.add_argument("--loop-check", type=int, default=0)
+    p_boot.add_argument("--state", type=Path)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("must run as root")
     if args.verb == "_boot":
-        boot(args.name, args.cgroup == "unified", args.bare, args.loop_check)
+        boot(args.name, args.cgroup == "unified", args.bare, args.loop_check, args.state)
         return 127
     if args.verb == "cleanup":
         return 0 if cleanup_orphans() is not None else 1
@@ -598,7 +639,14 @@ def main(argv: list[str]) -> int:
             parser.error(f"--deb {args.deb}: the test host has its own {hidden[0]}")
     if args.loop_check < 0:
         parser.error("--loop-check: a number of milliseconds, 0 for none")
-    return run(cmd, args.name, args.keep_on_failure, args.cgroup == "unified", deb, args.bare, args.loop_check)
+    state = None
+    if args.state is not None:
+        state = args.state.resolve()
+        if state.exists() and not state.is_dir():
+            parser.error(f"--state {args.state}: not a directory")
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return run(cmd, args.name, args.keep_on_failure, args.cgroup == "unified", deb, args.bare, args.loop_check,
+               state)
 
 
 if __name__ == "__main__":

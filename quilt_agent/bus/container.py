@@ -74,6 +74,12 @@ PROPERTIES: tuple[Property, ...] = (
     Property("Owner", "u", lambda c: c.owner_uid),
     Property("UserNamespace", "s", lambda c: "host" if c.id_first < 0 else str(IdRange(c.id_first))),
     Property("Init", "b", lambda c: c.spec.init),
+    Property("RestartPolicy", "s", lambda c: c.spec.restart_policy),
+    Property("RestartMax", "u", lambda c: c.spec.restart_max),
+    Property("RestartCount", "u", lambda c: c.restart_count),
+    Property("Restarting", "b", lambda c: c.restart_at > 0),
+    Property("RestartAt", "t", lambda c: c.restart_at),
+    Property("StoppedByUser", "b", lambda c: c.user_stopped),
 )
 
 

@@ -47,7 +47,7 @@ def _check_command(command: list[str]) -> list[str]:
 
 class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethods, GuardedInterface):
     ARG_NAMES = {"Subscribe": ("sender",), "CreateContainer": ("container",), "RunContainer": ("container",), "GetContainer": ("container",),
-                 "ListContainers": ("containers",), "ContainerNew": ("id", "container"),
+                 "ListContainers": ("containers",), "StartAtBoot": ("containers",), "ContainerNew": ("id", "container"),
                  "ContainerRemoved": ("id", "container"), **NETWORK_ARG_NAMES, **EVENT_ARG_NAMES,
                  **IMAGE_ARG_NAMES, **VOLUME_ARG_NAMES}
 
@@ -201,6 +201,11 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
         c = await self._create("run", name, image, command, options)
         await self._manager.start(c.id)
         return container_path(c.id)
+
+    @dbus_method(name="StartAtBoot")
+    @guarded(PRIVILEGED, "start the containers of a boot")
+    async def start_at_boot(self) -> "ao":
+        return [container_path(c.id) for c in await self._manager.start_at_boot()]
 
     @dbus_method(name="GetContainer")
     @guarded(PUBLIC)

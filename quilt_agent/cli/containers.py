@@ -138,6 +138,14 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
         options["userns"] = params["userns"]  # the agent checks the mode's name
     if params.get("init"):
         options["init"] = True
+    if params.get("restart"):
+        policy, sep, count = params["restart"].partition(":")
+        options["restart_policy"] = policy  # the agent checks the policy's name
+        if sep:
+            if policy != "on-failure" or not count.isdigit():
+                raise click.UsageError(f"--restart '{params['restart']}': only on-failure takes a count of "
+                                       "restarts (on-failure:N)")
+            options["restart_max"] = int(count)
 
     return ContainerRequest(name=params["name"] or "", image=resolve_image(image, cwd), command=args, options=options)
 
@@ -188,6 +196,8 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--userns", default=None, metavar="MODE",
                      help="auto (the default): a user namespace with 65536 host ids of its own, root inside being "
                           "no one on the host; host: the host's ids (needs the manage-privileged action)."),
+        click.option("--restart", default=None, metavar="POLICY",
+                     help="Restart policy: no (default), on-failure[:MAX], always or unless-stopped."),
         click.option("--init", is_flag=True,
                      help="Run an init (catatonit) as PID 1 that forwards signals to the command and reaps "
                           "orphaned processes."),

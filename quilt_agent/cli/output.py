@@ -82,6 +82,13 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
         click.echo(line.rstrip())
 
 
+def state_word(props: Mapping[str, Any]) -> str:
+    """The state, or "restarting (N)" while a restart by its policy is pending, as Docker shows it."""
+    if props.get("Restarting"):
+        return f"restarting ({int(props.get('RestartCount', 0)) + 1})"
+    return str(props.get("State", ""))
+
+
 def print_ps_table(rows: Sequence[Mapping[str, Any]], now: float) -> None:
     print_table(("ID", "NAME", "IMAGE", "COMMAND", "STATE", "EXIT", "CREATED"), (
         (
@@ -89,7 +96,7 @@ def print_ps_table(rows: Sequence[Mapping[str, Any]], now: float) -> None:
             str(props.get("Name", "")),
             _truncate(_image_text(str(props.get("Image", ""))), 40),
             _truncate(command_text(props.get("Command", [])), 30),
-            str(props.get("State", "")),
+            state_word(props),
             exit_text(props),
             ago(int(props.get("CreatedAt", 0) or 0), now),
         )
@@ -147,6 +154,15 @@ def status_lines(props: Mapping[str, Any], now: float) -> list[str]:
         ("Namespaces", " ".join(props.get("Namespaces", [])) or "-"),
         ("Unit", props.get("Unit", "") or "-"),
     ]
+    policy = str(props.get("RestartPolicy", "no") or "no")
+    if policy != "no":
+        text = f"{policy}:{props['RestartMax']}" if props.get("RestartMax") else policy
+        text += f", {props.get('RestartCount', 0)} restarts"
+        if props.get("Restarting"):
+            text += f", the next {timestamp(int(props.get('RestartAt', 0) or 0))}"
+        elif props.get("StoppedByUser"):
+            text += ", stopped by a user"
+        fields.append(("Restart", text))
     if props.get("Setup") or props.get("SetupImage"):
         setup = "; ".join(props.get("Setup") or [])
         if props.get("SetupImage"):

@@ -43,6 +43,9 @@ class ScopeProbe(Protocol):
     async def scope(self, unit: str) -> ScopeView:
         """The description and limits of a scope that runs."""
 
+    async def stop_as_host(self, unit: str) -> None:
+        """Stop the unit as an administrator would (`systemctl stop`), not through the ScopeManager."""
+
 
 @dataclass
 class Throwaway:
@@ -262,6 +265,36 @@ class ScopesContract:
     async def test_kill_of_an_unknown_unit_is_a_no_op(self, scopes: ScopeManager, unit: str) -> None:
         await scopes.kill(unit, signal.SIGTERM)
         assert unit not in await scopes.active_scopes()
+
+    # --- stop_cause ------------------------------------------------------------------------------
+
+    async def test_a_stop_by_the_host_is_told(self, scopes: ScopeManager, probe: ScopeProbe, unit: str,
+                                              spawn: Spawn) -> None:
+        p = spawn()
+        await scopes.start(unit, [p.pid], "contract", ScopeLimits())
+        assert await scopes.stop_cause(unit) == ""
+        await probe.stop_as_host(unit)
+        p.wait_exited()
+        assert await scopes.stop_cause(unit) == "user"
+
+    async def test_its_own_stop_and_a_process_ending_are_no_stop_by_the_host(
+            self, scopes: ScopeManager, unit: str, spawn: Spawn) -> None:
+        p = spawn()
+        await scopes.start(unit, [p.pid], "contract", ScopeLimits())
+        await scopes.stop(unit)
+        assert await scopes.stop_cause(unit) == ""
+        other = unit.replace(".scope", "-ends.scope")
+        q = spawn()
+        await scopes.start(other, [q.pid], "contract", ScopeLimits())
+        q.reap()
+        assert await scopes.stop_cause(other) == ""
+
+    async def test_a_new_start_forgets_a_stop_by_the_host(self, scopes: ScopeManager, probe: ScopeProbe,
+                                                         unit: str, spawn: Spawn) -> None:
+        await scopes.start(unit, [spawn().pid], "contract", ScopeLimits())
+        await probe.stop_as_host(unit)
+        await scopes.start(unit, [spawn().pid], "contract", ScopeLimits())
+        assert await scopes.stop_cause(unit) == ""
 
     async def test_a_stopped_name_can_be_started_again(self, scopes: ScopeManager, probe: ScopeProbe, unit: str,
                                                        spawn: Spawn) -> None:

@@ -55,6 +55,8 @@ class FakeScopes:
 
     def __init__(self) -> None:
         self.units: dict[str, FakeScope] = {}
+        self.host_stops: set[str] = set()  # units stopped through stop_by_host, as with `systemctl stop`
+        self.shutting_down = False  # what a test sets for a host that shuts down
 
     async def start(self, unit: str, pids: list[int], description: str, limits: ScopeLimits) -> None:
         refused = f"systemd could not create scope {unit}: org.freedesktop.DBus.Error."
@@ -63,6 +65,7 @@ class FakeScopes:
             raise ContainerFailed(refused + "InvalidArgs: Invalid unit name or type.")
         if valid.group(1) != "scope":  # the properties are checked against the type: another one has no PIDs
             raise ContainerFailed(refused + "PropertyReadOnly: Cannot set property PIDs, or unknown property.")
+        self.host_stops.discard(unit)
         old = self.units.get(unit)
         if old is not None:
             live = old.live_pids()
@@ -111,6 +114,15 @@ class FakeScopes:
                 signal.pidfd_send_signal(fd, sig)
             except ProcessLookupError:
                 pass
+
+    async def stop_cause(self, unit: str) -> str:
+        return "shutdown" if self.shutting_down else "user" if unit in self.host_stops else ""
+
+    async def stop_by_host(self, unit: str) -> None:
+        """What `systemctl stop` of the unit does, seen from the client: the stop, and its stop_cause."""
+        if unit in self.units:
+            self.host_stops.add(unit)
+        await self.stop(unit)
 
     async def active_scopes(self) -> list[str]:
         return [u for u, s in self.units.items() if fnmatch.fnmatchcase(u, ACTIVE_PATTERN) and s.live_pids()]

@@ -164,8 +164,11 @@ def main(first: str, second: str) -> dict:
     seen["after_install"] = {
         **installed(),
         "agent": unit("quilt-agent.service"),
+        "restart_unit": {**unit("quilt-restart.service"),
+                         "enabled": run("systemctl", "is-enabled", "quilt-restart.service").get("stdout", "").strip()},
         "files": {p: os.path.exists(p) for p in (
             "/usr/bin/quiltctl", "/usr/bin/quilt-agent", "/lib/systemd/system/quilt-agent.service",
+            "/lib/systemd/system/quilt-restart.service",
             "/lib/systemd/system/quilt.slice", "/usr/share/dbus-1/system.d/org.quilt.Runtime.conf",
             "/usr/share/dbus-1/system-services/org.quilt.Runtime.service",
             "/usr/share/dbus-1/interfaces/org.quilt.Runtime.xml",

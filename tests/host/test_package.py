@@ -93,6 +93,8 @@ def test_install_puts_every_file_in_place_and_starts_nothing(seen: dict) -> None
     assert [p for p, there in after["files"].items() if not there] == []
     # The first call on the bus starts the agent; installing does not.
     assert after["agent"]["ActiveState"] == "inactive"
+    # The boot's unit is enabled (it starts the containers whose policy says so at boot), not run by the install.
+    assert after["restart_unit"]["enabled"] == "enabled" and after["restart_unit"]["ActiveState"] == "inactive"
     completion = after["completion"]
     assert completion["registers"] and completion["calls"] and "plain,image" in completion["answer"], completion
 

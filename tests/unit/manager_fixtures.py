@@ -24,6 +24,7 @@ from quilt_agent.network.config import NetworkConfig
 from quilt_agent.network.core import Networks
 from quilt_agent.network.firewall import Firewall
 from quilt_agent.removal import Removal
+from quilt_agent.restart import Backoff
 from quilt_agent.scopes import ScopeLimits
 from quilt_agent.volumes import Volumes
 from tests.fakes.helper import FakeForkServer
@@ -158,7 +159,7 @@ class RecordedRules(Firewall):
 
 
 async def build_core(paths: Paths, store: StateStore, scopes: RecordingScopes, kernel: FakeKernel,
-                     zygote: FakeForkServer, ranges: Ranges | None = None) -> Core:
+                     zygote: FakeForkServer, ranges: Ranges | None = None, backoff: Backoff | None = None) -> Core:
     """As app.build, but with the fakes: the network rules are recorded, not applied with nft, and the note of
     ip_forward goes below the test's own directory."""
     containers = ContainerTable()
@@ -167,7 +168,7 @@ async def build_core(paths: Paths, store: StateStore, scopes: RecordingScopes, k
     volumes = Volumes(paths.volumes, store, containers)
     networks = Networks(paths, store, containers, kernel=kernel, config=NetworkConfig(), rules=RecordedRules(),
                         forward_note=paths.root / "ip_forward")
-    manager = Manager(paths, store, scopes, zygote, containers, images, networks, volumes, ranges)
+    manager = Manager(paths, store, scopes, zygote, containers, images, networks, volumes, ranges, backoff)
     stored = await store.containers()
     await volumes.load()
     await networks.recover(stored)

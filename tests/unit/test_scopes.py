@@ -22,6 +22,9 @@ class FakeProbe:
         record = self._scopes.units[unit]
         return ScopeView(record.description, record.limits)
 
+    async def stop_as_host(self, unit: str) -> None:
+        await self._scopes.stop_by_host(unit)
+
 
 class TestFakeScopes(ScopesContract):
     @pytest.fixture

@@ -2,7 +2,9 @@
 systemd: what the fake lets pass, systemd does too."""
 from __future__ import annotations
 
+import asyncio
 import signal
+import subprocess
 from typing import AsyncIterator
 
 import pytest
@@ -37,6 +39,9 @@ class SystemdProbe:
                                              signature=sig, body=body))
         assert reply.message_type is MessageType.METHOD_RETURN, reply.body
         return reply.body
+
+    async def stop_as_host(self, unit: str) -> None:
+        await asyncio.to_thread(subprocess.run, ["systemctl", "stop", unit], check=True)
 
     async def scope(self, unit: str) -> ScopeView:
         (path,) = await self._call(SYSTEMD_PATH, SYSTEMD_MANAGER, "GetUnit", "s", [unit])
