@@ -3,7 +3,6 @@ shutting down. Its stop signal and timeout are its scope's KillSignal= and Timeo
 in a scope of its own, records how it ended in every case."""
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from dbus_fast import Variant
 from quilt_agent.client import Client, ClientError
 from tests.integration.conftest import systemctl
 from tests.integration.test_recovery import start_agent, stop_agent
+from tests.integration.waiting import log_line
 
 # A namespace's PID 1 without a handler ignores SIGTERM: only the SIGKILL after the timeout ends it.
 IGNORES_TERM = ["/bin/sleep", "300"]
@@ -22,13 +22,6 @@ TRAPS_TERM = ["/bin/sh", "-c", "trap 'exit 5' TERM; echo ready; sleep 300 & wait
 
 def unit_property(unit: str, key: str) -> str:
     return systemctl("show", "-P", key, unit).stdout.strip()
-
-
-async def until_logged(client: Client, path: str, line: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while line not in [entry.text for entry in await client.get_logs(path, {})]:
-        assert time.monotonic() < deadline, f"{line!r} never logged"
-        await asyncio.sleep(0.02)
 
 
 async def test_the_scope_carries_the_stop_signal_and_timeout(client: Client, busybox_tar: Path, name: str) -> None:
@@ -58,7 +51,7 @@ async def test_systemctl_stop_of_a_container_ignoring_sigterm_kills_it_at_its_st
 async def test_systemctl_stop_keeps_the_exit_code_of_a_container_that_handles_its_stop_signal(
         client: Client, busybox_tar: Path, name: str) -> None:
     path = await client.run_container(name, str(busybox_tar), TRAPS_TERM, {"stop_timeout": 30})
-    await until_logged(client, path, "ready")
+    await log_line(client, path, "ready")
     started = time.monotonic()
     systemctl("stop", f"quilt-{name}.scope")
     assert time.monotonic() - started < 2.0
@@ -89,7 +82,7 @@ async def test_quiltctl_stop_and_systemctl_stop_end_a_container_alike(client: Cl
     ends = []
     for how in ("quiltctl", "systemctl"):
         path = await client.run_container(f"{name}-{how}", str(busybox_tar), command, {})
-        await until_logged(client, path, "ready")
+        await log_line(client, path, "ready")
         if how == "quiltctl":
             await client.stop(path, 10)
         else:
