@@ -65,6 +65,12 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "init": "b",
     "restart_policy": "s",
     "restart_max": "u",
+    "health_cmd": "as",
+    "health_interval": "d",
+    "health_timeout": "d",
+    "health_start_period": "d",
+    "health_retries": "u",
+    "health_on_failure": "s",
 }
 
 NETWORK_OPTION_SIGNATURES: dict[str, str] = {
@@ -350,6 +356,16 @@ class Client:
         body = [wrap_options(options, LOG_OPTION_SIGNATURES)]
         (rows,) = await self._call(path, CONTAINER_INTERFACE, "GetLogs", "a{sv}", body)
         return [LogLine(usec=u, stream=s, text=t) for u, s, t in rows]
+
+    async def run_health_check(self, path: str) -> tuple[str, int, str]:
+        """(status after it, the check's exit code, its output)."""
+        status, code, text = await self._call(path, CONTAINER_INTERFACE, "RunHealthCheck")
+        return str(status), int(code), str(text)
+
+    async def health_log(self, path: str) -> tuple[str, int, list[tuple[int, int, int, str]]]:
+        """(status, failing streak, [(start usec, end usec, exit code, output)])."""
+        status, streak, checks = await self._call(path, CONTAINER_INTERFACE, "GetHealthLog")
+        return str(status), int(streak), [(int(a), int(b), int(c), str(d)) for a, b, c, d in checks]
 
     async def get_environment(self, path: str) -> list[str]:
         (env,) = await self._call(path, CONTAINER_INTERFACE, "GetEnvironment")

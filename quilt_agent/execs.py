@@ -36,7 +36,7 @@ class ExecOptions:
     env: tuple[str, ...] = ()
     workdir: str = ""
     user: str = ""
-    timeout: int = 0  # seconds, 0 = none
+    timeout: float = 0  # seconds, 0 = none
     tty: bool = False
 
 

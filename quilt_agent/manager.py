@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from quilt_agent import cgroups, copying, filetree, journal, pipes, restart, userdb
+from quilt_agent import cgroups, copying, filetree, health, journal, pipes, restart, userdb
 from quilt_agent import stdio as caller_stdio
 from quilt_agent.config import Paths
 from quilt_agent.containers import ContainerTable
@@ -23,7 +23,7 @@ from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environmen
 from quilt_agent.logfollow import LogFollowers, parse_follow_options
 from quilt_agent.errors import (
     AccessDenied, AlreadyRunning, ContainerFailed, InvalidArgument, NameInUse, NoSuchContainer, NoSuchVolume, NotRunning,
-    QuiltError, VolumeInUse,
+    QuiltError, TimedOut, VolumeInUse,
 )
 from quilt_agent.helper import protocol
 from quilt_agent.helper.monitor import start_time
@@ -54,7 +54,7 @@ MESSAGE_IDS = {
     "created": "4dac182fa45d471899d4bbbddde4cfdd", "started": "0600d97482a4436296a92545868adc16",
     "failed": "27db21ceddd04a2abcef2b86a8bbafec", "exited": "9b8ed616097b49b295ba9b1c596e866a",
     "oom": "422374fe993343f6b7e031c6aac193f3", "removed": "530128e8449a46459221e6547e06467f",
-    "restarting": "0b3f4e3cf4a24c55a86bd1b4e3b6e0a1",
+    "restarting": "0b3f4e3cf4a24c55a86bd1b4e3b6e0a1", "health_status": "c1d3d0b6a0b94b0e9d3f5b8e2a7c4f61",
 }
 
 
@@ -138,6 +138,7 @@ class Manager:
         self._exiting: set[asyncio.Task[None]] = set()  # _record_exit under way
         self._backoff = backoff or restart.Backoff()
         self._restart_timers: dict[str, asyncio.TimerHandle] = {}  # container id -> its pending restart
+        self._health = health.Schedule(self._timed_health_check)  # timers of the running containers with a check
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -196,6 +197,9 @@ class Manager:
         img = await self._images.resolve(image, need_command=not command, owner_uid=owner_uid)
         defaults = await self._images.defaults(img, command, fields)
         spec = ContainerSpec(name=name, image=image, image_id=img.id, command=defaults.command, **defaults.fields)
+        if not spec.health_cmd and (given := [k for k in (*health.TIMING_FIELDS, "health_on_failure") if k in fields]):
+            why = "health_cmd is empty" if "health_cmd" in fields else "give health_cmd (the image has no HEALTHCHECK)"
+            raise InvalidArgument(f"Option '{given[0]}' needs a health check: {why}")
         protocol.check_size(spec, "The container's command, environment, labels and setup steps")
         volumes = tuple(VolumeUse(m.source, m.read_only, self._volumes.find(m.source))
                         for m in map(parse_volume, spec.volumes)
@@ -349,7 +353,7 @@ class Manager:
                 raise
             c = c.with_(monitor_pid=spawned.monitor_pid, monitor_start=spawned.monitor_start,
                         main_pid=spawned.init_pid, exit_code=-1, exit_signal=0, oom_killed=False, failure_reason="",
-                        started_at=now_usec(), finished_at=0)
+                        started_at=now_usec(), finished_at=0, health="starting" if c.spec.health_cmd else "")
             # Recorded before Go: if the agent dies now, the restarted one finds the monitor.
             await self._store.update_status(c)
             self._containers[c.id] = c
@@ -375,6 +379,8 @@ class Manager:
             raise ContainerFailed(f"Container '{c.name}' failed to start: {reply.reason}")
         if c.monitor_pid:  # still running: its exit is not recorded yet
             c = await self._set(c.with_(state=State.RUNNING))
+            if c.spec.health_cmd:
+                self._health.watch(c.id, c.spec.health_interval)
         t3 = time.perf_counter()
         await self._event("started", c, "started container %s, init pid %d, in %.1f ms (fork %.1f, scope %.1f, "
                           "exec %.1f)", c.name, c.main_pid, (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
@@ -482,6 +488,7 @@ class Manager:
             c = self._containers.get(container_id)
             if c is None or c.state is State.REMOVING:
                 return
+        self._health.forget(container_id)
         status = self._read_exit(container_id)
         state = State.FAILED if c.state is State.FAILED or status.failed or (
             status.reason and status.exit_code in (125, 126, 127) and c.state is not State.RUNNING) else State.EXITED
@@ -624,12 +631,15 @@ class Manager:
                 return await self._set(c.with_(restart_at=0, user_stopped=True))
             return c  # as podman stop: stopping a stopped container is done already
         c = await self._set(c.with_(user_stopped=True))  # no restart policy brings it back
+        await self._stop(c, timeout or c.spec.stop_timeout)
+        return self._get(c.id)
+
+    async def _stop(self, c: Container, timeout: float) -> None:
         await self._scopes.kill(c.unit, c.spec.stop_signal or signals.SIGTERM)
         try:
-            await asyncio.wait_for(rt.exited.wait(), timeout or c.spec.stop_timeout)
+            await asyncio.wait_for(self._runtime[c.id].exited.wait(), timeout)
         except asyncio.TimeoutError:
             await self._kill_and_wait(c)
-        return self._get(c.id)
 
     async def _kill_and_wait(self, c: Container) -> None:
         rt = self._runtime[c.id]
@@ -696,6 +706,7 @@ class Manager:
                 log.exception("removing container %s: files left in %s", c.name, directory)
             await self._store.delete_container(c.id)
             await self._event("removed", c, "removed container %s", c.name)
+            self._health.drop(c.id)
             del self._containers[c.id]
             rt.exited.set()  # wake waiters: they find it gone
             if rt.monitor_pidfd >= 0:
@@ -725,6 +736,92 @@ class Manager:
             return await self._executor.run(c, rt.init_pidfd, command, opts, self._full_env(c.spec), relays.fds)
         finally:
             await relays.drained()
+
+    # --- health checks (health.py) ------------------------------------------------------------------
+
+    async def health_check(self, container_id: str) -> tuple[str, health.Result]:
+        """Run the container's check now, as its timer does, and take its verdict; the status after it."""
+        c = self._get(container_id)
+        if not c.spec.health_cmd:
+            raise InvalidArgument(f"Container '{c.name}' has no health check")
+        rt = self._runtime[c.id]
+        if c.state is not State.RUNNING or rt.init_pidfd < 0:
+            raise NotRunning(c.name, c.state.value)
+        start = now_usec()
+        try:
+            done = await self._executor.run(c, rt.init_pidfd, c.spec.health_cmd,
+                                            ExecOptions(timeout=c.spec.health_timeout), self._full_env(c.spec))
+            code, output = done.exit_code, health.output_text(done.stdout, done.stderr)
+        except TimedOut:
+            code, output = -1, f"the check did not end within {c.spec.health_timeout:g} s and was killed"
+        except NotRunning:
+            raise
+        except QuiltError as err:  # it could not run at all (its user is gone from the image, say): a failure
+            code, output = -1, str(err)
+        result = health.Result(start, now_usec(), code, output)
+        return await self._judge_health(c.id, result), result
+
+    async def _timed_health_check(self, container_id: str) -> None:
+        try:
+            await self.health_check(container_id)
+        except (NotRunning, NoSuchContainer):
+            pass  # it ended meanwhile: its exit stops the timer
+
+    async def _judge_health(self, container_id: str, result: health.Result) -> str:
+        c = self._containers.get(container_id)
+        if c is None or c.state is not State.RUNNING or result.start < c.started_at:
+            return c.health if c else ""  # it ended (or ran again) meanwhile: this check judged another run
+        checks = self._health.logs.setdefault(c.id, health.Log())
+        checks.results.append(result)
+        in_start_period = result.start < c.started_at + int(c.spec.health_start_period * 1e6)
+        status, checks.failing_streak = health.judge(c.health or "starting", checks.failing_streak,
+                                                     result.exit_code == 0, in_start_period, c.spec.health_retries)
+        if status == c.health:
+            return status
+        c = await self._set(c.with_(health=status))
+        await self._event("health_status", c, "container %s is %s: its health check exited with code %d%s", c.name,
+                          status, result.exit_code, f" ({result.output.strip()[:200]})" if status == "unhealthy"
+                          else "", status=status, exit_code=result.exit_code)
+        if status == "unhealthy" and c.spec.health_on_failure != "none":
+            task = self._loop.create_task(self._act_on_unhealthy(c.id))
+            self._exiting.add(task)
+            task.add_done_callback(self._exiting.discard)
+        return status
+
+    async def _act_on_unhealthy(self, container_id: str) -> None:
+        """health_on_failure: kill or stop it (not a user's stop: its restart policy decides what follows), or
+        stop it and start it again."""
+        c = self._get(container_id)
+        action = c.spec.health_on_failure
+        log.warning("container %s is unhealthy: %s it", c.name, {"kill": "killing", "stop": "stopping",
+                                                                 "restart": "restarting"}[action])
+        try:
+            if action == "kill":
+                await self._kill_and_wait(c)
+            else:
+                await self._stop(c, c.spec.stop_timeout)
+            if action != "restart":
+                return
+            rt = self._runtime[c.id]
+            async with rt.lock:
+                c = self._get(c.id)
+                if c.state not in (State.EXITED, State.FAILED) or c.user_stopped:
+                    return  # started or stopped by a user meanwhile
+                c = await self._set(c.with_(restart_count=c.restart_count + 1))
+                await self._event("restarting", c, "container %s was unhealthy; restart %d now", c.name,
+                                  c.restart_count, exit_code=c.exit_code, attempt=c.restart_count, delay_usec=0,
+                                  at=now_usec(), reason="unhealthy")
+                await self._launch(c, rt)
+        except NoSuchContainer:
+            pass  # removed meanwhile
+        except Exception as err:  # noqa: BLE001 - no caller: the journal says why
+            log.error("acting on the unhealthy container %s (%s) failed: %s", c.name, action, err)
+
+    def health_log(self, container_id: str) -> tuple[str, int, list[health.Result]]:
+        """Its status, failing streak and last checks (since the agent started), oldest first."""
+        c = self._get(container_id)
+        checks = self._health.logs.get(c.id) or health.Log()
+        return c.health, checks.failing_streak, list(checks.results)
 
     # --- copy ------------------------------------------------------------------------------------
 
@@ -868,6 +965,8 @@ class Manager:
                     if c.state is not State.RUNNING:
                         c = await self._set(c.with_(state=State.RUNNING, started_at=c.started_at or now_usec()))
                     self._watch(c.id, rt)
+                    if c.spec.health_cmd:
+                        self._health.watch(c.id, c.spec.health_interval)
                     log.info("reattached to running container %s", c.name)
                     continue
             if c.state is State.RUNNING or c.monitor_pid:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quilt_agent.errors import InvalidArgument
+from quilt_agent import health
 from quilt_agent import setup as setup_commands
 from quilt_agent import volume_options
 from quilt_agent.network import options as network_options
@@ -90,6 +91,14 @@ class ContainerSpec:
     init: bool = False  # a small init (Paths.init) as PID 1, running the command
     restart_policy: str = "no"  # RESTART_POLICIES
     restart_max: int = 0  # with on-failure: the most restarts in a row, 0 = no limit
+    # Its health check (quilt_agent/health.py): the command (() = none), seconds between checks, a check's
+    # timeout, the start period, the failures in a row that make it unhealthy, and what is done then.
+    health_cmd: tuple[str, ...] = ()
+    health_interval: float = health.DEFAULT_INTERVAL
+    health_timeout: float = health.DEFAULT_TIMEOUT
+    health_start_period: float = 0.0
+    health_retries: int = health.DEFAULT_RETRIES
+    health_on_failure: str = "none"  # health.ACTIONS
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,7 @@ class Container:
     restart_streak: int = 0
     restart_at: int = 0
     user_stopped: bool = False
+    health: str = ""  # health.STATUSES: "" when it has no check; the last one's verdict once it ended
 
     @property
     def name(self) -> str:
@@ -332,6 +342,7 @@ OPTION_PARSERS = {
     "init": ("init", lambda v: _expect("init", v, bool, "a boolean")),
     "restart_policy": ("restart_policy", _parse_restart_policy),
     "restart_max": ("restart_max", _parse_restart_max),
+    **health.CONTAINER_OPTIONS,  # health_cmd, health_interval, ...
 }
 
 
@@ -353,6 +364,7 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
     if fields.get("remove_on_exit") and policy != "no":
         raise InvalidArgument(f"Options 'remove_on_exit' and restart_policy '{policy}' contradict each other: a "
                               "container removed at its exit cannot be restarted")
+    health.settle(fields)
     network_options.settle(fields, fields.get("namespaces", NAMESPACES))
     volume_options.check_mount_targets(fields.get("volumes", ()), fields.get("tmpfs", ()))
     return fields

@@ -130,6 +130,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE containers ADD COLUMN restart_at INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE containers ADD COLUMN user_stopped INTEGER NOT NULL DEFAULT 0;
     """,
+    # 8: the verdict of a container's health check (quilt_agent/health.py).
+    "ALTER TABLE containers ADD COLUMN health TEXT NOT NULL DEFAULT ''",
 )
 
 MAX_EVENTS = 10000
@@ -140,7 +142,7 @@ log = logging.getLogger("quilt.store")
 
 _STATUS_COLUMNS = ("state", "started_at", "finished_at", "exit_code", "exit_signal", "oom_killed",
                    "failure_reason", "monitor_pid", "monitor_start", "main_pid", "setup_image", "restart_count",
-                   "restart_streak", "restart_at", "user_stopped")
+                   "restart_streak", "restart_at", "user_stopped", "health")
 
 
 def _spec_to_json(spec: ContainerSpec) -> str:
@@ -150,7 +152,7 @@ def _spec_to_json(spec: ContainerSpec) -> str:
 def _spec_from_json(text: str) -> ContainerSpec:
     data = json.loads(text)
     for key in ("command", "env", "namespaces", "networks", "aliases", "ports", "volumes", "tmpfs", "setup",
-                "anonymous_volumes"):
+                "anonymous_volumes", "health_cmd"):
         if key in data:
             data[key] = tuple(data[key])
     return ContainerSpec(**data)
@@ -165,6 +167,7 @@ def _row_to_container(row: aiosqlite.Row) -> Container:
         monitor_start=row["monitor_start"], main_pid=row["main_pid"], setup_image=row["setup_image"],
         owner_uid=row["owner_uid"], id_first=row["id_first"], restart_count=row["restart_count"],
         restart_streak=row["restart_streak"], restart_at=row["restart_at"], user_stopped=bool(row["user_stopped"]),
+        health=row["health"],
     )
 
 
@@ -206,7 +209,7 @@ class StateStore(Protocol):
         ...
 
     def update_status(self, c: Container) -> asyncio.Future[None]:
-        """Every status field of c (state to user_stopped) onto the container of c.id; the spec stays."""
+        """Every status field of c (state to health) onto the container of c.id; the spec stays."""
         ...
 
     def delete_container(self, container_id: str) -> asyncio.Future[None]:

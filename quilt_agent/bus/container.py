@@ -80,7 +80,18 @@ PROPERTIES: tuple[Property, ...] = (
     Property("Restarting", "b", lambda c: c.restart_at > 0),
     Property("RestartAt", "t", lambda c: c.restart_at),
     Property("StoppedByUser", "b", lambda c: c.user_stopped),
+    Property("Health", "s", lambda c: c.health),
+    Property("HealthCommand", "as", lambda c: list(c.spec.health_cmd)),
+    Property("HealthInterval", "t", lambda c: _usec(c.spec.health_interval)),
+    Property("HealthTimeout", "t", lambda c: _usec(c.spec.health_timeout)),
+    Property("HealthStartPeriod", "t", lambda c: _usec(c.spec.health_start_period)),
+    Property("HealthRetries", "u", lambda c: c.spec.health_retries),
+    Property("HealthOnFailure", "s", lambda c: c.spec.health_on_failure),
 )
+
+
+def _usec(seconds: float) -> int:
+    return round(seconds * 1e6)
 
 
 def properties(c: Container) -> dict[str, Any]:
@@ -131,6 +142,8 @@ def _log_options(options: dict[str, Variant]) -> tuple[int, int, bool]:
 @_export_properties
 class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedInterface):
     ARG_NAMES = {"Wait": ("exit_code",), "GetLogs": ("lines",), "GetEnvironment": ("environment",),
+                 "RunHealthCheck": ("status", "exit_code", "output"),
+                 "GetHealthLog": ("status", "failing_streak", "checks"),
                  **container_io.ARG_NAMES, **NETWORK_ARG_NAMES}
 
     def __init__(self, container_id: str, manager: Manager, networks: Networks, authority: Authority,
@@ -193,3 +206,15 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
     @guarded(MANAGE, "read the environment of")
     async def get_environment(self) -> "as":
         return self._manager.environment(self.container_id)
+
+    @dbus_method(name="RunHealthCheck")
+    @guarded(MANAGE, "run the health check of")
+    async def run_health_check(self) -> "sis":
+        status, result = await self._manager.health_check(self.container_id)
+        return [status, result.exit_code, result.output]
+
+    @dbus_method(name="GetHealthLog")
+    @guarded(READ, "read the health checks of")
+    async def get_health_log(self) -> "sua(ttis)":
+        status, streak, results = self._manager.health_log(self.container_id)
+        return [status, streak, [[r.start, r.end, r.exit_code, r.output] for r in results]]

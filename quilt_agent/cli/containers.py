@@ -36,9 +36,11 @@ from quilt_agent.cli.parsing import (
     CPU_PERCENT,
     CPUS,
     ENV,
+    HEALTH_CMD,
     LABEL,
     MEMORY,
     NAMESPACE_LIST,
+    SECONDS,
     SIGNAL,
     parse_since,
     resolve_image,
@@ -146,8 +148,23 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
                 raise click.UsageError(f"--restart '{params['restart']}': only on-failure takes a count of "
                                        "restarts (on-failure:N)")
             options["restart_max"] = int(count)
+    options.update(_health_options(params))
 
     return ContainerRequest(name=params["name"] or "", image=resolve_image(image, cwd), command=args, options=options)
+
+
+def _health_options(params: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if params.get("no_healthcheck"):
+        if params.get("health_cmd") is not None:
+            raise click.UsageError("--no-healthcheck and --health-cmd contradict each other: give one")
+        options["health_cmd"] = []
+    elif params.get("health_cmd") is not None:
+        options["health_cmd"] = params["health_cmd"]
+    for flag in ("interval", "timeout", "start_period", "retries", "on_failure"):
+        if params.get(f"health_{flag}") is not None:
+            options[f"health_{flag}"] = params[f"health_{flag}"]  # the agent checks the values
+    return options
 
 
 def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -201,6 +218,18 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--init", is_flag=True,
                      help="Run an init (catatonit) as PID 1 that forwards signals to the command and reaps "
                           "orphaned processes."),
+        click.option("--health-cmd", type=HEALTH_CMD, default=None, metavar="CMD",
+                     help="A health check: a command line for /bin/sh -c, or a JSON array (none: no check, not even "
+                          "the image's HEALTHCHECK)."),
+        click.option("--health-interval", type=SECONDS, default=None, help="Time between checks (default 30s)."),
+        click.option("--health-timeout", type=SECONDS, default=None, help="Time a check may take (default 30s)."),
+        click.option("--health-start-period", type=SECONDS, default=None,
+                     help="Time after the start when failed checks do not count (default 0s)."),
+        click.option("--health-retries", type=click.IntRange(min=0), default=None,
+                     help="Failed checks in a row that make it unhealthy (default 3)."),
+        click.option("--health-on-failure", default=None, metavar="ACTION",
+                     help="When it becomes unhealthy: none (default), kill, stop or restart."),
+        click.option("--no-healthcheck", is_flag=True, help="No health check, not even the image's HEALTHCHECK."),
         click.option("--image-path", "--image", "image_path", default=None, hidden=True),
         click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="IMAGE [--] [COMMAND [ARG...]]"),
     ]
@@ -509,6 +538,10 @@ def ps(ctx: click.Context, show_all: bool, as_json: bool, quiet: bool) -> None:
 
 async def _inspect_one(client: Client, path: str) -> dict[str, Any]:
     props = await client.properties(path)
+    if props.get("HealthCommand"):
+        status, streak, checks = await client.health_log(path)
+        props["HealthLog"] = {"Status": status, "FailingStreak": streak, "Log": [
+            {"Start": start, "End": end, "ExitCode": code, "Output": text} for start, end, code, text in checks]}
     try:
         props["Environment"] = await client.get_environment(path)
     except ClientError as e:
@@ -600,5 +633,29 @@ def wait(ctx: click.Context, containers: tuple[str, ...]) -> None:
     _for_each(ctx, containers, action)
 
 
-COMMANDS: list[click.Command] = [run, create, start, stop, kill, rm, remove, ps, inspect, status, logs, wait]
+@click.group()
+def healthcheck() -> None:
+    """Run a container's health check."""
+
+
+@healthcheck.command(name="run")
+@click.argument("container")
+@click.pass_context
+def healthcheck_run(ctx: click.Context, container: str) -> None:
+    """Run the health check of a running container now; print its status. Exit status 0 when the check
+    passed, 1 when it failed."""
+
+    async def body(client: Client) -> tuple[str, int, str]:
+        return await client.run_health_check(await client.get_container(container))
+
+    status, code, text = with_client(ctx, body)
+    click.echo(status)
+    if code != 0:
+        if text.strip():
+            click.echo(text.rstrip(), err=True)
+        ctx.exit(1)
+
+
+COMMANDS: list[click.Command] = [run, create, start, stop, kill, rm, remove, ps, inspect, status, logs, wait,
+                                 healthcheck]
 

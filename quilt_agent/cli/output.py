@@ -86,6 +86,8 @@ def state_word(props: Mapping[str, Any]) -> str:
     """The state, or "restarting (N)" while a restart by its policy is pending, as Docker shows it."""
     if props.get("Restarting"):
         return f"restarting ({int(props.get('RestartCount', 0)) + 1})"
+    if props.get("State") == "running" and props.get("Health"):
+        return f"running ({props['Health']})"  # as Podman's "Up 2 minutes (healthy)"
     return str(props.get("State", ""))
 
 
@@ -163,6 +165,9 @@ def status_lines(props: Mapping[str, Any], now: float) -> list[str]:
         elif props.get("StoppedByUser"):
             text += ", stopped by a user"
         fields.append(("Restart", text))
+    if props.get("HealthCommand"):
+        fields.append(("Health", f"{props.get('Health') or '-'}: {command_text(props['HealthCommand'])} every "
+                                 f"{int(props.get('HealthInterval', 0)) / 1e6:g} s"))
     if props.get("Setup") or props.get("SetupImage"):
         setup = "; ".join(props.get("Setup") or [])
         if props.get("SetupImage"):

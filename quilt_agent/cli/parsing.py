@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -87,6 +88,36 @@ def parse_duration(text: str) -> float:
     if position == 0 or position != len(value):
         raise ValueError(f"'{text}' is not a duration (like 10s, 5m, 2h, 1h30m)")
     return total
+
+
+def parse_seconds(text: str) -> float:
+    """A duration ('30s', '1m30s', '500ms') or a plain number of seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        return parse_duration(text)
+
+
+def parse_health_cmd(text: str) -> list[str]:
+    """Podman's --health-cmd: a JSON array is the argv (Docker's ["CMD", ...] and ["CMD-SHELL", "..."] too),
+    'none' is no check (not even the image's), anything else a command line for /bin/sh -c."""
+    if text.strip().lower() == "none":
+        return []
+    if text.lstrip().startswith("["):
+        try:
+            argv = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"'{text}' is not a JSON array of strings: {e}") from None
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError(f"'{text}' is not a JSON array of strings")
+        if argv[0] == "CMD-SHELL" and len(argv) == 2:
+            return ["/bin/sh", "-c", argv[1]]
+        if argv[0] == "NONE":
+            return []
+        return argv[1:] if argv[0] == "CMD" else argv
+    if not text.strip():
+        raise ValueError("the health command is empty")
+    return ["/bin/sh", "-c", text]
 
 
 _AGO_RE = re.compile(r"(.*?)\s+ago", re.IGNORECASE)
@@ -185,3 +216,5 @@ SIGNAL = _ParsedType("signal", parse_signal)
 NAMESPACE_LIST = _ParsedType("namespaces", parse_namespaces)
 ENV = _ParsedType("KEY=VALUE", lambda text: parse_key_value(text, "environment variable"))
 LABEL = _ParsedType("KEY=VALUE", lambda text: parse_key_value(text, "label"))
+SECONDS = _ParsedType("duration", parse_seconds)
+HEALTH_CMD = _ParsedType("command", parse_health_cmd)

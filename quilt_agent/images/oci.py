@@ -14,7 +14,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from quilt_agent.errors import ImageInvalid, NoSuchImage
+from quilt_agent import health
+from quilt_agent.errors import ImageInvalid, InvalidArgument, NoSuchImage
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -236,6 +237,7 @@ class ImageConfig:
     user: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     stop_signal: str = ""
+    health: dict[str, Any] = field(default_factory=dict)  # Healthcheck as container spec fields (health.py)
 
     def command(self, given: tuple[str, ...]) -> tuple[str, ...]:
         """The command a container runs: as Docker, a command given at create replaces Cmd, not Entrypoint."""
@@ -277,8 +279,12 @@ def parse_config(data: bytes, what: str = "image config") -> ImageConfig:
     stop_signal = _string(run.get("StopSignal"), f"{what}: StopSignal")
     if stop_signal:
         parse_signal(stop_signal, f"{what}: StopSignal")
+    try:
+        healthcheck = health.from_image(run.get("Healthcheck"), what)
+    except (ValueError, InvalidArgument) as err:
+        raise ImageInvalid(str(err)) from None
     return ImageConfig(
-        diff_ids=diff_ids, platform=plat,
+        diff_ids=diff_ids, platform=plat, health=healthcheck,
         env=tuple(e for e in _strings(run.get("Env"), f"{what}: Env") if "=" in e and "\0" not in e),
         entrypoint=_strings(run.get("Entrypoint"), f"{what}: Entrypoint"),
         cmd=_strings(run.get("Cmd"), f"{what}: Cmd"),

@@ -52,7 +52,7 @@ class ContainerDefaults:
     """What a new container takes from its image's config, merged with what the caller gave."""
 
     command: tuple[str, ...]
-    fields: dict[str, Any]  # ContainerSpec fields: env, workdir, user, labels, stop_signal
+    fields: dict[str, Any]  # ContainerSpec fields: env, workdir, user, labels, stop_signal, health_*
 
 
 class Images:
@@ -296,6 +296,8 @@ def container_defaults(image: Image, config: oci.ImageConfig, command: tuple[str
         out["labels"] = {**config.labels, **fields.get("labels", {})}
     if config.stop_signal:
         out["stop_signal"] = oci.parse_signal(config.stop_signal, f"image {image.id[:12]}: StopSignal")
+    # Its HEALTHCHECK: each part unless given (a --health-interval alone changes the image's check's interval).
+    out.update({key: value for key, value in config.health.items() if key not in fields})
     return ContainerDefaults(argv, out)
 
 
