@@ -19,6 +19,7 @@ from quilt_agent.containers import ContainerTable
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import ImageStore
 from quilt_agent.manager import Manager
+from quilt_agent.errors import NoSuchContainer
 from quilt_agent.model import Container
 from quilt_agent.network.config import NetworkConfig
 from quilt_agent.network.core import Networks
@@ -30,10 +31,11 @@ from quilt_agent.volumes import Volumes
 from tests.fakes.helper import FakeForkServer
 from tests.fakes.kernel import FakeKernel
 from tests.fakes.scopes import FakeScopes
-from tests.fakes.store import StateStore
+from tests.fakes.store import MemoryStore, StateStore
 from tests.imagetools import tar_layer
 
 DEADLINE = 5.0  # seconds any one wait in these tests may take before it fails
+NO_NETWORK = {"networks": ["none"]}
 
 
 @dataclass
@@ -177,3 +179,38 @@ async def build_core(paths: Paths, store: StateStore, scopes: RecordingScopes, k
                 Removal(manager, images, volumes, networks))
     manager.subscribe(core.recorder)
     return core
+
+
+async def make_core(tmp_path: Path, zygote: FakeForkServer, backoff: Backoff, store: StateStore | None = None,
+                    run: str = "run") -> Core:
+    paths = Paths(tmp_path / "state", userdb=tmp_path / "userdb", run=tmp_path / run)
+    core = await build_core(paths, store or MemoryStore(), RecordingScopes(), FakeKernel(), zygote, backoff=backoff)
+    if not core.images.list():
+        await core.images.import_image(str(tiny_rootfs(tmp_path)), "tiny", {})
+    return core
+
+
+async def tear_down(core: Core) -> None:
+    for c in core.manager.list():
+        try:
+            await asyncio.wait_for(core.manager.remove(c.id, force=True), DEADLINE)
+        except NoSuchContainer:
+            pass
+    core.scopes.close()
+
+
+async def create(core: Core, command: list[str], name: str = "", **options: object) -> Container:
+    return await core.manager.create(await core.manager.prepare(name, "tiny", command, {**NO_NETWORK, **options}))
+
+
+async def until(core: Core, container_id: str, kind: str, count: int) -> None:
+    """Until the container's count-th event of kind (no sleeps: the recorder wakes on each event)."""
+    async def seen() -> None:
+        while core.recorder.kinds(container_id).count(kind) < count:
+            await core.recorder.next(kind, container_id)  # returns at once once one is there
+            await asyncio.sleep(0.005)
+    await asyncio.wait_for(seen(), DEADLINE)
+
+
+def events(core: Core, container_id: str, kind: str) -> list[dict]:
+    return [e.details for e in core.recorder.events if e.container_id == container_id and e.kind == kind]

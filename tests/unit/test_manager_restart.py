@@ -10,16 +10,13 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from quilt_agent.config import Paths
 from quilt_agent.errors import AlreadyRunning, InvalidArgument, NoSuchContainer
 from quilt_agent.model import Container, State
 from quilt_agent.restart import Backoff
 from tests.fakes.helper import FakeForkServer
-from tests.fakes.kernel import FakeKernel
 from tests.fakes.store import MemoryStore
-from tests.unit.manager_fixtures import DEADLINE, Core, RecordingScopes, build_core, tiny_rootfs
+from tests.unit.manager_fixtures import Core, create, events, make_core, tear_down, until
 
-NO_NETWORK = {"networks": ["none"]}
 LONG = ["sleep", "30"]
 QUICK = Backoff(delay=0.02, max_delay=0.16, steps=3, reset_after=10)
 SLOW = Backoff(delay=30, max_delay=30, steps=0)  # a restart stays pending for the whole test
@@ -30,24 +27,6 @@ def zygote() -> Iterator[FakeForkServer]:
     server = FakeForkServer()
     yield server
     server.close()
-
-
-async def make_core(tmp_path: Path, zygote: FakeForkServer, backoff: Backoff, store: MemoryStore | None = None,
-                    run: str = "run") -> Core:
-    paths = Paths(tmp_path / "state", userdb=tmp_path / "userdb", run=tmp_path / run)
-    core = await build_core(paths, store or MemoryStore(), RecordingScopes(), FakeKernel(), zygote, backoff=backoff)
-    if not core.images.list():
-        await core.images.import_image(str(tiny_rootfs(tmp_path)), "tiny", {})
-    return core
-
-
-async def tear_down(core: Core) -> None:
-    for c in core.manager.list():
-        try:
-            await asyncio.wait_for(core.manager.remove(c.id, force=True), DEADLINE)
-        except NoSuchContainer:
-            pass
-    core.scopes.close()
 
 
 @pytest.fixture
@@ -62,23 +41,6 @@ async def slow(tmp_path: Path, zygote: FakeForkServer) -> AsyncIterator[Core]:
     core = await make_core(tmp_path, zygote, SLOW)
     yield core
     await tear_down(core)
-
-
-async def create(core: Core, command: list[str], name: str = "", **options: object) -> Container:
-    return await core.manager.create(await core.manager.prepare(name, "tiny", command, {**NO_NETWORK, **options}))
-
-
-async def until(core: Core, container_id: str, kind: str, count: int) -> None:
-    """Until the container's count-th event of kind (no sleeps: the recorder wakes on each event)."""
-    async def seen() -> None:
-        while core.recorder.kinds(container_id).count(kind) < count:
-            await core.recorder.next(kind, container_id)  # returns at once once one is there
-            await asyncio.sleep(0.005)
-    await asyncio.wait_for(seen(), DEADLINE)
-
-
-def events(core: Core, container_id: str, kind: str) -> list[dict]:
-    return [e.details for e in core.recorder.events if e.container_id == container_id and e.kind == kind]
 
 
 async def test_on_failure_restarts_a_failing_container_up_to_its_maximum(quick: Core) -> None:
