@@ -6,6 +6,7 @@ the tests write.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -99,6 +100,27 @@ def manifest_of(layout: Path, tag: str) -> tuple[str, dict]:
         if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
             return m["digest"], json.loads(blob(layout, m["digest"]).read_text())
     raise KeyError(tag)
+
+
+def _write_blob(layout: Path, data: bytes) -> tuple[str, int]:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blob(layout, digest).write_bytes(data)
+    return digest, len(data)
+
+
+def set_config(layout: Path, tag: str, **fields: object) -> None:
+    """Set keys of image `tag`'s run config (its "config" object) that umoci does not know, such as Docker's
+    Healthcheck: a new config blob, manifest and index entry (the old blobs stay until `umoci gc`)."""
+    _, manifest = manifest_of(layout, tag)
+    config = json.loads(blob(layout, manifest["config"]["digest"]).read_text())
+    config.setdefault("config", {}).update(fields)
+    manifest["config"]["digest"], manifest["config"]["size"] = _write_blob(layout, json.dumps(config).encode())
+    digest, size = _write_blob(layout, json.dumps(manifest).encode())
+    index = index_of(layout)
+    for entry in index["manifests"]:
+        if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+            entry["digest"], entry["size"] = digest, size
+    (layout / "index.json").write_text(json.dumps(index))
 
 
 def whiteout_steps() -> list[Step]:

@@ -297,7 +297,8 @@ def container_defaults(image: Image, config: oci.ImageConfig, command: tuple[str
     if config.stop_signal:
         out["stop_signal"] = oci.parse_signal(config.stop_signal, f"image {image.id[:12]}: StopSignal")
     # Its HEALTHCHECK: each part unless given (a --health-interval alone changes the image's check's interval).
-    out.update({key: value for key, value in config.health.items() if key not in fields})
+    if fields.get("health_cmd") != ():  # none at all: not even the image's times
+        out.update({key: value for key, value in config.health.items() if key not in fields})
     return ContainerDefaults(argv, out)
 
 
