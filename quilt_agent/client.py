@@ -71,6 +71,7 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "health_start_period": "d",
     "health_retries": "u",
     "health_on_failure": "s",
+    "sdnotify": "s",
 }
 
 NETWORK_OPTION_SIGNATURES: dict[str, str] = {
@@ -351,6 +352,11 @@ class Client:
     async def wait(self, path: str) -> int:
         (code,) = await self._call(path, CONTAINER_INTERFACE, "Wait")
         return int(code)
+
+    async def wait_condition(self, path: str, conditions: Sequence[str]) -> tuple[str, int]:
+        """(the condition met, the exit code or -1)."""
+        met, code = await self._call(path, CONTAINER_INTERFACE, "WaitCondition", "as", [list(conditions)])
+        return str(met), int(code)
 
     async def get_logs(self, path: str, options: Mapping[str, Any] | None = None) -> list[LogLine]:
         body = [wrap_options(options, LOG_OPTION_SIGNATURES)]

@@ -33,6 +33,7 @@ from quilt_agent.images.service import Images
 from quilt_agent.images.store import Image
 from quilt_agent.network.core import Networks
 from quilt_agent.network.model import Network
+from quilt_agent.notify import CONTAINER_SOCKET, Notification, NotifySockets
 from quilt_agent.model import (
     Container, ContainerSpec, ExitStatus, State, effective_hostname, generate_name, new_id, now_usec, parse_options,
     validate_command, validate_name,
@@ -49,12 +50,15 @@ log = logging.getLogger("quilt.manager")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KILL_GRACE = 10.0  # how long to wait for a SIGKILLed container's monitor to report
+NOTIFY_COALESCE = 0.02  # seconds over which a container's notifications are taken as one (a flood is one write)
+WAIT_CONDITIONS = ("exited", "running", "ready", "healthy", "unhealthy")
 # journalctl MESSAGE_ID=... finds every edge of a kind, as with systemd's own catalog ids.
 MESSAGE_IDS = {
     "created": "4dac182fa45d471899d4bbbddde4cfdd", "started": "0600d97482a4436296a92545868adc16",
     "failed": "27db21ceddd04a2abcef2b86a8bbafec", "exited": "9b8ed616097b49b295ba9b1c596e866a",
     "oom": "422374fe993343f6b7e031c6aac193f3", "removed": "530128e8449a46459221e6547e06467f",
     "restarting": "0b3f4e3cf4a24c55a86bd1b4e3b6e0a1", "health_status": "c1d3d0b6a0b94b0e9d3f5b8e2a7c4f61",
+    "ready": "5e0c2a7d94b34f1f8c6a3b2d1e0f9a87",
 }
 
 
@@ -111,6 +115,11 @@ class _Runtime:
     # The end (finished_at) after which the journal was last made to store every line already written: a read
     # after a container ended waits for that once, not at every read.
     journal_synced: int = 0
+    # Set (and replaced) at each change of the container: what WaitCondition waits on.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Its notifications not applied yet (NOTIFY_COALESCE), and whether a MAINPID= was refused this run.
+    notified: dict[str, Any] = field(default_factory=dict)
+    mainpid_refused: bool = False
 
 
 class Manager:
@@ -119,7 +128,7 @@ class Manager:
 
     def __init__(self, paths: Paths, store: StateStore, scopes: ScopeManager, zygote: ForkServer, containers: ContainerTable,
                  images: Images, networks: Networks, volumes: Volumes, ranges: Ranges | None = None,
-                 backoff: restart.Backoff | None = None) -> None:
+                 backoff: restart.Backoff | None = None, notify: NotifySockets | None = None) -> None:
         self._paths = paths
         self._ranges = ranges or Ranges(Pool(), [])  # host ids for containers in their own user namespace
         self._store = store
@@ -139,6 +148,7 @@ class Manager:
         self._backoff = backoff or restart.Backoff()
         self._restart_timers: dict[str, asyncio.TimerHandle] = {}  # container id -> its pending restart
         self._health = health.Schedule(self._timed_health_check)  # timers of the running containers with a check
+        self._notify = notify or NotifySockets(paths.notify)  # NOTIFY_SOCKETs of sdnotify=container ones
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -200,6 +210,9 @@ class Manager:
         if not spec.health_cmd and (given := [k for k in (*health.TIMING_FIELDS, "health_on_failure") if k in fields]):
             why = "health_cmd is empty" if "health_cmd" in fields else "give health_cmd (the image has no HEALTHCHECK)"
             raise InvalidArgument(f"Option '{given[0]}' needs a health check: {why}")
+        if spec.sdnotify == "healthy" and not spec.health_cmd:
+            raise InvalidArgument("Option sdnotify 'healthy' needs a health check: give health_cmd (the image has "
+                                  "no HEALTHCHECK)")
         protocol.check_size(spec, "The container's command, environment, labels and setup steps")
         volumes = tuple(VolumeUse(m.source, m.read_only, self._volumes.find(m.source))
                         for m in map(parse_volume, spec.volumes)
@@ -311,6 +324,22 @@ class Manager:
 
     async def _launch(self, c: Container, rt: _Runtime, stdio: tuple[int, int, int] | None = None,
                       tty: bool = False) -> Container:
+        """Run c again: with sdnotify=container, the agent listens on its NOTIFY_SOCKET from before it starts
+        until its exit is recorded."""
+        rt.mainpid_refused = False
+        rt.notified.clear()
+        if c.spec.sdnotify != "container":
+            return await self._spawn(c, rt, stdio, tty, "")
+        notify_dir = self._notify.open(c.id, max(c.id_first, 0), self._notified)
+        try:
+            return await self._spawn(c, rt, stdio, tty, str(notify_dir))
+        except BaseException:
+            if rt.monitor_pidfd < 0:  # nothing runs that could send to it, nor will its exit close it
+                self._notify.close(c.id)
+            raise
+
+    async def _spawn(self, c: Container, rt: _Runtime, stdio: tuple[int, int, int] | None, tty: bool,
+                     notify_dir: str) -> Container:
         directory = self._paths.container(c.id)
         exit_file = directory / "exit.json"
         exit_file.unlink(missing_ok=True)
@@ -333,7 +362,7 @@ class Manager:
             setup=c.spec.setup, setup_layer=setup_layer, setup_cached=cached.id if cached else "",
             seccomp=c.spec.seccomp != "unconfined",
             id_map=IdRange(c.id_first).id_map() if c.id_first >= 0 else "", id_first=c.id_first,
-            init=str(self._paths.init) if c.spec.init else "",
+            init=str(self._paths.init) if c.spec.init else "", notify_dir=notify_dir,
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()
@@ -353,7 +382,8 @@ class Manager:
                 raise
             c = c.with_(monitor_pid=spawned.monitor_pid, monitor_start=spawned.monitor_start,
                         main_pid=spawned.init_pid, exit_code=-1, exit_signal=0, oom_killed=False, failure_reason="",
-                        started_at=now_usec(), finished_at=0, health="starting" if c.spec.health_cmd else "")
+                        started_at=now_usec(), finished_at=0, health="starting" if c.spec.health_cmd else "",
+                        ready=False, notify_status="")
             # Recorded before Go: if the agent dies now, the restarted one finds the monitor.
             await self._store.update_status(c)
             self._containers[c.id] = c
@@ -378,7 +408,7 @@ class Manager:
                               reason=reply.reason)
             raise ContainerFailed(f"Container '{c.name}' failed to start: {reply.reason}")
         if c.monitor_pid:  # still running: its exit is not recorded yet
-            c = await self._set(c.with_(state=State.RUNNING))
+            c = await self._set(c.with_(state=State.RUNNING, ready=c.ready or c.spec.sdnotify == "conmon"))
             if c.spec.health_cmd:
                 self._health.watch(c.id, c.spec.health_interval)
         t3 = time.perf_counter()
@@ -444,6 +474,8 @@ class Manager:
         # Never the agent's own environment: only defaults, then what the caller gave.
         env = {"PATH": DEFAULT_PATH, "HOSTNAME": effective_hostname(spec), "container": "quilt"}
         env.update(e.split("=", 1) for e in spec.env)
+        if spec.sdnotify == "container":
+            env["NOTIFY_SOCKET"] = CONTAINER_SOCKET
         return tuple(f"{k}={v}" for k, v in env.items())
 
     # --- exits -----------------------------------------------------------------------------------
@@ -489,12 +521,13 @@ class Manager:
             if c is None or c.state is State.REMOVING:
                 return
         self._health.forget(container_id)
+        self._notify.close(container_id)
         status = self._read_exit(container_id)
         state = State.FAILED if c.state is State.FAILED or status.failed or (
             status.reason and status.exit_code in (125, 126, 127) and c.state is not State.RUNNING) else State.EXITED
         c = await self._set(c.with_(state=state, exit_code=status.exit_code, exit_signal=status.exit_signal,
                                     oom_killed=status.oom_killed, finished_at=status.finished_at or now_usec(),
-                                    main_pid=0, monitor_pid=0, monitor_start=0,
+                                    main_pid=0, monitor_pid=0, monitor_start=0, ready=False,
                                     failure_reason=c.failure_reason or status.reason))
         if c.oom_killed:
             await self._event("oom", c, "container %s was killed for lack of memory", c.name)
@@ -667,6 +700,78 @@ class Manager:
             c = self._get(c.id)
         return c.exit_code
 
+    async def wait_condition(self, container_id: str, conditions: list[str]) -> tuple[str, int]:
+        """Wait until one of the conditions holds (WAIT_CONDITIONS, as `podman wait --condition`); the one met
+        and the exit code (-1 unless exited). A container that ends meets no condition but exited: that is
+        then answered, whatever was asked, so that nobody waits for a readiness that cannot come."""
+        unknown = [x for x in conditions if x not in WAIT_CONDITIONS]
+        if unknown or not conditions:
+            raise InvalidArgument(f"Invalid wait condition '{unknown[0] if unknown else ''}': choose among "
+                                  f"{', '.join(WAIT_CONDITIONS)}")
+        c = self._get(container_id)
+        rt = self._runtime[c.id]
+        while True:
+            changed = rt.changed
+            c = self._get(c.id)
+            if c.state is State.REMOVING:
+                raise NoSuchContainer(c.name)
+            met = self._condition(c, conditions)
+            if met:
+                return met, c.exit_code if met == "exited" else -1
+            await changed.wait()
+
+    @staticmethod
+    def _condition(c: Container, conditions: list[str]) -> str:
+        running = c.state is State.RUNNING
+        held = {"exited": c.state in (State.EXITED, State.FAILED), "running": running,
+                "ready": running and c.ready, "healthy": running and c.health == "healthy",
+                "unhealthy": running and c.health == "unhealthy"}
+        met = next((x for x in conditions if held[x]), "")
+        if not met and held["exited"] and c.started_at and not c.restart_at:
+            return "exited"  # ended, and nothing pending brings it back: the others cannot hold
+        return met
+
+    def _notified(self, container_id: str, note: Notification) -> None:
+        """A datagram on the container's NOTIFY_SOCKET (in the loop): applied NOTIFY_COALESCE later, with whatever
+        else comes meanwhile, so that a container sending in a loop costs one status change per interval."""
+        rt = self._runtime.get(container_id)
+        c = self._containers.get(container_id)
+        if rt is None or c is None or c.state is not State.RUNNING:
+            return
+        if note.mainpid is not None and not rt.mainpid_refused:
+            rt.mainpid_refused = True
+            log.warning("container %s sent MAINPID=%d: not honoured, its init (pid %d) stays its main process",
+                        c.name, note.mainpid, c.main_pid, extra={"CONTAINER_NAME": c.name})
+        pending = not rt.notified
+        if note.ready:
+            rt.notified["ready"] = True
+        if note.status is not None:
+            rt.notified["notify_status"] = note.status
+        if pending and rt.notified:
+            self._loop.call_later(NOTIFY_COALESCE, self._apply_notified, container_id)
+
+    def _apply_notified(self, container_id: str) -> None:
+        rt = self._runtime.get(container_id)
+        c = self._containers.get(container_id)
+        if rt is None or c is None or not rt.notified:
+            return
+        changes, rt.notified = rt.notified, {}
+        if c.state is not State.RUNNING:
+            return
+        becomes_ready = bool(changes.get("ready")) and not c.ready
+        changes["ready"] = c.ready or becomes_ready
+        if all(getattr(c, key) == value for key, value in changes.items()):
+            return
+        task = self._loop.create_task(self._take_notified(c.with_(**changes), becomes_ready))
+        self._exiting.add(task)
+        task.add_done_callback(self._exiting.discard)
+
+    async def _take_notified(self, c: Container, becomes_ready: bool) -> None:
+        c = await self._set(c)
+        if becomes_ready:
+            await self._event("ready", c, "container %s is ready%s", c.name,
+                              f": {c.notify_status}" if c.notify_status else "", status=c.notify_status)
+
     # --- remove ----------------------------------------------------------------------------------
 
     async def remove(self, container_id: str, force: bool) -> None:
@@ -709,6 +814,7 @@ class Manager:
             self._health.drop(c.id)
             del self._containers[c.id]
             rt.exited.set()  # wake waiters: they find it gone
+            rt.changed.set()
             if rt.monitor_pidfd >= 0:
                 # Never leave a reader behind the runtime: _monitor_exited could not remove it, and the
                 # readable pidfd would spin the loop forever.
@@ -778,10 +884,13 @@ class Manager:
                                                      result.exit_code == 0, in_start_period, c.spec.health_retries)
         if status == c.health:
             return status
-        c = await self._set(c.with_(health=status))
+        becomes_ready = status == "healthy" and c.spec.sdnotify == "healthy" and not c.ready
+        c = await self._set(c.with_(health=status, ready=c.ready or becomes_ready))
         await self._event("health_status", c, "container %s is %s: its health check exited with code %d%s", c.name,
                           status, result.exit_code, f" ({result.output.strip()[:200]})" if status == "unhealthy"
                           else "", status=status, exit_code=result.exit_code)
+        if becomes_ready:
+            await self._event("ready", c, "container %s is ready: its health check passed", c.name, status="")
         if status == "unhealthy" and c.spec.health_on_failure != "none":
             task = self._loop.create_task(self._act_on_unhealthy(c.id))
             self._exiting.add(task)
@@ -967,6 +1076,8 @@ class Manager:
                     self._watch(c.id, rt)
                     if c.spec.health_cmd:
                         self._health.watch(c.id, c.spec.health_interval)
+                    if c.spec.sdnotify == "container":  # a socket of this agent's, where the container looks
+                        self._notify.open(c.id, max(c.id_first, 0), self._notified)
                     log.info("reattached to running container %s", c.name)
                     continue
             if c.state is State.RUNNING or c.monitor_pid:
@@ -1023,6 +1134,10 @@ class Manager:
         if c.id not in self._containers:
             return c  # removed meanwhile: it must not come back
         self._containers[c.id] = c
+        rt = self._runtime.get(c.id)
+        if rt is not None:  # wake WaitCondition's waiters, who take a new Event before they look again
+            rt.changed.set()
+            rt.changed = asyncio.Event()
         self._store.update_status(c)
         for listener in self._listeners:
             listener.container_changed(c)

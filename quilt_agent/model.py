@@ -30,6 +30,9 @@ SECCOMP_PROFILES = ("default", "unconfined")
 # (quilt_agent/userns.py), uid 0 inside being the range's first.
 USERNS_MODES = ("host", "auto")
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")  # quilt_agent/restart.py
+# When a container is ready (Podman's --sdnotify): conmon, once it runs; container, once it sends READY=1 to its
+# NOTIFY_SOCKET (quilt_agent/notify.py); healthy, once its health check first passes.
+SDNOTIFY_MODES = ("conmon", "container", "healthy")
 MAX_RESTARTS = 1_000_000
 MIN_MEMORY = 6 * 1024 * 1024  # as Docker and Podman: less cannot even start a shell
 MAX_LIMIT = 1 << 62
@@ -99,6 +102,7 @@ class ContainerSpec:
     health_start_period: float = 0.0
     health_retries: int = health.DEFAULT_RETRIES
     health_on_failure: str = "none"  # health.ACTIONS
+    sdnotify: str = "conmon"  # SDNOTIFY_MODES
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,9 @@ class Container:
     restart_at: int = 0
     user_stopped: bool = False
     health: str = ""  # health.STATUSES: "" when it has no check; the last one's verdict once it ended
+    # Whether this run is ready (spec.sdnotify says when), and the last STATUS= it sent to its NOTIFY_SOCKET.
+    ready: bool = False
+    notify_status: str = ""
 
     @property
     def name(self) -> str:
@@ -313,6 +320,13 @@ def _parse_restart_max(value: Any) -> int:
     return value
 
 
+def _parse_sdnotify(value: Any) -> str:
+    _expect("sdnotify", value, str, "a string")
+    if value not in SDNOTIFY_MODES:
+        raise InvalidArgument(f"Invalid sdnotify '{value}': choose among {', '.join(SDNOTIFY_MODES)}")
+    return value
+
+
 def _parse_seccomp(value: Any) -> str:
     _expect("seccomp", value, str, "a string")
     if value not in SECCOMP_PROFILES:
@@ -343,6 +357,7 @@ OPTION_PARSERS = {
     "restart_policy": ("restart_policy", _parse_restart_policy),
     "restart_max": ("restart_max", _parse_restart_max),
     **health.CONTAINER_OPTIONS,  # health_cmd, health_interval, ...
+    "sdnotify": ("sdnotify", _parse_sdnotify),
 }
 
 

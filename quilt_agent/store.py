@@ -130,8 +130,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE containers ADD COLUMN restart_at INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE containers ADD COLUMN user_stopped INTEGER NOT NULL DEFAULT 0;
     """,
-    # 8: the verdict of a container's health check (quilt_agent/health.py).
-    "ALTER TABLE containers ADD COLUMN health TEXT NOT NULL DEFAULT ''",
+    # 8: the verdict of a container's health check (quilt_agent/health.py), whether it is ready and what it last
+    # said with STATUS= (quilt_agent/notify.py).
+    """
+    ALTER TABLE containers ADD COLUMN health TEXT NOT NULL DEFAULT '';
+    ALTER TABLE containers ADD COLUMN ready INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE containers ADD COLUMN notify_status TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 MAX_EVENTS = 10000
@@ -142,7 +147,8 @@ log = logging.getLogger("quilt.store")
 
 _STATUS_COLUMNS = ("state", "started_at", "finished_at", "exit_code", "exit_signal", "oom_killed",
                    "failure_reason", "monitor_pid", "monitor_start", "main_pid", "setup_image", "restart_count",
-                   "restart_streak", "restart_at", "user_stopped", "health")
+                   "restart_streak", "restart_at", "user_stopped", "health", "ready",
+                   "notify_status")
 
 
 def _spec_to_json(spec: ContainerSpec) -> str:
@@ -167,7 +173,7 @@ def _row_to_container(row: aiosqlite.Row) -> Container:
         monitor_start=row["monitor_start"], main_pid=row["main_pid"], setup_image=row["setup_image"],
         owner_uid=row["owner_uid"], id_first=row["id_first"], restart_count=row["restart_count"],
         restart_streak=row["restart_streak"], restart_at=row["restart_at"], user_stopped=bool(row["user_stopped"]),
-        health=row["health"],
+        health=row["health"], ready=bool(row["ready"]), notify_status=row["notify_status"],
     )
 
 
@@ -209,7 +215,7 @@ class StateStore(Protocol):
         ...
 
     def update_status(self, c: Container) -> asyncio.Future[None]:
-        """Every status field of c (state to health) onto the container of c.id; the spec stays."""
+        """Every status field of c (state to notify_status) onto the container of c.id; the spec stays."""
         ...
 
     def delete_container(self, container_id: str) -> asyncio.Future[None]:
@@ -403,6 +409,7 @@ class Store:
         values: list[Any] = [getattr(c, col) if col != "state" else c.state.value for col in _STATUS_COLUMNS]
         values[_STATUS_COLUMNS.index("oom_killed")] = int(c.oom_killed)
         values[_STATUS_COLUMNS.index("user_stopped")] = int(c.user_stopped)
+        values[_STATUS_COLUMNS.index("ready")] = int(c.ready)
         return self._execute(
             f"UPDATE containers SET {', '.join(f'{col} = ?' for col in _STATUS_COLUMNS)} WHERE id = ?",
             (*values, c.id))

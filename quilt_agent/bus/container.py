@@ -87,6 +87,9 @@ PROPERTIES: tuple[Property, ...] = (
     Property("HealthStartPeriod", "t", lambda c: _usec(c.spec.health_start_period)),
     Property("HealthRetries", "u", lambda c: c.spec.health_retries),
     Property("HealthOnFailure", "s", lambda c: c.spec.health_on_failure),
+    Property("SdNotify", "s", lambda c: c.spec.sdnotify),
+    Property("Ready", "b", lambda c: c.ready),
+    Property("NotifyStatus", "s", lambda c: c.notify_status),
 )
 
 
@@ -141,7 +144,7 @@ def _log_options(options: dict[str, Variant]) -> tuple[int, int, bool]:
 
 @_export_properties
 class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedInterface):
-    ARG_NAMES = {"Wait": ("exit_code",), "GetLogs": ("lines",), "GetEnvironment": ("environment",),
+    ARG_NAMES = {"Wait": ("exit_code",), "WaitCondition": ("condition", "exit_code"), "GetLogs": ("lines",), "GetEnvironment": ("environment",),
                  "RunHealthCheck": ("status", "exit_code", "output"),
                  "GetHealthLog": ("status", "failing_streak", "checks"),
                  **container_io.ARG_NAMES, **NETWORK_ARG_NAMES}
@@ -194,6 +197,12 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
     @guarded(READ, "wait for")
     async def wait(self) -> "i":
         return await self._manager.wait(self.container_id)
+
+    @dbus_method(name="WaitCondition")
+    @guarded(READ, "wait for")
+    async def wait_condition(self, conditions: "as") -> "si":
+        met, code = await self._manager.wait_condition(self.container_id, list(conditions))
+        return [met, code]
 
     @dbus_method(name="GetLogs")
     @guarded(READ, "read the logs of")

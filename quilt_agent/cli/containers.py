@@ -51,6 +51,7 @@ MIB = 1 << 20
 _UINT32_MAX = (1 << 32) - 1
 # The agent refuses a stop_timeout above a day (quilt_agent/model.py, _parse_stop_timeout).
 MAX_STOP_TIMEOUT = 86400
+DEFAULT_READY_TIMEOUT = 90.0  # systemd's default TimeoutStartSec=
 
 
 @dataclass
@@ -149,6 +150,8 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
                                        "restarts (on-failure:N)")
             options["restart_max"] = int(count)
     options.update(_health_options(params))
+    if params.get("sdnotify") is not None:
+        options["sdnotify"] = params["sdnotify"]  # the agent checks the mode's name
 
     return ContainerRequest(name=params["name"] or "", image=resolve_image(image, cwd), command=args, options=options)
 
@@ -230,6 +233,9 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--health-on-failure", default=None, metavar="ACTION",
                      help="When it becomes unhealthy: none (default), kill, stop or restart."),
         click.option("--no-healthcheck", is_flag=True, help="No health check, not even the image's HEALTHCHECK."),
+        click.option("--sdnotify", default=None, metavar="MODE",
+                     help="When it is ready: conmon (default, once it runs), container (once it sends READY=1 to "
+                          "its NOTIFY_SOCKET) or healthy (once its health check passes). run -d waits for it."),
         click.option("--image-path", "--image", "image_path", default=None, hidden=True),
         click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="IMAGE [--] [COMMAND [ARG...]]"),
     ]
@@ -245,6 +251,20 @@ _COMPAT_EPILOG = (
 )
 # Option parsing stops at IMAGE, as in Podman, so the command's own flags (`ls -l`) are not taken for ours.
 _COMMAND_SETTINGS = {"allow_interspersed_args": False}
+
+
+async def _until_ready(client: Client, path: str, timeout: float) -> None:
+    """As systemd waits for a Type=notify service: until it is ready, failing with its exit code if it ends
+    first, or after timeout seconds (it is left running then)."""
+    try:
+        met, code = await asyncio.wait_for(client.wait_condition(path, ["ready"]), timeout)
+    except asyncio.TimeoutError:
+        name = (await client.properties(path))["Name"]
+        fail(f"container {name} did not become ready within {timeout:g} s; it still runs")
+    if met == "exited":
+        props = await client.properties(path)
+        reason = f": {props['FailureReason']}" if props.get("FailureReason") else ""
+        fail(f"container {props['Name']} exited with code {code} before it was ready{reason}", code if code > 0 else 125)
 
 
 async def _container_id(client: Client, path: str) -> str:
@@ -266,12 +286,16 @@ def create(ctx: click.Context, **params: Any) -> None:
 
 
 @click.command(context_settings=_COMMAND_SETTINGS, epilog=_COMPAT_EPILOG)
-@click.option("-d", "--detach", is_flag=True, help="Print the container's id and return at once.")
+@click.option("-d", "--detach", is_flag=True,
+              help="Print the container's id and return once it runs (with --sdnotify, once it is ready).")
+@click.option("--ready-timeout", type=SECONDS, default=DEFAULT_READY_TIMEOUT, metavar="DURATION",
+              help="With -d and --sdnotify container or healthy: how long to wait for it to be ready (default 90s).")
 @click.option("-i", "--interactive", is_flag=True, help="Pass quiltctl's stdin to the container.")
 @click.option("-t", "--tty", is_flag=True, help="Give the container a terminal (with -i: an interactive shell).")
 @container_flags
 @click.pass_context
-def run(ctx: click.Context, detach: bool, interactive: bool, tty: bool, **params: Any) -> None:
+def run(ctx: click.Context, detach: bool, ready_timeout: float, interactive: bool, tty: bool,
+        **params: Any) -> None:
     """Create and start a container from IMAGE.
 
     In the foreground it waits for the container, prints its output and exits with its exit code. With -i or
@@ -289,6 +313,8 @@ def run(ctx: click.Context, detach: bool, interactive: bool, tty: bool, **params
 
         async def detached(client: Client) -> str:
             path = await client.run_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
+            if request.options.get("sdnotify") in ("container", "healthy"):
+                await _until_ready(client, path, ready_timeout)
             return await _container_id(client, path)
 
         click.echo(with_client(ctx, detached))
@@ -622,13 +648,20 @@ def logs(ctx: click.Context, lines: int | None, since: str | None, until: str | 
 
 
 @click.command()
+@click.option("--condition", "conditions", multiple=True, metavar="CONDITION",
+              help="Wait until one of these holds (repeat for several): exited (the default), running, ready, "
+                   "healthy, unhealthy.")
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
-def wait(ctx: click.Context, containers: tuple[str, ...]) -> None:
-    """Wait for one or more containers to exit; print each exit code."""
+def wait(ctx: click.Context, conditions: tuple[str, ...], containers: tuple[str, ...]) -> None:
+    """Wait for one or more containers to exit, or to meet a condition; print each exit code (or, for a
+    condition other than exited, its name)."""
 
     async def action(client: Client, path: str, name: str) -> str:
-        return str(await client.wait(path))
+        if not conditions:
+            return str(await client.wait(path))
+        met, code = await client.wait_condition(path, list(conditions))
+        return str(code) if met == "exited" else met
 
     _for_each(ctx, containers, action)
 

@@ -165,6 +165,10 @@ def status_lines(props: Mapping[str, Any], now: float) -> list[str]:
         elif props.get("StoppedByUser"):
             text += ", stopped by a user"
         fields.append(("Restart", text))
+    if props.get("SdNotify", "conmon") != "conmon" or props.get("NotifyStatus"):
+        ready = "yes" if props.get("Ready") else "no"
+        fields.append(("Ready", f"{ready} (sdnotify {props.get('SdNotify')})" + (
+            f": {props['NotifyStatus']}" if props.get("NotifyStatus") else "")))
     if props.get("HealthCommand"):
         fields.append(("Health", f"{props.get('Health') or '-'}: {command_text(props['HealthCommand'])} every "
                                  f"{int(props.get('HealthInterval', 0)) / 1e6:g} s"))

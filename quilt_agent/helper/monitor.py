@@ -194,7 +194,8 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
             userns.allow_low_ports()  # before the rootfs, as allow_ping
         try:
             rootfs.build(spec.lower, spec.upper, spec.work, spec.merged, spec.namespaces, spec.bind_files,
-                          spec.mounts, spec.tmpfs, spec.read_only, userns_fd, spec.id_first, spec.init)
+                          spec.mounts, spec.tmpfs, spec.read_only, userns_fd, spec.id_first, spec.init,
+                          spec.notify_dir)
         except OSError as e:
             raise SetupError(f"setting up the root filesystem failed: {e}") from e
         if "uts" in spec.namespaces and spec.hostname:

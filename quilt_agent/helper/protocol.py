@@ -61,9 +61,15 @@ class LaunchSpec:
     id_first: int = -1
     # A host program bound read-only at INIT_TARGET to run the command as its child ("" = the command is PID 1).
     init: str = ""
+    # The agent's directory of the container's NOTIFY_SOCKET (quilt_agent/notify.py), bound read-only at
+    # NOTIFY_TARGET ("" = none).
+    notify_dir: str = ""
 
 
 INIT_TARGET = "/dev/init"  # in the container's own /dev: never a file of its image or its layer
+# Where the container finds its notify socket's directory, as with Podman's --sdnotify container (crun binds it
+# there too): NOTIFY_SOCKET=/run/notify/notify.sock.
+NOTIFY_TARGET = "/run/notify"
 
 @dataclass(frozen=True)
 class Spawned:

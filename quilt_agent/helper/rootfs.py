@@ -7,7 +7,7 @@ import stat
 
 from quilt_agent.helper import mounts as volume_mounts
 from quilt_agent.helper import userns
-from quilt_agent.helper.protocol import INIT_TARGET
+from quilt_agent.helper.protocol import INIT_TARGET, NOTIFY_TARGET
 from quilt_agent.helper.syscalls import (
     MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, mount,
     pivot_root, umount,
@@ -30,10 +30,10 @@ def _mkdir(path: str) -> None:
 def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str, ...],
           bind_files: tuple[tuple[str, str], ...] = (), mounts: tuple[tuple[str, str, str], ...] = (),
           tmpfs: tuple[tuple[str, str], ...] = (), read_only: bool = False, userns_fd: int = -1,
-          id_first: int = -1, init: str = "") -> None:
+          id_first: int = -1, init: str = "", notify_dir: str = "") -> None:
     """Mount the container's tree at merged, then make it the root. Runs in the container's mount namespace.
     With a user namespace (userns_fd), the layers are seen through its id map and the container's own mounts
-    belong to its root (host id id_first)."""
+    belong to its root (host id id_first). notify_dir: the agent's directory of the container's notify socket."""
     # Nothing mounted here may propagate back to the host.
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     owner = ""
@@ -55,6 +55,8 @@ def build(lower: str, upper: str, work: str, merged: str, namespaces: tuple[str,
     if mounts or tmpfs or read_only:
         # volumes, tmpfs, read-only root (helper/mounts.py)
         volume_mounts.apply(merged, mounts, tmpfs, read_only, owner, userns_fd, id_first)
+    if notify_dir:
+        _bind_notify(notify_dir, merged)
     _mask(merged)
     os.chdir(merged)
     pivot_root(".", ".")
@@ -127,6 +129,21 @@ def _bind_init(source: str, target: str) -> None:
     os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755))
     mount(source, target, None, MS_BIND)
     mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _bind_notify(source: str, root: str) -> None:
+    """The agent's directory of the container's notify socket (quilt_agent/notify.py) at NOTIFY_TARGET.
+
+    The directory, not the socket: an agent that restarts binds a new socket at the same path in it, which the
+    container then sees. Read-only, nosuid, nodev, noexec: sending on a socket needs write permission on its
+    inode, which a read-only mount leaves alone (as a Docker socket bound read-only), while the container can
+    neither make files in the agent's directory nor unlink or replace the socket. The mount belongs to the host's
+    user namespace, so the container cannot make it writable.
+
+    Bound as a volume is (helper/mounts.py), so /run is resolved inside the root: an image's /run -> /etc (or
+    -> ../../..) makes it /etc/notify of the container, never a directory of the host. After the volumes and
+    tmpfs mounts, so that a tmpfs at /run (a read-only root's, or --tmpfs /run) does not hide it."""
+    volume_mounts.apply(root, ((source, NOTIFY_TARGET, "ro,noexec"),), (), False)
 
 
 def _with(options: str, more: str) -> str:

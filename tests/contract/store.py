@@ -37,7 +37,7 @@ def every_field_spec(name: str) -> ContainerSpec:
         tmpfs=("/run:size=1m,mode=755",), read_only=True, anonymous_volumes=("quilt_anon1",),
         setup=("apk: add curl",), setup_cache=False, seccomp="unconfined", userns="host", init=True, restart_policy="on-failure", restart_max=4,
         health_cmd=("/bin/sh", "-c", "test -e /ok"), health_interval=0.5, health_timeout=2.0, health_start_period=7.0,
-        health_retries=5, health_on_failure="kill",
+        health_retries=5, health_on_failure="kill", sdnotify="container",
     )
 
 
@@ -84,7 +84,7 @@ class StoreContract:
         done = c.with_(state=State.FAILED, started_at=2, finished_at=3, exit_code=137, exit_signal=9, oom_killed=True,
                        failure_reason="out of memory", monitor_pid=41, monitor_start=123456, main_pid=42,
                        setup_image="e" * 64, restart_count=3, restart_streak=2, restart_at=5, user_stopped=True,
-                       health="unhealthy")
+                       health="unhealthy", ready=True, notify_status="serving 3 clients")
         await store.update_status(done.with_(spec=every_field_spec("other"), created_at=99))
         (back,) = await store.containers()
         assert back == done

@@ -145,7 +145,12 @@ def _init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[int]) -> N
         null = os.open(os.devnull, os.O_RDWR)
         _become_stdio(stdio or [null, null, null], err_write)
         os.chdir("/")
-        _exec(spec.command, spec.env, err_write)
+        env = spec.env
+        if spec.notify_dir:
+            # Nothing is bound here: the command, a host process, reaches the agent's directory itself.
+            env = tuple(f"NOTIFY_SOCKET={spec.notify_dir}/notify.sock" if e.startswith("NOTIFY_SOCKET=") else e
+                        for e in env)
+        _exec(spec.command, env, err_write)
     except BaseException as e:  # noqa: BLE001 - whatever happened, the monitor must hear of it
         _fail(err_write, SETUP_FAILED, f"container setup failed: {e}")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,13 +52,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.changes: dict[str, int] = {}  # container id -> how many status changes were told
         self._new = asyncio.Event()
 
     def container_added(self, container: Container) -> None:
         pass
 
     def container_changed(self, container: Container) -> None:
-        pass
+        self.changes[container.id] = self.changes.get(container.id, 0) + 1
 
     def container_removed(self, container: Container) -> None:
         pass
@@ -183,7 +186,10 @@ async def build_core(paths: Paths, store: StateStore, scopes: RecordingScopes, k
 
 async def make_core(tmp_path: Path, zygote: FakeForkServer, backoff: Backoff, store: StateStore | None = None,
                     run: str = "run") -> Core:
-    paths = Paths(tmp_path / "state", userdb=tmp_path / "userdb", run=tmp_path / run)
+    # The notify sockets in a short directory of their own: a socket's path has at most 107 bytes, and the
+    # fake's commands, host processes, send to the full path.
+    paths = Paths(tmp_path / "state", userdb=tmp_path / "userdb", run=tmp_path / run,
+                  notify=Path(tempfile.mkdtemp(prefix="quilt-notify-")))
     core = await build_core(paths, store or MemoryStore(), RecordingScopes(), FakeKernel(), zygote, backoff=backoff)
     if not core.images.list():
         await core.images.import_image(str(tiny_rootfs(tmp_path)), "tiny", {})
@@ -197,6 +203,7 @@ async def tear_down(core: Core) -> None:
         except NoSuchContainer:
             pass
     core.scopes.close()
+    shutil.rmtree(core.paths.notify, ignore_errors=True)
 
 
 async def create(core: Core, command: list[str], name: str = "", **options: object) -> Container:

@@ -49,7 +49,8 @@ async def open_store(kind: str, paths: Paths) -> StateStore:
 
 @pytest.fixture(params=["sqlite", "memory"])
 async def core(request: pytest.FixtureRequest, tmp_path: Path, zygote: FakeForkServer) -> AsyncIterator[Core]:
-    paths = Paths(tmp_path / "state", userdb=tmp_path / "userdb", run=tmp_path / "run")
+    paths = Paths(tmp_path / "state", userdb=tmp_path / "userdb", run=tmp_path / "run",
+                  notify=tmp_path / "notify")
     store = await open_store(request.param, paths)
     scopes = RecordingScopes()
     built = await build_core(paths, store, scopes, FakeKernel(), zygote)
