@@ -13,7 +13,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import pytest
 
 from quilt_agent.userns import Ranges
 from quilt_agent.config import Paths
@@ -221,3 +223,11 @@ async def until(core: Core, container_id: str, kind: str, count: int) -> None:
 
 def events(core: Core, container_id: str, kind: str) -> list[dict]:
     return [e.details for e in core.recorder.events if e.container_id == container_id and e.kind == kind]
+
+
+@pytest.fixture(scope="module")
+def zygote() -> Iterator[FakeForkServer]:
+    """One fake fork server for a test module (import it there): starting one takes a Python interpreter."""
+    server = FakeForkServer()
+    yield server
+    server.close()

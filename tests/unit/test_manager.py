@@ -29,16 +29,10 @@ from tests.fakes.kernel import FakeKernel
 from tests.fakes.store import MemoryStore, StateStore
 from quilt_agent.userns import RANGE_SIZE, Pool, Ranges
 from tests.unit.manager_fixtures import DEADLINE, Core, RecordingScopes, build_core, processes_ended, tiny_rootfs
+from tests.unit.manager_fixtures import zygote  # noqa: F401 - the fixture: one fake fork server per module
 
 NO_NETWORK = {"networks": ["none"]}
 LONG = ["sleep", "30"]  # ends only when signalled: each test that starts it stops, kills or removes it
-
-
-@pytest.fixture(scope="module")
-def zygote() -> Iterator[FakeForkServer]:
-    server = FakeForkServer()
-    yield server
-    server.close()
 
 
 async def open_store(kind: str, paths: Paths) -> StateStore:

@@ -4,7 +4,7 @@ what health_on_failure does, a check run by hand, and options that need a check.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import pytest
 
@@ -13,16 +13,10 @@ from quilt_agent.model import State
 from quilt_agent.restart import Backoff
 from tests.fakes.helper import FakeForkServer
 from tests.unit.manager_fixtures import Core, create, events, make_core, tear_down, until
+from tests.unit.manager_fixtures import zygote  # noqa: F401 - the fixture: one fake fork server per module
 
 LONG = ["sleep", "30"]
 FAST = {"health_interval": 0.1, "health_timeout": 2}
-
-
-@pytest.fixture(scope="module")
-def zygote() -> Iterator[FakeForkServer]:
-    server = FakeForkServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture

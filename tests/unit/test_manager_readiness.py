@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import pytest
 
@@ -15,6 +15,7 @@ from quilt_agent.errors import InvalidArgument
 from quilt_agent.restart import Backoff
 from tests.fakes.helper import FakeForkServer
 from tests.unit.manager_fixtures import DEADLINE, Core, create, events, make_core, tear_down
+from tests.unit.manager_fixtures import zygote  # noqa: F401 - the fixture: one fake fork server per module
 
 NOTIFIER = """
 import os, socket, sys, time
@@ -31,13 +32,6 @@ time.sleep(30)
 def notifier(*messages: str) -> list[str]:
     """A command that sends each message (| for a newline) to its NOTIFY_SOCKET, "sleep N" between, then waits."""
     return [sys.executable, "-c", NOTIFIER, *messages]
-
-
-@pytest.fixture(scope="module")
-def zygote() -> Iterator[FakeForkServer]:
-    server = FakeForkServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture

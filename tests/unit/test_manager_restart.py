@@ -6,27 +6,21 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import pytest
 
-from quilt_agent.errors import AlreadyRunning, InvalidArgument, NoSuchContainer
+from quilt_agent.errors import AlreadyRunning, InvalidArgument
 from quilt_agent.model import Container, State
 from quilt_agent.restart import Backoff
 from tests.fakes.helper import FakeForkServer
 from tests.fakes.store import MemoryStore
 from tests.unit.manager_fixtures import Core, create, events, make_core, tear_down, until
+from tests.unit.manager_fixtures import zygote  # noqa: F401 - the fixture: one fake fork server per module
 
 LONG = ["sleep", "30"]
 QUICK = Backoff(delay=0.02, max_delay=0.16, steps=3, reset_after=10)
 SLOW = Backoff(delay=30, max_delay=30, steps=0)  # a restart stays pending for the whole test
-
-
-@pytest.fixture(scope="module")
-def zygote() -> Iterator[FakeForkServer]:
-    server = FakeForkServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture
