@@ -80,6 +80,7 @@ def contract_properties() -> list[tuple[str, str]]:
 def busctl_args(iface: str, method: str, sig: str, path: str, new_name: str, image: Path) -> list[str]:
     args = {"ssasa{sv}": [new_name, str(image), "1", "/bin/true", "0"], "": [], "u": ["1"], "i": ["9"],
             "b": ["true"], "a{sv}": ["0"], "s": [new_name], "asa{sv}": ["1", "/bin/true", "0"],
+            "as": ["1", "ready"],  # WaitCondition
             # Images: ImportImage, PullImage, RemoveImage.
             "ssa{sv}": [str(image), new_name, "0"], "sa{sv}": ["127.0.0.1:1/nothing", "0"], "sb": [new_name, "true"],
             "su": [new_name, "1"],  # Ping
