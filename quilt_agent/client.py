@@ -72,6 +72,7 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "health_retries": "u",
     "health_on_failure": "s",
     "sdnotify": "s",
+    "unit": "s",
 }
 
 NETWORK_OPTION_SIGNATURES: dict[str, str] = {

@@ -425,8 +425,12 @@ class Manager:
                              kill_signal=c.spec.stop_signal or signals.SIGTERM, stop_timeout_usec=stop_usec)
         # The monitor ignores SIGTERM: at a shutdown, its scope's stop waits for it to record the container's end.
         monitor = ScopeLimits(stop_timeout_usec=stop_usec + int(KILL_GRACE * 1_000_000))
+        if c.spec.unit:  # a generated unit's service: its processes are the container's, stopped by its settings
+            container = self._scopes.attach(c.unit, [spawned.init_pid], limits)
+        else:
+            container = self._scopes.start(c.unit, [spawned.init_pid], f"Quilt container {c.name}", limits)
         results = await asyncio.gather(
-            self._scopes.start(c.unit, [spawned.init_pid], f"Quilt container {c.name}", limits),
+            container,
             self._scopes.start(c.monitor_unit, [spawned.monitor_pid], f"Quilt monitor of container {c.name}",
                                monitor), return_exceptions=True)
         for result in results:
@@ -664,11 +668,30 @@ class Manager:
                 return await self._set(c.with_(restart_at=0, user_stopped=True))
             return c  # as podman stop: stopping a stopped container is done already
         c = await self._set(c.with_(user_stopped=True))  # no restart policy brings it back
-        await self._stop(c, timeout or c.spec.stop_timeout)
+        if c.spec.unit:
+            await self._stop_service(c)
+        else:
+            await self._stop(c, timeout or c.spec.stop_timeout)
         return self._get(c.id)
 
+    async def _stop_service(self, c: Container) -> None:
+        """A container of a generated unit stops with its service, which systemd stops by the unit's KillSignal= and
+        TimeoutStopSec=: stopping only the container would be a crash to the service (and its Restart=)."""
+        await self._scopes.stop_service(c.unit)
+        try:
+            await asyncio.wait_for(self._runtime[c.id].exited.wait(), KILL_GRACE)
+        except asyncio.TimeoutError:
+            await self._kill_and_wait(c)
+
     async def _stop(self, c: Container, timeout: float) -> None:
-        await self._scopes.kill(c.unit, c.spec.stop_signal or signals.SIGTERM)
+        sig = c.spec.stop_signal or signals.SIGTERM
+        if not c.spec.unit:
+            await self._scopes.kill(c.unit, sig)
+        else:  # its service's other processes (the unit's runner) are not the container's
+            try:
+                signals.pidfd_send_signal(self._runtime[c.id].init_pidfd, sig)
+            except (ProcessLookupError, OSError):
+                pass
         try:
             await asyncio.wait_for(self._runtime[c.id].exited.wait(), timeout)
         except asyncio.TimeoutError:
@@ -681,7 +704,8 @@ class Manager:
                 signals.pidfd_send_signal(rt.init_pidfd, signals.SIGKILL)  # also when a failed start left no scope
         except ProcessLookupError:
             pass
-        await self._scopes.kill(c.unit, signals.SIGKILL)  # every process: also those of a host pid namespace
+        if not c.spec.unit:  # a service's other processes are not the container's
+            await self._scopes.kill(c.unit, signals.SIGKILL)  # every process: also those of a host pid namespace
         try:
             await asyncio.wait_for(rt.exited.wait(), KILL_GRACE)
         except asyncio.TimeoutError:
@@ -785,7 +809,10 @@ class Manager:
             if not force:
                 raise AlreadyRunning(c.name, "stop it first or remove it with force")
             c = await self._set(c.with_(user_stopped=True))  # its end is no reason to restart it
-            await self._kill_and_wait(c)  # as docker rm -f: SIGKILL, no grace period
+            if c.spec.unit:
+                await self._stop_service(c)
+            else:
+                await self._kill_and_wait(c)  # as docker rm -f: SIGKILL, no grace period
         elif rt.monitor_pidfd >= 0:
             # A failed start's monitor still exiting: it writes the exit file into the directory removed below.
             await self._kill_and_wait(c)
@@ -795,7 +822,8 @@ class Manager:
             c = self._get(c.id)
             if c.state is not State.REMOVING:
                 c = await self._set(c.with_(state=State.REMOVING))
-            await self._scopes.stop(c.unit)  # StopUnit + ResetFailedUnit: gone now, not when systemd notices
+            if not c.spec.unit:  # a generated unit's service is systemd's: its runner may be replacing the container
+                await self._scopes.stop(c.unit)  # StopUnit + ResetFailedUnit: gone now, not when systemd notices
             await self._networks.detach(c)  # its names at once, then its veths, namespace and rules
             directory = self._paths.container(c.id)
             try:

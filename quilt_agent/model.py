@@ -25,6 +25,7 @@ MAX_NAME = 63
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 HOSTNAME_RE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SERVICE_RE = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.service")  # systemd's unit_name_is_valid
 SECCOMP_PROFILES = ("default", "unconfined")
 # host: the container's uids are the host's; auto: a user namespace with a range of host ids of its own
 # (quilt_agent/userns.py), uid 0 inside being the range's first.
@@ -103,6 +104,9 @@ class ContainerSpec:
     health_retries: int = health.DEFAULT_RETRIES
     health_on_failure: str = "none"  # health.ACTIONS
     sdnotify: str = "conmon"  # SDNOTIFY_MODES
+    # The service of the host's its processes run in instead of a scope of their own ("" = quilt-NAME.scope): a
+    # unit generated from a container file (quilt_agent/generator.py), whose own settings stop and restart it.
+    unit: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,7 @@ class Container:
 
     @property
     def unit(self) -> str:
-        return scope_name(self.spec.name)
+        return self.spec.unit or scope_name(self.spec.name)
 
     @property
     def monitor_unit(self) -> str:
@@ -327,6 +331,13 @@ def _parse_sdnotify(value: Any) -> str:
     return value
 
 
+def _parse_unit(value: Any) -> str:
+    _expect("unit", value, str, "a string")
+    if not SERVICE_RE.fullmatch(value) or len(value) > 255:
+        raise InvalidArgument(f"Invalid unit '{value}': expected the name of a service, NAME.service")
+    return value
+
+
 def _parse_seccomp(value: Any) -> str:
     _expect("seccomp", value, str, "a string")
     if value not in SECCOMP_PROFILES:
@@ -358,6 +369,7 @@ OPTION_PARSERS = {
     "restart_max": ("restart_max", _parse_restart_max),
     **health.CONTAINER_OPTIONS,  # health_cmd, health_interval, ...
     "sdnotify": ("sdnotify", _parse_sdnotify),
+    "unit": ("unit", _parse_unit),
 }
 
 
@@ -376,6 +388,9 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
     policy = fields.get("restart_policy", "no")
     if fields.get("restart_max") and policy != "on-failure":
         raise InvalidArgument(f"Option 'restart_max' needs restart_policy 'on-failure', not '{policy}'")
+    if fields.get("unit") and policy != "no":
+        raise InvalidArgument(f"Options 'unit' and restart_policy '{policy}' contradict each other: the service's "
+                              "own Restart= restarts it")
     if fields.get("remove_on_exit") and policy != "no":
         raise InvalidArgument(f"Options 'remove_on_exit' and restart_policy '{policy}' contradict each other: a "
                               "container removed at its exit cannot be restarted")

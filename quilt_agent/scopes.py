@@ -35,6 +35,17 @@ class ScopeManager(Protocol):
         """End the scope's processes and forget the scope; an unknown unit is no error."""
         ...
 
+    async def attach(self, unit: str, pids: list[int], limits: ScopeLimits) -> None:
+        """Put pids into the cgroup of unit, a running service of the host's with Delegate=yes (a generated
+        container unit), instead of a scope of their own, with limits for as long as it runs (its KillSignal= and
+        TimeoutStopSec= are its unit file's). ContainerFailed when the service does not run or is not delegated."""
+        ...
+
+    async def stop_service(self, unit: str) -> None:
+        """Stop a service (its processes by its own KillSignal= and TimeoutStopSec=) and wait for it, leaving its
+        state for systemd (a failure stays visible); an unknown unit is no error."""
+        ...
+
     async def kill(self, unit: str, sig: int) -> None:
         """Send sig to every process of the scope, as its stop does; an unknown unit is no error."""
         ...
@@ -85,6 +96,17 @@ class ScopeLimits:
     tasks_max: int = 0  # 0 = none
     kill_signal: int = 0  # 0 = systemd's default, SIGTERM
     stop_timeout_usec: int = 0  # 0 = systemd's default (DefaultTimeoutStopSec=)
+
+
+def _limit_properties(limits: ScopeLimits) -> list[tuple[str, Variant]]:
+    props = []
+    if limits.memory_max:
+        props.append(("MemoryMax", Variant("t", limits.memory_max)))
+    if limits.cpu_quota:
+        props.append(("CPUQuotaPerSecUSec", Variant("t", round(limits.cpu_quota * 10_000))))
+    if limits.tasks_max:
+        props.append(("TasksMax", Variant("t", limits.tasks_max)))
+    return props
 
 
 class SystemdError(SystemdFailed):
@@ -138,7 +160,8 @@ class Scopes:
         reply = await self._bus.call(Message(destination=dest, path=path, interface=iface, member=member,
                                              signature=sig, body=body or []))
         if reply.message_type is MessageType.ERROR:
-            unit = body[0] if body and isinstance(body[0], str) and body[0].endswith((".scope", ".slice")) else ""
+            unit = body[0] if body and isinstance(body[0], str) and body[0].endswith((".scope", ".slice", ".service")) \
+                else ""
             raise SystemdError(reply.error_name or "error", str(reply.body[0]) if reply.body else "", member, unit)
         return reply.body
 
@@ -178,12 +201,7 @@ class Scopes:
             props.append(("KillSignal", Variant("i", limits.kill_signal)))
         if limits.stop_timeout_usec:
             props += [("TimeoutStopUSec", Variant("t", limits.stop_timeout_usec)), ("SendSIGKILL", Variant("b", True))]
-        if limits.memory_max:
-            props.append(("MemoryMax", Variant("t", limits.memory_max)))
-        if limits.cpu_quota:
-            props.append(("CPUQuotaPerSecUSec", Variant("t", round(limits.cpu_quota * 10_000))))
-        if limits.tasks_max:
-            props.append(("TasksMax", Variant("t", limits.tasks_max)))
+        props += _limit_properties(limits)
         with self._owning(unit):
             self._stop_requested.discard(unit)
             await self._start(unit, props)
@@ -229,6 +247,24 @@ class Scopes:
                 if err.name != "org.freedesktop.systemd1.NoSuchUnit":
                     raise
         await self.reset_failed(unit)
+
+    async def attach(self, unit: str, pids: list[int], limits: ScopeLimits) -> None:
+        try:
+            await self._manager("AttachProcessesToUnit", "ssau", [unit, "", pids])
+        except SystemdError as err:
+            raise ContainerFailed(f"systemd could not put the container into {unit}: {err.name}: {err.text}") from err
+        props = _limit_properties(limits)
+        if props:
+            await self._manager("SetUnitProperties", "sba(sv)", [unit, True, props])  # runtime: this boot only
+
+    async def stop_service(self, unit: str) -> None:
+        with self._owning(unit):
+            try:
+                (job,) = await self._manager("StopUnit", "ss", [unit, "replace"])
+                await self._wait_job(job, unit, "stopping")
+            except SystemdError as err:
+                if err.name != "org.freedesktop.systemd1.NoSuchUnit":
+                    raise
 
     @contextlib.contextmanager
     def _owning(self, unit: str) -> Iterator[None]:

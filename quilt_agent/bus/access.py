@@ -72,6 +72,8 @@ def privileged_options(spec: ContainerSpec) -> tuple[str, ...]:
     # A host port below 1024 is one only the host's root may listen on (sshd's, a print server's): the agent binds
     # it as root for the container.
     out += [f"port:{m}" for m in ports_of(spec.ports) if m.host_port < PRIVILEGED_PORTS]
+    if spec.unit:
+        out.append(f"unit:{spec.unit}")  # its processes go into a host service's cgroup
     return tuple(out)
 
 

@@ -46,6 +46,9 @@ class ScopeProbe(Protocol):
     async def stop_as_host(self, unit: str) -> None:
         """Stop the unit as an administrator would (`systemctl stop`), not through the ScopeManager."""
 
+    async def run_service(self, unit: str) -> None:
+        """Start a service of the host's with Delegate=yes, as a generated container unit is."""
+
 
 @dataclass
 class Throwaway:
@@ -107,6 +110,14 @@ class ScopesContract:
         yield name
         await scopes.stop(name)
 
+    @pytest.fixture
+    async def service(self, scopes: ScopeManager, probe: ScopeProbe) -> AsyncIterator[str]:
+        """A running delegated service of this test's own, stopped afterwards."""
+        name = f"quilt-contract-{uuid.uuid4().hex[:12]}.service"
+        await probe.run_service(name)
+        yield name
+        await scopes.stop_service(name)
+
     @staticmethod
     def dead_pid(spawn: Spawn) -> int:
         p = spawn()
@@ -115,6 +126,32 @@ class ScopesContract:
 
     async def test_it_offers_every_method_of_the_protocol(self, scopes: ScopeManager) -> None:
         assert missing_methods(ScopeManager, scopes) == []
+
+    # --- attach to a service -----------------------------------------------------------------------
+
+    async def test_attach_puts_the_pids_in_the_service_with_the_limits(self, scopes: ScopeManager,
+                                                                      probe: ScopeProbe, service: str,
+                                                                      spawn: Spawn) -> None:
+        p = spawn()
+        await scopes.attach(service, [p.pid], ScopeLimits(memory_max=64 << 20, cpu_quota=25.0, tasks_max=9))
+        assert await probe.unit_of(p.pid) == service
+        limits = (await probe.scope(service)).limits
+        assert (limits.memory_max, limits.cpu_quota, limits.tasks_max) == (64 << 20, 25.0, 9)
+
+    async def test_attach_to_a_service_that_does_not_run_is_refused(self, scopes: ScopeManager, probe: ScopeProbe,
+                                                                    spawn: Spawn) -> None:
+        p = spawn()
+        name = f"quilt-contract-{uuid.uuid4().hex[:12]}.service"
+        with pytest.raises(ContainerFailed, match="could not put the container into"):
+            await scopes.attach(name, [p.pid], ScopeLimits())
+        assert await probe.unit_of(p.pid) != name
+
+    async def test_stop_service_ends_the_attached_processes(self, scopes: ScopeManager, service: str,
+                                                           spawn: Spawn) -> None:
+        p = spawn()
+        await scopes.attach(service, [p.pid], ScopeLimits())
+        await scopes.stop_service(service)
+        p.wait_exited()
 
     # --- start -------------------------------------------------------------------------------------
 

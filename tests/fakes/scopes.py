@@ -14,7 +14,7 @@ import re
 import select
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from quilt_agent.errors import ContainerFailed
 from quilt_agent.scopes import ScopeLimits
@@ -57,6 +57,37 @@ class FakeScopes:
         self.units: dict[str, FakeScope] = {}
         self.host_stops: set[str] = set()  # units stopped through stop_by_host, as with `systemctl stop`
         self.shutting_down = False  # what a test sets for a host that shuts down
+        self.services: set[str] = set()  # running services with Delegate=yes: what attach() may use
+
+    def run_service(self, unit: str, limits: ScopeLimits = ScopeLimits()) -> None:
+        """A running service of the host's with Delegate=yes (what `systemd-run -p Delegate=yes` is for the real
+        one), its main process left out: the fake holds only the processes it is given."""
+        self.units[unit] = FakeScope(f"service {unit}", limits)
+        self.services.add(unit)
+
+    async def attach(self, unit: str, pids: list[int], limits: ScopeLimits) -> None:
+        scope = self.units.get(unit)
+        if unit not in self.services or scope is None:
+            raise ContainerFailed(f"systemd could not put the container into {unit}: "
+                                  f"org.freedesktop.systemd1.NoSuchUnit: Unit {unit} not loaded.")
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                raise ContainerFailed(f"systemd could not put the container into {unit}: "
+                                      f"org.freedesktop.DBus.Error.UnixProcessIdUnknown: Process {pid} does not "
+                                      "exist.") from None
+            for other in self.units.values():
+                if pid in other.pidfds:
+                    os.close(other.pidfds.pop(pid))
+            scope.pidfds[pid] = fd
+        scope.limits = replace(scope.limits, memory_max=limits.memory_max, cpu_quota=limits.cpu_quota,
+                               tasks_max=limits.tasks_max)
+
+    async def stop_service(self, unit: str) -> None:
+        if unit in self.units:
+            self.services.discard(unit)
+            await self.stop(unit)
 
     async def start(self, unit: str, pids: list[int], description: str, limits: ScopeLimits) -> None:
         refused = f"systemd could not create scope {unit}: org.freedesktop.DBus.Error."

@@ -25,6 +25,9 @@ class FakeProbe:
     async def stop_as_host(self, unit: str) -> None:
         await self._scopes.stop_by_host(unit)
 
+    async def run_service(self, unit: str) -> None:
+        self._scopes.run_service(unit)
+
 
 class TestFakeScopes(ScopesContract):
     @pytest.fixture

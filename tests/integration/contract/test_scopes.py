@@ -29,7 +29,7 @@ class SystemdProbe:
             return None
         # The unified line ("0::/quilt.slice/U.scope"), else systemd's own hierarchy on a hybrid host.
         for line in sorted(lines, key=lambda l: not l.startswith(("0::", "1:name=systemd:"))):
-            units = [part for part in line.split(":", 2)[2].split("/") if part.endswith(".scope")]
+            units = [part for part in line.split(":", 2)[2].split("/") if part.endswith((".scope", ".service"))]
             if units:
                 return units[-1]
         return None
@@ -43,12 +43,17 @@ class SystemdProbe:
     async def stop_as_host(self, unit: str) -> None:
         await asyncio.to_thread(subprocess.run, ["systemctl", "stop", unit], check=True)
 
+    async def run_service(self, unit: str) -> None:
+        await asyncio.to_thread(subprocess.run, ["systemd-run", "--quiet", "--collect", f"--unit={unit}",
+                                                 "-p", "Delegate=yes", "sleep", "600"], check=True)
+
     async def scope(self, unit: str) -> ScopeView:
         (path,) = await self._call(SYSTEMD_PATH, SYSTEMD_MANAGER, "GetUnit", "s", [unit])
+        kind = "Service" if unit.endswith(".service") else "Scope"
 
         async def get(iface: str, name: str) -> object:
             (value,) = await self._call(path, "org.freedesktop.DBus.Properties", "Get", "ss",
-                                        [f"org.freedesktop.systemd1.{iface}", name])
+                                        [f"org.freedesktop.systemd1.{kind if iface == 'Scope' else iface}", name])
             return value.value
 
         def limit(value: int) -> int:
