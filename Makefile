@@ -149,6 +149,8 @@ install-data:
 	install -Dm644 polkit/quilt-owner-example.rules $(DESTDIR)/usr/share/doc/quilt-runtime/examples/quilt-owner-example.rules
 	install -Dm644 man/quiltctl.1 $(DESTDIR)/usr/share/man/man1/quiltctl.1
 	install -Dm644 man/quilt-agent.8 $(DESTDIR)/usr/share/man/man8/quilt-agent.8
+	install -Dm644 man/quilt.container.5 $(DESTDIR)/usr/share/man/man5/quilt.container.5
+	install -Dm755 debian/bin/quilt-generator $(DESTDIR)/usr/lib/systemd/system-generators/quilt-generator
 
 clean:
 	rm -rf $(VENV) .apt-checked build *.egg-info

@@ -14,14 +14,16 @@ last MAX_LOG results are kept in memory; the status is stored with the container
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from quilt_agent.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import asyncio  # imported where the schedule runs: the generator and quiltctl check options without a loop
 
 log = logging.getLogger("quilt.health")
 
@@ -169,6 +171,8 @@ class Schedule:
     Nothing runs for a container that is not watched."""
 
     def __init__(self, run_check: Callable[[str], Awaitable[None]]) -> None:
+        import asyncio
+
         self._run_check = run_check
         self._loop = asyncio.get_running_loop()
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -186,7 +190,7 @@ class Schedule:
         if timer is not None:
             timer.cancel()
         task = self._running.pop(container_id, None)
-        if task is not None and task is not asyncio.current_task():
+        if task is not None and task is not _current_task():
             task.cancel()
 
     def drop(self, container_id: str) -> None:
@@ -209,3 +213,9 @@ class Schedule:
 
     def __len__(self) -> int:
         return len(self._timers) + len(self._running)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    import asyncio
+
+    return asyncio.current_task()

@@ -389,8 +389,11 @@ def install_project(root: Path, checkout: Path) -> None:
     subprocess.run(["make", "-s", "-C", str(checkout), "install-data", f"DESTDIR={root}"], check=True)
     enable_restart_unit(root)
     venv_bin = PROJECT / ".venv/bin"
-    for tool in ("quilt-agent", "quiltctl"):
-        link = root / "usr/bin" / tool
+    # The generator too, which systemd runs at boot and at each daemon-reload: install-data put the package's
+    # wrapper there, which finds no Quilt outside the package's private directory.
+    for tool, where in (("quilt-agent", "usr/bin"), ("quiltctl", "usr/bin"),
+                        ("quilt-generator", "usr/lib/systemd/system-generators")):
+        link = root / where / tool
         if (checkout / ".venv/bin" / tool).exists():
             if link.is_symlink() or link.exists():
                 link.unlink()

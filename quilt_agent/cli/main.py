@@ -14,6 +14,8 @@ from quilt_agent.cli.images import COMMANDS as IMAGE_COMMANDS
 from quilt_agent.cli.interactive import COMMANDS as INTERACTIVE_COMMANDS
 from quilt_agent.cli.network import COMMANDS as NETWORK_COMMANDS
 from quilt_agent.cli.observe import COMMANDS as OBSERVE_COMMANDS
+from quilt_agent.cli.unitrun import COMMANDS as UNIT_RUN_COMMANDS
+from quilt_agent.cli.units import COMMANDS as UNIT_COMMANDS
 from quilt_agent.cli.volumes import COMMANDS as VOLUME_COMMANDS
 from quilt_agent.cli.context import CliState, with_client
 from quilt_agent.client import Client
@@ -67,7 +69,8 @@ def cli(ctx: click.Context) -> None:
 
 
 for _command in [*COMMANDS, *INTERACTIVE_COMMANDS, *OBSERVE_COMMANDS, *NETWORK_COMMANDS, *IMAGE_COMMANDS,
-                 *VOLUME_COMMANDS]:
+                 *VOLUME_COMMANDS, *UNIT_COMMANDS,
+                 *UNIT_RUN_COMMANDS]:
     cli.add_command(_command)
 
 

@@ -174,7 +174,8 @@ def main(first: str, second: str) -> dict:
             "/usr/share/dbus-1/interfaces/org.quilt.Runtime.xml",
             "/usr/share/polkit-1/actions/org.quilt.runtime.policy", "/usr/share/man/man1/quiltctl.1.gz",
             "/usr/share/man/man8/quilt-agent.8.gz", "/usr/share/bash-completion/completions/quiltctl",
-            "/usr/share/doc/quilt-runtime/README.md")},
+            "/usr/share/doc/quilt-runtime/README.md", "/lib/systemd/system-generators/quilt-generator",
+            "/usr/share/man/man5/quilt.container.5.gz")},
         "completion": completion(),
     }
     if seen["install"]["rc"] != 0:

@@ -35,6 +35,10 @@ CLI_REACHES = {
     "quilt_agent.config": "default paths, read by bus.errors (standard library only)",
     "quilt_agent.filetree": "packing and unpacking `cp` archives with the caller's own rights (standard library "
                             "only)",
+    **dict.fromkeys(("quilt_agent.unitfiles", "quilt_agent.model", "quilt_agent.health", "quilt_agent.setup",
+                     "quilt_agent.volume_options", "quilt_agent.network.options", "quilt_agent.network.model"),
+                    "container files: unit-check and unit-run check a file by the agent's own option rules, so "
+                    "that a file that passes is one the agent takes (standard library only)"),
 }
 # The third-party packages quiltctl may import at all.
 CLI_THIRD_PARTY = {"click", "dbus_fast", "rich"}
