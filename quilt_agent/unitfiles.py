@@ -1241,8 +1241,7 @@ def _health_cmd_text(argv: Sequence[str]) -> str:
 def container_file_text(props: Mapping[str, Any], environment: Sequence[str] = ()) -> str:
     """A .container file that makes a container like the one whose org.quilt.Runtime.Container properties these
     are (`quiltctl generate unit`), with `environment` (GetEnvironment's, given by the caller: it may hold
-    secrets) as Environment= lines. What the properties do not show (volumes, tmpfs mounts, a read-only root,
-    aliases, a fixed address) is named in a comment for the reader to add."""
+    secrets) as Environment= lines."""
     name = str(props["Name"])
     container: list[tuple[str, str]] = [("Image", str(props["Image"])), ("ContainerName", name)]
     command = list(props.get("Command") or [])
@@ -1273,10 +1272,21 @@ def container_file_text(props: Mapping[str, Any], environment: Sequence[str] = (
     if "net" not in namespaces:
         container.append(("Network", "host"))
     else:
-        networks = list(dict.fromkeys(str(network) for network, _address in props.get("Addresses") or []))
-        if networks != [DEFAULT_NETWORK]:
+        networks = [str(n) for n in props.get("Networks") or []] or list(dict.fromkeys(
+            str(network) for network, _address in props.get("Addresses") or []))
+        if networks and networks != [DEFAULT_NETWORK]:
             container += [("Network", network) for network in networks]
+    container += [("NetworkAlias", str(alias)) for alias in props.get("NetworkAliases") or []]
+    if props.get("IP"):
+        container.append(("IP", str(props["IP"])))
     container += [("PublishPort", str(port)) for port in props.get("Ports") or []]
+    anonymous = {str(v) for v in props.get("AnonymousVolumes") or []}
+    for volume in props.get("Volumes") or []:
+        source, _, rest = str(volume).partition(":")
+        container.append(("Volume", rest if source in anonymous else str(volume)))  # -v DEST: a new one each time
+    container += [("Tmpfs", str(entry)) for entry in props.get("Tmpfs") or []]
+    if props.get("ReadOnly"):
+        container.append(("ReadOnly", "true"))
     if props.get("Init"):
         container.append(("RunInit", "true"))
     if props.get("UserNamespace") == "host":
@@ -1309,12 +1319,7 @@ def container_file_text(props: Mapping[str, Any], environment: Sequence[str] = (
     restart = {"always": "always", "unless-stopped": "always", "on-failure": "on-failure"}.get(
         str(props.get("RestartPolicy") or "no"))
     header = [f"# {name}.container: made by quiltctl generate unit from container {name}"
-              + (f" ({props['Id']})" if props.get("Id") else ""),
-              "# Volume=, Tmpfs=, ReadOnly=, NetworkAlias= and IP= are not among a container's properties:",
-              "# add them here if it has them."]
-    if "net" in namespaces and not props.get("Addresses"):
-        header += ["# Network=: the container is not running, so its networks are not known:",
-                   "# add them here if it is on others than the default one."]
+              + (f" ({props['Id']})" if props.get("Id") else "")]
     sections: list[tuple[str, Sequence[tuple[str, str]]]] = [
         ("Unit", [("Description", f"Quilt container {name}")]),
         ("Container", container),

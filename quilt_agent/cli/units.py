@@ -40,8 +40,7 @@ def generate_unit(ctx: click.Context, container: str) -> None:
     """Print a .container file that makes a container like CONTAINER, environment included.
 
     Save it as /etc/quilt/containers/NAME.container and run `systemctl daemon-reload` to have systemd run it as
-    NAME.service. Volumes, tmpfs mounts, a read-only root, aliases and a fixed address are not known from the
-    container's properties: a comment at the top says so.
+    NAME.service.
     """
     async def body(client: Client) -> tuple[dict[str, Any], list[str]]:
         path = await client.get_container(container)

@@ -684,7 +684,9 @@ PROPS: dict[str, Any] = {
     "Ports": ["8080:80/tcp"], "Seccomp": "unconfined", "Setup": ["pip: flask"], "UserNamespace": "host",
     "Init": True, "RestartPolicy": "on-failure", "HealthCommand": ["/bin/sh", "-c", "test -e /up"],
     "HealthInterval": 2_000_000, "HealthTimeout": 30_000_000, "HealthStartPeriod": 500_000, "HealthRetries": 5,
-    "HealthOnFailure": "kill", "SdNotify": "healthy",
+    "HealthOnFailure": "kill", "SdNotify": "healthy", "Networks": ["backend", "quilt"], "NetworkAliases": ["www"],
+    "IP": "", "Volumes": ["data:/data:ro", "/srv/www:/www", "c0ffee:/cache"], "AnonymousVolumes": ["c0ffee"],
+    "Tmpfs": ["/run:size=1m,mode=755"], "ReadOnly": True,
 }
 
 
@@ -692,8 +694,6 @@ def test_a_container_file_from_properties() -> None:
     text = unitfiles.container_file_text(PROPS, ["PATH=/usr/bin:/bin", "GREETING=hello world"])
     assert text == textwrap.dedent(f"""\
         # web.container: made by quiltctl generate unit from container web ({"ab" * 32})
-        # Volume=, Tmpfs=, ReadOnly=, NetworkAlias= and IP= are not among a container's properties:
-        # add them here if it has them.
 
         [Unit]
         Description=Quilt container web
@@ -715,7 +715,13 @@ def test_a_container_file_from_properties() -> None:
         Label="team=a b"
         Network=backend
         Network=quilt
+        NetworkAlias=www
         PublishPort=8080:80/tcp
+        Volume=data:/data:ro
+        Volume=/srv/www:/www
+        Volume=/cache
+        Tmpfs=/run:size=1m,mode=755
+        ReadOnly=true
         RunInit=true
         UserNS=host
         SeccompProfile=unconfined
@@ -747,23 +753,24 @@ def test_a_container_file_from_properties_reads_back_as_the_same_container() -> 
         "hostname": "box", "init": True, "userns": "host", "seccomp": "unconfined", "pids_max": 50,
         "memory_max": 64 << 20, "cpu_quota": 50.0, "health_cmd": ["/bin/sh", "-c", "test -e /up"],
         "health_interval": 2.0, "health_start_period": 0.5, "health_retries": 5, "health_on_failure": "kill",
-        "stop_timeout": 20, "sdnotify": "healthy", "user": "1000:100",
+        "stop_timeout": 20, "sdnotify": "healthy", "user": "1000:100", "aliases": ["www"], "read_only": True,
+        "tmpfs": ["/run:size=1m,mode=755"], "volumes": ["data:/data:ro", "/srv/www:/www", "/cache"],
     }
     assert (c.stop_signal, c.service_section) == ("SIGINT", (("Restart", "on-failure"),))
 
 
-def test_a_plain_stopped_container_gives_a_short_file_that_says_what_it_cannot_know() -> None:
+def test_a_plain_stopped_container_gives_a_short_file() -> None:
     text = unitfiles.container_file_text({"Name": "job", "Image": "/srv/img.tar", "Command": [], "User": "0",
                                           "Hostname": "job", "Addresses": [], "StopSignal": 15, "StopTimeout": 10,
                                           "HealthCommand": [], "SdNotify": "conmon", "Seccomp": "default",
                                           "UserNamespace": "0:100000:65536", "RestartPolicy": "no"})
-    assert "# Network=: the container is not running" in text
     body = text.split("[Container]\n")[1]
     assert body == "Image=/srv/img.tar\nContainerName=job\n\n[Install]\nWantedBy=multi-user.target\n"
 
 
 def test_a_container_on_the_hosts_network_and_an_argv_health_check() -> None:
     props = {**PROPS, "Namespaces": ["pid", "mount", "uts", "ipc", "cgroup"], "Addresses": [], "Ports": [],
+             "Networks": ["host"], "NetworkAliases": [],
              "HealthCommand": ["curl", "-f", "http://x/"], "Labels": {}}
     text = unitfiles.container_file_text(props)
     assert "Network=host\n" in text and "# Network=:" not in text
