@@ -32,7 +32,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	debhelper dh-python lintian python3-pip python3-setuptools python3-wheel \
 	python3-click python3-rich python3-dnslib python3-systemd catatonit
 
-.PHONY: setup demo test test-unit test-testhost test-integration bench bench-network bench-health bench-images bench-setup install install-data clean
+.PHONY: setup demo test test-unit test-testhost test-integration bench bench-network bench-generator bench-health bench-images bench-setup install install-data clean
 
 setup: $(VENV)/.installed
 
@@ -101,6 +101,10 @@ bench-network: setup
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iperf3 >/dev/null; }
 	@$(TESTHOST) $(VENV)/bin/python bench/network.py $(BENCH_ARGS)
+
+# quilt-generator's run time for 100 container files, as systemd runs it at each boot and daemon-reload.
+bench-generator: setup
+	@$(VENV)/bin/python bench/generator.py build/bench-generator $(BENCH_ARGS)
 
 # What health checks cost the agent in CPU: 20 running containers without checks, then each checked every second.
 bench-health: setup
