@@ -27,6 +27,7 @@ from quilt_agent.client import Client, ClientError
 NO_SUCH_IMAGE = "org.quilt.Runtime.Error.NoSuchImage"
 NO_SUCH = ("org.quilt.Runtime.Error.NoSuchContainer", "org.quilt.Runtime.Error.NoSuchNetwork",
            "org.quilt.Runtime.Error.NoSuchVolume")
+AGENT_STOPPING = "org.quilt.Runtime.Error.Failed"  # bus/guard.py's STOPPING_ERROR
 RECONNECTS = 30  # agent restarts ridden out while waiting (each waits for the bus to start it again)
 
 
@@ -93,7 +94,8 @@ async def _wait_riding_restarts(name: str) -> int:
             async with Client() as client:
                 return await client.wait(await client.get_container(name))
         except ClientError as e:
-            if e.name.startswith("org.quilt.Runtime.Error."):
+            # A stopping agent answers calls in progress with Failed ("call again"); a gone one, the bus does.
+            if e.name.startswith("org.quilt.Runtime.Error.") and e.name != AGENT_STOPPING:
                 raise
             await asyncio.sleep(1)  # the agent is restarting: the next call starts it again
     raise ClientError("org.freedesktop.DBus.Error.NoReply", f"lost quilt-agent {RECONNECTS} times while container "

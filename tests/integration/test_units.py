@@ -147,3 +147,20 @@ Exec=/bin/sh -c "sleep 1; touch /tmp/up; exec sleep 600"
 def test_the_generator_is_installed_where_systemd_runs_it() -> None:
     generator = Path("/usr/lib/systemd/system-generators/quilt-generator")
     assert generator.exists() and shutil.which(str(generator))
+
+
+async def test_the_service_rides_an_agent_restart_and_ends_with_the_container(client: Client, files: dict,
+                                                                             name: str) -> None:
+    write(files, f"{name}.container", f"[Container]\nImage={IMAGE}\nRunInit=true\nExec=sleep 600\n")
+    systemctl("daemon-reload")
+    systemctl("start", f"{name}.service")
+    pid = show(f"{name}.service", "MainPID")
+    systemctl("restart", "quilt-agent")
+    async with Client() as again:
+        path = await again.get_container(name)
+        props = await again.properties(path)
+        assert props["State"] == "running", journal(f"{name}.service")
+        assert show(f"{name}.service", "ActiveState") == "active" and show(f"{name}.service", "MainPID") == pid
+        await again.kill(path, 9)  # a crash: the service's main process ends with the container's exit code
+        await until(lambda: show(f"{name}.service", "ActiveState") == "failed", "the service failed with it")
+    assert show(f"{name}.service", "ExecMainStatus") == "137"
