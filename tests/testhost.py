@@ -2,7 +2,8 @@
 """A throwaway systemd host for Quilt's tests.
 
     python3 tests/testhost.py run [--keep-on-failure] [--name NAME] [--cgroup unified] [--loop-check MS]
-                                  [--state DIR] [--deb build/quilt-runtime_VERSION_all.deb | --bare]
+                                  [--state DIR] [--etc-quilt DIR]
+                                  [--deb build/quilt-runtime_VERSION_all.deb | --bare]
                                   -- CMD ARGS...
     python3 tests/testhost.py cleanup
 
@@ -20,7 +21,11 @@ The agent's data directory, /var/lib/quilt, is a fresh tmpfs; with --state DIR
 it is DIR (made, mode 0700, if missing), bound from the machine: a second host
 booted with the same DIR finds the first one's database, containers and images,
 as a machine finds them after a reboot (a host's processes die with it, as at a
-power cut).
+power cut). Likewise --etc-quilt DIR (made, mode 0755, if missing) is bound on
+the host's /etc/quilt, which is otherwise the machine's seen through the overlay:
+with both, a second host boots on the first one's container files
+(/etc/quilt/containers) too, and its systemd's generator makes their services
+and the links their [Install] sections ask for, as at a machine's boot.
 
 With --deb, the Debian package is installed instead, with apt-get inside the
 booted host as an admin would (its dependencies must be on the machine: the
@@ -273,10 +278,11 @@ def cleanup_orphans() -> list[Path]:
 
 
 def setup_root(name: str, project_fd: int, unified: bool, bare: bool = False, loop_check_ms: int = 0,
-               state_fd: int = -1) -> Path:
+               state_fd: int = -1, etc_quilt_fd: int = -1) -> Path:
     """Build the test host's root filesystem; return its path (still in the old root).
 
-    state_fd: a directory of the machine's to be the agent's data directory (-1: a fresh tmpfs)."""
+    state_fd: a directory of the machine's to be the agent's data directory (-1: a fresh tmpfs).
+    etc_quilt_fd: a directory of the machine's to be /etc/quilt (-1: the overlay's, the machine's /etc/quilt)."""
     stage = Path("/tmp")  # a private mount namespace: this tmpfs is invisible to the machine
     mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
     for d in ("upper", "work", "root"):
@@ -302,6 +308,10 @@ def setup_root(name: str, project_fd: int, unified: bool, bare: bool = False, lo
         mount(f"/proc/self/fd/{state_fd}", root / "var/lib/quilt", None, MS_BIND)
     else:
         mount("tmpfs", root / "var/lib/quilt", "tmpfs", 0, "mode=0700")
+    if etc_quilt_fd >= 0:
+        # Made in the overlay's upper layer (the machine may have no /etc/quilt): the bind hides it.
+        (root / "etc/quilt").mkdir(mode=0o755, exist_ok=True)
+        mount(f"/proc/self/fd/{etc_quilt_fd}", root / "etc/quilt", None, MS_BIND)
     target = root / str(PROJECT).lstrip("/")
     target.mkdir(parents=True, exist_ok=True)
     mount(f"/proc/self/fd/{project_fd}", target, None, MS_BIND | MS_REC)
@@ -415,12 +425,14 @@ def enable_restart_unit(root: Path) -> None:
         link.symlink_to(unit)
 
 
-def boot(name: str, unified: bool, bare: bool = False, loop_check_ms: int = 0, state: Path | None = None) -> None:
+def boot(name: str, unified: bool, bare: bool = False, loop_check_ms: int = 0, state: Path | None = None,
+         etc_quilt: Path | None = None) -> None:
     """PID 1 of the new namespaces: build the root, pivot into it, exec systemd."""
-    # Opened before the stage's tmpfs covers /tmp, where either may be (a clone, pytest's tmp_path).
+    # Opened before the stage's tmpfs covers /tmp, where any of them may be (a clone, pytest's tmp_path).
     project_fd = os.open(PROJECT, os.O_PATH | os.O_DIRECTORY)
     state_fd = os.open(state, os.O_PATH | os.O_DIRECTORY) if state is not None else -1
-    root = setup_root(name, project_fd, unified, bare, loop_check_ms, state_fd)
+    etc_quilt_fd = os.open(etc_quilt, os.O_PATH | os.O_DIRECTORY) if etc_quilt is not None else -1
+    root = setup_root(name, project_fd, unified, bare, loop_check_ms, state_fd, etc_quilt_fd)
     console = os.open(root / CONSOLE.lstrip("/"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.chdir(root)
     pivot_root(".", ".")
@@ -440,13 +452,15 @@ def boot(name: str, unified: bool, bare: bool = False, loop_check_ms: int = 0, s
 
 class TestHost:
     def __init__(self, name: str, unified: bool = False, bare: bool = False,
-                 loop_check_ms: int = LOOP_CHECK_MS, state: Path | None = None) -> None:
+                 loop_check_ms: int = LOOP_CHECK_MS, state: Path | None = None,
+                 etc_quilt: Path | None = None) -> None:
         me = os.getpid()
         self.name = name
         self.unified = unified
         self.bare = bare  # nothing of Quilt installed at boot: a package is, or the command installs one
         self.loop_check_ms = loop_check_ms
         self.state = state  # the agent's data directory, kept across hosts; None: a tmpfs of this host's own
+        self.etc_quilt = etc_quilt  # /etc/quilt, kept across hosts; None: the machine's, through the overlay
         self.cgroups = Cgroups(f"{CGROUP_PREFIX}{me}-{process_start_time(me)}-{name}")
         self.unshare_pid = 0
         self.pid1 = 0
@@ -466,6 +480,7 @@ class TestHost:
                     *(["--cgroup=unified"] if self.unified else []), *(["--bare"] if self.bare else []),
                     f"--loop-check={self.loop_check_ms}",
                     *([f"--state={self.state}"] if self.state is not None else []),
+                    *([f"--etc-quilt={self.etc_quilt}"] if self.etc_quilt is not None else []),
                 ])
             finally:
                 os._exit(127)
@@ -564,10 +579,12 @@ def install_package(host: TestHost, deb: Path) -> None:
 
 
 def run(cmd: list[str], name: str, keep_on_failure: bool, unified: bool = False, deb: Path | None = None,
-        bare: bool = False, loop_check_ms: int = LOOP_CHECK_MS, state: Path | None = None) -> int:
+        bare: bool = False, loop_check_ms: int = LOOP_CHECK_MS, state: Path | None = None,
+        etc_quilt: Path | None = None) -> int:
     cleanup_orphans()
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    host = TestHost(name, unified, bare=bare or deb is not None, loop_check_ms=loop_check_ms, state=state)
+    host = TestHost(name, unified, bare=bare or deb is not None, loop_check_ms=loop_check_ms, state=state,
+                    etc_quilt=etc_quilt)
     rc = 125
     started = time.monotonic()
     try:
@@ -606,6 +623,9 @@ def main(argv: list[str]) -> int:
                        help="bind DIR (made, mode 0700, if missing) on the host's /var/lib/quilt instead of a fresh "
                             "tmpfs: a second host booted with the same DIR finds the first one's containers, as "
                             "after a reboot")
+    p_run.add_argument("--etc-quilt", type=Path, metavar="DIR",
+                       help="bind DIR (made, mode 0755, if missing) on the host's /etc/quilt: a second host booted "
+                            "with the same DIR finds the first one's container files and configuration")
     installs = p_run.add_mutually_exclusive_group()
     installs.add_argument("--deb", type=Path, help="install this Debian package of Quilt (apt-get, inside the host) "
                                                    "instead of the checkout's files and venv")
@@ -618,11 +638,12 @@ def main(argv: list[str]) -> int:
     p_boot.add_argument("--bare", action="store_true")
     p_boot.add_argument("--loop-check", type=int, default=0)
     p_boot.add_argument("--state", type=Path)
+    p_boot.add_argument("--etc-quilt", type=Path)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("must run as root")
     if args.verb == "_boot":
-        boot(args.name, args.cgroup == "unified", args.bare, args.loop_check, args.state)
+        boot(args.name, args.cgroup == "unified", args.bare, args.loop_check, args.state, args.etc_quilt)
         return 127
     if args.verb == "cleanup":
         return 0 if cleanup_orphans() is not None else 1
@@ -648,8 +669,14 @@ def main(argv: list[str]) -> int:
         if state.exists() and not state.is_dir():
             parser.error(f"--state {args.state}: not a directory")
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    etc_quilt = None
+    if args.etc_quilt is not None:
+        etc_quilt = args.etc_quilt.resolve()
+        if etc_quilt.exists() and not etc_quilt.is_dir():
+            parser.error(f"--etc-quilt {args.etc_quilt}: not a directory")
+        etc_quilt.mkdir(mode=0o755, parents=True, exist_ok=True)
     return run(cmd, args.name, args.keep_on_failure, args.cgroup == "unified", deb, args.bare, args.loop_check,
-               state)
+               state, etc_quilt)
 
 
 if __name__ == "__main__":
