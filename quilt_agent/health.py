@@ -15,6 +15,7 @@ last MAX_LOG results are kept in memory; the status is stored with the container
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -84,6 +85,29 @@ def _command(value: Any) -> tuple[str, ...]:
     if any("\0" in v for v in value):
         raise InvalidArgument("Option 'health_cmd': an argument contains a NUL byte")
     return tuple(value)
+
+
+def parse_command_line(text: str) -> list[str]:
+    """A check as Podman's --health-cmd and Quadlet's HealthCmd= spell it: a JSON array is the argv (Docker's
+    ["CMD", ...] and ["CMD-SHELL", "..."] too), 'none' is no check (not even the image's), anything else a line
+    for /bin/sh -c. ValueError when it is none of these."""
+    if text.strip().lower() == "none":
+        return []
+    if text.lstrip().startswith("["):
+        try:
+            argv = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"'{text}' is not a JSON array of strings: {e}") from None
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError(f"'{text}' is not a JSON array of strings")
+        if argv[0] == "CMD-SHELL" and len(argv) == 2:
+            return ["/bin/sh", "-c", argv[1]]
+        if argv[0] == "NONE":
+            return []
+        return argv[1:] if argv[0] == "CMD" else argv
+    if not text.strip():
+        raise ValueError("the health command is empty")
+    return ["/bin/sh", "-c", text]
 
 
 def _seconds(key: str, minimum: float) -> Callable[[Any], float]:

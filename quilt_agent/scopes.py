@@ -239,13 +239,7 @@ class Scopes:
 
     async def stop(self, unit: str) -> None:
         """Stop the scope (its KillSignal=, then SIGKILL to what is left after TimeoutStopSec=) and forget it."""
-        with self._owning(unit):
-            try:
-                (job,) = await self._manager("StopUnit", "ss", [unit, "replace"])
-                await self._wait_job(job, unit, "stopping")
-            except SystemdError as err:
-                if err.name != "org.freedesktop.systemd1.NoSuchUnit":
-                    raise
+        await self.stop_service(unit)  # the same StopUnit job, whatever the unit's type
         await self.reset_failed(unit)
 
     async def attach(self, unit: str, pids: list[int], limits: ScopeLimits) -> None:

@@ -22,7 +22,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from quilt_agent import model
+from quilt_agent import health, model
 from quilt_agent.errors import InvalidArgument
 from quilt_agent.network.options import parse_network_options
 from quilt_agent.network.model import CONTAINER_PREFIX, DEFAULT_NETWORK, validate_network_name
@@ -556,30 +556,6 @@ def _cpu_quota(text: str) -> float:
         raise _Bad(f"'{text}' is not a percentage of one CPU (like 50% or 150%)") from None
 
 
-def parse_health_cmd(text: str) -> list[str]:
-    """HealthCmd=, as quiltctl --health-cmd (cli/parsing.py) and Podman take it: a JSON array is the argv (Docker's
-    ["CMD", ...] and ["CMD-SHELL", "..."] too), 'none' is no check (not even the image's), anything else a line
-    for /bin/sh -c. The same rule written again rather than imported: cli/parsing.py imports click, which would
-    cost the generator a fifth of its time; tests/unit/test_unitfiles.py checks that the two agree."""
-    if text.strip().lower() == "none":
-        return []
-    if text.lstrip().startswith("["):
-        try:
-            argv = json.loads(text)
-        except ValueError as e:
-            raise ValueError(f"'{text}' is not a JSON array of strings: {e}") from None
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise ValueError(f"'{text}' is not a JSON array of strings")
-        if argv[0] == "CMD-SHELL" and len(argv) == 2:
-            return ["/bin/sh", "-c", argv[1]]
-        if argv[0] == "NONE":
-            return []
-        return argv[1:] if argv[0] == "CMD" else argv
-    if not text.strip():
-        raise ValueError("the health command is empty")
-    return ["/bin/sh", "-c", text]
-
-
 def _notify(text: str) -> str | None:
     """Quadlet's Notify=: true, the container's own READY=1; healthy, its first passing check; false, Quilt's
     default (ready once it runs)."""
@@ -723,6 +699,18 @@ def _reference(reader: _Reader, entry: Entry, file_name: str, names: Mapping[str
     return names[file_name]
 
 
+def _gather(r: _Reader, option: str, entries: list[tuple[Entry, str]], lines: dict[str, Entry],
+            options: dict[str, Any]) -> None:
+    """A list option from repeated keys: each value checked on its own line, then all of them together (what is
+    wrong only together, such as a port published twice, is reported at the last line)."""
+    for entry, value in entries:
+        _check_option(r, option, [value], entry)
+    if entries:
+        lines[option] = entries[-1][0]
+        options[option] = [value for _, value in entries]
+        _check_option(r, option, options[option], lines[option])
+
+
 def parse_container(parsed: ParsedFile, names: Mapping[str, str] | None = None) -> ContainerFile:
     """A .container file's record. `names` maps the other files' names (db.network) to what they make (the
     network's name): resource_names() gives it; a reference to a file it lacks is an error."""
@@ -792,16 +780,9 @@ def parse_container(parsed: ParsedFile, names: Mapping[str, str] | None = None) 
     if labels:
         options["labels"] = labels
 
-    ports = []
-    for entry in r.all("PublishPort"):
-        _check_option(r, "ports", [entry.value], entry)
-        ports.append(entry.value)
-        lines["ports"] = entry
-    if ports:
-        _check_option(r, "ports", ports, lines["ports"])  # what is wrong only together: twice the same port
-        options["ports"] = ports
+    _gather(r, "ports", [(entry, entry.value) for entry in r.all("PublishPort")], lines, options)
 
-    networks = []
+    networks: list[tuple[Entry, str]] = []
     for entry in r.all("Network"):
         value = entry.value
         target, _, extra = value.partition(":")
@@ -815,23 +796,11 @@ def parse_container(parsed: ParsedFile, names: Mapping[str, str] | None = None) 
                 raise r.fail(entry, f"'{value}': nothing may follow another container's file name")
             value = CONTAINER_PREFIX + _reference(r, entry, target, names)
             requires.append(service_name(target))
-        _check_option(r, "networks", [value], entry)
-        networks.append(value)
-        lines["networks"] = entry
-    if networks:
-        _check_option(r, "networks", networks, lines["networks"])  # what is wrong only together: twice the same port
-        options["networks"] = networks
+        networks.append((entry, value))
+    _gather(r, "networks", networks, lines, options)
+    _gather(r, "aliases", [(entry, entry.value) for entry in r.all("NetworkAlias")], lines, options)
 
-    aliases = []
-    for entry in r.all("NetworkAlias"):
-        _check_option(r, "aliases", [entry.value], entry)
-        aliases.append(entry.value)
-        lines["aliases"] = entry
-    if aliases:
-        _check_option(r, "aliases", aliases, lines["aliases"])  # what is wrong only together: twice the same port
-        options["aliases"] = aliases
-
-    volumes = []
+    volumes: list[tuple[Entry, str]] = []
     for entry in r.all("Volume"):
         parts = entry.value.split(":")
         source = parts[0] if len(parts) > 1 else ""
@@ -843,30 +812,10 @@ def parse_container(parsed: ParsedFile, names: Mapping[str, str] | None = None) 
             parts[0] = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(parsed.path)), source))
         if parts[0].startswith("/") and len(parts) > 1:
             mounts_for.append(parts[0])
-        value = ":".join(parts)
-        _check_option(r, "volumes", [value], entry)
-        volumes.append(value)
-        lines["volumes"] = entry
-    if volumes:
-        _check_option(r, "volumes", volumes, lines["volumes"])  # what is wrong only together: twice the same port
-        options["volumes"] = volumes
-
-    tmpfs = []
-    for entry in r.all("Tmpfs"):
-        _check_option(r, "tmpfs", [entry.value], entry)
-        tmpfs.append(entry.value)
-        lines["tmpfs"] = entry
-    if tmpfs:
-        _check_option(r, "tmpfs", tmpfs, lines["tmpfs"])  # what is wrong only together: twice the same port
-        options["tmpfs"] = tmpfs
-
-    setup = []
-    for entry in r.all("Setup"):
-        _check_option(r, "setup", [entry.value], entry)
-        setup.append(entry.value)
-        lines["setup"] = entry
-    if setup:
-        options["setup"] = setup
+        volumes.append((entry, ":".join(parts)))
+    _gather(r, "volumes", volumes, lines, options)
+    _gather(r, "tmpfs", [(entry, entry.value) for entry in r.all("Tmpfs")], lines, options)
+    _gather(r, "setup", [(entry, entry.value) for entry in r.all("Setup")], lines, options)
 
     for key, option, convert in (
         ("IP", "ip", str),
@@ -879,7 +828,7 @@ def parse_container(parsed: ParsedFile, names: Mapping[str, str] | None = None) 
         ("PidsLimit", "pids_max", _count),
         ("Memory", "memory_max", _size),
         ("CPUQuota", "cpu_quota", _cpu_quota),
-        ("HealthCmd", "health_cmd", _converting(parse_health_cmd)),
+        ("HealthCmd", "health_cmd", _converting(health.parse_command_line)),
         ("HealthInterval", "health_interval", _timespan),
         ("HealthTimeout", "health_timeout", _timespan),
         ("HealthStartPeriod", "health_start_period", _timespan),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -11,6 +10,8 @@ from datetime import datetime
 from typing import Any, Callable
 
 import click
+
+from quilt_agent import health
 
 # Podman's spellings (docker/go-units RAMInBytes): binary units whatever the case, optional "i" and "b".
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -96,28 +97,6 @@ def parse_seconds(text: str) -> float:
         return float(text)
     except ValueError:
         return parse_duration(text)
-
-
-def parse_health_cmd(text: str) -> list[str]:
-    """Podman's --health-cmd: a JSON array is the argv (Docker's ["CMD", ...] and ["CMD-SHELL", "..."] too),
-    'none' is no check (not even the image's), anything else a command line for /bin/sh -c."""
-    if text.strip().lower() == "none":
-        return []
-    if text.lstrip().startswith("["):
-        try:
-            argv = json.loads(text)
-        except ValueError as e:
-            raise ValueError(f"'{text}' is not a JSON array of strings: {e}") from None
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise ValueError(f"'{text}' is not a JSON array of strings")
-        if argv[0] == "CMD-SHELL" and len(argv) == 2:
-            return ["/bin/sh", "-c", argv[1]]
-        if argv[0] == "NONE":
-            return []
-        return argv[1:] if argv[0] == "CMD" else argv
-    if not text.strip():
-        raise ValueError("the health command is empty")
-    return ["/bin/sh", "-c", text]
 
 
 _AGO_RE = re.compile(r"(.*?)\s+ago", re.IGNORECASE)
@@ -217,4 +196,4 @@ NAMESPACE_LIST = _ParsedType("namespaces", parse_namespaces)
 ENV = _ParsedType("KEY=VALUE", lambda text: parse_key_value(text, "environment variable"))
 LABEL = _ParsedType("KEY=VALUE", lambda text: parse_key_value(text, "label"))
 SECONDS = _ParsedType("duration", parse_seconds)
-HEALTH_CMD = _ParsedType("command", parse_health_cmd)
+HEALTH_CMD = _ParsedType("command", health.parse_command_line)

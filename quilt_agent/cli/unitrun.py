@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import click
 
@@ -102,22 +102,15 @@ async def _wait_riding_restarts(name: str) -> int:
                       f"'{name}' ran")
 
 
-async def ensure_network(client: Client, unit: unitfiles.NetworkFile) -> None:
+async def _ensure(get: Callable[[str], Awaitable[str]], create: Callable[[str, dict[str, Any]], Awaitable[str]],
+                  unit: unitfiles.NetworkFile | unitfiles.VolumeFile) -> None:
+    """The network or volume of a .network or .volume file, made unless it exists (as it was: never changed)."""
     try:
-        await client.get_network(unit.name)
+        await get(unit.name)
     except ClientError as e:
         if e.name not in NO_SUCH:
             raise
-        await client.create_network(unit.name, unit.options)
-
-
-async def ensure_volume(client: Client, unit: unitfiles.VolumeFile) -> None:
-    try:
-        await client.get_volume(unit.name)
-    except ClientError as e:
-        if e.name not in NO_SUCH:
-            raise
-        await client.create_volume(unit.name, unit.options)
+        await create(unit.name, unit.options)
 
 
 @click.command(name="unit-run")
@@ -137,9 +130,9 @@ def unit_run(ctx: click.Context, file: str) -> None:
         # run_container keeps connections of its own: one may be lost to an agent restart.
         ctx.exit(with_client(ctx, lambda _client: run_container(unit)))
     if isinstance(unit, unitfiles.NetworkFile):
-        with_client(ctx, lambda client: ensure_network(client, unit))
+        with_client(ctx, lambda client: _ensure(client.get_network, client.create_network, unit))
     else:
-        with_client(ctx, lambda client: ensure_volume(client, unit))
+        with_client(ctx, lambda client: _ensure(client.get_volume, client.create_volume, unit))
 
 
 COMMANDS: list[click.Command] = [unit_run]

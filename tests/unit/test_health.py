@@ -141,3 +141,20 @@ async def test_watching_again_clears_the_failing_streak_and_keeps_the_results() 
     schedule.watch("c1", 60)
     assert schedule.logs["c1"].failing_streak == 0 and len(schedule.logs["c1"].results) == 1
     schedule.drop("c1")
+
+
+@pytest.mark.parametrize("text, argv", [
+    ("none", []), ("NONE", []), ('["NONE"]', []),
+    ('["CMD", "curl", "-f"]', ["curl", "-f"]),
+    ('["CMD-SHELL", "test -e /x"]', ["/bin/sh", "-c", "test -e /x"]),
+    ('["wget", "x"]', ["wget", "x"]),
+    ("test -e /up", ["/bin/sh", "-c", "test -e /up"]),
+])
+def test_a_command_line_is_read_as_podman_reads_health_cmd(text: str, argv: list[str]) -> None:
+    assert health.parse_command_line(text) == argv
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "[", "[]", "  "])
+def test_a_bad_command_line_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        health.parse_command_line(text)

@@ -177,20 +177,6 @@ def test_signals(text: str, name: str) -> None:
     assert unitfiles.parse_signal_name(text) == name
 
 
-@pytest.mark.parametrize("text", ["none", "NONE", '["CMD", "curl", "-f"]', '["CMD-SHELL", "test -e /x"]',
-                                  '["NONE"]', '["wget", "x"]', "test -e /up", "[1, 2]", "[", "[]", "  "])
-def test_health_commands_are_read_as_quiltctl_reads_them(text: str) -> None:
-    from quilt_agent.cli.parsing import parse_health_cmd
-
-    def outcome(parse: Any) -> Any:
-        try:
-            return parse(text)
-        except ValueError as e:
-            return str(e)
-
-    assert outcome(unitfiles.parse_health_cmd) == outcome(parse_health_cmd)
-
-
 # --- [Container]: every key ------------------------------------------------------------------------------------
 
 
