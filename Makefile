@@ -30,7 +30,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 	docker-registry skopeo umoci apache2-utils openssl \
 	mmdebstrap ruby dpkg-dev libseccomp2 libnss-systemd podman iproute2 procps xz-utils bzip2 \
 	debhelper dh-python lintian python3-pip python3-setuptools python3-wheel \
-	python3-click python3-rich python3-dnslib python3-systemd catatonit
+	python3-click python3-rich python3-dnslib python3-systemd catatonit systemd-container libnss-mymachines
 
 .PHONY: setup demo test test-unit test-testhost test-integration bench bench-network bench-generator bench-health bench-images bench-setup install install-data clean
 

@@ -17,6 +17,7 @@ from quilt_agent.bus.polkit import Authority
 from quilt_agent.bus.relay import Relay, RelayingBus
 from quilt_agent.config import Paths, default_paths
 from quilt_agent.helper.zygote import Zygote
+from quilt_agent.machines import Machined
 from quilt_agent.scopes import Scopes
 from quilt_agent.store import Store, StoreRefused
 
@@ -50,7 +51,7 @@ async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float
     bus.add_message_handler(lifecycle.CALLS.seen)
     scopes = Scopes(bus)
     await scopes.connect()
-    services = await app.build(paths, store, scopes, zygote)
+    services = await app.build(paths, store, scopes, zygote, Machined(bus))
     manager = services.manager
     manager.subscribe(lifecycle.ContainerEdges(lifecycle.CALLS))
     authority = Authority(bus)

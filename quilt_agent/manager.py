@@ -31,6 +31,7 @@ from quilt_agent.helper.protocol import ExecFailed, Go, LaunchSpec, SetupDone, S
 from quilt_agent.helper.forkserver import ForkServer
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import Image
+from quilt_agent.machines import MachineError, MachineRegistry, machine_name
 from quilt_agent.network.core import Networks
 from quilt_agent.network.model import Network
 from quilt_agent.notify import CONTAINER_SOCKET, Notification, NotifySockets
@@ -128,7 +129,8 @@ class Manager:
 
     def __init__(self, paths: Paths, store: StateStore, scopes: ScopeManager, zygote: ForkServer, containers: ContainerTable,
                  images: Images, networks: Networks, volumes: Volumes, ranges: Ranges | None = None,
-                 backoff: restart.Backoff | None = None, notify: NotifySockets | None = None) -> None:
+                 backoff: restart.Backoff | None = None, notify: NotifySockets | None = None,
+                 machines: MachineRegistry | None = None) -> None:
         self._paths = paths
         self._ranges = ranges or Ranges(Pool(), [])  # host ids for containers in their own user namespace
         self._store = store
@@ -149,6 +151,8 @@ class Manager:
         self._restart_timers: dict[str, asyncio.TimerHandle] = {}  # container id -> its pending restart
         self._health = health.Schedule(self._timed_health_check)  # timers of the running containers with a check
         self._notify = notify or NotifySockets(paths.notify)  # NOTIFY_SOCKETs of sdnotify=container ones
+        self._machines = machines  # systemd-machined (machines.py); None: containers are not registered
+        self._machined: bool | None = None  # whether the host has machined: asked once, at the first registration
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -411,6 +415,7 @@ class Manager:
             c = await self._set(c.with_(state=State.RUNNING, ready=c.ready or c.spec.sdnotify == "conmon"))
             if c.spec.health_cmd:
                 self._health.watch(c.id, c.spec.health_interval)
+            c = await self._register_machine(c)
         t3 = time.perf_counter()
         await self._event("started", c, "started container %s, init pid %d, in %.1f ms (fork %.1f, scope %.1f, "
                           "exec %.1f)", c.name, c.main_pid, (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
@@ -526,12 +531,14 @@ class Manager:
                 return
         self._health.forget(container_id)
         self._notify.close(container_id)
+        await self._unregister_machine(c)
         status = self._read_exit(container_id)
         state = State.FAILED if c.state is State.FAILED or status.failed or (
             status.reason and status.exit_code in (125, 126, 127) and c.state is not State.RUNNING) else State.EXITED
         c = await self._set(c.with_(state=state, exit_code=status.exit_code, exit_signal=status.exit_signal,
                                     oom_killed=status.oom_killed, finished_at=status.finished_at or now_usec(),
-                                    main_pid=0, monitor_pid=0, monitor_start=0, ready=False,
+                                    main_pid=0, monitor_pid=0, monitor_start=0, ready=False, machine="",
+                                    machine_name="",
                                     failure_reason=c.failure_reason or status.reason))
         if c.oom_killed:
             await self._event("oom", c, "container %s was killed for lack of memory", c.name)
@@ -871,6 +878,52 @@ class Manager:
         finally:
             await relays.drained()
 
+    # --- machines (machines.py) -------------------------------------------------------------------
+
+    async def _register_machine(self, c: Container) -> Container:
+        """Register the running container with systemd-machined, under its name or a derived one; one already
+        registered with this leader (the agent restarted) is found, not registered twice. A refusal is logged and
+        the container runs on."""
+        if self._machines is None or not c.main_pid:
+            return c
+        try:
+            if self._machined is None:
+                self._machined = await self._machines.available()
+                if not self._machined:
+                    log.info("systemd-machined is not on this host: containers are not registered as machines "
+                             "(install systemd-container for machinectl to know them)")
+            if not self._machined:
+                return c
+            for taken in (False, True):
+                name = machine_name(c.name, c.id, taken)
+                path, leader = await self._machines.find(name)
+                if path and leader == c.main_pid:
+                    break  # ours, from before an agent restart
+                if path:
+                    continue  # another's: the derived name
+                path = await self._machines.register(name, bytes.fromhex(c.id[:32]), c.main_pid,
+                                                     self._networks.host_interfaces(c.id))
+                break
+            else:
+                raise MachineError("MachineExists", f"machines '{machine_name(c.name, c.id)}' and "
+                                                    f"'{machine_name(c.name, c.id, True)}' are others'")
+        except (MachineError, OSError) as err:
+            log.warning("container %s is not registered with systemd-machined: %s", c.name, err,
+                        extra={"CONTAINER_NAME": c.name})
+            return c
+        current = self._containers.get(c.id)
+        if current is None or current.main_pid != c.main_pid:
+            return current or c  # it ended meanwhile: its exit unregisters it
+        return await self._set(current.with_(machine=path, machine_name=name))
+
+    async def _unregister_machine(self, c: Container) -> None:
+        if self._machines is None or not c.machine_name:
+            return
+        try:
+            await self._machines.unregister(c.machine_name)
+        except (MachineError, OSError) as err:
+            log.warning("could not unregister container %s from systemd-machined: %s", c.name, err)
+
     # --- health checks (health.py) ------------------------------------------------------------------
 
     async def health_check(self, container_id: str) -> tuple[str, health.Result]:
@@ -1106,6 +1159,7 @@ class Manager:
                         self._health.watch(c.id, c.spec.health_interval)
                     if c.spec.sdnotify == "container":  # a socket of this agent's, where the container looks
                         self._notify.open(c.id, max(c.id_first, 0), self._notified)
+                    c = await self._register_machine(c)  # again: machined may have restarted meanwhile too
                     log.info("reattached to running container %s", c.name)
                     continue
             if c.state is State.RUNNING or c.monitor_pid:

@@ -140,6 +140,10 @@ class Container:
     # Whether this run is ready (spec.sdnotify says when), and the last STATUS= it sent to its NOTIFY_SOCKET.
     ready: bool = False
     notify_status: str = ""
+    # Its registration with systemd-machined while it runs (quilt_agent/machines.py): the machine's object path and
+    # name ("" when it is not registered).
+    machine: str = ""
+    machine_name: str = ""
 
     @property
     def name(self) -> str:

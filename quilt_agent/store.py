@@ -136,6 +136,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE containers ADD COLUMN health TEXT NOT NULL DEFAULT '';
     ALTER TABLE containers ADD COLUMN ready INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE containers ADD COLUMN notify_status TEXT NOT NULL DEFAULT '';
+    ALTER TABLE containers ADD COLUMN machine TEXT NOT NULL DEFAULT '';
+    ALTER TABLE containers ADD COLUMN machine_name TEXT NOT NULL DEFAULT '';
     """,
 )
 
@@ -148,7 +150,7 @@ log = logging.getLogger("quilt.store")
 _STATUS_COLUMNS = ("state", "started_at", "finished_at", "exit_code", "exit_signal", "oom_killed",
                    "failure_reason", "monitor_pid", "monitor_start", "main_pid", "setup_image", "restart_count",
                    "restart_streak", "restart_at", "user_stopped", "health", "ready",
-                   "notify_status")
+                   "notify_status", "machine", "machine_name")
 
 
 def _spec_to_json(spec: ContainerSpec) -> str:
@@ -173,7 +175,8 @@ def _row_to_container(row: aiosqlite.Row) -> Container:
         monitor_start=row["monitor_start"], main_pid=row["main_pid"], setup_image=row["setup_image"],
         owner_uid=row["owner_uid"], id_first=row["id_first"], restart_count=row["restart_count"],
         restart_streak=row["restart_streak"], restart_at=row["restart_at"], user_stopped=bool(row["user_stopped"]),
-        health=row["health"], ready=bool(row["ready"]), notify_status=row["notify_status"],
+        health=row["health"], ready=bool(row["ready"]), notify_status=row["notify_status"], machine=row["machine"],
+        machine_name=row["machine_name"],
     )
 
 
@@ -215,7 +218,7 @@ class StateStore(Protocol):
         ...
 
     def update_status(self, c: Container) -> asyncio.Future[None]:
-        """Every status field of c (state to notify_status) onto the container of c.id; the spec stays."""
+        """Every status field of c (state to machine_name) onto the container of c.id; the spec stays."""
         ...
 
     def delete_container(self, container_id: str) -> asyncio.Future[None]:

@@ -187,6 +187,11 @@ class Networks:
         return [(self._networks[a.network_id].name, a.address) for a in m.attachments
                 if a.network_id in self._networks]
 
+    def host_interfaces(self, container_id: str) -> list[str]:
+        """The host's side of its interfaces (veths), in order."""
+        m = self._members.get(container_id)
+        return [a.host_ifname for a in m.attachments] if m is not None else []
+
     # dns.Directory
     def lookup(self, network_id: str, name: str) -> list[str]:
         return list(self._names.get(network_id, {}).get(name, ()))

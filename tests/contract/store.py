@@ -84,7 +84,8 @@ class StoreContract:
         done = c.with_(state=State.FAILED, started_at=2, finished_at=3, exit_code=137, exit_signal=9, oom_killed=True,
                        failure_reason="out of memory", monitor_pid=41, monitor_start=123456, main_pid=42,
                        setup_image="e" * 64, restart_count=3, restart_streak=2, restart_at=5, user_stopped=True,
-                       health="unhealthy", ready=True, notify_status="serving 3 clients")
+                       health="unhealthy", ready=True, notify_status="serving 3 clients",
+                       machine="/org/freedesktop/machine1/machine/a_2db", machine_name="a-b")
         await store.update_status(done.with_(spec=every_field_spec("other"), created_at=99))
         (back,) = await store.containers()
         assert back == done

@@ -48,6 +48,12 @@ async def files(client: Client, busybox_tar: Path, name: str) -> AsyncIterator[d
     for entry in await client.list_containers():
         if entry.name.startswith(name):
             await client.remove(entry.path, True)
+    # What the .network and .volume files made outlives their oneshot units, as Quadlet's does: removed here.
+    for f in written:
+        if f.endswith(".volume"):
+            await client.remove_volume(Path(f).stem, True)
+        elif f.endswith(".network"):
+            await client.remove_network(Path(f).stem, True)
 
 
 def write(files: dict[str, str], filename: str, text: str) -> None:

@@ -34,6 +34,7 @@ from quilt_agent.scopes import ScopeLimits
 from quilt_agent.volumes import Volumes
 from tests.fakes.helper import FakeForkServer
 from tests.fakes.kernel import FakeKernel
+from tests.fakes.machines import FakeMachined
 from tests.fakes.scopes import FakeScopes
 from tests.fakes.store import MemoryStore, StateStore
 from tests.imagetools import tar_layer
@@ -166,7 +167,8 @@ class RecordedRules(Firewall):
 
 
 async def build_core(paths: Paths, store: StateStore, scopes: RecordingScopes, kernel: FakeKernel,
-                     zygote: FakeForkServer, ranges: Ranges | None = None, backoff: Backoff | None = None) -> Core:
+                     zygote: FakeForkServer, ranges: Ranges | None = None, backoff: Backoff | None = None,
+                     machines: FakeMachined | None = None) -> Core:
     """As app.build, but with the fakes: the network rules are recorded, not applied with nft, and the note of
     ip_forward goes below the test's own directory."""
     containers = ContainerTable()
@@ -175,7 +177,8 @@ async def build_core(paths: Paths, store: StateStore, scopes: RecordingScopes, k
     volumes = Volumes(paths.volumes, store, containers)
     networks = Networks(paths, store, containers, kernel=kernel, config=NetworkConfig(), rules=RecordedRules(),
                         forward_note=paths.root / "ip_forward")
-    manager = Manager(paths, store, scopes, zygote, containers, images, networks, volumes, ranges, backoff)
+    manager = Manager(paths, store, scopes, zygote, containers, images, networks, volumes, ranges, backoff,
+                      machines=machines)
     stored = await store.containers()
     await volumes.load()
     await networks.recover(stored)
@@ -187,12 +190,13 @@ async def build_core(paths: Paths, store: StateStore, scopes: RecordingScopes, k
 
 
 async def make_core(tmp_path: Path, zygote: FakeForkServer, backoff: Backoff, store: StateStore | None = None,
-                    run: str = "run") -> Core:
+                    run: str = "run", machines: FakeMachined | None = None) -> Core:
     # The notify sockets in a short directory of their own: a socket's path has at most 107 bytes, and the
     # fake's commands, host processes, send to the full path.
     paths = Paths(tmp_path / "state", userdb=tmp_path / "userdb", run=tmp_path / run,
                   notify=Path(tempfile.mkdtemp(prefix="quilt-notify-")))
-    core = await build_core(paths, store or MemoryStore(), RecordingScopes(), FakeKernel(), zygote, backoff=backoff)
+    core = await build_core(paths, store or MemoryStore(), RecordingScopes(), FakeKernel(), zygote, backoff=backoff,
+                            machines=machines)
     if not core.images.list():
         await core.images.import_image(str(tiny_rootfs(tmp_path)), "tiny", {})
     return core

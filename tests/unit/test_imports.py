@@ -16,6 +16,8 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 DBUS_FAST_OUTSIDE_BUS = {
     "quilt_agent.scopes": "the systemd client: StartTransientUnit, StopUnit and JobRemoved are calls and signals on "
                           "the system bus, to systemd, not the agent's own API",
+    "quilt_agent.machines": "the systemd-machined client: RegisterMachineWithNetwork and UnregisterMachine are "
+                            "calls on the system bus, to machined, not the agent's own API",
     "quilt_agent.lifecycle": "the idle exit reads the bus itself: any incoming call counts as use (a message "
                              "handler) and dbus-daemon's match-rule table tells who follows the agent's signals",
     "quilt_agent.daemon": "the wiring: it connects to the system bus, exports the bus layer's objects and "
