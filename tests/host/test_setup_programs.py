@@ -38,6 +38,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 PROGRAMS = (
     # systemd, the bus and polkit, in the test host
     "/lib/systemd/systemd", "systemctl", "systemd-run", "systemd-analyze", "journalctl", "busctl", "gdbus",
+    "machinectl",
     "pkaction",
     # namespaces, users, mounts
     "unshare", "nsenter", "setpriv", "setsid", "mount", "umount", "findmnt", "hostname", "sysctl", "getent", "ps",
