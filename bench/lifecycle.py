@@ -4,8 +4,9 @@
 Run inside the test host (or on a systemd host with the agent installed):
     make bench        or        python3 tests/testhost.py run -- .venv/bin/python bench/lifecycle.py
 Prints median and p95 of: RunContainer to exit of /bin/true and Exec of /bin/true (each with a user namespace
-of its own and with --userns host), RunContainer to exit with --init (catatonit as PID 1), a property read,
-ListContainers with 100 containers present. A benchmark, not a test: nothing is asserted.
+of its own and with --userns host), RunContainer to exit with --init (catatonit as PID 1), RunContainer to exit
+with registration with systemd-machined turned off (the other rows register where machined is, as by default),
+a property read, ListContainers with 100 containers present. A benchmark, not a test: nothing is asserted.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quilt_agent.client import Client  # noqa: E402
+from quilt_agent.config import config_path  # noqa: E402
 
 
 def summary(label: str, samples: list[float], width: int = 44) -> str:
@@ -93,6 +95,25 @@ async def listing(client: Client, runs: int) -> list[float]:
     return samples
 
 
+async def unregistered(image: str, runs: int) -> list[float]:
+    """Run-to-exit with registration with systemd-machined turned off ([machines] register = false), the agent
+    restarted for it and again after, the settings file as it was."""
+    settings = config_path()
+    before = settings.read_bytes() if settings.exists() else None
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text((before or b"").decode() + "\n[machines]\nregister = false\n")
+    try:
+        subprocess.run(["systemctl", "restart", "quilt-agent"], check=True)
+        async with Client() as client:
+            return await run_to_exit(client, image, runs, warmup=5)
+    finally:
+        if before is None:
+            settings.unlink()
+        else:
+            settings.write_bytes(before)
+        subprocess.run(["systemctl", "restart", "quilt-agent"], check=True)
+
+
 async def main(runs: int) -> None:
     async with busybox_client() as (client, image):
         # With a user namespace of its own (the default) and with the host's ids, one after the other.
@@ -105,6 +126,7 @@ async def main(runs: int) -> None:
             await client.remove(running, True)
         print(summary("RunContainer -> exit, /bin/true, --init",
                       await run_to_exit(client, image, runs, warmup=5, options={"init": True})))
+        print(summary("RunContainer -> exit, /bin/true, not registered", await unregistered(image, runs)))
         one = await client.create_container("bench-props", image, ["/bin/true"], {})
         print(summary("property read (State of a container)", await property_read(client, one, runs * 5)))
         paths = [await client.create_container(f"bench-list-{i}", image, ["/bin/true"], {}) for i in range(99)]

@@ -15,7 +15,7 @@ from quilt_agent.containers import ContainerTable
 from quilt_agent.helper.forkserver import ForkServer
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import ImageStore
-from quilt_agent.machines import MachineRegistry
+from quilt_agent.machines import MachineRegistry, registering
 from quilt_agent.manager import Manager
 from quilt_agent.network.core import Networks
 from quilt_agent.removal import Removal
@@ -45,7 +45,8 @@ async def build(paths: Paths, store: StateStore, scopes: ScopeManager, zygote: F
     networks = Networks(paths, store, containers)
     ranges = userns.Ranges(userns.load_pool(config_path()), await asyncio.to_thread(userns.host_owned))
     manager = Manager(paths, store, scopes, zygote, containers, images, networks, volumes, ranges,
-                      restart.load_backoff(config_path()), machines=machines)
+                      restart.load_backoff(config_path()),
+                      machines=machines if registering(config_path()) else None)
     stored = await store.containers()
     await volumes.load()
     await networks.recover(stored)  # before the manager's: a removal it finishes detaches the container's networks

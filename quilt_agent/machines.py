@@ -7,7 +7,10 @@ it ("quilt"), its leader (the container's init: machined finds the unit from its
 its generated unit's service) and the host's side of its interfaces; no root directory (the container's root is
 a mount of its own namespace only: machined reaches it through the leader, as for copy-to and shell).
 UnregisterMachine at its end. A host without machined is no error: registration is then off, and the journal says
-so once.
+so once. Set in /etc/quilt/quilt.conf to register none:
+
+    [machines]
+    register = false
 
 Machine names are hostname-like (systemd's hostname_is_valid): a Quilt name with '_' is registered under a
 derived name ('_' -> '-'), and one whose derived name is taken gets its id's first 8 digits appended.
@@ -17,10 +20,13 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from pathlib import Path
 from typing import Protocol
 
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
+
+from quilt_agent.config import read_table
 
 log = logging.getLogger("quilt.machines")
 
@@ -59,6 +65,16 @@ class MachineRegistry(Protocol):
     async def find(self, name: str) -> tuple[str, int]:
         """The object path and leader pid of a registered machine, ("", 0) when there is none of that name."""
         ...
+
+
+def registering(path: Path) -> bool:
+    """Whether the settings file leaves registration on ([machines] register, true by default); a value that is
+    not a boolean is logged and the default kept."""
+    value = read_table(path, "machines").get("register", True)
+    if not isinstance(value, bool):
+        log.error("ignoring [machines] register = %r: not true or false; registering", value)
+        return True
+    return value
 
 
 def machine_name(name: str, container_id: str, taken: bool = False) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import select
 import signal as signals
 import socket
 import time
@@ -884,8 +885,8 @@ class Manager:
         """Register the running container with systemd-machined, under its name or a derived one; one already
         registered with this leader (the agent restarted) is found, not registered twice. A refusal is logged and
         the container runs on."""
-        if self._machines is None or not c.main_pid:
-            return c
+        if self._machines is None or not c.main_pid or self._init_ended(c.id):
+            return c  # (one that ended at once: nothing to register, and machined would refuse its gone leader)
         try:
             if self._machined is None:
                 self._machined = await self._machines.available()
@@ -908,13 +909,18 @@ class Manager:
                 raise MachineError("MachineExists", f"machines '{machine_name(c.name, c.id)}' and "
                                                     f"'{machine_name(c.name, c.id, True)}' are others'")
         except (MachineError, OSError) as err:
-            log.warning("container %s is not registered with systemd-machined: %s", c.name, err,
-                        extra={"CONTAINER_NAME": c.name})
+            if not self._init_ended(c.id):  # one that ended at once has nothing to register: no warning
+                log.warning("container %s is not registered with systemd-machined: %s", c.name, err,
+                            extra={"CONTAINER_NAME": c.name})
             return c
         current = self._containers.get(c.id)
         if current is None or current.main_pid != c.main_pid:
             return current or c  # it ended meanwhile: its exit unregisters it
         return await self._set(current.with_(machine=path, machine_name=name))
+
+    def _init_ended(self, container_id: str) -> bool:
+        rt = self._runtime.get(container_id)
+        return rt is None or rt.init_pidfd < 0 or bool(select.select([rt.init_pidfd], [], [], 0)[0])
 
     async def _unregister_machine(self, c: Container) -> None:
         if self._machines is None or not c.machine_name:

@@ -2,6 +2,8 @@
 that is taken, as machined does, and can be told to be absent or to refuse everything."""
 from __future__ import annotations
 
+import os
+import select
 from dataclasses import dataclass, field
 
 from quilt_agent.machines import MachineError
@@ -13,11 +15,22 @@ class FakeMachined:
     refuse: str = ""  # a reason: every registration is refused with it
     machines: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # name -> (leader, interfaces)
     registrations: int = 0
+    slow: bool = False  # each registration waits for its leader's end first (a command that ends at once)
 
     async def available(self) -> bool:
         return self.present
 
     async def register(self, name: str, machine_id: bytes, leader: int, ifnames: list[str]) -> str:
+        if self.slow:
+            try:
+                fd = os.pidfd_open(leader)
+            except ProcessLookupError:
+                pass
+            else:
+                select.select([fd], [], [], 5)
+                os.close(fd)
+            raise MachineError("org.freedesktop.DBus.Error.UnixProcessIdUnknown",
+                               f"Failed to determine unit of process {leader} : No such process")
         if self.refuse:
             raise MachineError("org.freedesktop.DBus.Error.AccessDenied", self.refuse)
         if name in self.machines:

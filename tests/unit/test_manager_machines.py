@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from quilt_agent.machines import machine_name
+from quilt_agent.machines import machine_name, registering
 from quilt_agent.model import State
 from quilt_agent.restart import Backoff
 from tests.fakes.helper import FakeForkServer
@@ -87,3 +87,21 @@ async def test_a_refused_registration_leaves_it_running_and_says_why(core: Core,
     assert started.state is State.RUNNING and started.machine == ""
     assert any("container web is not registered with systemd-machined" in r.getMessage() and "not today"
                in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("text, on", [("", True), ("[machines]\nregister = false\n", False),
+                                      ("[machines]\nregister = true\n", True), ("[machines]\nregister = 0\n", True)])
+def test_the_settings_file_turns_registration_off(tmp_path: Path, text: str, on: bool) -> None:
+    settings = tmp_path / "quilt.conf"
+    settings.write_text(text)
+    assert registering(settings) is on
+
+
+async def test_a_container_that_ended_before_its_registration_is_no_warning(core: Core, machined: FakeMachined,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    machined.slow = True
+    with caplog.at_level(logging.WARNING, logger="quilt.manager"):
+        c = await create(core, ["true"], "quick")
+        await core.manager.start(c.id)
+        await core.manager.wait(c.id)
+    assert not any("not registered" in r.getMessage() for r in caplog.records)
