@@ -416,11 +416,13 @@ class Manager:
             c = await self._set(c.with_(state=State.RUNNING, ready=c.ready or c.spec.sdnotify == "conmon"))
             if c.spec.health_cmd:
                 self._health.watch(c.id, c.spec.health_interval)
-            c = await self._register_machine(c)
         t3 = time.perf_counter()
         await self._event("started", c, "started container %s, init pid %d, in %.1f ms (fork %.1f, scope %.1f, "
                           "exec %.1f)", c.name, c.main_pid, (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
                           (t3 - t2) * 1e3)
+        if c.state is State.RUNNING:
+            # After its started event: an exit recorded while machined answers must not come before it.
+            c = await self._register_machine(c)
         return c
 
     async def _start_scopes(self, c: Container, spawned: Spawned) -> None:
