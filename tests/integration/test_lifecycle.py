@@ -11,29 +11,26 @@ import pytest
 
 from quilt_agent.client import Client, ClientError
 from tests.integration.conftest import journal_lines
-from tests.integration.waiting import reached_agent
+from tests.integration.waiting import reached_agent, until
 
 ERR = "org.quilt.Runtime.Error."
 
 
 async def wait_state(client: Client, path: str, state: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    async def reached() -> dict | None:
         props = await client.properties(path)
-        if props["State"] == state:
-            return props
-        if time.monotonic() > deadline:
-            raise AssertionError(f"state stayed {props['State']}, expected {state}")
-        await asyncio.sleep(0.02)
+        return props if props["State"] == state else None
+
+    return await until(reached, f"state {state} never reached", timeout)
 
 
 async def logged(client: Client, path: str, count: int, timeout: float = 10.0) -> list[str]:
     """The container's log lines once there are count of them: journald writes them asynchronously."""
-    deadline = time.monotonic() + timeout
-    while len(lines := [line.text for line in await client.get_logs(path, {})]) < count:
-        assert time.monotonic() < deadline, f"{len(lines)} lines, expected {count}: {lines}"
-        await asyncio.sleep(0.02)
-    return lines
+    async def lines() -> list[str] | None:
+        got = [line.text for line in await client.get_logs(path, {})]
+        return got if len(got) >= count else None
+
+    return await until(lines, f"fewer than {count} lines in the log", timeout)
 
 
 async def test_run_records_exit_code_and_sends_output_to_the_journal(client: Client, busybox_tar: Path,
@@ -157,10 +154,10 @@ async def test_operations_on_a_removed_container_are_no_such_container(client: C
 
 async def test_remove_on_exit_removes_the_container(client: Client, busybox_tar: Path, name: str) -> None:
     path = await client.run_container(name, str(busybox_tar), ["/bin/true"], {"remove_on_exit": True})
-    deadline = time.monotonic() + 10
-    while any(e.name == name for e in await client.list_containers()):
-        assert time.monotonic() < deadline, "the container was not removed after it exited"
-        await asyncio.sleep(0.02)
+    async def removed() -> bool:
+        return not any(e.name == name for e in await client.list_containers())
+
+    await until(removed, "the container was not removed after it exited")
     with pytest.raises(ClientError):
         await client.properties(path)
 
