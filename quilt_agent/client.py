@@ -9,201 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Mapping, Sequence
 
 from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from quilt_agent.bus.names import (
-    BUS_NAME, CONTAINER_INTERFACE, IMAGE_INTERFACE, MANAGER_INTERFACE, MANAGER_PATH, NETWORK_INTERFACE, VOLUME_INTERFACE,
+# The calls, records, errors and option tables are quilt_agent.api's; importers of this module find them here too.
+from quilt_agent import api
+from quilt_agent.api import (  # noqa: F401
+    CONTAINER_OPTION_SIGNATURES, EXEC_OPTION_SIGNATURES, FOLLOW_OPTION_SIGNATURES, IMPORT_OPTION_SIGNATURES,
+    LOG_OPTION_SIGNATURES, NETWORK_OPTION_SIGNATURES, PROPERTIES_INTERFACE, PULL_OPTION_SIGNATURES,
+    AgentNotReachable, Calls, ClientError, ContainerEntry, Event, ExecOutput, ImageEntry, ImageProgress, LogLine,
+    NetworkEntry, error_for, unwrap,
 )
+from quilt_agent.bus.names import BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH
 
-PROPERTIES_INTERFACE = "org.freedesktop.DBus.Properties"
-
-# Errors that mean "nobody answers on org.quilt.Runtime" rather than "the agent refused": the CLI words them
-# the same way as a missing bus.
-_UNREACHABLE_ERRORS = frozenset(
-    {
-        "org.freedesktop.DBus.Error.ServiceUnknown",
-        "org.freedesktop.DBus.Error.NameHasNoOwner",
-        "org.freedesktop.DBus.Error.NoReply",
-        "org.freedesktop.DBus.Error.NoServer",
-        "org.freedesktop.DBus.Error.Disconnected",
-    }
-)
-# Bus activation's failures: dbus-daemon's own (Spawn.*), and systemd's for SystemdService= relayed by it
-# ("Unit quilt-agent.service is masked." is org.freedesktop.systemd1.UnitMasked). The agent itself never
-# answers with these names, so they too mean the agent is not there.
-_UNREACHABLE_ERROR_PREFIXES = ("org.freedesktop.DBus.Error.Spawn.", "org.freedesktop.systemd1.")
-
-# The wire type of each key of CreateContainer/RunContainer's a{sv}, as documented in the XML.
-CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
-    "env": "as",
-    "workdir": "s",
-    "user": "s",
-    "hostname": "s",
-    "memory_max": "t",
-    "cpu_quota": "d",
-    "pids_max": "t",
-    "namespaces": "as",
-    "remove_on_exit": "b",
-    "stop_timeout": "u",
-    "labels": "a{ss}",
-    "networks": "as",
-    "aliases": "as",
-    "ip": "s",
-    "ports": "as",
-    "volumes": "as",
-    "tmpfs": "as",
-    "read_only": "b",
-    "setup": "as",
-    "setup_cache": "b",
-    "seccomp": "s",
-    "userns": "s",
-    "init": "b",
-    "restart_policy": "s",
-    "restart_max": "u",
-    "health_cmd": "as",
-    "health_interval": "d",
-    "health_timeout": "d",
-    "health_start_period": "d",
-    "health_retries": "u",
-    "health_on_failure": "s",
-    "sdnotify": "s",
-    "unit": "s",
-}
-
-NETWORK_OPTION_SIGNATURES: dict[str, str] = {
-    "subnet": "s",
-    "gateway": "s",
-    "internal": "b",
-    "dns": "b",
-}
-
-EXEC_OPTION_SIGNATURES: dict[str, str] = {
-    "env": "as",
-    "workdir": "s",
-    "user": "s",
-    "timeout": "u",
-    "tty": "b",
-}
-
-FOLLOW_OPTION_SIGNATURES: dict[str, str] = {
-    "lines": "u",
-    "since": "t",
-    "until": "t",
-    "follow": "b",
-    "setup": "b",
-}
-
-LOG_OPTION_SIGNATURES: dict[str, str] = {
-    "lines": "u",
-    "since": "t",
-    "setup": "b",
-}
-
-
-class ClientError(Exception):
-    """An error reply from the bus or the agent; `name` is the D-Bus error name, `message` its text."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"{name}: {message}")
-        self.name = name
-        self.message = message
-
-
-class AgentNotReachable(ClientError):
-    """No system bus, or nobody owns org.quilt.Runtime on it."""
-
-    def __init__(self, name: str, detail: str) -> None:
-        super().__init__(name, f"quilt-agent is not reachable on the system bus: {detail}")
-
-
-@dataclass(frozen=True)
-class ContainerEntry:
-    id: str
-    name: str
-    state: str
-    path: str
-
-
-@dataclass(frozen=True)
-class Event:
-    time: int  # usec since the epoch
-    kind: str  # created, started, failed, oom, exited, removed
-    container_id: str
-    details: dict[str, Any]  # name, and what the kind adds (exit_code, oom_killed, reason)
-
-
-@dataclass(frozen=True)
-class ExecOutput:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-
-
-@dataclass(frozen=True)
-class NetworkEntry:
-    name: str
-    subnet: str
-    path: str
-
-
-@dataclass(frozen=True)
-class LogLine:
-    usec: int
-    stream: str
-    text: str
-
-
-def _coerce(signature: str, value: Any) -> Any:
-    # dbus-fast's marshaller is strict about Python types (an int for "d" packs, a tuple for "as" may not), so
-    # normalise the obvious cases here instead of letting a marshalling error surface from deep inside send.
-    if signature == "d":
-        return float(value)
-    if signature in ("t", "u"):
-        return int(value)
-    if signature == "b":
-        return bool(value)
-    if signature == "as":
-        return [str(v) for v in value]
-    if signature == "a{ss}":
-        return {str(k): str(v) for k, v in dict(value).items()}
-    return value
-
-
-def wrap_options(options: Mapping[str, Any] | None, signatures: Mapping[str, str]) -> dict[str, Variant]:
-    """Turn plain Python values into the a{sv} the agent expects.
-
-    A value that already is a Variant is passed through untouched, so a caller can send a key this client does
-    not know (an agent newer than the client, or a test of the agent's unknown-key rejection).
-    """
-    wrapped: dict[str, Variant] = {}
-    for key, value in (options or {}).items():
-        if isinstance(value, Variant):
-            wrapped[key] = value
-            continue
-        signature = signatures.get(key)
-        if signature is None:
-            raise ValueError(f"unknown option '{key}' (pass a dbus_fast.Variant to send it anyway)")
-        wrapped[key] = Variant(signature, _coerce(signature, value))
-    return wrapped
-
-
-def unwrap(value: Any) -> Any:
-    """Strip Variants at any depth, so callers get plain str/int/list/dict values (JSON-ready)."""
-    if isinstance(value, Variant):
-        return unwrap(value.value)
-    if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value
-
-
-class Client:
+class Client(Calls):
     """One connection to the system bus (or to `bus_address`), talking to org.quilt.Runtime.
 
     `interactive` sets ALLOW_INTERACTIVE_AUTHORIZATION on every call, as systemctl and busctl do from a
@@ -260,16 +82,6 @@ class Client:
             except Exception:
                 pass
 
-    async def _call(
-        self,
-        path: str,
-        interface: str,
-        member: str,
-        signature: str = "",
-        body: Sequence[Any] = (),
-    ) -> list[Any]:
-        return list((await self._call_message(path, interface, member, signature, body)).body)
-
     async def _call_message(
         self,
         path: str,
@@ -279,7 +91,7 @@ class Client:
         body: Sequence[Any] = (),
         unix_fds: Sequence[int] = (),
         destination: str = BUS_NAME,
-    ) -> Message:
+    ) -> Message:  # type: ignore[override]
         """The reply itself, for its fds: an 'h' in its body is an index into reply.unix_fds (ours to close)."""
         if self._bus is None:
             raise RuntimeError("Client.connect() has not been called")
@@ -300,139 +112,13 @@ class Client:
         if reply.message_type == MessageType.ERROR:
             name = reply.error_name or "org.freedesktop.DBus.Error.Failed"
             text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else name
-            if name in _UNREACHABLE_ERRORS or name.startswith(_UNREACHABLE_ERROR_PREFIXES):
-                raise AgentNotReachable(name, text)
-            raise ClientError(name, text)
+            raise error_for(name, text)
         return reply
 
-    # org.quilt.Runtime.Manager
+    def _variant(self, signature: str, value: Any) -> Variant:
+        return Variant(signature, value)
 
-    async def create_container(
-        self, name: str, image: str, command: Sequence[str], options: Mapping[str, Any] | None = None
-    ) -> str:
-        body = [name, image, list(command), wrap_options(options, CONTAINER_OPTION_SIGNATURES)]
-        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "CreateContainer", "ssasa{sv}", body)
-        return str(path)
-
-    async def run_container(
-        self, name: str, image: str, command: Sequence[str], options: Mapping[str, Any] | None = None
-    ) -> str:
-        body = [name, image, list(command), wrap_options(options, CONTAINER_OPTION_SIGNATURES)]
-        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "RunContainer", "ssasa{sv}", body)
-        return str(path)
-
-    async def get_container(self, name_or_id: str) -> str:
-        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "GetContainer", "s", [name_or_id])
-        return str(path)
-
-    async def list_containers(self) -> list[ContainerEntry]:
-        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListContainers")
-        return [ContainerEntry(id=i, name=n, state=s, path=p) for i, n, s, p in rows]
-
-    async def version(self) -> str:
-        (value,) = await self._call(
-            MANAGER_PATH, PROPERTIES_INTERFACE, "Get", "ss", [MANAGER_INTERFACE, "Version"]
-        )
-        return str(unwrap(value))
-
-    # org.quilt.Runtime.Container (path from create/run/get/list)
-
-    async def start(self, path: str) -> None:
-        await self._call(path, CONTAINER_INTERFACE, "Start")
-
-    async def stop(self, path: str, timeout: int = 0) -> None:
-        """`timeout` 0 means the container's own stop_timeout."""
-        await self._call(path, CONTAINER_INTERFACE, "Stop", "u", [timeout])
-
-    async def kill(self, path: str, signal: int) -> None:
-        await self._call(path, CONTAINER_INTERFACE, "Kill", "i", [int(signal)])
-
-    async def remove(self, path: str, force: bool = False) -> None:
-        await self._call(path, CONTAINER_INTERFACE, "Remove", "b", [force])
-
-    async def wait(self, path: str) -> int:
-        (code,) = await self._call(path, CONTAINER_INTERFACE, "Wait")
-        return int(code)
-
-    async def wait_condition(self, path: str, conditions: Sequence[str]) -> tuple[str, int]:
-        """(the condition met, the exit code or -1)."""
-        met, code = await self._call(path, CONTAINER_INTERFACE, "WaitCondition", "as", [list(conditions)])
-        return str(met), int(code)
-
-    async def get_logs(self, path: str, options: Mapping[str, Any] | None = None) -> list[LogLine]:
-        body = [wrap_options(options, LOG_OPTION_SIGNATURES)]
-        (rows,) = await self._call(path, CONTAINER_INTERFACE, "GetLogs", "a{sv}", body)
-        return [LogLine(usec=u, stream=s, text=t) for u, s, t in rows]
-
-    async def run_health_check(self, path: str) -> tuple[str, int, str]:
-        """(status after it, the check's exit code, its output)."""
-        status, code, text = await self._call(path, CONTAINER_INTERFACE, "RunHealthCheck")
-        return str(status), int(code), str(text)
-
-    async def health_log(self, path: str) -> tuple[str, int, list[tuple[int, int, int, str]]]:
-        """(status, failing streak, [(start usec, end usec, exit code, output)])."""
-        status, streak, checks = await self._call(path, CONTAINER_INTERFACE, "GetHealthLog")
-        return str(status), int(streak), [(int(a), int(b), int(c), str(d)) for a, b, c, d in checks]
-
-    async def get_environment(self, path: str) -> list[str]:
-        (env,) = await self._call(path, CONTAINER_INTERFACE, "GetEnvironment")
-        return list(env)
-
-    async def _get_all(self, path: str, interface: str) -> dict[str, Any]:
-        """Every property of one interface of an object, unwrapped from its Variant."""
-        (values,) = await self._call(path, PROPERTIES_INTERFACE, "GetAll", "s", [interface])
-        return {key: unwrap(value) for key, value in values.items()}
-
-    async def properties(self, path: str) -> dict[str, Any]:
-        return await self._get_all(path, CONTAINER_INTERFACE)
-
-    async def get_property(self, path: str, name: str) -> Any:
-        (value,) = await self._call(path, PROPERTIES_INTERFACE, "Get", "ss", [CONTAINER_INTERFACE, name])
-        return unwrap(value)
-
-    async def exec(self, path: str, command: Sequence[str], options: Mapping[str, Any] | None = None) -> ExecOutput:
-        """Run a command in the container and collect its output (each stream cut at 1 MiB by the agent)."""
-        body = [list(command), wrap_options(options, EXEC_OPTION_SIGNATURES)]
-        code, out, err = await self._call(path, CONTAINER_INTERFACE, "Exec", "asa{sv}", body)
-        return ExecOutput(int(code), bytes(out), bytes(err))
-
-    async def exec_with_fds(self, path: str, command: Sequence[str], options: Mapping[str, Any] | None,
-                            stdin: int, stdout: int, stderr: int) -> int:
-        """Run a command in the container on our own fds (copied into the call: still ours to close)."""
-        body = [list(command), wrap_options(options, EXEC_OPTION_SIGNATURES), 0, 1, 2]
-        reply = await self._call_message(path, CONTAINER_INTERFACE, "ExecWithFds", "asa{sv}hhh", body,
-                                         unix_fds=[stdin, stdout, stderr])
-        return int(reply.body[0])
-
-    async def start_with_fds(self, path: str, tty: bool, stdin: int, stdout: int, stderr: int) -> None:
-        """Start the container with our fds as its init's stdin, stdout and stderr (tty: stdin is a terminal)."""
-        options = {"tty": Variant("b", True)} if tty else {}
-        await self._call_message(path, CONTAINER_INTERFACE, "StartWithFds", "a{sv}hhh", [options, 0, 1, 2],
-                                 unix_fds=[stdin, stdout, stderr])
-
-    async def follow_logs(self, path: str, options: Mapping[str, Any] | None = None) -> int:
-        """A pipe (ours to close) receiving the container's log as JSON lines {"usec", "stream", "text"}, up to
-        its end (the container's, or `until`)."""
-        body = [wrap_options(options, FOLLOW_OPTION_SIGNATURES)]
-        reply = await self._call_message(path, CONTAINER_INTERFACE, "FollowLogs", "a{sv}", body)
-        fds = list(reply.unix_fds or [])
-        index = reply.body[0]
-        for i, fd in enumerate(fds):
-            if i != index:
-                os.close(fd)  # not ours to keep: only the one the body names is the pipe
-        if not 0 <= index < len(fds):
-            raise ClientError("org.freedesktop.DBus.Error.InconsistentMessage", "FollowLogs returned no pipe")
-        return fds[index]
-
-    async def get_stats(self, path: str) -> dict[str, int]:
-        (stats,) = await self._call(path, CONTAINER_INTERFACE, "GetStats")
-        return {key: int(unwrap(value)) for key, value in stats.items()}
-
-    async def list_events(self, since: int = 0, until: int = 0) -> list[Event]:
-        """Stored lifecycle events, oldest first; since/until in usec since the epoch (0: unbounded)."""
-        options = {key: Variant("t", value) for key, value in (("since", since), ("until", until)) if value}
-        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListEvents", "a{sv}", [options])
-        return [Event(int(t), kind, cid, unwrap(details)) for t, kind, cid, details in rows]
+    # Signals: these need the loop, so only this transport has them.
 
     async def watch_events(self) -> asyncio.Queue[Event]:
         """From now on, each Event signal of the agent, in order, into the returned queue."""
@@ -452,120 +138,6 @@ class Client:
                                  [f"type='signal',sender='{await self._signal_sender()}',path='{MANAGER_PATH}',"
                                   f"interface='{MANAGER_INTERFACE}',member='Event'"], destination="org.freedesktop.DBus")
         return queue
-
-    async def _signal_sender(self) -> str:
-        """Whom the agent's signals come from: for root, the agent's broadcasts; for anyone else, the copies the
-        agent sends it alone, about what it may see, once subscribed (Manager.Subscribe)."""
-        if os.geteuid() == 0:
-            return BUS_NAME
-        (sender,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "Subscribe")
-        return str(sender)
-
-    # Networks: org.quilt.Runtime.Manager's network methods, org.quilt.Runtime.Network, Container.Ping
-
-    async def create_network(self, name: str, options: Mapping[str, Any] | None = None) -> str:
-        body = [name, wrap_options(options, NETWORK_OPTION_SIGNATURES)]
-        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "CreateNetwork", "sa{sv}", body)
-        return str(path)
-
-    async def list_networks(self) -> list[NetworkEntry]:
-        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListNetworks")
-        return [NetworkEntry(name=n, subnet=s, path=p) for n, s, p in rows]
-
-    async def get_network(self, name_or_id: str) -> str:
-        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "GetNetwork", "s", [name_or_id])
-        return str(path)
-
-    async def remove_network(self, name: str, force: bool = False) -> None:
-        await self._call(MANAGER_PATH, MANAGER_INTERFACE, "RemoveNetwork", "sb", [name, force])
-
-    async def network_properties(self, path: str) -> dict[str, Any]:
-        return await self._get_all(path, NETWORK_INTERFACE)
-
-    async def ping(self, path: str, target: str, count: int = 3) -> tuple[int, float]:
-        """ICMP echo from the container's network namespace: (replies received, average round trip in ms)."""
-        received, average = await self._call(path, CONTAINER_INTERFACE, "Ping", "su", [target, int(count)])
-        return int(received), float(average)
-
-
-    async def copy_to(self, path: str, host_path: str, container_path: str) -> None:
-        await self._call(path, CONTAINER_INTERFACE, "CopyTo", "ss", [host_path, container_path])
-
-    async def copy_from(self, path: str, container_path: str, host_path: str) -> None:
-        await self._call(path, CONTAINER_INTERFACE, "CopyFrom", "ss", [container_path, host_path])
-
-    async def copy_to_fd(self, path: str, archive: int, container_path: str) -> None:
-        """Unpack the tar stream read from archive (a pipe, or a file, we keep) at container_path."""
-        await self._call_message(path, CONTAINER_INTERFACE, "CopyToWithFd", "hs", [0, container_path],
-                                 unix_fds=[archive])
-
-    async def copy_from_fd(self, path: str, container_path: str, archive: int) -> None:
-        """Write container_path as a tar stream to archive (a pipe or a file, we keep)."""
-        await self._call_message(path, CONTAINER_INTERFACE, "CopyFromWithFd", "sh", [container_path, 0],
-                                 unix_fds=[archive])
-
-    # Volumes: org.quilt.Runtime.Manager's volume methods, org.quilt.Runtime.Volume
-
-    async def create_volume(self, name: str, options: Mapping[str, Any] | None = None) -> str:
-        body = [name, wrap_options(options, {"labels": "a{ss}"})]
-        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "CreateVolume", "sa{sv}", body)
-        return str(path)
-
-    async def list_volumes(self) -> list[tuple[str, str, str]]:
-        """(name, mountpoint, object path) of each volume."""
-        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListVolumes")
-        return [(str(n), str(m), str(p)) for n, m, p in rows]
-
-    async def get_volume(self, name: str) -> str:
-        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "GetVolume", "s", [name])
-        return str(path)
-
-    async def remove_volume(self, name: str, force: bool = False) -> None:
-        await self._call(MANAGER_PATH, MANAGER_INTERFACE, "RemoveVolume", "sb", [name, force])
-
-    async def prune_volumes(self) -> int:
-        (freed,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "PruneVolumes")
-        return int(freed)
-
-    async def volume_properties(self, path: str) -> dict[str, Any]:
-        return await self._get_all(path, VOLUME_INTERFACE)
-
-    # Images: org.quilt.Runtime.Manager's image methods, org.quilt.Runtime.Image
-
-    async def import_image(self, source: str, name: str = "", options: Mapping[str, Any] | None = None) -> str:
-        body = [source, name, wrap_options(options, IMPORT_OPTION_SIGNATURES)]
-        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ImportImage", "ssa{sv}", body)
-        return str(path)
-
-    async def import_image_fd(self, archive: int, name: str = "", options: Mapping[str, Any] | None = None) -> str:
-        """Import from a file or pipe we opened (and keep): the agent reads it, never a path of ours."""
-        body = [0, name, wrap_options(options, IMPORT_OPTION_SIGNATURES)]
-        reply = await self._call_message(MANAGER_PATH, MANAGER_INTERFACE, "ImportImageWithFd", "hsa{sv}", body,
-                                         unix_fds=[archive])
-        return str(reply.body[0])
-
-    async def pull_image(self, reference: str, options: Mapping[str, Any] | None = None) -> str:
-        body = [reference, wrap_options(options, PULL_OPTION_SIGNATURES)]
-        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "PullImage", "sa{sv}", body)
-        return str(path)
-
-    async def list_images(self) -> list[ImageEntry]:
-        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListImages")
-        return [ImageEntry(id=i, name=n, size=int(s), path=p) for i, n, s, p in rows]
-
-    async def get_image(self, name_or_id: str) -> str:
-        (path,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "GetImage", "s", [name_or_id])
-        return str(path)
-
-    async def remove_image(self, name_or_id: str, force: bool = False) -> None:
-        await self._call(MANAGER_PATH, MANAGER_INTERFACE, "RemoveImage", "sb", [name_or_id, force])
-
-    async def prune_images(self) -> int:
-        (freed,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "PruneImages")
-        return int(freed)
-
-    async def image_properties(self, path: str) -> dict[str, Any]:
-        return await self._get_all(path, IMAGE_INTERFACE)
 
     async def watch_image_progress(self, job: str) -> asyncio.Queue[ImageProgress]:
         """From now on, each ImageProgress signal of job (the 'job' option of an import or pull), in order."""
@@ -588,40 +160,10 @@ class Client:
         return queue
 
 
-# The wire type of each key of ImportImage's and PullImage's a{sv}, as documented in the XML.
-IMPORT_OPTION_SIGNATURES: dict[str, str] = {
-    "job": "s",
-    "ref": "s",
-    "platform": "s",
-    "cmd": "as",
-    "entrypoint": "as",
-    "env": "as",
-    "workdir": "s",
-    "user": "s",
-    "labels": "a{ss}",
-    "stop_signal": "s",
-}
+def wrap_options(options: Mapping[str, Any] | None, signatures: Mapping[str, str]) -> dict[str, Variant]:
+    """api.wrap_options with dbus-fast's Variant."""
+    return api.wrap_options(options, signatures, Variant)
 
-PULL_OPTION_SIGNATURES: dict[str, str] = {
-    "job": "s",
-    "platform": "s",
-    "auth_file": "s",
-}
-
-
-@dataclass(frozen=True)
-class ImageEntry:
-    id: str
-    name: str  # one row per name; "" for an image without one
-    size: int
-    path: str
-
-
-@dataclass(frozen=True)
-class ImageProgress:
-    phase: str  # "<verb> <what>": resolving REF, downloading/unpacking/unpacked/exists DIGEST, checking PATH, done ID
-    done: int  # bytes
-    total: int  # bytes; 0 when not known
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:

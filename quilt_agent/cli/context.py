@@ -97,8 +97,10 @@ async def each(names: Sequence[str], action: Callable[[str], Awaitable[R]],
     return [cast(R, r) for done, r in outcomes if done], all(done for done, _ in outcomes)
 
 
-def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T:
-    """Connect, run `body`, disconnect; any ClientError ends the command with one line and status 125."""
+def with_async_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T:
+    """Connect, run `body` on an asyncio loop, disconnect; any ClientError ends the command with one line and
+    status 125. For the verbs that wait on streams, signals or several calls at once (logs -f, events, stats,
+    attached run and exec); the one-shot verbs use with_client."""
     state = ctx.find_object(CliState) or CliState()
 
     async def session() -> T:
@@ -111,3 +113,8 @@ def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T
         fail(error_message(e))
     except HostFileError as e:
         fail(str(e))
+
+
+def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T:
+    """Connect, run `body`, disconnect; any ClientError ends the command with one line and status 125."""
+    return with_async_client(ctx, body)

@@ -30,7 +30,9 @@ DBUS_FAST_OUTSIDE_BUS = {
 # them pulls the agent's heavy dependencies (pyroute2, aiosqlite, systemd), so every quiltctl call starts fast.
 CLI_REACHES = {
     "quilt_agent": "the package: __version__",
-    "quilt_agent.client": "the bus client every verb talks through",
+    "quilt_agent.client": "the asyncio bus client of the streaming verbs (logs -f, events, stats, attached run)",
+    "quilt_agent.api": "the API's calls, records and option tables, shared by both of quiltctl's transports",
+    "quilt_agent.wire": "the blocking bus connection the one-shot verbs talk through (standard library only)",
     "quilt_agent.bus.names": "the bus name, object paths and interface names, defined once",
     "quilt_agent.bus.errors": "the error names, defined once with the agent's errors they stand for",
     "quilt_agent.errors": "the agent's error classes, which bus.errors maps to names (standard library only)",
