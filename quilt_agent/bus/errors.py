@@ -15,42 +15,11 @@ import sys
 from dbus_fast import DBusError
 
 from quilt_agent import errors
-from quilt_agent.bus.names import ERROR_PREFIX
+# The table itself is bus/error_names.py's (quiltctl reads it without dbus-fast); the agent's modules import it here.
+from quilt_agent.bus.error_names import (  # noqa: F401
+    ACCESS_DENIED, DECLARED_NAMES, ERROR_NAMES, NO_SUCH_CONTAINER, NOT_RUNNING,
+)
 from quilt_agent.config import default_paths
-
-ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
-
-ERROR_NAMES: dict[type[errors.QuiltError], str] = {
-    errors.InvalidArgument: ERROR_PREFIX + "InvalidArgument",
-    errors.NoSuchContainer: ERROR_PREFIX + "NoSuchContainer",
-    errors.NameInUse: ERROR_PREFIX + "NameInUse",
-    errors.NoSuchImage: ERROR_PREFIX + "NoSuchImage",
-    errors.ImageInvalid: ERROR_PREFIX + "ImageInvalid",
-    errors.NotRunning: ERROR_PREFIX + "NotRunning",
-    errors.AlreadyRunning: ERROR_PREFIX + "AlreadyRunning",
-    errors.ContainerFailed: ERROR_PREFIX + "ContainerFailed",
-    errors.TimedOut: ERROR_PREFIX + "TimedOut",
-    errors.NoSpace: ERROR_PREFIX + "NoSpace",
-    errors.ResourceExhausted: ERROR_PREFIX + "ResourceExhausted",
-    errors.SystemdFailed: ERROR_PREFIX + "SystemdFailed",
-    errors.Failed: ERROR_PREFIX + "Failed",
-    errors.NoSuchNetwork: ERROR_PREFIX + "NoSuchNetwork",
-    errors.NetworkInUse: ERROR_PREFIX + "NetworkInUse",
-    errors.AddressInUse: ERROR_PREFIX + "AddressInUse",
-    errors.PortInUse: ERROR_PREFIX + "PortInUse",
-    errors.RegistryError: ERROR_PREFIX + "RegistryError",
-    errors.ImageInUse: ERROR_PREFIX + "ImageInUse",
-    errors.NoSuchPath: ERROR_PREFIX + "NoSuchPath",
-    errors.CopyFailed: ERROR_PREFIX + "CopyFailed",
-    errors.NoSuchVolume: ERROR_PREFIX + "NoSuchVolume",
-    errors.VolumeInUse: ERROR_PREFIX + "VolumeInUse",
-    errors.AccessDenied: ACCESS_DENIED,
-}
-DECLARED_NAMES = frozenset(ERROR_NAMES.values())
-
-# The names quiltctl reacts to by name, besides printing the message.
-NO_SUCH_CONTAINER = ERROR_NAMES[errors.NoSuchContainer]
-NOT_RUNNING = ERROR_NAMES[errors.NotRunning]
 
 JOURNAL_HINT = "its traceback is in the agent's journal: journalctl -u quilt-agent"
 _FREE_SPACE = ("Free space there (`quiltctl image prune`, `quiltctl volume prune`, remove stopped containers; "
