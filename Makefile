@@ -77,12 +77,13 @@ test-integration: setup
 	@$(TESTHOST) $(VENV)/bin/python -m pytest -q tests/integration $(PYTEST_ARGS)
 
 # `make bench` measures Quilt beside these peers (bench/peers.py); only the bench target installs them,
-# and matplotlib (the chart) and py-spy (profiling the agent) into the venv.
+# and matplotlib (the chart) and py-spy (profiling the agent) into the venv. Quilt is measured as users get it:
+# the Debian package, installed in the test host (its quiltctl starts on the system's python3 -I, byte-compiled).
 BENCH_APT_PACKAGES := crun runc bubblewrap
 BENCH_PIP_PACKAGES := matplotlib>=3.6 py-spy>=0.3
 BENCH_ARGS ?=
 
-bench: setup
+bench: setup deb
 	@missing=$$(for p in $(BENCH_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "bench: installing Debian packages:" $$missing; \
@@ -92,7 +93,7 @@ bench: setup
 	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null && test -x $(VENV)/bin/py-spy || { \
 		set -o pipefail; $(VENV)/bin/pip install -q --disable-pip-version-check $(foreach p,$(BENCH_PIP_PACKAGES),'$(p)') 2>&1 \
 		| { grep -v 'is ignored: it is neither a file nor a directory' || true; }; }
-	@$(TESTHOST) $(VENV)/bin/python bench/peers.py $(BENCH_ARGS)
+	@$(PYTHON) tests/testhost.py run --deb $(DEB) -- $(VENV)/bin/python bench/peers.py $(BENCH_ARGS)
 
 # What networking costs a container (run-to-exit with and without a network) and container-to-container
 # throughput beside the host's loopback (iperf3).

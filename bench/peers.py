@@ -483,6 +483,34 @@ class Bench:
             "podman run -d": (self.n(30), self.podman_start),
         })
 
+    def w_cli(self) -> None:
+        """The command lines' own costs: start-up alone, and a stop of a container that has exited (an answer
+        with no work behind it: all that is measured is the command line's and the call's overhead)."""
+        startup = self.workload("cli-startup", "a command line's start-up (--version)")
+        self.interleave(startup, {
+            "quiltctl --version": (self.n(40), lambda: timed(["quiltctl", "--version"])),
+            "podman --version": (self.n(40), lambda: timed(["podman", "--version"], env=self.s.podman_env)),
+            "python3 -I -c pass": (self.n(40), lambda: timed(["python3", "-I", "-c", "pass"])),
+        })
+        quilt_path = self.q(self.client.run_container(self.uid("bx"), self.s.quilt_image, ["/bin/true"],
+                                                      self.s.quilt_opts))
+        self.q(self.client.wait(quilt_path))
+        quilt_name = self.q(self.client.get_property(quilt_path, "Name"))
+        podman_name = self.uid("px")
+        sh(self.s.podman("run", *self.s.podman_net, "--name", podman_name, self.s.podman_image, "/bin/true"),
+           env=self.s.podman_env)
+        try:
+            wl = self.workload("stop-exited", "stop a container that has exited")
+            self.interleave(wl, {
+                QUILT: (self.n(200), lambda: self.q(self.quilt_timed(lambda: self.client.stop(quilt_path)))),
+                "quiltctl stop": (self.n(40), lambda: timed(["quiltctl", "stop", quilt_name])),
+                "podman stop": (self.n(40), lambda: timed(self.s.podman("stop", podman_name),
+                                                          env=self.s.podman_env)),
+            })
+        finally:
+            self.q(self.client.remove(quilt_path, True))
+            quiet(["podman", "rm", "-f", podman_name], env=self.s.podman_env)
+
     def fleet(self) -> None:
         """Every runtime's fleet at once: half of it running (exec, status, listing), then all (memory, listing).
 
@@ -609,6 +637,8 @@ class Bench:
 
         def listing(share: float) -> dict[str, tuple[int, Callable[[], float]]]:
             return {QUILT: (self.n(300 * share), lambda: self.q(self.quilt_timed(self.client.list_containers))),
+                    QUILT + ", with properties": (self.n(100 * share), lambda: self.q(self.quilt_timed(
+                        self.client.list_container_properties))),
                     "quiltctl ps -a": (self.n(30 * share), lambda: timed(["quiltctl", "ps", "-a"]))}
 
         def teardown(paths: list[str]) -> None:
@@ -868,8 +898,8 @@ class Bench:
                                       capture_output=True, text=True).stdout.strip()
         info["load_before"] = os.getloadavg()
         info["versions"] = self.versions()
-        steps = {"run": self.w_run, "start": self.w_start, "fleet": self.fleet, "burst": self.w_burst,
-                 "logs": self.w_logs}
+        steps = {"run": self.w_run, "start": self.w_start, "cli": self.w_cli, "fleet": self.fleet,
+                 "burst": self.w_burst, "logs": self.w_logs}
         total = time.monotonic()
         for key, step in steps.items():
             if self.args.workloads and key not in self.args.workloads:
@@ -1005,7 +1035,7 @@ def chart(info: dict[str, Any], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every repetition count (0.1: a smoke run)")
-    parser.add_argument("--workloads", nargs="*", choices=("run", "start", "fleet", "burst", "logs"),
+    parser.add_argument("--workloads", nargs="*", choices=("run", "start", "cli", "fleet", "burst", "logs"),
                         help="only these steps (default: all)")
     parser.add_argument("--only", nargs="*", choices=("quilt", "crun", "runc", "podman"),
                         help="fleet step: only these runtimes")

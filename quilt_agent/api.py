@@ -70,6 +70,15 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "health_on_failure": "s",
     "sdnotify": "s",
     "unit": "s",
+    "entrypoint": "as",
+    "cap_add": "as",
+    "cap_drop": "as",
+    "stop_signal": "s",
+    "add_hosts": "as",
+    "dns_servers": "as",
+    "dns_search": "as",
+    "dns_options": "as",
+    "publish_all": "b",
 }
 
 NETWORK_OPTION_SIGNATURES: dict[str, str] = {
@@ -88,6 +97,8 @@ EXEC_OPTION_SIGNATURES: dict[str, str] = {
 }
 
 FOLLOW_OPTION_SIGNATURES: dict[str, str] = {
+    "after_cursor": "s",
+    "end_marker": "b",
     "lines": "u",
     "since": "t",
     "until": "t",
@@ -311,6 +322,16 @@ class Calls:
         (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListContainers")
         return [ContainerEntry(id=i, name=n, state=s, path=p) for i, n, s, p in rows]
 
+    async def get_container_properties(self, name_or_id: str) -> tuple[str, dict[str, Any]]:
+        """(object path, the properties GetAll would answer on it) of one container, in one call."""
+        path, props = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "GetContainerProperties", "s", [name_or_id])
+        return str(path), {key: unwrap(value) for key, value in props.items()}
+
+    async def list_container_properties(self) -> list[tuple[str, dict[str, Any]]]:
+        """(object path, the properties GetAll would answer on it) of every container, in one call."""
+        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListContainerProperties")
+        return [(str(path), {key: unwrap(value) for key, value in props.items()}) for path, props in rows]
+
     async def version(self) -> str:
         (value,) = await self._call(
             MANAGER_PATH, PROPERTIES_INTERFACE, "Get", "ss", [MANAGER_INTERFACE, "Version"]
@@ -331,6 +352,34 @@ class Calls:
 
     async def remove(self, path: str, force: bool = False) -> None:
         await self._call(path, CONTAINER_INTERFACE, "Remove", "b", [force])
+
+    async def ping_agent(self) -> None:
+        """A call to org.quilt.Runtime that asks nothing: the bus starts the agent for it if none runs, and it is
+        answered once the agent owns its name (its recovery done)."""
+        await self._call_message("/", "org.freedesktop.DBus.Peer", "Ping")
+
+    async def hold_removal(self, path: str) -> None:
+        """Keep the remove_on_exit container after its exit until we remove it or leave the bus."""
+        await self._call(path, CONTAINER_INTERFACE, "HoldRemoval")
+
+    async def restart(self, path: str, timeout: int | None = None) -> None:
+        """Stop (timeout None: its own stop timeout; 0: SIGKILL at once) and start again; start one that does
+        not run."""
+        options = {} if timeout is None else {"timeout": self._variant("u", int(timeout))}
+        await self._call(path, CONTAINER_INTERFACE, "Restart", "a{sv}", [options])
+
+    async def pause(self, path: str) -> None:
+        await self._call(path, CONTAINER_INTERFACE, "Pause")
+
+    async def unpause(self, path: str) -> None:
+        await self._call(path, CONTAINER_INTERFACE, "Unpause")
+
+    async def rename(self, path: str, name: str) -> None:
+        await self._call(path, CONTAINER_INTERFACE, "Rename", "s", [name])
+
+    async def export_fd(self, path: str, archive: int) -> None:
+        """Write the container's root filesystem as a tar stream to archive (a pipe or a file, we keep)."""
+        await self._call_message(path, CONTAINER_INTERFACE, "Export", "h", [0], unix_fds=[archive])
 
     async def wait(self, path: str) -> int:
         (code,) = await self._call(path, CONTAINER_INTERFACE, "Wait")
@@ -522,6 +571,9 @@ class Calls:
 
     async def remove_image(self, name_or_id: str, force: bool = False) -> None:
         await self._call(MANAGER_PATH, MANAGER_INTERFACE, "RemoveImage", "sb", [name_or_id, force])
+
+    async def tag_image(self, name_or_id: str, name: str) -> None:
+        await self._call(MANAGER_PATH, MANAGER_INTERFACE, "TagImage", "ss", [name_or_id, name])
 
     async def prune_images(self) -> int:
         (freed,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "PruneImages")

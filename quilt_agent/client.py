@@ -134,10 +134,40 @@ class Client(Calls):
                 queue.put_nowait(Event(int(plain.get("time", 0)), kind, cid, plain))
 
         self._bus.add_message_handler(on_message)
+        await self.renew_event_watch()
+        return queue
+
+    async def renew_event_watch(self) -> None:
+        """After a restart of the agent, the queue of watch_events goes on getting its Event signals: for root
+        the match on the agent's name holds over any owner; anyone else subscribes again, with the new agent."""
         await self._call_message("/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
                                  [f"type='signal',sender='{await self._signal_sender()}',path='{MANAGER_PATH}',"
                                   f"interface='{MANAGER_INTERFACE}',member='Event'"], destination="org.freedesktop.DBus")
-        return queue
+
+    async def watch_agent(self) -> AgentWatch:
+        """From now on, who owns org.quilt.Runtime: a restart of the agent (a crash, an upgrade, an idle exit)
+        shows as the owner going and another coming. Subscribing to the bus's own signal does not start the
+        agent."""
+        if self._bus is None:
+            raise RuntimeError("Client.connect() has not been called")
+        bus_name = "org.freedesktop.DBus"
+        await self._call_message("/org/freedesktop/DBus", bus_name, "AddMatch", "s",
+                                 [f"type='signal',sender='{bus_name}',interface='{bus_name}',"
+                                  f"member='NameOwnerChanged',arg0='{BUS_NAME}'"], destination=bus_name)
+        try:
+            (owner,) = (await self._call_message("/org/freedesktop/DBus", bus_name, "GetNameOwner", "s",
+                                                 [BUS_NAME], destination=bus_name)).body
+        except ClientError:
+            owner = ""  # NameHasNoOwner: not running now (the next call to it starts it)
+        watch = AgentWatch(str(owner))
+
+        def on_message(msg: Message) -> None:
+            if (msg.message_type is MessageType.SIGNAL and msg.member == "NameOwnerChanged"
+                    and msg.interface == bus_name and msg.body and msg.body[0] == BUS_NAME):
+                watch._update(str(msg.body[2]))
+
+        self._bus.add_message_handler(on_message)
+        return watch
 
     async def watch_image_progress(self, job: str) -> asyncio.Queue[ImageProgress]:
         """From now on, each ImageProgress signal of job (the 'job' option of an import or pull), in order."""
@@ -158,6 +188,28 @@ class Client(Calls):
                                   f"interface='{MANAGER_INTERFACE}',member='ImageProgress',arg0='{job}'"],
                                  destination="org.freedesktop.DBus")
         return queue
+
+
+class AgentWatch:
+    """Who owns org.quilt.Runtime, kept up to date from the bus's NameOwnerChanged: the agent's unique name, ""
+    while no agent runs. Each change of owner (an agent gone, a new one there) counts one generation."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.generation = 0
+        self._changed = asyncio.Event()
+
+    def _update(self, owner: str) -> None:
+        if owner != self.owner:
+            self.owner = owner
+            self.generation += 1
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def changed(self, since_generation: int) -> None:
+        """Return once the owner has changed after generation since_generation."""
+        while self.generation == since_generation:
+            await self._changed.wait()
 
 
 def wrap_options(options: Mapping[str, Any] | None, signatures: Mapping[str, str]) -> dict[str, Variant]:

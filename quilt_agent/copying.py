@@ -240,6 +240,22 @@ def archive_from(root_fd: int, source: str, out: BinaryIO, id_first: int = -1) -
             os.close(src)
 
 
+def export_root(root_fd: int, out: BinaryIO, id_first: int = -1) -> None:
+    """The container's root filesystem -> a tar stream, its entries at the archive's root (bin/sh, etc/...), as
+    `podman export` writes it: only the root's own mount, so neither its volumes nor its tmpfs, /proc, /sys, /dev
+    or the files the agent binds in (/etc/hosts, /etc/resolv.conf) of a running one. Owners as the container
+    sees them; setuid bits kept (the caller unpacks it, or imports it, with its own rights). As the other copies,
+    it leaves out device nodes, FIFOs and sockets, and writes each hard link as a file of its own."""
+    with _failures("/", False):
+        top = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
+        try:
+            filetree.write_tar(filetree.out_of_range(filetree.walk(top, same_mount=True), id_first), "", out)
+        except BrokenPipeError:
+            raise CopyFailed("the receiving end of the archive was closed") from None
+        finally:
+            os.close(top)
+
+
 def archive_to(root_fd: int, inp: BinaryIO, dest: str, id_first: int = -1) -> None:
     """A tar stream from the caller (one tree, read with the caller's own rights) -> container's dest, with
     docker cp's naming: its top goes into dest when dest is a directory, else becomes dest."""

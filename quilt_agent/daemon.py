@@ -124,6 +124,14 @@ async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float
                 log.error("exiting: %s", task.exception())
                 status = 1
         sd_daemon.notify("STOPPING=1")
+        if bus.connected:
+            # The name goes first: a caller that comes back at once (quiltctl riding out a restart) is queued
+            # by the bus for the next agent, instead of reaching this one after its calls were ended below.
+            try:
+                await asyncio.wait_for(bus.release_name(BUS_NAME), 5)
+                await asyncio.sleep(0)  # the calls that came before the release start, and count themselves
+            except Exception as e:  # noqa: BLE001 - the bus went away meanwhile: nothing is left to answer
+                log.warning("releasing %s: %s", BUS_NAME, e)
     for task in tasks:
         task.cancel()
     loop.remove_reader(zygote_fd)

@@ -41,6 +41,20 @@ class ContainerFailed(QuiltError):
     """The container could not be started (its command could not be executed, the scope failed, ...)."""
 
 
+# Podman's run tells these two from its own failures by exit status (127, 126): named apart, so a caller can too.
+class CommandNotFound(ContainerFailed):
+    """The container's command is not in its image (nor in its PATH): its exit code is 127."""
+
+
+class CommandNotExecutable(ContainerFailed):
+    """The container's command exists but cannot be invoked (not executable, a directory, permission denied,
+    or its working directory cannot be entered): its exit code is 126."""
+
+
+class NotSupported(QuiltError):
+    """What this host cannot do correctly (pausing without a cgroup v2 freezer), refused rather than faked."""
+
+
 class TimedOut(QuiltError):
     """An operation with a time limit did not finish within it (an exec's timeout, a systemd job that systemd
     did not finish)."""

@@ -22,7 +22,7 @@ from quilt_agent.errors import ContainerFailed, InvalidArgument, NotRunning, Tim
 from quilt_agent.helper import protocol
 from quilt_agent.helper.protocol import ExecExited, ExecSetupFailed, ExecSpawned, ExecSpec
 from quilt_agent.helper.forkserver import ForkServer
-from quilt_agent.model import OPTION_PARSERS, Container, validate_command
+from quilt_agent.model import OPTION_PARSERS, Container, capability_mask, validate_command
 
 MAX_OUTPUT = 1 << 20  # bytes kept of each of stdout and stderr by Exec; the rest is read and dropped
 MAX_TIMEOUT = 86400 * 365
@@ -174,7 +174,8 @@ class Executor:
                         workdir=options.workdir or c.spec.workdir, user=options.user or c.spec.user,
                         namespaces=(*c.spec.namespaces, "user") if c.id_first >= 0 else c.spec.namespaces,
                         tty=options.tty, cgroup_procs=procs,
-                        seccomp=c.spec.seccomp != "unconfined")
+                        seccomp=c.spec.seccomp != "unconfined",
+                        capabilities=capability_mask(c.spec))
         protocol.check_size(spec, "The exec's command and environment")
         loop = asyncio.get_running_loop()
         collectors: list[_Collector] = []

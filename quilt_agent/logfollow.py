@@ -2,9 +2,14 @@
 
 Each follower is a thread of its own (never one of asyncio's worker threads: a follow lasts as long as the
 container) that reads the journal, filtered on the container's scope, and writes one JSON object per line to
-a pipe whose read end the caller got: {"usec": realtime usec, "stream": "stdout"|"stderr", "text": line}.
-The pipe is closed, after the last line, when the container ends, when `until` has passed, or when the reader
-goes away. The event loop never waits on it: the manager only tells a follower that its container ended.
+a pipe whose read end the caller got: {"usec": realtime usec, "stream": "stdout"|"stderr", "text": line,
+"cursor": the entry's journal cursor}. The pipe is closed, after the last line, when the container ends, when
+`until` has passed, or when the reader goes away. The event loop never waits on it: the manager only tells a
+follower that its container ended.
+
+A pipe also ends when the agent does (a crash, an upgrade, a restart). A reader that asked for end_marker gets
+{"end": true} as the last line of a follow that ended on its own, so it can tell the two apart, and resumes a
+cut follow where it was with after_cursor (the cursor of the last line it got): nothing lost, nothing twice.
 
 When the container ends, its last lines may still be in journald's stream buffers; the follower asks journald
 to synchronize (io.systemd.Journal.Synchronize over Varlink, which journald answers only after the input it had
@@ -46,6 +51,8 @@ class FollowOptions:
     until: int = 0  # usec since the epoch; 0 = no end
     follow: bool = True  # False: what is there now, then the end of the pipe
     setup: bool = False  # only the setup steps' lines (quilt_agent/setup.py)
+    after_cursor: str = ""  # only the lines after this journal entry (a cut follow resumed); `lines` is ignored
+    end_marker: bool = False  # a last line {"end": true} when the follow ends on its own
 
 
 def _unsigned(key: str, value: Any) -> int:
@@ -60,8 +67,15 @@ def _boolean(key: str, value: Any) -> bool:
     return value
 
 
+def _cursor(key: str, value: Any) -> str:
+    # A journal cursor is short printable ASCII (s=...;i=...;b=...): anything else cannot be one.
+    if not isinstance(value, str) or not value or len(value) > 512 or not value.isascii() or not value.isprintable():
+        raise InvalidArgument(f"Log option '{key}' must be a journal cursor (as a line's \"cursor\"), not {value!r}")
+    return value
+
+
 FOLLOW_OPTIONS = {"lines": _unsigned, "since": _unsigned, "until": _unsigned, "follow": _boolean,
-                  "setup": _boolean}
+                  "setup": _boolean, "after_cursor": _cursor, "end_marker": _boolean}
 
 
 def parse_follow_options(options: dict[str, Any]) -> FollowOptions:
@@ -117,15 +131,25 @@ class _Follower(threading.Thread):
         try:
             reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
             journal_match(reader, self._unit, self._identifier)
-            if self._since:
+            after = self._options.after_cursor
+            if after:
+                reader.seek_cursor(after)  # the next entry is that one, if it is still there: skipped below
+            elif self._since:
                 reader.seek_realtime(self._since / 1e6 - 0.001)  # a little early: _send filters exactly
             backlog: deque[dict[str, Any]] | list[dict[str, Any]] = (
-                deque(maxlen=self._options.lines) if self._options.lines else [])
+                deque(maxlen=self._options.lines) if self._options.lines and not after else [])
             for entry in reader:
+                if after and entry.get("__CURSOR") == after:
+                    continue  # the reader's last line: it has it
                 backlog.append(entry)
-            if not self._send(backlog) or not self._options.follow:
+            if not self._send(backlog):
+                self._end_marker()
                 return
-            self._follow(reader)
+            if not self._options.follow:
+                self._end_marker()
+                return
+            if self._follow(reader):
+                self._end_marker()
         except BrokenPipeError:
             pass  # the reader went away
         except Exception:  # noqa: BLE001 - a follower's failure ends its pipe, never the agent
@@ -137,7 +161,13 @@ class _Follower(threading.Thread):
                 os.close(fd)
             self._done(self)
 
-    def _follow(self, reader: Any) -> None:
+    def _end_marker(self) -> None:
+        if self._options.end_marker:
+            self._write([b'{"end": true}\n'])
+
+    def _follow(self, reader: Any) -> bool:
+        """Follow to the end; True when it ended on its own (the container's end, `until`), False when the
+        reader went away."""
         poller = select.poll()
         poller.register(reader.fileno(), reader.get_events())
         poller.register(self._wake_read, select.POLLIN)
@@ -147,15 +177,15 @@ class _Follower(threading.Thread):
             timeout = POLL_MS if not until else max(0, min(POLL_MS, (until - time.time_ns() // 1000) // 1000))
             for fd, events in poller.poll(timeout):
                 if fd == self._fd and events & (select.POLLERR | select.POLLHUP):
-                    return
+                    return False
             reader.process()
             if not self._send(reader):
-                return
+                return True
             if self._ended.is_set() or (until and time.time_ns() // 1000 > until):
                 sync_journal()  # its last lines may still be on their way through journald
                 reader.process()
                 self._send(reader)
-                return
+                return True
 
     def _send(self, entries: Any) -> bool:
         """Write the entries' lines; False once `until` is passed (the follow is over)."""
@@ -172,7 +202,8 @@ class _Follower(threading.Thread):
             if isinstance(text, bytes):
                 text = text.decode("utf-8", "replace")
             stream = "stderr" if entry.get("PRIORITY") == PRIORITY_STDERR else "stdout"
-            chunk.append(json.dumps({"usec": usec, "stream": stream, "text": text}).encode() + b"\n")
+            line = {"usec": usec, "stream": stream, "text": text, "cursor": entry.get("__CURSOR", "")}
+            chunk.append(json.dumps(line).encode() + b"\n")
             if len(chunk) >= WRITE_BATCH:
                 self._write(chunk)
         self._write(chunk)

@@ -12,19 +12,19 @@ import select
 import signal as signals
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from quilt_agent import cgroups, copying, filetree, health, journal, pipes, restart, userdb
+from quilt_agent import cgroups, copying, filetree, freezer, health, journal, pipes, restart, userdb
 from quilt_agent import stdio as caller_stdio
 from quilt_agent.config import Paths
 from quilt_agent.containers import ContainerTable
 from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environment, parse_exec_options
 from quilt_agent.logfollow import LogFollowers, parse_follow_options
 from quilt_agent.errors import (
-    AccessDenied, AlreadyRunning, ContainerFailed, InvalidArgument, NameInUse, NoSuchContainer, NoSuchVolume, NotRunning,
-    QuiltError, TimedOut, VolumeInUse,
+    AccessDenied, AlreadyRunning, CommandNotExecutable, CommandNotFound, ContainerFailed, InvalidArgument, NameInUse,
+    NoSuchContainer, NoSuchVolume, NotRunning, NotSupported, QuiltError, TimedOut, VolumeInUse,
 )
 from quilt_agent.helper import protocol
 from quilt_agent.helper.monitor import start_time
@@ -37,8 +37,8 @@ from quilt_agent.network.core import Networks
 from quilt_agent.network.model import Network
 from quilt_agent.notify import CONTAINER_SOCKET, Notification, NotifySockets
 from quilt_agent.model import (
-    Container, ContainerSpec, ExitStatus, State, effective_hostname, generate_name, new_id, now_usec, parse_options,
-    validate_command, validate_name,
+    Container, ContainerSpec, ExitStatus, State, capability_mask, effective_hostname, generate_name, new_id, now_usec,
+    parse_options, validate_command, validate_name,
 )
 from quilt_agent.scopes import ScopeLimits, ScopeManager
 from quilt_agent.setup import cache_key as setup_cache_key
@@ -60,7 +60,8 @@ MESSAGE_IDS = {
     "failed": "27db21ceddd04a2abcef2b86a8bbafec", "exited": "9b8ed616097b49b295ba9b1c596e866a",
     "oom": "422374fe993343f6b7e031c6aac193f3", "removed": "530128e8449a46459221e6547e06467f",
     "restarting": "0b3f4e3cf4a24c55a86bd1b4e3b6e0a1", "health_status": "c1d3d0b6a0b94b0e9d3f5b8e2a7c4f61",
-    "ready": "5e0c2a7d94b34f1f8c6a3b2d1e0f9a87",
+    "ready": "5e0c2a7d94b34f1f8c6a3b2d1e0f9a87", "paused": "7a1f0c3e5b9d4e2a8c6f1b3d5e7a9c0b",
+    "unpaused": "2b8e4d6f0a1c4b3e9d7f5a2c4e6b8d01", "renamed": "9d3c5e7a1b2f4c6e8a0d2b4f6c8e0a13",
 }
 
 
@@ -122,6 +123,9 @@ class _Runtime:
     # Its notifications not applied yet (NOTIFY_COALESCE), and whether a MAINPID= was refused this run.
     notified: dict[str, Any] = field(default_factory=dict)
     mainpid_refused: bool = False
+    # The exit code last recorded: a Wait woken by the exit still answers it when remove_on_exit took the
+    # container before the waiter ran.
+    exit_code: int | None = None
 
 
 class Manager:
@@ -154,6 +158,10 @@ class Manager:
         self._notify = notify or NotifySockets(paths.notify)  # NOTIFY_SOCKETs of sdnotify=container ones
         self._machines = machines  # systemd-machined (machines.py); None: containers are not registered
         self._machined: bool | None = None  # whether the host has machined: asked once, at the first registration
+        # remove_on_exit containers whose removal waits, after their exit, for these callers (bus unique names)
+        # to read the exit code and the last lines (hold_removal); not kept over a restart of the agent.
+        self._holds: dict[str, set[str]] = {}
+        self._restarting: set[str] = set()  # containers a Restart stops and starts: their exit removes nothing
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -184,6 +192,8 @@ class Manager:
             busy.append(f"{waiting} containers waiting to be restarted")
         if followers := len(self._log_followers):
             busy.append(f"{followers} logs followed")
+        if held := sum(1 for cid in self._holds if cid in self._containers):
+            busy.append(f"{held} containers held for their attached clients (--rm)")
         if published := [c.name for c in self._containers.values() if c.spec.ports]:
             busy.append(f"host ports held for {', '.join(published)}")
         return busy
@@ -209,7 +219,8 @@ class Manager:
                                   "(Debian package catatonit)")
         if fields.get("volumes"):
             fields["volumes"], fields["anonymous_volumes"] = name_anonymous(fields["volumes"])
-        img = await self._images.resolve(image, need_command=not command, owner_uid=owner_uid)
+        img = await self._images.resolve(image, need_command=not command and not fields.get("entrypoint"),
+                                         owner_uid=owner_uid)
         defaults = await self._images.defaults(img, command, fields)
         spec = ContainerSpec(name=name, image=image, image_id=img.id, command=defaults.command, **defaults.fields)
         if not spec.health_cmd and (given := [k for k in (*health.TIMING_FIELDS, "health_on_failure") if k in fields]):
@@ -368,6 +379,7 @@ class Manager:
             seccomp=c.spec.seccomp != "unconfined",
             id_map=IdRange(c.id_first).id_map() if c.id_first >= 0 else "", id_first=c.id_first,
             init=str(self._paths.init) if c.spec.init else "", notify_dir=notify_dir,
+            capabilities=capability_mask(c.spec),
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()
@@ -411,7 +423,8 @@ class Manager:
             c = await self._set(c.with_(state=State.FAILED, failure_reason=reply.reason, exit_code=reply.exit_code))
             await self._event("failed", c, "container %s failed to start: %s", c.name, reply.reason,
                               reason=reply.reason)
-            raise ContainerFailed(f"Container '{c.name}' failed to start: {reply.reason}")
+            failed = {127: CommandNotFound, 126: CommandNotExecutable}.get(reply.exit_code, ContainerFailed)
+            raise failed(f"Container '{c.name}' failed to start: {reply.reason}")
         if c.monitor_pid:  # still running: its exit is not recorded yet
             c = await self._set(c.with_(state=State.RUNNING, ready=c.ready or c.spec.sdnotify == "conmon"))
             if c.spec.health_cmd:
@@ -540,7 +553,7 @@ class Manager:
             status.reason and status.exit_code in (125, 126, 127) and c.state is not State.RUNNING) else State.EXITED
         c = await self._set(c.with_(state=state, exit_code=status.exit_code, exit_signal=status.exit_signal,
                                     oom_killed=status.oom_killed, finished_at=status.finished_at or now_usec(),
-                                    main_pid=0, monitor_pid=0, monitor_start=0, ready=False, machine="",
+                                    main_pid=0, monitor_pid=0, monitor_start=0, ready=False, machine="", paused=False,
                                     machine_name="",
                                     failure_reason=c.failure_reason or status.reason))
         if c.oom_killed:
@@ -552,12 +565,45 @@ class Manager:
                           exit_code=c.exit_code, oom_killed=c.oom_killed)
         if plan_restart and restart.wanted(c):
             c = await self._plan_restart(c)
+        rt.exit_code = c.exit_code
         rt.exited.set()
-        if c.spec.remove_on_exit and c.id in self._containers:
-            try:
-                await self.remove(c.id, force=False)
-            except Exception:  # noqa: BLE001 - logged; the container stays for the user to remove
-                log.exception("could not remove container %s after its exit", c.name)
+        if (c.spec.remove_on_exit and c.id in self._containers and not self._holds.get(c.id)
+                and c.id not in self._restarting):
+            await self._remove_on_exit(c)
+
+    async def _remove_on_exit(self, c: Container) -> None:
+        try:
+            await self.remove(c.id, force=False)
+        except NoSuchContainer:
+            pass  # removed meanwhile (by its holder, as quiltctl run --rm does once it has the exit)
+        except Exception:  # noqa: BLE001 - logged; the container stays for the user to remove
+            log.exception("could not remove container %s after its exit", c.name)
+
+    # --- remove_on_exit held for an attached client ------------------------------------------------
+
+    def hold_removal(self, container_id: str, holder: str) -> None:
+        """Keep the remove_on_exit container, once exited, until `holder` has removed it or is gone (the bus
+        layer calls release_holder then): the attached client reads the exit code and the last lines of the
+        output first, and the container goes whatever becomes of the client."""
+        c = self._get(container_id)
+        if not c.spec.remove_on_exit:
+            raise InvalidArgument(f"Container {c.name} was not created with remove_on_exit: there is no removal "
+                                  "to hold")
+        self._holds.setdefault(c.id, set()).add(holder)
+
+    def release_holder(self, holder: str) -> None:
+        """`holder` has left the bus: the exited containers it alone held are removed now."""
+        for cid, holders in list(self._holds.items()):
+            holders.discard(holder)
+            if holders:
+                continue
+            del self._holds[cid]
+            c = self._containers.get(cid)
+            if (c is not None and c.spec.remove_on_exit and c.state in (State.EXITED, State.FAILED)
+                    and cid not in self._restarting):
+                task = self._loop.create_task(self._remove_on_exit(c))
+                self._exiting.add(task)
+                task.add_done_callback(self._exiting.discard)
 
     # --- restarts by policy (restart.py) ------------------------------------------------------------
 
@@ -658,13 +704,18 @@ class Manager:
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING or rt.init_pidfd < 0:
             raise NotRunning(c.name, c.state.value)
-        if sig in (signals.SIGKILL, signals.SIGTERM, signals.SIGINT, signals.SIGQUIT, c.spec.stop_signal):
+        ending = sig in (signals.SIGKILL, signals.SIGTERM, signals.SIGINT, signals.SIGQUIT, c.spec.stop_signal)
+        if ending:
             # A user ending it (not one asking it to reload, say): no restart policy brings it back.
             c = await self._set(c.with_(user_stopped=True))
         try:
             signals.pidfd_send_signal(rt.init_pidfd, sig)
         except ProcessLookupError:
             raise NotRunning(c.name, "exiting") from None
+        if ending and c.paused:
+            # Sent first, then thawed: it runs again only to meet the signal. Another signal (HUP, USR1) waits,
+            # pending, for the unpause, as Podman leaves a paused container paused.
+            await self._thaw(c, ending=True)
 
     async def stop(self, container_id: str, timeout: int) -> Container:
         """As systemd stops the container's scope (`systemctl stop`): the stop signal (the image's StopSignal,
@@ -678,6 +729,8 @@ class Manager:
                 return await self._set(c.with_(restart_at=0, user_stopped=True))
             return c  # as podman stop: stopping a stopped container is done already
         c = await self._set(c.with_(user_stopped=True))  # no restart policy brings it back
+        if c.paused:
+            c = await self._thaw(c, ending=True)  # a frozen process would not run its stop signal's handler
         if c.spec.unit:
             await self._stop_service(c)
         else:
@@ -729,9 +782,12 @@ class Manager:
             if c.state is State.REMOVING:
                 raise NoSuchContainer(c.name)
             await rt.exited.wait()
-            if c.id not in self._containers:
+            now = self._containers.get(c.id)
+            if (now is None or now.state is State.REMOVING) and rt.exit_code is not None:
+                return rt.exit_code  # it exited, and its removal (remove_on_exit, rm) came first
+            if now is None:
                 raise NoSuchContainer(c.name)
-            c = self._get(c.id)
+            c = now
         return c.exit_code
 
     async def wait_condition(self, container_id: str, conditions: list[str]) -> tuple[str, int]:
@@ -819,6 +875,8 @@ class Manager:
             if not force:
                 raise AlreadyRunning(c.name, "stop it first or remove it with force")
             c = await self._set(c.with_(user_stopped=True))  # its end is no reason to restart it
+            if c.paused:
+                c = await self._thaw(c, ending=True)
             if c.spec.unit:
                 await self._stop_service(c)
             else:
@@ -850,6 +908,7 @@ class Manager:
             await self._store.delete_container(c.id)
             await self._event("removed", c, "removed container %s", c.name)
             self._health.drop(c.id)
+            self._holds.pop(c.id, None)
             del self._containers[c.id]
             rt.exited.set()  # wake waiters: they find it gone
             rt.changed.set()
@@ -863,6 +922,141 @@ class Manager:
             listener.container_removed(c)
         await self._remove_anonymous_volumes(c.spec)
 
+    # --- restart, pause, rename, export -----------------------------------------------------------
+
+    async def restart(self, container_id: str, timeout: int | None = None) -> Container:
+        """As podman restart: a running (or paused) container is stopped as Stop does (timeout None: its own stop
+        timeout; 0: SIGKILL at once), then started as Start does; one that does not run is just started. Done here
+        rather than by the caller's Stop and Start so that a remove_on_exit container survives its stop."""
+        c = self._get(container_id)
+        self._restarting.add(c.id)
+        try:
+            if c.state is State.RUNNING:
+                if timeout == 0:
+                    try:
+                        await self.kill(c.id, signals.SIGKILL)
+                    except NotRunning:
+                        pass  # it ended meanwhile
+                    await self.wait(c.id)
+                else:
+                    await self.stop(c.id, timeout or 0)
+            elif c.restart_at:
+                await self.stop(c.id, 0)  # its pending restart is this one
+            return await self.start(c.id)
+        finally:
+            self._restarting.discard(c.id)
+
+
+    async def pause(self, container_id: str) -> Container:
+        """Freeze every process of the running container (freezer.py): the container's cgroup, not a signal, so
+        the processes cannot tell. NotRunning unless it runs (or when paused already); NotSupported on a host
+        without the cgroup v2 freezer, or for a container of a generated unit (its processes share the service's
+        cgroup with the unit's runner)."""
+        rt = self._runtime[self._get(container_id).id]
+        async with rt.lock:
+            c = self._get(container_id)
+            if c.state is not State.RUNNING or rt.init_pidfd < 0 or c.paused:
+                raise NotRunning(c.name, "paused" if c.paused else c.state.value)
+            if c.spec.unit:
+                raise NotSupported(f"Container '{c.name}' runs in the cgroup of {c.spec.unit}, beside the unit's own "
+                                   f"processes: it cannot be paused alone (`systemctl freeze {c.spec.unit}` freezes "
+                                   "the whole service on a cgroup v2 host)")
+            await self._freeze(c, True)
+            c = self._get(c.id)
+            if c.state is not State.RUNNING:  # it ended while the kernel froze it
+                raise NotRunning(c.name, c.state.value)
+            c = await self._set(c.with_(paused=True))
+            await self._event("paused", c, "paused container %s", c.name)
+            return c
+
+    async def unpause(self, container_id: str) -> Container:
+        """Thaw a paused container. NotRunning unless it runs; AlreadyRunning when it runs unpaused."""
+        c = self._get(container_id)
+        rt = self._runtime[c.id]
+        async with rt.lock:
+            c = self._get(container_id)
+            if c.state is not State.RUNNING or rt.init_pidfd < 0:
+                raise NotRunning(c.name, c.state.value)
+            if not c.paused:
+                raise AlreadyRunning(c.name, "it is not paused")
+            return await self._thaw(c)
+
+    async def _thaw(self, c: Container, ending: bool = False) -> Container:
+        """ending: it is being stopped or killed, so a process that ended meanwhile (a SIGKILL needs no thaw on
+        cgroup v2) is no error."""
+        try:
+            await self._freeze(c, False)
+        except NotRunning:
+            if not ending:
+                raise
+        current = self._containers.get(c.id)
+        if current is None or not current.paused:
+            return current or c  # its exit (or removal) was recorded meanwhile: nothing is paused any more
+        c = await self._set(current.with_(paused=False))
+        await self._event("unpaused", c, "unpaused container %s", c.name)
+        return c
+
+    async def _freeze(self, c: Container, frozen: bool) -> None:
+        try:
+            await asyncio.to_thread(freezer.set_frozen, c.main_pid, frozen)
+        except ProcessLookupError:
+            raise NotRunning(c.name, "exiting") from None
+
+    async def rename(self, container_id: str, new_name: str) -> Container:
+        """Give a container that does not run a new name, checked as at create: NameInUse when another container
+        has it, AlreadyRunning when it runs (its scope, quilt-NAME.scope, its monitor's and its machine are named
+        after it while it runs). The hostname follows the name unless one was given. Its networks' name servers
+        answer for the new name at once, its user namespace's user is renamed; the output of its earlier runs stays
+        in the journal under the old scope's name, which its logs no longer read."""
+        c = self._get(container_id)
+        new_name = validate_name(new_name)
+        rt = self._runtime[c.id]
+        async with rt.lock:
+            c = self._get(container_id)
+            if c.state is State.REMOVING:
+                raise NoSuchContainer(c.name)
+            if c.state is State.RUNNING:
+                raise AlreadyRunning(c.name, f"stop it first: its scope {c.unit} is named after it while it runs")
+            if new_name == c.name:
+                return c
+            if self._containers.name_taken(new_name):
+                raise NameInUse(new_name)
+            old = c.name
+            renamed = c.with_(spec=replace(c.spec, name=new_name))
+            self._networks.rename(c, new_name)  # AccessDenied first, when the new name is another's on a network
+            # In the table before the write is awaited: a create meanwhile finds the new name taken.
+            self._containers[c.id] = renamed
+            try:
+                await self._store.rename_container(c.id, renamed.spec)
+            except BaseException:
+                self._networks.rename(renamed, old)
+                self._containers[c.id] = c
+                raise
+            if c.id_first >= 0:
+                userdb.unregister(old, c.id_first, self._paths.userdb)
+                userdb.register(new_name, c.id_first, self._paths.userdb)
+            c = await self._set(renamed)
+            await self._event("renamed", c, "renamed container %s to %s", old, new_name, old_name=old)
+            return c
+
+    async def export(self, container_id: str, fd: int) -> None:
+        """The container's root filesystem (its image's layers and its own changes, not its volumes, tmpfs or
+        /proc, /sys and /dev) as a tar stream written to fd, running or not; fd is the caller's to close."""
+        stream = pipes.stream(fd, writing=True)
+        first = self._get(container_id).id_first
+
+        def run(root: int) -> None:
+            with stream:
+                copying.export_root(root, stream, first)
+        try:
+            await self._on_tree(container_id, run)
+        finally:
+            if not stream.closed:
+                try:
+                    stream.close()
+                except OSError:
+                    pass  # the reader went away: the export's own error says so
+
     # --- exec ------------------------------------------------------------------------------------
 
     async def exec(self, container_id: str, command: list[str], options: dict[str, Any],
@@ -873,6 +1067,8 @@ class Manager:
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING or rt.init_pidfd < 0:
             raise NotRunning(c.name, c.state.value)
+        if c.paused:
+            raise NotRunning(c.name, "paused")  # a process joining its cgroup would be frozen too, as Podman refuses
         if stdio is None:
             return await self._executor.run(c, rt.init_pidfd, command, opts, self._full_env(c.spec), None)
         relays = caller_stdio.prepare(stdio)  # a regular file is relayed, never handed to the container
@@ -942,6 +1138,8 @@ class Manager:
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING or rt.init_pidfd < 0:
             raise NotRunning(c.name, c.state.value)
+        if c.paused:
+            raise NotRunning(c.name, "paused")  # its timer's checks wait for the unpause: frozen is not unhealthy
         start = now_usec()
         try:
             done = await self._executor.run(c, rt.init_pidfd, c.spec.health_cmd,
@@ -1162,6 +1360,8 @@ class Manager:
                 if rt.monitor_pidfd >= 0:
                     if c.state is not State.RUNNING:
                         c = await self._set(c.with_(state=State.RUNNING, started_at=c.started_at or now_usec()))
+                    if c.main_pid and freezer.is_frozen(c.main_pid):  # paused before the agent went: still
+                        c = await self._set(c.with_(paused=True))
                     self._watch(c.id, rt)
                     if c.spec.health_cmd:
                         self._health.watch(c.id, c.spec.health_interval)
@@ -1174,6 +1374,10 @@ class Manager:
                 # From the exit file, or unknown if the monitor left none.
                 await self._record_exit(c.id, plan_restart=not booted)
         for c in list(self._containers.values()):
+            if c.spec.remove_on_exit and c.state in (State.EXITED, State.FAILED) and c.id in self._containers:
+                # Held for an attached client when the agent went: holds do not outlive it, so it goes now.
+                await self._remove_on_exit(c)
+                continue
             if c.restart_at and c.state is not State.RUNNING:
                 if booted:
                     await self._set(c.with_(restart_at=0))  # the restart a reboot cut short: the boot decides

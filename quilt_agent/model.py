@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import os
 import re
 import secrets
+import signal
 import socket
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quilt_agent.errors import InvalidArgument
+from quilt_agent import capabilities
 from quilt_agent import health
 from quilt_agent import setup as setup_commands
 from quilt_agent import volume_options
 from quilt_agent.network import options as network_options
-from quilt_agent.network.model import DEFAULT_NETWORK
+from quilt_agent.network.model import DEFAULT_NETWORK, DNS_NAME_RE
 
 NAMESPACES = ("pid", "mount", "uts", "ipc", "net", "cgroup")
 DEFAULT_STOP_TIMEOUT = 10
@@ -107,6 +110,16 @@ class ContainerSpec:
     # The service of the host's its processes run in instead of a scope of their own ("" = quilt-NAME.scope): a
     # unit generated from a container file (quilt_agent/generator.py), whose own settings stop and restart it.
     unit: str = ""
+    # Capabilities (quilt_agent/capabilities.py) added to and dropped from the default set: names without CAP_,
+    # or ALL.
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    # Its /etc/hosts and /etc/resolv.conf (quilt_agent/network/files.py): more "HOST:IP" lines; name servers,
+    # search domains ("." alone: none) and options replacing those the network gives.
+    add_hosts: tuple[str, ...] = ()
+    dns_servers: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,9 @@ class Container:
     # name ("" when it is not registered).
     machine: str = ""
     machine_name: str = ""
+    # Its processes frozen by Pause (quilt_agent/freezer.py) while it runs: the kernel's cgroup.freeze keeps it, not
+    # the store, so an agent that restarts reads it back.
+    paused: bool = False
 
     @property
     def name(self) -> str:
@@ -178,6 +194,11 @@ def effective_hostname(spec: ContainerSpec) -> str:
     if "uts" not in spec.namespaces:
         return socket.gethostname()
     return spec.hostname or spec.name
+
+
+def capability_mask(spec: ContainerSpec) -> int:
+    """The container's capability set, a bit per capability, as the helper applies it."""
+    return capabilities.mask(capabilities.effective(spec.cap_add, spec.cap_drop))
 
 
 def scope_name(container_name: str) -> str:
@@ -349,6 +370,79 @@ def _parse_seccomp(value: Any) -> str:
     return value
 
 
+def _parse_entrypoint(value: Any) -> tuple[str, ...]:
+    """What replaces the image's Entrypoint; [] or [""] clears it (Podman's --entrypoint '')."""
+    entrypoint = _string_list("entrypoint", value)
+    if entrypoint == ("",):
+        return ()
+    for arg in entrypoint:
+        if "\0" in arg:
+            raise InvalidArgument(f"Invalid entrypoint argument {arg!r}: contains a NUL byte")
+    if entrypoint and not entrypoint[0]:
+        raise InvalidArgument(f"Invalid entrypoint {list(entrypoint)!r}: its program is empty")
+    return entrypoint
+
+
+def _parse_stop_signal(value: Any) -> int:
+    """A signal as Podman's --stop-signal takes it: SIGTERM, TERM, 15, SIGRTMIN+3."""
+    _expect("stop_signal", value, str, "a string (a signal's name or number)")
+    name = value.upper().removeprefix("SIG")
+    number = 0
+    if value.isdigit():
+        number = int(value)
+    elif name.startswith(("RTMIN", "RTMAX")):
+        base, sign, offset = name[:5], name[5:6], name[6:]
+        if (not sign and not offset) or (sign in "+-" and offset.isdigit()):
+            number = signal.SIGRTMIN if base == "RTMIN" else signal.SIGRTMAX
+            number += (int(offset) if sign == "+" else -int(offset)) if offset else 0
+    elif ("SIG" + name) in signal.Signals.__members__:
+        number = signal.Signals["SIG" + name].value
+    if not 1 <= number < signal.NSIG:
+        raise InvalidArgument(f"Invalid stop_signal '{value}': not a signal (TERM, SIGINT, 15, ...)")
+    return number
+
+
+def _ip(key: str, entry: str, text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text[1:-1] if text.startswith("[") and text.endswith("]") else text))
+    except ValueError:
+        raise InvalidArgument(f"Invalid {key} entry '{entry}': '{text}' is not an IP address") from None
+
+
+def _parse_add_hosts(value: Any) -> tuple[str, ...]:
+    """HOST:IP lines for /etc/hosts, as Podman's --add-host (IP an IPv4 or IPv6 address)."""
+    out = []
+    for entry in _string_list("add_hosts", value):
+        host, sep, address = entry.partition(":")
+        if not sep or not DNS_NAME_RE.fullmatch(host):
+            raise InvalidArgument(f"Invalid add_hosts entry '{entry}': expected HOST:IP, HOST a host name")
+        out.append(f"{host}:{_ip('add_hosts', entry, address)}")
+    return tuple(out)
+
+
+def _parse_dns_servers(value: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_ip("dns_servers", v, v) for v in _string_list("dns_servers", value)))
+
+
+def _parse_dns_search(value: Any) -> tuple[str, ...]:
+    domains = _string_list("dns_search", value)
+    for domain in domains:
+        if domain != "." and not DNS_NAME_RE.fullmatch(domain):
+            raise InvalidArgument(f"Invalid dns_search domain '{domain}': not a DNS name ('.' alone: no search)")
+    if "." in domains and len(domains) > 1:
+        raise InvalidArgument("Option 'dns_search': '.' (no search domain) cannot be combined with domains")
+    return tuple(dict.fromkeys(domains))
+
+
+def _parse_dns_options(value: Any) -> tuple[str, ...]:
+    options = _string_list("dns_options", value)
+    for option in options:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", option):
+            raise InvalidArgument(f"Invalid dns_options entry '{option}': a resolv.conf option such as ndots:2 "
+                                  "or edns0")
+    return tuple(dict.fromkeys(options))
+
+
 # Option key -> (spec field, parser). Unknown keys are an error, never ignored.
 OPTION_PARSERS = {
     "env": ("env", lambda v: parse_env("env", v)),
@@ -374,6 +468,17 @@ OPTION_PARSERS = {
     **health.CONTAINER_OPTIONS,  # health_cmd, health_interval, ...
     "sdnotify": ("sdnotify", _parse_sdnotify),
     "unit": ("unit", _parse_unit),
+    "cap_add": ("cap_add", lambda v: capabilities.normalise("cap_add", v)),
+    "cap_drop": ("cap_drop", lambda v: capabilities.normalise("cap_drop", v)),
+    "stop_signal": ("stop_signal", _parse_stop_signal),
+    "add_hosts": ("add_hosts", _parse_add_hosts),
+    "dns_servers": ("dns_servers", _parse_dns_servers),
+    "dns_search": ("dns_search", _parse_dns_search),
+    "dns_options": ("dns_options", _parse_dns_options),
+    # Not spec fields: the image's defaults take them (images/service.py container_defaults), the command's
+    # program (entrypoint) and the image's exposed ports published to free host ports (publish_all).
+    "entrypoint": ("entrypoint", _parse_entrypoint),
+    "publish_all": ("publish_all", lambda v: _expect("publish_all", v, bool, "a boolean")),
 }
 
 
@@ -398,6 +503,7 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
     if fields.get("remove_on_exit") and policy != "no":
         raise InvalidArgument(f"Options 'remove_on_exit' and restart_policy '{policy}' contradict each other: a "
                               "container removed at its exit cannot be restarted")
+    capabilities.check(fields.get("cap_add", ()), fields.get("cap_drop", ()))
     health.settle(fields)
     network_options.settle(fields, fields.get("namespaces", NAMESPACES))
     volume_options.check_mount_targets(fields.get("volumes", ()), fields.get("tmpfs", ()))

@@ -160,7 +160,8 @@ def _spec_to_json(spec: ContainerSpec) -> str:
 def _spec_from_json(text: str) -> ContainerSpec:
     data = json.loads(text)
     for key in ("command", "env", "namespaces", "networks", "aliases", "ports", "volumes", "tmpfs", "setup",
-                "anonymous_volumes", "health_cmd"):
+                "anonymous_volumes", "health_cmd", "cap_add", "cap_drop", "add_hosts", "dns_servers", "dns_search",
+                "dns_options"):
         if key in data:
             data[key] = tuple(data[key])
     return ContainerSpec(**data)
@@ -219,6 +220,10 @@ class StateStore(Protocol):
 
     def update_status(self, c: Container) -> asyncio.Future[None]:
         """Every status field of c (state to machine_name) onto the container of c.id; the spec stays."""
+        ...
+
+    def rename_container(self, container_id: str, spec: ContainerSpec) -> asyncio.Future[None]:
+        """Its name and spec (a rename: the spec's name is the new one); IntegrityError when the name is taken."""
         ...
 
     def delete_container(self, container_id: str) -> asyncio.Future[None]:
@@ -416,6 +421,10 @@ class Store:
         return self._execute(
             f"UPDATE containers SET {', '.join(f'{col} = ?' for col in _STATUS_COLUMNS)} WHERE id = ?",
             (*values, c.id))
+
+    def rename_container(self, container_id: str, spec: ContainerSpec) -> asyncio.Future[None]:
+        return self._execute("UPDATE containers SET name = ?, spec = ? WHERE id = ?",
+                             (spec.name, _spec_to_json(spec), container_id))
 
     def delete_container(self, container_id: str) -> asyncio.Future[None]:
         """The row, and with it (ON DELETE CASCADE) its addresses and published ports."""

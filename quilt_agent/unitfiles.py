@@ -564,6 +564,19 @@ def _notify(text: str) -> str | None:
     return "container" if _boolean(text) else None
 
 
+def _entrypoint(text: str) -> list[str]:
+    """Quadlet's Entrypoint=, as podman's --entrypoint: a JSON array of strings, or one program."""
+    if text.lstrip().startswith("["):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+            raise _Bad(f"'{text}' is not a JSON array of strings")
+        return parsed
+    return [text] if text else []
+
+
 def _choice(choices: Sequence[str], what: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -575,8 +588,8 @@ def _choice(choices: Sequence[str], what: str) -> Callable[[str], str]:
 # Podman's keys that Quilt has no equivalent of: named, so that a file written for Quadlet says what to change.
 _QUADLET_ONLY = {
     "Container": frozenset({
-        "AddCapability", "AddDevice", "AddHost", "Annotation", "AutoUpdate", "CgroupsMode", "ContainersConfModule",
-        "DNS", "DNSOption", "DNSSearch", "DropCapability", "Entrypoint", "EnvironmentHost", "ExposeHostPort",
+        "AddDevice", "Annotation", "AutoUpdate", "CgroupsMode", "ContainersConfModule", "EnvironmentHost",
+        "ExposeHostPort",
         "GIDMap", "GlobalArgs", "GroupAdd", "HealthLogDestination", "HealthMaxLogCount", "HealthMaxLogSize",
         "HealthStartupCmd", "HealthStartupInterval", "HealthStartupRetries", "HealthStartupSuccess",
         "HealthStartupTimeout", "IP6", "LogDriver", "LogOpt", "Mask", "Mount", "NoNewPrivileges", "Pod",
@@ -600,6 +613,7 @@ _CONTAINER_KEYS = frozenset({
     "NetworkAlias", "IP", "HostName", "User", "Group", "WorkingDir", "ReadOnly", "Tmpfs", "Label", "HealthCmd",
     "HealthInterval", "HealthTimeout", "HealthRetries", "HealthStartPeriod", "HealthOnFailure", "Notify", "RunInit",
     "UserNS", "StopTimeout", "StopSignal", "PidsLimit", "Memory", "CPUQuota", "Setup", "SeccompProfile",
+    "AddHost", "DNS", "DNSSearch", "DNSOption", "AddCapability", "DropCapability", "Entrypoint",
 })
 _NETWORK_KEYS = frozenset({"NetworkName", "Subnet", "Gateway", "Internal", "DNS", "DisableDNS"})
 _VOLUME_KEYS = frozenset({"VolumeName", "Label"})
@@ -816,6 +830,16 @@ def parse_container(parsed: ParsedFile, names: Mapping[str, str] | None = None) 
     _gather(r, "volumes", volumes, lines, options)
     _gather(r, "tmpfs", [(entry, entry.value) for entry in r.all("Tmpfs")], lines, options)
     _gather(r, "setup", [(entry, entry.value) for entry in r.all("Setup")], lines, options)
+    # As Quadlet: one line each, but for capabilities, several to a line.
+    for key, option in (("AddHost", "add_hosts"), ("DNS", "dns_servers"), ("DNSSearch", "dns_search"),
+                        ("DNSOption", "dns_options")):
+        _gather(r, option, [(entry, entry.value) for entry in r.all(key)], lines, options)
+    for key, option in (("AddCapability", "cap_add"), ("DropCapability", "cap_drop")):
+        _gather(r, option, [(entry, word) for entry in r.all(key) for word in entry.value.split()], lines, options)
+    entrypoint = r.value("Entrypoint", _entrypoint)
+    if entrypoint is not None:
+        _check_option(r, "entrypoint", entrypoint[0], entrypoint[1])
+        put("entrypoint", entrypoint[0], entrypoint[1])
 
     for key, option, convert in (
         ("IP", "ip", str),
@@ -1242,6 +1266,12 @@ def container_file_text(props: Mapping[str, Any], environment: Sequence[str] = (
         container.append(("UserNS", "host"))
     if props.get("Seccomp") and props["Seccomp"] != "default":
         container.append(("SeccompProfile", str(props["Seccomp"])))
+    for key, prop in (("AddCapability", "CapAdd"), ("DropCapability", "CapDrop")):
+        if props.get(prop):
+            container.append((key, " ".join(str(c) for c in props[prop])))
+    for key, prop in (("AddHost", "AddHosts"), ("DNS", "DNSServers"), ("DNSSearch", "DNSSearch"),
+                      ("DNSOption", "DNSOptions")):
+        container += [(key, str(value)) for value in props.get(prop) or []]
     container += [("Setup", str(entry)) for entry in props.get("Setup") or []]
     health_command = list(props.get("HealthCommand") or [])
     if health_command:

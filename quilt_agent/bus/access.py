@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from quilt_agent import capabilities
 from quilt_agent.errors import QuiltError
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import Image
@@ -62,7 +63,7 @@ class Target:
 def privileged_options(spec: ContainerSpec) -> tuple[str, ...]:
     """What of a container's spec hands it the host: host paths bound in, the host's namespaces kept (through
     /proc/1/root a process in the host's pid namespace reaches every file), no seccomp filter, the host's
-    user ids (no user namespace of its own)."""
+    user ids (no user namespace of its own), capabilities beyond the default set."""
     out = [f"bind:{m.source}" for m in map(parse_volume, spec.volumes) if m.source.startswith("/")]
     out += [f"host-{ns}" for ns in NAMESPACES if ns not in spec.namespaces]  # networks ['host'] leaves out net
     if spec.seccomp == "unconfined":
@@ -71,7 +72,11 @@ def privileged_options(spec: ContainerSpec) -> tuple[str, ...]:
         out.append("host-user")  # its root is the host's root
     # A host port below 1024 is one only the host's root may listen on (sshd's, a print server's): the agent binds
     # it as root for the container.
-    out += [f"port:{m}" for m in ports_of(spec.ports) if m.host_port < PRIVILEGED_PORTS]
+    out += [f"port:{m}" for m in ports_of(spec.ports) if 0 < m.host_port < PRIVILEGED_PORTS]  # 0: a free one, >1023
+    # A capability beyond Podman's default set: with the host's user ids it is the host's (SYS_ADMIN, SYS_MODULE,
+    # SYS_PTRACE...); in a user namespace of its own, NET_RAW or NET_ADMIN still reach the network the container
+    # shares with others (spoofing its neighbours on the bridge). Each is named, so that a rule may allow some.
+    out += [f"cap-add:{name}" for name in capabilities.beyond_default(spec.cap_add, spec.cap_drop)]
     if spec.unit:
         out.append(f"unit:{spec.unit}")  # its processes go into a host service's cgroup
     return tuple(out)

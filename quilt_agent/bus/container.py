@@ -1,4 +1,5 @@
 """org.quilt.Runtime.Container on /org/quilt/Runtime/container/ID: one object per container."""
+import dataclasses
 import re
 import signal
 from dataclasses import dataclass
@@ -8,10 +9,14 @@ from dbus_fast import Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import PropertyAccess, dbus_method, dbus_property
 
+from quilt_agent import capabilities
 from quilt_agent.bus import container_io
 from quilt_agent.bus.container_io import ContainerIO
 from quilt_agent.bus.errors import to_dbus_error
+from quilt_agent.bus.fds import closing_fds, received_fd
 from quilt_agent.bus.guard import GuardedInterface, guarded, readable
+from quilt_agent.bus import caller
+from quilt_agent.bus.holds import holder_watch
 from quilt_agent.bus.network import CONTAINER_ARG_NAMES as NETWORK_ARG_NAMES
 from quilt_agent.bus.network import ContainerNetwork
 from quilt_agent.bus.volume import ContainerCopy
@@ -47,7 +52,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("Name", "s", lambda c: c.name),
     Property("Image", "s", lambda c: c.spec.image),
     Property("Command", "as", lambda c: list(c.spec.command)),
-    Property("State", "s", lambda c: c.state.value),
+    Property("State", "s", lambda c: state_text(c)),
     Property("ExitCode", "i", lambda c: c.exit_code),
     Property("ExitSignal", "i", lambda c: c.exit_signal),
     Property("OOMKilled", "b", lambda c: c.oom_killed),
@@ -99,7 +104,29 @@ PROPERTIES: tuple[Property, ...] = (
     Property("MachineName", "s", lambda c: c.machine_name),
     Property("Ready", "b", lambda c: c.ready),
     Property("NotifyStatus", "s", lambda c: c.notify_status),
+    Property("CapAdd", "as", lambda c: list(c.spec.cap_add)),
+    Property("CapDrop", "as", lambda c: list(c.spec.cap_drop)),
+    Property("Capabilities", "as", lambda c: list(capabilities.effective(c.spec.cap_add, c.spec.cap_drop))),
+    Property("AddHosts", "as", lambda c: list(c.spec.add_hosts)),
+    Property("DNSServers", "as", lambda c: list(c.spec.dns_servers)),
+    Property("DNSSearch", "as", lambda c: list(c.spec.dns_search)),
+    Property("DNSOptions", "as", lambda c: list(c.spec.dns_options)),
 )
+
+
+def property_variants(c: Container, addresses: list[tuple[str, str]]) -> dict[str, Variant]:
+    """Everything GetAll answers on the container's object (bus/network.py's Addresses and Ports included), each
+    in its Variant: what ListContainerProperties answers per container."""
+    values = {prop.name: Variant(prop.signature, prop.value(c)) for prop in PROPERTIES}
+    values["Addresses"] = Variant("a(ss)", [list(pair) for pair in addresses])
+    values["Ports"] = Variant("as", list(c.spec.ports))
+    return values
+
+
+def state_text(c: Container) -> str:
+    """Its state as callers see it: "paused" is a running container whose processes are frozen (Pause), as
+    Podman shows one, though the core keeps it running (it has its processes, its scope and its addresses)."""
+    return "paused" if c.paused and c.state.value == "running" else c.state.value
 
 
 def _usec(seconds: float) -> int:
@@ -201,6 +228,50 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
     @guarded(MANAGE, "remove")
     async def remove(self, force: "b") -> None:
         await self._manager.remove(self.container_id, force)
+
+    @dbus_method(name="HoldRemoval")
+    @guarded(MANAGE, "hold the removal of")
+    async def hold_removal(self) -> None:
+        # The caller (quiltctl run --rm) reads the exit code and the last lines once it has exited, then removes
+        # it; if the caller leaves the bus first (killed, its terminal closed), the agent removes it then.
+        holder = caller.current().sender
+        self._manager.hold_removal(self.container_id, holder)
+        await holder_watch(self._bus, self._manager).watch(holder)
+
+    @dbus_method(name="Restart")
+    @guarded(MANAGE, "restart")
+    async def restart(self, options: "a{sv}") -> None:
+        unknown = sorted(set(options) - {"timeout"})
+        if unknown:
+            raise InvalidArgument(f"Unknown restart option '{unknown[0]}': the known option is timeout")
+        timeout = options["timeout"].value if "timeout" in options else None
+        if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
+            raise InvalidArgument(f"Restart option 'timeout' must be an unsigned integer, not {timeout!r}")
+        await self._manager.restart(self.container_id, timeout)
+
+    @dbus_method(name="Pause")
+    @guarded(MANAGE, "pause")
+    async def pause(self) -> None:
+        await self._manager.pause(self.container_id)
+
+    @dbus_method(name="Unpause")
+    @guarded(MANAGE, "unpause")
+    async def unpause(self) -> None:
+        await self._manager.unpause(self.container_id)
+
+    @dbus_method(name="Rename")
+    @guarded(MANAGE, "rename")
+    async def rename(self, name: "s") -> None:
+        # A rule may grant by a container's name: the container as it would be named must be the caller's to
+        # manage too, or a rename would move it under another rule.
+        await self.authority.check(MANAGE, "rename to", dataclasses.replace(self.subject(), name=name))
+        await self._manager.rename(self.container_id, name)
+
+    @dbus_method(name="Export")
+    @closing_fds
+    @guarded(MANAGE, "export")
+    async def export(self, archive: "h") -> None:
+        await self._manager.export(self.container_id, received_fd(archive, "archive"))
 
     @dbus_method(name="Wait")
     @guarded(READ, "wait for")

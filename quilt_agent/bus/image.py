@@ -255,6 +255,14 @@ class ImageMethods:
         authorized = await cascade(self.authority, self._image_removal.affected("image", name_or_id)) if force else []
         await self._image_removal.image(name_or_id, force, authorized)
 
+    # As podman tag: name (name[:tag], ":latest" when no tag) is added to the image; another image that had it
+    # loses it, so that image is authorized too.
+    @dbus_method(name="TagImage")
+    @guarded(MANAGE, "tag", subject="image")
+    async def tag_image(self, name_or_id: "s", name: "s") -> None:
+        await self.authority.check(MANAGE, "take the name of", self.resolve("image", name))
+        await self._images.tag(name_or_id, name)
+
     @dbus_method(name="PruneImages")
     @guarded(MANAGE, "prune images")
     async def prune_images(self) -> "t":

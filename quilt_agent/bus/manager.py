@@ -9,7 +9,7 @@ from dbus_fast.service import PropertyAccess, dbus_method, dbus_property, dbus_s
 
 from quilt_agent import __version__
 from quilt_agent.app import Services
-from quilt_agent.bus.container import ContainerInterface, properties
+from quilt_agent.bus.container import ContainerInterface, properties, property_variants, state_text
 from quilt_agent.bus import access, caller
 from quilt_agent.bus.access import Resolver, Target, absent
 from quilt_agent.bus.guard import BY_METHOD, PUBLIC, GuardedInterface, guarded, reveal, visible
@@ -47,7 +47,8 @@ def _check_command(command: list[str]) -> list[str]:
 
 class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethods, GuardedInterface):
     ARG_NAMES = {"Subscribe": ("sender",), "CreateContainer": ("container",), "RunContainer": ("container",), "GetContainer": ("container",),
-                 "ListContainers": ("containers",), "StartAtBoot": ("containers",), "ContainerNew": ("id", "container"),
+                 "ListContainers": ("containers",), "ListContainerProperties": ("containers",),
+                 "GetContainerProperties": ("container", "properties"), "StartAtBoot": ("containers",), "ContainerNew": ("id", "container"),
                  "ContainerRemoved": ("id", "container"), **NETWORK_ARG_NAMES, **EVENT_ARG_NAMES,
                  **IMAGE_ARG_NAMES, **VOLUME_ARG_NAMES}
 
@@ -213,11 +214,24 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
         await reveal(self.authority, self.resolve("container", name_or_id))
         return container_path(self._manager.get(name_or_id).id)
 
+    @dbus_method(name="GetContainerProperties")
+    @guarded(PUBLIC)
+    async def get_container_properties(self, name_or_id: "s") -> "oa{sv}":
+        await reveal(self.authority, self.resolve("container", name_or_id))
+        c = self._manager.get(name_or_id)
+        return [container_path(c.id), property_variants(c, self._networks.addresses(c.id))]
+
     @dbus_method(name="ListContainers")
     @guarded(PUBLIC)
     async def list_containers(self) -> "a(ssso)":
         shown = await visible(self.authority, self._manager.list(), access.container)
-        return [[c.id, c.name, c.state.value, container_path(c.id)] for c in shown]
+        return [[c.id, c.name, state_text(c), container_path(c.id)] for c in shown]
+
+    @dbus_method(name="ListContainerProperties")
+    @guarded(PUBLIC)
+    async def list_container_properties(self) -> "a(oa{sv})":
+        shown = await visible(self.authority, self._manager.list(), access.container)
+        return [[container_path(c.id), property_variants(c, self._networks.addresses(c.id))] for c in shown]
 
     @dbus_signal(name="ContainerNew")
     def container_new(self, container_id: str, path: str) -> "so":

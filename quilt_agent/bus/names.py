@@ -16,5 +16,10 @@ def container_path(container_id: str) -> str:
     return CONTAINER_PATH_PREFIX + container_id
 
 
+def container_id(path: str) -> str:
+    """The id a container's object path is named by (container_path's inverse)."""
+    return path.removeprefix(CONTAINER_PATH_PREFIX)
+
+
 def network_path(network_id: str) -> str:
     return NETWORK_PATH_PREFIX + network_id

@@ -1,4 +1,5 @@
-"""The container verbs: run, create, start, stop, kill, rm, ps, inspect, status, logs, wait.
+"""Making containers: run and create, with their flags. (The verbs that change a container's
+state are cli/lifecycle.py's, those that show containers cli/show.py's: they need none of the flags' machinery.)
 
 Flags follow Podman; the original Quilt CLI's spellings (create --image-path/--memory-limit/--cpu-limit/
 --enable-all-namespaces, status, remove) map onto the same D-Bus calls.
@@ -6,30 +7,26 @@ Flags follow Podman; the original Quilt CLI's spellings (create --image-path/--m
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import signal
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Callable
 
 import click
 
 from quilt_agent.cli import hostfiles
 from quilt_agent.cli import volumes as volume_flags
-from quilt_agent.cli import interactive as interactive_cli
-from quilt_agent.cli import observe, output, sigproxy
+from quilt_agent.cli import runflags
+from quilt_agent.cli import output, sigproxy
 from quilt_agent.cli.context import (
-    ACCESS_DENIED,
     NO_SUCH_CONTAINER,
-    NOT_RUNNING,
-    UNKNOWN_OBJECT,
-    each,
+    Client,
     fail,
     warn,
+    with_async_client,
     with_client,
 )
 from quilt_agent.cli.parsing import (
@@ -41,11 +38,9 @@ from quilt_agent.cli.parsing import (
     MEMORY,
     NAMESPACE_LIST,
     SECONDS,
-    SIGNAL,
-    parse_since,
     resolve_image,
 )
-from quilt_agent.client import Client, ClientError, LogLine
+from quilt_agent.api import ClientError, LogLine
 
 MIB = 1 << 20
 _UINT32_MAX = (1 << 32) - 1
@@ -85,8 +80,9 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
         args = args[1:]
 
     options: dict[str, Any] = {}
-    if params["env"]:
-        options["env"] = [f"{key}={value}" for key, value in params["env"]]
+    env = runflags.environment(params)  # --env-file's, then -e's; a KEY alone: this shell's value, if set
+    if env:
+        options["env"] = env
     for key, option in (("workdir", "workdir"), ("user", "user"), ("hostname", "hostname")):
         if params[key] is not None:
             options[option] = params[key]
@@ -126,6 +122,7 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
     if params.get("publish"):
         options["ports"] = list(params["publish"])
     options.update(volume_flags.volume_options(params, cwd))  # -v/--volume, --tmpfs, --read-only (cli/volumes.py)
+    options.update(runflags.options(params))  # --entrypoint, --add-host, --dns*, --cap-*, --stop-signal, -P
     # Setup steps go as given, in order: the agent parses and checks them (an unknown manager, or a shell's
     # `;` in a package list, is its InvalidArgument, one line and 125 here), so quiltctl and the bus agree.
     if params.get("setup"):
@@ -173,7 +170,8 @@ def _health_options(params: dict[str, Any]) -> dict[str, Any]:
 def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
     flags = [
         click.option("--name", default=None, help="Name of the container (default: chosen by the agent)."),
-        click.option("-e", "--env", type=ENV, multiple=True, help="Set an environment variable (KEY=VALUE)."),
+        click.option("-e", "--env", type=ENV, multiple=True,
+                     help="Set an environment variable (KEY=VALUE; KEY alone: this shell's value, if set)."),
         click.option("-w", "--workdir", default=None, help="Working directory inside the container."),
         click.option("-u", "--user", default=None, help="User to run as: a name or UID[:GID]."),
         click.option("--hostname", default=None, help="Hostname inside the container."),
@@ -191,7 +189,8 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--network-alias", multiple=True, help="Another name the container answers to on its networks."),
         click.option("--ip", default=None, help="The container's address on its network."),
         click.option("-p", "--publish", multiple=True,
-                     help="Publish a port: [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]."),
+                     help="Publish a port: [[HOSTIP:][HOSTPORT]:]CONTAINERPORT[/tcp|udp]; without HOSTPORT, a free "
+                          "one (`inspect` shows which)."),
         click.option(
             "--stop-timeout",
             type=click.IntRange(min=0, max=MAX_STOP_TIMEOUT),
@@ -206,6 +205,7 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--enable-all-namespaces", is_flag=True, hidden=True),
         *volume_flags.FLAGS,
+        *runflags.FLAGS,
         click.option("--setup", multiple=True, metavar="'MANAGER: ARGS'",
                      help="Run a setup step before the command (repeat for several, run in order): MANAGER is "
                           "pip, npm, gem, apt, apk or sh, e.g. --setup 'pip: flask'."),
@@ -256,6 +256,8 @@ _COMMAND_SETTINGS = {"allow_interspersed_args": False}
 async def _until_ready(client: Client, path: str, timeout: float) -> None:
     """As systemd waits for a Type=notify service: until it is ready, failing with its exit code if it ends
     first, or after timeout seconds (it is left running then)."""
+    import asyncio
+
     try:
         met, code = await asyncio.wait_for(client.wait_condition(path, ["ready"]), timeout)
     except asyncio.TimeoutError:
@@ -265,6 +267,11 @@ async def _until_ready(client: Client, path: str, timeout: float) -> None:
         props = await client.properties(path)
         reason = f": {props['FailureReason']}" if props.get("FailureReason") else ""
         fail(f"container {props['Name']} exited with code {code} before it was ready{reason}", code if code > 0 else 125)
+
+
+def _transport(request: ContainerRequest) -> Callable[..., Any]:
+    """with_client, unless IMAGE is a file: quiltctl reads it in a thread of the loop while the agent imports."""
+    return with_async_client if request.image.startswith("/") else with_client
 
 
 async def _container_id(client: Client, path: str) -> str:
@@ -282,7 +289,7 @@ def create(ctx: click.Context, **params: Any) -> None:
         path = await client.create_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
         return await _container_id(client, path)
 
-    click.echo(with_client(ctx, body))
+    click.echo(_transport(request)(ctx, body))
 
 
 @click.command(context_settings=_COMMAND_SETTINGS, epilog=_COMPAT_EPILOG)
@@ -305,6 +312,8 @@ def run(ctx: click.Context, detach: bool, ready_timeout: float, interactive: boo
     if interactive or tty:
         if detach:
             raise click.UsageError("-d cannot be combined with -i or -t: nothing would be attached")
+        from quilt_agent.cli import interactive as interactive_cli
+
         interactive_cli.run_attached(ctx, request.name, request.image, request.command, request.options,
                                      interactive, tty)
         return
@@ -317,14 +326,20 @@ def run(ctx: click.Context, detach: bool, ready_timeout: float, interactive: boo
                 await _until_ready(client, path, ready_timeout)
             return await _container_id(client, path)
 
-        click.echo(with_client(ctx, detached))
+        waits = request.options.get("sdnotify") in ("container", "healthy")  # with a timeout: on the loop
+        click.echo((with_async_client if waits else _transport(request))(ctx, detached))
         return
 
-    # The logs are read after the exit: if the agent removed the container on exit, they would be gone with
-    # it. So in the foreground quiltctl does the removal itself, after printing them.
-    remove_after = bool(request.options.pop("remove_on_exit", False))
+    # The logs are read after the exit. --rm is the agent's (remove_on_exit), held (HoldRemoval) until quiltctl
+    # has read the exit code and the logs and removes it; if quiltctl is killed meanwhile, the agent removes it.
+    remove_after = bool(request.options.get("remove_on_exit", False))
+    from quilt_agent.cli import reconnect
+
+    timeout = reconnect.checked_timeout()
 
     async def foreground(client: Client) -> int:
+        session = reconnect.Session(client, timeout, reached=True)  # used once the container is there
+        since = time.time_ns() // 1000
         if not remove_after:
             path = await client.run_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
         else:
@@ -332,6 +347,7 @@ def run(ctx: click.Context, detach: bool, ready_timeout: float, interactive: boo
             # the agent was not asked to remove: create and start apart, so --rm can remove it then too.
             path = await client.create_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
             try:
+                await client.hold_removal(path)  # before the start: it cannot be gone before we have its exit
                 await client.start(path)
             except ClientError:
                 try:
@@ -339,32 +355,57 @@ def run(ctx: click.Context, detach: bool, ready_timeout: float, interactive: boo
                 except ClientError:
                     pass  # the start's error is the one to report
                 raise
-        # On a terminal the setup steps' lines are shown as they come (a package manager can take minutes).
         live = None
-        if request.options.get("setup") and sys.stderr.isatty():
+        if show_setup_live:
+            import asyncio
+
             live = asyncio.ensure_future(_show_setup_live(client, path))
-        code = await sigproxy.wait_forwarding_signals(client, path)
+        props = await client.properties(path)
+        container_id, unit = str(props["Id"]), str(props.get("Unit", ""))
+        code = await sigproxy.wait_forwarding_signals(
+            client, path, lambda: reconnect.wait_for_exit(session, client, path, container_id, since))
         if live is not None:
+            import asyncio
+
             try:
                 await asyncio.wait_for(live, 5.0)  # the pipe ends with the container
             except (asyncio.TimeoutError, ClientError, OSError):
                 live.cancel()
-        if request.options.get("setup"):
-            await _print_logs_after_setup(client, path, shown=live is not None)
-        else:
-            output.print_logs(await client.get_logs(path, {}))
+        try:
+            if request.options.get("setup"):
+                await session.call(lambda: _print_logs_after_setup(client, path, shown=live is not None))
+            else:
+                output.print_logs(await session.call(lambda: client.get_logs(path, {})))
+        except ClientError as e:
+            if not session.restarts or e.name not in _GONE_OBJECT:
+                raise
+            # An agent that restarted while it ran forgot the hold: it removed the container at its exit.
+            warn(f"container {container_id[:output.SHORT_ID]} was removed while quilt-agent was away: its output "
+                 f"is in the journal (journalctl _SYSTEMD_UNIT={unit})")
         if remove_after:
-            await client.remove(path, False)
+            try:
+                await client.remove(path, False)
+            except ClientError as e:
+                if e.name not in _GONE_OBJECT:
+                    raise
         return code
 
-    code = with_client(ctx, foreground)
+    # On a terminal the setup steps' lines are shown as they come (a package manager can take minutes).
+    show_setup_live = bool(request.options.get("setup")) and sys.stderr.isatty()
+    code = (with_async_client if show_setup_live else _transport(request))(ctx, foreground)
     if not 0 <= code <= 255:
         # The agent reports -1 when no exit status could be recorded: a Quilt failure, not the container's code.
         fail(f"the container ended without an exit status (exit code {code})")
     ctx.exit(code)
 
 
+_GONE_OBJECT = (NO_SUCH_CONTAINER, "org.freedesktop.DBus.Error.UnknownObject",
+                "org.freedesktop.DBus.Error.UnknownInterface")
+
+
 async def _show_setup_live(client: Client, path: str) -> None:
+    import asyncio
+
     """Print the setup steps' lines on stderr as they come (FollowLogs, setup only), dimmed, until the pipe ends
     with the container."""
     fd = await client.follow_logs(path, {"setup": True, "follow": True})
@@ -373,7 +414,7 @@ async def _show_setup_live(client: Client, path: str) -> None:
     transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb"))
     try:
         async for raw in reader:
-            click.secho(json.loads(raw)["text"], err=True, dim=True)
+            click.secho(json.loads(raw)["text"], err=True, dim=not os.environ.get("NO_COLOR"))
     finally:
         transport.close()
 
@@ -397,298 +438,3 @@ async def _print_logs_after_setup(client: Client, path: str, shown: bool = False
             output.print_logs(LogLine(line.usec, "stderr", line.text) for line in setup)
         warn(reason)
     output.print_logs(own)
-
-
-def _for_each(
-    ctx: click.Context,
-    containers: Sequence[str],
-    action: Callable[[Client, str, str], Awaitable[str | None]],
-    together: bool = False,
-) -> None:
-    """Apply `action(client, path, name)` to each container, in turn or (together) all at once, as Podman does:
-    print what it returns as each ends, report each failure on its own line, go on with the rest, and end with
-    125 if any failed."""
-
-    async def body(client: Client) -> bool:
-        async def one(name: str) -> None:
-            result = await action(client, await client.get_container(name), name)
-            if result is not None:
-                click.echo(result)
-
-        return (await each(containers, one, together))[1]
-
-    if not with_client(ctx, body):
-        ctx.exit(125)
-
-
-@click.command()
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def start(ctx: click.Context, containers: tuple[str, ...]) -> None:
-    """Start one or more created containers."""
-
-    async def action(client: Client, path: str, name: str) -> str:
-        await client.start(path)
-        return name
-
-    _for_each(ctx, containers, action)
-
-
-async def _running_names(client: Client) -> list[str]:
-    return [e.name for e in await client.list_containers() if e.state == "running"]
-
-
-@click.command()
-@click.option(
-    "-t",
-    "--time",
-    "timeout",
-    type=click.IntRange(min=0, max=_UINT32_MAX),
-    default=None,
-    help="Seconds to wait before SIGKILL (default: the container's stop timeout; 0 kills at once).",
-)
-@click.option("-a", "--all", "every", is_flag=True, help="Stop every running container.")
-@click.argument("containers", nargs=-1)
-@click.pass_context
-def stop(ctx: click.Context, timeout: int | None, every: bool, containers: tuple[str, ...]) -> None:
-    """Stop one or more containers, all at once: their stop signal, then SIGKILL after the timeout."""
-    if every == bool(containers):
-        raise click.UsageError("name the containers to stop, or give -a for every running one")
-
-    async def action(client: Client, path: str, name: str) -> str:
-        if timeout == 0:
-            # On the wire 0 means "the container's own timeout"; Podman users mean "no grace period" by -t 0.
-            try:
-                await client.kill(path, signal.SIGKILL)
-            except ClientError as e:
-                # Stop on a stopped container succeeds (as podman stop); keep -t 0 the same.
-                if e.name != NOT_RUNNING:
-                    raise
-            await client.wait(path)
-        else:
-            await client.stop(path, timeout or 0)
-            props = await client.properties(path)
-            stop_signal = int(props.get("StopSignal", signal.SIGTERM))
-            if props.get("ExitSignal") == signal.SIGKILL and stop_signal != signal.SIGKILL:
-                # As Podman says it: the program did not end on its stop signal (one without a handler, as PID 1,
-                # ignores SIGTERM), which --init or a handler would fix.
-                seconds = timeout or int(props.get("StopTimeout", 10))
-                warn(f"StopSignal {signal.Signals(stop_signal).name} failed to stop container {name} in {seconds} "
-                     "seconds, resorting to SIGKILL")
-        return name
-
-    if every:
-        containers = tuple(with_client(ctx, _running_names))
-    _for_each(ctx, containers, action, together=True)
-
-
-@click.command()
-@click.option(
-    "-s", "--signal", "signum", type=SIGNAL, default="KILL", show_default=True, help="Signal: TERM, SIGHUP, 9..."
-)
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def kill(ctx: click.Context, signum: int, containers: tuple[str, ...]) -> None:
-    """Send a signal to the processes of one or more containers."""
-
-    async def action(client: Client, path: str, name: str) -> str:
-        await client.kill(path, signum)
-        return name
-
-    _for_each(ctx, containers, action)
-
-
-@click.command()
-@click.option("-f", "--force", is_flag=True, help="Stop running containers first.")
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def rm(ctx: click.Context, force: bool, containers: tuple[str, ...]) -> None:
-    """Remove one or more containers."""
-
-    async def action(client: Client, path: str, name: str) -> str:
-        await client.remove(path, force)
-        return name
-
-    _for_each(ctx, containers, action, together=force)  # with force, running ones are killed at once
-
-
-# The original CLI's name for rm.
-remove = click.Command(
-    "remove", callback=rm.callback, params=rm.params, help="Remove one or more containers (same as rm)."
-)
-
-
-async def _properties_or_none(client: Client, path: str) -> dict[str, Any] | None:
-    try:
-        return await client.properties(path)
-    except ClientError as e:
-        # Removed between ListContainers and GetAll: it is simply no longer there to show.
-        if e.name in (NO_SUCH_CONTAINER, UNKNOWN_OBJECT, "org.freedesktop.DBus.Error.UnknownInterface"):
-            return None
-        raise
-
-
-@click.command()
-@click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers, not only running ones.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON list of the containers' properties (as inspect, without Environment).")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the ids.")
-@click.pass_context
-def ps(ctx: click.Context, show_all: bool, as_json: bool, quiet: bool) -> None:
-    """List containers."""
-
-    async def body(client: Client) -> list[dict[str, Any]]:
-        entries = [e for e in await client.list_containers() if show_all or e.state == "running"]
-        if quiet and not as_json:
-            return [{"Id": e.id} for e in entries]  # ListContainers has the ids: no property call needed
-        # dbus-daemon refuses a connection more than 128 pending calls on the system bus (max_replies_per_
-        # connection): with 200 containers an unbounded gather failed. Keep at most 64 in flight.
-        limit = asyncio.Semaphore(64)
-
-        async def one(path: str) -> dict[str, Any] | None:
-            async with limit:
-                return await _properties_or_none(client, path)
-
-        found = await asyncio.gather(*(one(e.path) for e in entries))
-        return [props for props in found if props is not None]
-
-    rows = with_client(ctx, body)
-    if as_json:
-        output.print_json(rows)
-    elif quiet:
-        for props in rows:
-            click.echo(str(props["Id"])[:output.SHORT_ID])
-    else:
-        output.print_ps_table(rows, time.time())
-
-
-async def _inspect_one(client: Client, path: str) -> dict[str, Any]:
-    props = await client.properties(path)
-    if props.get("HealthCommand"):
-        status, streak, checks = await client.health_log(path)
-        props["HealthLog"] = {"Status": status, "FailingStreak": streak, "Log": [
-            {"Start": start, "End": end, "ExitCode": code, "Output": text} for start, end, code, text in checks]}
-    try:
-        props["Environment"] = await client.get_environment(path)
-    except ClientError as e:
-        # The environment may hold secrets and is only for those who may manage the container; others still
-        # get everything else.
-        if e.name != ACCESS_DENIED:
-            raise
-    return props
-
-
-async def _inspect_one_named(client: Client, name: str) -> dict[str, Any]:
-    return await _inspect_one(client, await client.get_container(name))
-
-
-@click.command()
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def inspect(ctx: click.Context, containers: tuple[str, ...]) -> None:
-    """Print every property of one or more containers as JSON."""
-
-    async def body(client: Client) -> tuple[list[dict[str, Any]], bool]:
-        return await each(containers, lambda name: _inspect_one_named(client, name))
-
-    results, ok = with_client(ctx, body)
-    output.print_json(results)
-    if not ok:
-        ctx.exit(125)
-
-
-@click.command()
-@click.argument("container")
-@click.pass_context
-def status(ctx: click.Context, container: str) -> None:
-    """Show a short summary of a container."""
-
-    async def body(client: Client) -> dict[str, Any]:
-        return await client.properties(await client.get_container(container))
-
-    props = with_client(ctx, body)
-    for line in output.status_lines(props, time.time()):
-        click.echo(line)
-
-
-@click.command()
-@click.option(
-    "-n", "--tail", "lines", type=click.IntRange(min=0, max=_UINT32_MAX), default=None, help="Only the last N lines."
-)
-@click.option("--since", default=None,
-              help="Only lines since TIME: a duration ago (10s, 5m, 2h or '2h ago'), a Unix time or ISO 8601.")
-@click.option("--until", default=None, help="Only lines until TIME (same forms as --since).")
-@click.option("-f", "--follow", is_flag=True, help="Print new lines as they come, until the container exits.")
-@click.option("-t", "--timestamps", is_flag=True, help="Begin each line with its time (RFC 3339).")
-@click.option("--setup", "setup", is_flag=True, help="Only the output of the setup steps.")
-@click.argument("container")
-@click.pass_context
-def logs(ctx: click.Context, lines: int | None, since: str | None, until: str | None, follow: bool,
-         timestamps: bool, setup: bool, container: str) -> None:
-    """Print a container's output: its stdout on stdout, its stderr on stderr."""
-    if follow or until is not None:
-        observe.follow_logs(ctx, container, lines, since, until, follow, timestamps, setup)
-        return
-    options: dict[str, Any] = {"setup": True} if setup else {}
-    # On the wire lines 0 means "no limit"; `--tail 0` means no lines, as in Podman (the container is still
-    # looked up, so an unknown one is still an error).
-    if lines:
-        options["lines"] = lines
-    if since is not None:
-        try:
-            options["since"] = parse_since(since, time.time())
-        except ValueError as e:
-            raise click.BadParameter(str(e), ctx=ctx, param_hint="'--since'") from None
-
-    async def body(client: Client) -> list[Any]:
-        path = await client.get_container(container)
-        return [] if lines == 0 else await client.get_logs(path, options)
-
-    output.print_logs(with_client(ctx, body), timestamps)
-
-
-@click.command()
-@click.option("--condition", "conditions", multiple=True, metavar="CONDITION",
-              help="Wait until one of these holds (repeat for several): exited (the default), running, ready, "
-                   "healthy, unhealthy.")
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def wait(ctx: click.Context, conditions: tuple[str, ...], containers: tuple[str, ...]) -> None:
-    """Wait for one or more containers to exit, or to meet a condition; print each exit code (or, for a
-    condition other than exited, its name)."""
-
-    async def action(client: Client, path: str, name: str) -> str:
-        if not conditions:
-            return str(await client.wait(path))
-        met, code = await client.wait_condition(path, list(conditions))
-        return str(code) if met == "exited" else met
-
-    _for_each(ctx, containers, action)
-
-
-@click.group()
-def healthcheck() -> None:
-    """Run a container's health check."""
-
-
-@healthcheck.command(name="run")
-@click.argument("container")
-@click.pass_context
-def healthcheck_run(ctx: click.Context, container: str) -> None:
-    """Run the health check of a running container now; print its status. Exit status 0 when the check
-    passed, 1 when it failed."""
-
-    async def body(client: Client) -> tuple[str, int, str]:
-        return await client.run_health_check(await client.get_container(container))
-
-    status, code, text = with_client(ctx, body)
-    click.echo(status)
-    if code != 0:
-        if text.strip():
-            click.echo(text.rstrip(), err=True)
-        ctx.exit(1)
-
-
-COMMANDS: list[click.Command] = [run, create, start, stop, kill, rm, remove, ps, inspect, status, logs, wait,
-                                 healthcheck]
-

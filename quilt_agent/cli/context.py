@@ -1,18 +1,25 @@
-"""What every verb shares: where its Client comes from, and how bus errors become exit status 125."""
+"""What every verb shares: where its client comes from, and how bus errors become exit status 125.
+
+Two transports: the one-shot verbs (ps, inspect, stop, rm, run -d, exec, ...) run on wire.BlockingClient, a plain
+blocking socket, so they never import asyncio or dbus-fast (together ~70 ms of start-up); the verbs that wait on
+streams or signals (logs -f, events, stats, attached run) run on client.Client and an asyncio loop.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable, NoReturn, Sequence, TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, NoReturn, Sequence, TypeVar, cast
 
 import click
 
+from quilt_agent.api import AgentNotReachable, Calls, ClientError
 # ACCESS_DENIED, NO_SUCH_CONTAINER and NOT_RUNNING: for the verbs, which import them from here.
-from quilt_agent.bus.errors import ACCESS_DENIED, DECLARED_NAMES, NO_SUCH_CONTAINER, NOT_RUNNING  # noqa: F401
-from quilt_agent.cli.hostfiles import HostFileError
-from quilt_agent.client import AgentNotReachable, Client, ClientError
+from quilt_agent.bus.error_names import ACCESS_DENIED, DECLARED_NAMES, NO_SUCH_CONTAINER, NOT_RUNNING  # noqa: F401
+from quilt_agent.bus.names import ERROR_PREFIX
+
+# The verbs annotate their bodies' client with this: either transport's, both being Calls.
+Client = Calls
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -26,16 +33,16 @@ SERVICE_UNKNOWN = "org.freedesktop.DBus.Error.ServiceUnknown"
 UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
 
 
-def _default_client() -> Client:
-    # Only a terminal user can answer a polkit password prompt; scripts should get a clean AccessDenied.
-    return Client(interactive=sys.stdin.isatty())
+class HostFileError(Exception):
+    """A host file quiltctl itself reads or writes (cp, image import) cannot be: one line, exit 125."""
 
 
 @dataclass
 class CliState:
-    """click's context obj. Tests put a fake Client's factory here; nothing else needs replacing."""
+    """click's context obj. Tests put a fake client's factory here (used by both kinds of verbs); None: the real
+    transports."""
 
-    client_factory: Callable[[], Client] = field(default=_default_client)
+    client_factory: Callable[[], Any] | None = None
 
 
 # What to do about an unreachable agent, on the same line as the error (scripts' logs keep one line per failure).
@@ -90,31 +97,89 @@ async def each(names: Sequence[str], action: Callable[[str], Awaitable[R]],
             warn(error_message(e))
             return False, None
 
-    if together:
-        outcomes = list(await asyncio.gather(*(one(name) for name in names)))
+    if together and len(names) > 1:
+        outcomes = await _together([one(name) for name in names])
     else:
         outcomes = [await one(name) for name in names]
     return [cast(R, r) for done, r in outcomes if done], all(done for done, _ in outcomes)
 
 
-def with_async_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T:
-    """Connect, run `body` on an asyncio loop, disconnect; any ClientError ends the command with one line and
-    status 125. For the verbs that wait on streams, signals or several calls at once (logs -f, events, stats,
-    attached run and exec); the one-shot verbs use with_client."""
+def in_event_loop() -> bool:
+    """Whether this runs on an asyncio loop (with_async_client) rather than driven on the blocking transport;
+    asyncio is not imported to find out (an unimported asyncio runs no loop)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _together(calls: list[Awaitable[T]]) -> list[T]:
+    """All at once: on an asyncio loop by gather; on the blocking transport, each in a thread of its own (the
+    connection serves concurrent calls), driven there as it is here."""
+    if in_event_loop():
+        import asyncio
+
+        return list(await asyncio.gather(*calls))
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quilt_agent.wire import drive
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(drive, calls))  # type: ignore[arg-type]
+
+
+def _interactive() -> bool:
+    # Only a terminal user can answer a polkit password prompt; scripts should get a clean AccessDenied.
+    return sys.stdin.isatty()
+
+
+# As Podman's run: a container whose command could not be run ends quiltctl with the shell's codes, not 125.
+COMMAND_EXIT_CODES = {ERROR_PREFIX + "CommandNotFound": 127, ERROR_PREFIX + "CommandNotExecutable": 126}
+
+
+def _failing(error: BaseException) -> NoReturn:
+    if isinstance(error, ClientError):
+        fail(error_message(error), COMMAND_EXIT_CODES.get(error.name, EXIT_QUILT_ERROR))
+    fail(str(error))
+
+
+def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T:
+    """Connect, run `body` on the blocking transport, disconnect; any ClientError ends the command with one line
+    and status 125. `body` may await only the client's calls (see with_async_client for the rest)."""
+    from quilt_agent.wire import BlockingClient, drive
+
     state = ctx.find_object(CliState) or CliState()
+    client = state.client_factory() if state.client_factory else BlockingClient(interactive=_interactive())
 
     async def session() -> T:
-        async with state.client_factory() as client:
+        async with client:
+            return await body(client)
+
+    try:
+        return drive(session())
+    except (ClientError, HostFileError) as e:
+        _failing(e)
+
+
+def with_async_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T:
+    """Connect, run `body` on an asyncio loop, disconnect; any ClientError ends the command with one line and
+    status 125. For the verbs that wait on streams or signals (logs -f, events, stats, attached run)."""
+    import asyncio
+
+    from quilt_agent.client import Client as AsyncClient
+
+    state = ctx.find_object(CliState) or CliState()
+    client = state.client_factory() if state.client_factory else AsyncClient(interactive=_interactive())
+
+    async def session() -> T:
+        async with client:
             return await body(client)
 
     try:
         return asyncio.run(session())
-    except ClientError as e:
-        fail(error_message(e))
-    except HostFileError as e:
-        fail(str(e))
-
-
-def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T:
-    """Connect, run `body`, disconnect; any ClientError ends the command with one line and status 125."""
-    return with_async_client(ctx, body)
+    except (ClientError, HostFileError) as e:
+        _failing(e)

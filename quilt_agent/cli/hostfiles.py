@@ -4,26 +4,29 @@ The agent runs as root: a path sent to it would be opened with root's rights for
 an image file itself and passes the open file, and `cp` packs or unpacks a tar stream through a pipe whose other end
 is the agent's (CopyToWithFd, CopyFromWithFd). What comes out of a container is unpacked by filetree's rules:
 nothing below the destination the caller named is followed through a symlink, and no setuid bit survives.
+
+tarfile and filetree are imported where a copy needs them: `run IMAGE` with an image's name passes through
+image_ref and needs neither.
 """
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import stat
-import tarfile
 from collections.abc import Awaitable, Callable
 
-from quilt_agent import filetree
-from quilt_agent.client import Client, ClientError
-
-
-class HostFileError(Exception):
-    """A host file the caller cannot read or write, or a copy that failed on the host's side."""
+from quilt_agent.api import ClientError
+from quilt_agent.cli.context import Client, HostFileError  # noqa: F401 (HostFileError: raised here, caught there)
 
 
 async def _with_pipe(call: Callable[[int], Awaitable[None]], here: Callable[[int], None], ours_reads: bool) -> None:
-    """call(agent's end) while here(our end) runs in a thread; the agent's error first, then ours."""
+    """call(agent's end) while here(our end) runs in a thread; the agent's error first, then ours. Needs the
+    asyncio loop (with_async_client)."""
+    import asyncio
+    import tarfile
+
+    from quilt_agent import filetree
+
     read, write = os.pipe2(os.O_CLOEXEC)
     theirs, ours = (write, read) if ours_reads else (read, write)
     worker = asyncio.ensure_future(asyncio.to_thread(here, ours))
@@ -49,6 +52,8 @@ async def _with_pipe(call: Callable[[int], Awaitable[None]], here: Callable[[int
 
 
 def _pack(source: str, fd: int) -> None:
+    from quilt_agent import filetree
+
     try:
         with os.fdopen(fd, "wb") as out:
             try:
@@ -66,6 +71,8 @@ def _pack(source: str, fd: int) -> None:
 
 
 def _unpack(dest: str, fd: int) -> None:
+    from quilt_agent import filetree
+
     with os.fdopen(fd, "rb") as inp:
         top, entries = filetree.read_tar(inp)
         try:
@@ -111,6 +118,8 @@ async def copy_out(client: Client, container: str, source: str, dest: str) -> No
 async def import_image(client: Client, path: str, name: str = "", options: dict | None = None) -> str:
     """The image at path, read with our rights: a file is passed open, a directory (an OCI layout) as an
     oci-archive stream. Returns the image's object path."""
+    from quilt_agent import filetree
+
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:

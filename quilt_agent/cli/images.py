@@ -5,26 +5,22 @@ terminal, one plain line per step otherwise) and print the image's id on stdout,
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
 import shlex
 import sys
 import time
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
-)
 
 from quilt_agent.cli import output
-from quilt_agent.cli.context import fail, with_client
+from quilt_agent.cli.context import fail, with_async_client, with_client
 from quilt_agent.cli import hostfiles
 from quilt_agent.cli.parsing import resolve_image
-from quilt_agent.client import Client, ClientError, ImageProgress
+from quilt_agent.api import ClientError, ImageProgress
+from quilt_agent.cli.context import Client
 
 SHORT = 12
 # podman import --change's instructions -> ImportImage's option keys.
@@ -66,6 +62,10 @@ def parse_change(text: str, options: dict[str, Any]) -> None:
         options[key] = value
 
 
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+
 class _Shown:
     """Shows an import's or pull's ImageProgress signals: rich bars on a terminal, plain lines otherwise."""
 
@@ -75,6 +75,12 @@ class _Shown:
         self._tasks: dict[str, TaskID] = {}
         self._said: set[str] = set()
         if self.tty:
+            # rich and asyncio only here, for pull and import: `images` and `rmi` start without them.
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+            )
+
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                                       TransferSpeedColumn(), TimeRemainingColumn(),
                                       console=Console(stderr=True), transient=False)
@@ -116,6 +122,8 @@ def _short(what: str) -> str:
 
 def _with_progress(ctx: click.Context, call: Callable[[Client, str], Awaitable[str]], quiet: bool) -> str:
     """Run an import or pull with its ImageProgress shown; return the image's id."""
+    import asyncio
+
     job = f"quiltctl-{os.getpid()}-{secrets.token_hex(4)}"
 
     async def body(client: Client) -> str:
@@ -137,7 +145,7 @@ def _with_progress(ctx: click.Context, call: Callable[[Client, str], Awaitable[s
                 shown.show(queue.get_nowait())
         return str((await client.image_properties(path))["Id"])
 
-    return with_client(ctx, body)
+    return with_async_client(ctx, body)  # the progress signals need the loop
 
 
 @image.command("import")
@@ -232,26 +240,42 @@ def setup_text(props: dict[str, Any], width: int = 60) -> str:
               help="Show the cached setup results too (images made by containers' setup steps).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of the images' properties.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the ids.")
+@click.option("--format", "fmt", default=None, metavar="TEMPLATE",
+              help="Print each name through a Go template of Podman's fields ({{.Repository}} {{.Tag}} {{.ID}} "
+                   "{{.Size}} ...; 'table ...' adds a header row), or 'json'. See quiltctl(1).")
+@click.option("--no-trunc", is_flag=True, help="Do not shorten the ids.")
+@click.option("--noheading", is_flag=True, help="No header row.")
 @click.pass_context
-def ls(ctx: click.Context, show_all: bool, as_json: bool, quiet: bool) -> None:
+def ls(ctx: click.Context, show_all: bool, as_json: bool, quiet: bool, fmt: str | None, no_trunc: bool,
+       noheading: bool) -> None:
     """List the images: one line per name. With --all, the cached setup results too, named <setup> and with
     the image they were made from and their steps in the SETUP column."""
+    from quilt_agent.cli import listing
+
+    template = output.parse_format(fmt)
     images = [p for p in with_client(ctx, _images) if show_all or not is_setup_cache(p)]
-    if as_json:
+    if template is not None:
+        now = time.time()
+        output.print_template(template, [item for p in images for item in listing.image_items(p, now, no_trunc)],
+                              listing.IMAGE_HEADERS, heading=not noheading,
+                              example=listing.image_items({}, now)[0])
+        return
+    if as_json or output.wants_json(fmt):
         output.print_json([{k: v for k, v in _inspected(p).items() if k != "Config"} for p in images])
         return
+    width = None if no_trunc else SHORT
     if quiet:
         for props in images:
-            click.echo(str(props["Id"])[:SHORT])
+            click.echo(str(props["Id"])[:width])
         return
     now = time.time()
     columns = ("NAME", "ID", "SIZE", "CREATED") + (("SETUP",) if show_all else ())
     output.print_table(columns, (
-        (name, str(props["Id"])[:SHORT], output.size_text(int(props.get("Size", 0))),
+        (name, str(props["Id"])[:width], output.size_text(int(props.get("Size", 0))),
          output.ago(int(props.get("CreatedAt", 0)), now)) + ((setup_text(props),) if show_all else ())
         for props in images
         for name in props.get("Names") or ["<setup>" if is_setup_cache(props) else "<none>"]
-    ))
+    ), heading=not noheading)
 
 
 @image.command("inspect")
@@ -287,6 +311,20 @@ def rm(ctx: click.Context, force: bool, images: tuple[str, ...]) -> None:
         for message in failed[:-1]:
             click.echo(f"quiltctl: {message}", err=True)
         fail(failed[-1])
+
+
+@image.command("tag")
+@click.argument("image_ref", metavar="IMAGE")
+@click.argument("names", nargs=-1, required=True, metavar="NAME[:TAG]...")
+@click.pass_context
+def tag(ctx: click.Context, image_ref: str, names: tuple[str, ...]) -> None:
+    """Add names to an image (":latest" when no tag), as podman tag; an image that had one of them loses it."""
+
+    async def body(client: Client) -> None:
+        for name in names:
+            await client.tag_image(image_ref, name)
+
+    with_client(ctx, body)
 
 
 @image.command("prune")

@@ -7,21 +7,24 @@ The fds are handed to the agent with the call (ExecWithFds), so the command read
 from __future__ import annotations
 
 import os
-from typing import Any
+import time
+from typing import Any, Awaitable
 
 import click
 
+from quilt_agent import errors
 from quilt_agent.cli import hostfiles
-from quilt_agent.cli import sigproxy, terminal
-from quilt_agent.cli.context import fail, with_client
+from quilt_agent.cli import reconnect, sigproxy
+from quilt_agent.cli.context import NO_SUCH_CONTAINER, UNKNOWN_OBJECT, fail, with_async_client, with_client
 from quilt_agent.cli.parsing import ENV
-from quilt_agent.client import Client, ClientError
+from quilt_agent.api import AgentNotReachable, ClientError
+from quilt_agent.cli.context import Client
 
 
 def exec_options(env: tuple[tuple[str, str], ...], workdir: str | None, user: str | None, tty: bool) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if env:
-        options["env"] = [f"{key}={value}" for key, value in env]
+        options["env"] = [f"{key}={value}" for key, value in env if value is not None]  # None: unset here
     if workdir is not None:
         options["workdir"] = workdir
     if user is not None:
@@ -34,7 +37,8 @@ def exec_options(env: tuple[tuple[str, str], ...], workdir: str | None, user: st
 @click.command("exec", context_settings={"allow_interspersed_args": False})
 @click.option("-i", "--interactive", is_flag=True, help="Pass quiltctl's stdin to the command.")
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (with -i: an interactive shell).")
-@click.option("-e", "--env", type=ENV, multiple=True, help="Set an environment variable (KEY=VALUE).")
+@click.option("-e", "--env", type=ENV, multiple=True,
+              help="Set an environment variable (KEY=VALUE; KEY alone: this shell's value, if set).")
 @click.option("-w", "--workdir", default=None, help="Working directory inside the container (default: the container's).")
 @click.option("-u", "--user", default=None, help="User to run as: a name or UID[:GID] (default: the container's).")
 @click.argument("container")
@@ -53,42 +57,85 @@ def exec_(ctx: click.Context, interactive: bool, tty: bool, env: tuple[tuple[str
     async def body(client: Client) -> int:
         path = await client.get_container(container)
         if tty:
-            return await terminal.run_in_pty(
-                lambda slave: client.exec_with_fds(path, argv, options, slave, slave, slave), interactive)
-        if interactive:
-            return await client.exec_with_fds(path, argv, options, 0, 1, 2)
-        # Without -i the command's stdin is empty, as with podman exec: it must not eat a script's input.
-        null = os.open(os.devnull, os.O_RDONLY)
-        try:
-            return await client.exec_with_fds(path, argv, options, null, 1, 2)
-        finally:
-            os.close(null)
+            from quilt_agent.cli import terminal
 
-    ctx.exit(with_client(ctx, body))
+            async def on_terminal(slave: int) -> int:
+                try:
+                    return await client.exec_with_fds(path, argv, options, slave, slave, slave)
+                except ClientError as e:
+                    if reconnect.agent_gone(e):
+                        raise terminal.Orphaned() from e  # the session goes on: the command has our pty
+                    raise
+
+            try:
+                return await terminal.run_in_pty(on_terminal, interactive)
+            except terminal.Orphaned:
+                raise reconnect.AgentGone(_EXEC_CUT.format(container=container, then="ran to its end"),
+                                          errors.Failed) from None
+        # Without -i the command's stdin is empty, as with podman exec: it must not eat a script's input.
+        null = -1 if interactive else os.open(os.devnull, os.O_RDONLY)
+        try:
+            return await client.exec_with_fds(path, argv, options, 0 if interactive else null, 1, 2)
+        except ClientError as e:
+            if reconnect.agent_gone(e):
+                raise reconnect.AgentGone(_EXEC_CUT.format(container=container, then="runs on"),
+                                          errors.Failed) from None
+            raise
+        finally:
+            if null >= 0:
+                os.close(null)
+
+    ctx.exit((with_async_client if tty else with_client)(ctx, body))  # a terminal's copying needs the loop
+
+
+# The exec's command is the agent's child's: the agent going away (a restart, an upgrade, a crash) leaves it running
+# on our terminal or fds, but nobody is left to tell its exit code, and a new agent knows nothing of it.
+_EXEC_CUT = ("quilt-agent went away during the exec (a restart, an upgrade or a crash): the command in container "
+             "{container} {then}, but its exit code is lost")
 
 
 def run_attached(ctx: click.Context, name: str, image: str, command: list[str], options: dict[str, Any],
                  interactive: bool, tty: bool) -> None:
     """`quiltctl run -i/-t`: create the container (CreateContainer's arguments), start it on quiltctl's stdin,
-    stdout and stderr or on a pty (StartWithFds), wait, and exit with its exit code."""
-    remove_after = bool(options.pop("remove_on_exit", False))
+    stdout and stderr or on a pty (StartWithFds), wait, and exit with its exit code.
 
-    async def start_and_wait(client: Client, path: str, stdin: int, stdout: int, stderr: int) -> int:
+    The container runs on our fds, not the agent's: a restart of the agent leaves it attached, and the wait
+    goes on with the agent that comes back (cli/reconnect.py). --rm (remove_on_exit) is the agent's to do, held
+    (HoldRemoval) until quiltctl has the exit code: if quiltctl is killed, the agent removes it at its exit."""
+    remove_after = bool(options.get("remove_on_exit", False))
+    timeout = reconnect.checked_timeout()
+
+    async def start_and_wait(client: Client, session: reconnect.Session, path: str, container_id: str, since: int,
+                             stdin: int, stdout: int, stderr: int) -> int:
         await client.start_with_fds(path, tty, stdin, stdout, stderr)
+
+        def wait() -> Awaitable[int]:
+            return reconnect.wait_for_exit(session, client, path, container_id, since)
+
         # With a terminal, ^C is a key for the container's terminal; without, quiltctl passes signals on.
-        return await (client.wait(path) if tty else sigproxy.wait_forwarding_signals(client, path))
+        return await (wait() if tty else sigproxy.wait_forwarding_signals(client, path, wait))
 
     async def body(client: Client) -> int:
+        since = time.time_ns() // 1000  # its exit, if the agent removed it while away, is in the history since
         path = await client.create_container(name, await hostfiles.image_ref(client, image), command, options)
+        session = reconnect.Session(client, timeout, reached=True)
         null = os.open(os.devnull, os.O_RDONLY)
         try:
-            if tty:
-                code = await terminal.run_in_pty(lambda slave: start_and_wait(client, path, slave, slave, slave),
-                                                 interactive)
-            else:
-                code = await start_and_wait(client, path, 0 if interactive else null, 1, 2)
-        except ClientError:
             if remove_after:
+                await client.hold_removal(path)  # before the start: it cannot be gone before we have its exit
+            container_id = str((await client.properties(path))["Id"])
+            if tty:
+                from quilt_agent.cli import terminal
+
+                code = await terminal.run_in_pty(
+                    lambda slave: start_and_wait(client, session, path, container_id, since, slave, slave, slave),
+                    interactive)
+            else:
+                code = await start_and_wait(client, session, path, container_id, since,
+                                            0 if interactive else null, 1, 2)
+        except ClientError as e:
+            if remove_after and not isinstance(e, (AgentNotReachable, reconnect.AgentGone)) \
+                    and not reconnect.agent_gone(e):
                 try:
                     await client.remove(path, True)
                 except ClientError:
@@ -97,13 +144,23 @@ def run_attached(ctx: click.Context, name: str, image: str, command: list[str], 
         finally:
             os.close(null)
         if remove_after:
-            await client.remove(path, False)
+            await _remove_held(client, path)
         return code
 
-    code = with_client(ctx, body)
+    code = with_async_client(ctx, body)
     if not 0 <= code <= 255:
         fail(f"the container ended without an exit status (exit code {code})")
     ctx.exit(code)
+
+
+async def _remove_held(client: Client, path: str) -> None:
+    """Remove the exited --rm container we held; one the agent removed already (a restart of the agent forgets
+    holds) is no error."""
+    try:
+        await client.remove(path, False)
+    except ClientError as e:
+        if e.name not in (NO_SUCH_CONTAINER, UNKNOWN_OBJECT, "org.freedesktop.DBus.Error.UnknownInterface"):
+            raise
 
 
 COMMANDS: list[click.Command] = [exec_]

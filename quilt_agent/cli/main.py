@@ -14,7 +14,6 @@ from typing import Any, Sequence
 import click
 
 from quilt_agent import __version__
-from quilt_agent.cli.context import CliState
 
 EXIT_INTERRUPTED = 130
 
@@ -22,17 +21,17 @@ EXIT_INTERRUPTED = 130
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("containers", "run"),
     "create": ("containers", "create"),
-    "start": ("containers", "start"),
-    "stop": ("containers", "stop"),
-    "kill": ("containers", "kill"),
-    "rm": ("containers", "rm"),
-    "remove": ("containers", "remove"),
-    "ps": ("containers", "ps"),
-    "inspect": ("containers", "inspect"),
-    "status": ("containers", "status"),
-    "logs": ("containers", "logs"),
-    "wait": ("containers", "wait"),
-    "healthcheck": ("containers", "healthcheck"),
+    "start": ("lifecycle", "start"),
+    "stop": ("lifecycle", "stop"),
+    "kill": ("lifecycle", "kill"),
+    "rm": ("lifecycle", "rm"),
+    "remove": ("lifecycle", "remove"),
+    "ps": ("show", "ps"),
+    "inspect": ("show", "inspect"),
+    "status": ("show", "status"),
+    "logs": ("show", "logs"),
+    "wait": ("lifecycle", "wait"),
+    "healthcheck": ("lifecycle", "healthcheck"),
     "exec": ("interactive", "exec_"),
     "stats": ("observe", "stats"),
     "events": ("observe", "events"),
@@ -45,11 +44,74 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("units", "generate"),
     "unit-run": ("unitrun", "unit_run"),
     "version": ("main", "version"),
+    # Podman's names for the image verbs: the same commands as image ls/rm/pull/import/tag.
+    "images": ("images", "ls"),
+    "rmi": ("images", "rm"),
+    "pull": ("images", "pull"),
+    "import": ("images", "import_"),
+    "tag": ("images", "tag"),
+    "restart": ("manage", "restart"),
+    "rename": ("manage", "rename"),
+    "pause": ("manage", "pause"),
+    "unpause": ("manage", "unpause"),
+    "top": ("manage", "top"),
+    "port": ("manage", "port"),
+    "attach": ("manage", "attach"),
+    "export": ("manage", "export"),
+    "container": ("container_group", "container"),
+    "info": ("system", "info"),
+    "system": ("system", "system"),
 }
 
 # Podman commands quiltctl does not have, and what to use instead: an unknown command is answered with this, or
 # with nothing but "no such command" (click's own guess by spelling, `rmi` -> "rm", misleads).
-PODMAN_EQUIVALENTS: dict[str, str] = {}
+PODMAN_EQUIVALENTS: dict[str, str] = {
+    "build": "quiltctl builds no images: build with buildah or podman, save the image to an archive "
+             "(podman save -o app.tar IMAGE) and `quiltctl import app.tar NAME`",
+    "farm": "quiltctl builds no images: build with buildah or podman and `quiltctl import` the archive",
+    "commit": "quiltctl makes no image from a container: `quiltctl export CONTAINER -o root.tar`, then "
+              "`quiltctl import root.tar NAME`",
+    "diff": "Quilt keeps no record of a container's changes to its image: `quiltctl export CONTAINER` writes its "
+            "whole root",
+    "history": "Quilt keeps no image history: `quiltctl image inspect IMAGE` shows its layers and config",
+    "save": "quiltctl writes no image archives: save with podman or skopeo; `quiltctl export CONTAINER` writes a "
+            "container's root as a tarball",
+    "load": "`quiltctl import FILE [NAME]` takes a docker save or oci-archive file, an OCI layout or a rootfs "
+            "tarball",
+    "push": "quiltctl pushes to no registry: push with podman or skopeo",
+    "search": "quiltctl searches no registry: `skopeo list-tags docker://REPOSITORY` lists a repository's tags",
+    "login": "quiltctl keeps no registry logins: `quiltctl pull --auth-file FILE` reads a docker config.json "
+             "(`podman login --authfile FILE` writes one)",
+    "logout": "quiltctl keeps no registry logins: it reads credentials only from `quiltctl pull --auth-file FILE`",
+    "manifest": "Quilt keeps no manifest lists: `quiltctl pull --platform OS/ARCH` picks one image of a list",
+    "untag": "`quiltctl rmi NAME` removes one name of an image that has several",
+    "pod": "Quilt has no pods: containers share a network namespace with `--network container:NAME`, or a "
+           "network with `quiltctl network create`",
+    "kube": "quiltctl runs no Kubernetes YAML: `quiltctl generate unit CONTAINER` writes a systemd unit for a "
+            "container",
+    "play": "quiltctl runs no Kubernetes YAML: `quiltctl generate unit CONTAINER` writes a systemd unit for a "
+            "container",
+    "compose": "quiltctl reads no compose files: write one systemd unit per container with "
+               "`quiltctl generate unit CONTAINER`",
+    "quadlet": "Quilt reads no quadlet files: `quiltctl generate unit CONTAINER` writes a systemd unit and "
+               "`quiltctl unit-check FILE` checks one",
+    "auto-update": "Quilt updates no images by itself: `quiltctl pull IMAGE`, then recreate the container or "
+                   "restart its unit",
+    "update": "Quilt cannot change a container's limits once created: remove it and create it with the new flags",
+    "init": "Quilt prepares a container when it starts: `quiltctl start CONTAINER`",
+    "mount": "quiltctl mounts no container's root on the host: `quiltctl cp` copies files in and out, "
+             "`quiltctl exec` runs commands inside",
+    "unmount": "quiltctl mounts no container's root on the host, so there is nothing to unmount",
+    "umount": "quiltctl mounts no container's root on the host, so there is nothing to unmount",
+    "secret": "Quilt has no secret store: pass a value with `-e NAME` (taken from your environment) or "
+              "`--env-file FILE`, or a file with `-v FILE:/run/secrets/NAME:ro`",
+    "machine": "quiltctl runs containers on this host only, through its quilt-agent: it manages no virtual "
+               "machines",
+    "unshare": "quiltctl has no user namespace to enter: containers run through the system's quilt-agent",
+    "artifact": "Quilt keeps no OCI artifacts, only images (`quiltctl pull`, `quiltctl import`)",
+    "checkpoint": "Quilt cannot checkpoint a container: `quiltctl pause` freezes one in place",
+    "restore": "Quilt cannot checkpoint or restore a container: `quiltctl pause` and `unpause` freeze and thaw one",
+}
 
 
 class QuiltGroup(click.Group):
@@ -116,6 +178,8 @@ def cli(ctx: click.Context) -> None:
     error, 126 when the container's command cannot be run, 127 when it does not exist, and for `run` in the
     foreground and `exec` the command's own exit code.
     """
+    from quilt_agent.cli.context import CliState  # here, not at the top: `quiltctl --version` needs none of it
+
     ctx.ensure_object(CliState)
 
 
@@ -134,4 +198,4 @@ def version(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    cli.main(prog_name="quiltctl", obj=CliState())
+    cli.main(prog_name="quiltctl")

@@ -11,7 +11,8 @@ import click
 from quilt_agent.cli import output
 from quilt_agent.cli.context import each, with_client
 from quilt_agent.cli.interactive import exec_
-from quilt_agent.client import Client, ClientError
+from quilt_agent.api import ClientError
+from quilt_agent.cli.context import Client
 
 
 @click.group()
@@ -59,18 +60,29 @@ async def _all(client: Client) -> list[dict[str, Any]]:
 
 @network.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list with every property.")
+@click.option("--format", "fmt", default=None, metavar="TEMPLATE",
+              help="Print each network through a Go template of Podman's fields ({{.Name}} {{.ID}} {{.Driver}} "
+                   "...) and Quilt's ({{.Subnet}} {{.Bridge}} ...); 'table ...' adds a header row. See quiltctl(1).")
+@click.option("--noheading", is_flag=True, help="No header row.")
 @click.pass_context
-def ls(ctx: click.Context, as_json: bool) -> None:
+def ls(ctx: click.Context, as_json: bool, fmt: str | None, noheading: bool) -> None:
     """List networks."""
+    from quilt_agent.cli import listing
+
+    template = output.parse_format(fmt)
     rows = with_client(ctx, _all)
-    if as_json:
+    if template is not None:
+        output.print_template(template, [listing.network_item(p) for p in rows], listing.NETWORK_HEADERS,
+                              heading=not noheading)
+        return
+    if as_json or output.wants_json(fmt):
         output.print_json(rows)
         return
     output.print_table(("NAME", "SUBNET", "GATEWAY", "BRIDGE", "INTERNAL", "DNS", "CONTAINERS"), (
         (p["Name"], p["Subnet"], p["Gateway"], p["Bridge"], "yes" if p["Internal"] else "no",
          "yes" if p["DNS"] else "no", str(len(p["Containers"])))
         for p in rows
-    ))
+    ), heading=not noheading)
 
 
 @network.command("inspect")

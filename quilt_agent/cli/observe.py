@@ -12,10 +12,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from quilt_agent.cli import output
-from quilt_agent.cli.context import NO_SUCH_CONTAINER, NOT_RUNNING, UNKNOWN_OBJECT, with_client
+from quilt_agent.cli import output, reconnect
+from quilt_agent.cli.context import NO_SUCH_CONTAINER, NOT_RUNNING, UNKNOWN_OBJECT, with_async_client, with_client
 from quilt_agent.cli.parsing import parse_since
-from quilt_agent.client import Client, ClientError, Event, LogLine
+from quilt_agent.api import ClientError, Event, LogLine
+from quilt_agent.cli.context import Client
 
 _GONE = (NOT_RUNNING, NO_SUCH_CONTAINER, UNKNOWN_OBJECT, "org.freedesktop.DBus.Error.UnknownInterface")
 
@@ -51,15 +52,36 @@ def follow_logs(ctx: click.Context, container: str, lines: int | None, since: st
             return
         options["since"] = max(options.get("since", 0), int(now * 1_000_000))  # -n 0 -f: only new lines
 
-    async def body(client: Client) -> int:
-        return await client.follow_logs(await client.get_container(container), options)
+    options["end_marker"] = True  # a pipe that ends without it was cut by the agent's going away
+    timeout = reconnect.checked_timeout()
 
-    fd = with_client(ctx, body)
-    # The bus is done with: the agent writes to the pipe until the container ends (or --until).
-    with os.fdopen(fd, "rb") as pipe:
-        for raw in pipe:
-            line = json.loads(raw)
-            output.print_logs([LogLine(line["usec"], line["stream"], line["text"])], timestamps)
+    async def body(client: Client) -> None:
+        session = reconnect.Session(client, timeout)
+        path = await session.call(lambda: client.get_container(container))
+        cursor = ""
+        while True:
+            if cursor:  # resumed after a restart of the agent: from the line after the last one printed
+                options.pop("lines", None)
+                options["after_cursor"] = cursor
+            try:
+                fd = await session.call(lambda: client.follow_logs(path, options))
+            except ClientError as e:
+                if session.restarts and e.name in _GONE:
+                    return  # removed while the agent was away: its log is over, as when removed while followed
+                raise
+            # The agent writes to the pipe until the container ends (or --until); the bus waits meanwhile.
+            with os.fdopen(fd, "rb") as pipe:
+                for raw in pipe:
+                    if not raw.endswith(b"\n"):
+                        break  # the agent died in the middle of a line: it comes again after the last whole one
+                    line = json.loads(raw)
+                    if "end" in line:
+                        return
+                    output.print_logs([LogLine(line["usec"], line["stream"], line["text"])], timestamps)
+                    cursor = line.get("cursor") or cursor
+            await session.come_back()
+
+    with_client(ctx, body)
 
 
 # --- stats ---------------------------------------------------------------------------------------------------
@@ -116,7 +138,7 @@ async def _sample(client: Client, names: tuple[str, ...], sampler: _Sampler) -> 
 
 
 def _stats_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold" if output.colour() else "")
     for column in ("ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "MEM PEAK", "PIDS"):
         table.add_column(column, no_wrap=True)
     for r in rows:
@@ -143,27 +165,35 @@ def stats(ctx: click.Context, no_stream: bool, interval: float, as_json: bool, c
         if as_json:
             click.echo(json.dumps(rows))
         else:
-            console = Console(width=None if tty else 10_000, no_color=not tty, highlight=False)
+            console = Console(width=None if tty else 10_000, no_color=not output.colour(), highlight=False)
             with console.capture() as captured:
                 console.print(_stats_table(rows))
             for line in captured.get().splitlines():
                 click.echo(line.rstrip())
 
+    timeout = reconnect.checked_timeout()
+
     async def body(client: Client) -> None:
         from rich.live import Live  # only here: every other verb would pay for importing it
 
+        session = reconnect.Session(client, timeout)
+
+        async def sample() -> list[dict[str, Any]]:
+            # A restart of the agent meanwhile: the sample is taken again, of the agent that comes back.
+            return await session.call(lambda: _sample(client, containers, sampler))
+
         if no_stream or as_json or not tty:
             while True:
-                show(await _sample(client, containers, sampler))
+                show(await sample())
                 if no_stream:
                     return
                 await asyncio.sleep(interval)
-        with Live(_stats_table(await _sample(client, containers, sampler)), auto_refresh=False) as live:
+        with Live(_stats_table(await sample()), auto_refresh=False) as live:
             while True:
                 await asyncio.sleep(interval)
-                live.update(_stats_table(await _sample(client, containers, sampler)), refresh=True)
+                live.update(_stats_table(await sample()), refresh=True)
 
-    with_client(ctx, body)
+    with_async_client(ctx, body)
 
 
 # --- events --------------------------------------------------------------------------------------------------
@@ -176,6 +206,31 @@ def _event_text(event: Event) -> str:
     extra = "".join(f", {k}={v}" for k, v in sorted(details.items()))
     return (f"{output.log_timestamp(event.time)} container {event.kind} {event.container_id[:output.SHORT_ID]} "
             f"(name={name}{extra})")
+
+
+class _Printed:
+    """The events printed lately, to print none twice: the signal and the history tell the same event, and the
+    history read after a restart of the agent starts at the last printed event's microsecond, which others may
+    share. An event is its (time, kind, container): one container has one edge of a kind at a time."""
+
+    KEEP = 4096
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, str, str], None] = {}  # in order printed, the oldest dropped past KEEP
+        self.last_time = 0
+
+    @staticmethod
+    def _key(event: Event) -> tuple[int, str, str]:
+        return (event.time, event.kind, event.container_id)
+
+    def __contains__(self, event: Event) -> bool:
+        return self._key(event) in self._seen
+
+    def add(self, event: Event) -> None:
+        self._seen[self._key(event)] = None
+        if len(self._seen) > self.KEEP:
+            del self._seen[next(iter(self._seen))]
+        self.last_time = max(self.last_time, event.time)
 
 
 @click.command()
@@ -197,29 +252,54 @@ def events(ctx: click.Context, since: str | None, until: str | None, as_json: bo
         else:
             click.echo(_event_text(event))
 
+    come_back_within = reconnect.checked_timeout()
+
     async def body(client: Client) -> None:
+        session = reconnect.Session(client, come_back_within, reached=True)  # used once the agent has changed
+        agent = await client.watch_agent()  # its restarts: the events told meanwhile are read from the history
         queue = await client.watch_events()  # before reading the history: nothing falls between the two
-        seen: set[tuple[int, str, str]] = set()
+        printed = _Printed()
         if since is not None or until is not None:
             for event in await client.list_events(since_usec, until_usec):
-                seen.add((event.time, event.kind, event.container_id))
+                printed.add(event)
                 show(event)
         if until is not None and until_usec <= time.time() * 1_000_000:
             return
+        resume_from = printed.last_time or int(time.time() * 1_000_000)
         deadline = None if until is None else until_usec / 1e6
+        generation = agent.generation
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.time())
-            try:
-                event = await asyncio.wait_for(queue.get(), timeout)
-            except asyncio.TimeoutError:
-                return
-            if (event.time, event.kind, event.container_id) in seen:
-                continue  # told by the signal and already printed from the history
-            if until_usec and event.time > until_usec:
-                return
-            show(event)
+            getting = asyncio.ensure_future(queue.get())
+            restarted = asyncio.ensure_future(agent.changed(generation))
+            done, _ = await asyncio.wait({getting, restarted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            restarted.cancel()
+            if getting not in done:
+                getting.cancel()
+            else:
+                event = getting.result()
+                if event in printed:
+                    continue  # told by the signal and already printed from the history
+                if until_usec and event.time > until_usec:
+                    return
+                printed.add(event)
+                show(event)
+                continue
+            if not done:
+                return  # --until has come
+            # The agent went away, or another took its place: once it answers, the events since the last one
+            # printed come from its history (those of its recovery were told before anyone could listen).
+            generation = agent.generation
+            if not agent.owner:
+                await session.come_back()
+            await session.call(client.renew_event_watch)
+            history = await session.call(lambda: client.list_events(printed.last_time or resume_from, until_usec))
+            for event in history:
+                if event not in printed:
+                    printed.add(event)
+                    show(event)
 
-    with_client(ctx, body)  # ^C ends it: click makes that status 130
+    with_async_client(ctx, body)  # ^C ends it: click makes that status 130
 
 
 COMMANDS: list[click.Command] = [stats, events]

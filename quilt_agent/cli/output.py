@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from quilt_agent.client import LogLine
+from quilt_agent.api import LogLine
+from quilt_agent.cli import listing
 
 SHORT_ID = 12
 _FINISHED_STATES = ("exited", "failed")
@@ -35,14 +35,8 @@ def log_timestamp(usec: int) -> str:
 
 
 def ago(usec: int, now: float) -> str:
-    if not usec:
-        return ""
-    seconds = max(0, int(now - usec / 1_000_000))
-    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
-        # Keep the smaller unit up to twice the bigger one: "90 minutes ago" says more than "1 hour ago".
-        if seconds >= 2 * size:
-            return f"{seconds // size} {unit}s ago"
-    return f"{seconds} seconds ago"
+    """How long ago, in Podman's words ("1 second ago", "About a minute ago", "2 hours ago"); "" for never."""
+    return listing.ago(usec, now)
 
 
 def timestamp(usec: int) -> str:
@@ -66,20 +60,26 @@ def exit_text(props: Mapping[str, Any]) -> str:
     return f"{props.get('ExitCode', '')}" + (f" (signal {signal})" if signal else "")
 
 
-def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    """A listing for people: no borders or rules, like podman's, since awk and grep read it as often."""
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column, no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    tty = sys.stdout.isatty()
-    # Piped, there is no width to fit: a 80-column guess would cut the rows that scripts read.
-    console = Console(width=None if tty else 10_000, no_color=not tty, highlight=False)
-    with console.capture() as captured:
-        console.print(table)
-    for line in captured.get().splitlines():
-        click.echo(line.rstrip())
+def colour() -> bool:
+    """Whether to style output: only on a terminal, and never with NO_COLOR set (no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]], heading: bool = True) -> None:
+    """A listing for people: no borders or rules, like podman's, since awk and grep read it as often; columns
+    two spaces apart, never cut (a script reads the whole row). Plain text: rich would cost ~25 ms of start-up
+    for what padding does."""
+    cells = [list(map(str, row)) for row in rows]
+    widths = [max([len(column), *(len(row[i]) for row in cells)]) for i, column in enumerate(columns)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(value.ljust(width) for value, width in zip(values, widths)).rstrip()
+
+    header = line(columns)
+    if heading:
+        click.echo(click.style(header, bold=True) if colour() else header)
+    for row in cells:
+        click.echo(line(row))
 
 
 def state_word(props: Mapping[str, Any]) -> str:
@@ -91,19 +91,65 @@ def state_word(props: Mapping[str, Any]) -> str:
     return str(props.get("State", ""))
 
 
-def print_ps_table(rows: Sequence[Mapping[str, Any]], now: float) -> None:
+def print_ps_table(rows: Sequence[Mapping[str, Any]], now: float, no_trunc: bool = False,
+                   heading: bool = True) -> None:
+    def cut(text: str, width: int) -> str:
+        return text if no_trunc else _truncate(text, width)
+
     print_table(("ID", "NAME", "IMAGE", "COMMAND", "STATE", "EXIT", "CREATED"), (
         (
-            str(props.get("Id", ""))[:SHORT_ID],
+            str(props.get("Id", ""))[:None if no_trunc else SHORT_ID],
             str(props.get("Name", "")),
-            _truncate(_image_text(str(props.get("Image", ""))), 40),
-            _truncate(command_text(props.get("Command", [])), 30),
+            str(props.get("Image", "")) if no_trunc else _truncate(_image_text(str(props.get("Image", ""))), 40),
+            cut(command_text(props.get("Command", [])), 30),
             state_word(props),
             exit_text(props),
             ago(int(props.get("CreatedAt", 0) or 0), now),
         )
         for props in rows
-    ))
+    ), heading)
+
+
+def parse_format(text: str | None) -> Any:
+    """A --format checked before the agent is asked anything: its parsed template, or None for none, `json`
+    (and `{{json .}}`) and a bare `table`, which mean the verb's own JSON or table. A template quiltctl does not
+    take ends the command with one line, status 125."""
+    if text is None:
+        return None
+    from quilt_agent.cli import template
+    from quilt_agent.cli.context import fail
+
+    if template.is_json(text) or text.strip() == "table":
+        return None
+    try:
+        return template.parse(text)
+    except template.TemplateError as e:
+        fail(f"--format: {e}")
+
+
+def print_template(parsed: Any, items: Sequence[Any], headers: Mapping[str, str] | None = None,
+                   heading: bool = True, example: Any = None) -> None:
+    """items through a template from parse_format; an item it cannot be run on ends the command with one line.
+    With no items, the template is still checked on `example` (an item of the kind shown) for fields it lacks."""
+    from quilt_agent.cli import template
+    from quilt_agent.cli.context import fail
+
+    try:
+        if not items and example is not None:
+            template.check_fields(parsed, example)
+        text = template.render(parsed, items, headers, heading)
+    except template.TemplateError as e:
+        fail(f"--format: {e}")
+    click.echo(text, nl=False)
+
+
+def wants_json(text: str | None) -> bool:
+    """--format json or {{json .}}: the verb's JSON, as Podman prints it for both."""
+    if text is None:
+        return False
+    from quilt_agent.cli import template
+
+    return template.is_json(text)
 
 
 def size_text(size: int) -> str:
@@ -123,8 +169,8 @@ def _human_size(size: int) -> str:
 
 def status_lines(props: Mapping[str, Any], now: float) -> list[str]:
     state = str(props.get("State", ""))
-    if state == "running":
-        state_text = f"running (pid {props.get('MainPID', 0)})"
+    if state in ("running", "paused"):
+        state_text = f"{state} (pid {props.get('MainPID', 0)})"
     elif state in _FINISHED_STATES:
         state_text = f"{state} (exit code {exit_text(props)})"
         if props.get("OOMKilled"):

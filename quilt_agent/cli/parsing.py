@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 import click
 
-from quilt_agent import health
 
 # Podman's spellings (docker/go-units RAMInBytes): binary units whatever the case, optional "i" and "b".
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -139,6 +138,14 @@ def parse_key_value(text: str, what: str) -> tuple[str, str]:
     return key, value
 
 
+def parse_env_entry(text: str) -> tuple[str, str | None]:
+    """'K=V' -> ('K', 'V'); 'K' alone -> ('K', this process's value of K, None when unset), as Podman's -e."""
+    key, sep, value = text.partition("=")
+    if not key or any(c.isspace() for c in key):
+        raise ValueError(f"environment variable '{text}' is not in the form KEY=VALUE or KEY")
+    return key, value if sep else os.environ.get(key)
+
+
 def parse_namespaces(text: str) -> list[str]:
     """'pid,mount,net' -> ['pid', 'mount', 'net'], checked against the contract's set."""
     chosen: list[str] = []
@@ -193,7 +200,13 @@ CPUS = _ParsedType("cpus", parse_cpus)
 CPU_PERCENT = _ParsedType("percent", parse_cpu_percent)
 SIGNAL = _ParsedType("signal", parse_signal)
 NAMESPACE_LIST = _ParsedType("namespaces", parse_namespaces)
-ENV = _ParsedType("KEY=VALUE", lambda text: parse_key_value(text, "environment variable"))
+ENV = _ParsedType("KEY[=VALUE]", parse_env_entry)  # a value of None: KEY is unset here, and not passed
 LABEL = _ParsedType("KEY=VALUE", lambda text: parse_key_value(text, "label"))
 SECONDS = _ParsedType("duration", parse_seconds)
-HEALTH_CMD = _ParsedType("command", health.parse_command_line)
+def _health_command(text: str) -> list[str]:
+    from quilt_agent import health  # only --health-cmd needs it (and its logging): not every verb's start-up
+
+    return health.parse_command_line(text)
+
+
+HEALTH_CMD = _ParsedType("command", _health_command)

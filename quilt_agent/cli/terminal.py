@@ -21,6 +21,12 @@ DRAIN_WAIT = 0.3  # after the command's end, how long we wait for the rest of it
 EOF_CHAR = b"\x04"  # what a terminal sends for end of input (VEOF of a default, canonical terminal)
 
 
+class Orphaned(Exception):
+    """Raised by run_in_pty's call when it ended without the command's exit code while the command runs on (the
+    agent that ran it went away): run_in_pty then copies on until the command has ended (every slave closed),
+    and raises it again."""
+
+
 def window_size(fd: int) -> bytes | None:
     """The (rows, cols, xpixel, ypixel) of a terminal, packed as TIOCGWINSZ gives it; None if fd is no terminal."""
     try:
@@ -80,8 +86,10 @@ async def run_in_pty(call: Callable[[int], Awaitable[int]], forward_input: bool)
     saved = None
     if forward_input and os.isatty(0):
         saved = termios.tcgetattr(0)
-        # Raw: every key (^C, ^Z, arrows) goes to the command's terminal, which applies its own settings.
-        tty.setraw(0)
+        # Raw: every key (^C, ^Z, arrows) goes to the command's terminal, which applies its own settings. With
+        # TCSADRAIN, not setraw's default TCSAFLUSH: that would discard what was typed before this moment (while
+        # quiltctl started and connected), and a command waiting for those keys would wait forever.
+        tty.setraw(0, termios.TCSADRAIN)
     stdout_blocking = os.get_blocking(1)
     output_seen = loop.create_future()
 
@@ -134,8 +142,14 @@ async def run_in_pty(call: Callable[[int], Awaitable[int]], forward_input: bool)
         call_task = asyncio.ensure_future(call(slave))
         try:
             code = await call_task
-        finally:
+        except Orphaned:
             os.close(slave)
+            slave = -1
+            await output_seen  # the command's end: no other process keeps the slave open
+            raise
+        finally:
+            if slave >= 0:
+                os.close(slave)
             slave = -1
         # The command has ended; what it wrote last may still be on its way through the pty. Read until every
         # slave is closed (EIO), but no longer than DRAIN_WAIT: a background process may keep one open.

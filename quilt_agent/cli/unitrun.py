@@ -21,8 +21,9 @@ from typing import Any, Awaitable, Callable
 import click
 
 from quilt_agent import unitfiles
-from quilt_agent.cli.context import fail, with_client
-from quilt_agent.client import Client, ClientError
+from quilt_agent.cli.context import fail, with_async_client
+from quilt_agent.api import ClientError
+from quilt_agent.client import Client  # the service waits on the loop: the asyncio transport
 
 NO_SUCH_IMAGE = "org.quilt.Runtime.Error.NoSuchImage"
 NO_SUCH = ("org.quilt.Runtime.Error.NoSuchContainer", "org.quilt.Runtime.Error.NoSuchNetwork",
@@ -128,11 +129,11 @@ def unit_run(ctx: click.Context, file: str) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
         # run_container keeps connections of its own: one may be lost to an agent restart.
-        ctx.exit(with_client(ctx, lambda _client: run_container(unit)))
+        ctx.exit(with_async_client(ctx, lambda _client: run_container(unit)))
     if isinstance(unit, unitfiles.NetworkFile):
-        with_client(ctx, lambda client: _ensure(client.get_network, client.create_network, unit))
+        with_async_client(ctx, lambda client: _ensure(client.get_network, client.create_network, unit))
     else:
-        with_client(ctx, lambda client: _ensure(client.get_volume, client.create_volume, unit))
+        with_async_client(ctx, lambda client: _ensure(client.get_volume, client.create_volume, unit))
 
 
 COMMANDS: list[click.Command] = [unit_run]

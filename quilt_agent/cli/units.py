@@ -8,7 +8,7 @@ import click
 
 from quilt_agent import unitfiles
 from quilt_agent.cli.context import fail, with_client
-from quilt_agent.client import Client
+from quilt_agent.cli.context import Client
 
 EXIT_INVALID = 1  # what the failing service of a bad file exits with: `systemctl start` fails
 

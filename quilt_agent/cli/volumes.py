@@ -11,8 +11,9 @@ import click
 
 from quilt_agent.cli import hostfiles
 from quilt_agent.cli import output
-from quilt_agent.cli.context import each, with_client
-from quilt_agent.client import Client, ClientError
+from quilt_agent.cli.context import each, with_async_client, with_client
+from quilt_agent.api import ClientError
+from quilt_agent.cli.context import Client
 
 LABEL_HELP = "Set a label (KEY=VALUE)."
 
@@ -88,11 +89,22 @@ async def _all(client: Client) -> list[dict[str, Any]]:
 @volume.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list with every property.")
 @click.option("-q", "--quiet", is_flag=True, help="Print the names only.")
+@click.option("--format", "fmt", default=None, metavar="TEMPLATE",
+              help="Print each volume through a Go template of Podman's fields ({{.Name}} {{.Driver}} "
+                   "{{.Mountpoint}} {{.Labels}} ...); 'table ...' adds a header row. See quiltctl(1).")
+@click.option("--noheading", is_flag=True, help="No header row.")
 @click.pass_context
-def ls(ctx: click.Context, as_json: bool, quiet: bool) -> None:
+def ls(ctx: click.Context, as_json: bool, quiet: bool, fmt: str | None, noheading: bool) -> None:
     """List volumes."""
+    from quilt_agent.cli import listing
+
+    template = output.parse_format(fmt)
     rows = with_client(ctx, _all)
-    if as_json:
+    if template is not None:
+        output.print_template(template, [listing.volume_item(p) for p in rows], listing.VOLUME_HEADERS,
+                              heading=not noheading)
+        return
+    if as_json or output.wants_json(fmt):
         output.print_json(rows)
         return
     if quiet:
@@ -100,7 +112,7 @@ def ls(ctx: click.Context, as_json: bool, quiet: bool) -> None:
             click.echo(p["Name"])
         return
     output.print_table(("NAME", "MOUNTPOINT", "USED BY"),
-                       ((p["Name"], p["Mountpoint"], ",".join(p["UsedBy"])) for p in rows))
+                       ((p["Name"], p["Mountpoint"], ",".join(p["UsedBy"])) for p in rows), heading=not noheading)
 
 
 @volume.command("inspect")
@@ -185,7 +197,7 @@ def cp(ctx: click.Context, source: str, dest: str) -> None:
             assert dst is not None
             await hostfiles.copy_in(client, await client.get_container(dst[0]), host(source), dst[1])
 
-    with_client(ctx, body)
+    with_async_client(ctx, body)  # the host's side of the copy runs in a thread of the loop
 
 
 COMMANDS: list[click.Command] = [volume, cp]

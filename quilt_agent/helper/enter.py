@@ -179,7 +179,7 @@ def _command(spec: ExecSpec, stdio: list[int], go_read: int, err_write: int) -> 
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # its foreground group: ^C and job control reach the command
             except OSError as e:
                 raise SetupError(f"stdin cannot become the controlling terminal: {e.strerror}") from e
-        process.drop_capabilities()
+        process.drop_capabilities(spec.capabilities)
         if spec.seccomp:
             seccomp.apply_default()  # the container's filter: an exec is no way around it
         kind = "invalid"

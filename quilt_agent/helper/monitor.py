@@ -208,7 +208,7 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
         if os.read(go_read, 1) != b"g":
             os._exit(SETUP_FAILED)
         namespaces.unshare_cgroup(spec.namespaces)
-        process.drop_capabilities()  # before anything of the image is read
+        process.drop_capabilities(spec.capabilities)  # before anything of the image is read
         user = process.resolve_user(spec.user)
         try:
             workdir = process.open_workdir(spec.workdir, owner=user)

@@ -8,15 +8,14 @@ import socket
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from quilt_agent import capabilities
 from quilt_agent.filetree import open_in_root
 from quilt_agent.helper import syscalls
 
-# Podman's default capability set (containers.conf default_capabilities).
-DEFAULT_CAPABILITIES = {
-    "CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6, "SETUID": 7,
-    "SETPCAP": 8, "NET_BIND_SERVICE": 10, "SYS_CHROOT": 18, "SETFCAP": 31,
-}
+# Podman's default capability set (containers.conf default_capabilities): quilt_agent/capabilities.py.
+DEFAULT_CAPABILITIES = {name: capabilities.CAPABILITIES[name] for name in capabilities.DEFAULT}
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
+_SET_IDS = 1 << capabilities.CAPABILITIES["SETUID"] | 1 << capabilities.CAPABILITIES["SETGID"]
 MAX_DB_BYTES = 4 << 20
 
 
@@ -179,23 +178,25 @@ def drop_privileges(user: User) -> None:
     switch_user(user)
 
 
-def drop_capabilities() -> None:
-    """Bounding, permitted and effective sets to the default set, nothing inheritable or ambient, no_new_privs:
-    as root of the container, before reading anything of the container's (its /etc/passwd)."""
+def drop_capabilities(keep_mask: int = capabilities.DEFAULT_MASK) -> None:
+    """Bounding, permitted and effective sets to the container's set (keep_mask, a bit per capability: the
+    default set unless cap_add/cap_drop changed it), nothing inheritable or ambient, no_new_privs: as root of the
+    container, before reading anything of the container's (its /etc/passwd)."""
     try:
         with open(CAP_LAST_CAP_FILE) as f:
             last = int(f.read())
     except OSError:
         last = 40
-    keep = set(DEFAULT_CAPABILITIES.values())
+    keep = {cap for cap in range(64) if keep_mask >> cap & 1}
     for cap in range(last + 1):
         if cap not in keep:
             syscalls.prctl(syscalls.PR_CAPBSET_DROP, cap)
     syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
-    mask = sum(1 << c for c in keep)
+    # SETUID and SETGID stay for switch_user even when the container's set lacks them (cap_drop): its root's
+    # exec recomputes the permitted and effective sets from the bounding set alone, a user's loses them all.
+    mask = sum(1 << c for c in keep) | _SET_IDS
     _effective, permitted, _inheritable = syscalls.capabilities()
-    # Nothing inheritable (the CVE-2022-29162 lesson); exec recomputes the rest from the bounding set. SETUID
-    # and SETGID stay, for switch_user.
+    # Nothing inheritable (the CVE-2022-29162 lesson).
     syscalls.set_capabilities(mask & permitted, mask & permitted, 0)
     syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
 
@@ -226,6 +227,8 @@ def find_program(name: str, env: dict[str, str]) -> str:
             if os.access(path, os.X_OK):
                 return path
             denied = True
+        elif "/" in name and os.path.isdir(path):
+            denied = True  # as execve: a directory named as the program is EACCES, not "not found"
     if denied:
         raise SetupError(f"'{name}': permission denied (not executable)", 126)
     raise SetupError(f"executable file '{name}' not found in $PATH or the image", 127)

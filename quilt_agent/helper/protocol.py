@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from quilt_agent import errors
+from quilt_agent.capabilities import DEFAULT_MASK
 
 MAX_MESSAGE = 1 << 20
 MAX_REQUEST = 128 << 10  # the command, environment, labels and setup steps of a container or an exec
@@ -64,6 +65,9 @@ class LaunchSpec:
     # The agent's directory of the container's NOTIFY_SOCKET (quilt_agent/notify.py), bound read-only at
     # NOTIFY_TARGET ("" = none).
     notify_dir: str = ""
+    # Its capability set (bounding, and its root's permitted and effective), a bit per capability
+    # (quilt_agent/capabilities.py): the default set unless cap_add/cap_drop changed it.
+    capabilities: int = DEFAULT_MASK
 
 
 INIT_TARGET = "/dev/init"  # in the container's own /dev: never a file of its image or its layer
@@ -178,6 +182,7 @@ class ExecSpec:
     tty: bool  # stdin is a terminal to make the controlling one
     cgroup_procs: tuple[str, ...]  # the container's cgroups (its scope), one cgroup.procs file per hierarchy
     seccomp: bool = True  # the container's filter, as its init has it
+    capabilities: int = DEFAULT_MASK  # the container's set, as its init has it
 
 
 @dataclass(frozen=True)

@@ -238,6 +238,7 @@ class ImageConfig:
     labels: dict[str, str] = field(default_factory=dict)
     stop_signal: str = ""
     health: dict[str, Any] = field(default_factory=dict)  # Healthcheck as container spec fields (health.py)
+    exposed_ports: tuple[str, ...] = ()  # ExposedPorts as "PORT/PROTO" (tcp, udp): what publish_all publishes
 
     def command(self, given: tuple[str, ...]) -> tuple[str, ...]:
         """The command a container runs: as Docker, a command given at create replaces Cmd, not Entrypoint."""
@@ -290,8 +291,22 @@ def parse_config(data: bytes, what: str = "image config") -> ImageConfig:
         cmd=_strings(run.get("Cmd"), f"{what}: Cmd"),
         workdir=_string(run.get("WorkingDir"), f"{what}: WorkingDir"),
         user=_string(run.get("User"), f"{what}: User"),
-        labels=dict(labels), stop_signal=stop_signal,
+        labels=dict(labels), stop_signal=stop_signal, exposed_ports=_exposed_ports(run.get("ExposedPorts")),
     )
+
+
+def _exposed_ports(value: Any) -> tuple[str, ...]:
+    """ExposedPorts' keys ("80/tcp", "53/udp", "8080"), as "PORT/PROTO". Documentation more than configuration:
+    an entry Quilt cannot publish (a range, sctp) is left out, never a reason to refuse the image."""
+    if not isinstance(value, dict):
+        return ()
+    out = []
+    for key in value:
+        port, _, proto = str(key).partition("/")
+        proto = (proto or "tcp").lower()
+        if port.isdigit() and 1 <= int(port) <= 65535 and proto in ("tcp", "udp"):
+            out.append(f"{int(port)}/{proto}")
+    return tuple(dict.fromkeys(out))
 
 
 def parse_signal(text: str, what: str = "signal") -> int:

@@ -216,6 +216,20 @@ class Images:
         log.info("Cached the setup of image %s as image %s", base.id[:12], image.id[:12])
         return image
 
+    # --- names ----------------------------------------------------------------------------------
+
+    async def tag(self, ref: str, name: str) -> Image:
+        """Add name to the image ref names (NoSuchImage, InvalidArgument for a bad name); an image that had the
+        name loses it, as with podman tag."""
+        image = self.get(ref)
+        async with self._lock:  # not while a removal of it is under way
+            try:
+                tagged = await asyncio.to_thread(self.store.tag, image.id, name)
+            finally:
+                self._sync()
+        log.info("Tagged image %s as %s", image.id[:12], name)
+        return tagged
+
     # --- removal --------------------------------------------------------------------------------
 
     async def remove(self, ref: str, remove_users: RemoveUsers | None = None) -> None:
@@ -276,12 +290,20 @@ class Images:
 def container_defaults(image: Image, config: oci.ImageConfig, command: tuple[str, ...],
                        fields: dict[str, Any]) -> ContainerDefaults:
     """Docker's rules: a command given replaces Cmd and keeps Entrypoint; the image's Env is beneath the
-    caller's; WorkingDir and User apply unless given; Labels are merged, the caller's winning."""
-    argv = config.command(command)
-    if not argv or not argv[0]:
-        raise InvalidArgument("The command is empty: give at least the program to run (image "
-                              f"'{image.names[0] if image.names else image.id[:12]}' has no Entrypoint or Cmd)")
+    caller's; WorkingDir and User apply unless given; Labels are merged, the caller's winning. An entrypoint
+    given replaces the image's and drops its Cmd too (as Podman's --entrypoint). publish_all publishes each of
+    its ExposedPorts not published already to a free host port."""
     out = dict(fields)
+    entrypoint = out.pop("entrypoint", None)
+    argv = config.command(command) if entrypoint is None else entrypoint + command
+    if not argv or not argv[0]:
+        what = "has no Entrypoint or Cmd" if entrypoint is None else "is run with an empty entrypoint"
+        raise InvalidArgument("The command is empty: give at least the program to run (image "
+                              f"'{image.names[0] if image.names else image.id[:12]}' {what})")
+    if out.pop("publish_all", False):
+        published = {m.rsplit(":", 1)[-1] for m in out.get("ports", ())}  # "80/tcp" of "[IP:]HOST:80/tcp"
+        out["ports"] = tuple(out.get("ports", ())) + tuple(f"0:{p}" for p in config.exposed_ports
+                                                            if p not in published)
     given = {e.partition("=")[0] for e in fields.get("env", ())}
     out["env"] = tuple(e for e in config.env if e.partition("=")[0] not in given) + tuple(fields.get("env", ()))
     if "workdir" not in fields and config.workdir:
@@ -294,7 +316,7 @@ def container_defaults(image: Image, config: oci.ImageConfig, command: tuple[str
                                "uid[:gid] or name[:group]") from None
     if config.labels:
         out["labels"] = {**config.labels, **fields.get("labels", {})}
-    if config.stop_signal:
+    if config.stop_signal and "stop_signal" not in fields:
         out["stop_signal"] = oci.parse_signal(config.stop_signal, f"image {image.id[:12]}: StopSignal")
     # Its HEALTHCHECK: each part unless given (a --health-interval alone changes the image's check's interval).
     if fields.get("health_cmd") != ():  # none at all: not even the image's times

@@ -88,7 +88,8 @@ class _Member:
 def hold_ports(ports: list[PortMapping]) -> list[socket.socket]:
     """Bind each published host port in the host's network namespace and keep it bound, as Podman does: a host
     process listening there already is PortInUse, and none can take the port while the container has it.
-    The sockets never listen: the rules forward the port's traffic to the container before any socket would."""
+    The sockets never listen: the rules forward the port's traffic to the container before any socket would.
+    A host port 0 is bound to a free one the kernel chooses: the socket's own address says which (in order)."""
     held: list[socket.socket] = []
     try:
         for p in ports:
@@ -335,6 +336,7 @@ class Networks:
                             raise PortInUse(f"Host port {mapping.host_port}/{mapping.protocol} is published by "
                                             f"container '{other.name}' already ({taken})")
             member.holds = hold_ports(member.ports)
+            member.ports = [replace(p, host_port=sock.getsockname()[1]) for p, sock in zip(member.ports, member.holds)]
         except BaseException:
             for a in member.attachments:
                 self._ipam.release(a.network_id, a.address)
@@ -343,6 +345,9 @@ class Networks:
         self._register_names(c.id, member)
         for network in networks:
             self._changed(network.id)
+        if member.ports:
+            # The host ports chosen for those given without one: what the Ports property shows from now on.
+            c = c.with_(spec=replace(spec, ports=tuple(str(p) for p in member.ports)))
         return c
 
     def _check_names(self, c: Container, networks: list[Network]) -> None:
@@ -382,6 +387,21 @@ class Networks:
                     names.pop(name, None)
             if self._reverse.get(a.network_id, {}).get(a.address) == m.name:
                 del self._reverse[a.network_id][a.address]
+
+    def rename(self, c: Container, new_name: str) -> None:
+        """A stopped container takes a new name: its old one leaves its networks' name servers and the new one
+        answers there at once. AccessDenied, changing nothing, when another owner's container has the new name on
+        a network it shares (as at create)."""
+        m = self._members.get(c.id)
+        if m is None:
+            return
+        self._check_names(c.with_(spec=replace(c.spec, name=new_name)),
+                          [self._networks[a.network_id] for a in m.attachments if a.network_id in self._networks])
+        self._forget_names(c.id, m)
+        m.name = new_name
+        self._register_names(c.id, m)
+        for a in m.attachments:
+            self._changed(a.network_id)
 
     def created(self, c: Container) -> None:
         """After the container's row is stored: queue its addresses and ports behind it (not awaited: a crash
@@ -498,7 +518,9 @@ class Networks:
         return files.Names(hostname=hostname, names=(c.name, *c.spec.aliases),
                            addresses=tuple(a.address for a in source.attachments),
                            nameservers=tuple(dict.fromkeys(n.gateway for n in nets if n.dns)),
-                           gateway=nets[0].gateway if nets else "", host_mode=source.mode == HOST)
+                           gateway=nets[0].gateway if nets else "", host_mode=source.mode == HOST,
+                           add_hosts=c.spec.add_hosts, dns_servers=c.spec.dns_servers, dns_search=c.spec.dns_search,
+                           dns_options=c.spec.dns_options)
 
     def _netns_of(self, container_id: str) -> str:
         """The namespace a container's network lives in: its pinned one, or its running init's for none."""

@@ -24,9 +24,33 @@ class Names:
     nameservers: tuple[str, ...]  # the gateways of its DNS-enabled networks
     gateway: str = ""  # of its first network: host.quilt.internal
     host_mode: bool = False  # the host's network: the host's own files
+    # The container's own (create options add_hosts, dns_servers, dns_search, dns_options): "HOST:IP" lines added
+    # to /etc/hosts; name servers, search domains ("." alone: none) and options over what the network gives.
+    add_hosts: tuple[str, ...] = ()
+    dns_servers: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
 
 
 def resolv_conf(n: Names) -> str:
+    text = _network_resolv_conf(n)
+    if not (n.dns_servers or n.dns_search or n.dns_options):
+        return text
+    # As Podman: servers given replace the network's (and Quilt's name server with them: the containers' names
+    # are then not resolved), search domains given replace its search line, options are added.
+    lines = text.splitlines()
+    servers = [f"nameserver {s}" for s in n.dns_servers] or [x for x in lines if x.split()[:1] == ["nameserver"]]
+    search = [x for x in lines if x.split()[:1] in (["search"], ["domain"])]
+    if n.dns_search:
+        search = [] if n.dns_search == (".",) else [f"search {' '.join(n.dns_search)}"]
+    options = [x for x in lines if x.split()[:1] == ["options"]]
+    if n.dns_options:
+        options.append(f"options {' '.join(n.dns_options)}")
+    rest = [x for x in lines if x.split()[:1] not in (["nameserver"], ["search"], ["domain"], ["options"])]
+    return "\n".join(rest + search + servers + options) + "\n"
+
+
+def _network_resolv_conf(n: Names) -> str:
     if n.nameservers:
         return f"search {DNS_DOMAIN}\n" + "".join(f"nameserver {s}\n" for s in n.nameservers)
     try:
@@ -50,6 +74,12 @@ def _loopback(value: list[str]) -> bool:
 
 
 def hosts(n: Names) -> str:
+    # Podman writes --add-host entries first: the first line naming a host is the one a lookup finds.
+    added = "".join(f"{address}\t{host}\n" for host, _, address in (entry.partition(":") for entry in n.add_hosts))
+    return added + _network_hosts(n)
+
+
+def _network_hosts(n: Names) -> str:
     if n.host_mode:
         try:
             return HOST_HOSTS.read_text()

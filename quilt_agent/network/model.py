@@ -88,8 +88,9 @@ class PortMapping:
         return f"{host}{self.host_port}:{self.container_port}/{self.protocol}"
 
     def conflicts_with(self, other: PortMapping) -> bool:
-        """The same port on the same protocol, on the same address or on every address."""
-        return (self.protocol == other.protocol and self.host_port == other.host_port
+        """The same port on the same protocol, on the same address or on every address. Port 0 (a free one, to
+        be chosen) conflicts with none."""
+        return (self.protocol == other.protocol and self.host_port != 0 and self.host_port == other.host_port
                 and (not self.host_ip or not other.host_ip or self.host_ip == other.host_ip))
 
 

@@ -16,8 +16,9 @@ from quilt_agent.network.model import (
     PortMapping, parse_gateway, parse_subnet, validate_network_name,
 )
 
-# [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTOCOL], as podman run -p takes it (ranges are not supported).
-PORT_RE = re.compile(r"(?:(?P<ip>[^:/]*):)?(?P<host>[^:/]*):(?P<container>[^:/]*)(?:/(?P<proto>.*))?")
+# [[HOSTIP:][HOSTPORT]:]CONTAINERPORT[/PROTOCOL], as podman run -p takes it (ranges are not supported). No host
+# port, or 0: a free one, chosen by the agent at create (Networks.reserve).
+PORT_RE = re.compile(r"(?:(?:(?P<ip>[^:/]*):)?(?P<host>[^:/]*):)?(?P<container>[^:/]*)(?:/(?P<proto>.*))?")
 
 
 def _strings(key: str, value: Any) -> tuple[str, ...]:
@@ -63,11 +64,11 @@ def parse_ip(value: Any) -> str:
         raise InvalidArgument(f"Invalid ip '{value}': not an IPv4 address") from None
 
 
-def _port(text: str, spec: str, what: str) -> int:
+def _port(text: str, spec: str, what: str, lowest: int = 1) -> int:
     if not text.isdigit():
         raise InvalidArgument(f"Invalid port mapping '{spec}': {what} '{text}' is not a number")
     port = int(text)
-    if not 1 <= port <= 65535:
+    if not lowest <= port <= 65535:
         raise InvalidArgument(f"Invalid port mapping '{spec}': {what} {port} is not between 1 and 65535")
     return port
 
@@ -75,7 +76,7 @@ def _port(text: str, spec: str, what: str) -> int:
 def parse_port(spec: str) -> PortMapping:
     match = PORT_RE.fullmatch(spec)
     if match is None:
-        raise InvalidArgument(f"Invalid port mapping '{spec}': expected [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]")
+        raise InvalidArgument(f"Invalid port mapping '{spec}': expected [[HOSTIP:][HOSTPORT]:]CONTAINERPORT[/tcp|udp]")
     host_ip = match.group("ip") or ""
     if host_ip:
         try:
@@ -87,7 +88,8 @@ def parse_port(spec: str) -> PortMapping:
     protocol = (match.group("proto") if match.group("proto") is not None else "tcp").lower()
     if protocol not in PROTOCOLS:
         raise InvalidArgument(f"Invalid port mapping '{spec}': unknown protocol '{protocol}' (tcp or udp)")
-    return PortMapping(protocol=protocol, host_ip=host_ip, host_port=_port(match.group("host"), spec, "host port"),
+    host = match.group("host") or "0"  # none given: a free one
+    return PortMapping(protocol=protocol, host_ip=host_ip, host_port=_port(host, spec, "host port", lowest=0),
                        container_port=_port(match.group("container"), spec, "container port"))
 
 
@@ -125,7 +127,7 @@ def settle(fields: dict[str, Any], namespaces: tuple[str, ...]) -> None:
                               "namespaces, or use networks ['host']")
     mode = networks[0] if networks[0] in MODES or networks[0].startswith(CONTAINER_PREFIX) else ""
     if mode:
-        for key in ("aliases", "ip", "ports"):
+        for key in ("aliases", "ip", "ports", "publish_all"):
             if fields.get(key):
                 raise InvalidArgument(f"Option '{key}' needs a network: it means nothing with network mode '{mode}'")
     if fields.get("ip") and len(networks) > 1:

@@ -38,6 +38,8 @@ def every_field_spec(name: str) -> ContainerSpec:
         setup=("apk: add curl",), setup_cache=False, seccomp="unconfined", userns="host", init=True, restart_policy="on-failure", restart_max=4,
         health_cmd=("/bin/sh", "-c", "test -e /ok"), health_interval=0.5, health_timeout=2.0, health_start_period=7.0,
         health_retries=5, health_on_failure="kill", sdnotify="container", unit="web.service",
+        cap_add=("NET_RAW",), cap_drop=("MKNOD", "CHOWN"), add_hosts=("db:10.0.0.5",), dns_servers=("1.1.1.1",),
+        dns_search=("example.com",), dns_options=("ndots:2",),
     )
 
 
@@ -89,6 +91,24 @@ class StoreContract:
         await store.update_status(done.with_(spec=every_field_spec("other"), created_at=99))
         (back,) = await store.containers()
         assert back == done
+
+    async def test_rename_changes_the_name_and_spec_and_keeps_the_status(self, store: StateStore) -> None:
+        c = container()
+        await store.insert_container(c)
+        done = c.with_(state=State.EXITED, exit_code=3)
+        await store.update_status(done)
+        renamed = every_field_spec("other")
+        await store.rename_container(c.id, renamed)
+        (back,) = await store.containers()
+        assert back == done.with_(spec=renamed) and back.name == "other"
+
+    async def test_rename_to_a_taken_name_is_refused(self, store: StateStore) -> None:
+        first, second = container("web"), container("db", created_at=2)
+        await store.insert_container(first)
+        await store.insert_container(second)
+        with pytest.raises(sqlite3.IntegrityError):
+            await store.rename_container(second.id, every_field_spec("web"))
+        assert [c.name for c in await store.containers()] == ["web", "db"]
 
     async def test_update_status_of_an_unknown_container_stores_nothing(self, store: StateStore) -> None:
         await store.update_status(container().with_(state=State.RUNNING))

@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from quilt_agent import store as store_module
 from quilt_agent.store import StateStore
-from quilt_agent.model import Container, now_usec
+from quilt_agent.model import Container, ContainerSpec, now_usec
 from quilt_agent.network.model import Attachment, Network, PortMapping
 from quilt_agent.volume_options import Volume
 
@@ -105,6 +105,15 @@ class MemoryStore:
             old = self.rows.get(c.id)
             if old is not None:
                 self.rows[c.id] = c.with_(spec=old.spec, created_at=old.created_at)
+        return self._queue(write)
+
+    def rename_container(self, container_id: str, spec: ContainerSpec) -> asyncio.Future[None]:
+        def write() -> None:
+            if any(other.name == spec.name and other.id != container_id for other in self.rows.values()):
+                raise _taken("containers", "name")
+            old = self.rows.get(container_id)
+            if old is not None:
+                self.rows[container_id] = old.with_(spec=copy.deepcopy(spec))
         return self._queue(write)
 
     def delete_container(self, container_id: str) -> asyncio.Future[None]:

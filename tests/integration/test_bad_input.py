@@ -464,25 +464,26 @@ async def test_empty_command_is_invalid_argument_and_imports_nothing(client: Cli
 async def test_command_that_cannot_be_executed_fails_the_start_and_leaves_a_failed_container(
         client: Client, busybox_tar: Path, name: str, nothing_left: Check, command: list[str], code: int,
         needle: str) -> None:
+    error = "CommandNotFound" if code == 127 else "CommandNotExecutable"
     await refused(asyncio.wait_for(client.run_container(name, str(busybox_tar), command, {}), 10),
-                  "ContainerFailed", needle, f"'{name}'")
+                  error, needle, f"'{name}'")
     path = await client.get_container(name)
     props = await client.properties(path)
     assert props["State"] == "failed", props
     assert needle in props["FailureReason"] and props["ExitCode"] == code, props
     assert await asyncio.wait_for(client.wait(path), 10) == code
     # Starting it again fails the same way, and does not hang either.
-    await refused(asyncio.wait_for(client.start(path), 10), "ContainerFailed", needle)
+    await refused(asyncio.wait_for(client.start(path), 10), error, needle)
     props = await client.properties(path)
     assert (props["State"], props["ExitCode"]) == ("failed", code), props
     await client.remove(path)
     await nothing_left(busybox_tar)
 
 
-async def test_create_then_start_of_a_missing_command_is_container_failed(client: Client, busybox_tar: Path,
-                                                                          name: str, nothing_left: Check) -> None:
+async def test_create_then_start_of_a_missing_command_is_command_not_found(client: Client, busybox_tar: Path,
+                                                                           name: str, nothing_left: Check) -> None:
     path = await client.create_container(name, str(busybox_tar), ["/nope"], {})
-    await refused(asyncio.wait_for(client.start(path), 10), "ContainerFailed", "'/nope'")
+    await refused(asyncio.wait_for(client.start(path), 10), "CommandNotFound", "'/nope'")
     props = await client.properties(path)
     assert (props["State"], props["ExitCode"]) == ("failed", 127) and "'/nope'" in props["FailureReason"]
     await client.remove(path)
@@ -521,7 +522,7 @@ async def test_a_failed_start_removed_at_once_leaves_the_agent_idle(client: Clie
                 await remover.remove(listed[0].path)
                 with pytest.raises(ClientError) as err:
                     await run
-                assert err.value.name == ERR + "ContainerFailed"
+                assert err.value.name == ERR + "CommandNotFound"
     finally:
         for burner in burners:
             burner.kill()

@@ -178,6 +178,9 @@ async def test_follow_ends_when_the_container_is_removed(client: Client, busybox
     ({"bogus": Variant("u", 1)}, "Unknown log option 'bogus'"),
     ({"lines": Variant("s", "3")}, "Log option 'lines' must be an unsigned integer"),
     ({"follow": Variant("u", 1)}, "Log option 'follow' must be a boolean"),
+    ({"after_cursor": Variant("u", 1)}, "Log option 'after_cursor' must be a journal cursor"),
+    ({"after_cursor": Variant("s", "")}, "Log option 'after_cursor' must be a journal cursor"),
+    ({"end_marker": Variant("s", "yes")}, "Log option 'end_marker' must be a boolean"),
 ])
 async def test_bad_follow_options_are_invalid_argument(client: Client, busybox_tar: Path, name: str,
                                                        options: dict, words: str) -> None:
@@ -185,6 +188,22 @@ async def test_bad_follow_options_are_invalid_argument(client: Client, busybox_t
     with pytest.raises(ClientError) as err:
         await client.follow_logs(path, options)
     assert err.value.name == ERR + "InvalidArgument" and words in err.value.message
+
+
+async def test_a_follow_resumes_after_a_lines_cursor_and_says_when_it_ended_on_its_own(
+        client: Client, busybox_tar: Path, name: str) -> None:
+    # What a reader cut off by a restart of the agent does: the lines after the last it got, each once, and the
+    # end marker only for a follow that ended on its own (a pipe cut by the agent's exit has none).
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "for i in 1 2 3 4 5; do echo $i; done"],
+                                      {})
+    await client.wait(path)
+    whole = await read_all(await client.follow_logs(path, {"end_marker": True}))
+    assert [line.get("text") for line in whole] == ["1", "2", "3", "4", "5", None]
+    assert whole[-1] == {"end": True}
+    assert all(line["cursor"] for line in whole[:-1])
+    rest = await read_all(await client.follow_logs(path, {"after_cursor": whole[1]["cursor"], "lines": 1}))
+    assert [line["text"] for line in rest] == ["3", "4", "5"]  # lines is ignored: from the cursor on
+    assert await read_all(await client.follow_logs(path, {"after_cursor": whole[4]["cursor"]})) == []
 
 
 # --- quiltctl logs -f ----------------------------------------------------------------------------------------

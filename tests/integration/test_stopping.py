@@ -143,7 +143,7 @@ async def test_with_init_a_missing_command_fails_as_without_it(client: Client, b
                                                                name: str) -> None:
     with pytest.raises(ClientError) as err:
         await client.run_container(name, str(busybox_tar), ["/no/such/program"], {"init": True})
-    assert err.value.name == "org.quilt.Runtime.Error.ContainerFailed"
+    assert err.value.name == "org.quilt.Runtime.Error.CommandNotFound"
     assert "not found" in str(err.value)
     path = await client.get_container(name)
     assert (await client.properties(path))["ExitCode"] == 127

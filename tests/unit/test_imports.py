@@ -34,13 +34,16 @@ CLI_REACHES = {
     "quilt_agent.api": "the API's calls, records and option tables, shared by both of quiltctl's transports",
     "quilt_agent.wire": "the blocking bus connection the one-shot verbs talk through (standard library only)",
     "quilt_agent.bus.names": "the bus name, object paths and interface names, defined once",
-    "quilt_agent.bus.errors": "the error names, defined once with the agent's errors they stand for",
+    "quilt_agent.bus.error_names": "the error names, defined once with the agent's errors they stand for",
     "quilt_agent.errors": "the agent's error classes, which bus.errors maps to names (standard library only)",
     "quilt_agent.config": "default paths, read by bus.errors (standard library only)",
+    "quilt_agent.cgroups": "top: the processes of a container's cgroup, found from its init as the agent finds it "
+                           "(standard library only)",
     "quilt_agent.filetree": "packing and unpacking `cp` archives with the caller's own rights (standard library "
                             "only)",
     **dict.fromkeys(("quilt_agent.unitfiles", "quilt_agent.model", "quilt_agent.health", "quilt_agent.setup",
-                     "quilt_agent.volume_options", "quilt_agent.network.options", "quilt_agent.network.model"),
+                     "quilt_agent.volume_options", "quilt_agent.network.options", "quilt_agent.network.model",
+                     "quilt_agent.capabilities"),
                     "container files: unit-check and unit-run check a file by the agent's own option rules, so "
                     "that a file that passes is one the agent takes (standard library only)"),
 }

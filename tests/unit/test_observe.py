@@ -33,8 +33,12 @@ def test_follow_options() -> None:
     assert parse_follow_options({}) == FollowOptions(follow=True)
     assert parse_follow_options({"lines": 3, "since": 1, "until": 2, "follow": False}) == \
         FollowOptions(lines=3, since=1, until=2, follow=False)
+    assert parse_follow_options({"after_cursor": "s=1;i=2", "end_marker": True}) == \
+        FollowOptions(after_cursor="s=1;i=2", end_marker=True)
     for options, words in (({"tail": 1}, "Unknown log option 'tail'"), ({"lines": -1}, "must be an unsigned"),
-                           ({"follow": 1}, "must be a boolean")):
+                           ({"follow": 1}, "must be a boolean"), ({"after_cursor": ""}, "must be a journal cursor"),
+                           ({"after_cursor": "a\nb"}, "must be a journal cursor"),
+                           ({"end_marker": "yes"}, "must be a boolean")):
         with pytest.raises(InvalidArgument, match=words):
             parse_follow_options(options)
 

@@ -109,7 +109,11 @@ def test_every_program_and_library_the_code_runs_is_a_dependency() -> None:
 
 def _commands(group: click.Group, prefix: str = "") -> list[str]:
     found = []
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    # Through get_command: quiltctl's groups import their commands only when asked (group.commands is empty).
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         if command.hidden:
             continue
         if isinstance(command, click.Group):

@@ -330,7 +330,14 @@ def test_the_unit_service_and_install_sections_pass_through() -> None:
 
 BAD_CONTAINER_LINES = [
     ("Frobnicate=yes", "Frobnicate", "unknown key in [Container]"),
-    ("AddCapability=CAP_NET_ADMIN", "AddCapability", "Quadlet's AddCapability= has no equivalent in Quilt"),
+    ("AddDevice=/dev/fuse", "AddDevice", "Quadlet's AddDevice= has no equivalent in Quilt"),
+    ("AddCapability=CAP_NET_ADMIN NOPE", "AddCapability", "'NOPE'"),
+    ("AddHost=db", "AddHost", "HOST:IP"),
+    ("DNS=resolver", "DNS", "not an IP address"),
+    ("DNSSearch=bad domain", "DNSSearch", "not a DNS name"),
+    ("DNSOption=ndots 2", "DNSOption", "resolv.conf option"),
+    ("DropCapability=ALL\nAddCapability=ALL", "DropCapability", "cannot be both added and dropped"),
+    ("Entrypoint=[1]", "Entrypoint", "JSON array of strings"),
     ("ContainerName=bad name", "ContainerName", "Invalid container name"),
     ('Exec="unclosed', "Exec", "not closed"),
     ("Exec=''", "Exec", "command is empty"),
@@ -763,3 +770,22 @@ def test_a_container_on_the_hosts_network_and_an_argv_health_check() -> None:
     assert 'HealthCmd=["curl", "-f", "http://x/"]\n' in text
     c = unitfiles.parse_container(unitfiles.parse_text("/x/web.container", text), {})
     assert c.options["health_cmd"] == ["curl", "-f", "http://x/"] and c.options["networks"] == ["host"]
+
+
+def test_quadlets_run_flag_keys_become_their_create_options() -> None:
+    c = container("""\
+        AddHost=db:10.0.0.5
+        AddHost=cache:10.0.0.6
+        DNS=192.0.2.1
+        DNSSearch=example.com
+        DNSOption=ndots:2
+        AddCapability=CAP_NET_RAW SYS_TIME
+        DropCapability=MKNOD
+        Entrypoint=["/bin/tini", "--"]
+        PublishPort=80
+        """)
+    assert c.options == {
+        "add_hosts": ["db:10.0.0.5", "cache:10.0.0.6"], "dns_servers": ["192.0.2.1"], "dns_search": ["example.com"],
+        "dns_options": ["ndots:2"], "cap_add": ["CAP_NET_RAW", "SYS_TIME"], "cap_drop": ["MKNOD"],
+        "entrypoint": ["/bin/tini", "--"], "ports": ["80"]}
+    assert container("Entrypoint=/bin/sh\n").options == {"entrypoint": ["/bin/sh"]}

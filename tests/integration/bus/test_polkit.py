@@ -32,8 +32,9 @@ NETWORK = "org.quilt.Runtime.Network"
 VOLUME = "org.quilt.Runtime.Volume"
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 # Anyone may call these; each answers only what the caller may see (test_unprivileged_callers_see_nothing_...).
-PUBLIC_METHODS = {"ListContainers", "GetContainer", "ListImages", "GetImage", "ListNetworks", "GetNetwork",
-                  "ListVolumes", "GetVolume", "ListEvents", "Subscribe", "Unsubscribe"}
+PUBLIC_METHODS = {"ListContainers", "ListContainerProperties", "GetContainer", "GetContainerProperties",
+                  "ListImages", "GetImage", "ListNetworks", "GetNetwork", "ListVolumes", "GetVolume", "ListEvents",
+                  "Subscribe", "Unsubscribe"}
 
 
 def _passwd_user() -> tuple[int, int]:
@@ -247,13 +248,15 @@ async def test_unprivileged_callers_see_nothing_of_what_others_own(
     try:
         lists = await asyncio.gather(*(run_as(user, "busctl", "call", BUS_NAME, MANAGER_PATH, MANAGER, method,
                                               *args)
-                                       for method, args in (("ListContainers", ()), ("ListImages", ()),
+                                       for method, args in (("ListContainers", ()), ("ListContainerProperties", ()),
+                                                            ("ListImages", ()),
                                                             ("ListNetworks", ()), ("ListVolumes", ()),
                                                             ("ListEvents", ("a{sv}", "0")))))
         for r in lists:
             assert r.returncode == 0 and r.stdout.split()[1] == "0", r
-        lookups = [("GetContainer", f"{name}-run"), ("GetContainer", container_id), ("GetContainer", container_id[:12]),
-                   ("GetContainer", f"{name}-no-such"), ("GetImage", image.rsplit("/", 1)[1]),
+        lookups = [("GetContainer", f"{name}-run"), ("GetContainerProperties", f"{name}-run"),
+                   ("GetContainer", container_id), ("GetContainer", container_id[:12]),
+                   ("GetContainer", f"{name}-no-such"), ("GetContainerProperties", f"{name}-no-such"), ("GetImage", image.rsplit("/", 1)[1]),
                    ("GetImage", image.rsplit("/", 1)[1][:12]), ("GetImage", f"sha256:{image.rsplit('/', 1)[1]}"),
                    ("GetNetwork", "quilt"), ("GetVolume", f"{name}-vol"), ("GetVolume", f"{name}-no-such")]
         found = await asyncio.gather(*(run_as(user, "busctl", "call", BUS_NAME, MANAGER_PATH, MANAGER, method, "s",

@@ -224,6 +224,15 @@ class FakeClient(Client):
         self._record("list_containers")
         return self.entries
 
+    async def get_container_properties(self, name_or_id: str) -> tuple[str, dict[str, Any]]:
+        path = await self.get_container(name_or_id)
+        self._record("get_container_properties", name_or_id)
+        return path, self._props(path)
+
+    async def list_container_properties(self) -> list[tuple[str, dict[str, Any]]]:
+        self._record("list_container_properties")
+        return [(e.path, self._props(e.path)) for e in self.entries]
+
     async def start(self, path: str) -> None:
         self._record("start", path)
 
@@ -240,6 +249,9 @@ class FakeClient(Client):
         self._record("wait", path)
         return self.exit_code
 
+    async def hold_removal(self, path: str) -> None:
+        self._record("hold_removal", path)
+
     async def get_logs(self, path: str, options: Mapping[str, Any] | None = None) -> list[LogLine]:
         self._record("get_logs", path, dict(options or {}))
         return self.logs
@@ -250,8 +262,12 @@ class FakeClient(Client):
 
     async def properties(self, path: str) -> dict[str, Any]:
         self._record("properties", path)
-        state = next((e.state for e in self.entries if e.path == path), "running")
-        return {"Id": FULL_ID, "Name": "web", "Image": "/i.tar", "Command": ["sh", "-c", "echo hi"], "State": state,
+        return self._props(path)
+
+    def _props(self, path: str) -> dict[str, Any]:
+        entry = next((e for e in self.entries if e.path == path), self.entries[0])
+        state = entry.state if entry.path == path else "running"
+        return {"Id": entry.id, "Name": entry.name, "Image": "/i.tar", "Command": ["sh", "-c", "echo hi"], "State": state,
                 "ExitCode": 0, "ExitSignal": 0, "CreatedAt": 0}
 
     async def import_image_fd(self, archive: int, name: str = "", options: Mapping[str, Any] | None = None) -> str:
@@ -332,7 +348,7 @@ def test_create_prints_the_id(fake: FakeClient) -> None:
     [
         ["-m", "lots", "img"],
         ["--cpus", "-1", "img"],
-        ["-e", "NOEQUALS", "img"],
+        ["-e", "=value", "img"],
         ["--namespaces", "pid,user", "img"],
         ["-m", "1g", "--memory-limit", "5", "img"],
         ["--namespaces", "pid", "--enable-all-namespaces", "img"],
@@ -353,9 +369,12 @@ def test_foreground_run_prints_logs_by_stream_and_exits_with_the_code(fake: Fake
     assert result.exit_code == 3
     assert result.stdout == "out 1\nout 2\n"
     assert result.stderr == "err 1\n"
-    # The CLI removes after reading the logs, so the agent must not remove on exit by itself.
-    assert fake.calls_to("create_container")[0][3] == {}
-    assert [c[0] for c in fake.calls][-3:] == ["wait", "get_logs", "remove"]
+    # The agent removes it on exit (whatever becomes of quiltctl), held until quiltctl has read the exit code and
+    # the logs and removed it.
+    assert fake.calls_to("create_container")[0][3] == {"remove_on_exit": True}
+    calls = [c[0] for c in fake.calls]
+    assert calls.index("hold_removal") < calls.index("start")
+    assert calls[-3:] == ["wait", "get_logs", "remove"]
 
 
 def test_detached_run_prints_the_id_and_lets_the_agent_remove(fake: FakeClient) -> None:
@@ -421,12 +440,8 @@ def test_ps_shows_running_ones_unless_all(fake: FakeClient) -> None:
 
 
 def test_ps_shows_an_image_named_by_its_id_as_the_short_id(fake: FakeClient, monkeypatch: Any) -> None:
-    real = fake.properties
-
-    async def by_id(path: str) -> dict[str, Any]:
-        return {**await real(path), "Image": IMAGE_ID}
-
-    monkeypatch.setattr(fake, "properties", by_id)
+    real = fake._props
+    monkeypatch.setattr(fake, "_props", lambda path: {**real(path), "Image": IMAGE_ID})
     table = quiltctl(fake, "ps", "-a").stdout
     assert IMAGE_ID[:12] in table and IMAGE_ID[:13] not in table
 
@@ -598,6 +613,11 @@ class EventsFake(FakeClient):
         self._record("watch_events")
         return asyncio.Queue()
 
+    async def watch_agent(self) -> Any:
+        from quilt_agent.client import AgentWatch
+
+        return AgentWatch(":1.1")
+
     async def list_events(self, since: int, until: int) -> list[Any]:
         self._record("list_events", since, until)
         return []
@@ -642,11 +662,11 @@ def test_volume_and_image_prune_word_the_space_freed_alike() -> None:
     assert not hasattr(images, "output_size") and not hasattr(volumes, "output_size")
 
 
-def test_ps_quiet_prints_short_ids_only_without_reading_properties(fake: FakeClient) -> None:
+def test_ps_quiet_prints_short_ids(fake: FakeClient) -> None:
     running = quiltctl(fake, "ps", "-q")
     assert (running.exit_code, running.stdout) == (0, FULL_ID[:12] + "\n")
     assert quiltctl(fake, "ps", "-a", "--quiet").stdout == f"{FULL_ID[:12]}\n{'f' * 12}\n"
-    assert fake.calls_to("properties") == []
+    assert fake.calls_to("properties") == [] and fake.calls_to("list_container_properties") == [(), ()]
     assert quiltctl(FakeClient(), "ps", "-q", "--json").stdout.startswith("[")  # --json wins, as in image ls
 
 

@@ -1,0 +1,210 @@
+"""The verbs that change a container's state: start, stop, kill, rm (remove), and healthcheck run.
+
+One-shot commands: each is a few bus calls on the blocking transport (cli/context.py), so nothing here imports
+what only creating a container needs.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Awaitable, Callable, Sequence
+
+import click
+
+from quilt_agent.api import ClientError
+from quilt_agent.bus.names import container_id
+from quilt_agent.cli.context import NOT_RUNNING, Client, each, warn, with_client
+from quilt_agent.cli.parsing import SIGNAL
+
+_UINT32_MAX = (1 << 32) - 1
+
+
+def _for_each(
+    ctx: click.Context,
+    containers: Sequence[str],
+    action: Callable[[Client, str, str], Awaitable[str | None]],
+    together: bool = False,
+) -> None:
+    """Apply `action(client, path, name)` to each container, in turn or (together) all at once, as Podman does:
+    print what it returns as each ends, report each failure on its own line, go on with the rest, and end with
+    125 if any failed."""
+
+    async def body(client: Client) -> bool:
+        async def one(name: str) -> None:
+            result = await action(client, await client.get_container(name), name)
+            if result is not None:
+                click.echo(result)
+
+        return (await each(containers, one, together))[1]
+
+    if not with_client(ctx, body):
+        ctx.exit(125)
+
+
+@click.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def start(ctx: click.Context, containers: tuple[str, ...]) -> None:
+    """Start one or more created containers."""
+
+    async def action(client: Client, path: str, name: str) -> str:
+        await client.start(path)
+        return name
+
+    _for_each(ctx, containers, action)
+
+
+async def _running_names(client: Client) -> list[str]:
+    return [e.name for e in await client.list_containers() if e.state in ("running", "paused")]
+
+
+@click.command()
+@click.option(
+    "-t",
+    "--time",
+    "timeout",
+    type=click.IntRange(min=0, max=_UINT32_MAX),
+    default=None,
+    help="Seconds to wait before SIGKILL (default: the container's stop timeout; 0 kills at once).",
+)
+@click.option("-a", "--all", "every", is_flag=True, help="Stop every running container.")
+@click.argument("containers", nargs=-1)
+@click.pass_context
+def stop(ctx: click.Context, timeout: int | None, every: bool, containers: tuple[str, ...]) -> None:
+    """Stop one or more containers, all at once: their stop signal, then SIGKILL after the timeout."""
+    if every == bool(containers):
+        raise click.UsageError("name the containers to stop, or give -a for every running one")
+
+    async def action(client: Client, path: str, name: str) -> str:
+        if timeout == 0:
+            # On the wire 0 means "the container's own timeout"; Podman users mean "no grace period" by -t 0.
+            try:
+                await client.kill(path, signal.SIGKILL)
+            except ClientError as e:
+                # Stop on a stopped container succeeds (as podman stop); keep -t 0 the same.
+                if e.name != NOT_RUNNING:
+                    raise
+            await client.wait(path)
+        else:
+            await client.stop(path, timeout or 0)
+            _, props = await client.get_container_properties(container_id(path))
+            stop_signal = int(props.get("StopSignal", signal.SIGTERM))
+            if props.get("ExitSignal") == signal.SIGKILL and stop_signal != signal.SIGKILL:
+                # As Podman says it: the program did not end on its stop signal (one without a handler, as PID 1,
+                # ignores SIGTERM), which --init or a handler would fix.
+                seconds = timeout or int(props.get("StopTimeout", 10))
+                warn(f"StopSignal {signal.Signals(stop_signal).name} failed to stop container {name} in {seconds} "
+                     "seconds, resorting to SIGKILL")
+        return name
+
+    if every:
+        containers = tuple(with_client(ctx, _running_names))
+    _for_each(ctx, containers, action, together=True)
+
+
+@click.command()
+@click.option(
+    "-s", "--signal", "signum", type=SIGNAL, default="KILL", show_default=True, help="Signal: TERM, SIGHUP, 9..."
+)
+@click.option("-a", "--all", "every", is_flag=True, help="Signal every running container.")
+@click.argument("containers", nargs=-1)
+@click.pass_context
+def kill(ctx: click.Context, signum: int, every: bool, containers: tuple[str, ...]) -> None:
+    """Send a signal to the processes of one or more containers."""
+    if every == bool(containers):
+        raise click.UsageError("name the containers to signal, or give -a for every running one")
+
+    async def action(client: Client, path: str, name: str) -> str:
+        await client.kill(path, signum)
+        return name
+
+    if every:
+        containers = tuple(with_client(ctx, _running_names))
+    _for_each(ctx, containers, action)
+
+
+@click.command()
+@click.option("-f", "--force", is_flag=True, help="Stop running containers first.")
+@click.option("-a", "--all", "every", is_flag=True,
+              help="Remove every container that does not run (with -f, running ones too).")
+@click.argument("containers", nargs=-1)
+@click.pass_context
+def rm(ctx: click.Context, force: bool, every: bool, containers: tuple[str, ...]) -> None:
+    """Remove one or more containers."""
+    if every == bool(containers):
+        raise click.UsageError("name the containers to remove, or give -a for every one")
+
+    async def action(client: Client, path: str, name: str) -> str:
+        await client.remove(path, force)
+        return name
+
+    async def removable(client: Client) -> list[str]:
+        # Without -f a running one would only be refused: left alone, as the flag's help says.
+        return [e.name for e in await client.list_containers()
+                if e.state != "removing" and (force or e.state != "running")]
+
+    if every:
+        containers = tuple(with_client(ctx, removable))
+    _for_each(ctx, containers, action, together=force)  # with force, running ones are killed at once
+
+
+# The original CLI's name for rm.
+remove = click.Command(
+    "remove", callback=rm.callback, params=rm.params, help="Remove one or more containers (same as rm)."
+)
+
+
+@click.group()
+def healthcheck() -> None:
+    """Run a container's health check."""
+
+
+@healthcheck.command(name="run")
+@click.argument("container")
+@click.pass_context
+def healthcheck_run(ctx: click.Context, container: str) -> None:
+    """Run the health check of a running container now; print its status. Exit status 0 when the check
+    passed, 1 when it failed."""
+
+    async def body(client: Client) -> tuple[str, int, str]:
+        return await client.run_health_check(await client.get_container(container))
+
+    status, code, text = with_client(ctx, body)
+    click.echo(status)
+    if code != 0:
+        if text.strip():
+            click.echo(text.rstrip(), err=True)
+        ctx.exit(1)
+
+
+@click.command()
+@click.option("--condition", "conditions", multiple=True, metavar="CONDITION",
+              help="Wait until one of these holds (repeat for several): exited (the default), running, ready, "
+                   "healthy, unhealthy.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def wait(ctx: click.Context, conditions: tuple[str, ...], containers: tuple[str, ...]) -> None:
+    """Wait for one or more containers to exit, or to meet a condition; print each exit code (or, for a
+    condition other than exited, its name)."""
+
+    from quilt_agent.cli import reconnect
+
+    timeout = reconnect.checked_timeout()
+
+    async def body(client: Client) -> bool:
+        # A restart of the agent meanwhile (a crash, an upgrade) is ridden out: the wait is asked again of the
+        # agent that comes back, which has recorded an exit that came while none ran.
+        session = reconnect.Session(client, timeout)
+
+        async def one(name: str) -> None:
+            path = await session.call(lambda: client.get_container(name))
+            if not conditions:
+                click.echo(await session.call(lambda: client.wait(path)))
+                return
+            met, code = await session.call(lambda: client.wait_condition(path, list(conditions)))
+            click.echo(str(code) if met == "exited" else met)
+
+        return (await each(containers, one))[1]
+
+    if not with_client(ctx, body):
+        ctx.exit(125)

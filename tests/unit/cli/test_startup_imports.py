@@ -1,0 +1,72 @@
+"""What each common quiltctl command imports before its first bus message: nothing it does not need.
+
+Each command is run as a user runs it (a fresh interpreter, `python -X importtime`) against a bus address where
+nobody listens, so it imports everything up to its first call and then fails; the modules it imported are read
+from sys.modules at its exit (-X importtime's report, which bench/startup.py sums, leaves out a module imported
+through importlib.import_module, as main.py imports each command's). A command that imports asyncio, dbus-fast or rich pays tens of milliseconds before
+it sends anything; the lists below say what each may not import, and why.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[3]
+
+# Never for a one-shot command: the event loop and the async bus library (~70 ms together), rich (~25 ms), the
+# async client, and anything of the agent's own.
+ONE_SHOT = {"asyncio", "dbus_fast", "rich", "quilt_agent.client", "concurrent.futures", "pyroute2", "aiosqlite",
+            "systemd", "quilt_agent.manager", "quilt_agent.store"}
+# What only creating a container needs: its flags' parsers, host files (a tar of an image file), the Go templates.
+CREATE_ONLY = {"tarfile", "quilt_agent.filetree", "quilt_agent.health", "quilt_agent.cli.containers",
+               "quilt_agent.cli.runflags"}
+TEMPLATES = {"quilt_agent.cli.template"}
+
+CASES: dict[str, tuple[list[str], set[str]]] = {
+    "--version": (["--version"], ONE_SHOT | CREATE_ONLY | TEMPLATES | {"quilt_agent.wire", "quilt_agent.api"}),
+    "ps": (["ps", "-a"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "ps -q": (["ps", "-q"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "inspect": (["inspect", "web"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "stop": (["stop", "web"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "start": (["start", "web"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "kill": (["kill", "web"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "rm": (["rm", "web"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "wait": (["wait", "web"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "logs": (["logs", "web"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "exec": (["exec", "web", "true"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "run -d": (["run", "-d", "busybox", "true"], ONE_SHOT | TEMPLATES | {"tarfile", "quilt_agent.filetree"}),
+    "run --rm": (["run", "--rm", "busybox", "true"], ONE_SHOT | TEMPLATES | {"tarfile", "quilt_agent.filetree"}),
+    "images": (["images"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "network ls": (["network", "ls"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "volume ls": (["volume", "ls"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+}
+
+
+def imported_by(args: list[str], tmp_path: Path) -> set[str]:
+    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus", "PYTHONPATH": str(PROJECT)}
+    listing = tmp_path / "modules"
+    code = (f"import atexit, sys; atexit.register(lambda: open({str(listing)!r}, 'w').write(' '.join(sys.modules))); "
+            f"sys.argv = ['quiltctl', *{args!r}]; from quilt_agent.cli.main import main; main()")
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                            env=env, stdin=subprocess.DEVNULL, cwd=tmp_path, timeout=60)
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    # It ran to its first call and failed there, with the one-line message: not earlier, on a usage error.
+    assert result.returncode in (0, 125), (result.returncode, errors)
+    return set(listing.read_text().split())
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_common_command_imports_only_what_it_needs(name: str, tmp_path: Path) -> None:
+    args, forbidden = CASES[name]
+    modules = imported_by(args, tmp_path)
+    found = {m for m in modules if m in forbidden or m.split(".")[0] in forbidden}
+    assert not found, f"quiltctl {' '.join(args)} imports {sorted(found)}"
+
+
+def test_the_check_sees_what_a_streaming_command_imports(tmp_path: Path) -> None:
+    """The same report for `events`, which needs the loop: the check can fail."""
+    assert {"asyncio", "dbus_fast"} <= imported_by(["events"], tmp_path)

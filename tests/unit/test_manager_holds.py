@@ -1,0 +1,96 @@
+"""remove_on_exit held for an attached client (Manager.hold_removal): the container stays after its exit while a
+holder is there, and goes when the last holder leaves, or at once when none held it; Wait answers the exit code
+even when the removal came first. Over the in-memory fakes (tests/unit/manager_fixtures.py)."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from quilt_agent.errors import InvalidArgument
+from quilt_agent.model import State
+from quilt_agent.restart import Backoff
+from tests.fakes.helper import FakeForkServer
+from tests.fakes.kernel import FakeKernel
+from tests.unit.manager_fixtures import DEADLINE, Core, RecordingScopes, build_core, create, make_core, tear_down
+from tests.unit.manager_fixtures import zygote  # noqa: F401 - the fixture: one fake fork server per module
+
+LONG = ["sleep", "30"]
+
+
+@pytest.fixture
+async def core(tmp_path: Path, zygote: FakeForkServer) -> AsyncIterator[Core]:
+    built = await make_core(tmp_path, zygote, Backoff())
+    yield built
+    await tear_down(built)
+
+
+async def test_a_held_container_stays_after_its_exit_until_its_holder_leaves(core: Core) -> None:
+    c = await create(core, ["sh", "-c", "exit 3"], remove_on_exit=True)
+    core.manager.hold_removal(c.id, ":1.7")
+    await core.manager.start(c.id)
+    assert await asyncio.wait_for(core.manager.wait(c.id), DEADLINE) == 3
+    await core.recorder.next("exited", c.id)
+    assert core.manager.get(c.id).state is State.EXITED  # its exit code and logs are there to read
+    assert await core.manager.logs(c.id) == []
+    assert any("held for their attached clients" in busy for busy in core.manager.activity())
+    core.manager.release_holder(":1.9")  # someone else leaving changes nothing
+    assert core.manager.get(c.id).state is State.EXITED
+    core.manager.release_holder(":1.7")
+    await core.recorder.next("removed", c.id)
+    assert core.manager.list() == []
+    assert not any("held" in busy for busy in core.manager.activity())
+
+
+async def test_a_holder_gone_before_the_exit_leaves_it_to_be_removed_at_the_exit(core: Core) -> None:
+    c = await create(core, LONG, remove_on_exit=True)
+    core.manager.hold_removal(c.id, ":1.7")
+    await core.manager.start(c.id)
+    core.manager.release_holder(":1.7")
+    assert core.manager.get(c.id).state is State.RUNNING
+    await core.manager.kill(c.id, 9)
+    await core.recorder.next("removed", c.id)
+    assert core.manager.list() == []
+
+
+async def test_a_holder_may_remove_it_itself_and_leave_after(core: Core) -> None:
+    c = await create(core, ["true"], remove_on_exit=True)
+    core.manager.hold_removal(c.id, ":1.7")
+    await core.manager.start(c.id)
+    await asyncio.wait_for(core.manager.wait(c.id), DEADLINE)
+    await core.manager.remove(c.id, force=False)
+    core.manager.release_holder(":1.7")
+    assert core.recorder.kinds(c.id).count("removed") == 1
+
+
+async def test_only_a_remove_on_exit_container_can_be_held(core: Core) -> None:
+    c = await create(core, ["true"])
+    with pytest.raises(InvalidArgument, match="remove_on_exit"):
+        core.manager.hold_removal(c.id, ":1.7")
+
+
+async def test_wait_answers_the_exit_code_of_an_unheld_container_removed_at_its_exit(core: Core) -> None:
+    c = await create(core, ["sh", "-c", "exit 5"], remove_on_exit=True)
+    waiting = asyncio.ensure_future(core.manager.wait(c.id))
+    await asyncio.sleep(0)  # let it block on the created container: no timing depends on this
+    await core.manager.start(c.id)
+    assert await asyncio.wait_for(waiting, DEADLINE) == 5
+    await core.recorder.next("removed", c.id)
+
+
+async def test_an_agent_that_starts_again_removes_the_exited_containers_it_held(core: Core,
+                                                                                  zygote: FakeForkServer) -> None:
+    # Holds do not outlive the agent: the client that held it cannot hold it with the next one.
+    c = await create(core, ["sh", "-c", "exit 3"], remove_on_exit=True)
+    kept = await create(core, ["true"], remove_on_exit=True)  # created, never started: it stays
+    core.manager.hold_removal(c.id, ":1.7")
+    await core.manager.start(c.id)
+    await core.recorder.next("exited", c.id)
+    await core.store.flush()
+    again = await build_core(core.paths, core.store, RecordingScopes(), FakeKernel(), zygote)
+    try:
+        assert [x.id for x in again.manager.list()] == [kept.id]
+    finally:
+        again.scopes.close()
