@@ -722,7 +722,6 @@ class Manager:
         else SIGTERM) to every process in it, then SIGKILL after timeout seconds (0 = the container's
         stop_timeout, which is the scope's TimeoutStopSec=)."""
         c = self._get(container_id)
-        rt = self._runtime[c.id]
         if c.state is not State.RUNNING:
             if c.restart_at:  # waiting to be restarted: it stays stopped
                 self._cancel_restart(c.id)
@@ -1048,14 +1047,7 @@ class Manager:
         def run(root: int) -> None:
             with stream:
                 copying.export_root(root, stream, first)
-        try:
-            await self._on_tree(container_id, run)
-        finally:
-            if not stream.closed:
-                try:
-                    stream.close()
-                except OSError:
-                    pass  # the reader went away: the export's own error says so
+        await self._streamed_on_tree(container_id, stream, run)
 
     # --- exec ------------------------------------------------------------------------------------
 
@@ -1248,14 +1240,18 @@ class Manager:
                     copying.archive_to(root, stream, path, first)
                 else:
                     copying.archive_from(root, path, stream, first)
+        await self._streamed_on_tree(container_id, stream, run)
+
+    async def _streamed_on_tree(self, container_id: str, stream: Any, fn: Callable[[int], None]) -> None:
+        """_on_tree for a function that writes or reads `stream`, closed after whatever happened."""
         try:
-            await self._on_tree(container_id, run)
+            await self._on_tree(container_id, fn)
         finally:
             if not stream.closed:
                 try:
                     stream.close()
                 except OSError:
-                    pass  # the reader went away: the copy's own error says so
+                    pass  # the peer went away: the tree walk's own error says so
 
     async def _on_tree(self, container_id: str, fn: Callable[[int], None]) -> None:
         """fn(root fd) in a worker thread: a running container's tree through its init's root, another's through

@@ -15,13 +15,13 @@ blocking one (with_client: a foreground run's Wait) it sleeps.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Awaitable, Callable, TypeVar
 
 from quilt_agent import errors
 from quilt_agent.api import Calls, ClientError
 from quilt_agent.bus.error_names import ERROR_NAMES, NO_SUCH_CONTAINER
+from quilt_agent.cli.context import in_event_loop
 
 T = TypeVar("T")
 
@@ -164,20 +164,8 @@ def checked_timeout() -> float:
         fail(str(e))
 
 
-def _in_loop() -> bool:
-    # Without importing asyncio: a command on the blocking transport never has.
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is None:
-        return False
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 async def _pause(seconds: float) -> None:
-    if _in_loop():
+    if in_event_loop():
         import asyncio
 
         await asyncio.sleep(seconds)
@@ -188,7 +176,7 @@ async def _pause(seconds: float) -> None:
 async def _within(call: Awaitable[None], seconds: float) -> bool:
     """Await call, for at most `seconds` on the loop (the blocking transport's call ends at the bus's own
     activation timeout); False if that passed first."""
-    if not _in_loop():
+    if not in_event_loop():
         await call
         return True
     import asyncio

@@ -69,7 +69,8 @@ def _port(text: str, spec: str, what: str, lowest: int = 1) -> int:
         raise InvalidArgument(f"Invalid port mapping '{spec}': {what} '{text}' is not a number")
     port = int(text)
     if not lowest <= port <= 65535:
-        raise InvalidArgument(f"Invalid port mapping '{spec}': {what} {port} is not between 1 and 65535")
+        raise InvalidArgument(f"Invalid port mapping '{spec}': {what} {port} is not between 1 and 65535"
+                              + (" (0 or none: a free one)" if lowest == 0 else ""))
     return port
 
 

@@ -24,7 +24,7 @@ def test_healthcheck_run_says_the_status_and_exits_0_or_1_and_ps_shows_it(image:
     assert ok("healthcheck", "run", name) == "healthy\n"
     row = next(line for line in ok("ps").splitlines() if name in line)
     assert "running (healthy)" in row
-    assert f"Health:     healthy: /bin/sh -c 'test -e /tmp/ok' every 3600 s" in ok("status", name).splitlines()
+    assert "Health:     healthy: /bin/sh -c 'test -e /tmp/ok' every 3600 s" in ok("status", name).splitlines()
     props = inspect(name)
     assert props["HealthCommand"] == ["/bin/sh", "-c", "test -e /tmp/ok"]
     log = props["HealthLog"]

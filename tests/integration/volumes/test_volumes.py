@@ -51,7 +51,7 @@ async def test_host_path_bind_read_write_and_read_only(vclient: Client, name: st
 
 async def test_bind_mount_does_not_propagate_to_host(vclient: Client, name: str, busybox_tar: Path,
                                                       tmp_path: Path) -> None:
-    out = await run(vclient, name, busybox_tar, "mkdir -p /h/sub && mount -t tmpfs none /h/sub; grep -c ' /h/sub ' "
+    await run(vclient, name, busybox_tar, "mkdir -p /h/sub && mount -t tmpfs none /h/sub; grep -c ' /h/sub ' "
                     "/proc/self/mounts", {"volumes": [f"{tmp_path}:/h"]})
     # Whether or not the container may mount (capabilities), nothing appears on the host's side.
     host_mounts = Path("/proc/self/mounts").read_text()
