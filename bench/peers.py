@@ -41,6 +41,7 @@ sys.path.insert(0, str(PROJECT))
 
 from quilt_agent.bus.names import CONTAINER_INTERFACE  # noqa: E402
 from quilt_agent.client import Client, ClientError  # noqa: E402
+from quilt_agent.cli.listing import TABLE_PROPERTIES  # noqa: E402
 
 T = TypeVar("T")
 QUILT = "quilt (bus)"  # the reference every ratio is taken against
@@ -639,6 +640,8 @@ class Bench:
             return {QUILT: (self.n(300 * share), lambda: self.q(self.quilt_timed(self.client.list_containers))),
                     QUILT + ", with properties": (self.n(100 * share), lambda: self.q(self.quilt_timed(
                         self.client.list_container_properties))),
+                    QUILT + ", with ps's properties": (self.n(100 * share), lambda: self.q(self.quilt_timed(
+                        lambda: self.client.list_container_properties(TABLE_PROPERTIES)))),
                     "quiltctl ps -a": (self.n(30 * share), lambda: timed(["quiltctl", "ps", "-a"]))}
 
         def teardown(paths: list[str]) -> None:

@@ -46,6 +46,7 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "pids_max": "t",
     "namespaces": "as",
     "remove_on_exit": "b",
+    "hold_removal": "b",  # RunContainer's own, with remove_on_exit
     "stop_timeout": "u",
     "labels": "a{ss}",
     "networks": "as",
@@ -327,9 +328,10 @@ class Calls:
         path, props = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "GetContainerProperties", "s", [name_or_id])
         return str(path), {key: unwrap(value) for key, value in props.items()}
 
-    async def list_container_properties(self) -> list[tuple[str, dict[str, Any]]]:
-        """(object path, the properties GetAll would answer on it) of every container, in one call."""
-        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListContainerProperties")
+    async def list_container_properties(self, names: Sequence[str] = ()) -> list[tuple[str, dict[str, Any]]]:
+        """(object path, the properties GetAll would answer on it) of every container, in one call; only those
+        `names` if any are given."""
+        (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListContainerProperties", "as", [list(names)])
         return [(str(path), {key: unwrap(value) for key, value in props.items()}) for path, props in rows]
 
     async def version(self) -> str:

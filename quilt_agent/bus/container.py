@@ -12,7 +12,6 @@ from dbus_fast.service import PropertyAccess, dbus_method, dbus_property
 from quilt_agent import capabilities
 from quilt_agent.bus import container_io
 from quilt_agent.bus.container_io import ContainerIO
-from quilt_agent.bus.errors import to_dbus_error
 from quilt_agent.bus.fds import closing_fds, received_fd
 from quilt_agent.bus.guard import GuardedInterface, guarded, readable
 from quilt_agent.bus import caller
@@ -24,7 +23,7 @@ from quilt_agent.bus.names import CONTAINER_INTERFACE
 from quilt_agent.bus import access
 from quilt_agent.bus.access import Target
 from quilt_agent.bus.polkit import MANAGE, READ, Authority
-from quilt_agent.errors import InvalidArgument, QuiltError
+from quilt_agent.errors import InvalidArgument
 from quilt_agent.manager import Manager
 from quilt_agent.network.core import Networks
 from quilt_agent.model import Container, effective_hostname
@@ -114,12 +113,32 @@ PROPERTIES: tuple[Property, ...] = (
 )
 
 
-def property_variants(c: Container, addresses: list[tuple[str, str]]) -> dict[str, Variant]:
-    """Everything GetAll answers on the container's object (bus/network.py's Addresses and Ports included), each
-    in its Variant: what ListContainerProperties answers per container."""
-    values = {prop.name: Variant(prop.signature, prop.value(c)) for prop in PROPERTIES}
-    values["Addresses"] = Variant("a(ss)", [list(pair) for pair in addresses])
-    values["Ports"] = Variant("as", list(c.spec.ports))
+_BY_NAME = {prop.name: prop for prop in PROPERTIES}
+_NETWORK_PROPERTIES = ("Addresses", "Ports")  # bus/network.py's, on the same object
+
+
+def property_names(names: list[str]) -> tuple[str, ...] | None:
+    """The properties a caller asked for, checked: None (all of them) for none."""
+    unknown = sorted(set(names) - set(_BY_NAME) - set(_NETWORK_PROPERTIES))
+    if unknown:
+        raise InvalidArgument(f"Unknown container property '{unknown[0]}'")
+    return tuple(dict.fromkeys(names)) or None
+
+
+def property_variants(c: Container, addresses: list[tuple[str, str]],
+                      names: tuple[str, ...] | None = None) -> dict[str, Variant]:
+    """What GetAll answers on the container's object (bus/network.py's Addresses and Ports included), each in its
+    Variant, or only `names` of it: what ListContainerProperties answers per container."""
+    wanted = names if names is not None else (*_BY_NAME, *_NETWORK_PROPERTIES)
+    values = {}
+    for name in wanted:
+        if name == "Addresses":
+            values[name] = Variant("a(ss)", [list(pair) for pair in addresses])
+        elif name == "Ports":
+            values[name] = Variant("as", list(c.spec.ports))
+        else:
+            prop = _BY_NAME[name]
+            values[name] = Variant(prop.signature, prop.value(c))
     return values
 
 

@@ -9,9 +9,12 @@ from dbus_fast.service import PropertyAccess, dbus_method, dbus_property, dbus_s
 
 from quilt_agent import __version__
 from quilt_agent.app import Services
-from quilt_agent.bus.container import ContainerInterface, properties, property_variants, state_text
+from quilt_agent.bus.container import (
+    ContainerInterface, properties, property_names, property_variants, state_text,
+)
 from quilt_agent.bus import access, caller
 from quilt_agent.bus.access import Resolver, Target, absent
+from quilt_agent.bus.holds import holder_watch
 from quilt_agent.bus.guard import BY_METHOD, PUBLIC, GuardedInterface, guarded, reveal, visible
 from quilt_agent.bus.errors import ERROR_NAMES
 from quilt_agent.bus.events import ARG_NAMES as EVENT_ARG_NAMES
@@ -199,8 +202,31 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
     @dbus_method(name="RunContainer")
     @guarded(BY_METHOD)
     async def run_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
+        # hold_removal is the call's option, not the container's: the caller holds the removal of its
+        # remove_on_exit container from before the start (as Container.HoldRemoval would), so an attached client
+        # needs one call where it needed create, hold and start; a start that fails removes it at once, since
+        # there is no exit to read.
+        options = dict(options)
+        hold = options.pop("hold_removal", None)
+        if hold is not None and (hold.signature != "b" or not isinstance(hold.value, bool)):
+            raise InvalidArgument(f"Option 'hold_removal' must be a boolean, not {hold.value!r}")
+        held = hold is not None and hold.value
+        if held and not _unwrap(options).get("remove_on_exit"):
+            raise InvalidArgument("Option 'hold_removal' needs remove_on_exit: there is no removal to hold")
         c = await self._create("run", name, image, command, options)
-        await self._manager.start(c.id)
+        if held:
+            holder = caller.current().sender
+            self._manager.hold_removal(c.id, holder)
+            await holder_watch(self._bus, self._manager).watch(holder)
+        try:
+            await self._manager.start(c.id)
+        except QuiltError:
+            if held:
+                try:
+                    await self._manager.remove(c.id, True)
+                except QuiltError:
+                    pass  # the start's error is the one to answer; the hold ends with the caller
+            raise
         return container_path(c.id)
 
     @dbus_method(name="StartAtBoot")
@@ -229,9 +255,10 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
 
     @dbus_method(name="ListContainerProperties")
     @guarded(PUBLIC)
-    async def list_container_properties(self) -> "a(oa{sv})":
+    async def list_container_properties(self, names: "as") -> "a(oa{sv})":
+        wanted = property_names(names)
         shown = await visible(self.authority, self._manager.list(), access.container)
-        return [[container_path(c.id), property_variants(c, self._networks.addresses(c.id))] for c in shown]
+        return [[container_path(c.id), property_variants(c, self._networks.addresses(c.id), wanted)] for c in shown]
 
     @dbus_signal(name="ContainerNew")
     def container_new(self, container_id: str, path: str) -> "so":

@@ -41,6 +41,7 @@ from quilt_agent.cli.parsing import (
     resolve_image,
 )
 from quilt_agent.api import ClientError, LogLine
+from quilt_agent.bus.names import container_id
 
 MIB = 1 << 20
 _UINT32_MAX = (1 << 32) - 1
@@ -274,10 +275,6 @@ def _transport(request: ContainerRequest) -> Callable[..., Any]:
     return with_async_client if request.image.startswith("/") else with_client
 
 
-async def _container_id(client: Client, path: str) -> str:
-    return str((await client.properties(path))["Id"])
-
-
 @click.command(context_settings=_COMMAND_SETTINGS, epilog=_COMPAT_EPILOG)
 @container_flags
 @click.pass_context
@@ -287,7 +284,7 @@ def create(ctx: click.Context, **params: Any) -> None:
 
     async def body(client: Client) -> str:
         path = await client.create_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
-        return await _container_id(client, path)
+        return container_id(path)
 
     click.echo(_transport(request)(ctx, body))
 
@@ -324,14 +321,15 @@ def run(ctx: click.Context, detach: bool, ready_timeout: float, interactive: boo
             path = await client.run_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
             if request.options.get("sdnotify") in ("container", "healthy"):
                 await _until_ready(client, path, ready_timeout)
-            return await _container_id(client, path)
+            return container_id(path)
 
         waits = request.options.get("sdnotify") in ("container", "healthy")  # with a timeout: on the loop
         click.echo((with_async_client if waits else _transport(request))(ctx, detached))
         return
 
-    # The logs are read after the exit. --rm is the agent's (remove_on_exit), held (HoldRemoval) until quiltctl
-    # has read the exit code and the logs and removes it; if quiltctl is killed meanwhile, the agent removes it.
+    # The logs are read after the exit. --rm is the agent's (remove_on_exit), held (RunContainer's hold_removal)
+    # until quiltctl has read the exit code and the logs and removes it; if quiltctl is killed meanwhile, or the
+    # start fails, the agent removes it.
     remove_after = bool(request.options.get("remove_on_exit", False))
     from quilt_agent.cli import reconnect
 
@@ -340,30 +338,18 @@ def run(ctx: click.Context, detach: bool, ready_timeout: float, interactive: boo
     async def foreground(client: Client) -> int:
         session = reconnect.Session(client, timeout, reached=True)  # used once the container is there
         since = time.time_ns() // 1000
-        if not remove_after:
-            path = await client.run_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
-        else:
-            # A RunContainer that fails to start (command not in the image) leaves a failed container, which
-            # the agent was not asked to remove: create and start apart, so --rm can remove it then too.
-            path = await client.create_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
-            try:
-                await client.hold_removal(path)  # before the start: it cannot be gone before we have its exit
-                await client.start(path)
-            except ClientError:
-                try:
-                    await client.remove(path, True)
-                except ClientError:
-                    pass  # the start's error is the one to report
-                raise
+        options = dict(request.options, hold_removal=True) if remove_after else request.options
+        path = await client.run_container(request.name, await hostfiles.image_ref(client, request.image),
+                                          request.command, options)
         live = None
         if show_setup_live:
             import asyncio
 
             live = asyncio.ensure_future(_show_setup_live(client, path))
-        props = await client.properties(path)
-        container_id, unit = str(props["Id"]), str(props.get("Unit", ""))
+        cid = container_id(path)
+        unit = str(await client.get_property(path, "Unit"))  # for the journal's address, should the agent restart
         code = await sigproxy.wait_forwarding_signals(
-            client, path, lambda: reconnect.wait_for_exit(session, client, path, container_id, since))
+            client, path, lambda: reconnect.wait_for_exit(session, client, path, cid, since))
         if live is not None:
             import asyncio
 
@@ -380,7 +366,7 @@ def run(ctx: click.Context, detach: bool, ready_timeout: float, interactive: boo
             if not session.restarts or e.name not in _GONE_OBJECT:
                 raise
             # An agent that restarted while it ran forgot the hold: it removed the container at its exit.
-            warn(f"container {container_id[:output.SHORT_ID]} was removed while quilt-agent was away: its output "
+            warn(f"container {cid[:output.SHORT_ID]} was removed while quilt-agent was away: its output "
                  f"is in the journal (journalctl _SYSTEMD_UNIT={unit})")
         if remove_after:
             try:

@@ -155,6 +155,12 @@ def fetches_all(show_all: bool, filters: Mapping[str, Sequence[str]], last: int 
     return shows_all(show_all, filters, last, latest) or bool(filters.get("before") or filters.get("since"))
 
 
+# The properties ps's table, -q, its filters and its choice of rows read: all that ps asks the agent for unless a
+# template or JSON may show any (tests/unit/cli/test_listing.py checks that nothing else is read).
+TABLE_PROPERTIES = ("Id", "Name", "Image", "Command", "State", "Restarting", "RestartCount", "Health",
+                    "ExitCode", "ExitSignal", "CreatedAt", "Labels", "RestartPolicy", "Networks", "Volumes", "Tmpfs")
+
+
 def select(rows: Sequence[Mapping[str, Any]], show_all: bool, filters: Mapping[str, Sequence[str]],
            last: int | None = None, latest: bool = False) -> list[dict[str, Any]]:
     """ps's rows, as Podman picks them: running ones unless all are shown, those every filter key matches (its
@@ -207,7 +213,7 @@ def _status(row: Mapping[str, Any], value: str) -> bool:
     if value == "restarting":
         return bool(row.get("Restarting"))
     if value == "paused":
-        return bool(row.get("Paused")) or state == "paused"
+        return state == "paused"  # the agent shows a paused container so
     if value in ("exited", "stopped"):
         return state in ("exited", "failed")  # Podman calls a command that could not run exited too
     return state == value
@@ -276,7 +282,7 @@ VOLUME_HEADERS = {"Name": "VOLUME NAME"}
 def podman_state(props: Mapping[str, Any]) -> str:
     """Podman's word for the state: a command that could not run ("failed" in Quilt) has exited."""
     state = str(props.get("State", ""))
-    if props.get("Paused") or state == "paused":
+    if state == "paused":
         return "paused"
     return "exited" if state == "failed" else state
 

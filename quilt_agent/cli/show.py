@@ -51,9 +51,12 @@ def ps(ctx: click.Context, show_all: bool, as_json: bool, quiet: bool, fmt: str 
     chosen_all = show_all
     show_all = listing.fetches_all(show_all, filters, last, latest)  # what the body fetches
 
+    # A template or JSON may show any property; the table only what it shows and filters by.
+    names = () if as_json or output.wants_json(fmt) or template is not None else listing.TABLE_PROPERTIES
+
     async def body(client: Client) -> list[dict[str, Any]]:
         # One call for every container's properties, however many there are.
-        rows = [props for _path, props in await client.list_container_properties()]
+        rows = [props for _path, props in await client.list_container_properties(names)]
         return [props for props in rows if show_all or props.get("State") in ("running", "paused")]
 
     try:

@@ -172,6 +172,19 @@ async def test_list_and_get_find_containers_by_name_and_id(client: Client, busyb
     assert await client.get_container(cid[:12]) == path
 
 
+async def test_list_container_properties_answers_getall_or_only_the_names_asked(client: Client, busybox_tar: Path,
+                                                                              name: str) -> None:
+    path = await client.create_container(name, str(busybox_tar), ["/bin/true"], {"labels": {"a": "b"}})
+    ((listed_path, every),) = await client.list_container_properties()
+    assert listed_path == path and every == await client.properties(path)  # Addresses and Ports included
+    ((_, some),) = await client.list_container_properties(["Name", "Labels", "Ports", "Name"])
+    assert some == {"Name": name, "Labels": {"a": "b"}, "Ports": []}
+    with pytest.raises(ClientError) as caught:
+        await client.list_container_properties(["Name", "NoSuchProperty"])
+    assert (caught.value.name, caught.value.message) == ("org.quilt.Runtime.Error.InvalidArgument",
+                                                         "Unknown container property 'NoSuchProperty'")
+
+
 async def test_generated_name_when_none_is_given(client: Client, busybox_tar: Path) -> None:
     path = await client.create_container("", str(busybox_tar), ["/bin/true"], {})
     props = await client.properties(path)

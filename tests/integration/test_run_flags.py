@@ -153,7 +153,7 @@ async def test_stop_sends_the_stop_signal_given(client: Client, busybox_tar: Pat
     assert (props["ExitCode"], props["ExitSignal"]) == (0, 0), props
     # (Every process of its scope gets it: the shell may also report its `sleep` ended by it.)
     lines = [line.text for line in await client.get_logs(path, {})]
-    assert lines[0] == "ready" and lines[-1] == "got USR1", lines
+    assert lines[0] == "ready" and "got USR1" in lines, lines
 
 
 async def test_the_stop_signal_given_wins_over_the_images(client: Client, busybox_tar: Path, name: str) -> None:

@@ -248,7 +248,7 @@ async def test_unprivileged_callers_see_nothing_of_what_others_own(
     try:
         lists = await asyncio.gather(*(run_as(user, "busctl", "call", BUS_NAME, MANAGER_PATH, MANAGER, method,
                                               *args)
-                                       for method, args in (("ListContainers", ()), ("ListContainerProperties", ()),
+                                       for method, args in (("ListContainers", ()), ("ListContainerProperties", ("as", "0")),
                                                             ("ListImages", ()),
                                                             ("ListNetworks", ()), ("ListVolumes", ()),
                                                             ("ListEvents", ("a{sv}", "0")))))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import pytest
+from dbus_fast import Variant
 
 from quilt_agent.client import Client
 from tests.integration.conftest import systemctl
@@ -381,6 +382,43 @@ async def test_hold_removal_without_remove_on_exit_is_invalid(client: Client, bu
         await client.hold_removal(path)
     assert caught.value.name == "org.quilt.Runtime.Error.InvalidArgument"
     assert "remove_on_exit" in caught.value.message
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"hold_removal": True}, "needs remove_on_exit"),
+    ({"hold_removal": Variant("s", "yes"), "remove_on_exit": True}, "must be a boolean"),
+], ids=["without-remove-on-exit", "not-a-boolean"])
+async def test_run_container_refuses_a_bad_hold_and_creates_nothing(
+        client: Client, busybox_tar: Path, name: str, options: dict[str, object], message: str) -> None:
+    from quilt_agent.client import ClientError
+
+    with pytest.raises(ClientError) as caught:
+        await client.run_container(name, str(busybox_tar), ["/bin/true"], options)
+    assert caught.value.name == "org.quilt.Runtime.Error.InvalidArgument"
+    assert message in caught.value.message
+    assert name not in await names(client)
+
+
+async def test_a_held_run_keeps_the_container_after_its_exit_until_its_caller_leaves(
+        client: Client, busybox_tar: Path, name: str) -> None:
+    async with Client() as holder:
+        path = await holder.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "exit 4"],
+                                          {"remove_on_exit": True, "hold_removal": True})
+        assert await holder.wait(path) == 4
+        await asyncio.sleep(0.5)  # held on purpose: an unheld remove_on_exit container would be gone by now
+        assert name in await names(client)
+        assert (await client.properties(path))["ExitCode"] == 4
+    await until(lambda: _gone(client, name), "the held container stayed after its holder left the bus")
+
+
+async def test_a_held_run_whose_start_fails_leaves_nothing(client: Client, busybox_tar: Path, name: str) -> None:
+    from quilt_agent.client import ClientError
+
+    with pytest.raises(ClientError) as caught:
+        await client.run_container(name, str(busybox_tar), ["/no/such/program"],
+                                   {"remove_on_exit": True, "hold_removal": True})
+    assert caught.value.name == "org.quilt.Runtime.Error.CommandNotFound"
+    assert name not in await names(client)
 
 
 # --- terminals -----------------------------------------------------------------------------------------------

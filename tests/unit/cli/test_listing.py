@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Sequence
 
 import pytest
 from click.testing import CliRunner, Result
@@ -219,6 +219,53 @@ def test_bad_filters_are_refused_with_the_filter_named(spec: str, says: str) -> 
 # --- what --format reads ---
 
 
+class _Reads(dict):
+    """A container's properties that remember which were read."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+
+def test_ps_without_a_template_reads_only_the_properties_it_asks_for(capsys: pytest.CaptureFixture[str]) -> None:
+    from quilt_agent.cli import output
+
+    rows = [_Reads(r, Health="healthy" if r["State"] == "running" else "", Volumes=["/v:/w"], Tmpfs=["/t"],
+                   RestartCount=0, RestartPolicy="no") for r in ROWS]
+    rows[2]["Restarting"] = True
+    every_filter = ["name=w", "id=77", "status=exited", "status=paused", "status=restarting", "label=app",
+                    "label!=tier=x", "ancestor=alpine", "exited=3", "health=healthy", "network=quilt",
+                    "volume=/v", "before=new", "since=web", "restart-policy=no", "command=sleep"]
+    for spec in every_filter:
+        listing.select(rows, True, listing.parse_filters([spec]))
+    listing.select(rows, False, {}, last=2)
+    output.print_ps_table(rows, NOW)
+    output.print_ps_table(rows, NOW, no_trunc=True)
+    for props in rows:
+        str(props["Id"])  # -q
+    read = set().union(*(r.read for r in rows))
+    assert read and read <= set(listing.TABLE_PROPERTIES), read - set(listing.TABLE_PROPERTIES)
+    capsys.readouterr()
+
+
+def test_ps_asks_only_for_properties_the_agent_has() -> None:
+    from quilt_agent.bus.container import property_names
+
+    assert property_names(list(listing.TABLE_PROPERTIES)) == listing.TABLE_PROPERTIES
+
+
 def test_ps_items_have_podmans_fields() -> None:
     props = container("web", Ports=["8080:80/tcp", "127.0.0.1:5353:53/udp"], Labels={"a": "b"}, MainPID=7,
                       Command=["/bin/sh", "-c", "sleep 600 && echo done"], Health="healthy")
@@ -309,9 +356,9 @@ class FakeAgent(Client):
     def close(self) -> None:
         pass
 
-    async def list_container_properties(self) -> list[tuple[str, dict[str, Any]]]:
+    async def list_container_properties(self, names: Sequence[str] = ()) -> list[tuple[str, dict[str, Any]]]:
         self.calls.append("list_container_properties")
-        return [(f"/c/{r['Name']}", dict(r)) for r in self.rows]
+        return [(f"/c/{r['Name']}", {k: v for k, v in r.items() if not names or k in names}) for r in self.rows]
 
     async def list_containers(self) -> list[ContainerEntry]:
         return [ContainerEntry(r["Id"], r["Name"], r["State"], f"/c/{r['Name']}") for r in self.rows]

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 from dbus_fast import Variant
 
+from quilt_agent.cli import listing
 from quilt_agent.cli.context import CliState
 from quilt_agent.cli.main import cli
 from quilt_agent.cli.parsing import (
@@ -36,8 +37,8 @@ from quilt_agent.client import (
 )
 
 MIB = 1 << 20
-PATH = "/org/quilt/Runtime/container/abc"
 FULL_ID = "0123456789abcdef" * 4
+PATH = "/org/quilt/Runtime/container/" + FULL_ID  # as the agent names it: the id is in the path
 
 
 # --- flag values ------------------------------------------------------------------------------------------------
@@ -229,9 +230,10 @@ class FakeClient(Client):
         self._record("get_container_properties", name_or_id)
         return path, self._props(path)
 
-    async def list_container_properties(self) -> list[tuple[str, dict[str, Any]]]:
-        self._record("list_container_properties")
-        return [(e.path, self._props(e.path)) for e in self.entries]
+    async def list_container_properties(self, names: Sequence[str] = ()) -> list[tuple[str, dict[str, Any]]]:
+        self._record("list_container_properties", tuple(names))
+        return [(e.path, {k: v for k, v in self._props(e.path).items() if not names or k in names})
+                for e in self.entries]
 
     async def start(self, path: str) -> None:
         self._record("start", path)
@@ -263,6 +265,10 @@ class FakeClient(Client):
     async def properties(self, path: str) -> dict[str, Any]:
         self._record("properties", path)
         return self._props(path)
+
+    async def get_property(self, path: str, name: str) -> Any:
+        self._record("get_property", path, name)
+        return (await self.properties(path)).get(name, "quilt-web.scope" if name == "Unit" else "")
 
     def _props(self, path: str) -> dict[str, Any]:
         entry = next((e for e in self.entries if e.path == path), self.entries[0])
@@ -369,11 +375,11 @@ def test_foreground_run_prints_logs_by_stream_and_exits_with_the_code(fake: Fake
     assert result.exit_code == 3
     assert result.stdout == "out 1\nout 2\n"
     assert result.stderr == "err 1\n"
-    # The agent removes it on exit (whatever becomes of quiltctl), held until quiltctl has read the exit code and
-    # the logs and removed it.
-    assert fake.calls_to("create_container")[0][3] == {"remove_on_exit": True}
+    # The agent removes it on exit (whatever becomes of quiltctl), held from before its start until quiltctl has
+    # read the exit code and the logs and removed it: one call.
+    assert fake.calls_to("run_container")[0][3] == {"remove_on_exit": True, "hold_removal": True}
     calls = [c[0] for c in fake.calls]
-    assert calls.index("hold_removal") < calls.index("start")
+    assert "create_container" not in calls and "start" not in calls
     assert calls[-3:] == ["wait", "get_logs", "remove"]
 
 
@@ -666,7 +672,8 @@ def test_ps_quiet_prints_short_ids(fake: FakeClient) -> None:
     running = quiltctl(fake, "ps", "-q")
     assert (running.exit_code, running.stdout) == (0, FULL_ID[:12] + "\n")
     assert quiltctl(fake, "ps", "-a", "--quiet").stdout == f"{FULL_ID[:12]}\n{'f' * 12}\n"
-    assert fake.calls_to("properties") == [] and fake.calls_to("list_container_properties") == [(), ()]
+    assert fake.calls_to("properties") == []
+    assert fake.calls_to("list_container_properties") == [(listing.TABLE_PROPERTIES,)] * 2
     assert quiltctl(FakeClient(), "ps", "-q", "--json").stdout.startswith("[")  # --json wins, as in image ls
 
 
