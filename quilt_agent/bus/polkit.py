@@ -46,9 +46,14 @@ class Credentials:
 
 class Authority:
     CACHE = 4096
+    # The system bus lets a connection wait for at most 128 replies at once (dbus-daemon's
+    # max_replies_per_connection); a list of a few hundred objects, each asked of polkit together, would have its
+    # calls beyond that refused, and the list with them. The agent's other calls (systemd, machined) need room too.
+    MAX_QUESTIONS = 32
 
     def __init__(self, bus: MessageBus) -> None:
         self._bus = bus
+        self._questions = asyncio.Semaphore(self.MAX_QUESTIONS)
         # A bus never gives a unique name to a second connection, so a sender's credentials cannot change:
         # remembered, they save a round trip to the bus on every call of a connected client.
         self._credentials: OrderedDict[str, Credentials] = OrderedDict()
@@ -119,10 +124,11 @@ class Authority:
         if target is not None:
             details.update(target.details(creds.uid))
         who_asks = ("system-bus-name", {"name": Variant("s", sender or caller.current().sender)})
-        reply = await self._bus.call(Message(
-            destination=POLKIT, path=POLKIT_PATH, interface=POLKIT_INTERFACE, member="CheckAuthorization",
-            signature="(sa{sv})sa{ss}us",
-            body=[who_asks, action, details, ALLOW_USER_INTERACTION if interactive else 0, ""]))
+        async with self._questions:
+            reply = await self._bus.call(Message(
+                destination=POLKIT, path=POLKIT_PATH, interface=POLKIT_INTERFACE, member="CheckAuthorization",
+                signature="(sa{sv})sa{ss}us",
+                body=[who_asks, action, details, ALLOW_USER_INTERACTION if interactive else 0, ""]))
         if reply.message_type is MessageType.ERROR:
             raise AccessDenied(f"Authorization check for {action} failed: {reply.body[0] if reply.body else ''}")
         authorized, _challenge, _details = reply.body[0]
