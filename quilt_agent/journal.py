@@ -56,15 +56,37 @@ def match(reader: Any, unit: str, identifier: str = "") -> None:
         reader.add_match(_SYSTEMD_UNIT=unit)
 
 
-def synchronize() -> None:
-    """Wait until journald has stored every line written to it before this call (`journalctl --sync`): a stream's
-    last lines may still be in journald's socket buffer when its writer exits. Blocking: call it in a worker
-    thread. A failure (no journalctl, a stuck journald) is not one: the read then shows what is stored."""
+JOURNAL_VARLINK = "/run/systemd/journal/io.systemd.journal"
+SYNC_TIMEOUT = 5.0
+
+
+def synchronize(varlink: str = JOURNAL_VARLINK) -> bool:
+    """Wait until journald has stored every line written to it before this call: a stream's last lines may still be
+    in journald's socket buffer when its writer exits. Asked as `journalctl --sync` asks it, journald's Synchronize
+    Varlink call, which journald answers once the input it had queued is written; by hand, since the protocol is
+    one NUL-terminated JSON object each way and Debian 12 packages no Varlink library for Python. A journald
+    without Varlink gets `journalctl --sync` itself. Whether journald confirmed; a failure (no journalctl, a stuck
+    journald) is not an error: the read then shows what is stored. Blocking: call it in a worker thread."""
     try:
-        subprocess.run(["journalctl", "--sync"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(SYNC_TIMEOUT)
+            sock.connect(varlink)
+            sock.sendall(b'{"method":"io.systemd.Journal.Synchronize","parameters":{}}\0')
+            reply = b""
+            while not reply.endswith(b"\0"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break  # journald closed without an answer
+                reply += chunk
+        if reply.endswith(b"\0") and b'"error"' not in reply:
+            return True
+    except OSError:
         pass
+    try:
+        return subprocess.run(["journalctl", "--sync"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=SYNC_TIMEOUT, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "") -> list[LogLine]:

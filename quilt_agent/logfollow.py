@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import select
-import socket
 import threading
 import time
 from collections import deque
@@ -30,14 +29,13 @@ from typing import Any
 
 from quilt_agent.errors import InvalidArgument
 from quilt_agent.journal import PRIORITY_STDERR
+from quilt_agent.journal import synchronize as journal_synchronize
 from quilt_agent.journal import match as journal_match
 from quilt_agent.model import Container, State
 from quilt_agent.setup import identifier as setup_identifier
 
 log = logging.getLogger("quilt.logs")
 
-JOURNAL_VARLINK = "/run/systemd/journal/io.systemd.journal"
-SYNC_TIMEOUT = 5.0
 POLL_MS = 1000  # a safety net: journal and wake-up fds are what end a wait
 MAX_FOLLOWERS = 256  # threads at once, over all containers
 WRITE_BATCH = 1000  # lines per write: a backlog of a million lines is never held at once
@@ -85,21 +83,6 @@ def parse_follow_options(options: dict[str, Any]) -> FollowOptions:
             raise InvalidArgument(f"Unknown log option '{key}': known options are {', '.join(FOLLOW_OPTIONS)}")
         fields[key] = FOLLOW_OPTIONS[key](key, value)
     return FollowOptions(**fields)
-
-
-def sync_journal() -> None:
-    """Return once journald has written what it had received (journalctl --sync does the same)."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(SYNC_TIMEOUT)
-            sock.connect(JOURNAL_VARLINK)
-            sock.sendall(b'{"method":"io.systemd.Journal.Synchronize","parameters":{}}\0')
-            while not sock.recv(4096).endswith(b"\0"):
-                pass
-    except OSError as e:
-        # An older journald without Varlink: give its stream buffers a moment instead.
-        log.debug("journal synchronize failed (%s); waiting briefly instead", e)
-        time.sleep(0.1)
 
 
 class _Follower(threading.Thread):
@@ -182,7 +165,7 @@ class _Follower(threading.Thread):
             if not self._send(reader):
                 return True
             if self._ended.is_set() or (until and time.time_ns() // 1000 > until):
-                sync_journal()  # its last lines may still be on their way through journald
+                journal_synchronize()  # its last lines may still be on their way through journald
                 reader.process()
                 self._send(reader)
                 return True

@@ -1,0 +1,48 @@
+"""journal.synchronize against the test host's journald: its Varlink call, and the fallbacks when that fails."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+from systemd import journal as systemd_journal
+
+from quilt_agent import journal
+
+
+def test_lines_streamed_just_before_a_synchronize_are_stored_when_it_returns() -> None:
+    identifier = f"quilt-test-{uuid.uuid4().hex[:8]}"
+    with systemd_journal.stream(identifier) as stream:
+        for i in range(2000):
+            stream.write(f"line {i}\n")
+    assert journal.synchronize() is True
+    stored = subprocess.run(["journalctl", "-q", "-t", identifier, "-o", "cat"], capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    assert len(stored) == 2000 and stored[-1] == "line 1999"
+
+
+def test_without_varlink_it_asks_journalctl() -> None:
+    assert journal.synchronize("/run/no-such-varlink-socket") is True
+
+
+def test_a_varlink_peer_that_hangs_up_without_an_answer_is_not_waited_for(tmp_path: Path) -> None:
+    path = str(tmp_path / "varlink")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(1)
+
+        def hang_up() -> None:
+            conn, _ = server.accept()
+            conn.recv(4096)
+            conn.close()
+
+        peer = threading.Thread(target=hang_up, daemon=True)
+        peer.start()
+        result: list[bool] = []
+        caller = threading.Thread(target=lambda: result.append(journal.synchronize(path)), daemon=True)
+        caller.start()
+        caller.join(timeout=10)
+        assert not caller.is_alive(), "synchronize waited on a peer that had hung up"
+        assert result == [True]  # journalctl --sync, after the peer's silence
