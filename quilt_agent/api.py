@@ -10,6 +10,7 @@ where a call never suspends, so quiltctl's one-shot commands run them without im
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -267,9 +268,10 @@ def unwrap(value: Any) -> Any:
     return value
 
 
-class Calls:
-    """The API's method calls; a transport subclass supplies _call_message, _variant and _wrap."""
+class Calls(ABC):
+    """The API's method calls; a transport subclass supplies _call_message and _variant."""
 
+    @abstractmethod
     async def _call_message(
         self,
         path: str,
@@ -281,10 +283,10 @@ class Calls:
         destination: str = BUS_NAME,
     ) -> Reply:
         """The reply itself, for its fds: an 'h' in its body is an index into reply.unix_fds (ours to close)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _variant(self, signature: str, value: Any) -> Any:
-        raise NotImplementedError
+        """`value` in the transport's Variant of `signature`."""
 
     def _wrap(self, options: Mapping[str, Any] | None, signatures: Mapping[str, str]) -> dict[str, Any]:
         return wrap_options(options, signatures, self._variant)

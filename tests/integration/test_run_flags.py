@@ -21,6 +21,7 @@ from tests.integration.bus.rules import BUS_NAME, MANAGER, MANAGER_PATH, run_as
 from tests.integration.bus.test_polkit import USERS
 from tests.integration.cli.test_quiltctl import QUILT_ERROR, USAGE_ERROR, assert_one_error_line, ok, quiltctl
 from tests.integration.test_bad_input import Check, nothing_left, refused  # noqa: F401 - nothing_left: a fixture
+from tests.integration.waiting import log_line, until
 
 NOBODY = USERS["nobody"]
 
@@ -144,10 +145,7 @@ async def test_stop_sends_the_stop_signal_given(client: Client, busybox_tar: Pat
     script = "trap 'echo got USR1; exit 0' USR1; echo ready; while :; do sleep 0.1; done"
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", script], {"stop_signal": "SIGUSR1"})
     assert (await client.properties(path))["StopSignal"] == 10
-    for _ in range(100):
-        if [line.text for line in await client.get_logs(path, {})] == ["ready"]:
-            break
-        await asyncio.sleep(0.05)
+    await log_line(client, path, "ready")
     await client.stop(path, 10)
     props = await client.properties(path)
     assert (props["ExitCode"], props["ExitSignal"]) == (0, 0), props
@@ -205,6 +203,19 @@ def test_quiltctl_entrypoint_takes_a_string_or_a_json_array(busybox_tar: Path, n
 # --- published ports -------------------------------------------------------------------------------
 
 
+def _http_get(port: int) -> bytes:
+    """What the server on the host's port answers GET /index.html, b"" while nothing does."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            return data
+    except OSError:
+        return b""
+
+
 def _host_port(ports: list[str], container_port: str) -> int:
     (mapping,) = [p for p in ports if p.endswith(":" + container_port)]
     return int(mapping.rsplit(":", 2)[-2])
@@ -222,20 +233,7 @@ async def test_a_port_without_a_host_port_gets_a_free_one_held_until_removal(cli
     with socket.socket() as taken:  # held by the agent: a process of the host cannot take it
         with pytest.raises(OSError):
             taken.bind(("0.0.0.0", port))
-    for _ in range(100):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
-                data = b""
-                while chunk := s.recv(4096):
-                    data += chunk
-            if data.endswith(b"free\n"):
-                break
-        except OSError:
-            pass
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError(f"nothing answers on 127.0.0.1:{port}")
+    await until(lambda: _http_get(port).endswith(b"free\n"), f"nothing answers on 127.0.0.1:{port}")
     # The same port again after a stop and start: it is the container's until its removal.
     await client.stop(path, 1)
     await client.start(path)

@@ -143,6 +143,26 @@ async def names(client: Client) -> list[str]:
     return [e.name for e in await client.list_containers()]
 
 
+async def on_the_bus(client: Client, process: asyncio.subprocess.Process) -> None:
+    """Until quiltctl's process has a connection on the system bus: the call it makes next (a Wait, a FollowLogs, a
+    subscription) follows at once; an agent taken away before that call is ridden out the same way."""
+
+    async def connected() -> bool:
+        bus = ("/org/freedesktop/DBus", "org.freedesktop.DBus")
+        names = (await client._call_message(*bus, "ListNames", destination="org.freedesktop.DBus")).body[0]
+        for unique in (n for n in names if n.startswith(":")):
+            try:
+                reply = await client._call_message(*bus, "GetConnectionUnixProcessID", "s", [unique],
+                                                   destination="org.freedesktop.DBus")
+            except Exception:  # noqa: BLE001 - a connection that left meanwhile
+                continue
+            if reply.body[0] == process.pid:
+                return True
+        return False
+
+    await until(connected, "quiltctl never connected to the bus")
+
+
 # --- logs -f -------------------------------------------------------------------------------------------------
 
 
@@ -187,7 +207,7 @@ async def test_logs_follow_gives_up_with_one_line_when_the_agent_does_not_come_b
     await client.run_container(name, str(busybox_tar), LONG_RUNNING, {})
     follow = await Quiltctl.start("logs", "-f", name, env={"QUILTCTL_RECONNECT_TIMEOUT": "2"})
     quiltctls.append(follow)
-    await asyncio.sleep(1)  # held on purpose: quiltctl has connected and follows
+    await on_the_bus(client, follow.process)
     started = time.monotonic()
     hold_agent_down()
     code, stderr = await follow.end()
@@ -217,7 +237,7 @@ async def test_events_follow_rides_out_the_agent_going_away_and_tells_what_happe
     main_pid, cid = props["MainPID"], props["Id"]
     follow = await Quiltctl.start("events", "--json")
     quiltctls.append(follow)
-    await asyncio.sleep(1)  # held on purpose: quiltctl has subscribed
+    await on_the_bus(client, follow.process)
     # It exits while no agent runs (and none can be started): the agent that comes back records the exit before
     # it takes its name, so before anyone can hear it: quiltctl finds it in the history.
     hold_agent_down()
@@ -261,7 +281,7 @@ async def test_wait_rides_out_the_agent_going_away_and_prints_the_exit_code(
     path = await client.run_container(name, str(busybox_tar), LONG_RUNNING, {})
     waiting = await Quiltctl.start("wait", *condition, name)
     quiltctls.append(waiting)
-    await asyncio.sleep(1)  # held on purpose: its Wait is under way
+    await on_the_bus(client, waiting.process)
     await take_agent_away(how)
     assert waiting.process.returncode is None
     await until(lambda: running(client, path), "the container does not run after the agent came back")
@@ -296,7 +316,7 @@ async def test_an_attached_run_stays_attached_through_the_agent_going_away(
                                "read x; echo got $x; exit 4", stdin=asyncio.subprocess.PIPE)
     quiltctls.append(run)
     path = await until(lambda: _path_if_running(client, name), "the container never ran")
-    await asyncio.sleep(0.5)  # held on purpose: its Wait is under way
+    await on_the_bus(client, run.process)
     await take_agent_away(how)
     assert run.process.stdin is not None
     run.process.stdin.write(b"hello\n")
@@ -315,13 +335,25 @@ async def _path_if_running(client: Client, name: str) -> str | None:
     return None
 
 
+def _running_anywhere(argv: list[bytes]) -> bool:
+    """Whether a process on the host (a container's included) runs with exactly `argv` (quiltctl, which carries
+    it among its own arguments, does not)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().split(b"\0")[:-1] == argv:
+                return True
+        except OSError:
+            continue  # ended meanwhile
+    return False
+
+
 async def test_an_attached_exec_cut_by_the_agent_says_its_exit_code_is_lost(
         client: Client, busybox_tar: Path, name: str, quiltctls: list[Quiltctl]) -> None:
     await client.run_container(name, str(busybox_tar), LONG_RUNNING, {})
     ran = await Quiltctl.start("exec", "-i", name, "/bin/sh", "-c", "read x; echo got $x",
                                stdin=asyncio.subprocess.PIPE)
     quiltctls.append(ran)
-    await asyncio.sleep(1)  # held on purpose: the exec runs
+    await until(lambda: _running_anywhere([b"/bin/sh", b"-c", b"read x; echo got $x"]), "the exec's command never ran")
     await take_agent_away("kill")
     await until(lambda: ran.process.returncode is not None, "quiltctl did not exit", 30)
     assert ran.process.returncode == QUILT_ERROR

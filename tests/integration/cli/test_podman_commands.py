@@ -3,6 +3,7 @@ top, port, attach, export, info, container ..., container prune, system prune), 
 against the real agent: what they print, their exit status, and what the agent and the kernel hold afterwards."""
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -10,7 +11,6 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -18,6 +18,7 @@ from tests.integration.cli.test_quiltctl import (
     QUILT_ERROR, QUILTCTL, USAGE_ERROR, assert_one_error_line, clean, image, inspect, ok, ps_json, quiltctl,
 )
 from tests.integration.conftest import systemctl
+from tests.integration.waiting import until
 
 __all__ = ["clean", "image"]  # the fixtures test_quiltctl.py's tests use: every test here starts and ends clean
 
@@ -27,13 +28,6 @@ SLEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo started; while true; do sl
 
 def run_detached(name: str, image: str, *flags: str, command: list[str] | None = None) -> str:
     return ok("run", "-d", "--name", name, *flags, image, "--", *(command or SLEEPER)).strip()
-
-
-def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def frozen(name: str) -> bool:
@@ -300,7 +294,7 @@ def test_export_writes_the_root_filesystem_without_volumes(image: str, name: str
                                                            running: bool) -> None:
     command = ["/bin/sh", "-c", "echo mine > /made; chmod 4755 /made; echo v > /data/v; sleep 300"]
     run_detached(name, image, "-v", "/data", command=command)
-    until(lambda: ok("exec", name, "cat", "/data/v") == "v\n", "the container wrote its files")
+    asyncio.run(until(lambda: ok("exec", name, "cat", "/data/v") == "v\n", "the container wrote its files"))
     if not running:
         ok("stop", "-t", "0", name)
     out = subprocess.run([QUILTCTL, "export", name], stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
@@ -365,7 +359,7 @@ def test_system_prune_removes_stopped_containers_unused_networks_and_volumes(ima
 
 def test_an_exported_root_imports_as_an_image_that_runs(image: str, name: str, tmp_path: Path) -> None:
     run_detached(name, image, command=["/bin/sh", "-c", "echo kept > /made; sleep 300"])
-    until(lambda: ok("exec", name, "cat", "/made") == "kept\n", "the container wrote its file")
+    asyncio.run(until(lambda: ok("exec", name, "cat", "/made") == "kept\n", "the container wrote its file"))
     ok("export", "-o", str(tmp_path / "root.tar"), name)
     ok("import", "-q", str(tmp_path / "root.tar"), f"{name}-img")
     assert ok("run", "--rm", f"{name}-img", "/bin/cat", "/made") == "kept\n"
