@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
@@ -235,3 +235,11 @@ def zygote() -> Iterator[FakeForkServer]:
     server = FakeForkServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+async def core(tmp_path: Path, zygote: FakeForkServer) -> AsyncIterator[Core]:
+    """A manager on fakes with the default restart backoff (import it, with zygote, where that is what a test needs)."""
+    built = await make_core(tmp_path, zygote, Backoff())
+    yield built
+    await tear_down(built)

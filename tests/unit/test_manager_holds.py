@@ -4,27 +4,17 @@ even when the removal came first. Over the in-memory fakes (tests/unit/manager_f
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
 from quilt_agent.errors import InvalidArgument
 from quilt_agent.model import State
-from quilt_agent.restart import Backoff
 from tests.fakes.helper import FakeForkServer
 from tests.fakes.kernel import FakeKernel
-from tests.unit.manager_fixtures import DEADLINE, Core, RecordingScopes, build_core, create, make_core, tear_down
-from tests.unit.manager_fixtures import zygote  # noqa: F401 - the fixture: one fake fork server per module
+from tests.unit.manager_fixtures import DEADLINE, Core, RecordingScopes, build_core, create
+from tests.unit.manager_fixtures import core, zygote  # noqa: F401 - fixtures: a manager on fakes, its fork server
 
 LONG = ["sleep", "30"]
-
-
-@pytest.fixture
-async def core(tmp_path: Path, zygote: FakeForkServer) -> AsyncIterator[Core]:
-    built = await make_core(tmp_path, zygote, Backoff())
-    yield built
-    await tear_down(built)
 
 
 async def test_a_held_container_stays_after_its_exit_until_its_holder_leaves(core: Core) -> None:

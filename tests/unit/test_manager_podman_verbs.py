@@ -5,26 +5,15 @@ tests/integration/cli/test_podman_commands.py runs it in the test host."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
 from quilt_agent.errors import AlreadyRunning, InvalidArgument, NameInUse, NoSuchContainer, NotRunning
 from quilt_agent.model import State
-from quilt_agent.restart import Backoff
-from tests.fakes.helper import FakeForkServer
-from tests.unit.manager_fixtures import DEADLINE, Core, create, events, make_core, tear_down
-from tests.unit.manager_fixtures import zygote  # noqa: F401 - the fixture: one fake fork server per module
+from tests.unit.manager_fixtures import DEADLINE, Core, create, events
+from tests.unit.manager_fixtures import core, zygote  # noqa: F401 - fixtures: a manager on fakes, its fork server
 
 LONG = ["sleep", "30"]
-
-
-@pytest.fixture
-async def core(tmp_path: Path, zygote: FakeForkServer) -> AsyncIterator[Core]:
-    built = await make_core(tmp_path, zygote, Backoff())
-    yield built
-    await tear_down(built)
 
 
 async def test_rename_of_a_stopped_container_changes_its_name_unit_and_row_and_tells_renamed(core: Core) -> None:

@@ -7,15 +7,12 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
 from quilt_agent.errors import InvalidArgument
-from quilt_agent.restart import Backoff
-from tests.fakes.helper import FakeForkServer
-from tests.unit.manager_fixtures import DEADLINE, Core, create, events, make_core, tear_down
-from tests.unit.manager_fixtures import zygote  # noqa: F401 - the fixture: one fake fork server per module
+from tests.unit.manager_fixtures import DEADLINE, Core, create, events
+from tests.unit.manager_fixtures import core, zygote  # noqa: F401 - fixtures: a manager on fakes, its fork server
 
 NOTIFIER = """
 import os, socket, sys, time
@@ -32,13 +29,6 @@ time.sleep(30)
 def notifier(*messages: str) -> list[str]:
     """A command that sends each message (| for a newline) to its NOTIFY_SOCKET, "sleep N" between, then waits."""
     return [sys.executable, "-c", NOTIFIER, *messages]
-
-
-@pytest.fixture
-async def core(tmp_path: Path, zygote: FakeForkServer) -> AsyncIterator[Core]:
-    built = await make_core(tmp_path, zygote, Backoff())
-    yield built
-    await tear_down(built)
 
 
 async def wait(core: Core, container_id: str, *conditions: str) -> tuple[str, int]:

@@ -3,26 +3,14 @@ processes join the service instead of a scope, a stop is the service's stop, and
 alone."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import AsyncIterator
-
 import pytest
 
 from quilt_agent.errors import ContainerFailed, InvalidArgument
 from quilt_agent.model import State
-from quilt_agent.restart import Backoff
-from tests.fakes.helper import FakeForkServer
-from tests.unit.manager_fixtures import Core, create, make_core, tear_down
-from tests.unit.manager_fixtures import zygote  # noqa: F401 - the fixture: one fake fork server per module
+from tests.unit.manager_fixtures import Core, create
+from tests.unit.manager_fixtures import core, zygote  # noqa: F401 - fixtures: a manager on fakes, its fork server
 
 SERVICE = "web.service"
-
-
-@pytest.fixture
-async def core(tmp_path: Path, zygote: FakeForkServer) -> AsyncIterator[Core]:
-    built = await make_core(tmp_path, zygote, Backoff())
-    yield built
-    await tear_down(built)
 
 
 async def test_its_processes_join_the_service_with_the_limits(core: Core) -> None:
