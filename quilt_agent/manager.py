@@ -315,6 +315,18 @@ class Manager:
 
     # --- start -----------------------------------------------------------------------------------
 
+    async def start_or_remove(self, container_id: str) -> Container:
+        """start, for a remove_on_exit container whose removal is held: a start that fails removes it at once,
+        as `podman run --rm` does, since no exit will come to remove it at; the start's error is raised."""
+        try:
+            return await self.start(container_id)
+        except QuiltError:
+            try:
+                await self.remove(container_id, True)
+            except QuiltError:
+                pass  # the start's error is the one to report; the hold ends with its holder
+            raise
+
     async def start(self, container_id: str, stdio: tuple[int, int, int] | None = None, tty: bool = False) -> Container:
         """stdio: the caller's stdin, stdout and stderr for this run instead of /dev/null and the journal
         (still the caller's to close); tty: stdin is a terminal, to be the init's controlling one."""

@@ -204,8 +204,7 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
     async def run_container(self, name: "s", image: "s", command: "as", options: "a{sv}") -> "o":
         # hold_removal is the call's option, not the container's: the caller holds the removal of its
         # remove_on_exit container from before the start (as Container.HoldRemoval would), so an attached client
-        # needs one call where it needed create, hold and start; a start that fails removes it at once, since
-        # there is no exit to read.
+        # needs one call where it needed create, hold and start.
         options = dict(options)
         hold = options.pop("hold_removal", None)
         if hold is not None and (hold.signature != "b" or not isinstance(hold.value, bool)):
@@ -218,15 +217,10 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
             holder = caller.current().sender
             self._manager.hold_removal(c.id, holder)
             await holder_watch(self._bus, self._manager).watch(holder)
-        try:
+        if held:
+            await self._manager.start_or_remove(c.id)
+        else:
             await self._manager.start(c.id)
-        except QuiltError:
-            if held:
-                try:
-                    await self._manager.remove(c.id, True)
-                except QuiltError:
-                    pass  # the start's error is the one to answer; the hold ends with the caller
-            raise
         return container_path(c.id)
 
     @dbus_method(name="StartAtBoot")

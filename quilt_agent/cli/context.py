@@ -152,17 +152,7 @@ def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T
     and status 125. `body` may await only the client's calls (see with_async_client for the rest)."""
     from quilt_agent.wire import BlockingClient, drive
 
-    state = ctx.find_object(CliState) or CliState()
-    client = state.client_factory() if state.client_factory else BlockingClient(interactive=_interactive())
-
-    async def session() -> T:
-        async with client:
-            return await body(client)
-
-    try:
-        return drive(session())
-    except (ClientError, HostFileError) as e:
-        _failing(e)
+    return _session(ctx, lambda: BlockingClient(interactive=_interactive()), drive, body)
 
 
 def with_async_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T:
@@ -172,14 +162,20 @@ def with_async_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]
 
     from quilt_agent.client import Client as AsyncClient
 
+    return _session(ctx, lambda: AsyncClient(interactive=_interactive()), asyncio.run, body)
+
+
+def _session(ctx: click.Context, transport: Callable[[], Client], run: Callable[[Any], T],
+             body: Callable[[Client], Awaitable[T]]) -> T:
+    """`body` on a connected client of `transport` (or the test's client_factory), run to its end by `run`."""
     state = ctx.find_object(CliState) or CliState()
-    client = state.client_factory() if state.client_factory else AsyncClient(interactive=_interactive())
+    client = state.client_factory() if state.client_factory else transport()
 
     async def session() -> T:
         async with client:
             return await body(client)
 
     try:
-        return asyncio.run(session())
+        return run(session())
     except (ClientError, HostFileError) as e:
         _failing(e)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from quilt_agent.errors import InvalidArgument
+from quilt_agent.errors import CommandNotFound, InvalidArgument
 from quilt_agent.model import State
 from tests.fakes.helper import FakeForkServer
 from tests.fakes.kernel import FakeKernel
@@ -84,3 +84,11 @@ async def test_an_agent_that_starts_again_removes_the_exited_containers_it_held(
         assert [x.id for x in again.manager.list()] == [kept.id]
     finally:
         again.scopes.close()
+
+
+async def test_a_held_start_that_fails_removes_the_container_and_raises_the_starts_error(core: Core) -> None:
+    c = await create(core, ["/no/such/program"], remove_on_exit=True)
+    core.manager.hold_removal(c.id, ":1.7")
+    with pytest.raises(CommandNotFound):
+        await core.manager.start_or_remove(c.id)
+    assert [x.id for x in core.manager.list()] == []
