@@ -2,8 +2,6 @@
 top-level ones (main.COMMANDS), imported only when one runs, so `container ls` and `ps` cannot drift apart."""
 from __future__ import annotations
 
-import importlib
-
 import click
 
 # Subcommand -> the top-level command it is (a key of main.COMMANDS), or (module, attribute) for the verbs
@@ -28,14 +26,10 @@ class ContainerGroup(click.Group):
         target = SUBCOMMANDS.get(cmd_name)
         if target is None:
             return None
-        if isinstance(target, str):
-            from quilt_agent.cli.main import COMMANDS  # here: main imports this module only when `container` runs
+        # Imported here: main imports this module only when `container` runs.
+        from quilt_agent.cli.main import COMMANDS, load_command
 
-            target = COMMANDS[target]
-        module, attribute = target
-        command = getattr(importlib.import_module(f"quilt_agent.cli.{module}"), attribute)
-        assert isinstance(command, click.Command)
-        return command
+        return load_command(*(COMMANDS[target] if isinstance(target, str) else target))
 
 
 @click.group(cls=ContainerGroup)

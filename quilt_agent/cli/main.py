@@ -114,6 +114,13 @@ PODMAN_EQUIVALENTS: dict[str, str] = {
 }
 
 
+def load_command(module: str, attribute: str) -> click.Command:
+    """The command `attribute` of quilt_agent.cli.`module`, importing the module now (COMMANDS' entries)."""
+    command = getattr(importlib.import_module(f"quilt_agent.cli.{module}"), attribute)
+    assert isinstance(command, click.Command)
+    return command
+
+
 class QuiltGroup(click.Group):
     """click's group, with commands imported on first use and every error as one `quiltctl: ...` line: click's
     own usage errors are three lines (usage, hint, error), which drowns the one that matters in scripts' logs."""
@@ -123,12 +130,7 @@ class QuiltGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         where = COMMANDS.get(cmd_name)
-        if where is None:
-            return None
-        module, attribute = where
-        command = getattr(importlib.import_module(f"quilt_agent.cli.{module}"), attribute)
-        assert isinstance(command, click.Command)
-        return command
+        return None if where is None else load_command(*where)
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
                                                                               list[str]]:
