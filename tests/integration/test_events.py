@@ -13,7 +13,7 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from quilt_agent.client import Client, ClientError, Event
-from tests.integration.waiting import subscribed, until
+from tests.integration.waiting import log_line, subscribed, until
 
 ERR = "org.quilt.Runtime.Error."
 MiB = 1 << 20
@@ -33,19 +33,12 @@ async def events_of(queue: asyncio.Queue[Event], container_id: str, last: str, t
     return got
 
 
-async def wait_for_line(client: Client, path: str, text: str) -> None:
-    deadline = time.monotonic() + 10
-    while text not in [line.text for line in await client.get_logs(path, {})]:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
-
-
 async def test_a_container_created_started_oom_killed_and_removed_tells_each_edge(client: Client, busybox_tar: Path,
                                                                                name: str) -> None:
     queue = await client.watch_events()
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", HOG], {"memory_max": 32 * MiB})
     cid = (await client.properties(path))["Id"]
-    await wait_for_line(client, path, "ready")
+    await log_line(client, path, "ready")
     await client.kill(path, 10)  # SIGUSR1: go
     assert await client.wait(path) == 137
     await client.remove(path)

@@ -18,7 +18,7 @@ import pytest
 from dbus_fast import Variant
 
 from quilt_agent.client import Client, ClientError
-from tests.integration.waiting import until
+from tests.integration.waiting import log_line, until
 
 ERR = "org.quilt.Runtime.Error."
 QUILTCTL = shutil.which("quiltctl") or "/usr/bin/quiltctl"
@@ -79,16 +79,9 @@ async def read_all(fd: int, timeout: float = 20.0) -> list[dict]:
         log.close()
 
 
-async def wait_for_line(client: Client, path: str, text: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in [line.text for line in await client.get_logs(path, {})]:
-        assert time.monotonic() < deadline, f"no line {text!r}"
-        await asyncio.sleep(0.02)
-
-
 async def gated_container(client: Client, image: Path, name: str) -> str:
     path = await client.run_container(name, str(image), ["/bin/sh", "-c", GATED], {})
-    await wait_for_line(client, path, "before")
+    await log_line(client, path, "before")
     return path
 
 
@@ -126,7 +119,7 @@ async def test_follow_of_an_exited_container_gives_its_log_and_ends(client: Clie
 async def test_follow_options_lines_since_until_and_no_follow(client: Client, busybox_tar: Path, name: str) -> None:
     script = "echo one; sleep 0.3; echo two; sleep 0.3; echo three; sleep 0.3; echo four; sleep 300"
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", script], {})
-    await wait_for_line(client, path, "four")
+    await log_line(client, path, "four")
     all_lines = await client.get_logs(path, {})
     two, three = all_lines[1].usec, all_lines[2].usec
 
@@ -159,16 +152,16 @@ async def test_follow_ends_when_the_reader_goes_away_and_leaves_nothing_behind(c
     assert len(os.listdir(f"/proc/{agent}/task")) == threads + 5  # one thread each, none of asyncio's pool
     for fd in followers:
         os.close(fd)
-    deadline = time.monotonic() + 10
-    while len(os.listdir(f"/proc/{agent}/task")) > threads or len(os.listdir(f"/proc/{agent}/fd")) > fds:
-        assert time.monotonic() < deadline, "the followers did not end with their readers"
-        await asyncio.sleep(0.05)
+    def ended() -> bool:
+        return len(os.listdir(f"/proc/{agent}/task")) <= threads and len(os.listdir(f"/proc/{agent}/fd")) <= fds
+
+    await until(ended, "the followers did not end with their readers")
     assert (await client.properties(path))["State"] == "running"
 
 
 async def test_follow_ends_when_the_container_is_removed(client: Client, busybox_tar: Path, name: str) -> None:
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "echo hi; sleep 300"], {})
-    await wait_for_line(client, path, "hi")
+    await log_line(client, path, "hi")
     reading = asyncio.ensure_future(read_all(await client.follow_logs(path, {})))
     await client.remove(path, True)
     assert [line["text"] for line in await reading] == ["hi"]
@@ -225,7 +218,7 @@ async def test_quiltctl_logs_follow_prints_new_lines_stdout_and_stderr_apart(cli
 async def test_quiltctl_logs_tail_timestamps_and_until(client: Client, busybox_tar: Path, name: str) -> None:
     path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "echo a; echo b; echo c"], {})
     await client.wait(path)
-    await wait_for_line(client, path, "c")
+    await log_line(client, path, "c")
     result = subprocess.run([QUILTCTL, "logs", "-f", "-n", "2", "--timestamps", name], capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0, result.stderr
