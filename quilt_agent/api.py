@@ -11,12 +11,25 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from quilt_agent.bus.names import (
     BUS_NAME, CONTAINER_INTERFACE, IMAGE_INTERFACE, MANAGER_INTERFACE, MANAGER_PATH, NETWORK_INTERFACE, VOLUME_INTERFACE,
 )
+
+# typing, dataclasses and the records of replies (quilt_agent.replies) are imported only where needed: a one-shot
+# quiltctl command loads this module, and each module it loads costs it a millisecond or more (see wire.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping, Protocol, Sequence
+
+    from quilt_agent.replies import ContainerEntry, Event, ExecOutput, ImageEntry, LogLine, NetworkEntry
+
+    class Reply(Protocol):
+        """What a transport's call returns: the reply's body, and the fds it carried ('h' values index them)."""
+
+        body: list[Any]
+        unix_fds: list[int]
+
 
 PROPERTIES_INTERFACE = "org.freedesktop.DBus.Properties"
 
@@ -136,20 +149,6 @@ PULL_OPTION_SIGNATURES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class ImageEntry:
-    id: str
-    name: str  # one row per name; "" for an image without one
-    size: int
-    path: str
-
-
-@dataclass(frozen=True)
-class ImageProgress:
-    phase: str  # "<verb> <what>": resolving REF, downloading/unpacking/unpacked/exists DIGEST, checking PATH, done ID
-    done: int  # bytes
-    total: int  # bytes; 0 when not known
-
 class ClientError(Exception):
     """An error reply from the bus or the agent; `name` is the D-Bus error name, `message` its text."""
 
@@ -166,43 +165,6 @@ class AgentNotReachable(ClientError):
         super().__init__(name, f"quilt-agent is not reachable on the system bus: {detail}")
 
 
-@dataclass(frozen=True)
-class ContainerEntry:
-    id: str
-    name: str
-    state: str
-    path: str
-
-
-@dataclass(frozen=True)
-class Event:
-    time: int  # usec since the epoch
-    kind: str  # created, started, failed, oom, exited, removed
-    container_id: str
-    details: dict[str, Any]  # name, and what the kind adds (exit_code, oom_killed, reason)
-
-
-@dataclass(frozen=True)
-class ExecOutput:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-
-
-@dataclass(frozen=True)
-class NetworkEntry:
-    name: str
-    subnet: str
-    path: str
-
-
-@dataclass(frozen=True)
-class LogLine:
-    usec: int
-    stream: str
-    text: str
-
-
 def is_variant(value: Any) -> bool:
     """dbus-fast's Variant and wire.Variant alike: a value with its own signature."""
     return hasattr(value, "signature") and hasattr(value, "value") and not isinstance(value, type)
@@ -213,13 +175,6 @@ def error_for(name: str, text: str) -> ClientError:
     if name in _UNREACHABLE_ERRORS or name.startswith(_UNREACHABLE_ERROR_PREFIXES):
         return AgentNotReachable(name, text)
     return ClientError(name, text)
-
-
-class Reply(Protocol):
-    """What a transport's call returns: the reply's body, and the fds it carried ('h' values index them)."""
-
-    body: list[Any]
-    unix_fds: list[int]
 
 
 def _coerce(signature: str, value: Any) -> Any:
@@ -323,6 +278,8 @@ class Calls(ABC):
 
     async def list_containers(self) -> list[ContainerEntry]:
         (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListContainers")
+        from quilt_agent.replies import ContainerEntry
+
         return [ContainerEntry(id=i, name=n, state=s, path=p) for i, n, s, p in rows]
 
     async def get_container_properties(self, name_or_id: str) -> tuple[str, dict[str, Any]]:
@@ -397,6 +354,8 @@ class Calls(ABC):
     async def get_logs(self, path: str, options: Mapping[str, Any] | None = None) -> list[LogLine]:
         body = [self._wrap(options, LOG_OPTION_SIGNATURES)]
         (rows,) = await self._call(path, CONTAINER_INTERFACE, "GetLogs", "a{sv}", body)
+        from quilt_agent.replies import LogLine
+
         return [LogLine(usec=u, stream=s, text=t) for u, s, t in rows]
 
     async def run_health_check(self, path: str) -> tuple[str, int, str]:
@@ -429,6 +388,8 @@ class Calls(ABC):
         """Run a command in the container and collect its output (each stream cut at 1 MiB by the agent)."""
         body = [list(command), self._wrap(options, EXEC_OPTION_SIGNATURES)]
         code, out, err = await self._call(path, CONTAINER_INTERFACE, "Exec", "asa{sv}", body)
+        from quilt_agent.replies import ExecOutput
+
         return ExecOutput(int(code), bytes(out), bytes(err))
 
     async def exec_with_fds(self, path: str, command: Sequence[str], options: Mapping[str, Any] | None,
@@ -467,6 +428,8 @@ class Calls(ABC):
         """Stored lifecycle events, oldest first; since/until in usec since the epoch (0: unbounded)."""
         options = {key: self._variant("t", value) for key, value in (("since", since), ("until", until)) if value}
         (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListEvents", "a{sv}", [options])
+        from quilt_agent.replies import Event
+
         return [Event(int(t), kind, cid, unwrap(details)) for t, kind, cid, details in rows]
 
     async def _signal_sender(self) -> str:
@@ -486,6 +449,8 @@ class Calls(ABC):
 
     async def list_networks(self) -> list[NetworkEntry]:
         (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListNetworks")
+        from quilt_agent.replies import NetworkEntry
+
         return [NetworkEntry(name=n, subnet=s, path=p) for n, s, p in rows]
 
     async def get_network(self, name_or_id: str) -> str:
@@ -567,6 +532,8 @@ class Calls(ABC):
 
     async def list_images(self) -> list[ImageEntry]:
         (rows,) = await self._call(MANAGER_PATH, MANAGER_INTERFACE, "ListImages")
+        from quilt_agent.replies import ImageEntry
+
         return [ImageEntry(id=i, name=n, size=int(s), path=p) for i, n, s, p in rows]
 
     async def get_image(self, name_or_id: str) -> str:

@@ -15,13 +15,15 @@ from typing import Any, Mapping, Sequence
 from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-# The calls, records, errors and option tables are quilt_agent.api's; importers of this module find them here too.
+# The calls, errors and option tables are quilt_agent.api's, the records quilt_agent.replies'; importers of this module find them here too.
 from quilt_agent import api
 from quilt_agent.api import (  # noqa: F401
     CONTAINER_OPTION_SIGNATURES, EXEC_OPTION_SIGNATURES, FOLLOW_OPTION_SIGNATURES, IMPORT_OPTION_SIGNATURES,
     LOG_OPTION_SIGNATURES, NETWORK_OPTION_SIGNATURES, PROPERTIES_INTERFACE, PULL_OPTION_SIGNATURES,
-    AgentNotReachable, Calls, ClientError, ContainerEntry, Event, ExecOutput, ImageEntry, ImageProgress, LogLine,
-    NetworkEntry, error_for, unwrap,
+    AgentNotReachable, Calls, ClientError, error_for, unwrap,
+)
+from quilt_agent.replies import (  # noqa: F401
+    ContainerEntry, Event, ExecOutput, ImageEntry, ImageProgress, LogLine, NetworkEntry,
 )
 from quilt_agent.bus.names import BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH
 

@@ -10,18 +10,24 @@ dbus-fast.
 
 from __future__ import annotations
 
-import array
+# What a one-shot command imports is what it pays for before its first message (each module costs about a
+# millisecond on these machines; see bench/startup.py): this module and quilt_agent.api use only modules the
+# interpreter has loaded anyway, and C modules. So _socket rather than socket (whose enum and selectors imports
+# cost ~8 ms), _thread rather than threading, plain classes rather than dataclasses (~16 ms: inspect, ast, re),
+# and typing only for the type checker.
+import _socket
+import _thread
 import os
-import socket
 import struct
-import threading
-from dataclasses import dataclass, field
-from typing import Any, Coroutine, Sequence, TypeVar
 
 from quilt_agent.api import AgentNotReachable, Calls, error_for
 from quilt_agent.bus.names import BUS_NAME
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Coroutine, Sequence, TypeVar
+
+    T = TypeVar("T")
 
 METHOD_CALL, METHOD_RETURN, ERROR, SIGNAL = 1, 2, 3, 4
 FLAG_ALLOW_INTERACTIVE_AUTHORIZATION = 0x4
@@ -40,12 +46,20 @@ class WireError(Exception):
     """A message this module cannot write or read: a type outside the API's, or a malformed reply."""
 
 
-@dataclass(frozen=True)
 class Variant:
     """A value with its own signature ('v'): what a{sv} holds. quilt_agent.api.unwrap strips it."""
 
-    signature: str
-    value: Any
+    __slots__ = ("signature", "value")
+
+    def __init__(self, signature: str, value: Any) -> None:
+        self.signature = signature
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Variant) and (self.signature, self.value) == (other.signature, other.value)
+
+    def __repr__(self) -> str:
+        return f"Variant({self.signature!r}, {self.value!r})"
 
 
 def split_signature(signature: str) -> list[str]:
@@ -177,24 +191,27 @@ def unmarshal_body(signature: str, data: bytes) -> list[Any]:
     return [reader.read(member) for member in split_signature(signature)]
 
 
-@dataclass
 class Message:
     """One D-Bus message, as read or to be written."""
 
-    type: int
-    serial: int = 0
-    flags: int = 0
-    path: str = ""
-    interface: str = ""
-    member: str = ""
-    destination: str = ""
-    signature: str = ""
-    body: list[Any] = field(default_factory=list)
-    unix_fds: list[int] = field(default_factory=list)
-    error_name: str = ""
-    reply_serial: int = 0
-    sender: str = ""
-    fd_count: int = 0  # as read: how many of the fds that came with the bytes are this message's
+    def __init__(self, type: int, serial: int = 0, flags: int = 0, path: str = "", interface: str = "",
+                 member: str = "", destination: str = "", signature: str = "", body: list[Any] | None = None,
+                 unix_fds: list[int] | None = None, error_name: str = "", reply_serial: int = 0,
+                 sender: str = "") -> None:
+        self.type = type
+        self.serial = serial
+        self.flags = flags
+        self.path = path
+        self.interface = interface
+        self.member = member
+        self.destination = destination
+        self.signature = signature
+        self.body: list[Any] = [] if body is None else body
+        self.unix_fds: list[int] = [] if unix_fds is None else unix_fds
+        self.error_name = error_name
+        self.reply_serial = reply_serial
+        self.sender = sender
+        self.fd_count = 0  # as read: how many of the fds that came with the bytes are this message's
 
     def encode(self) -> bytes:
         body = marshal_body(self.signature, self.body)
@@ -288,7 +305,7 @@ class Connection:
     _MAX_FDS = 16
 
     def __init__(self, address: str) -> None:
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
             self._sock.connect(socket_address(address))
             self._authenticate()
@@ -298,10 +315,11 @@ class Connection:
         self._serial = 0
         self._buffer = bytearray()
         self._fds: list[int] = []
+        self._write_lock = _thread.allocate_lock()
+        self._state = _thread.allocate_lock()  # guards the three below
+        self._reading = False  # whether a caller is reading for all
         self._replies: dict[int, Message] = {}
-        self._write_lock = threading.Lock()
-        self._state = threading.Condition()
-        self._reading = False
+        self._waiting: dict[int, Any] = {}  # serial -> the lock its caller sleeps on while another reads
         self.unique_name = str(self.call(Message(
             METHOD_CALL, path="/org/freedesktop/DBus", interface="org.freedesktop.DBus", member="Hello",
             destination="org.freedesktop.DBus")).body[0])
@@ -337,7 +355,8 @@ class Connection:
             message.serial = self._serial
             data = message.encode()
             if message.unix_fds:
-                ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", message.unix_fds))]
+                fds = struct.pack(f"{len(message.unix_fds)}i", *message.unix_fds)
+                ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)]
                 sent = self._sock.sendmsg([data], ancillary)
                 if sent < len(data):
                     self._sock.sendall(data[sent:])
@@ -350,25 +369,46 @@ class Connection:
         return self.reply(self.send(message))
 
     def reply(self, serial: int) -> Message:
+        """Wait for the reply to `serial`. One caller at a time reads, filing every reply it reads for whoever
+        waits for it; the others sleep until a read may have brought theirs, then look, or take over reading."""
+        wake = _thread.allocate_lock()
+        wake.acquire()
         with self._state:
-            while serial not in self._replies:
-                if self._reading:
-                    self._state.wait()
+            self._waiting[serial] = wake
+        try:
+            while True:
+                with self._state:
+                    if serial in self._replies:
+                        return self._replies.pop(serial)
+                    reader = not self._reading
+                    self._reading = True
+                if not reader:
+                    wake.acquire()  # released after every message read, so no wake-up is lost
                     continue
-                self._reading = True
-                self._state.release()
                 try:
                     message = self._receive()
-                finally:
-                    self._state.acquire()
+                except BaseException:
+                    with self._state:
+                        self._reading = False
+                        self._wake_others(wake)  # one of them reads on, and meets the same end itself
+                    raise
+                with self._state:
                     self._reading = False
-                if message.type in (METHOD_RETURN, ERROR):
-                    self._replies[message.reply_serial] = message
-                else:
+                    if message.type in (METHOD_RETURN, ERROR):
+                        self._replies[message.reply_serial] = message
+                    self._wake_others(wake)
+                if message.type not in (METHOD_RETURN, ERROR):
                     for fd in message.unix_fds:  # a signal or a call to us: nobody here asked for it
                         os.close(fd)
-                self._state.notify_all()
-            return self._replies.pop(serial)
+        finally:
+            with self._state:
+                del self._waiting[serial]
+
+    def _wake_others(self, wake: Any) -> None:
+        """With _state held: every other waiter looks again (its reply may be in, or the reading is free)."""
+        for other in self._waiting.values():
+            if other is not wake and other.locked():
+                other.release()
 
     def _receive(self) -> Message:
         while True:
@@ -378,13 +418,11 @@ class Connection:
                 del self._buffer[:length]
                 message.unix_fds, self._fds = self._fds[:message.fd_count], self._fds[message.fd_count:]
                 return message
-            fds = array.array("i")
-            chunk, ancillary, _flags, _ = self._sock.recvmsg(
-                65536, socket.CMSG_SPACE(self._MAX_FDS * fds.itemsize))
+            chunk, ancillary, _flags, _ = self._sock.recvmsg(65536, _socket.CMSG_SPACE(self._MAX_FDS * 4))
             for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-            self._fds.extend(fds)
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                    whole = len(payload) - len(payload) % 4
+                    self._fds.extend(struct.unpack(f"{whole // 4}i", payload[:whole]))
             if not chunk:
                 raise EOFError("the bus closed the connection")
             self._buffer.extend(chunk)

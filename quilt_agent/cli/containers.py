@@ -40,7 +40,8 @@ from quilt_agent.cli.parsing import (
     SECONDS,
     resolve_image,
 )
-from quilt_agent.api import ClientError, LogLine
+from quilt_agent.api import ClientError
+from quilt_agent.replies import LogLine
 from quilt_agent.bus.names import container_id
 
 MIB = 1 << 20

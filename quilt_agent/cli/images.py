@@ -19,7 +19,8 @@ from quilt_agent.cli import output
 from quilt_agent.cli.context import fail, with_async_client, with_client
 from quilt_agent.cli import hostfiles
 from quilt_agent.cli.parsing import resolve_image
-from quilt_agent.api import ClientError, ImageProgress
+from quilt_agent.api import ClientError
+from quilt_agent.replies import ImageProgress
 from quilt_agent.cli.context import Client
 
 SHORT = 12

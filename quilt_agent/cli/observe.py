@@ -15,7 +15,8 @@ from rich.table import Table
 from quilt_agent.cli import output, reconnect
 from quilt_agent.cli.context import NO_SUCH_CONTAINER, NOT_RUNNING, UNKNOWN_OBJECT, with_async_client, with_client
 from quilt_agent.cli.parsing import parse_since
-from quilt_agent.api import ClientError, Event, LogLine
+from quilt_agent.api import ClientError
+from quilt_agent.replies import Event, LogLine
 from quilt_agent.cli.context import Client
 
 _GONE = (NOT_RUNNING, NO_SUCH_CONTAINER, UNKNOWN_OBJECT, "org.freedesktop.DBus.Error.UnknownInterface")

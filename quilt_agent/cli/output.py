@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import click
 
-from quilt_agent.api import LogLine
+from quilt_agent.replies import LogLine
 from quilt_agent.cli import listing
 
 SHORT_ID = 12

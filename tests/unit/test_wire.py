@@ -104,11 +104,19 @@ def test_addresses_name_their_socket() -> None:
         wire.socket_address("tcp:host=localhost,port=1")
 
 
+def _connection_on(sock: socket.socket) -> wire.Connection:
+    """A Connection over one end of a socketpair, past authentication and Hello (the other end plays the bus)."""
+    connection = wire.Connection.__new__(wire.Connection)
+    connection._sock, connection._buffer, connection._fds = sock, bytearray(), []
+    connection._state, connection._reading, connection._replies, connection._waiting = (
+        wire._thread.allocate_lock(), False, {}, {})
+    return connection
+
+
 def test_replies_split_across_reads_and_fds_reach_their_message() -> None:
     """A reply that arrives in pieces is read whole, and the fd that came with it is its own."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    connection = wire.Connection.__new__(wire.Connection)
-    connection._sock, connection._buffer, connection._fds = ours, bytearray(), []
+    connection = _connection_on(ours)
     reply = FastMessage(message_type=MessageType.METHOD_RETURN, reply_serial=1, serial=2, signature="h", body=[0],
                         unix_fds=[0])
     data = reply._marshall(True)
@@ -138,3 +146,60 @@ def test_a_coroutine_that_suspends_is_a_programming_error_not_a_hang() -> None:
 
     with pytest.raises(RuntimeError, match="awaited something other than a bus call"):
         wire.drive(body())
+
+
+def test_concurrent_calls_each_get_their_own_reply_whatever_the_order_replies_come_in() -> None:
+    """Three threads wait on one connection; the replies come last-asked first, the first only after the others
+    have theirs: each caller gets the reply to its own serial, and none waits for another's."""
+    import threading
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection = _connection_on(ours)
+    got: dict[int, Any] = {}
+    done = {serial: threading.Event() for serial in (1, 2, 3)}
+
+    def wait(serial: int) -> None:
+        got[serial] = connection.reply(serial).body
+        done[serial].set()
+
+    threads = [threading.Thread(target=wait, args=(serial,)) for serial in (1, 2, 3)]
+    try:
+        for thread in threads:
+            thread.start()
+        for serial in (3, 2):
+            theirs.sendall(FastMessage(message_type=MessageType.METHOD_RETURN, reply_serial=serial, serial=10 + serial,
+                                       signature="u", body=[serial * 100])._marshall(False))
+            assert done[serial].wait(5), f"the caller of {serial} did not get its reply"
+        assert not done[1].is_set()
+        theirs.sendall(FastMessage(message_type=MessageType.METHOD_RETURN, reply_serial=1, serial=11, signature="u",
+                                   body=[100])._marshall(False))
+        for thread in threads:
+            thread.join(5)
+        assert got == {1: [100], 2: [200], 3: [300]}
+        assert not connection._waiting and not connection._replies
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_closed_bus_ends_every_waiting_call_not_only_the_reading_one() -> None:
+    import threading
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection = _connection_on(ours)
+    errors: list[BaseException] = []
+
+    def wait(serial: int) -> None:
+        try:
+            connection.reply(serial)
+        except EOFError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=wait, args=(serial,)) for serial in (1, 2)]
+    for thread in threads:
+        thread.start()
+    theirs.close()
+    for thread in threads:
+        thread.join(5)
+    ours.close()
+    assert [t.is_alive() for t in threads] == [False, False] and len(errors) == 2

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import pytest
 from click.testing import CliRunner, Result
 
-from quilt_agent.api import ClientError, ContainerEntry
+from quilt_agent.api import ClientError
+from quilt_agent.replies import ContainerEntry
 from quilt_agent.cli import listing
 from quilt_agent.cli.context import CliState
 from quilt_agent.cli.listing import ListingError

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from quilt_agent.api import ClientError, Event
+from quilt_agent.api import ClientError
+from quilt_agent.replies import Event
 from quilt_agent.cli import reconnect
 from quilt_agent.cli.context import CliState
 from quilt_agent.cli.main import cli
