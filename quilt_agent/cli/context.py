@@ -8,21 +8,25 @@ streams or signals (logs -f, events, stats, attached run) run on client.Client a
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, NoReturn, Sequence, TypeVar, cast
-
-import click
 
 from quilt_agent.api import AgentNotReachable, Calls, ClientError
 # ACCESS_DENIED, NO_SUCH_CONTAINER and NOT_RUNNING: for the verbs, which import them from here.
 from quilt_agent.bus.error_names import ACCESS_DENIED, DECLARED_NAMES, NO_SUCH_CONTAINER, NOT_RUNNING  # noqa: F401
 from quilt_agent.bus.names import ERROR_PREFIX
 
+# Free of click, typing and dataclasses: the commands cli/quick.py runs without click import this (see wire.py on
+# what each module costs a one-shot command).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Awaitable, Callable, NoReturn, Sequence, TypeVar
+
+    import click
+
+    T = TypeVar("T")
+    R = TypeVar("R")
+
 # The verbs annotate their bodies' client with this: either transport's, both being Calls.
 Client = Calls
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 # Podman's convention: 125 is "the runtime failed", leaving 126/127 and the container's own codes distinct.
 EXIT_QUILT_ERROR = 125
@@ -37,12 +41,12 @@ class HostFileError(Exception):
     """A host file quiltctl itself reads or writes (cp, image import) cannot be: one line, exit 125."""
 
 
-@dataclass
 class CliState:
     """click's context obj. Tests put a fake client's factory here (used by both kinds of verbs); None: the real
     transports."""
 
-    client_factory: Callable[[], Any] | None = None
+    def __init__(self, client_factory: Callable[[], Any] | None = None) -> None:
+        self.client_factory = client_factory
 
 
 # What to do about an unreachable agent, on the same line as the error (scripts' logs keep one line per failure).
@@ -74,12 +78,15 @@ def error_message(error: ClientError) -> str:
 
 
 def fail(message: str, code: int = EXIT_QUILT_ERROR) -> NoReturn:
-    click.echo(f"quiltctl: {message}", err=True)
-    raise click.exceptions.Exit(code)
+    """End the command with one line on stderr and `code` (a SystemExit: click, CliRunner and the quick path all
+    let it through as the exit status)."""
+    warn(message)
+    raise SystemExit(code)
 
 
 def warn(message: str) -> None:
-    click.echo(f"quiltctl: {message}", err=True)
+    sys.stderr.write(f"quiltctl: {message}\n")
+    sys.stderr.flush()
 
 
 async def each(names: Sequence[str], action: Callable[[str], Awaitable[R]],
@@ -101,7 +108,7 @@ async def each(names: Sequence[str], action: Callable[[str], Awaitable[R]],
         outcomes = await _together([one(name) for name in names])
     else:
         outcomes = [await one(name) for name in names]
-    return [cast(R, r) for done, r in outcomes if done], all(done for done, _ in outcomes)
+    return [r for done, r in outcomes if done], all(done for done, _ in outcomes)  # type: ignore[misc]
 
 
 def in_event_loop() -> bool:
@@ -147,7 +154,7 @@ def _failing(error: BaseException) -> NoReturn:
     fail(str(error))
 
 
-def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T:
+def with_client(ctx: click.Context | None, body: Callable[[Client], Awaitable[T]]) -> T:
     """Connect, run `body` on the blocking transport, disconnect; any ClientError ends the command with one line
     and status 125. `body` may await only the client's calls (see with_async_client for the rest)."""
     from quilt_agent.wire import BlockingClient, drive
@@ -155,7 +162,7 @@ def with_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T
     return _session(ctx, lambda: BlockingClient(interactive=_interactive()), drive, body)
 
 
-def with_async_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]) -> T:
+def with_async_client(ctx: click.Context | None, body: Callable[[Client], Awaitable[T]]) -> T:
     """Connect, run `body` on an asyncio loop, disconnect; any ClientError ends the command with one line and
     status 125. For the verbs that wait on streams or signals (logs -f, events, stats, attached run)."""
     import asyncio
@@ -165,10 +172,10 @@ def with_async_client(ctx: click.Context, body: Callable[[Client], Awaitable[T]]
     return _session(ctx, lambda: AsyncClient(interactive=_interactive()), asyncio.run, body)
 
 
-def _session(ctx: click.Context, transport: Callable[[], Client], run: Callable[[Any], T],
+def _session(ctx: click.Context | None, transport: Callable[[], Client], run: Callable[[Any], T],
              body: Callable[[Client], Awaitable[T]]) -> T:
     """`body` on a connected client of `transport` (or the test's client_factory), run to its end by `run`."""
-    state = ctx.find_object(CliState) or CliState()
+    state = (ctx.find_object(CliState) if ctx is not None else None) or CliState()
     client = state.client_factory() if state.client_factory else transport()
 
     async def session() -> T:

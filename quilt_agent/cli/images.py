@@ -251,15 +251,15 @@ def ls(ctx: click.Context, show_all: bool, as_json: bool, quiet: bool, fmt: str 
        noheading: bool) -> None:
     """List the images: one line per name. With --all, the cached setup results too, named <setup> and with
     the image they were made from and their steps in the SETUP column."""
-    from quilt_agent.cli import listing
-
     template = output.parse_format(fmt)
     images = [p for p in with_client(ctx, _images) if show_all or not is_setup_cache(p)]
     if template is not None:
+        from quilt_agent.cli import items  # a template's fields; only a --format imports them
+
         now = time.time()
-        output.print_template(template, [item for p in images for item in listing.image_items(p, now, no_trunc)],
-                              listing.IMAGE_HEADERS, heading=not noheading,
-                              example=listing.image_items({}, now)[0])
+        output.print_template(template, [item for p in images for item in items.image_items(p, now, no_trunc)],
+                              items.IMAGE_HEADERS, heading=not noheading,
+                              example=items.image_items({}, now)[0])
         return
     if as_json or output.wants_json(fmt):
         output.print_json([{k: v for k, v in _inspected(p).items() if k != "Config"} for p in images])

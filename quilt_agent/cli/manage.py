@@ -446,7 +446,7 @@ def export(ctx: click.Context, output_path: str | None, container: str) -> None:
 
     try:
         with_client(ctx, body)
-    except click.exceptions.Exit:
+    except SystemExit:
         if output_path is not None:
             os.unlink(output_path)  # no half archive left to be taken for a whole one
         raise

@@ -67,12 +67,12 @@ async def _all(client: Client) -> list[dict[str, Any]]:
 @click.pass_context
 def ls(ctx: click.Context, as_json: bool, fmt: str | None, noheading: bool) -> None:
     """List networks."""
-    from quilt_agent.cli import listing
-
     template = output.parse_format(fmt)
     rows = with_client(ctx, _all)
     if template is not None:
-        output.print_template(template, [listing.network_item(p) for p in rows], listing.NETWORK_HEADERS,
+        from quilt_agent.cli import items  # a template's fields; only a --format imports them
+
+        output.print_template(template, [items.network_item(p) for p in rows], items.NETWORK_HEADERS,
                               heading=not noheading)
         return
     if as_json or output.wants_json(fmt):

@@ -2,35 +2,48 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import sys
-from datetime import datetime
-from typing import Any, Iterable, Mapping, Sequence
 
-import click
-
-from quilt_agent.replies import LogLine
 from quilt_agent.cli import listing
+
+# Free of click and of what only some output needs (json, datetime, typing): ps, inspect and status import this on
+# cli/quick.py's path, where each module costs a millisecond or more of start-up (see quilt_agent/wire.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Mapping, Sequence
+
+    from quilt_agent.replies import LogLine
 
 SHORT_ID = 12
 _FINISHED_STATES = ("exited", "failed")
 
 
+def echo(text: str = "", err: bool = False, nl: bool = True) -> None:
+    """click.echo's job, without click: write, then flush, so stdout and stderr keep their order on a shared
+    terminal."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(f"{text}\n" if nl else text)
+    stream.flush()
+
+
 def print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=False))
+    import json
+
+    echo(json.dumps(value, indent=2, sort_keys=False))
 
 
 def print_logs(lines: Iterable[LogLine], timestamps: bool = False) -> None:
-    # click.echo flushes each line, so stdout and stderr keep the journal's order on a shared terminal.
+    # echo flushes each line, so stdout and stderr keep the journal's order on a shared terminal.
     for line in lines:
         text = f"{log_timestamp(line.usec)} {line.text}" if timestamps else line.text
-        click.echo(text, err=line.stream == "stderr")
+        echo(text, err=line.stream == "stderr")
 
 
 def log_timestamp(usec: int) -> str:
     """A log line's time as `podman logs --timestamps` shows it: RFC 3339, local time, to the microsecond."""
+    from datetime import datetime
+
     return datetime.fromtimestamp(usec / 1_000_000).astimezone().isoformat(timespec="microseconds")
 
 
@@ -42,11 +55,27 @@ def ago(usec: int, now: float) -> str:
 def timestamp(usec: int) -> str:
     if not usec:
         return "-"
+    from datetime import datetime
+
     return datetime.fromtimestamp(usec / 1_000_000).astimezone().isoformat(timespec="seconds")
 
 
+# shlex.quote's safe characters. Written out here because shlex imports re (~5 ms of every `quiltctl ps`) for
+# one character class; tests/unit/cli/test_output.py checks this against shlex.join.
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
+
+
+def _quote(word: str) -> str:
+    if not word:
+        return "''"
+    if all(c in _SAFE for c in word):
+        return word
+    return "'" + word.replace("'", "'\"'\"'") + "'"
+
+
 def command_text(command: Sequence[str]) -> str:
-    return shlex.join(command)
+    """A command as a shell would take it back, as shlex.join writes it."""
+    return " ".join(_quote(word) for word in command)
 
 
 def _truncate(text: str, width: int) -> str:
@@ -77,9 +106,9 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]], heading: 
 
     header = line(columns)
     if heading:
-        click.echo(click.style(header, bold=True) if colour() else header)
+        echo(f"\x1b[1m{header}\x1b[0m" if colour() else header)  # bold, as click.style(bold=True) writes it
     for row in cells:
-        click.echo(line(row))
+        echo(line(row))
 
 
 def state_word(props: Mapping[str, Any]) -> str:
@@ -140,7 +169,7 @@ def print_template(parsed: Any, items: Sequence[Any], headers: Mapping[str, str]
         text = template.render(parsed, items, headers, heading)
     except template.TemplateError as e:
         fail(f"--format: {e}")
-    click.echo(text, nl=False)
+    echo(text, nl=False)
 
 
 def wants_json(text: str | None) -> bool:

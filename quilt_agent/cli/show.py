@@ -67,8 +67,10 @@ def ps(ctx: click.Context, show_all: bool, as_json: bool, quiet: bool, fmt: str 
     if as_json or output.wants_json(fmt):
         output.print_json([listing.dated(props) for props in rows])
     elif template is not None:  # a template wins over -q, as in Podman
-        output.print_template(template, [listing.ps_item(props, now, no_trunc) for props in rows],
-                              listing.PS_HEADERS, heading=not noheading, example=listing.ps_item({}, now))
+        from quilt_agent.cli import items  # a template's fields; only a --format imports them
+
+        output.print_template(template, [items.ps_item(props, now, no_trunc) for props in rows],
+                              items.PS_HEADERS, heading=not noheading, example=items.ps_item({}, now))
     elif quiet:
         for props in rows:
             click.echo(str(props["Id"])[:None if no_trunc else output.SHORT_ID])
@@ -112,8 +114,10 @@ def inspect(ctx: click.Context, fmt: str | None, containers: tuple[str, ...]) ->
 
     results, ok = with_client(ctx, body)
     if template is not None:
-        output.print_template(template, [listing.inspect_item(props) for props in results],
-                              example=listing.inspect_item({}))
+        from quilt_agent.cli import items  # a template's fields; only a --format imports them
+
+        output.print_template(template, [items.inspect_item(props) for props in results],
+                              example=items.inspect_item({}))
     else:
         output.print_json([listing.dated(props) for props in results])
     if not ok:

@@ -96,12 +96,12 @@ async def _all(client: Client) -> list[dict[str, Any]]:
 @click.pass_context
 def ls(ctx: click.Context, as_json: bool, quiet: bool, fmt: str | None, noheading: bool) -> None:
     """List volumes."""
-    from quilt_agent.cli import listing
-
     template = output.parse_format(fmt)
     rows = with_client(ctx, _all)
     if template is not None:
-        output.print_template(template, [listing.volume_item(p) for p in rows], listing.VOLUME_HEADERS,
+        from quilt_agent.cli import items  # a template's fields; only a --format imports them
+
+        output.print_template(template, [items.volume_item(p) for p in rows], items.VOLUME_HEADERS,
                               heading=not noheading)
         return
     if as_json or output.wants_json(fmt):

@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 
 from quilt_agent.api import ClientError
 from quilt_agent.replies import ContainerEntry
-from quilt_agent.cli import listing
+from quilt_agent.cli import items, listing
 from quilt_agent.cli.context import CliState
 from quilt_agent.cli.listing import ListingError
 from quilt_agent.cli.main import cli
@@ -270,7 +270,7 @@ def test_ps_asks_only_for_properties_the_agent_has() -> None:
 def test_ps_items_have_podmans_fields() -> None:
     props = container("web", Ports=["8080:80/tcp", "127.0.0.1:5353:53/udp"], Labels={"a": "b"}, MainPID=7,
                       Command=["/bin/sh", "-c", "sleep 600 && echo done"], Health="healthy")
-    item = listing.ps_item(props, NOW)
+    item = items.ps_item(props, NOW)
     assert item["ID"] == props["Id"][:12] and item["Names"] == "web" and item["Pid"] == 7
     assert item["Command"] == "/bin/sh -c sleep ..."  # Podman's 17 characters
     assert item["Ports"] == "0.0.0.0:8080->80/tcp, 127.0.0.1:5353->53/udp"
@@ -278,15 +278,15 @@ def test_ps_items_have_podmans_fields() -> None:
     assert item["RunningFor"] == item["CreatedHuman"] == "About an hour ago"
     assert item["Networks"] == "quilt" and item["Labels"] == {"a": "b"}
     assert item["StartedAt"] == int(NOW - 120) and item["MainPID"] == 7  # Quilt's own names too
-    full = listing.ps_item(props, NOW, no_trunc=True)
+    full = items.ps_item(props, NOW, no_trunc=True)
     assert full["ID"] == props["Id"] and full["Command"] == "/bin/sh -c sleep 600 && echo done"
 
 
 def test_ps_status_words_each_state_as_podman_does() -> None:
-    assert listing.ps_status(container("a", "exited", ExitCode=3), NOW) == "Exited (3) 5 seconds ago"
-    assert listing.ps_status(container("a", "failed", ExitCode=127), NOW) == "Exited (127) 5 seconds ago"
-    assert listing.ps_status(container("a", "created"), NOW) == "Created"
-    assert listing.ps_item(container("a", "failed"), NOW)["State"] == "exited"
+    assert items.ps_status(container("a", "exited", ExitCode=3), NOW) == "Exited (3) 5 seconds ago"
+    assert items.ps_status(container("a", "failed", ExitCode=127), NOW) == "Exited (127) 5 seconds ago"
+    assert items.ps_status(container("a", "created"), NOW) == "Created"
+    assert items.ps_item(container("a", "failed"), NOW)["State"] == "exited"
 
 
 def test_inspect_items_have_podmans_shape() -> None:
@@ -294,7 +294,7 @@ def test_inspect_items_have_podmans_shape() -> None:
                       RestartPolicy="on-failure", RestartMax=3, Addresses=[["quilt", "10.89.0.2"]],
                       NetworkAliases=["www"], Volumes=["/srv:/data:ro", "cache:/cache"], Tmpfs=["/tmp:size=1m"],
                       Ports=["8080:80/tcp"], StopSignal=2, WorkingDirectory="/", Hostname="web", User="")
-    item = listing.inspect_item(props)
+    item = items.inspect_item(props)
     assert (item["State"]["Status"], item["State"]["Running"], item["State"]["Pid"]) == ("running", True, 9)
     assert item["State"]["FinishedAt"] == "0001-01-01T00:00:00Z" and item["Name"] == "web"
     assert item["Config"]["Env"] == ["A=1"] and item["Config"]["StopSignal"] == "SIGINT"
@@ -314,28 +314,28 @@ def test_inspect_items_carry_the_health_log_with_dates() -> None:
     props = container("web", Health="healthy", HealthCommand=["true"], HealthInterval=30 * SEC,
                       HealthLog={"Status": "healthy", "FailingStreak": 0,
                                  "Log": [{"Start": 5 * SEC, "End": 6 * SEC, "ExitCode": 0, "Output": ""}]})
-    health = listing.inspect_item(props)["State"]["Health"]
+    health = items.inspect_item(props)["State"]["Health"]
     assert health["Status"] == "healthy" and health["Log"][0]["End"] == listing.rfc3339(6 * SEC)
-    assert listing.inspect_item(props)["Config"]["Healthcheck"]["Interval"] == 30_000_000_000  # Go's nanoseconds
+    assert items.inspect_item(props)["Config"]["Healthcheck"]["Interval"] == 30_000_000_000  # Go's nanoseconds
 
 
 def test_image_items_are_one_per_name_split_into_repository_and_tag() -> None:
     props = {"Id": "c" * 64, "Names": ["docker.io/library/alpine:3.19", "localhost:5000/app"], "Size": 5_590_000,
              "CreatedAt": int((NOW - 86400 * 3) * SEC), "Digest": "sha256:x",
              "Config": json.dumps({"config": {"Labels": {"v": "1"}}})}
-    first, second = listing.image_items(props, NOW)
+    first, second = items.image_items(props, NOW)
     assert (first["Repository"], first["Tag"], first["ID"]) == ("docker.io/library/alpine", "3.19", "c" * 12)
     assert (second["Repository"], second["Tag"]) == ("localhost:5000/app", "<none>")
     assert first["Size"] == "5.59 MB" and first["Created"] == "3 days ago" and first["Labels"] == {"v": "1"}
-    (unnamed,) = listing.image_items({**props, "Names": []}, NOW)
+    (unnamed,) = items.image_items({**props, "Names": []}, NOW)
     assert (unnamed["Repository"], unnamed["Tag"], unnamed["Dangling"]) == ("<none>", "<none>", True)
 
 
 def test_network_and_volume_items() -> None:
-    net = listing.network_item({"Id": "n" * 64, "Name": "quilt", "Subnet": "10.89.0.0/24", "Gateway": "10.89.0.1",
+    net = items.network_item({"Id": "n" * 64, "Name": "quilt", "Subnet": "10.89.0.0/24", "Gateway": "10.89.0.1",
                                 "Bridge": "quilt0", "Internal": False, "DNS": True, "Containers": []})
     assert (net["ID"], net["Driver"], net["DNSEnabled"], net["Subnet"]) == ("n" * 12, "bridge", True, "10.89.0.0/24")
-    vol = listing.volume_item({"Name": "data", "Mountpoint": "/var/lib/x", "CreatedAt": 0, "Labels": {},
+    vol = items.volume_item({"Name": "data", "Mountpoint": "/var/lib/x", "CreatedAt": 0, "Labels": {},
                                "UsedBy": ["web"]})
     assert (vol["Name"], vol["Driver"], vol["UsedBy"]) == ("data", "local", ["web"])
 

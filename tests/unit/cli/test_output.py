@@ -1,0 +1,30 @@
+"""quilt_agent.cli.output: what it writes by hand in place of a library, checked against the library."""
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from quilt_agent.cli import output
+
+COMMANDS = [
+    [], [""], ["sh", "-c", "echo 'hi there' && exit 3"], ["/bin/true"], ["a b", "c\td", "e\nf"], ["it's"],
+    ["x=1", "--flag=a,b", "user@host:/p%20", "+plus", "~tilde", "*glob?", "$HOME", "`x`", "a;b|c&d", "ü", "é x"],
+    ['"double"', "back\\slash", "!bang", "#hash", "(p)", "{b}", "[c]", "<in>", "^x"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_text_quotes_as_shlex_join(command: list[str]) -> None:
+    assert output.command_text(command) == shlex.join(command)
+
+
+def test_every_ascii_character_is_quoted_as_shlex_quotes_it() -> None:
+    for code in range(1, 128):
+        word = f"a{chr(code)}b"
+        assert output.command_text([word]) == shlex.quote(word), repr(word)
+
+
+def test_the_table_is_bold_only_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    output.print_table(("A", "B"), [("1", "2")])
+    assert capsys.readouterr().out == "A  B\n1  2\n"  # captured: not a terminal
