@@ -513,6 +513,8 @@ class Bench:
             "quiltctl --version": (self.n(40), lambda: timed(["quiltctl", "--version"])),
             "podman --version": (self.n(40), lambda: timed(["podman", "--version"], env=self.s.podman_env)),
             "python3 -I -c pass": (self.n(40), lambda: timed(["python3", "-I", "-c", "pass"])),
+            # how the package's wrapper starts quiltctl (debian/bin/quiltctl)
+            "python3 -IS -c pass": (self.n(40), lambda: timed(["python3", "-IS", "-c", "pass"])),
         })
         quilt_path = self.q(self.client.run_container(self.uid("bx"), self.s.quilt_image, ["/bin/true"],
                                                       self.s.quilt_opts))

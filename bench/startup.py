@@ -1,6 +1,6 @@
 """quiltctl's start-up per command: its wall time up to its first bus call, beside a bare interpreter's.
 
-Each command runs as the package runs it (/usr/bin/python3 -I, byte-compiled modules) against a bus address where
+Each command runs as the package runs it (/usr/bin/python3 -IS, byte-compiled modules) against a bus address where
 nobody listens, so it stops at its first call: what is measured is everything quiltctl does before it sends a
 message. The modules each command may not import are tests/unit/cli/test_startup_imports.py's; this says what the
 rest costs. Usage: python3 bench/startup.py [--runs N]
@@ -35,11 +35,12 @@ def site_packages() -> str:
 
 def one(args: list[str], directory: str, libs: str) -> float:
     """The wall seconds of one run."""
-    code = (f"import sys; sys.path[:0] = [{str(PROJECT)!r}, {libs!r}]; sys.argv = ['quiltctl', *{args!r}]; "
-            "from quilt_agent.cli.main import main; main()")
+    code = (f"import sys; sys.path[:0] = [{str(PROJECT)!r}]; sys.path.append({libs!r}); "
+            f"sys.argv = ['quiltctl', *{args!r}]; "
+            "from quilt_agent.cli.quick import main; main()")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={directory}/none"}
     started = time.perf_counter()
-    subprocess.run([PYTHON, "-I", "-c", code], capture_output=True, env=env, cwd=directory, stdin=subprocess.DEVNULL)
+    subprocess.run([PYTHON, "-IS", "-c", code], capture_output=True, env=env, cwd=directory, stdin=subprocess.DEVNULL)
     return time.perf_counter() - started
 
 
@@ -53,11 +54,11 @@ def main() -> int:
         started = []
         for _ in range(args.runs):
             t = time.perf_counter()
-            subprocess.run([PYTHON, "-I", "-c", "pass"], check=True)
+            subprocess.run([PYTHON, "-IS", "-c", "pass"], check=True)
             started.append(time.perf_counter() - t)
         bare = statistics.median(started)
         print(f"{'command':28s} {'median':>9s}")
-        print(f"{'(python3 -I -c pass)':28s} {bare * 1000:6.1f} ms")
+        print(f"{'(python3 -IS -c pass)':28s} {bare * 1000:6.1f} ms")
         for name, (command, _) in CASES.items():
             walls = [one(command, directory, libs) for _ in range(args.runs)]
             print(f"{'quiltctl ' + name:28s} {statistics.median(walls) * 1000:6.1f} ms")

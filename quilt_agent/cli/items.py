@@ -10,7 +10,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from quilt_agent.cli.listing import SHORT_ID, _is_id, ago, dated, go_time, human_duration, rfc3339
+from quilt_agent.cli.listing import SHORT_ID, _is_id, ago, dated, go_time, human_duration, mount_specs, rfc3339
 from quilt_agent.cli.template import Record
 
 
@@ -78,16 +78,7 @@ class Mount:
 
 
 def mounts(props: Mapping[str, Any]) -> list[Mount]:
-    found = []
-    for spec in props.get("Volumes") or []:
-        source, _, rest = spec.partition(":")
-        destination, _, options = rest.partition(":")
-        kind = "bind" if source.startswith("/") else "volume"
-        found.append(Mount(kind, source, destination, tuple(o for o in options.split(",") if o)))
-    for spec in props.get("Tmpfs") or []:
-        destination, _, options = spec.partition(":")
-        found.append(Mount("tmpfs", "tmpfs", destination, tuple(o for o in options.split(",") if o)))
-    return found
+    return [Mount(*spec) for spec in mount_specs(props)]
 
 
 def ps_item(props: Mapping[str, Any], now: float, no_trunc: bool = False) -> Record:

@@ -1,4 +1,5 @@
-"""The verbs that change a container's state: start, stop, kill, rm (remove), and healthcheck run.
+"""The verbs that change a container's state: start, stop, kill, rm (remove), and healthcheck run; start, stop
+and rm are declared to click here and done by cli/verbs.py.
 
 One-shot commands: each is a few bus calls on the blocking transport (cli/context.py), so nothing here imports
 what only creating a container needs.
@@ -6,39 +7,11 @@ what only creating a container needs.
 
 from __future__ import annotations
 
-import signal
-from typing import Awaitable, Callable, Sequence
-
 import click
 
-from quilt_agent.api import ClientError
-from quilt_agent.bus.names import container_id
-from quilt_agent.cli.context import NOT_RUNNING, Client, each, warn, with_client
+from quilt_agent.cli import verbs
+from quilt_agent.cli.context import Client, each, with_client
 from quilt_agent.cli.parsing import SIGNAL
-
-_UINT32_MAX = (1 << 32) - 1
-
-
-def _for_each(
-    ctx: click.Context,
-    containers: Sequence[str],
-    action: Callable[[Client, str, str], Awaitable[str | None]],
-    together: bool = False,
-) -> None:
-    """Apply `action(client, path, name)` to each container, in turn or (together) all at once, as Podman does:
-    print what it returns as each ends, report each failure on its own line, go on with the rest, and end with
-    125 if any failed."""
-
-    async def body(client: Client) -> bool:
-        async def one(name: str) -> None:
-            result = await action(client, await client.get_container(name), name)
-            if result is not None:
-                click.echo(result)
-
-        return (await each(containers, one, together))[1]
-
-    if not with_client(ctx, body):
-        ctx.exit(125)
 
 
 @click.command()
@@ -46,16 +19,7 @@ def _for_each(
 @click.pass_context
 def start(ctx: click.Context, containers: tuple[str, ...]) -> None:
     """Start one or more created containers."""
-
-    async def action(client: Client, path: str, name: str) -> str:
-        await client.start(path)
-        return name
-
-    _for_each(ctx, containers, action)
-
-
-async def _running_names(client: Client) -> list[str]:
-    return [e.name for e in await client.list_containers() if e.state in ("running", "paused")]
+    ctx.exit(verbs.start(ctx, containers))
 
 
 @click.command()
@@ -63,7 +27,7 @@ async def _running_names(client: Client) -> list[str]:
     "-t",
     "--time",
     "timeout",
-    type=click.IntRange(min=0, max=_UINT32_MAX),
+    type=click.IntRange(min=0, max=verbs.UINT32_MAX),
     default=None,
     help="Seconds to wait before SIGKILL (default: the container's stop timeout; 0 kills at once).",
 )
@@ -74,32 +38,7 @@ def stop(ctx: click.Context, timeout: int | None, every: bool, containers: tuple
     """Stop one or more containers, all at once: their stop signal, then SIGKILL after the timeout."""
     if every == bool(containers):
         raise click.UsageError("name the containers to stop, or give -a for every running one")
-
-    async def action(client: Client, path: str, name: str) -> str:
-        if timeout == 0:
-            # On the wire 0 means "the container's own timeout"; Podman users mean "no grace period" by -t 0.
-            try:
-                await client.kill(path, signal.SIGKILL)
-            except ClientError as e:
-                # Stop on a stopped container succeeds (as podman stop); keep -t 0 the same.
-                if e.name != NOT_RUNNING:
-                    raise
-            await client.wait(path)
-        else:
-            await client.stop(path, timeout or 0)
-            _, props = await client.get_container_properties(container_id(path))
-            stop_signal = int(props.get("StopSignal", signal.SIGTERM))
-            if props.get("ExitSignal") == signal.SIGKILL and stop_signal != signal.SIGKILL:
-                # As Podman says it: the program did not end on its stop signal (one without a handler, as PID 1,
-                # ignores SIGTERM), which --init or a handler would fix.
-                seconds = timeout or int(props.get("StopTimeout", 10))
-                warn(f"StopSignal {signal.Signals(stop_signal).name} failed to stop container {name} in {seconds} "
-                     "seconds, resorting to SIGKILL")
-        return name
-
-    if every:
-        containers = tuple(with_client(ctx, _running_names))
-    _for_each(ctx, containers, action, together=True)
+    ctx.exit(verbs.stop(ctx, timeout, every, containers))
 
 
 @click.command()
@@ -119,8 +58,8 @@ def kill(ctx: click.Context, signum: int, every: bool, containers: tuple[str, ..
         return name
 
     if every:
-        containers = tuple(with_client(ctx, _running_names))
-    _for_each(ctx, containers, action)
+        containers = tuple(with_client(ctx, verbs.running_names))
+    ctx.exit(verbs.for_each(ctx, containers, action))
 
 
 @click.command()
@@ -133,19 +72,7 @@ def rm(ctx: click.Context, force: bool, every: bool, containers: tuple[str, ...]
     """Remove one or more containers."""
     if every == bool(containers):
         raise click.UsageError("name the containers to remove, or give -a for every one")
-
-    async def action(client: Client, path: str, name: str) -> str:
-        await client.remove(path, force)
-        return name
-
-    async def removable(client: Client) -> list[str]:
-        # Without -f a running one would only be refused: left alone, as the flag's help says.
-        return [e.name for e in await client.list_containers()
-                if e.state != "removing" and (force or e.state != "running")]
-
-    if every:
-        containers = tuple(with_client(ctx, removable))
-    _for_each(ctx, containers, action, together=force)  # with force, running ones are killed at once
+    ctx.exit(verbs.rm(ctx, force, every, containers))
 
 
 # The original CLI's name for rm.

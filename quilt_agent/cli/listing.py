@@ -114,8 +114,6 @@ HEALTHS = ("starting", "healthy", "unhealthy", "none")
 
 def parse_filters(specs: Sequence[str]) -> dict[str, list[str]]:
     """--filter KEY=VALUE, each as given: KEY -> its values, checked (a bad regex, status or number is refused)."""
-    import re
-
     filters: dict[str, list[str]] = {}
     for spec in specs:
         key, sep, value = spec.partition("=")
@@ -124,6 +122,8 @@ def parse_filters(specs: Sequence[str]) -> dict[str, list[str]]:
         if key not in FILTER_KEYS:
             raise ListingError(f"invalid filter '{spec}': '{key}' is not one of {', '.join(FILTER_KEYS)}")
         if key in ("name", "command"):
+            import re  # only a filter that takes a regular expression pays for re
+
             try:
                 re.compile(value)
             except re.error as e:
@@ -132,7 +132,7 @@ def parse_filters(specs: Sequence[str]) -> dict[str, list[str]]:
             raise ListingError(f"invalid filter '{spec}': the status is one of {', '.join(STATUSES)}")
         elif key == "health" and value not in HEALTHS:
             raise ListingError(f"invalid filter '{spec}': the health is one of {', '.join(HEALTHS)}")
-        elif key == "exited" and not re.fullmatch(r"-?\d+", value):
+        elif key == "exited" and not value.removeprefix("-").isdecimal():
             raise ListingError(f"invalid filter '{spec}': the exit code is a number")
         elif key == "restart-policy" and value not in RESTART_POLICIES:
             raise ListingError(f"invalid filter '{spec}': the restart policy is one of {', '.join(RESTART_POLICIES)}")
@@ -236,12 +236,25 @@ def _ancestor(row: Mapping[str, Any], value: str) -> bool:
         return False
 
 
-def _volume(row: Mapping[str, Any], value: str) -> bool:
-    from quilt_agent.cli.items import mounts
+def mount_specs(props: Mapping[str, Any]) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """A container's mounts as (type, source, destination, options), from its Volumes ("SOURCE:DEST[:OPTIONS]")
+    and Tmpfs ("DEST[:OPTIONS]")."""
+    found = []
+    for spec in props.get("Volumes") or []:
+        source, _, rest = spec.partition(":")
+        destination, _, options = rest.partition(":")
+        kind = "bind" if source.startswith("/") else "volume"
+        found.append((kind, source, destination, tuple(o for o in options.split(",") if o)))
+    for spec in props.get("Tmpfs") or []:
+        destination, _, options = spec.partition(":")
+        found.append(("tmpfs", "tmpfs", destination, tuple(o for o in options.split(",") if o)))
+    return found
 
+
+def _volume(row: Mapping[str, Any], value: str) -> bool:
     source, sep, destination = value.partition(":")
-    return any((m.source, m.destination) == (source, destination) if sep else source in (m.source, m.destination)
-               for m in mounts(row) if m.type != "tmpfs")
+    return any((mounted, at) == (source, destination) if sep else source in (mounted, at)
+               for kind, mounted, at, _options in mount_specs(row) if kind != "tmpfs")
 
 
 def _search(pattern: str, text: str) -> bool:

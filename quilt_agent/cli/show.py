@@ -1,5 +1,5 @@
 """The verbs that show containers: ps, inspect and status, each in one bus round trip per container named
-(ListContainerProperties, GetContainerProperties); and logs.
+(ListContainerProperties, GetContainerProperties), declared to click here and done by cli/verbs.py; and logs.
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from typing import Any
 
 import click
 
-from quilt_agent.api import ClientError
-from quilt_agent.cli import output
-from quilt_agent.cli.context import ACCESS_DENIED, Client, each, fail, with_client
+from quilt_agent.cli import output, verbs
+from quilt_agent.cli.context import Client, with_client
 from quilt_agent.cli.parsing import parse_since
 
 _UINT32_MAX = (1 << 32) - 1
@@ -39,62 +38,7 @@ _UINT32_MAX = (1 << 32) - 1
 def ps(ctx: click.Context, show_all: bool, as_json: bool, quiet: bool, fmt: str | None,
        filter_specs: tuple[str, ...], last: int | None, latest: bool, no_trunc: bool, noheading: bool) -> None:
     """List containers: the running ones, or with -a all, in the order they were created."""
-    from quilt_agent.cli import listing
-
-    try:
-        filters = listing.parse_filters(filter_specs)
-        if last is not None and latest:
-            raise listing.ListingError("--last and --latest cannot be used together")
-    except listing.ListingError as e:
-        fail(str(e))
-    template = output.parse_format(fmt)
-    chosen_all = show_all
-    show_all = listing.fetches_all(show_all, filters, last, latest)  # what the body fetches
-
-    # A template or JSON may show any property; the table only what it shows and filters by.
-    names = () if as_json or output.wants_json(fmt) or template is not None else listing.TABLE_PROPERTIES
-
-    async def body(client: Client) -> list[dict[str, Any]]:
-        # One call for every container's properties, however many there are.
-        rows = [props for _path, props in await client.list_container_properties(names)]
-        return [props for props in rows if show_all or props.get("State") in ("running", "paused")]
-
-    try:
-        rows = listing.select(with_client(ctx, body), chosen_all, filters, last, latest)
-    except listing.ListingError as e:  # a before= or since= that names no container
-        fail(str(e))
-    now = time.time()
-    if as_json or output.wants_json(fmt):
-        output.print_json([listing.dated(props) for props in rows])
-    elif template is not None:  # a template wins over -q, as in Podman
-        from quilt_agent.cli import items  # a template's fields; only a --format imports them
-
-        output.print_template(template, [items.ps_item(props, now, no_trunc) for props in rows],
-                              items.PS_HEADERS, heading=not noheading, example=items.ps_item({}, now))
-    elif quiet:
-        for props in rows:
-            click.echo(str(props["Id"])[:None if no_trunc else output.SHORT_ID])
-    else:
-        output.print_ps_table(rows, now, no_trunc, heading=not noheading)
-
-
-async def _inspect_one(client: Client, path: str, props: dict[str, Any]) -> dict[str, Any]:
-    if props.get("HealthCommand"):
-        status, streak, checks = await client.health_log(path)
-        props["HealthLog"] = {"Status": status, "FailingStreak": streak, "Log": [
-            {"Start": start, "End": end, "ExitCode": code, "Output": text} for start, end, code, text in checks]}
-    try:
-        props["Environment"] = await client.get_environment(path)
-    except ClientError as e:
-        # The environment may hold secrets and is only for those who may manage the container; others still
-        # get everything else.
-        if e.name != ACCESS_DENIED:
-            raise
-    return props
-
-
-async def _inspect_one_named(client: Client, name: str) -> dict[str, Any]:
-    return await _inspect_one(client, *await client.get_container_properties(name))
+    ctx.exit(verbs.ps(ctx, show_all, as_json, quiet, fmt, filter_specs, last, latest, no_trunc, noheading))
 
 
 @click.command()
@@ -105,23 +49,7 @@ async def _inspect_one_named(client: Client, name: str) -> dict[str, Any]:
 @click.pass_context
 def inspect(ctx: click.Context, fmt: str | None, containers: tuple[str, ...]) -> None:
     """Print every property of one or more containers as JSON (times as RFC 3339 dates)."""
-    from quilt_agent.cli import listing
-
-    template = output.parse_format(fmt)
-
-    async def body(client: Client) -> tuple[list[dict[str, Any]], bool]:
-        return await each(containers, lambda name: _inspect_one_named(client, name))
-
-    results, ok = with_client(ctx, body)
-    if template is not None:
-        from quilt_agent.cli import items  # a template's fields; only a --format imports them
-
-        output.print_template(template, [items.inspect_item(props) for props in results],
-                              example=items.inspect_item({}))
-    else:
-        output.print_json([listing.dated(props) for props in results])
-    if not ok:
-        ctx.exit(125)
+    ctx.exit(verbs.inspect(ctx, fmt, containers))
 
 
 @click.command()
@@ -129,13 +57,7 @@ def inspect(ctx: click.Context, fmt: str | None, containers: tuple[str, ...]) ->
 @click.pass_context
 def status(ctx: click.Context, container: str) -> None:
     """Show a short summary of a container."""
-
-    async def body(client: Client) -> dict[str, Any]:
-        return (await client.get_container_properties(container))[1]
-
-    props = with_client(ctx, body)
-    for line in output.status_lines(props, time.time()):
-        click.echo(line)
+    ctx.exit(verbs.status(ctx, container))
 
 
 @click.command()

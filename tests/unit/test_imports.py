@@ -31,7 +31,8 @@ DBUS_FAST_OUTSIDE_BUS = {
 CLI_REACHES = {
     "quilt_agent": "the package: __version__",
     "quilt_agent.client": "the asyncio bus client of the streaming verbs (logs -f, events, stats, attached run)",
-    "quilt_agent.api": "the API's calls, records and option tables, shared by both of quiltctl's transports",
+    "quilt_agent.api": "the API's calls and option tables, shared by both of quiltctl's transports",
+    "quilt_agent.replies": "the records the API's calls return (standard library only)",
     "quilt_agent.wire": "the blocking bus connection the one-shot verbs talk through (standard library only)",
     "quilt_agent.bus.names": "the bus name, object paths and interface names, defined once",
     "quilt_agent.bus.error_names": "the error names, defined once with the agent's errors they stand for",

@@ -4,41 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
-from quilt_agent.api import ClientError
-from quilt_agent.replies import ContainerEntry
 from quilt_agent.cli import items, listing
 from quilt_agent.cli.context import CliState
 from quilt_agent.cli.listing import ListingError
 from quilt_agent.cli.main import cli
 from quilt_agent.cli.output import ago
-from quilt_agent.client import Client
-
-NOW = 1_800_000_000.0
-SEC = 1_000_000
-
-
-def container(name: str, state: str = "running", created: float = 0, **extra: Any) -> dict[str, Any]:
-    """A container's properties as the agent gives them (the Container interface's keys)."""
-    return {"Id": (name.encode().hex() * 64)[:64], "Name": name, "Image": "docker.io/library/alpine:latest",
-            "Command": ["sleep", "600"], "State": state, "ExitCode": 0, "ExitSignal": 0,
-            "CreatedAt": int((NOW - 3600 + created) * SEC), "StartedAt": int((NOW - 120) * SEC),
-            "FinishedAt": int((NOW - 5) * SEC) if state in ("exited", "failed") else 0, "MainPID": 0,
-            "Labels": {}, "Ports": [], "Networks": ["quilt"], "Health": "", "Restarting": False, **extra}
-
-
-ROWS = [
-    container("web", created=1, Labels={"app": "shop", "tier": "front"}),
-    container("db", created=2, Labels={"app": "shop"}),
-    container("old", "exited", created=3, ExitCode=3),
-    container("broken", "failed", created=4, ExitCode=127, Image="busybox"),
-    container("new", "created", created=5, Image="a" * 64),
-]
-
+from tests.unit.cli.fake_agent import NOW, ROWS, SEC, FakeAgent, container
 
 def names(rows: list[dict[str, Any]]) -> list[str]:
     return [r["Name"] for r in rows]
@@ -209,6 +185,8 @@ def test_rows_without_properties_beyond_the_id_still_pass() -> None:
     ("status=sleeping", "the status is one of created, running"),
     ("health=meh", "the health is one of"),
     ("exited=x", "the exit code is a number"),
+    ("exited=--3", "the exit code is a number"),
+    ("exited=", "the exit code is a number"),
     ("label==v", "expected label=KEY or label=KEY=VALUE"),
 ])
 def test_bad_filters_are_refused_with_the_filter_named(spec: str, says: str) -> None:
@@ -341,43 +319,6 @@ def test_network_and_volume_items() -> None:
 
 
 # --- the verbs, against a fake agent ---
-
-
-class FakeAgent(Client):
-    """Answers the calls ps, inspect and the ls verbs make, from ROWS."""
-
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        super().__init__()
-        self.rows = rows
-        self.calls: list[str] = []
-
-    async def connect(self) -> None:
-        self.calls.append("connect")
-
-    def close(self) -> None:
-        pass
-
-    async def list_container_properties(self, names: Sequence[str] = ()) -> list[tuple[str, dict[str, Any]]]:
-        self.calls.append("list_container_properties")
-        return [(f"/c/{r['Name']}", {k: v for k, v in r.items() if not names or k in names}) for r in self.rows]
-
-    async def list_containers(self) -> list[ContainerEntry]:
-        return [ContainerEntry(r["Id"], r["Name"], r["State"], f"/c/{r['Name']}") for r in self.rows]
-
-    async def get_container(self, name_or_id: str) -> str:
-        if not any(r["Name"] == name_or_id for r in self.rows):
-            raise ClientError("org.quilt.Runtime.Error.NoSuchContainer", f"No container '{name_or_id}' known")
-        return f"/c/{name_or_id}"
-
-    async def properties(self, path: str) -> dict[str, Any]:
-        return dict(next(r for r in self.rows if f"/c/{r['Name']}" == path))
-
-    async def get_container_properties(self, name_or_id: str) -> tuple[str, dict[str, Any]]:
-        path = await self.get_container(name_or_id)
-        return path, await self.properties(path)
-
-    async def get_environment(self, path: str) -> list[str]:
-        return ["A=1"]
 
 
 def quiltctl(*args: str, rows: list[dict[str, Any]] = ROWS) -> tuple[Result, FakeAgent]:

@@ -1,0 +1,207 @@
+"""What ps, inspect, status, start, stop and rm do once their arguments are parsed.
+
+Free of click: cli/show.py and cli/lifecycle.py declare these verbs to click (help, completion, usage errors),
+and cli/quick.py runs their common forms without importing click at all, which is a third of a `quiltctl ps`.
+Both hand the parsed arguments here, so the two paths cannot differ in what they do. Each function returns the
+command's exit status (0, or 125 when a container named could not be acted on); a failure that ends the command
+at once does so by context.fail. `ctx` is click's context (for tests' fake clients), or None.
+"""
+
+from __future__ import annotations
+
+import time
+
+# Signal numbers from the C module: `signal` itself imports enum for its Signals class, which only a warning below
+# needs.
+from _signal import SIGKILL, SIGTERM
+
+from quilt_agent.api import ClientError
+from quilt_agent.cli import output
+from quilt_agent.cli.context import ACCESS_DENIED, EXIT_QUILT_ERROR, NOT_RUNNING, each, fail, warn, with_client
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Awaitable, Callable, Sequence
+
+    import click
+
+    from quilt_agent.cli.context import Client
+
+UINT32_MAX = (1 << 32) - 1
+EXIT_OK = 0
+
+
+# --- ps, inspect, status ---------------------------------------------------------------------------------------
+
+
+def ps(ctx: click.Context | None, show_all: bool, as_json: bool, quiet: bool, fmt: str | None,
+       filter_specs: Sequence[str], last: int | None, latest: bool, no_trunc: bool, noheading: bool) -> int:
+    from quilt_agent.cli import listing
+
+    try:
+        filters = listing.parse_filters(filter_specs)
+        if last is not None and latest:
+            raise listing.ListingError("--last and --latest cannot be used together")
+    except listing.ListingError as e:
+        fail(str(e))
+    template = output.parse_format(fmt)
+    chosen_all = show_all
+    show_all = listing.fetches_all(show_all, filters, last, latest)  # what the body fetches
+
+    # A template or JSON may show any property; the table only what it shows and filters by.
+    names = () if as_json or output.wants_json(fmt) or template is not None else listing.TABLE_PROPERTIES
+
+    async def body(client: Client) -> list[dict[str, Any]]:
+        # One call for every container's properties, however many there are.
+        rows = [props for _path, props in await client.list_container_properties(names)]
+        return [props for props in rows if show_all or props.get("State") in ("running", "paused")]
+
+    try:
+        rows = listing.select(with_client(ctx, body), chosen_all, filters, last, latest)
+    except listing.ListingError as e:  # a before= or since= that names no container
+        fail(str(e))
+    now = time.time()
+    if as_json or output.wants_json(fmt):
+        output.print_json([listing.dated(props) for props in rows])
+    elif template is not None:  # a template wins over -q, as in Podman
+        from quilt_agent.cli import items  # a template's fields; only a --format imports them
+
+        output.print_template(template, [items.ps_item(props, now, no_trunc) for props in rows],
+                              items.PS_HEADERS, heading=not noheading, example=items.ps_item({}, now))
+    elif quiet:
+        for props in rows:
+            output.echo(str(props["Id"])[:None if no_trunc else output.SHORT_ID])
+    else:
+        output.print_ps_table(rows, now, no_trunc, heading=not noheading)
+    return EXIT_OK
+
+
+async def _inspect_one(client: Client, name: str) -> dict[str, Any]:
+    path, props = await client.get_container_properties(name)
+    if props.get("HealthCommand"):
+        status, streak, checks = await client.health_log(path)
+        props["HealthLog"] = {"Status": status, "FailingStreak": streak, "Log": [
+            {"Start": start, "End": end, "ExitCode": code, "Output": text} for start, end, code, text in checks]}
+    try:
+        props["Environment"] = await client.get_environment(path)
+    except ClientError as e:
+        # The environment may hold secrets and is only for those who may manage the container; others still
+        # get everything else.
+        if e.name != ACCESS_DENIED:
+            raise
+    return props
+
+
+def inspect(ctx: click.Context | None, fmt: str | None, containers: Sequence[str]) -> int:
+    from quilt_agent.cli import listing
+
+    template = output.parse_format(fmt)
+
+    async def body(client: Client) -> tuple[list[dict[str, Any]], bool]:
+        return await each(containers, lambda name: _inspect_one(client, name))
+
+    results, ok = with_client(ctx, body)
+    if template is not None:
+        from quilt_agent.cli import items  # a template's fields; only a --format imports them
+
+        output.print_template(template, [items.inspect_item(props) for props in results],
+                              example=items.inspect_item({}))
+    else:
+        output.print_json([listing.dated(props) for props in results])
+    return EXIT_OK if ok else EXIT_QUILT_ERROR
+
+
+def status(ctx: click.Context | None, container: str) -> int:
+    async def body(client: Client) -> dict[str, Any]:
+        return (await client.get_container_properties(container))[1]
+
+    props = with_client(ctx, body)
+    for line in output.status_lines(props, time.time()):
+        output.echo(line)
+    return EXIT_OK
+
+
+# --- start, stop, rm (and kill, in cli/lifecycle.py) -------------------------------------------------------------
+
+
+def for_each(
+    ctx: click.Context | None,
+    containers: Sequence[str],
+    action: Callable[[Client, str, str], Awaitable[str | None]],
+    together: bool = False,
+) -> int:
+    """Apply `action(client, path, name)` to each container, in turn or (together) all at once, as Podman does:
+    print what it returns as each ends, report each failure on its own line, go on with the rest, and end with
+    125 if any failed."""
+
+    async def body(client: Client) -> bool:
+        async def one(name: str) -> None:
+            result = await action(client, await client.get_container(name), name)
+            if result is not None:
+                output.echo(result)
+
+        return (await each(containers, one, together))[1]
+
+    return EXIT_OK if with_client(ctx, body) else EXIT_QUILT_ERROR
+
+
+async def running_names(client: Client) -> list[str]:
+    return [e.name for e in await client.list_containers() if e.state in ("running", "paused")]
+
+
+def start(ctx: click.Context | None, containers: Sequence[str]) -> int:
+    async def action(client: Client, path: str, name: str) -> str:
+        await client.start(path)
+        return name
+
+    return for_each(ctx, containers, action)
+
+
+def stop(ctx: click.Context | None, timeout: int | None, every: bool, containers: Sequence[str]) -> int:
+    """Stop the containers named, or with `every` the running ones (not both: the caller checks)."""
+    from quilt_agent.bus.names import container_id
+
+    async def action(client: Client, path: str, name: str) -> str:
+        if timeout == 0:
+            # On the wire 0 means "the container's own timeout"; Podman users mean "no grace period" by -t 0.
+            try:
+                await client.kill(path, SIGKILL)
+            except ClientError as e:
+                # Stop on a stopped container succeeds (as podman stop); keep -t 0 the same.
+                if e.name != NOT_RUNNING:
+                    raise
+            await client.wait(path)
+        else:
+            await client.stop(path, timeout or 0)
+            _, props = await client.get_container_properties(container_id(path))
+            stop_signal = int(props.get("StopSignal", SIGTERM))
+            if props.get("ExitSignal") == SIGKILL and stop_signal != SIGKILL:
+                # As Podman says it: the program did not end on its stop signal (one without a handler, as PID 1,
+                # ignores SIGTERM), which --init or a handler would fix.
+                import signal
+
+                seconds = timeout or int(props.get("StopTimeout", 10))
+                warn(f"StopSignal {signal.Signals(stop_signal).name} failed to stop container {name} in {seconds} "
+                     "seconds, resorting to SIGKILL")
+        return name
+
+    if every:
+        containers = with_client(ctx, running_names)
+    return for_each(ctx, containers, action, together=True)
+
+
+def rm(ctx: click.Context | None, force: bool, every: bool, containers: Sequence[str]) -> int:
+    """Remove the containers named, or with `every` all that do not run (with force, all)."""
+
+    async def action(client: Client, path: str, name: str) -> str:
+        await client.remove(path, force)
+        return name
+
+    async def removable(client: Client) -> list[str]:
+        # Without -f a running one would only be refused: left alone, as the flag's help says.
+        return [e.name for e in await client.list_containers()
+                if e.state != "removing" and (force or e.state != "running")]
+
+    if every:
+        containers = with_client(ctx, removable)
+    return for_each(ctx, containers, action, together=force)  # with force, running ones are killed at once

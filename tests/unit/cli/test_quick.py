@@ -1,0 +1,141 @@
+"""cli/quick.py: the common forms of ps, inspect, status, start, stop and rm without click. Its table must declare
+what the click commands declare, every command line it takes must mean to it what it means to click, and what it
+prints must be what the click path prints; anything else it must leave to click."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from quilt_agent.cli import quick
+from quilt_agent.cli.context import CliState
+from quilt_agent.cli.main import COMMANDS, cli, load_command
+from tests.unit.cli.fake_agent import ROWS, FakeAgent
+
+
+def _click_declares(command: click.Command) -> tuple[dict[str, tuple[str, str, Any, Any]], tuple[str, int, bool]]:
+    options: dict[str, tuple[str, str, Any, Any]] = {}
+    arguments = ("", 0, False)
+    for param in command.params:
+        if isinstance(param, click.Argument):
+            arguments = (str(param.name), param.nargs, param.required)
+            continue
+        assert isinstance(param, click.Option)
+        if param.is_flag:
+            kind, bounds = quick.FLAG, None
+        elif param.multiple:
+            kind, bounds = quick.TEXTS, None
+        elif isinstance(param.type, click.IntRange):
+            kind, bounds = quick.COUNT, (param.type.min, param.type.max)
+        else:
+            assert param.type is click.STRING, f"{param.name}: a type the quick table has no kind for"
+            kind, bounds = quick.TEXT, None
+        # A flag given nowhere is False (click 8.2 declares that as its UNSET sentinel, 8.1 as False).
+        default = () if param.multiple else (param.default is True) if param.is_flag else param.default
+        for name in (*param.opts, *param.secondary_opts):
+            options[name] = (str(param.name), kind, bounds, default)
+    return options, arguments
+
+
+def _table_declares(verb: quick.Verb) -> tuple[dict[str, tuple[str, str, Any, Any]], tuple[str, int, bool]]:
+    options = {name: (o.param, o.kind, o.bounds if o.kind == quick.COUNT else None, o.default)
+               for name, o in verb.options.items()}
+    return options, ((verb.arguments, verb.nargs, verb.required) if verb.nargs else ("", 0, False))
+
+
+@pytest.mark.parametrize("name", sorted(quick.VERBS))
+def test_the_table_declares_what_the_click_command_declares(name: str) -> None:
+    assert _table_declares(quick.VERBS[name]) == _click_declares(load_command(*COMMANDS[name]))
+
+
+LINES = [
+    "ps", "ps -a", "ps --all", "ps -q", "ps -a -q", "ps -aq", "ps --json", "ps --format json", "ps --format={{.ID}}",
+    "ps --format", "ps -f name=web", "ps -f name=web --filter status=exited", "ps --filter=label=app=shop",
+    "ps -n 2", "ps -n=2", "ps -n2", "ps --last 3", "ps --last=x", "ps -n -1", "ps -n +2", "ps -n 1_0", "ps -l",
+    "ps --latest", "ps --no-trunc", "ps --noheading", "ps web", "ps --help", "ps -h", "ps --bogus", "ps -- -a",
+    "ps --all=yes", "ps -a -a", "ps --format a --format b",
+    "inspect web", "inspect web db", "inspect", "inspect -f {{.Id}} web", "inspect web --format={{.Name}}",
+    "inspect --format", "inspect -", "inspect web -x", "inspect -- web", "inspect --help", "inspect -f",
+    "status web", "status", "status web db", "status --help",
+    "start web", "start web db", "start", "start -a web",
+    "stop web", "stop -t 0 web", "stop web -t 5", "stop --time=3 web", "stop -t 4294967295 web",
+    "stop -t 4294967296 web", "stop -t -1 web", "stop -t x web", "stop -a", "stop -a web", "stop", "stop -t",
+    "stop --all", "stop -at 0",
+    "rm web", "rm -f web", "rm --force web db", "rm -a", "rm -a -f", "rm -af", "rm", "rm -a web", "rm -f",
+    "remove web", "remove -f web", "remove",
+]
+
+
+def _click_params(argv: list[str]) -> dict[str, Any] | None:
+    command = load_command(*COMMANDS[argv[0]])
+    try:
+        ctx = command.make_context(argv[0], argv[1:], resilient_parsing=False)
+    except (click.UsageError, click.exceptions.Exit):
+        return None
+    return dict(ctx.params)
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_a_line_the_table_takes_means_to_it_what_it_means_to_click(line: str) -> None:
+    argv = line.split()
+    parsed = quick.parse(argv)
+    if parsed is None:
+        return  # click's to take, explain or refuse
+    _verb, params = parsed
+    assert params == _click_params(argv)
+
+
+def test_the_table_takes_the_common_lines_and_leaves_the_rest_to_click() -> None:
+    taken = {line for line in LINES if quick.parse(line.split()) is not None}
+    assert {"ps", "ps -a", "ps --format json", "inspect web", "stop -t 0 web", "rm -f web", "stop -a"} <= taken
+    left = {"ps --help", "ps -aq", "ps -n2", "ps --last=x", "ps web", "inspect", "stop -a web", "stop", "rm",
+            "stop -t 4294967296 web", "inspect -- web", "status web db", "ps --all=yes"}
+    assert not left & taken
+    # what click refuses, the table never takes
+    for line in LINES:
+        if _click_params(line.split()) is None:
+            assert line not in taken, line
+    assert quick.parse([]) is None and quick.parse(["run", "img"]) is None and quick.parse(["-a"]) is None
+
+
+def _through_click(argv: list[str], agent: FakeAgent) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, argv, obj=CliState(client_factory=lambda: agent))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _through_quick(argv: list[str], agent: FakeAgent, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    parsed = quick.parse(argv)
+    assert parsed is not None
+    ctx = click.Context(cli, obj=CliState(client_factory=lambda: agent))
+    try:
+        code = quick.run(*parsed, ctx=ctx)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+RUNS = [
+    "ps", "ps -a", "ps -a -q", "ps -a --no-trunc", "ps --noheading", "ps -n 2", "ps -l -q", "ps --json",
+    "ps -a --format json", "ps -a --format {{.Names}}:{{.Status}}", "ps --format {{if}}", "ps -f status=exited",
+    "ps -f name=[", "ps -f nosuch=1", "ps -a -f label=app=shop -q", "ps -n 1 -l",
+    "inspect web", "inspect web nosuch db", "inspect nosuch", "inspect -f {{.State.Status}} web old",
+    "inspect -f {{.Nope}} web",
+    "status old", "status nosuch",
+    "start new", "start web", "start new nosuch",
+    "stop web", "stop -t 0 web old", "stop -a", "stop nosuch web",
+    "rm old", "rm web", "rm -f web", "rm -a", "rm -a -f", "remove old nosuch",
+]
+
+
+@pytest.mark.parametrize("line", RUNS)
+def test_the_quick_path_prints_and_ends_as_the_click_path(line: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = line.split()
+    clicked, quicked = FakeAgent(copy.deepcopy(ROWS)), FakeAgent(copy.deepcopy(ROWS))
+    expected = _through_click(argv, clicked)
+    assert _through_quick(argv, quicked, capsys) == expected
+    assert quicked.calls == clicked.calls and quicked.rows == clicked.rows
