@@ -14,24 +14,11 @@ import click
 
 from quilt_agent import errors
 from quilt_agent.cli import hostfiles
-from quilt_agent.cli import reconnect, sigproxy
-from quilt_agent.cli.context import NO_SUCH_CONTAINER, UNKNOWN_OBJECT, fail, with_async_client, with_client
+from quilt_agent.cli import reconnect, sigproxy, verbs
+from quilt_agent.cli.context import NO_SUCH_CONTAINER, UNKNOWN_OBJECT, fail, with_async_client
 from quilt_agent.cli.parsing import ENV
 from quilt_agent.api import AgentNotReachable, ClientError
 from quilt_agent.cli.context import Client
-
-
-def exec_options(env: tuple[tuple[str, str], ...], workdir: str | None, user: str | None, tty: bool) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if env:
-        options["env"] = [f"{key}={value}" for key, value in env if value is not None]  # None: unset here
-    if workdir is not None:
-        options["workdir"] = workdir
-    if user is not None:
-        options["user"] = user
-    if tty:
-        options["tty"] = True
-    return options
 
 
 @click.command("exec", context_settings={"allow_interspersed_args": False})
@@ -52,46 +39,30 @@ def exec_(ctx: click.Context, interactive: bool, tty: bool, env: tuple[tuple[str
         argv = argv[1:]
     if not argv:
         raise click.UsageError("a COMMAND to run is required")
-    options = exec_options(env, workdir, user, tty)
+    if not tty:
+        ctx.exit(verbs.exec_(ctx, interactive, tty, env, workdir, user, container, command))
+    options = verbs.exec_options(env, workdir, user, tty)
 
     async def body(client: Client) -> int:
+        from quilt_agent.cli import terminal
+
         path = await client.get_container(container)
-        if tty:
-            from quilt_agent.cli import terminal
 
-            async def on_terminal(slave: int) -> int:
-                try:
-                    return await client.exec_with_fds(path, argv, options, slave, slave, slave)
-                except ClientError as e:
-                    if reconnect.agent_gone(e):
-                        raise terminal.Orphaned() from e  # the session goes on: the command has our pty
-                    raise
-
+        async def on_terminal(slave: int) -> int:
             try:
-                return await terminal.run_in_pty(on_terminal, interactive)
-            except terminal.Orphaned:
-                raise reconnect.AgentGone(_EXEC_CUT.format(container=container, then="ran to its end"),
-                                          errors.Failed) from None
-        # Without -i the command's stdin is empty, as with podman exec: it must not eat a script's input.
-        null = -1 if interactive else os.open(os.devnull, os.O_RDONLY)
+                return await client.exec_with_fds(path, argv, options, slave, slave, slave)
+            except ClientError as e:
+                if reconnect.agent_gone(e):
+                    raise terminal.Orphaned() from e  # the session goes on: the command has our pty
+                raise
+
         try:
-            return await client.exec_with_fds(path, argv, options, 0 if interactive else null, 1, 2)
-        except ClientError as e:
-            if reconnect.agent_gone(e):
-                raise reconnect.AgentGone(_EXEC_CUT.format(container=container, then="runs on"),
-                                          errors.Failed) from None
-            raise
-        finally:
-            if null >= 0:
-                os.close(null)
+            return await terminal.run_in_pty(on_terminal, interactive)
+        except terminal.Orphaned:
+            raise reconnect.AgentGone(verbs.EXEC_CUT.format(container=container, then="ran to its end"),
+                                      errors.Failed) from None
 
-    ctx.exit((with_async_client if tty else with_client)(ctx, body))  # a terminal's copying needs the loop
-
-
-# The exec's command is the agent's child's: the agent going away (a restart, an upgrade, a crash) leaves it running
-# on our terminal or fds, but nobody is left to tell its exit code, and a new agent knows nothing of it.
-_EXEC_CUT = ("quilt-agent went away during the exec (a restart, an upgrade or a crash): the command in container "
-             "{container} {then}, but its exit code is lost")
+    ctx.exit(with_async_client(ctx, body))  # a terminal's copying needs the loop
 
 
 def run_attached(ctx: click.Context, name: str, image: str, command: list[str], options: dict[str, Any],

@@ -1,7 +1,7 @@
 """quiltctl's entry point: the commonest commands without click, everything else through it (cli/main.py).
 
 Importing click costs a `quiltctl ps` more than the rest of it together (~25 ms of ~45 on these machines), so the
-common forms of ps, inspect, status, start, stop and rm are parsed here, by a table of their options, and handed
+common forms of ps, inspect, status, start, stop, rm and exec (without a terminal) are parsed here, by a table of their options, and handed
 to the same functions the click commands call (cli/verbs.py). Anything the table does not take exactly as
 written (--help, combined short flags, an unknown option, a number that is not one, a missing argument, `--`) goes
 to click, which parses, explains and refuses as it always does: this path only ever answers what click would
@@ -22,29 +22,34 @@ EXIT_INTERRUPTED = 130
 UINT32_MAX = (1 << 32) - 1
 
 # How an option takes its value: a flag takes none; TEXT one string; TEXTS one string each time it is given
-# (a tuple); COUNT a whole number, within (minimum, maximum).
-FLAG, TEXT, TEXTS, COUNT = "flag", "text", "texts", "count"
+# (a tuple); COUNT a whole number, within (minimum, maximum). CLICK: an option whose every use is left to click
+# (its value needs click's converter, or the command's other path: exec's -t).
+FLAG, TEXT, TEXTS, COUNT, CLICK = "flag", "text", "texts", "count", "click"
 
 
 class Option:
-    def __init__(self, names: Sequence[str], param: str, kind: str, bounds: tuple[int, int | None] = (0, None)):
+    def __init__(self, names: Sequence[str], param: str, kind: str, bounds: tuple[int, int | None] = (0, None),
+                 default: Any = None) -> None:
         self.names, self.param, self.kind, self.bounds = tuple(names), param, kind, bounds
+        self.default = {FLAG: False, TEXTS: ()}.get(kind, default)  # what click passes for an option not given
 
-    @property
-    def default(self) -> Any:
-        return {FLAG: False, TEXTS: ()}.get(self.kind)
+
+class Argument:
+    """A positional parameter: `nargs` 1 for exactly one, -1 for any number (at least one when `required`)."""
+
+    def __init__(self, param: str, nargs: int = 1, required: bool = True) -> None:
+        self.param, self.nargs, self.required = param, nargs, required
 
 
 class Verb:
-    """One command's options and positional arguments (`arguments` is their parameter's name; `nargs` 0 for
-    none, 1 for exactly one, -1 for any number, at least one when `required`), and the function of cli/verbs.py
-    that runs it.
-    `valid` says whether a parse is one click would take (a rule click checks in the command's body)."""
+    """One command's options and positional arguments, and the function of cli/verbs.py that runs it. Options
+    may follow arguments unless `interspersed` is False (then the first argument ends the options, as exec's
+    command does). `valid` says whether a parse is one click would take (a rule the command's body checks)."""
 
-    def __init__(self, options: Sequence[Option], arguments: str, nargs: int, required: bool, run: str,
-                 valid: Callable[[dict[str, Any]], bool] = lambda params: True) -> None:
+    def __init__(self, options: Sequence[Option], arguments: Sequence[Argument], run: str,
+                 valid: Callable[[dict[str, Any]], bool] = lambda params: True, interspersed: bool = True) -> None:
         self.options = {name: option for option in options for name in option.names}
-        self.arguments, self.nargs, self.required, self.run, self.valid = arguments, nargs, required, run, valid
+        self.arguments, self.run, self.valid, self.interspersed = tuple(arguments), run, valid, interspersed
 
     def parse(self, args: Sequence[str]) -> dict[str, Any] | None:
         """The parameters, as click would pass them, or None for a command line this table does not take."""
@@ -55,10 +60,13 @@ class Verb:
             arg = rest.pop(0)
             if not arg.startswith("-") or arg == "-":
                 positional.append(arg)
+                if not self.interspersed:
+                    positional.extend(rest)
+                    break
                 continue
             name, equals, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
             option = self.options.get(name)
-            if option is None:
+            if option is None or option.kind == CLICK:
                 return None
             if option.kind == FLAG:
                 if equals:
@@ -82,17 +90,17 @@ class Verb:
                 params[option.param] = number
             else:
                 params[option.param] = value
-        if self.nargs == 0:
-            if positional:
-                return None
-        elif self.nargs == 1:
-            if len(positional) != 1:
-                return None
-            params[self.arguments] = positional[0]
-        elif self.required and not positional:
+        fixed = sum(1 for argument in self.arguments if argument.nargs == 1)
+        spare = len(positional) - fixed  # what an argument of any number takes
+        if spare < 0 or (spare and all(argument.nargs == 1 for argument in self.arguments)):
             return None
-        else:
-            params[self.arguments] = tuple(positional)
+        for argument in self.arguments:
+            if argument.nargs == 1:
+                params[argument.param] = positional.pop(0)
+                continue
+            if argument.required and not spare:
+                return None
+            params[argument.param], positional = tuple(positional[:spare]), positional[spare:]
         return params if self.valid(params) else None
 
 
@@ -101,8 +109,16 @@ def _one_way(params: dict[str, Any]) -> bool:
     return bool(params["every"]) != bool(params["containers"])
 
 
-_RM = Verb([Option(["-f", "--force"], "force", FLAG), Option(["-a", "--all"], "every", FLAG)],
-           "containers", -1, False, "rm", _one_way)
+def _a_command(params: dict[str, Any]) -> bool:
+    """exec's rule: a command, after the `--` that may separate it from the container."""
+    command = params["command"]
+    return bool(command[1:] if command[:1] == ("--",) else command)
+
+
+_CONTAINERS = Argument("containers", -1)
+_ANY_CONTAINERS = Argument("containers", -1, required=False)
+_RM = Verb([Option(["-f", "--force"], "force", FLAG), Option(["-a", "--all"], "every", FLAG)], [_ANY_CONTAINERS],
+           "rm", _one_way)
 
 VERBS: dict[str, Verb] = {
     "ps": Verb([
@@ -115,14 +131,21 @@ VERBS: dict[str, Verb] = {
         Option(["-l", "--latest"], "latest", FLAG),
         Option(["--no-trunc"], "no_trunc", FLAG),
         Option(["--noheading"], "noheading", FLAG),
-    ], "", 0, False, "ps"),
-    "inspect": Verb([Option(["-f", "--format"], "fmt", TEXT)], "containers", -1, True, "inspect"),
-    "status": Verb([], "container", 1, True, "status"),
-    "start": Verb([], "containers", -1, True, "start"),
+    ], [], "ps"),
+    "inspect": Verb([Option(["-f", "--format"], "fmt", TEXT)], [_CONTAINERS], "inspect"),
+    "status": Verb([], [Argument("container")], "status"),
+    "start": Verb([], [_CONTAINERS], "start"),
     "stop": Verb([Option(["-t", "--time"], "timeout", COUNT, (0, UINT32_MAX)), Option(["-a", "--all"], "every", FLAG)],
-                 "containers", -1, False, "stop", _one_way),
+                 [_ANY_CONTAINERS], "stop", _one_way),
     "rm": _RM,
     "remove": _RM,
+    "exec": Verb([
+        Option(["-i", "--interactive"], "interactive", FLAG),
+        Option(["-t", "--tty"], "tty", CLICK, default=False),
+        Option(["-e", "--env"], "env", CLICK, default=()),
+        Option(["-w", "--workdir"], "workdir", TEXT),
+        Option(["-u", "--user"], "user", TEXT),
+    ], [Argument("container"), Argument("command", -1)], "exec_", _a_command, interspersed=False),
 }
 
 

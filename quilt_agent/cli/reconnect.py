@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Awaitable, Callable, TypeVar
 
 from quilt_agent import errors
 from quilt_agent.api import Calls, ClientError
 from quilt_agent.bus.error_names import ERROR_NAMES, NO_SUCH_CONTAINER
 from quilt_agent.cli.context import in_event_loop
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing only for the checker: `exec` runs this module on cli/quick.py's path
+    from typing import Awaitable, Callable, TypeVar
+
+    T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 60.0
 TIMEOUT_ENV = "QUILTCTL_RECONNECT_TIMEOUT"  # seconds to wait for the agent to come back; 0: do not wait

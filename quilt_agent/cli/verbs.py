@@ -1,6 +1,6 @@
-"""What ps, inspect, status, start, stop and rm do once their arguments are parsed.
+"""What ps, inspect, status, start, stop, rm and exec (without a terminal) do once their arguments are parsed.
 
-Free of click: cli/show.py and cli/lifecycle.py declare these verbs to click (help, completion, usage errors),
+Free of click: cli/show.py, cli/lifecycle.py and cli/interactive.py declare these verbs to click (help, completion, usage errors),
 and cli/quick.py runs their common forms without importing click at all, which is a third of a `quiltctl ps`.
 Both hand the parsed arguments here, so the two paths cannot differ in what they do. Each function returns the
 command's exit status (0, or 125 when a container named could not be acted on); a failure that ends the command
@@ -9,6 +9,7 @@ at once does so by context.fail. `ctx` is click's context (for tests' fake clien
 
 from __future__ import annotations
 
+import os
 import time
 
 # Signal numbers from the C module: `signal` itself imports enum for its Signals class, which only a warning below
@@ -205,3 +206,54 @@ def rm(ctx: click.Context | None, force: bool, every: bool, containers: Sequence
     if every:
         containers = with_client(ctx, removable)
     return for_each(ctx, containers, action, together=force)  # with force, running ones are killed at once
+
+
+# --- exec ------------------------------------------------------------------------------------------------------
+
+# The exec's command is the agent's child's: the agent going away (a restart, an upgrade, a crash) leaves it running
+# on our terminal or fds, but nobody is left to tell its exit code, and a new agent knows nothing of it.
+EXEC_CUT = ("quilt-agent went away during the exec (a restart, an upgrade or a crash): the command in container "
+            "{container} {then}, but its exit code is lost")
+
+
+def exec_options(env: Sequence[tuple[str, str | None]], workdir: str | None, user: str | None,
+                 tty: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if env:
+        options["env"] = [f"{key}={value}" for key, value in env if value is not None]  # None: unset here
+    if workdir is not None:
+        options["workdir"] = workdir
+    if user is not None:
+        options["user"] = user
+    if tty:
+        options["tty"] = True
+    return options
+
+
+def exec_(ctx: click.Context | None, interactive: bool, tty: bool, env: Sequence[tuple[str, str | None]],
+          workdir: str | None, user: str | None, container: str, command: Sequence[str]) -> int:
+    """exec without a terminal (cli/interactive.py runs it with one): the command on quiltctl's own stdout and
+    stderr, and with `interactive` its stdin; the command's exit code."""
+    from quilt_agent import errors
+    from quilt_agent.cli import reconnect
+
+    assert not tty, "exec with a terminal is cli/interactive.py's"
+    argv = list(command[1:] if command[:1] == ("--",) else command)  # a `--` after CONTAINER reaches us literally
+    options = exec_options(env, workdir, user, tty)
+
+    async def body(client: Client) -> int:
+        path = await client.get_container(container)
+        # Without -i the command's stdin is empty, as with podman exec: it must not eat a script's input.
+        null = -1 if interactive else os.open(os.devnull, os.O_RDONLY)
+        try:
+            return await client.exec_with_fds(path, argv, options, 0 if interactive else null, 1, 2)
+        except ClientError as e:
+            if reconnect.agent_gone(e):
+                raise reconnect.AgentGone(EXEC_CUT.format(container=container, then="runs on"),
+                                          errors.Failed) from None
+            raise
+        finally:
+            if null >= 0:
+                os.close(null)
+
+    return with_client(ctx, body)

@@ -101,3 +101,16 @@ class FakeAgent(Client):
         if row["State"] == "running" and not force:
             raise ClientError("org.quilt.Runtime.Error.AlreadyRunning", f"Container '{row['Name']}' is running")
         self.rows.remove(row)
+
+    async def exec_with_fds(self, path: str, command: Sequence[str], options: dict[str, Any], stdin: int,
+                            stdout: int, stderr: int) -> int:
+        """As the agent: runs nothing, but says what it was asked on the command's stdout, and exits with the
+        number a command `exit N` names."""
+        row = self._row(path)
+        self.calls.append(f"exec {path} {list(command)} {sorted(options.items())} stdin={'ours' if stdin == 0 else 'null'}")
+        if row["State"] != "running":
+            raise ClientError("org.quilt.Runtime.Error.NotRunning", f"Container '{row['Name']}' is not running")
+        import sys
+
+        sys.stdout.write(f"ran {' '.join(command)}\n")
+        return int(command[1]) if list(command[:1]) == ["exit"] else 0

@@ -1,4 +1,4 @@
-"""cli/quick.py: the common forms of ps, inspect, status, start, stop and rm without click. Its table must declare
+"""cli/quick.py: the common forms of ps, inspect, status, start, stop, rm and exec without click. Its table must declare
 what the click commands declare, every command line it takes must mean to it what it means to click, and what it
 prints must be what the click path prints; anything else it must leave to click."""
 
@@ -17,15 +17,20 @@ from quilt_agent.cli.main import COMMANDS, cli, load_command
 from tests.unit.cli.fake_agent import ROWS, FakeAgent
 
 
-def _click_declares(command: click.Command) -> tuple[dict[str, tuple[str, str, Any, Any]], tuple[str, int, bool]]:
+Declared = tuple[dict[str, tuple[str, str, Any, Any]], list[tuple[str, int, bool]], bool]
+
+
+def _click_declares(command: click.Command, left_to_click: set[str]) -> Declared:
     options: dict[str, tuple[str, str, Any, Any]] = {}
-    arguments = ("", 0, False)
+    arguments = []
     for param in command.params:
         if isinstance(param, click.Argument):
-            arguments = (str(param.name), param.nargs, param.required)
+            arguments.append((str(param.name), param.nargs, param.required))
             continue
         assert isinstance(param, click.Option)
-        if param.is_flag:
+        if param.name in left_to_click:
+            kind, bounds = quick.CLICK, None
+        elif param.is_flag:
             kind, bounds = quick.FLAG, None
         elif param.multiple:
             kind, bounds = quick.TEXTS, None
@@ -38,18 +43,21 @@ def _click_declares(command: click.Command) -> tuple[dict[str, tuple[str, str, A
         default = () if param.multiple else (param.default is True) if param.is_flag else param.default
         for name in (*param.opts, *param.secondary_opts):
             options[name] = (str(param.name), kind, bounds, default)
-    return options, arguments
+    interspersed = command.context_settings.get("allow_interspersed_args", True)
+    return options, arguments, interspersed
 
 
-def _table_declares(verb: quick.Verb) -> tuple[dict[str, tuple[str, str, Any, Any]], tuple[str, int, bool]]:
+def _table_declares(verb: quick.Verb) -> Declared:
     options = {name: (o.param, o.kind, o.bounds if o.kind == quick.COUNT else None, o.default)
                for name, o in verb.options.items()}
-    return options, ((verb.arguments, verb.nargs, verb.required) if verb.nargs else ("", 0, False))
+    return options, [(a.param, a.nargs, a.required) for a in verb.arguments], verb.interspersed
 
 
 @pytest.mark.parametrize("name", sorted(quick.VERBS))
 def test_the_table_declares_what_the_click_command_declares(name: str) -> None:
-    assert _table_declares(quick.VERBS[name]) == _click_declares(load_command(*COMMANDS[name]))
+    verb = quick.VERBS[name]
+    left_to_click = {o.param for o in verb.options.values() if o.kind == quick.CLICK}
+    assert _table_declares(verb) == _click_declares(load_command(*COMMANDS[name]), left_to_click)
 
 
 LINES = [
@@ -67,6 +75,10 @@ LINES = [
     "stop --all", "stop -at 0",
     "rm web", "rm -f web", "rm --force web db", "rm -a", "rm -a -f", "rm -af", "rm", "rm -a web", "rm -f",
     "remove web", "remove -f web", "remove",
+    "exec web true", "exec web sh -c x", "exec web -- ls -l", "exec web --", "exec web", "exec", "exec -i web cat",
+    "exec --interactive web cat -", "exec -w /tmp web pwd", "exec --workdir=/tmp web pwd", "exec -u 1000 web id",
+    "exec web ls -i", "exec -t web sh", "exec -it web sh", "exec -e A=1 web env", "exec -- web true",
+    "exec --help", "exec web --help", "exec -w", "exec -x web true", "exec - true",
 ]
 
 
@@ -91,9 +103,11 @@ def test_a_line_the_table_takes_means_to_it_what_it_means_to_click(line: str) ->
 
 def test_the_table_takes_the_common_lines_and_leaves_the_rest_to_click() -> None:
     taken = {line for line in LINES if quick.parse(line.split()) is not None}
-    assert {"ps", "ps -a", "ps --format json", "inspect web", "stop -t 0 web", "rm -f web", "stop -a"} <= taken
+    assert {"ps", "ps -a", "ps --format json", "inspect web", "stop -t 0 web", "rm -f web", "stop -a",
+            "exec web true", "exec web ls -i", "exec -i web cat"} <= taken
     left = {"ps --help", "ps -aq", "ps -n2", "ps --last=x", "ps web", "inspect", "stop -a web", "stop", "rm",
-            "stop -t 4294967296 web", "inspect -- web", "status web db", "ps --all=yes"}
+            "stop -t 4294967296 web", "inspect -- web", "status web db", "ps --all=yes", "exec web --", "exec web",
+            "exec -t web sh", "exec -e A=1 web env"}
     assert not left & taken
     # what click refuses, the table never takes
     for line in LINES:
@@ -129,6 +143,8 @@ RUNS = [
     "start new", "start web", "start new nosuch",
     "stop web", "stop -t 0 web old", "stop -a", "stop nosuch web",
     "rm old", "rm web", "rm -f web", "rm -a", "rm -a -f", "remove old nosuch",
+    "exec web echo hi", "exec -i -w /srv -u 7 web -- sh -c exit", "exec old true", "exec nosuch true",
+    "exec web exit 3",
 ]
 
 
