@@ -12,14 +12,15 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import click
 
 from quilt_agent.cli import hostfiles
 from quilt_agent.cli import volumes as volume_flags
+from quilt_agent.cli import request as requests
 from quilt_agent.cli import runflags
+from quilt_agent.cli.request import ContainerRequest
 from quilt_agent.cli import output, sigproxy
 from quilt_agent.cli.context import (
     NO_SUCH_CONTAINER,
@@ -29,144 +30,52 @@ from quilt_agent.cli.context import (
     with_async_client,
     with_client,
 )
-from quilt_agent.cli.parsing import (
-    CPU_PERCENT,
-    CPUS,
-    ENV,
-    HEALTH_CMD,
-    LABEL,
-    MEMORY,
-    NAMESPACE_LIST,
-    SECONDS,
-    resolve_image,
-)
+from quilt_agent.cli.paramtypes import CPU_PERCENT, CPUS, ENV, HEALTH_CMD, LABEL, MEMORY, NAMESPACE_LIST, SECONDS
 from quilt_agent.api import ClientError
 from quilt_agent.replies import LogLine
 from quilt_agent.bus.names import container_id
 
-MIB = 1 << 20
 _UINT32_MAX = (1 << 32) - 1
 # The agent refuses a stop_timeout above a day (quilt_agent/model.py, _parse_stop_timeout).
 MAX_STOP_TIMEOUT = 86400
 DEFAULT_READY_TIMEOUT = 90.0  # systemd's default TimeoutStartSec=
 
 
-@dataclass
-class ContainerRequest:
-    """The arguments of CreateContainer/RunContainer, as the flags describe them."""
-
-    name: str
-    image: str
-    command: list[str]
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def _only_one(podman: tuple[str, Any], original: tuple[str, Any]) -> Any:
-    """The value of whichever of two spellings of one limit was given; both at once is a usage error."""
-    (podman_flag, podman_value), (original_flag, original_value) = podman, original
-    if podman_value is not None and original_value is not None:
-        raise click.UsageError(f"{podman_flag} and {original_flag} set the same limit: give one of them")
-    return podman_value if podman_value is not None else original_value
+ENV_FILE_HELP = ("Read environment variables from FILE: KEY=VALUE lines, '#' comments; a KEY alone passes this "
+                 "shell's value (none when it is unset).")
+# --entrypoint, --env-file, /etc files, capabilities, stop signal, -P: cli/runflags.py turns them into options.
+_RUN_FLAGS: list[Callable[[Any], Any]] = [
+    click.option("--entrypoint", default=None, metavar="CMD",
+                 help="The program to run instead of the image's ENTRYPOINT (its CMD is not used then): one program, "
+                      "or a JSON array; '' runs the command alone."),
+    click.option("--env-file", multiple=True, metavar="FILE", help=ENV_FILE_HELP),
+    click.option("--add-host", multiple=True, metavar="HOST:IP", help="Add a line to the container's /etc/hosts."),
+    click.option("--dns", multiple=True, metavar="IP",
+                 help="A name server for the container's /etc/resolv.conf (repeat for several; replaces the "
+                      "network's, so other containers' names are not resolved then)."),
+    click.option("--dns-search", multiple=True, metavar="DOMAIN",
+                 help="A search domain for /etc/resolv.conf (repeat for several; '.' for none)."),
+    click.option("--dns-option", multiple=True, metavar="OPTION", help="An /etc/resolv.conf option, e.g. ndots:2."),
+    click.option("--cap-add", multiple=True, metavar="CAP",
+                 help="Add a capability (NET_RAW or CAP_NET_RAW, or ALL) to the default set; one beyond it needs "
+                      "the manage-privileged action."),
+    click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL) from the set."),
+    click.option("--stop-signal", default=None, metavar="SIGNAL",
+                 help="The signal stop sends first (default: the image's STOPSIGNAL, else SIGTERM)."),
+    click.option("-P", "--publish-all", is_flag=True,
+                 help="Publish every port the image exposes to a free host port (`inspect` shows which)."),
+]
 
 
 def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
-    """Turn create/run's parsed flags into the D-Bus call's arguments."""
-    args: list[str] = list(params["args"])
-    image: str | None = params["image_path"]
-    if image is None:
-        if not args:
-            raise click.UsageError("an IMAGE is required (an image name or id, or a path to an image file)")
-        image = args.pop(0)
-    # With option parsing stopped at IMAGE (so `run IMG ls -l` works), a `--` after IMAGE reaches us literally.
-    if args[:1] == ["--"]:
-        args = args[1:]
-
-    options: dict[str, Any] = {}
-    env = runflags.environment(params)  # --env-file's, then -e's; a KEY alone: this shell's value, if set
-    if env:
-        options["env"] = env
-    for key, option in (("workdir", "workdir"), ("user", "user"), ("hostname", "hostname")):
-        if params[key] is not None:
-            options[option] = params[key]
-
-    memory_mib = params["memory_limit"]
-    memory_from_mib = None if memory_mib is None else memory_mib * MIB
-    memory = _only_one(("--memory", params["memory"]), ("--memory-limit", memory_from_mib))
-    if memory is not None:
-        options["memory_max"] = memory
-    cpu = _only_one(("--cpus", params["cpus"]), ("--cpu-limit", params["cpu_limit"]))
-    if cpu is not None:
-        options["cpu_quota"] = cpu
-    if params["pids_limit"] is not None:
-        options["pids_max"] = params["pids_limit"]
-
-    if params["namespaces"] is not None and params["enable_all_namespaces"]:
-        raise click.UsageError("--namespaces and --enable-all-namespaces contradict each other: give one")
-    # --enable-all-namespaces asks for the default set, which is what the agent applies when the key is absent;
-    # spelling the set out here would let the client and the agent disagree about what "default" means.
-    if params["namespaces"] is not None:
-        options["namespaces"] = params["namespaces"]
-
-    if params["rm"]:
-        options["remove_on_exit"] = True
-    if params["stop_timeout"] is not None:
-        options["stop_timeout"] = params["stop_timeout"]
-    if params["label"]:
-        options["labels"] = dict(params["label"])
-    # Networks (podman run's spellings); .get: callers that build params by hand may leave them out.
-    networks = [n for value in params.get("network") or () for n in value.split(",") if n]
-    if networks:
-        options["networks"] = networks
-    if params.get("network_alias"):
-        options["aliases"] = list(params["network_alias"])
-    if params.get("ip") is not None:
-        options["ip"] = params["ip"]
-    if params.get("publish"):
-        options["ports"] = list(params["publish"])
-    options.update(volume_flags.volume_options(params, cwd))  # -v/--volume, --tmpfs, --read-only (cli/volumes.py)
-    options.update(runflags.options(params))  # --entrypoint, --add-host, --dns*, --cap-*, --stop-signal, -P
-    # Setup steps go as given, in order: the agent parses and checks them (an unknown manager, or a shell's
-    # `;` in a package list, is its InvalidArgument, one line and 125 here), so quiltctl and the bus agree.
-    if params.get("setup"):
-        options["setup"] = list(params["setup"])
-    if params.get("no_setup_cache"):
-        options["setup_cache"] = False
-    for opt in params.get("security_opt") or ():
-        key, sep, value = opt.partition("=")
-        if key != "seccomp" or not sep:
-            raise click.UsageError(f"--security-opt '{opt}': only seccomp=default and seccomp=unconfined are known")
-        options["seccomp"] = value  # the agent checks the profile's name
-    if params.get("userns") is not None:
-        options["userns"] = params["userns"]  # the agent checks the mode's name
-    if params.get("init"):
-        options["init"] = True
-    if params.get("restart"):
-        policy, sep, count = params["restart"].partition(":")
-        options["restart_policy"] = policy  # the agent checks the policy's name
-        if sep:
-            if policy != "on-failure" or not count.isdigit():
-                raise click.UsageError(f"--restart '{params['restart']}': only on-failure takes a count of "
-                                       "restarts (on-failure:N)")
-            options["restart_max"] = int(count)
-    options.update(_health_options(params))
-    if params.get("sdnotify") is not None:
-        options["sdnotify"] = params["sdnotify"]  # the agent checks the mode's name
-
-    return ContainerRequest(name=params["name"] or "", image=resolve_image(image, cwd), command=args, options=options)
-
-
-def _health_options(params: dict[str, Any]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if params.get("no_healthcheck"):
-        if params.get("health_cmd") is not None:
-            raise click.UsageError("--no-healthcheck and --health-cmd contradict each other: give one")
-        options["health_cmd"] = []
-    elif params.get("health_cmd") is not None:
-        options["health_cmd"] = params["health_cmd"]
-    for flag in ("interval", "timeout", "start_period", "retries", "on_failure"):
-        if params.get(f"health_{flag}") is not None:
-            options[f"health_{flag}"] = params[f"health_{flag}"]  # the agent checks the values
-    return options
+    """cli/request.py's, with its refusals as click's: a flag's bad value names the flag, flags that cannot go
+    together are a usage error (status 2 either way)."""
+    try:
+        return requests.build_request(params, cwd)
+    except runflags.FlagError as e:
+        raise click.BadParameter(str(e), param_hint=f"'{e.flag}'") from None
+    except requests.RequestError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -207,7 +116,7 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--enable-all-namespaces", is_flag=True, hidden=True),
         *volume_flags.FLAGS,
-        *runflags.FLAGS,
+        *_RUN_FLAGS,
         click.option("--setup", multiple=True, metavar="'MANAGER: ARGS'",
                      help="Run a setup step before the command (repeat for several, run in order): MANAGER is "
                           "pip, npm, gem, apt, apk or sh, e.g. --setup 'pip: flask'."),

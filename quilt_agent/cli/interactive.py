@@ -16,7 +16,7 @@ from quilt_agent import errors
 from quilt_agent.cli import hostfiles
 from quilt_agent.cli import reconnect, sigproxy, verbs
 from quilt_agent.cli.context import NO_SUCH_CONTAINER, UNKNOWN_OBJECT, fail, with_async_client
-from quilt_agent.cli.parsing import ENV
+from quilt_agent.cli.paramtypes import ENV
 from quilt_agent.api import AgentNotReachable, ClientError
 from quilt_agent.cli.context import Client
 

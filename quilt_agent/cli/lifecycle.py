@@ -11,7 +11,7 @@ import click
 
 from quilt_agent.cli import verbs
 from quilt_agent.cli.context import Client, each, with_client
-from quilt_agent.cli.parsing import SIGNAL
+from quilt_agent.cli.paramtypes import SIGNAL
 
 
 @click.command()

@@ -1,22 +1,21 @@
-"""Pure parsers for quiltctl's flag values; each raises ValueError with a message fit for a usage line."""
+"""Pure parsers for quiltctl's flag values; each raises ValueError with a message fit for a usage line. Their
+click types are cli/paramtypes.py's.
+
+Free of click: `run` on cli/quick.py's path resolves its image here. re, signal and datetime are imported by the
+parsers that use them (each module costs a one-shot command a millisecond or more; see quilt_agent/wire.py); re
+keeps the patterns it compiles, so naming them as strings costs nothing after the first use.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-import re
-import signal
-from datetime import datetime
-from typing import Any, Callable
-
-import click
-
 
 # Podman's spellings (docker/go-units RAMInBytes): binary units whatever the case, optional "i" and "b".
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_RE = r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$"
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_PART_RE = r"(\d+(?:\.\d+)?)(ms|s|m|h|d)"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 # The contract's set; the aliases are the spellings of unshare(1) and Podman's --network.
@@ -26,7 +25,9 @@ _NAMESPACE_ALIASES = {"mnt": "mount", "network": "net"}
 
 def parse_memory(text: str) -> int:
     """'512M' -> 536870912. A plain number is bytes."""
-    match = _SIZE_RE.match(text)
+    import re
+
+    match = re.match(_SIZE_RE, text, re.IGNORECASE)
     if match is None:
         raise ValueError(f"'{text}' is not a size (a number with an optional k, m, g or t suffix)")
     number, unit, _ = match.groups()
@@ -60,6 +61,8 @@ def parse_cpu_percent(text: str) -> float:
 
 def parse_signal(text: str) -> int:
     """'TERM', 'sigterm', 'SIGTERM' or '15' -> 15."""
+    import signal
+
     value = text.strip()
     if value.isdigit():
         number = int(value)
@@ -80,7 +83,9 @@ def parse_duration(text: str) -> float:
     value = text.strip().lower()
     position = 0
     total = 0.0
-    for match in _DURATION_PART_RE.finditer(value):
+    import re
+
+    for match in re.finditer(_DURATION_PART_RE, value):
         if match.start() != position:
             break
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
@@ -98,7 +103,7 @@ def parse_seconds(text: str) -> float:
         return parse_duration(text)
 
 
-_AGO_RE = re.compile(r"(.*?)\s+ago", re.IGNORECASE)
+_AGO_RE = r"(.*?)\s+ago"
 _TIME_FORMS = "a duration like 10s, 5m, 2h or '2h ago'; a Unix timestamp; or an ISO 8601 time"
 
 
@@ -109,8 +114,11 @@ def parse_since(text: str, now: float) -> int:
     `now` is passed in (seconds since the epoch) so the result does not depend on when it is computed.
     A naive ISO time is local time, as for journalctl --since.
     """
+    import re
+    from datetime import datetime
+
     value = text.strip()
-    ago = _AGO_RE.fullmatch(value)
+    ago = re.fullmatch(_AGO_RE, value, re.IGNORECASE)
     if ago is not None:
         # '2h ago', as the help's examples read: only a duration may come before it.
         try:
@@ -177,36 +185,3 @@ def resolve_image(text: str, cwd: str) -> str:
     if os.path.exists(candidate):
         return os.path.normpath(candidate)
     return text
-
-
-class _ParsedType(click.ParamType):
-    """A click type around one of the parsers above, so a bad value is click's one-line usage error."""
-
-    def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
-        self.name = name
-        self._parse = parse
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return self._parse(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-MEMORY = _ParsedType("size", parse_memory)
-CPUS = _ParsedType("cpus", parse_cpus)
-CPU_PERCENT = _ParsedType("percent", parse_cpu_percent)
-SIGNAL = _ParsedType("signal", parse_signal)
-NAMESPACE_LIST = _ParsedType("namespaces", parse_namespaces)
-ENV = _ParsedType("KEY[=VALUE]", parse_env_entry)  # a value of None: KEY is unset here, and not passed
-LABEL = _ParsedType("KEY=VALUE", lambda text: parse_key_value(text, "label"))
-SECONDS = _ParsedType("duration", parse_seconds)
-def _health_command(text: str) -> list[str]:
-    from quilt_agent import health  # only --health-cmd needs it (and its logging): not every verb's start-up
-
-    return health.parse_command_line(text)
-
-
-HEALTH_CMD = _ParsedType("command", _health_command)

@@ -18,25 +18,6 @@ from quilt_agent.cli.context import Client
 LABEL_HELP = "Set a label (KEY=VALUE)."
 
 
-def volume_options(params: dict[str, Any], cwd: str) -> dict[str, Any]:
-    """run/create's mount flags -> the create options volumes, tmpfs, read_only. A host path given relative
-    (./data, ../x) is made absolute here, as quiltctl does for an image path; the agent takes only absolute ones."""
-    options: dict[str, Any] = {}
-    volumes = []
-    for spec in params.get("volume") or ():
-        source, sep, rest = spec.partition(":")
-        if source == "." or source.startswith(("./", "../")) or source == "..":
-            source = os.path.normpath(os.path.join(cwd, source))
-        volumes.append(f"{source}{sep}{rest}")
-    if volumes:
-        options["volumes"] = volumes
-    if params.get("tmpfs"):
-        options["tmpfs"] = list(params["tmpfs"])
-    if params.get("read_only"):
-        options["read_only"] = True
-    return options
-
-
 FLAGS = [
     click.option("-v", "--volume", multiple=True,
                  help="Mount SOURCE:DEST[:ro|rw,nosuid,nodev,noexec]: SOURCE a host path or a volume's name "

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from quilt_agent.cli.volumes import _split, volume_options
+from quilt_agent.cli.request import volume_options
+from quilt_agent.cli.volumes import _split
 from quilt_agent.errors import InvalidArgument
 from quilt_agent.model import parse_options
 from quilt_agent.volume_options import name_anonymous, named_volumes, parse_tmpfs, parse_volume, parse_volumes

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 
 from quilt_agent.cli.parsing import parse_env_entry
-from quilt_agent.cli.runflags import environment, parse_entrypoint, read_env_file
+from quilt_agent.cli.runflags import FlagError, environment, parse_entrypoint, read_env_file
 from quilt_agent.client import CONTAINER_OPTION_SIGNATURES, ClientError, ContainerEntry
 from quilt_agent.model import OPTION_PARSERS
 from tests.unit.cli.test_parsing import PATH, FakeClient, created, quiltctl
@@ -45,8 +44,9 @@ def test_entrypoint_is_one_program_or_a_json_array(text: str, expected: list[str
 
 @pytest.mark.parametrize("text", ['["/bin/sh", 1]', "[not json", '[{"a": 1}]'])
 def test_an_entrypoint_that_looks_like_json_but_is_not_an_array_of_strings_is_refused(text: str) -> None:
-    with pytest.raises(click.BadParameter, match="JSON array of strings"):
+    with pytest.raises(FlagError, match="JSON array of strings") as raised:
         parse_entrypoint(text)
+    assert raised.value.flag == "--entrypoint"
 
 
 def test_the_flags_reach_the_options(fake: FakeClient) -> None:
