@@ -1,4 +1,4 @@
-"""Making containers: run and create, with their flags. (The verbs that change a container's
+"""Making containers: run and create, with their flags (what run does: cli/running.py). (The verbs that change a container's
 state are cli/lifecycle.py's, those that show containers cli/show.py's: they need none of the flags' machinery.)
 
 Flags follow Podman; the original Quilt CLI's spellings (create --image-path/--memory-limit/--cpu-limit/
@@ -7,32 +7,18 @@ Flags follow Podman; the original Quilt CLI's spellings (create --image-path/--m
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-import time
-from collections import Counter
 from typing import Any, Callable
 
 import click
 
 from quilt_agent.cli import hostfiles
-from quilt_agent.cli import volumes as volume_flags
 from quilt_agent.cli import request as requests
-from quilt_agent.cli import runflags
-from quilt_agent.cli.request import ContainerRequest
-from quilt_agent.cli import output, sigproxy
-from quilt_agent.cli.context import (
-    NO_SUCH_CONTAINER,
-    Client,
-    fail,
-    warn,
-    with_async_client,
-    with_client,
-)
+from quilt_agent.cli import runflags, running
+from quilt_agent.cli import volumes as volume_flags
+from quilt_agent.cli.context import Client
 from quilt_agent.cli.paramtypes import CPU_PERCENT, CPUS, ENV, HEALTH_CMD, LABEL, MEMORY, NAMESPACE_LIST, SECONDS
-from quilt_agent.api import ClientError
-from quilt_agent.replies import LogLine
+from quilt_agent.cli.request import ContainerRequest
 from quilt_agent.bus.names import container_id
 
 _UINT32_MAX = (1 << 32) - 1
@@ -164,25 +150,8 @@ _COMPAT_EPILOG = (
 _COMMAND_SETTINGS = {"allow_interspersed_args": False}
 
 
-async def _until_ready(client: Client, path: str, timeout: float) -> None:
-    """As systemd waits for a Type=notify service: until it is ready, failing with its exit code if it ends
-    first, or after timeout seconds (it is left running then)."""
-    import asyncio
-
-    try:
-        met, code = await asyncio.wait_for(client.wait_condition(path, ["ready"]), timeout)
-    except asyncio.TimeoutError:
-        name = (await client.properties(path))["Name"]
-        fail(f"container {name} did not become ready within {timeout:g} s; it still runs")
-    if met == "exited":
-        props = await client.properties(path)
-        reason = f": {props['FailureReason']}" if props.get("FailureReason") else ""
-        fail(f"container {props['Name']} exited with code {code} before it was ready{reason}", code if code > 0 else 125)
-
-
 def _transport(request: ContainerRequest) -> Callable[..., Any]:
-    """with_client, unless IMAGE is a file: quiltctl reads it in a thread of the loop while the agent imports."""
-    return with_async_client if request.image.startswith("/") else with_client
+    return running.transport(request)
 
 
 @click.command(context_settings=_COMMAND_SETTINGS, epilog=_COMPAT_EPILOG)
@@ -224,113 +193,4 @@ def run(ctx: click.Context, detach: bool, ready_timeout: float, interactive: boo
         interactive_cli.run_attached(ctx, request.name, request.image, request.command, request.options,
                                      interactive, tty)
         return
-
-    if detach:
-
-        async def detached(client: Client) -> str:
-            path = await client.run_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
-            if request.options.get("sdnotify") in ("container", "healthy"):
-                await _until_ready(client, path, ready_timeout)
-            return container_id(path)
-
-        waits = request.options.get("sdnotify") in ("container", "healthy")  # with a timeout: on the loop
-        click.echo((with_async_client if waits else _transport(request))(ctx, detached))
-        return
-
-    # The logs are read after the exit. --rm is the agent's (remove_on_exit), held (RunContainer's hold_removal)
-    # until quiltctl has read the exit code and the logs and removes it; if quiltctl is killed meanwhile, or the
-    # start fails, the agent removes it.
-    remove_after = bool(request.options.get("remove_on_exit", False))
-    from quilt_agent.cli import reconnect
-
-    timeout = reconnect.checked_timeout()
-
-    async def foreground(client: Client) -> int:
-        session = reconnect.Session(client, timeout, reached=True)  # used once the container is there
-        since = time.time_ns() // 1000
-        options = dict(request.options, hold_removal=True) if remove_after else request.options
-        path = await client.run_container(request.name, await hostfiles.image_ref(client, request.image),
-                                          request.command, options)
-        live = None
-        if show_setup_live:
-            import asyncio
-
-            live = asyncio.ensure_future(_show_setup_live(client, path))
-        cid = container_id(path)
-        unit = str(await client.get_property(path, "Unit"))  # for the journal's address, should the agent restart
-        code = await sigproxy.wait_forwarding_signals(
-            client, path, lambda: reconnect.wait_for_exit(session, client, path, cid, since))
-        if live is not None:
-            import asyncio
-
-            try:
-                await asyncio.wait_for(live, 5.0)  # the pipe ends with the container
-            except (asyncio.TimeoutError, ClientError, OSError):
-                live.cancel()
-        try:
-            if request.options.get("setup"):
-                await session.call(lambda: _print_logs_after_setup(client, path, shown=live is not None))
-            else:
-                output.print_logs(await session.call(lambda: client.get_logs(path, {})))
-        except ClientError as e:
-            if not session.restarts or e.name not in _GONE_OBJECT:
-                raise
-            # An agent that restarted while it ran forgot the hold: it removed the container at its exit.
-            warn(f"container {cid[:output.SHORT_ID]} was removed while quilt-agent was away: its output "
-                 f"is in the journal (journalctl _SYSTEMD_UNIT={unit})")
-        if remove_after:
-            try:
-                await client.remove(path, False)
-            except ClientError as e:
-                if e.name not in _GONE_OBJECT:
-                    raise
-        return code
-
-    # On a terminal the setup steps' lines are shown as they come (a package manager can take minutes).
-    show_setup_live = bool(request.options.get("setup")) and sys.stderr.isatty()
-    code = (with_async_client if show_setup_live else _transport(request))(ctx, foreground)
-    if not 0 <= code <= 255:
-        # The agent reports -1 when no exit status could be recorded: a Quilt failure, not the container's code.
-        fail(f"the container ended without an exit status (exit code {code})")
-    ctx.exit(code)
-
-
-_GONE_OBJECT = (NO_SUCH_CONTAINER, "org.freedesktop.DBus.Error.UnknownObject",
-                "org.freedesktop.DBus.Error.UnknownInterface")
-
-
-async def _show_setup_live(client: Client, path: str) -> None:
-    import asyncio
-
-    """Print the setup steps' lines on stderr as they come (FollowLogs, setup only), dimmed, until the pipe ends
-    with the container."""
-    fd = await client.follow_logs(path, {"setup": True, "follow": True})
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb"))
-    try:
-        async for raw in reader:
-            click.secho(json.loads(raw)["text"], err=True, dim=not os.environ.get("NO_COLOR"))
-    finally:
-        transport.close()
-
-
-async def _print_logs_after_setup(client: Client, path: str, shown: bool = False) -> None:
-    """A foreground run's output when it had setup steps: the command's own lines only (what the package
-    managers printed is in `logs --setup`), unless a step failed: then its lines go to stderr (unless `shown`
-    live already), with the reason, since they are what tells why the command never ran."""
-    setup = await client.get_logs(path, {"setup": True})
-    taken = Counter(setup)
-    own = []
-    for line in await client.get_logs(path, {}):
-        if taken[line] > 0:
-            taken[line] -= 1  # a setup line: GetLogs without the option may include them
-        else:
-            own.append(line)
-    props = await client.properties(path)
-    reason = str(props.get("FailureReason") or "")
-    if props.get("State") == "failed" and reason.startswith("setup step"):
-        if not shown:
-            output.print_logs(LogLine(line.usec, "stderr", line.text) for line in setup)
-        warn(reason)
-    output.print_logs(own)
+    ctx.exit(running.run_request(ctx, request, detach, ready_timeout))

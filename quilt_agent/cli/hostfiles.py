@@ -13,10 +13,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Awaitable, Callable
 
 from quilt_agent.api import ClientError
 from quilt_agent.cli.context import Client, HostFileError  # noqa: F401 (HostFileError: raised here, caught there)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `run` imports this module on cli/quick.py's path
+    from collections.abc import Awaitable, Callable
 
 
 async def _with_pipe(call: Callable[[int], Awaitable[None]], here: Callable[[int], None], ours_reads: bool) -> None:

@@ -1,11 +1,12 @@
 """quiltctl's entry point: the commonest commands without click, everything else through it (cli/main.py).
 
 Importing click costs a `quiltctl ps` more than the rest of it together (~25 ms of ~45 on these machines), so the
-common forms of ps, inspect, status, start, stop, rm and exec (without a terminal) are parsed here, by a table of their options, and handed
-to the same functions the click commands call (cli/verbs.py). Anything the table does not take exactly as
-written (--help, combined short flags, an unknown option, a number that is not one, a missing argument, `--`) goes
-to click, which parses, explains and refuses as it always does: this path only ever answers what click would
-have answered the same way. tests/unit/cli/test_quick.py holds the table to the click commands' declarations, and
+common forms of ps, inspect, status, start, stop, rm, exec and run (without a terminal) are parsed here, by a
+table of their options, and handed to the same functions the click commands call (cli/verbs.py, cli/running.py).
+Anything the table does not take exactly as written (--help, combined short flags, an unknown option, a number
+that is not one, a missing argument, `--`, a flag whose value click converts) goes to click, which parses,
+explains and refuses as it always does; so does a `run` whose flags cli/request.py refuses. This path only ever
+answers what click would have answered the same way. tests/unit/cli/test_quick.py holds the table to the click commands' declarations, and
 runs an assortment of command lines through both paths against one fake agent, comparing what each prints.
 """
 
@@ -42,7 +43,8 @@ class Argument:
 
 
 class Verb:
-    """One command's options and positional arguments, and the function of cli/verbs.py that runs it. Options
+    """One command's options and positional arguments, and the function that runs it ("module.function" under
+    quilt_agent.cli: cli/verbs.py's, cli/running.py's). Options
     may follow arguments unless `interspersed` is False (then the first argument ends the options, as exec's
     command does). `valid` says whether a parse is one click would take (a rule the command's body checks)."""
 
@@ -118,7 +120,7 @@ def _a_command(params: dict[str, Any]) -> bool:
 _CONTAINERS = Argument("containers", -1)
 _ANY_CONTAINERS = Argument("containers", -1, required=False)
 _RM = Verb([Option(["-f", "--force"], "force", FLAG), Option(["-a", "--all"], "every", FLAG)], [_ANY_CONTAINERS],
-           "rm", _one_way)
+           "verbs.rm", _one_way)
 
 VERBS: dict[str, Verb] = {
     "ps": Verb([
@@ -131,12 +133,12 @@ VERBS: dict[str, Verb] = {
         Option(["-l", "--latest"], "latest", FLAG),
         Option(["--no-trunc"], "no_trunc", FLAG),
         Option(["--noheading"], "noheading", FLAG),
-    ], [], "ps"),
-    "inspect": Verb([Option(["-f", "--format"], "fmt", TEXT)], [_CONTAINERS], "inspect"),
-    "status": Verb([], [Argument("container")], "status"),
-    "start": Verb([], [_CONTAINERS], "start"),
+    ], [], "verbs.ps"),
+    "inspect": Verb([Option(["-f", "--format"], "fmt", TEXT)], [_CONTAINERS], "verbs.inspect"),
+    "status": Verb([], [Argument("container")], "verbs.status"),
+    "start": Verb([], [_CONTAINERS], "verbs.start"),
     "stop": Verb([Option(["-t", "--time"], "timeout", COUNT, (0, UINT32_MAX)), Option(["-a", "--all"], "every", FLAG)],
-                 [_ANY_CONTAINERS], "stop", _one_way),
+                 [_ANY_CONTAINERS], "verbs.stop", _one_way),
     "rm": _RM,
     "remove": _RM,
     "exec": Verb([
@@ -145,7 +147,62 @@ VERBS: dict[str, Verb] = {
         Option(["-e", "--env"], "env", CLICK, default=()),
         Option(["-w", "--workdir"], "workdir", TEXT),
         Option(["-u", "--user"], "user", TEXT),
-    ], [Argument("container"), Argument("command", -1)], "exec_", _a_command, interspersed=False),
+    ], [Argument("container"), Argument("command", -1)], "verbs.exec_", _a_command, interspersed=False),
+    # run and create's flags (cli/containers.py): those whose values click converts (sizes, durations, KEY=VALUE
+    # pairs, namespaces, a health command) and -i/-t (cli/interactive.py's) leave the line to click.
+    "run": Verb([
+        Option(["-d", "--detach"], "detach", FLAG),
+        Option(["--ready-timeout"], "ready_timeout", CLICK, default=90.0),
+        Option(["-i", "--interactive"], "interactive", CLICK, default=False),
+        Option(["-t", "--tty"], "tty", CLICK, default=False),
+        Option(["--name"], "name", TEXT),
+        Option(["-e", "--env"], "env", CLICK, default=()),
+        Option(["-w", "--workdir"], "workdir", TEXT),
+        Option(["-u", "--user"], "user", TEXT),
+        Option(["--hostname"], "hostname", TEXT),
+        Option(["-m", "--memory"], "memory", CLICK),
+        Option(["--memory-limit"], "memory_limit", COUNT, (1, None)),
+        Option(["--cpus"], "cpus", CLICK),
+        Option(["--cpu-limit"], "cpu_limit", CLICK),
+        Option(["--pids-limit"], "pids_limit", COUNT, (1, None)),
+        Option(["--rm"], "rm", FLAG),
+        Option(["-l", "--label"], "label", CLICK, default=()),
+        Option(["--network", "--net"], "network", TEXTS),
+        Option(["--network-alias"], "network_alias", TEXTS),
+        Option(["--ip"], "ip", TEXT),
+        Option(["-p", "--publish"], "publish", TEXTS),
+        Option(["--stop-timeout"], "stop_timeout", COUNT, (0, 86400)),
+        Option(["--namespaces"], "namespaces", CLICK),
+        Option(["--enable-all-namespaces"], "enable_all_namespaces", FLAG),
+        Option(["-v", "--volume"], "volume", TEXTS),
+        Option(["--tmpfs"], "tmpfs", TEXTS),
+        Option(["--read-only"], "read_only", FLAG),
+        Option(["--entrypoint"], "entrypoint", TEXT),
+        Option(["--env-file"], "env_file", TEXTS),
+        Option(["--add-host"], "add_host", TEXTS),
+        Option(["--dns"], "dns", TEXTS),
+        Option(["--dns-search"], "dns_search", TEXTS),
+        Option(["--dns-option"], "dns_option", TEXTS),
+        Option(["--cap-add"], "cap_add", TEXTS),
+        Option(["--cap-drop"], "cap_drop", TEXTS),
+        Option(["--stop-signal"], "stop_signal", TEXT),
+        Option(["-P", "--publish-all"], "publish_all", FLAG),
+        Option(["--setup"], "setup", TEXTS),
+        Option(["--no-setup-cache"], "no_setup_cache", FLAG),
+        Option(["--security-opt"], "security_opt", TEXTS),
+        Option(["--userns"], "userns", TEXT),
+        Option(["--restart"], "restart", TEXT),
+        Option(["--init"], "init", FLAG),
+        Option(["--health-cmd"], "health_cmd", CLICK),
+        Option(["--health-interval"], "health_interval", CLICK),
+        Option(["--health-timeout"], "health_timeout", CLICK),
+        Option(["--health-start-period"], "health_start_period", CLICK),
+        Option(["--health-retries"], "health_retries", COUNT, (0, None)),
+        Option(["--health-on-failure"], "health_on_failure", TEXT),
+        Option(["--no-healthcheck"], "no_healthcheck", FLAG),
+        Option(["--sdnotify"], "sdnotify", TEXT),
+        Option(["--image-path", "--image"], "image_path", TEXT),
+    ], [Argument("args", -1, required=False)], "running.run", interspersed=False),
 }
 
 
@@ -160,23 +217,38 @@ def parse(argv: Sequence[str]) -> tuple[Verb, dict[str, Any]] | None:
 
 def run(verb: Verb, params: dict[str, Any], ctx: Any = None) -> int:
     """Run a parsed command: its exit status. `ctx` as cli/verbs.py's (a click context with tests' fake client)."""
-    from quilt_agent.cli import verbs
-
-    action: Callable[..., int] = getattr(verbs, verb.run)
+    module, _, name = verb.run.rpartition(".")
+    action: Callable[..., int] = getattr(__import__(f"quilt_agent.cli.{module}", fromlist=[name]), name)
     return action(ctx, **params)
 
 
-def main() -> None:
-    argv = sys.argv[1:]
-    # Shell completion is click's: it runs quiltctl with no arguments and the request in the environment.
-    parsed = None if "_QUILTCTL_COMPLETE" in os.environ else parse(argv)
-    if parsed is None:
-        from quilt_agent.cli.main import main as click_main
+def _refused(error: Exception) -> bool:
+    """Whether `run` found its flags to be a request click refuses (cli/request.py builds it before any call):
+    click is then to say so, in its words."""
+    from quilt_agent.cli.request import RequestError
+    from quilt_agent.cli.runflags import FlagError
 
-        click_main()
-        return
+    return isinstance(error, (RequestError, FlagError))
+
+
+def dispatch(argv: Sequence[str], ctx: Any = None) -> int | None:
+    """The exit status of a command line run here, or None when click is to take it (before any bus call)."""
+    parsed = parse(argv)
+    if parsed is None:
+        return None
     try:
-        code = run(*parsed)
+        return run(*parsed, ctx=ctx)
+    except ValueError as e:
+        if not _refused(e):
+            raise
+        return None
+
+
+def main() -> None:
+    # Shell completion is click's: it runs quiltctl with no arguments and the request in the environment.
+    argv = [] if "_QUILTCTL_COMPLETE" in os.environ else sys.argv[1:]
+    try:
+        code = dispatch(argv) if argv else None
     except KeyboardInterrupt:
         sys.stderr.write("\n")  # as click does: the shell's prompt on a line of its own
         code = EXIT_INTERRUPTED
@@ -185,4 +257,9 @@ def main() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = 1
+    if code is None:
+        from quilt_agent.cli.main import main as click_main
+
+        click_main()
+        return
     sys.exit(code)

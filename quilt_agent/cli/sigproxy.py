@@ -5,12 +5,18 @@ apart from either of them.
 """
 from __future__ import annotations
 
-import signal
-from types import FrameType
-from typing import Awaitable, Callable
+# The C module's handlers and numbers: `signal` itself imports enum for its Signals class (milliseconds of a
+# foreground `run`'s start-up, on cli/quick.py's path), and plain numbers are all that is passed on here.
+from _signal import SIGHUP, SIGINT, SIGTERM
+from _signal import signal as set_handler
 
 from quilt_agent.api import ClientError
 from quilt_agent.cli.context import Client, in_event_loop
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import Awaitable, Callable
 
 
 async def wait_forwarding_signals(client: Client, path: str,
@@ -41,7 +47,7 @@ async def wait_forwarding_signals(client: Client, path: str,
         task.add_done_callback(pending.discard)
 
     forwarded: list[int] = []
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in (SIGINT, SIGTERM, SIGHUP):
         try:
             loop.add_signal_handler(signum, on_signal, signum)
         except (ValueError, RuntimeError):
@@ -71,13 +77,13 @@ async def _wait_blocking(client: Client, path: str, wait: Callable[[], Awaitable
         drive(kill(signum))
 
     previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in (SIGINT, SIGTERM, SIGHUP):
         try:
-            previous[signum] = signal.signal(signum, on_signal)
+            previous[signum] = set_handler(signum, on_signal)
         except ValueError:
             break  # not the main thread (quiltctl called from a test's thread): wait without forwarding
     try:
         return await wait()
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            set_handler(signum, handler)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from quilt_agent.api import ClientError
 from quilt_agent.client import Client
-from quilt_agent.replies import ContainerEntry
+from quilt_agent.replies import ContainerEntry, LogLine
 
 NOW = 1_800_000_000.0
 SEC = 1_000_000
@@ -114,3 +114,22 @@ class FakeAgent(Client):
 
         sys.stdout.write(f"ran {' '.join(command)}\n")
         return int(command[1]) if list(command[:1]) == ["exit"] else 0
+
+    async def run_container(self, name: str, image: str, command: Sequence[str],
+                            options: dict[str, Any] | None = None) -> str:
+        """Runs nothing: the container has exited at once, with the code a command `exit N` names."""
+        options = dict(options or {})
+        self.calls.append(f"run {name} {image} {list(command)} {sorted(options.items())}")
+        if any(r["Name"] == name for r in self.rows):
+            raise ClientError("org.quilt.Runtime.Error.NameInUse", f"The name '{name}' is already in use")
+        code = int(command[1]) if list(command[:1]) == ["exit"] else 0
+        self.rows.append(container(name or "generated", "exited", ExitCode=code, Image=image, Command=list(command)))
+        return f"/c/{name or 'generated'}"
+
+    async def get_property(self, path: str, name: str) -> Any:
+        return self._row(path).get(name, f"quilt-{self._row(path)['Name']}.scope" if name == "Unit" else None)
+
+    async def get_logs(self, path: str, options: dict[str, Any] | None = None) -> list[LogLine]:
+        row = self._row(path)
+        return [LogLine(int(NOW * SEC), "stdout", f"ran {' '.join(row['Command'])}"),
+                LogLine(int(NOW * SEC) + 1, "stderr", "a line on stderr")]

@@ -33,6 +33,10 @@ QUICK = ONE_SHOT | CREATE_ONLY | TEMPLATES | {"click", "typing", "dataclasses", 
                                              "datetime", "shlex", "signal", "quilt_agent.replies",
                                              "quilt_agent.cli.main", "quilt_agent.cli.parsing"}
 
+# run on that path: its flags' own modules (click-free) and the log lines it prints, not an image file's tar.
+QUICK_RUN = (QUICK - {"quilt_agent.cli.runflags", "quilt_agent.cli.parsing", "quilt_agent.replies"}) | {
+    "json", "tarfile", "quilt_agent.filetree"}
+
 CASES: dict[str, tuple[list[str], set[str]]] = {
     "--version": (["--version"], ONE_SHOT | CREATE_ONLY | TEMPLATES | {"quilt_agent.wire", "quilt_agent.api"}),
     "ps": (["ps", "-a"], QUICK | {"json"}),
@@ -49,8 +53,9 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
     "logs": (["logs", "web"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
     "exec": (["exec", "web", "true"], QUICK | {"json"}),
     "exec -i": (["exec", "-i", "-w", "/srv", "web", "--", "sh", "-c", "true"], QUICK | {"json"}),
-    "run -d": (["run", "-d", "busybox", "true"], ONE_SHOT | TEMPLATES | {"tarfile", "quilt_agent.filetree"}),
-    "run --rm": (["run", "--rm", "busybox", "true"], ONE_SHOT | TEMPLATES | {"tarfile", "quilt_agent.filetree"}),
+    "run -d": (["run", "-d", "busybox", "true"], QUICK_RUN),
+    "run --rm": (["run", "--rm", "--network", "none", "busybox", "true"], QUICK_RUN),
+    "run -e": (["run", "-e", "A=1", "busybox", "true"], ONE_SHOT | TEMPLATES | {"tarfile", "quilt_agent.filetree"}),
     "images": (["images"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
     "network ls": (["network", "ls"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
     "volume ls": (["volume", "ls"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
