@@ -233,6 +233,11 @@ def _refused(error: Exception) -> bool:
 
 def dispatch(argv: Sequence[str], ctx: Any = None) -> int | None:
     """The exit status of a command line run here, or None when click is to take it (before any bus call)."""
+    if list(argv) == ["--version"]:  # click's version_option, in its words (cli/main.py)
+        from quilt_agent import __version__
+
+        sys.stdout.write(f"quiltctl {__version__}\n")
+        return 0
     parsed = parse(argv)
     if parsed is None:
         return None

@@ -183,3 +183,9 @@ def test_a_run_whose_flags_click_refuses_is_handed_to_click_before_any_call(
     for line in ("run --security-opt bogus img", "run --entrypoint [1] img", "run --env-file /nonexistent/e img"):
         assert _through_quick(line.split(), agent, capsys) is None
     assert agent.calls == []
+
+
+def test_version_is_what_click_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    clicked = CliRunner().invoke(cli, ["--version"], prog_name="quiltctl")
+    assert quick.dispatch(["--version"]) == clicked.exit_code == 0
+    assert capsys.readouterr().out == clicked.stdout

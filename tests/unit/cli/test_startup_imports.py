@@ -38,7 +38,7 @@ QUICK_RUN = (QUICK - {"quilt_agent.cli.runflags", "quilt_agent.cli.parsing", "qu
     "json", "tarfile", "quilt_agent.filetree"}
 
 CASES: dict[str, tuple[list[str], set[str]]] = {
-    "--version": (["--version"], ONE_SHOT | CREATE_ONLY | TEMPLATES | {"quilt_agent.wire", "quilt_agent.api"}),
+    "--version": (["--version"], QUICK | {"json", "quilt_agent.wire", "quilt_agent.api"}),
     "ps": (["ps", "-a"], QUICK | {"json"}),
     "ps -q": (["ps", "-q"], QUICK | {"json"}),
     "ps --filter status": (["ps", "--filter", "status=exited"], QUICK | {"json"}),
