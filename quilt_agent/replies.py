@@ -3,7 +3,8 @@
 Written out rather than made with @dataclass(frozen=True): importing dataclasses costs ~16 ms on these machines
 (it imports inspect, ast, re and more), which would be a third of a `quiltctl run`'s start-up, and every `logs`
 and `run` builds LogLines. _Record gives each what the decorator would: keyword or positional construction,
-equality by value, a repr, and no assignment after construction (tests/unit/test_replies.py).
+equality by value, hashing, a repr, pickling and copying, positional match patterns, and no assignment after
+construction (tests/unit/test_replies.py).
 """
 
 from __future__ import annotations
@@ -23,11 +24,20 @@ class _Record:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is a record: its {name} cannot be set")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is a record: its {name} cannot be deleted")
+
     def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy rebuild it through __init__, since restoring slots would go through __setattr__
+        return type(self), self._values()
+
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self._values() == other._values()  # type: ignore[attr-defined]
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         return hash(self._values())
@@ -39,6 +49,7 @@ class _Record:
 
 class ImageEntry(_Record):
     __slots__ = ("id", "name", "size", "path")
+    __match_args__ = __slots__
     id: str
     name: str  # one row per name; "" for an image without one
     size: int
@@ -50,6 +61,7 @@ class ImageEntry(_Record):
 
 class ImageProgress(_Record):
     __slots__ = ("phase", "done", "total")
+    __match_args__ = __slots__
     phase: str  # "<verb> <what>": resolving REF, downloading/unpacking/unpacked/exists DIGEST, checking PATH, done ID
     done: int  # bytes
     total: int  # bytes; 0 when not known
@@ -60,6 +72,7 @@ class ImageProgress(_Record):
 
 class ContainerEntry(_Record):
     __slots__ = ("id", "name", "state", "path")
+    __match_args__ = __slots__
     id: str
     name: str
     state: str
@@ -71,6 +84,7 @@ class ContainerEntry(_Record):
 
 class Event(_Record):
     __slots__ = ("time", "kind", "container_id", "details")
+    __match_args__ = __slots__
     time: int  # usec since the epoch
     kind: str  # created, started, failed, oom, exited, removed
     container_id: str
@@ -82,6 +96,7 @@ class Event(_Record):
 
 class ExecOutput(_Record):
     __slots__ = ("exit_code", "stdout", "stderr")
+    __match_args__ = __slots__
     exit_code: int
     stdout: bytes
     stderr: bytes
@@ -92,6 +107,7 @@ class ExecOutput(_Record):
 
 class NetworkEntry(_Record):
     __slots__ = ("name", "subnet", "path")
+    __match_args__ = __slots__
     name: str
     subnet: str
     path: str
@@ -102,6 +118,7 @@ class NetworkEntry(_Record):
 
 class LogLine(_Record):
     __slots__ = ("usec", "stream", "text")
+    __match_args__ = __slots__
     usec: int
     stream: str
     text: str

@@ -345,9 +345,12 @@ class Connection:
 
     def close(self) -> None:
         self._sock.close()
-        for fd in self._fds:
+        # fds not yet claimed: those read with no message yet, and those of replies whose caller went away
+        unclaimed = [*self._fds, *(fd for reply in self._replies.values() for fd in reply.unix_fds)]
+        for fd in unclaimed:
             os.close(fd)
         self._fds.clear()
+        self._replies.clear()
 
     def send(self, message: Message) -> int:
         with self._write_lock:

@@ -21,8 +21,11 @@ _FINISHED_STATES = ("exited", "failed")
 
 def echo(text: str = "", err: bool = False, nl: bool = True) -> None:
     """click.echo's job, without click: write, then flush, so stdout and stderr keep their order on a shared
-    terminal."""
+    terminal. Unlike click.echo it leaves escape sequences in when the stream is not a terminal: a container's
+    output reaches a file or a pipe as it wrote it, as with `podman logs`."""
     stream = sys.stderr if err else sys.stdout
+    if stream is None:  # started with the stream closed (`quiltctl stop web >&-`): nowhere to say it, as click.echo
+        return
     stream.write(f"{text}\n" if nl else text)
     stream.flush()
 

@@ -5,8 +5,8 @@ common forms of ps, inspect, status, start, stop, rm, exec and run (without a te
 table of their options, and handed to the same functions the click commands call (cli/verbs.py, cli/running.py).
 Anything the table does not take exactly as written (--help, combined short flags, an unknown option, a number
 that is not one, a missing argument, `--`, a flag whose value click converts) goes to click, which parses,
-explains and refuses as it always does; so does a `run` whose flags cli/request.py refuses. This path only ever
-answers what click would have answered the same way. tests/unit/cli/test_quick.py holds the table to the click commands' declarations, and
+explains and refuses as it always does; a `run` whose flags cli/request.py refuses is refused here in click's
+words. This path only ever answers what click would have answered the same way. tests/unit/cli/test_quick.py holds the table to the click commands' declarations, and
 runs an assortment of command lines through both paths against one fake agent, comparing what each prints.
 """
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Sequence
 
 EXIT_INTERRUPTED = 130
+USAGE_ERROR = 2  # click's status for a command line it refuses
 UINT32_MAX = (1 << 32) - 1
 
 # How an option takes its value: a flag takes none; TEXT one string; TEXTS one string each time it is given
@@ -222,17 +223,20 @@ def run(verb: Verb, params: dict[str, Any], ctx: Any = None) -> int:
     return action(ctx, **params)
 
 
-def _refused(error: Exception) -> bool:
-    """Whether `run` found its flags to be a request click refuses (cli/request.py builds it before any call):
-    click is then to say so, in its words."""
+def _refusal(error: Exception) -> str | None:
+    """The usage line click would print for a request cli/request.py refuses (`run`'s flags that cannot go
+    together, a flag's bad value), or None for any other error."""
     from quilt_agent.cli.request import RequestError
     from quilt_agent.cli.runflags import FlagError
 
-    return isinstance(error, (RequestError, FlagError))
+    if isinstance(error, FlagError):
+        return f"Invalid value for '{error.flag}': {error}"  # click's BadParameter
+    return str(error) if isinstance(error, RequestError) else None
 
 
 def dispatch(argv: Sequence[str], ctx: Any = None) -> int | None:
-    """The exit status of a command line run here, or None when click is to take it (before any bus call)."""
+    """The exit status of a command line run here, or None when click is to take it (decided before any bus
+    call)."""
     if list(argv) == ["--version"]:  # click's version_option, in its words (cli/main.py)
         from quilt_agent import __version__
 
@@ -244,9 +248,13 @@ def dispatch(argv: Sequence[str], ctx: Any = None) -> int | None:
     try:
         return run(*parsed, ctx=ctx)
     except ValueError as e:
-        if not _refused(e):
+        refusal = _refusal(e)
+        if refusal is None:
             raise
-        return None
+    # Said here, in click's words, rather than by handing the line to click: the request was built already, and
+    # building it again could read a different --env-file (a pipe reads empty the second time).
+    sys.stderr.write(f"quiltctl: {refusal} (see 'quiltctl {argv[0]} --help')\n")
+    return USAGE_ERROR
 
 
 def main() -> None:

@@ -50,3 +50,23 @@ def test_importing_the_records_imports_no_dataclasses() -> None:
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(PROJECT)}).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_records_pickle_copy_and_match_as_dataclasses_did() -> None:
+    import copy
+    import pickle
+
+    line = LogLine(1, "stdout", "hi")
+    assert pickle.loads(pickle.dumps(line)) == line == copy.copy(line) == copy.deepcopy(line)
+    match line:
+        case LogLine(usec, stream, text):
+            assert (usec, stream, text) == (1, "stdout", "hi")
+    with pytest.raises(AttributeError):
+        del line.text  # type: ignore[misc]
+
+
+def test_a_record_leaves_comparison_with_other_types_to_them() -> None:
+    from unittest import mock
+
+    assert LogLine(1, "stdout", "hi") == mock.ANY
+    assert LogLine(1, "stdout", "hi").__eq__(3) is NotImplemented
