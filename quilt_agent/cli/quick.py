@@ -1,7 +1,7 @@
 """quiltctl's entry point: the commonest commands without click, everything else through it (cli/main.py).
 
 Importing click costs a `quiltctl ps` more than the rest of it together (~25 ms of ~45 on these machines), so the
-common forms of ps, inspect, status, start, stop, rm, exec and run (without a terminal) are parsed here, by a
+common forms of ps, inspect, status, logs, start, stop, rm, exec and run (without a terminal) are parsed here, by a
 table of their options, and handed to the same functions the click commands call (cli/verbs.py, cli/running.py).
 Anything the table does not take exactly as written (--help, combined short flags, an unknown option, a number
 that is not one, a missing argument, `--`, a flag whose value click converts) goes to click, which parses,
@@ -138,6 +138,14 @@ VERBS: dict[str, Verb] = {
     "inspect": Verb([Option(["-f", "--format"], "fmt", TEXT)], [_CONTAINERS], "verbs.inspect"),
     "status": Verb([], [Argument("container")], "verbs.status"),
     "start": Verb([], [_CONTAINERS], "verbs.start"),
+    "logs": Verb([
+        Option(["-n", "--tail"], "lines", COUNT, (0, UINT32_MAX)),
+        Option(["--since"], "since", CLICK),  # a time, read by click's path (its errors are click's)
+        Option(["--until"], "until", CLICK),
+        Option(["-f", "--follow"], "follow", CLICK, default=False),  # cli/observe.py's stream, on asyncio
+        Option(["-t", "--timestamps"], "timestamps", FLAG),
+        Option(["--setup"], "setup", FLAG),
+    ], [Argument("container")], "verbs.logs_now"),
     "stop": Verb([Option(["-t", "--time"], "timeout", COUNT, (0, UINT32_MAX)), Option(["-a", "--all"], "every", FLAG)],
                  [_ANY_CONTAINERS], "verbs.stop", _one_way),
     "rm": _RM,

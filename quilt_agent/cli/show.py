@@ -1,16 +1,15 @@
 """The verbs that show containers: ps, inspect and status, each in one bus round trip per container named
-(ListContainerProperties, GetContainerProperties), declared to click here and done by cli/verbs.py; and logs.
+(ListContainerProperties, GetContainerProperties), and logs; declared to click here, done by cli/verbs.py (logs -f
+and --until by cli/observe.py).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import click
 
-from quilt_agent.cli import output, verbs
-from quilt_agent.cli.context import Client, with_client
+from quilt_agent.cli import verbs
 from quilt_agent.cli.parsing import parse_since
 
 _UINT32_MAX = (1 << 32) - 1
@@ -80,19 +79,10 @@ def logs(ctx: click.Context, lines: int | None, since: str | None, until: str | 
 
         observe.follow_logs(ctx, container, lines, since, until, follow, timestamps, setup)
         return
-    options: dict[str, Any] = {"setup": True} if setup else {}
-    # On the wire lines 0 means "no limit"; `--tail 0` means no lines, as in Podman (the container is still
-    # looked up, so an unknown one is still an error).
-    if lines:
-        options["lines"] = lines
+    since_usec = None
     if since is not None:
         try:
-            options["since"] = parse_since(since, time.time())
+            since_usec = parse_since(since, time.time())
         except ValueError as e:
             raise click.BadParameter(str(e), ctx=ctx, param_hint="'--since'") from None
-
-    async def body(client: Client) -> list[Any]:
-        path = await client.get_container(container)
-        return [] if lines == 0 else await client.get_logs(path, options)
-
-    output.print_logs(with_client(ctx, body), timestamps)
+    ctx.exit(verbs.logs(ctx, lines, since_usec, timestamps, setup, container))

@@ -1,4 +1,4 @@
-"""What ps, inspect, status, start, stop, rm and exec (without a terminal) do once their arguments are parsed.
+"""What ps, inspect, status, logs, start, stop, rm and exec (without a terminal) do once their arguments are parsed.
 
 Free of click: cli/show.py, cli/lifecycle.py and cli/interactive.py declare these verbs to click (help, completion, usage errors),
 and cli/quick.py runs their common forms without importing click at all, which is a third of a `quiltctl ps`.
@@ -120,6 +120,32 @@ def status(ctx: click.Context | None, container: str) -> int:
     for line in output.status_lines(props, time.time()):
         output.echo(line)
     return EXIT_OK
+
+
+def logs(ctx: click.Context | None, lines: int | None, since_usec: int | None, timestamps: bool, setup: bool,
+         container: str) -> int:
+    """The container's output as the journal holds it now (logs -f and --until are cli/observe.py's)."""
+    options: dict[str, Any] = {"setup": True} if setup else {}
+    # On the wire lines 0 means "no limit"; `--tail 0` means no lines, as in Podman (the container is still
+    # looked up, so an unknown one is still an error).
+    if lines:
+        options["lines"] = lines
+    if since_usec is not None:
+        options["since"] = since_usec
+
+    async def body(client: Client) -> list[Any]:
+        path = await client.get_container(container)
+        return [] if lines == 0 else await client.get_logs(path, options)
+
+    output.print_logs(with_client(ctx, body), timestamps)
+    return EXIT_OK
+
+
+def logs_now(ctx: click.Context | None, lines: int | None, since: str | None, until: str | None, follow: bool,
+             timestamps: bool, setup: bool, container: str) -> int:
+    """logs as cli/quick.py takes it: without --since, --until or -f (those are click's)."""
+    assert since is None and until is None and not follow, "logs --since, --until and -f go through click"
+    return logs(ctx, lines, None, timestamps, setup, container)
 
 
 # --- start, stop, rm (and kill, in cli/lifecycle.py) -------------------------------------------------------------
