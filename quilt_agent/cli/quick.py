@@ -30,6 +30,8 @@ FLAG, TEXT, TEXTS, COUNT, CLICK = "flag", "text", "texts", "count", "click"
 
 
 class Option:
+    """One option, by all its names: the parameter it sets and how it takes its value (a kind above)."""
+
     def __init__(self, names: Sequence[str], param: str, kind: str, bounds: tuple[int, int | None] = (0, None),
                  default: Any = None) -> None:
         self.names, self.param, self.kind, self.bounds = tuple(names), param, kind, bounds
@@ -45,9 +47,9 @@ class Argument:
 
 class Verb:
     """One command's options and positional arguments, and the function that runs it ("module.function" under
-    quilt_agent.cli: cli/verbs.py's, cli/running.py's). Options
-    may follow arguments unless `interspersed` is False (then the first argument ends the options, as exec's
-    command does). `valid` says whether a parse is one click would take (a rule the command's body checks)."""
+    quilt_agent.cli: cli/verbs.py's, cli/running.py's). Options may follow arguments unless `interspersed` is
+    False (then the first argument ends the options, as exec's command does). `valid` says whether a parse is
+    one click would take (a rule the command's body checks)."""
 
     def __init__(self, options: Sequence[Option], arguments: Sequence[Argument], run: str,
                  valid: Callable[[dict[str, Any]], bool] = lambda params: True, interspersed: bool = True) -> None:
