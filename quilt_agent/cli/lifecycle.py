@@ -1,5 +1,5 @@
-"""The verbs that change a container's state: start, stop, kill, rm (remove), and healthcheck run; start, stop
-and rm are declared to click here and done by cli/verbs.py.
+"""The verbs that change a container's state: start, stop, kill, rm (remove), wait, and healthcheck run; start,
+stop, rm and wait are declared to click here and done by cli/verbs.py.
 
 One-shot commands: each is a few bus calls on the blocking transport (cli/context.py), so nothing here imports
 what only creating a container needs.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from quilt_agent.cli import verbs
-from quilt_agent.cli.context import Client, each, with_client
+from quilt_agent.cli.context import Client, with_client
 from quilt_agent.cli.paramtypes import SIGNAL
 
 
@@ -113,25 +113,4 @@ def healthcheck_run(ctx: click.Context, container: str) -> None:
 def wait(ctx: click.Context, conditions: tuple[str, ...], containers: tuple[str, ...]) -> None:
     """Wait for one or more containers to exit, or to meet a condition; print each exit code (or, for a
     condition other than exited, its name)."""
-
-    from quilt_agent.cli import reconnect
-
-    timeout = reconnect.checked_timeout()
-
-    async def body(client: Client) -> bool:
-        # A restart of the agent meanwhile (a crash, an upgrade) is ridden out: the wait is asked again of the
-        # agent that comes back, which has recorded an exit that came while none ran.
-        session = reconnect.Session(client, timeout)
-
-        async def one(name: str) -> None:
-            path = await session.call(lambda: client.get_container(name))
-            if not conditions:
-                click.echo(await session.call(lambda: client.wait(path)))
-                return
-            met, code = await session.call(lambda: client.wait_condition(path, list(conditions)))
-            click.echo(str(code) if met == "exited" else met)
-
-        return (await each(containers, one))[1]
-
-    if not with_client(ctx, body):
-        ctx.exit(125)
+    ctx.exit(verbs.wait(ctx, conditions, containers))

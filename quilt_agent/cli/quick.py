@@ -1,7 +1,7 @@
 """quiltctl's entry point: the commonest commands without click, everything else through it (cli/main.py).
 
 Importing click costs a `quiltctl ps` more than the rest of it together (~25 ms of ~45 on these machines), so the
-common forms of ps, inspect, status, logs, start, stop, rm, exec and run (without a terminal) are parsed here, by a
+common forms of ps, inspect, status, logs, start, stop, rm, wait, exec and run (without a terminal) are parsed here, by a
 table of their options, and handed to the same functions the click commands call (cli/verbs.py, cli/running.py).
 Anything the table does not take exactly as written (--help, combined short flags, an unknown option, a number
 that is not one, a missing argument, `--`, a flag whose value click converts) goes to click, which parses,
@@ -152,6 +152,7 @@ VERBS: dict[str, Verb] = {
                  [_ANY_CONTAINERS], "verbs.stop", _one_way),
     "rm": _RM,
     "remove": _RM,
+    "wait": Verb([Option(["--condition"], "conditions", TEXTS)], [_CONTAINERS], "verbs.wait"),
     "exec": Verb([
         Option(["-i", "--interactive"], "interactive", FLAG),
         Option(["-t", "--tty"], "tty", CLICK, default=False),

@@ -1,4 +1,5 @@
-"""What ps, inspect, status, logs, start, stop, rm and exec (without a terminal) do once their arguments are parsed.
+"""What ps, inspect, status, logs, start, stop, rm, wait and exec (without a terminal) do once their arguments are
+parsed.
 
 Free of click: cli/show.py, cli/lifecycle.py and cli/interactive.py declare these verbs to click (help, completion, usage errors),
 and cli/quick.py runs their common forms without importing click at all, which is a third of a `quiltctl ps`.
@@ -232,6 +233,30 @@ def rm(ctx: click.Context | None, force: bool, every: bool, containers: Sequence
     if every:
         containers = with_client(ctx, removable)
     return for_each(ctx, containers, action, together=force)  # with force, running ones are killed at once
+
+
+def wait(ctx: click.Context | None, conditions: Sequence[str], containers: Sequence[str]) -> int:
+    """Print each container's exit code once it exits, or (conditions) the first condition it meets."""
+    from quilt_agent.cli import reconnect
+
+    timeout = reconnect.checked_timeout()
+
+    async def body(client: Client) -> bool:
+        # A restart of the agent meanwhile (a crash, an upgrade) is ridden out: the wait is asked again of the
+        # agent that comes back, which has recorded an exit that came while none ran.
+        session = reconnect.Session(client, timeout)
+
+        async def one(name: str) -> None:
+            path = await session.call(lambda: client.get_container(name))
+            if not conditions:
+                output.echo(str(await session.call(lambda: client.wait(path))))
+                return
+            met, code = await session.call(lambda: client.wait_condition(path, list(conditions)))
+            output.echo(str(code) if met == "exited" else met)
+
+        return (await each(containers, one))[1]
+
+    return EXIT_OK if with_client(ctx, body) else EXIT_QUILT_ERROR
 
 
 # --- exec ------------------------------------------------------------------------------------------------------

@@ -133,3 +133,9 @@ class FakeAgent(Client):
         row = self._row(path)
         return [LogLine(int(NOW * SEC), "stdout", f"ran {' '.join(row['Command'])}"),
                 LogLine(int(NOW * SEC) + 1, "stderr", "a line on stderr")]
+
+    async def wait_condition(self, path: str, conditions: Sequence[str]) -> tuple[str, int]:
+        row = self._row(path)
+        if row["State"] == "running" and "running" in conditions:
+            return "running", 0
+        return "exited", int(row["ExitCode"])

@@ -49,7 +49,7 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
     "start": (["start", "web"], QUICK | {"json"}),
     "rm -f": (["rm", "-f", "web"], QUICK | {"json"}),
     "kill": (["kill", "web"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
-    "wait": (["wait", "web"], ONE_SHOT | CREATE_ONLY | TEMPLATES),
+    "wait": (["wait", "web"], QUICK | {"json"}),
     "logs": (["logs", "web"], QUICK - {"quilt_agent.replies"} | {"json"}),
     "exec": (["exec", "web", "true"], QUICK | {"json"}),
     "exec -i": (["exec", "-i", "-w", "/srv", "web", "--", "sh", "-c", "true"], QUICK | {"json"}),
