@@ -4,6 +4,9 @@ PYTHON := /usr/bin/python3
 VENV := .venv
 DESTDIR ?=
 TESTHOST := $(PYTHON) tests/testhost.py run --
+# Benchmarks measure the agent as users run it: without the test host's asyncio debug mode (QUILT_LOOP_CHECK),
+# which slows every call (bench/hostcheck.py refuses to measure an agent that has it).
+BENCH_HOST := $(PYTHON) tests/testhost.py run --loop-check 0
 PYTEST_ARGS ?=
 
 # Debian packages the project needs: building systemd-python, the test host's
@@ -93,7 +96,7 @@ bench: setup deb
 	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null && test -x $(VENV)/bin/py-spy || { \
 		set -o pipefail; $(VENV)/bin/pip install -q --disable-pip-version-check $(foreach p,$(BENCH_PIP_PACKAGES),'$(p)') 2>&1 \
 		| { grep -v 'is ignored: it is neither a file nor a directory' || true; }; }
-	@$(PYTHON) tests/testhost.py run --deb $(DEB) -- $(VENV)/bin/python bench/peers.py $(BENCH_ARGS)
+	@$(BENCH_HOST) --deb $(DEB) -- $(VENV)/bin/python bench/peers.py $(BENCH_ARGS)
 
 # What networking costs a container (run-to-exit with and without a network) and container-to-container
 # throughput beside the host's loopback (iperf3).
@@ -101,7 +104,7 @@ bench-network: setup
 	@dpkg-query -W -f='$${Status}\n' iperf3 2>/dev/null | grep -q 'ok installed' || { \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iperf3 >/dev/null; }
-	@$(TESTHOST) $(VENV)/bin/python bench/network.py $(BENCH_ARGS)
+	@$(BENCH_HOST) -- $(VENV)/bin/python bench/network.py $(BENCH_ARGS)
 
 # quilt-generator's run time for 100 container files, as systemd runs it at each boot and daemon-reload.
 bench-generator: setup
@@ -109,17 +112,17 @@ bench-generator: setup
 
 # What health checks cost the agent in CPU: 20 running containers without checks, then each checked every second.
 bench-health: setup
-	@$(TESTHOST) $(VENV)/bin/python bench/health.py $(BENCH_ARGS)
+	@$(BENCH_HOST) -- $(VENV)/bin/python bench/health.py $(BENCH_ARGS)
 
 # Import and pull throughput of a ~100 MB image, and the time of a second import (bench/images.py).
 bench-images: setup
-	@$(TESTHOST) $(VENV)/bin/python bench/images.py $(BENCH_ARGS)
+	@$(BENCH_HOST) -- $(VENV)/bin/python bench/images.py $(BENCH_ARGS)
 
 # First start of a container whose setup pip-installs from a local index, its cached start, and a plain run of
 # the same image (bench/setup.py); the image is built outside the test host, which has no network.
 bench-setup: setup
 	@$(VENV)/bin/python tests/setupimage.py build >/dev/null
-	@$(TESTHOST) $(VENV)/bin/python bench/setup.py $(BENCH_ARGS)
+	@$(BENCH_HOST) -- $(VENV)/bin/python bench/setup.py $(BENCH_ARGS)
 
 # The Debian package, build/quilt-runtime_VERSION_all.deb (packaging/build-deb, packaging/README.md): rebuilt when
 # a file it is made of changes. Named quilt-runtime: Debian's own "quilt" is the patch tool.

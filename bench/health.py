@@ -3,7 +3,7 @@
 the same N each checked every second (`/bin/true`).
 
 Run inside the test host:
-    make bench-health        or        python3 tests/testhost.py run -- .venv/bin/python bench/health.py
+    make bench-health        or        python3 tests/testhost.py run --loop-check 0 -- .venv/bin/python bench/health.py
 Two figures per phase, in percent of one CPU: the agent's own process, and everything the agent pays for (its
 process, the fork server, the exec helpers and the check commands, which the fork server reaps). A benchmark,
 not a test: nothing is asserted.
@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.lifecycle import busybox_client  # noqa: E402
 from quilt_agent.client import Client  # noqa: E402
+import hostcheck  # noqa: E402 - bench/, this script's own directory
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -79,6 +80,7 @@ async def main(count: int, seconds: float, interval: float) -> None:
 
 
 if __name__ == "__main__":
+    hostcheck.refuse_debug_agent("bench/health.py")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--containers", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=30)

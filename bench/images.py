@@ -7,7 +7,7 @@ loopback. For each it prints the first import's time and throughput in MB/s of c
 second import of the same bytes, which finds every layer in the store and unpacks nothing. The machine's own
 `tar -xzf` of the rootfs tarball is printed as the floor to compare with.
 
-Not a test: run it as `python3 tests/testhost.py run -- .venv/bin/python bench/images.py`.
+Not a test: run it as `python3 tests/testhost.py run --loop-check 0 -- .venv/bin/python bench/images.py`.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from quilt_agent.client import Client  # noqa: E402
 from tests import imagetools  # noqa: E402
 from tests.integration.images.conftest import start_registry, stop  # noqa: E402
+import hostcheck  # noqa: E402 - bench/, this script's own directory
 
 SOURCES = ("/usr/lib/python3.11", "/usr/lib/gcc", "/usr/share/locale")
 MB = 1e6
@@ -121,6 +122,7 @@ async def main(runs: int) -> None:
 
 
 if __name__ == "__main__":
+    hostcheck.refuse_debug_agent("bench/images.py")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     asyncio.run(main(parser.parse_args().runs))

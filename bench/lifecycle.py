@@ -2,7 +2,7 @@
 """Lifecycle latencies through the real bus, from a client already connected.
 
 Run inside the test host (or on a systemd host with the agent installed):
-    make bench        or        python3 tests/testhost.py run -- .venv/bin/python bench/lifecycle.py
+    make bench        or        python3 tests/testhost.py run --loop-check 0 -- .venv/bin/python bench/lifecycle.py
 Prints median and p95 of: RunContainer to exit of /bin/true and Exec of /bin/true (each with a user namespace
 of its own and with --userns host), RunContainer to exit with --init (catatonit as PID 1), RunContainer to exit
 with registration with systemd-machined turned off (the other rows register where machined is, as by default),
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quilt_agent.client import Client  # noqa: E402
 from quilt_agent.config import config_path  # noqa: E402
+import hostcheck  # noqa: E402 - bench/, this script's own directory
 
 
 def summary(label: str, samples: list[float], width: int = 44) -> str:
@@ -136,6 +137,7 @@ async def main(runs: int) -> None:
 
 
 if __name__ == "__main__":
+    hostcheck.refuse_debug_agent("bench/lifecycle.py")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100)
     asyncio.run(main(parser.parse_args().runs))

@@ -2,7 +2,7 @@
 """What networking costs: run-to-exit with and without a network, and container-to-container throughput.
 
 Run inside the test host:
-    make bench-network        or        python3 tests/testhost.py run -- .venv/bin/python bench/network.py
+    make bench-network        or        python3 tests/testhost.py run --loop-check 0 -- .venv/bin/python bench/network.py
 Prints median and p95 of RunContainer -> exit of /bin/true with networks ["none"] (loopback only, the
 namespace made by the container's init) and with the default network (namespace, veth, address, route and
 names made by the agent's network worker while the container starts), interleaved so both see the same
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.lifecycle import busybox_client, time_to_exit  # noqa: E402
 from bench.lifecycle import summary as lifecycle_summary  # noqa: E402
 from quilt_agent.client import Client  # noqa: E402
+import hostcheck  # noqa: E402 - bench/, this script's own directory
 
 SLEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]
 
@@ -97,6 +98,7 @@ async def main(runs: int, seconds: int) -> None:
 
 
 if __name__ == "__main__":
+    hostcheck.refuse_debug_agent("bench/network.py")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--seconds", type=int, default=5, help="iperf3 duration")

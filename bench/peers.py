@@ -2,7 +2,7 @@
 """Quilt beside crun, runc, Podman and bubblewrap: one rootfs, one machine, one run.
 
 Run inside the test host (it mounts a tmpfs for Podman's storage and starts quilt-agent):
-    make bench        or        python3 tests/testhost.py run -- .venv/bin/python bench/peers.py
+    make bench        or        python3 tests/testhost.py run --loop-check 0 -- .venv/bin/python bench/peers.py
 
 One busybox rootfs (scripts/busybox-rootfs.sh) is given to every runtime: Quilt imports the tarball, crun and
 runc get an OCI bundle whose root is the unpacked tarball (`crun spec`, then config.json edited), Podman gets
@@ -43,6 +43,7 @@ sys.path.insert(0, str(PROJECT))
 from quilt_agent.bus.names import CONTAINER_INTERFACE  # noqa: E402
 from quilt_agent.client import Client, ClientError  # noqa: E402
 from quilt_agent.cli.listing import TABLE_PROPERTIES  # noqa: E402
+import hostcheck  # noqa: E402 - bench/, this script's own directory
 
 T = TypeVar("T")
 QUILT = "quilt (bus)"  # the reference every ratio is taken against
@@ -1058,6 +1059,7 @@ def chart(info: dict[str, Any], path: Path) -> None:
 
 
 def main() -> int:
+    hostcheck.refuse_debug_agent("bench/peers.py")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every repetition count (0.1: a smoke run)")
     parser.add_argument("--workloads", nargs="*", choices=("run", "start", "cli", "fleet", "burst", "logs"),

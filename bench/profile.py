@@ -2,7 +2,7 @@
 """Where Quilt's time goes: py-spy on the agent while a connected client runs /bin/true or execs it.
 
 Run inside the test host (py-spy comes with `make bench`):
-    python3 tests/testhost.py run -- .venv/bin/python bench/profile.py [--runs 200] [--workload exec]
+    python3 tests/testhost.py run --loop-check 0 -- .venv/bin/python bench/profile.py [--runs 200] [--workload exec]
 
 Prints the client's view of each call (run: RunContainer, Wait until the exit is known, Remove; exec: Exec), the
 agent's own phases of each start from the journal ("started container X ... in N ms (fork a, scope b, exec c)"),
@@ -30,6 +30,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from quilt_agent.client import Client  # noqa: E402
+import hostcheck  # noqa: E402 - bench/, this script's own directory
 
 RATE = 500
 PHASES = re.compile(r"started container (\S+), init pid \d+, in ([\d.]+) ms \(fork ([\d.]+), scope ([\d.]+), "
@@ -119,6 +120,7 @@ def functions(collapsed: Path, top: int, seconds: float, rate: int) -> str:
 
 
 def main() -> int:
+    hostcheck.refuse_debug_agent("bench/profile.py")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--top", type=int, default=25)

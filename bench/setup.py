@@ -18,7 +18,7 @@ the index's packages (then their three commands).
 Before each round the cached result is removed (RemoveImage), so every first start is one. Each cached start is
 checked to have started from the cached result (SetupImage), and the index's requests are counted per start. Raw
 samples go to bench/results/setup.json; `--report FILE` prints the table again. A benchmark, not a test: run it as
-`python3 tests/testhost.py run -- .venv/bin/python bench/setup.py` after `python3 tests/setupimage.py build`.
+`python3 tests/testhost.py run --loop-check 0 -- .venv/bin/python bench/setup.py` after `python3 tests/setupimage.py build`.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ sys.path.insert(0, str(PROJECT))
 from bench.peers import machine  # noqa: E402
 from quilt_agent.client import Client  # noqa: E402
 from tests import packageindex, setupimage  # noqa: E402
+import hostcheck  # noqa: E402 - bench/, this script's own directory
 
 DEFAULT_NETWORK = "quilt"
 
@@ -223,4 +224,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    hostcheck.refuse_debug_agent("bench/setup.py")
     main()
