@@ -25,6 +25,7 @@ import pytest
 from quilt_agent.client import Client
 from quilt_agent.store import MIGRATIONS
 from tests.integration.conftest import systemctl
+from tests.integration import waiting
 
 AGENT = "quilt-agent.service"
 DROPIN = Path("/run/systemd/system/quilt-agent.service.d/zz-test-activation.conf")
@@ -84,11 +85,8 @@ def unit_as_shipped(agent: None) -> Iterator[None]:
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> float:
-    """Poll until predicate() is true; return when it became true (time.monotonic())."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} (within {timeout} s)"
-        await asyncio.sleep(interval)
+    """waiting.until; return when predicate() became true (time.monotonic())."""
+    await waiting.until(predicate, what, timeout, interval)
     return time.monotonic()
 
 
@@ -222,7 +220,7 @@ async def test_a_wedged_agent_is_restarted_by_the_watchdog_and_containers_are_un
     running = await client.run_container(f"{name}-running", str(busybox_tar), LONG_RUNNING, {})
     exited = await exited_with(client, busybox_tar, f"{name}-exited", 3)
     before = await client.properties(running)
-    await asyncio.sleep(5)  # beyond two timeouts: the loop's pings keep it
+    await asyncio.sleep(5)  # held on purpose: beyond two watchdog timeouts, the loop's pings keep it
     assert (agent_state(), agent_pid(), restarts()) == ("active", pid, 0)
 
     # Frozen, it answers nothing and pings nothing, as a wedged event loop would.
@@ -308,7 +306,7 @@ def _start_refused(database: Path, reason: str) -> None:
     systemctl("reset-failed", AGENT, check=False)
     assert systemctl("start", AGENT, check=False).returncode != 0
     assert show("ActiveState", "Result", "ExecMainStatus") == ["failed", "exit-code", "6"]
-    time.sleep(1.5)  # RestartSec=1: a retry would have come by now
+    time.sleep(1.5)  # held on purpose: RestartSec=1, a retry would have come by now
     assert (agent_state(), restarts()) == ("failed", 0)
     errors = [line for line in journal_since(cursor).splitlines() if "refusing" in line]
     assert errors == [f"refusing the state database {database}: {reason}; it is left as it is "

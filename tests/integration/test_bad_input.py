@@ -22,6 +22,7 @@ import pytest
 from dbus_fast import Variant
 
 from quilt_agent.client import Client, ClientError
+from tests.integration.waiting import until
 
 ERR = "org.quilt.Runtime.Error."
 STATE = Path("/var/lib/quilt")
@@ -62,10 +63,8 @@ def nothing_left(client: Client) -> Check:
     async def check(*imported: Path) -> None:
         assert await client.list_containers() == []
         assert not CONTAINERS.exists() or os.listdir(CONTAINERS) == []
-        deadline = time.monotonic() + 5
-        while quilt_scopes():  # a failed container's scope goes once its monitor has exited
-            assert time.monotonic() < deadline, f"scopes left: {quilt_scopes()}"
-            await asyncio.sleep(0.02)
+        # a failed container's scope goes once its monitor has exited
+        await until(lambda: not quilt_scopes(), lambda: f"scopes left: {quilt_scopes()}", 5)
         after = tree(IMAGES)
         assert before - after == set(), "entries of the image store disappeared"
         # An imported tarball (uncompressed here) is a layer named by its sha256, and an image of that one
@@ -528,10 +527,8 @@ async def test_a_failed_start_removed_at_once_leaves_the_agent_idle(client: Clie
             burner.kill()
             burner.wait()
     # The monitors exit a moment after their containers failed: the agent then closes their pidfds.
-    deadline = time.monotonic() + 10
-    while (pidfds := _agent_usage()[1]) != pidfds_before:
-        assert time.monotonic() < deadline, f"the agent holds {pidfds} pidfds, {pidfds_before} before"
-        await asyncio.sleep(0.02)
+    await until(lambda: _agent_usage()[1] == pidfds_before,
+                lambda: f"the agent holds {_agent_usage()[1]} pidfds, {pidfds_before} before")
     ticks, _ = _agent_usage()
     # Held on purpose: an agent left with nothing to do must use (almost) no CPU over half a second.
     await asyncio.sleep(0.5)

@@ -7,13 +7,11 @@ one would empty it. What cannot be removed (a tmpfs mounted inside) is logged an
 """
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import sqlite3
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -21,6 +19,7 @@ import pytest
 
 from quilt_agent.client import Client, ClientError
 from tests.integration.test_recovery import STATE, agent_state, journal_of_agent, start_agent, stop_agent
+from tests.integration.waiting import until
 
 DEPTH = 1200  # past the ~990 levels shutil.rmtree and os.walk reach before a RecursionError
 CONTAINERS = STATE / "containers"
@@ -85,10 +84,10 @@ async def agent_back(client: Client) -> AsyncIterator[None]:
 
 
 async def gone(client: Client, name: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while any(e.name == name for e in await client.list_containers()):
-        assert time.monotonic() < deadline, f"container {name} is still there"
-        await asyncio.sleep(0.05)
+    async def absent() -> bool:
+        return not any(e.name == name for e in await client.list_containers())
+
+    await until(absent, f"container {name} is still there", timeout, interval=0.05)
 
 
 # --- containers ----------------------------------------------------------------------------------------------------

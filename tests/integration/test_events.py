@@ -66,9 +66,7 @@ async def test_event_signals_travel_with_their_documented_types(client: Client, 
                                body=["type='signal',sender='org.quilt.Runtime',member='Event'"]))
         path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "exit 3"], {})
         await client.wait(path)
-        async with asyncio.timeout(10):
-            while not any(m.body[0] == "exited" for m in seen):
-                await asyncio.sleep(0.02)
+        await until(lambda: any(m.body[0] == "exited" for m in seen), "no exited Event signal")
     finally:
         bus.disconnect()
     exited = next(m for m in seen if m.body[0] == "exited")

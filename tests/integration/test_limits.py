@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from quilt_agent.client import Client
+from tests.integration.waiting import until
 
 CGROUP = Path("/sys/fs/cgroup")
 MiB = 1024 * 1024
@@ -35,13 +36,13 @@ def unit_property(unit: str, prop: str) -> str:
 
 async def wait_for_line(client: Client, path: str, prefix: str, timeout: float = 10.0) -> str:
     """The first stdout line starting with prefix, once journald has it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in await client.get_logs(path, {}):
-            if line.stream == "stdout" and line.text.startswith(prefix):
-                return line.text
-        assert time.monotonic() < deadline, f"no line {prefix}... in {await client.get_logs(path, {})}"
-        await asyncio.sleep(0.02)
+    seen: list[str] = []
+
+    async def line() -> str | None:
+        seen[:] = [line.text for line in await client.get_logs(path, {}) if line.stream == "stdout"]
+        return next((text for text in seen if text.startswith(prefix)), None)
+
+    return await until(line, lambda: f"no line {prefix}... in {seen}", timeout)
 
 
 async def test_memory_hog_is_oom_killed_at_memory_max(client: Client, busybox_tar: Path, name: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from quilt_agent.client import Client, ClientError
 from tests.integration.conftest import systemctl
-from tests.integration.waiting import reached_agent
+from tests.integration.waiting import reached_agent, until
 
 AGENT = "quilt-agent.service"
 STATE = Path("/var/lib/quilt")
@@ -63,19 +63,19 @@ async def kill_agent_and_wait_for_restart(client: Client, who: str = "main", tim
     systemctl("reset-failed", AGENT, check=False)
     systemctl("kill", f"--kill-who={who}", "--signal=KILL", AGENT)
     deadline = time.monotonic() + timeout
-    while Path(f"/proc/{old}").exists():
-        assert time.monotonic() < deadline, "the agent did not die"
-        await asyncio.sleep(0.02)
-    while True:
-        assert time.monotonic() < deadline, f"the agent did not come back (state {agent_state()})"
-        pid = agent_pid()
-        if pid not in (0, old) and agent_state() == "active":
-            try:
-                await client.list_containers()
-                return
-            except ClientError:
-                pass
-        await asyncio.sleep(0.05)
+    await until(lambda: not Path(f"/proc/{old}").exists(), "the agent did not die", timeout)
+
+    async def answers() -> bool:
+        if agent_pid() in (0, old) or agent_state() != "active":
+            return False
+        try:
+            await client.list_containers()
+            return True
+        except ClientError:
+            return False
+
+    await until(answers, lambda: f"the agent did not come back (state {agent_state()})",
+                max(0.0, deadline - time.monotonic()), interval=0.05)
 
 
 def journal_of_agent() -> str:
@@ -113,10 +113,7 @@ def smaps_rollup_kib(pid: int) -> dict[str, int]:
 
 
 async def wait_gone(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and not _is_zombie(pid):
-        assert time.monotonic() < deadline, f"process {pid} still runs"
-        await asyncio.sleep(0.02)
+    await until(lambda: not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"process {pid} still runs", timeout)
 
 
 def _is_zombie(pid: int) -> bool:
@@ -323,18 +320,13 @@ async def test_a_scope_no_container_owns_is_reported_and_left_alone(client: Clie
     stray = subprocess.Popen(["systemd-run", "--quiet", "--scope", "--unit", unit, "--slice", "quilt.slice",
                               "sleep", "100"])
     try:
-        deadline = time.monotonic() + 10
-        while scope_state(unit) != "active":
-            assert time.monotonic() < deadline, "the stray scope did not start"
-            await asyncio.sleep(0.02)
+        await until(lambda: scope_state(unit) == "active", "the stray scope did not start")
         assert unit not in journal_of_agent()
 
         restart_agent()
 
-        deadline = time.monotonic() + 5
-        while unit not in journal_of_agent():  # journald writes what it was sent a moment later
-            assert time.monotonic() < deadline, "the agent did not report the stray scope"
-            await asyncio.sleep(0.05)
+        # journald writes what it was sent a moment later
+        await until(lambda: unit in journal_of_agent(), "the agent did not report the stray scope", 5, interval=0.05)
         line = next(line for line in journal_of_agent().splitlines() if unit in line)
         assert "no container" in line
         assert scope_state(unit) == "active"

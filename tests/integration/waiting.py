@@ -22,9 +22,10 @@ from quilt_agent.client import Client
 T = TypeVar("T")
 
 
-async def until(check: Callable[[], T | Awaitable[T]], what: str, timeout: float = 10.0,
+async def until(check: Callable[[], T | Awaitable[T]], what: str | Callable[[], str], timeout: float = 10.0,
                 interval: float = 0.02) -> T:
-    """Poll check() (a function or a coroutine function) until it returns something true; return that."""
+    """Poll check() (a function or a coroutine function) until it returns something true; return that. `what`
+    says what never came: a text, or a function that tells it from the state at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -32,8 +33,18 @@ async def until(check: Callable[[], T | Awaitable[T]], what: str, timeout: float
             value = await value
         if value:
             return value  # type: ignore[return-value]
-        assert time.monotonic() < deadline, f"{what} (within {timeout} s)"
+        assert time.monotonic() < deadline, f"{what if isinstance(what, str) else what()} (within {timeout} s)"
         await asyncio.sleep(interval)
+
+
+def until_now(check: Callable[[], T], what: str | Callable[[], str], timeout: float = 10.0,
+              interval: float = 0.02) -> T:
+    """until() for code outside the event loop (fixtures, blocking helpers): the same polling, blocking."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"{what if isinstance(what, str) else what()} (within {timeout} s)"
+        time.sleep(interval)
+    return value
 
 
 async def log_line(client: Client, path: str, text: str, timeout: float = 10.0) -> list[str]:

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from tests.integration.waiting import until
+
 BUS_NAME = "org.quilt.Runtime"
 MANAGER_PATH = "/org/quilt/Runtime"
 MANAGER = "org.quilt.Runtime.Manager"
@@ -41,13 +43,14 @@ async def installed(name: str, body: str, user: tuple[int, int]) -> AsyncIterato
         f"polkit.addRule(function(action, subject) {{\n{body}\n}});\n")
     path.chmod(0o644)
     try:
-        for _ in range(200):
+        probes: list[str] = []
+
+        async def loaded() -> bool:
             r = await run_as(user, "busctl", "call", BUS_NAME, MANAGER_PATH, MANAGER, "GetContainer", "s", probe)
-            if "NoSuchContainer" in r.stderr or "No container" in r.stderr:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"polkitd did not load {path}: {r.stderr}")
+            probes.append(r.stderr)
+            return "NoSuchContainer" in r.stderr or "No container" in r.stderr
+
+        await until(loaded, lambda: f"polkitd did not load {path}: {probes[-1]}", interval=0.05)
         yield
     finally:
         path.unlink()

@@ -21,6 +21,7 @@ from quilt_agent.client import Client, ClientError
 from tests.integration.bus import rules
 from tests.integration.bus.rules import BUS_NAME, MANAGER, MANAGER_PATH, run_as
 from tests.integration.bus.test_polkit import CONTAINER, NETWORK, USERS, VOLUME
+from tests.integration.waiting import until
 
 NOBODY = USERS["nobody"]
 PROJECT = Path(__file__).resolve().parents[3]
@@ -173,11 +174,11 @@ async def test_every_decision_on_a_change_is_an_audit_entry_in_the_journal(
     cid = path.rsplit("/", 1)[1]
     refused = await run_as(NOBODY, *busctl(path, CONTAINER, "Remove", "b", "false"))
     assert denied(refused), refused
-    for _ in range(100):  # journald has each entry once its sender has written it; the reader may lag
+    def both_results() -> list[dict[str, str]] | None:  # journald has each entry once its sender has written it
         entries = _journal(f"QUILT_OBJECT_ID={cid}")
-        if {e["QUILT_RESULT"] for e in entries} >= {"allowed", "denied"}:
-            break
-        await asyncio.sleep(0.05)
+        return entries if {e["QUILT_RESULT"] for e in entries} >= {"allowed", "denied"} else None
+
+    entries = await until(both_results, "the journal lacks the allowed and the denied entries", interval=0.05)
     no = [e for e in entries if e["QUILT_RESULT"] == "denied"]
     assert [(e["QUILT_ACTION"], e["QUILT_VERB"], e["QUILT_OBJECT_KIND"], e["QUILT_OBJECT_NAME"], e["QUILT_CALLER_UID"])
             for e in no] == [("org.quilt.runtime.manage", "remove", "container", made, "65534")]

@@ -17,6 +17,7 @@ import pytest
 
 from quilt_agent.client import Client, ClientError
 from tests.integration.bus.test_polkit import ACCESS_DENIED, BUS_NAME, CONTAINER, MANAGER, MANAGER_PATH, USERS, gdbus
+from tests.integration.waiting import until
 
 QUILTCTL = shutil.which("quiltctl") or "/usr/bin/quiltctl"
 USER = USERS["passwd-user"]
@@ -53,12 +54,12 @@ async def granted(client: Client) -> AsyncIterator[None]:
         "});\n")
     GRANT.chmod(0o644)
     try:
-        for _ in range(100):  # polkitd reloads its rules on inotify: wait until it has this one
+        async def granted() -> bool:  # polkitd reloads its rules on inotify: wait until it has this one
             probe = await as_user("busctl", "call", BUS_NAME, MANAGER_PATH, MANAGER, "RemoveVolume", "sb",
                                   "no-such-volume-here", "false")
-            if "Access denied" not in probe.stderr:
-                break
-            await asyncio.sleep(0.1)
+            return "Access denied" not in probe.stderr
+
+        await until(granted, "polkitd did not load the grant", interval=0.1)
         yield
     finally:
         GRANT.unlink()

@@ -17,6 +17,7 @@ from dbus_fast.aio import MessageBus
 
 from quilt_agent.bus.errors import ERROR_NAMES
 from quilt_agent.client import Client
+from tests.integration.waiting import until
 
 PROJECT = Path(__file__).resolve().parents[3]
 CONTRACT = PROJECT / "dbus/org.quilt.Runtime.xml"
@@ -164,10 +165,8 @@ async def test_signals_travel_with_the_signatures_of_the_contract(client: Client
         assert reply.message_type is MessageType.METHOD_RETURN
         path = await client.create_container(name, str(busybox_tar), ["/bin/true"], {})
         await client.remove(path)
-        for _ in range(100):
-            if {"ContainerNew", "ContainerRemoved"} <= {m.member for m in seen}:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: {"ContainerNew", "ContainerRemoved"} <= {m.member for m in seen},
+                    lambda: f"signals seen: {[m.member for m in seen]}")
     finally:
         bus.disconnect()
     signals = contract()[MANAGER]["signals"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from quilt_agent.client import Client
+from tests.integration.waiting import until
 
 PROJECT = Path(__file__).resolve().parents[3]
 CONTRACT = PROJECT / "dbus/org.quilt.Runtime.xml"
@@ -216,11 +217,10 @@ async def test_polkit_rules_see_the_subject_under_its_kind(
     ]
     try:
         # polkitd reloads its rules when the directory changes (inotify): wait for it to have this one.
-        for _ in range(100):
-            probe = await run_as(USERS["nobody"], *let_through[1][0])
-            if ACCESS_DENIED not in probe.stderr:
-                break
-            await asyncio.sleep(0.1)
+        async def loaded() -> bool:
+            return ACCESS_DENIED not in (await run_as(USERS["nobody"], *let_through[1][0])).stderr
+
+        await until(loaded, "polkitd did not load the rule", interval=0.1)
         results = await asyncio.gather(*(run_as(USERS["nobody"], *cmd) for cmd, _ in let_through))
         refusals = await asyncio.gather(*(run_as(USERS["nobody"], *cmd) for cmd in refused_still))
     finally:

@@ -1,7 +1,6 @@
 """Signals: ContainerNew/ContainerRemoved on the manager, PropertiesChanged on each container."""
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +8,7 @@ from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from quilt_agent.client import Client
+from tests.integration.waiting import until
 
 
 class Recorder:
@@ -41,9 +41,7 @@ class Recorder:
                 if member == "PropertiesChanged" and p == path and "State" in body[1]]
 
     async def until(self, predicate: Any, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.01)
+        await until(predicate, lambda: f"the signals never matched: {self.signals}", timeout, interval=0.01)
 
 
 async def test_container_new_and_removed_signals_carry_id_and_path(client: Client, busybox_tar: Path,

@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from quilt_agent.client import Client
-from tests.integration.waiting import in_foreground
+from tests.integration.waiting import in_foreground, until_now
 
 QUILTCTL = shutil.which("quiltctl") or "/usr/bin/quiltctl"
 QUILT_ERROR = 125
@@ -37,13 +37,12 @@ class Tmux:
         return self.tmux("capture-pane", "-p", "-t", "t")
 
     def wait_for(self, text: str, timeout: float = 10.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
+        def showing() -> str | None:
             screen = self.screen()
-            if text in screen:
-                return screen
-            assert time.monotonic() < deadline, f"{text!r} never showed up; the screen:\n{screen!r}"
-            time.sleep(0.05)
+            return screen if text in screen else None
+
+        return until_now(showing, lambda: f"{text!r} never showed up; the screen:\n{self.screen()!r}", timeout,
+                         interval=0.05)
 
     def close(self) -> None:
         self.tmux("kill-server", check=False)
@@ -89,11 +88,13 @@ async def test_exec_it_window_size_follows_the_terminal(running: str, tmux: Tmux
     for width, height in ((120, 40), (70, 20)):
         tmux.tmux("resize-window", "-t", "t", "-x", str(width), "-y", str(height))
         # quiltctl learns of the resize by its own SIGWINCH, a moment after tmux returns: ask until it shows.
-        deadline = time.monotonic() + 10
-        while f"{height} {width}" not in tmux.screen():
-            assert time.monotonic() < deadline, tmux.screen()
+        def resized(height: int = height, width: int = width) -> bool:
+            if f"{height} {width}" in tmux.screen():
+                return True
             tmux.keys("clear; stty size", "Enter")
-            time.sleep(0.2)
+            return False
+
+        until_now(resized, tmux.screen, interval=0.2)
 
 
 async def test_exec_it_ctrl_c_and_ctrl_z_reach_the_foreground_job(running: str, tmux: Tmux) -> None:

@@ -22,6 +22,7 @@ import pytest
 from quilt_agent import __version__
 from quilt_agent.client import Client
 from tests.integration.conftest import systemctl
+from tests.integration.waiting import until_now
 
 QUILTCTL = shutil.which("quiltctl") or "/usr/bin/quiltctl"
 MIB = 1 << 20
@@ -68,13 +69,14 @@ def scope_property(unit: str, prop: str) -> str:
 
 
 def wait_for_log_lines(container: str, count: int, timeout: float = 10.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = ok("logs", container).splitlines()
-        if len(lines) >= count:
-            return lines
-        assert time.monotonic() < deadline, f"only {lines} in the logs of {container}"
-        time.sleep(0.1)
+    lines: list[str] = []
+
+    def enough() -> bool:
+        lines[:] = ok("logs", container).splitlines()
+        return len(lines) >= count
+
+    until_now(enough, lambda: f"only {lines} in the logs of {container}", timeout, interval=0.1)
+    return lines
 
 
 async def _remove_all() -> None:

@@ -19,6 +19,7 @@ from quilt_agent import cgroups
 from quilt_agent.client import Client, ClientError
 from tests.integration.bus.test_polkit import USERS, run_as
 from tests.integration.terminal import exec_on_a_terminal
+from tests.integration.waiting import log_line, until
 
 ERR = "org.quilt.Runtime.Error."
 BUS_NAME = "org.quilt.Runtime"
@@ -88,15 +89,12 @@ async def test_exec_runs_in_the_containers_scope_in_every_hierarchy(client: Clie
     init = (await client.properties(running))["MainPID"]
     exec_task = asyncio.ensure_future(client.exec(running, ["/bin/sleep", "31"], {}))
     try:
-        deadline = time.monotonic() + 10
-        while True:
+        def in_scope() -> list[int]:
             scope = [d for d in cgroups.process_cgroups(init) if d.path.endswith(f"quilt-{name}.scope")]
             pids = {int(p) for d in scope for p in Path(d.path, "cgroup.procs").read_text().split()}
-            execd = [p for p in pids if Path(f"/proc/{p}/cmdline").read_bytes() == b"/bin/sleep\x0031\x00"]
-            if execd:
-                break
-            assert time.monotonic() < deadline, "the exec'd sleep never showed up in the scope"
-            await asyncio.sleep(0.02)
+            return [p for p in pids if Path(f"/proc/{p}/cmdline").read_bytes() == b"/bin/sleep\x0031\x00"]
+
+        execd = await until(in_scope, "the exec'd sleep never showed up in the scope")
         # Exactly the container init's cgroups, hierarchy by hierarchy (v1 controllers, name=systemd, unified).
         assert Path(f"/proc/{execd[0]}/cgroup").read_text() == Path(f"/proc/{init}/cgroup").read_text()
         assert f"quilt-{name}.scope" in Path(f"/proc/{execd[0]}/cgroup").read_text()
@@ -235,10 +233,7 @@ async def test_start_with_fds_gives_the_init_the_callers_descriptors(client: Cli
     # A later plain start has an empty stdin and the journal again.
     await client.start(path)
     assert await client.wait(path) == 2
-    deadline = time.monotonic() + 10
-    while [line.text for line in await client.get_logs(path, {})] != ["got"]:
-        assert time.monotonic() < deadline, await client.get_logs(path, {})
-        await asyncio.sleep(0.02)
+    assert await log_line(client, path, "got") == ["got"]
     with pytest.raises(ClientError) as err:
         await client._call_message(path, CONTAINER, "StartWithFds", "a{sv}hhh", [{"tty": Variant("s", "x")}, 0, 1, 2],
                                    unix_fds=[0, 1, 2])

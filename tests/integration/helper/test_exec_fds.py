@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from quilt_agent.client import Client
+from quilt_agent.replies import ExecOutput
 from tests import setupimage
+from tests.integration.waiting import until
 
 IMAGE = "quilt-tests/python:bookworm"
 EXECS = 50
@@ -175,11 +176,14 @@ def unexpected(entry: dict, control: int) -> bool:
 
 async def until_ok(client: Client, path: str, command: list[str], what: str) -> bytes:
     """Run command until it succeeds (the watcher may have ended a try); its stdout."""
-    deadline = time.monotonic() + 60
-    while (result := await asyncio.wait_for(client.exec(path, command), 30)).exit_code != 0:
-        assert time.monotonic() < deadline, f"{what}: {result}"
-        await asyncio.sleep(0.05)
-    return result.stdout
+    tries: list[ExecOutput] = []
+
+    async def succeeded() -> bool:
+        tries.append(await asyncio.wait_for(client.exec(path, command), 30))
+        return tries[-1].exit_code == 0
+
+    await until(succeeded, lambda: f"{what}: {tries[-1]}", 60, interval=0.05)
+    return tries[-1].stdout
 
 
 async def test_a_root_process_in_the_container_gets_no_host_fd_and_no_ptrace_from_execs(

@@ -5,12 +5,10 @@ ends by printing END on stdout and on stderr, so the test knows when journald ha
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +17,7 @@ import pytest
 
 from quilt_agent.client import Client, ClientError
 from tests.integration.network.conftest import END, logs_until_end
+from tests.integration.waiting import log_line, until
 
 ERR = "org.quilt.Runtime.Error."
 ALL_NAMESPACES = ["pid", "mount", "uts", "ipc", "net", "cgroup"]
@@ -241,10 +240,13 @@ async def test_environment_is_exactly_the_defaults_and_the_given_entries(client:
     path = await client.run_container(name, str(busybox_tar), ["/bin/env"], {"env": given})
     assert await client.wait(path) == 0
     expected = {f"PATH={DEFAULT_PATH}", f"HOSTNAME={name}", "HOME=/root", "container=quilt", *given}
-    deadline = time.monotonic() + 10
-    while len(lines := [line.text for line in await client.get_logs(path, {})]) < len(expected):
-        assert time.monotonic() < deadline, lines
-        await asyncio.sleep(0.02)
+    lines: list[str] = []
+
+    async def all_in() -> bool:
+        lines[:] = [line.text for line in await client.get_logs(path, {})]
+        return len(lines) >= len(expected)
+
+    await until(all_in, lambda: str(lines))
     assert sorted(lines) == sorted(expected)
     names = {line.split("=", 1)[0] for line in lines}
     assert not (names & (set(agent_env) | set(os.environ))) - {"PATH", "HOME", "HOSTNAME"}
@@ -265,10 +267,7 @@ async def test_shell_command_with_and_and_pipe_runs_as_in_a_shell(client: Client
     path = await client.run_container(name, str(busybox_tar),
                                       ["/bin/sh", "-c", "echo one && echo two | tr a-z A-Z; false || echo three"], {})
     assert await client.wait(path) == 0
-    deadline = time.monotonic() + 10
-    while (lines := [line.text for line in await client.get_logs(path, {})]) != ["one", "TWO", "three"]:
-        assert time.monotonic() < deadline, lines
-        await asyncio.sleep(0.02)
+    assert await log_line(client, path, "three") == ["one", "TWO", "three"]
 
 
 async def test_arguments_reach_argv_verbatim(client: Client, busybox_tar: Path, name: str) -> None:

@@ -6,13 +6,11 @@ upstream veth) and those below it.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import subprocess
 import tarfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
@@ -21,6 +19,7 @@ import pytest
 
 from quilt_agent.client import Client
 from tests.integration.cleanup import NETWORK_GONE, Cleanup
+from tests.integration.waiting import until, until_now
 
 ERR = "org.quilt.Runtime.Error."
 END = "END"
@@ -39,15 +38,17 @@ class Output:
 
 
 async def logs_until_end(client: Client, path: str, timeout: float = 15.0) -> tuple[list[str], list[str]]:
-    deadline = time.monotonic() + timeout
-    while True:
+    out: list[str] = []
+    err: list[str] = []
+
+    async def ended() -> bool:
         lines = await client.get_logs(path, {})
-        out = [line.text for line in lines if line.stream == "stdout"]
-        err = [line.text for line in lines if line.stream == "stderr"]
-        if END in out and END in err:
-            return out[:out.index(END)], err[:err.index(END)]
-        assert time.monotonic() < deadline, f"no {END} in the logs: stdout {out}, stderr {err}"
-        await asyncio.sleep(0.02)
+        out[:] = [line.text for line in lines if line.stream == "stdout"]
+        err[:] = [line.text for line in lines if line.stream == "stderr"]
+        return END in out and END in err
+
+    await until(ended, lambda: f"no {END} in the logs: stdout {out}, stderr {err}", timeout)
+    return out[:out.index(END)], err[:err.index(END)]
 
 
 async def run(client: Client, name: str, image: Path | str, script: str, options: dict | None = None) -> Output:
@@ -104,10 +105,8 @@ def same(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 
 async def eventually_same(before: dict[str, Any], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (diff := same(before, snapshot())) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert diff == [], "\n".join(diff)
+    await until(lambda: not same(before, snapshot()), lambda: "\n".join(same(before, snapshot())), timeout,
+                interval=0.05)
 
 
 @pytest.fixture
@@ -181,10 +180,8 @@ def upstream() -> Iterator[str]:
                 "    def log_message(self, *a): pass\n"
                 f"h.HTTPServer(('{UPSTREAM_ADDRESS}', 80), H).serve_forever()\n")
         server = subprocess.Popen([*inside, "/usr/bin/python3", "-c", code])
-        deadline = time.monotonic() + 10
-        while sh(*inside, "ss", "-Htln", "sport = :80", check=False).stdout.strip() == "":
-            assert time.monotonic() < deadline, "the upstream HTTP server did not start"
-            time.sleep(0.02)
+        until_now(lambda: sh(*inside, "ss", "-Htln", "sport = :80", check=False).stdout.strip(),
+                  "the upstream HTTP server did not start")
         yield UPSTREAM_ADDRESS
     finally:
         if server is not None:

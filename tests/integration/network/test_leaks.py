@@ -7,11 +7,9 @@ belongs to the containers. Taking a whole network down is checked through Remove
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import signal
-import time
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -30,14 +28,13 @@ async def keeper(client: Client, busybox_tar: Path, name: str) -> AsyncIterator[
 
 async def agent_restarted_after_kill(old_pid: int, timeout: float = 20.0) -> None:
     os.kill(old_pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def back() -> bool:
         pid = int(sh("systemctl", "show", "-P", "MainPID", "quilt-agent").stdout.strip() or 0)
         state = sh("systemctl", "show", "-P", "ActiveState", "quilt-agent").stdout.strip()
-        if pid and pid != old_pid and state == "active":
-            return
-        assert time.monotonic() < deadline, "the agent did not come back"
-        await asyncio.sleep(0.05)
+        return bool(pid) and pid != old_pid and state == "active"
+
+    await until(back, "the agent did not come back", timeout, interval=0.05)
 
 
 def agent_pid() -> int:

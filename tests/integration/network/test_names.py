@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from dnslib import RCODE, DNSRecord
 
 from quilt_agent.client import Client
 from tests.integration.network.conftest import address, ping_command, run, sh, start
+from tests.integration.waiting import until_now
 
 GATEWAY = "10.89.0.1"
 
@@ -114,10 +114,8 @@ async def test_names_are_forwarded_to_the_host_resolvers(client: Client, busybox
             "        r.add_answer(RR(q.q.qname, rdata=A('192.0.2.77'), ttl=5)); sock.sendto(r.pack(), self.client_address)\n"
             f"socketserver.UDPServer(('{upstream}', 53), H).serve_forever()\n")
     server = subprocess.Popen(["ip", "netns", "exec", "qtest-upstream", sys.executable, "-c", code])
-    deadline = time.monotonic() + 10
-    while not sh("ip", "netns", "exec", "qtest-upstream", "ss", "-Hlun", "sport = :53").stdout.strip():
-        assert time.monotonic() < deadline, "the upstream name server did not start"
-        time.sleep(0.02)
+    until_now(lambda: sh("ip", "netns", "exec", "qtest-upstream", "ss", "-Hlun", "sport = :53").stdout.strip(),
+              "the upstream name server did not start")
     resolv = Path("/etc/resolv.conf")
     saved = resolv.read_bytes() if resolv.exists() else None
     try:

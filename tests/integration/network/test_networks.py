@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from quilt_agent.client import Client, ClientError
 from tests.integration.network.conftest import (
     ERR, HOST_ADDRESS, address, ping_command, run, sh, snapshot, start,
 )
+from tests.integration.waiting import until
 
 
 async def test_the_default_network_is_listed(client: Client) -> None:
@@ -69,10 +69,8 @@ async def test_network_signals(client: Client, name: str, networks: list[str]) -
                                body=["type='signal',sender='org.quilt.Runtime',path='/org/quilt/Runtime'"]))
         path = await client.create_network(f"{name}-sig")
         await client.remove_network(f"{name}-sig")
-        for _ in range(100):
-            if {"NetworkNew", "NetworkRemoved"} <= {m.member for m in seen}:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: {"NetworkNew", "NetworkRemoved"} <= {m.member for m in seen},
+                    lambda: f"signals seen: {[m.member for m in seen]}")
     finally:
         bus.disconnect()
     got = {m.member: m.body[1] for m in seen if m.member in ("NetworkNew", "NetworkRemoved")}
@@ -239,11 +237,12 @@ async def test_fifty_concurrent_creates_get_fifty_addresses(client: Client, busy
     # And in the kernel: each namespace has its own.
     ids = [p.rsplit("/", 1)[1] for p in paths[:5]]
     for cid, ip in zip(ids, addresses[:5]):
-        deadline = time.monotonic() + 20  # the worker makes them one after the other, on a loaded machine
-        while f"{ip}/24" not in (inside := sh("ip", "-n", f"quilt-{cid}", "-o", "-4", "addr", "show", "eth0",
-                                              check=False).stdout):
-            assert time.monotonic() < deadline, (cid, ip, inside)
-            await asyncio.sleep(0.05)
+        def inside(cid: str = cid) -> str:
+            return sh("ip", "-n", f"quilt-{cid}", "-o", "-4", "addr", "show", "eth0", check=False).stdout
+
+        # the worker makes them one after the other, on a loaded machine
+        await until(lambda ip=ip: f"{ip}/24" in inside(), lambda cid=cid, ip=ip: f"{cid} {ip} {inside()}", 20,
+                    interval=0.05)
 
 
 async def test_addresses_survive_an_agent_restart(client: Client, busybox_tar: Path, name: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from quilt_agent.client import Client, ClientError
 from tests.integration.network.conftest import ERR, HOST_ADDRESS, UPSTREAM_NS, address, run, sh, start
+from tests.integration.waiting import until
 
 # busybox httpd answers /cgi-bin/ip with the address the request came from.
 WEB = ["/bin/sh", "-c",
@@ -31,14 +32,14 @@ def http_get(host: str, port: int, path: str = "/index.html", timeout: float = 5
 
 
 async def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    async def answers() -> bool:
         try:
             await asyncio.to_thread(http_get, host, port)
-            return
+            return True
         except OSError:
-            assert asyncio.get_running_loop().time() < deadline, f"nothing answers on {host}:{port}"
-            await asyncio.sleep(0.05)
+            return False
+
+    await until(answers, f"nothing answers on {host}:{port}", timeout, interval=0.05)
 
 
 async def test_a_published_port_answers_on_loopback_and_the_hosts_address(client: Client, busybox_tar: Path,

@@ -4,7 +4,6 @@ the test host's own network namespace, where containers reach them at the Quilt 
 run a container with setup steps to its end and read its two log streams."""
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
 import shutil
@@ -24,6 +23,7 @@ from tests.integration.cleanup import Cleanup
 from tests.integration.conftest import remove_containers
 from tests.integration.images.conftest import remove_new_images
 from tests.integration.network.conftest import END
+from tests.integration import waiting
 
 ERR = "org.quilt.Runtime.Error."
 BASE_NAME = "quilt-tests/setup:bookworm"
@@ -106,30 +106,32 @@ def setup_option(steps: list[str]) -> Variant:
 async def setup_lines(client: Client, path: str, until: str | None = None, timeout: float = 10.0) -> list[str]:
     """The lines of the setup stream (GetLogs with setup=true) of a container that has ended. journald may lag
     behind its exit: with `until`, waits for a line containing it, then until two reads 0.1 s apart agree."""
-    deadline = time.monotonic() + timeout
-    last: list[str] | None = None
-    while True:
-        lines = [line.text for line in await client.get_logs(path, {"setup": Variant("b", True)})]
-        if (until is None or any(until in line for line in lines)) and lines == last:
-            return lines
-        assert time.monotonic() < deadline, f"no line with {until!r} in the setup stream: {lines}"
-        last = lines
-        await asyncio.sleep(0.1)
+    reads: list[list[str]] = []
+
+    async def settled() -> bool:
+        reads.append([line.text for line in await client.get_logs(path, {"setup": Variant("b", True)})])
+        lines = reads[-1]
+        return (until is None or any(until in line for line in lines)) and reads[-2:] == [lines, lines]
+
+    await waiting.until(settled, lambda: f"no line with {until!r} in the setup stream: {reads[-1]}", timeout,
+                        interval=0.1)
+    return reads[-1]
 
 
 async def main_lines(client: Client, path: str, expect_end: bool, timeout: float = 10.0) -> list[str]:
     """The main command's stdout up to END. Without expect_end (a command that never ran), what GetLogs has once
     the setup stream has settled, which must hold no END."""
-    deadline = time.monotonic() + timeout
-    while True:
-        out = [line.text for line in await client.get_logs(path, {}) if line.stream == "stdout"]
-        if END in out:
-            assert expect_end, f"the main command ran: {out}"
-            return out[:out.index(END)]
-        if not expect_end:
-            return out
-        assert time.monotonic() < deadline, f"no {END} in the logs: {out}"
-        await asyncio.sleep(0.05)
+    out: list[str] = []
+
+    async def read() -> bool:
+        out[:] = [line.text for line in await client.get_logs(path, {}) if line.stream == "stdout"]
+        return END in out or not expect_end
+
+    await waiting.until(read, lambda: f"no {END} in the logs: {out}", timeout, interval=0.05)
+    if END in out:
+        assert expect_end, f"the main command ran: {out}"
+        return out[:out.index(END)]
+    return out
 
 
 async def run(client: Client, name: str, image: str, script: str, steps: list[str] | None,

@@ -3,7 +3,6 @@ image; the next one starts from it and runs no manager (the package server's acc
 it, not a clock); setup_cache false runs them again; the cache images are listed and pruned."""
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from quilt_agent.client import Client, ClientError
 from tests import packageindex as pkg
 from tests.integration.setup.conftest import CACHED, ERR, SetupImage, headers, quiltctl, run, setup_lines
+from tests.integration.waiting import until
 
 SCRIPT = f"python3 -c 'import {pkg.PIP_MODULE}; print({pkg.PIP_MODULE}.hello())' && {pkg.NPM_BIN}"
 GREETINGS = [f"{pkg.GREETING} via pip", f"{pkg.GREETING} via npm"]
@@ -96,9 +96,13 @@ async def test_each_start_of_a_cached_container_uses_the_cache(sclient: Client, 
     assert cached_only(second.setup, cache.id), second.setup
     await sclient.start(second.path)
     assert await sclient.wait(second.path) == 0
-    deadline = time.monotonic() + 10
-    while len(lines := await setup_lines(sclient, second.path)) < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    lines: list[str] = []
+
+    async def both() -> bool:
+        lines[:] = await setup_lines(sclient, second.path)
+        return len(lines) >= 2
+
+    await until(both, lambda: f"the setup stream has {lines}", interval=0.05)
     assert len(lines) == 2 and cached_only(lines[:1], cache.id) and cached_only(lines[1:], cache.id), lines
 
 

@@ -10,7 +10,6 @@ import os
 import shutil
 import stat
 import tarfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from quilt_agent.filetree import MAX_DEPTH
 from tests.integration.network.conftest import END
 from tests.integration.volumes.conftest import ERR, VOLUMES
 from tests.integration.volumes.test_cli import ok, quiltctl
+from tests.integration.waiting import until
 
 IMAGE = "evil-copyup:1"
 # Root-only files of the host's kernel: what the copy-up used to read with the agent's capabilities.
@@ -153,15 +153,17 @@ async def _start(client: Client, path: str, run: int = 0) -> tuple[int, list[str
     """Start the container, its exit code and the output of this run (its run-th since create)."""
     await client.start(path)
     code = await client.wait(path)
-    deadline = time.monotonic() + 15
-    while True:
+    streams: list[list[str]] = []
+
+    async def ended() -> bool:
+        nonlocal streams
         lines = await client.get_logs(path, {})
         streams = [[line.text for line in lines if line.stream == s] for s in ("stdout", "stderr")]
-        if all(s.count(END) > run for s in streams):
-            out, err = (_runs(s)[run] for s in streams)
-            return code, out, err
-        assert time.monotonic() < deadline, f"no {END} for run {run} in the logs: {streams}"
-        await asyncio.sleep(0.02)
+        return all(s.count(END) > run for s in streams)
+
+    await until(ended, lambda: f"no {END} for run {run} in the logs: {streams}", 15)
+    out, err = (_runs(s)[run] for s in streams)
+    return code, out, err
 
 
 def _runs(lines: list[str]) -> list[list[str]]:
