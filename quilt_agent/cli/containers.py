@@ -21,7 +21,6 @@ from quilt_agent.cli.paramtypes import CPU_PERCENT, CPUS, ENV, HEALTH_CMD, LABEL
 from quilt_agent.cli.request import ContainerRequest
 from quilt_agent.bus.names import container_id
 
-_UINT32_MAX = (1 << 32) - 1
 # The agent refuses a stop_timeout above a day (quilt_agent/model.py, _parse_stop_timeout).
 MAX_STOP_TIMEOUT = 86400
 DEFAULT_READY_TIMEOUT = 90.0  # systemd's default TimeoutStartSec=

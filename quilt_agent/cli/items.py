@@ -10,7 +10,9 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from quilt_agent.cli.listing import SHORT_ID, _is_id, ago, dated, go_time, human_duration, mount_specs, rfc3339
+from quilt_agent.cli.listing import (
+    SHORT_ID, ago, dated, go_time, human_duration, is_full_id, mount_specs, rfc3339,
+)
 from quilt_agent.cli.template import Record
 
 
@@ -100,8 +102,8 @@ def ps_item(props: Mapping[str, Any], now: float, no_trunc: bool = False) -> Rec
         "ExitedAt": int(props.get("FinishedAt", 0) or 0) // 1_000_000,
         "ExitCode": int(props.get("ExitCode", 0) or 0),
         "ID": ident if no_trunc else ident[:SHORT_ID],
-        "Image": image if no_trunc or not _is_id(image) else image[:SHORT_ID],
-        "ImageID": (image if no_trunc else image[:SHORT_ID]) if _is_id(image) else "",
+        "Image": image if no_trunc or not is_full_id(image) else image[:SHORT_ID],
+        "ImageID": (image if no_trunc else image[:SHORT_ID]) if is_full_id(image) else "",
         "IsInfra": False,
         "Labels": dict(props.get("Labels") or {}),
         "Mounts": [m.destination for m in mounts(props)],

@@ -224,7 +224,7 @@ def _ancestor(row: Mapping[str, Any], value: str) -> bool:
     # As Podman: the image's id, or a regular expression over its name; a name without a tag also matches its
     # :latest. Quilt keeps the image as given (a name, an id or an image file's path).
     image = str(row.get("Image", ""))
-    if image == value or (_is_id(image) and len(value) >= 3 and image.startswith(value)):
+    if image == value or (is_full_id(image) and len(value) >= 3 and image.startswith(value)):
         return True
     import re
 
@@ -280,5 +280,6 @@ _MATCHERS = {
 }
 
 
-def _is_id(text: str) -> bool:
+def is_full_id(text: str) -> bool:
+    """Whether text is a whole id (an image's or a container's: 64 lowercase hex digits), not a name."""
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)

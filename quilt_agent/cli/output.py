@@ -261,4 +261,4 @@ def status_lines(props: Mapping[str, Any], now: float) -> list[str]:
 def _image_text(image: str) -> str:
     """An image named by its full id (quiltctl imports an image file itself and creates from its id) as the short
     id, as Podman shows an image without a name."""
-    return image[:12] if len(image) == 64 and all(c in "0123456789abcdef" for c in image) else image
+    return image[:SHORT_ID] if listing.is_full_id(image) else image

@@ -12,8 +12,6 @@ import click
 from quilt_agent.cli import verbs
 from quilt_agent.cli.parsing import parse_since
 
-_UINT32_MAX = (1 << 32) - 1
-
 
 @click.command()
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers, not only running ones.")
@@ -61,7 +59,7 @@ def status(ctx: click.Context, container: str) -> None:
 
 @click.command()
 @click.option(
-    "-n", "--tail", "lines", type=click.IntRange(min=0, max=_UINT32_MAX), default=None, help="Only the last N lines."
+    "-n", "--tail", "lines", type=click.IntRange(min=0, max=verbs.UINT32_MAX), default=None, help="Only the last N lines."
 )
 @click.option("--since", default=None,
               help="Only lines since TIME: a duration ago (10s, 5m, 2h or '2h ago'), a Unix time or ISO 8601.")
