@@ -149,10 +149,6 @@ _COMPAT_EPILOG = (
 _COMMAND_SETTINGS = {"allow_interspersed_args": False}
 
 
-def _transport(request: ContainerRequest) -> Callable[..., Any]:
-    return running.transport(request)
-
-
 @click.command(context_settings=_COMMAND_SETTINGS, epilog=_COMPAT_EPILOG)
 @container_flags
 @click.pass_context
@@ -164,7 +160,7 @@ def create(ctx: click.Context, **params: Any) -> None:
         path = await client.create_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
         return container_id(path)
 
-    click.echo(_transport(request)(ctx, body))
+    click.echo(running.transport(request)(ctx, body))
 
 
 @click.command(context_settings=_COMMAND_SETTINGS, epilog=_COMPAT_EPILOG)
