@@ -305,13 +305,6 @@ class Connection:
     _MAX_FDS = 16
 
     def __init__(self, address: str) -> None:
-        self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-        try:
-            self._sock.connect(socket_address(address))
-            self._authenticate()
-        except BaseException:
-            self._sock.close()
-            raise
         self._serial = 0
         self._buffer = bytearray()
         self._fds: list[int] = []
@@ -320,27 +313,38 @@ class Connection:
         self._reading = False  # whether a caller is reading for all
         self._replies: dict[int, Message] = {}
         self._waiting: dict[int, Any] = {}  # serial -> the lock its caller sleeps on while another reads
-        self.unique_name = str(self.call(Message(
-            METHOD_CALL, path="/org/freedesktop/DBus", interface="org.freedesktop.DBus", member="Hello",
-            destination="org.freedesktop.DBus")).body[0])
+        self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+        try:
+            self._sock.connect(socket_address(address))
+            hello = self._authenticate(Message(
+                METHOD_CALL, path="/org/freedesktop/DBus", interface="org.freedesktop.DBus", member="Hello",
+                destination="org.freedesktop.DBus"))
+            self.unique_name = str(self.reply(hello).body[0])
+        except BaseException:
+            self.close()
+            raise
 
-    def _authenticate(self) -> None:
+    def _authenticate(self, first: Message) -> int:
+        """SASL EXTERNAL, fd passing and the first message in one write, as sd-bus does: the bus reads the
+        message once authentication ends, and its answers come in order, so nothing waits for a round trip
+        but the first message's reply. The first message's serial."""
         uid = str(os.geteuid()).encode().hex()
-        self._sock.sendall(b"\0AUTH EXTERNAL " + uid.encode() + b"\r\n")
+        self._serial = first.serial = 1
+        self._sock.sendall(b"\0AUTH EXTERNAL %s\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n" % uid.encode() + first.encode())
         if not self._line().startswith(b"OK "):
             raise WireError("the bus refused EXTERNAL authentication")
-        self._sock.sendall(b"NEGOTIATE_UNIX_FD\r\n")
         if not self._line().startswith(b"AGREE_UNIX_FD"):
             raise WireError("the bus does not pass file descriptors")
-        self._sock.sendall(b"BEGIN\r\n")
+        return first.serial
 
     def _line(self) -> bytes:
-        line = b""
-        while not line.endswith(b"\r\n"):
-            chunk = self._sock.recv(1)
-            if not chunk:
-                raise EOFError("the bus closed the connection during authentication")
-            line += chunk
+        """One line of the bus's authentication answers; what follows them (messages) stays in the buffer."""
+        while (end := self._buffer.find(b"\r\n")) < 0:
+            if len(self._buffer) > 4096:
+                raise WireError("the bus answered the authentication with no line end")
+            self._read_some("during authentication")
+        line = bytes(self._buffer[:end + 2])
+        del self._buffer[:end + 2]
         return line
 
     def close(self) -> None:
@@ -421,14 +425,17 @@ class Connection:
                 del self._buffer[:length]
                 message.unix_fds, self._fds = self._fds[:message.fd_count], self._fds[message.fd_count:]
                 return message
-            chunk, ancillary, _flags, _ = self._sock.recvmsg(65536, _socket.CMSG_SPACE(self._MAX_FDS * 4))
-            for level, kind, payload in ancillary:
-                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                    whole = len(payload) - len(payload) % 4
-                    self._fds.extend(struct.unpack(f"{whole // 4}i", payload[:whole]))
-            if not chunk:
-                raise EOFError("the bus closed the connection")
-            self._buffer.extend(chunk)
+            self._read_some()
+
+    def _read_some(self, when: str = "") -> None:
+        chunk, ancillary, _flags, _ = self._sock.recvmsg(65536, _socket.CMSG_SPACE(self._MAX_FDS * 4))
+        for level, kind, payload in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                whole = len(payload) - len(payload) % 4
+                self._fds.extend(struct.unpack(f"{whole // 4}i", payload[:whole]))
+        if not chunk:
+            raise EOFError(f"the bus closed the connection{' ' + when if when else ''}")
+        self._buffer.extend(chunk)
 
 
 class BlockingClient(Calls):

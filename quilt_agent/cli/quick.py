@@ -286,4 +286,22 @@ def main() -> None:
 
         click_main()
         return
-    sys.exit(code)
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's finalization: its module and object teardown costs a one-shot command
+    ~2.5 ms, a sixth of a `quiltctl ps`, and nothing the quick path leaves needs it (no thread, no atexit
+    handler, no temporary file; the kernel closes the bus connection). Only the output must be flushed first."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = code or 1  # as when the pipe broke earlier: quietly, and not as a success
+    except OSError as e:
+        sys.stderr.write(f"quiltctl: cannot write the output: {e.strerror}\n")
+        code = code or 1
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass  # nowhere left to say it
+    os._exit(code)

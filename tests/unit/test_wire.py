@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import threading
 from typing import Any
 
 import pytest
@@ -151,7 +152,6 @@ def test_a_coroutine_that_suspends_is_a_programming_error_not_a_hang() -> None:
 def test_concurrent_calls_each_get_their_own_reply_whatever_the_order_replies_come_in() -> None:
     """Three threads wait on one connection; the replies come last-asked first, the first only after the others
     have theirs: each caller gets the reply to its own serial, and none waits for another's."""
-    import threading
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     connection = _connection_on(ours)
@@ -183,7 +183,6 @@ def test_concurrent_calls_each_get_their_own_reply_whatever_the_order_replies_co
 
 
 def test_a_closed_bus_ends_every_waiting_call_not_only_the_reading_one() -> None:
-    import threading
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     connection = _connection_on(ours)
@@ -203,3 +202,74 @@ def test_a_closed_bus_ends_every_waiting_call_not_only_the_reading_one() -> None
         thread.join(5)
     ours.close()
     assert [t.is_alive() for t in threads] == [False, False] and len(errors) == 2
+
+
+def _bus_answering(path: str, answer: bytes, hang_up: bool = False) -> tuple[socket.socket, list[bytes]]:
+    """A listening socket that plays a bus for one client: it reads what the client sends at once, then writes
+    `answer` in one piece, and waits for the client to close (hang_up: closes at once). The bytes it read are
+    appended to the returned list."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    heard: list[bytes] = []
+
+    def serve() -> None:
+        peer, _ = server.accept()
+        with peer:
+            data = b""
+            while b"BEGIN\r\n" not in data:
+                chunk = peer.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            heard.append(data)
+            peer.sendall(answer)
+            if not hang_up:
+                peer.recv(1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, heard
+
+
+def _hello_reply(name: str) -> bytes:
+    return FastMessage(message_type=MessageType.METHOD_RETURN, reply_serial=1, serial=1, signature="s",
+                       body=[name])._marshall(True)
+
+
+def test_authentication_and_hello_go_in_one_write_and_their_answers_in_one_read(tmp_path: Any) -> None:
+    """The answers and the Hello reply may arrive together: the lines are taken off, the message stays."""
+    server, heard = _bus_answering(str(tmp_path / "bus"), b"OK 0123456789abcdef0123456789abcdef\r\n"
+                                   b"AGREE_UNIX_FD\r\n" + _hello_reply(":1.42"))
+    try:
+        connection = wire.Connection(f"unix:path={tmp_path}/bus")
+        assert connection.unique_name == ":1.42"
+        connection.close()
+    finally:
+        server.close()
+    sent = heard[0]
+    assert sent.startswith(b"\0AUTH EXTERNAL " + str(os.geteuid()).encode().hex().encode() + b"\r\n")
+    begin = sent.index(b"NEGOTIATE_UNIX_FD\r\nBEGIN\r\n") + len(b"NEGOTIATE_UNIX_FD\r\nBEGIN\r\n")
+    assert Unmarshaller(io.BytesIO(sent[begin:])).unmarshall().member == "Hello"
+
+
+@pytest.mark.parametrize("answer, error", [
+    (b"REJECTED EXTERNAL\r\n", "refused EXTERNAL"),
+    (b"OK 0123456789abcdef0123456789abcdef\r\nERROR\r\n", "does not pass file descriptors"),
+    (b"x" * 5000, "no line end"),
+])
+def test_a_bus_that_refuses_the_authentication_is_a_wire_error(tmp_path: Any, answer: bytes, error: str) -> None:
+    server, _ = _bus_answering(str(tmp_path / "bus"), answer)
+    try:
+        with pytest.raises(wire.WireError, match=error):
+            wire.Connection(f"unix:path={tmp_path}/bus")
+    finally:
+        server.close()
+
+
+def test_a_bus_that_hangs_up_during_authentication_says_when(tmp_path: Any) -> None:
+    server, _ = _bus_answering(str(tmp_path / "bus"), b"OK 0123", hang_up=True)
+    try:
+        with pytest.raises(EOFError, match="during authentication"):
+            wire.Connection(f"unix:path={tmp_path}/bus")
+    finally:
+        server.close()

@@ -5,6 +5,10 @@ prints must be what the click path prints; anything else it must leave to click.
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,8 @@ from quilt_agent.cli import quick
 from quilt_agent.cli.context import CliState
 from quilt_agent.cli.main import COMMANDS, cli, load_command
 from tests.unit.cli.fake_agent import ROWS, FakeAgent
+
+PROJECT = Path(__file__).resolve().parents[3]
 
 
 Declared = tuple[dict[str, tuple[str, str, Any, Any]], list[tuple[str, int, bool]], bool]
@@ -206,3 +212,36 @@ def test_version_is_what_click_prints(capsys: pytest.CaptureFixture[str]) -> Non
     clicked = CliRunner().invoke(cli, ["--version"], prog_name="quiltctl")
     assert quick.dispatch(["--version"]) == clicked.exit_code == 0
     assert capsys.readouterr().out == clicked.stdout
+
+
+def _quiltctl(args: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+    """quiltctl as the package's wrapper runs it (-S, the libraries' directory added by hand)."""
+    code = (f"import sys; sys.path.append({sysconfig.get_paths()['purelib']!r}); "
+            f"sys.argv = ['quiltctl', *{args!r}]; from quilt_agent.cli.quick import main; main()")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/bus"}
+    return subprocess.run([sys.executable, "-S", "-c", code], env=env, timeout=60, **kw)
+
+
+def test_the_quick_path_flushes_its_output_before_it_exits() -> None:
+    """It ends by os._exit, which skips the interpreter's own flushing: every byte still reaches a pipe."""
+    result = _quiltctl(["--version"], capture_output=True)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout.startswith(b"quiltctl ") and result.stdout.endswith(b"\n")
+
+
+def test_a_reader_gone_before_the_exit_is_no_success_and_no_traceback() -> None:
+    """`quiltctl --version | true`: the pipe breaks at the final flush; the exit says so, quietly."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = _quiltctl(["--version"], stdout=write, stderr=subprocess.PIPE)
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (1, b"")
+
+
+def test_a_failure_keeps_its_exit_status_and_its_message() -> None:
+    """The agent out of reach: 125 and the one-line message, both intact past the early exit."""
+    result = _quiltctl(["ps", "-a"], capture_output=True)
+    assert result.returncode == 125
+    assert result.stderr.decode().count("\n") == 1 and "/nonexistent/bus" in result.stderr.decode()

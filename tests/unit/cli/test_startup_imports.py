@@ -68,9 +68,17 @@ def imported_by(args: list[str], tmp_path: Path) -> set[str]:
     # As the package's wrapper runs it (debian/bin/quiltctl): without the site module, the libraries' directory
     # put on the path by hand; so what site itself imports (a .pth file's imports) is not taken for quiltctl's.
     libraries = sysconfig.get_paths()["purelib"]
-    code = (f"import atexit, sys; atexit.register(lambda: open({str(listing)!r}, 'w').write(' '.join(sys.modules))); "
-            f"sys.path.append({libraries!r}); "
-            f"sys.argv = ['quiltctl', *{args!r}]; from quilt_agent.cli.quick import main; main()")
+    # The listing is written at the exit: by atexit after click, and before the quick path's os._exit, which
+    # skips atexit.
+    code = (f"import atexit, sys\n"
+            f"def listing(): open({str(listing)!r}, 'w').write(' '.join(sys.modules))\n"
+            f"atexit.register(listing)\n"
+            f"sys.path.append({libraries!r})\n"
+            f"sys.argv = ['quiltctl', *{args!r}]\n"
+            f"from quilt_agent.cli import quick\n"
+            f"exit_now = quick._exit_now\n"
+            f"quick._exit_now = lambda code: (listing(), exit_now(code))\n"
+            f"quick.main()\n")
     result = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", code], capture_output=True, text=True,
                             env=env, stdin=subprocess.DEVNULL, cwd=tmp_path, timeout=60)
     errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
