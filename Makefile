@@ -37,7 +37,15 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
 
 .PHONY: setup demo test test-unit test-testhost test-integration bench bench-network bench-generator bench-health bench-images bench-setup install install-data clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(MONITOR)
+
+# What each container's monitor becomes once the container runs (monitor/quilt-monitor.c), built as the package
+# builds it (Debian's hardening flags) for the test host's checkout install (install-data).
+MONITOR := build/quilt-monitor
+$(MONITOR): monitor/quilt-monitor.c .apt-checked
+	@mkdir -p build
+	@gcc $$(dpkg-buildflags --get CPPFLAGS) $$(dpkg-buildflags --get CFLAGS) -Wall -Wextra -Werror -o $@ $< \
+		$$(dpkg-buildflags --get LDFLAGS)
 
 .apt-checked: Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -124,11 +132,13 @@ bench-setup: setup
 	@$(VENV)/bin/python tests/setupimage.py build >/dev/null
 	@$(BENCH_HOST) -- $(VENV)/bin/python bench/setup.py $(BENCH_ARGS)
 
-# The Debian package, build/quilt-runtime_VERSION_all.deb (packaging/build-deb, packaging/README.md): rebuilt when
-# a file it is made of changes. Named quilt-runtime: Debian's own "quilt" is the patch tool.
+# The Debian package, build/quilt-runtime_VERSION_ARCH.deb (packaging/build-deb, packaging/README.md): rebuilt
+# when a file it is made of changes. Named quilt-runtime: Debian's own "quilt" is the patch tool. Built for this
+# machine's architecture: quilt-monitor is compiled.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
-DEB := build/quilt-runtime_$(VERSION)_all.deb
-DEB_INPUTS := $(wildcard $(shell git ls-files --cached --others --exclude-standard quilt_agent units dbus polkit man \
+ARCH := $(shell dpkg --print-architecture)
+DEB := build/quilt-runtime_$(VERSION)_$(ARCH).deb
+DEB_INPUTS := $(wildcard $(shell git ls-files --cached --others --exclude-standard quilt_agent monitor units dbus polkit man \
 	debian packaging pyproject.toml README.md 2>/dev/null))
 .PHONY: deb
 
@@ -146,7 +156,8 @@ install: deb
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ./$(DEB)
 
 # What the package installs besides the Python code, for the test host's venv path (tests/testhost.py without --deb).
-install-data:
+install-data: $(MONITOR)
+	install -Dm755 $(MONITOR) $(DESTDIR)/usr/libexec/quilt/quilt-monitor
 	install -Dm644 units/quilt-agent.service $(DESTDIR)/usr/lib/systemd/system/quilt-agent.service
 	install -Dm644 units/quilt.slice $(DESTDIR)/usr/lib/systemd/system/quilt.slice
 	install -Dm644 units/quilt-restart.service $(DESTDIR)/usr/lib/systemd/system/quilt-restart.service

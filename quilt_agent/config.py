@@ -40,6 +40,9 @@ class Paths:
     # The init a container created with `init` runs as its PID 1 (Debian's catatonit, static, as Podman's --init):
     # it forwards signals to the command and reaps orphans, which a command as PID 1 of its own rarely does.
     init: Path = Path("/usr/bin/catatonit")
+    # What each container's monitor becomes once the container runs (monitor/quilt-monitor.c): the waiting and the
+    # recording of its end, in C, the package's own.
+    monitor: Path = Path("/usr/libexec/quilt/quilt-monitor")
     # The containers' NOTIFY_SOCKETs (notify.py), a directory each that the container sees as /run/notify. Under the
     # runtime directory: a socket lives as long as the agent listening on it and the containers sending to it, none
     # of which outlives a boot.

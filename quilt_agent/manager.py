@@ -391,7 +391,7 @@ class Manager:
             seccomp=c.spec.seccomp != "unconfined",
             id_map=IdRange(c.id_first).id_map() if c.id_first >= 0 else "", id_first=c.id_first,
             init=str(self._paths.init) if c.spec.init else "", notify_dir=notify_dir,
-            capabilities=capability_mask(c.spec),
+            capabilities=capability_mask(c.spec), monitor=str(self._paths.monitor),
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()

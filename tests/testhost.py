@@ -3,7 +3,7 @@
 
     python3 tests/testhost.py run [--keep-on-failure] [--name NAME] [--cgroup unified] [--loop-check MS]
                                   [--state DIR] [--etc-quilt DIR]
-                                  [--deb build/quilt-runtime_VERSION_all.deb | --bare]
+                                  [--deb build/quilt-runtime_VERSION_ARCH.deb | --bare]
                                   -- CMD ARGS...
     python3 tests/testhost.py cleanup
 

@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import termios
 import time
 
@@ -93,10 +94,32 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
             protocol.tell(agent, ExecFailed(reason=reason, exit_code=int(code)))
         else:
             protocol.tell(agent, Started())
+    if not failure and spec.monitor:
+        _hand_over(spec, pid, oom)  # returns only if the exec failed: then this process waits, as before
     status = _wait(pid, oom)
     # A failure after the start was told (a setup step) makes the container failed, not merely exited.
     _record_exit(spec.exit_file, status, oom.finish(), failure.partition(" ")[2], failed=bool(failure) and told)
     return 0
+
+
+def _hand_over(spec: LaunchSpec, pid: int, oom: OomWatch) -> None:
+    """Become quilt-monitor (monitor/quilt-monitor.c), which waits for the init and records its end as _wait and
+    _record_exit do, for a tenth of this process's memory. The exec keeps what the agent knows this process by
+    (its pid and start time), its scope, its ignored signals and its child. Only once the command runs: a failed
+    start's reason, and the setup steps' work, are this module's."""
+    watch = oom.handed_over()
+    # Nothing else crosses the exec (the agent's socket came without close-on-exec): marked, not closed, so that
+    # this process still holds what it had should the exec fail.
+    for fd in (int(name) for name in os.listdir("/proc/self/fd")):
+        if fd > 2 and str(fd) not in watch[:2]:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the listing's own fd, closed already
+    try:
+        os.execv(spec.monitor, ["quilt-mon", spec.name, str(pid), spec.exit_file, *watch])
+    except OSError as e:
+        sys.stderr.write(f"quilt-mon {spec.name}: cannot run {spec.monitor} ({e.strerror}): waiting in Python\n")
 
 
 def _wait(pid: int, oom: OomWatch) -> int:

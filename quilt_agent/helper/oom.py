@@ -99,6 +99,14 @@ class OomWatch:
         self.close()
         return self.killed
 
+    def handed_over(self) -> list[str]:
+        """What quilt-monitor takes over the watch with: the counter's fd, the polled one's, and how it is polled
+        ("pri" on v2, "in" on v1, "-" for none), with both fds left open across its exec."""
+        for fd in {self.fd, self._counter} - {-1}:
+            os.set_inheritable(fd, True)
+        kind = {select.POLLPRI: "pri", select.POLLIN: "in"}.get(self.events, "-") if self.fd >= 0 else "-"
+        return [str(self._counter), str(self.fd), kind]
+
     def close(self) -> None:
         for fd in {self.fd, self._counter} - {-1}:
             os.close(fd)

@@ -68,6 +68,9 @@ class LaunchSpec:
     # Its capability set (bounding, and its root's permitted and effective), a bit per capability
     # (quilt_agent/capabilities.py): the default set unless cap_add/cap_drop changed it.
     capabilities: int = DEFAULT_MASK
+    # The program the monitor execs once the command runs, to wait for it and record its end at a tenth of a
+    # Python process's memory (monitor/quilt-monitor.c); "" = the monitor waits itself.
+    monitor: str = ""
 
 
 INIT_TARGET = "/dev/init"  # in the container's own /dev: never a file of its image or its layer

@@ -22,6 +22,7 @@ import pytest
 PROJECT = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["version"]
 NEWER = f"{VERSION}+test1"
+ARCH = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
 PRIVATE = Path("usr/share/quilt-runtime")
 
 
@@ -29,7 +30,7 @@ PRIVATE = Path("usr/share/quilt-runtime")
 def deb() -> Path:
     """The package of this tree: `make deb` rebuilds it when a file it is made of changed."""
     subprocess.run(["make", "-s", "-C", str(PROJECT), "deb"], check=True)
-    path = PROJECT / f"build/quilt-runtime_{VERSION}_all.deb"
+    path = PROJECT / f"build/quilt-runtime_{VERSION}_{ARCH}.deb"
     assert path.is_file(), f"make deb did not make {path}"
     return path
 
@@ -56,7 +57,7 @@ def repack_newer(deb: Path, work: Path) -> Path:
         sums = sums.replace(f"{hashlib.md5(before.encode()).hexdigest()}  {path}",
                             f"{hashlib.md5(after.encode()).hexdigest()}  {path}")
     (tree / "DEBIAN/md5sums").write_text(sums)
-    out = work / f"quilt-runtime_{NEWER}_all.deb"
+    out = work / f"quilt-runtime_{NEWER}_{ARCH}.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-b", str(tree), str(out)], check=True,
                    capture_output=True)
     return out

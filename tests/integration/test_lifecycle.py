@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import time
@@ -253,3 +254,22 @@ async def test_the_monitor_has_a_scope_of_its_own_named_for_its_container(client
     container = subprocess.run(["systemctl", "status", "--no-pager", "-l", f"quilt-{name}.scope"],
                                capture_output=True, text=True).stdout
     assert f"{init} /bin/sleep 300" in container and "quilt-mon" not in container, container
+
+
+async def test_a_running_containers_monitor_is_the_small_program_holding_only_what_it_watches(
+        client: Client, busybox_tar: Path, name: str) -> None:
+    """Once the command runs, the monitor is quilt-monitor (a tenth of a forked Python process's memory), holding
+    its journal stream, the init's pidfd and the container's memory cgroup files: not the agent's socket."""
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sleep", "300"], {})
+    init = (await client.properties(path))["MainPID"]
+    monitor = next(int(line.split()[1]) for line in open(f"/proc/{init}/status") if line.startswith("PPid:"))
+    assert os.readlink(f"/proc/{monitor}/exe") == "/usr/libexec/quilt/quilt-monitor"
+    held = sorted(os.readlink(f"/proc/{monitor}/fd/{fd}") for fd in os.listdir(f"/proc/{monitor}/fd")
+                  if int(fd) > 2)
+    memory = [f for f in held if f.startswith("/sys/fs/cgroup/")]
+    assert held == sorted(["anon_inode:[pidfd]", *memory, *(["anon_inode:[eventfd]"] if "memory/" in str(memory)
+                                                             else [])]), held
+    assert memory and memory[0].endswith((f"quilt-{name}.scope/memory.oom_control",
+                                          f"quilt-{name}.scope/memory.events")), memory
+    await client.stop(path, 0)
+    assert (await client.properties(path))["State"] == "exited"
