@@ -545,7 +545,11 @@ class Bench:
         """
         count = max(10, round(200 * min(1.0, self.args.scale * 2)))
         half = count // 2
+        # Memory is measured on the way up too: what each container costs should not depend on how many run.
+        memory_at = [n for n in (10, 50) if n < half]
         w = self.workloads
+        for n in memory_at:
+            self.workload(f"memory_{n}", f"memory per running container ({n})")
         for key, title in (("exec", "exec /bin/true in a running container"), ("status", "status of one container"),
                            ("list_half", f"list with {half} running containers"),
                            ("list_all", f"list with {count} running containers"),
@@ -553,9 +557,10 @@ class Bench:
                            ("fleet_start", f"start one more, with 0-{count - 1} running"),
                            ("teardown", f"remove {count} running containers (total)")):
             self.workload(key, title)
-        w["memory"].note = (f"PSS of each container's runtime process (the parent of its init unless that is PID 1: "
-                            f"Quilt's monitor, Podman's conmon), plus the daemon's growth, over {count} running "
-                            f"`sleep 3600` containers")
+        for key in ("memory", *(f"memory_{n}" for n in memory_at)):
+            w[key].note = ("PSS of each container's runtime process (the parent of its init unless that is PID 1: "
+                           "Quilt's monitor, Podman's conmon), plus the daemon's growth, over the running "
+                           "`sleep 3600` containers")
         fleets = [getattr(self, f"fleet_{r}")() for r in ("quilt", "crun", "runc", "podman")
                   if not self.args.only or r in self.args.only]
         handles: dict[str, list[Any]] = {f.name: [] for f in fleets}
@@ -583,18 +588,24 @@ class Bench:
         def merged(probe: Callable[[Fleet], Contenders]) -> Contenders:
             return {name: c for f in alive for name, c in probe(f).items()}
 
+        def measure(key: str) -> None:
+            time.sleep(1)  # let the runtimes' processes settle (lazy imports, first page faults)
+            systemd_after = pss_kib(1)
+            for f in alive:
+                daemon_after = sum(pss_kib(p) for p in f.daemon_pids())
+                self._memory(w[key], f.name, f.init_pids(handles[f.name]), daemon_after - daemon_before[f.name],
+                             (systemd_after - systemd_before) / len(alive))
+
         try:
+            for n in memory_at:
+                grow(n)
+                measure(f"memory_{n}")
             grow(half)
             self.interleave(w["exec"], merged(lambda f: f.execs(handles[f.name][0])))
             self.interleave(w["status"], merged(lambda f: f.status(handles[f.name][0])))
             self.interleave(w["list_half"], merged(lambda f: f.listing(1.0)))
             grow(count)
-            time.sleep(1)  # let the runtimes' processes settle (lazy imports, first page faults)
-            systemd_after = pss_kib(1)
-            for f in alive:
-                daemon_after = sum(pss_kib(p) for p in f.daemon_pids())
-                self._memory(w["memory"], f.name, f.init_pids(handles[f.name]), daemon_after - daemon_before[f.name],
-                             (systemd_after - systemd_before) / len(alive))
+            measure("memory")
             self.interleave(w["list_all"], merged(lambda f: f.listing(0.7)))
         finally:
             for f in fleets:
@@ -978,11 +989,12 @@ def table(info: dict[str, Any]) -> str:
     ]
     for key, w in info["workloads"].items():
         series = w["series"]
-        base = quilt_value(series, "total_mib_per_container" if key == "memory" else "median")
+        memory = key == "memory" or key.startswith("memory_")
+        base = quilt_value(series, "total_mib_per_container" if memory else "median")
         for i, (name, s) in enumerate(series.items()):
             label = w["title"] if i == 0 else ""
             head = f"{label:<40} {name:<38}"
-            if key == "memory":
+            if memory:
                 total = s.get("total_mib_per_container")
                 if total is None:
                     out.append(f"{head} failed: {s['first_error'][:60]}")
@@ -1014,6 +1026,25 @@ def table(info: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _memory_panel(ax: Any, workloads: list[dict[str, Any]]) -> None:
+    """Memory per running container (runtime processes + the daemon's growth), a group of bars per fleet size."""
+    names = sorted({n for w in workloads for n, s in w["series"].items()
+                    if s.get("total_mib_per_container") is not None},
+                   key=lambda n: (not is_quilt(n), n))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        values = [w["series"].get(name, {}).get("total_mib_per_container") or 0.0 for w in workloads]
+        bars = ax.bar([x + i * width for x in range(len(workloads))], values, width, label=name,
+                      color="#d9534f" if is_quilt(name) else None)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    sizes = [max(s.get("containers", 0) for s in w["series"].values()) for w in workloads]
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(workloads))], [f"{n} running" for n in sizes])
+    ax.set_ylabel("MiB per container", fontsize=8)
+    ax.set_title("memory per running container (PSS of its runtime process + the daemon's growth)", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.tick_params(labelsize=8)
+
+
 def chart(info: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -1023,11 +1054,16 @@ def chart(info: dict[str, Any], path: Path) -> None:
 
     keys = [k for k in ("run", "start", "exec", "status", "list_half", "list_all", "fleet_start", "burst50")
             if k in info["workloads"] and any(s["samples"] for s in info["workloads"][k]["series"].values())]
-    if not keys:
+    memory = sorted((k for k in info["workloads"] if k == "memory" or k.startswith("memory_")),
+                    key=lambda k: max((s.get("containers", 0) for s in info["workloads"][k]["series"].values()),
+                                      default=0))
+    if not keys and not memory:
         return
     cols = 2
-    rows = math.ceil(len(keys) / cols)
+    rows = math.ceil((len(keys) + bool(memory)) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(13, 2.1 + 1.9 * rows * 1.3), squeeze=False)
+    if memory:
+        _memory_panel(list(axes.flat)[len(keys)], [info["workloads"][k] for k in memory])
     for ax, key in zip(axes.flat, keys):
         w = info["workloads"][key]
         names = [n for n, s in w["series"].items() if s["samples"]]
@@ -1048,7 +1084,7 @@ def chart(info: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("ms (log scale; box: quartiles, whiskers: 5th-95th percentile)", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(axis="x", which="both", alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) + bool(memory):]:
         ax.set_visible(False)
     m = info["machine"]
     fig.suptitle(f"Quilt and peers, {info['date'][:10]}, {m['cores']} cores, Linux {m['kernel']}, "
