@@ -50,7 +50,7 @@ PROGRAMS = (
     "mmdebstrap", "gem", "dpkg-deb", "dpkg-scanpackages",
     # the rest
     "/usr/bin/python3", "python3", "sh", "/bin/sh", "make", "tmux", "script", "date", "cat", "sleep", "mkdir",
-    "rm", "mktemp", "chmod", "chown", "cp", "ln", "stat", "sed", "true", "dpkg-query", "apt-get",
+    "rm", "mktemp", "chmod", "chown", "cp", "ln", "stat", "sed", "true", "dpkg", "dpkg-query", "apt-get",
 )
 
 SCANNED = ("tests", "quilt_agent")  # scripts/ are read when a test runs one
