@@ -125,6 +125,7 @@ LOG_OPTION_SIGNATURES: dict[str, str] = {
     "lines": "u",
     "since": "t",
     "setup": "b",
+    "dropped": "b",
 }
 
 

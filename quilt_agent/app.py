@@ -7,9 +7,10 @@ The order is the dependency order: the container table and the store first, then
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
-from quilt_agent import restart, userns
+from quilt_agent import journal, restart, userns
 from quilt_agent.config import Paths, config_path
 from quilt_agent.containers import ContainerTable
 from quilt_agent.helper.forkserver import ForkServer
@@ -22,6 +23,8 @@ from quilt_agent.removal import Removal
 from quilt_agent.scopes import ScopeManager
 from quilt_agent.store import StateStore
 from quilt_agent.volumes import Volumes
+
+log = logging.getLogger("quilt.app")
 
 
 @dataclass(frozen=True)
@@ -51,4 +54,8 @@ async def build(paths: Paths, store: StateStore, scopes: ScopeManager, zygote: F
     await volumes.load()
     await networks.recover(stored)  # before the manager's: a removal it finishes detaches the container's networks
     await manager.recover(stored)
+    try:
+        await manager.watch_log_drops(journal.DropWatch(), journal.read_drops)
+    except OSError as err:  # no journal to read: nothing to count
+        log.warning("cannot watch journald's reports of dropped lines: %s", err)
     return Services(manager, images, networks, volumes, Removal(manager, images, volumes, networks))

@@ -14,6 +14,7 @@ from typing import Any
 JOURNAL_STDOUT = "/run/systemd/journal/stdout"
 PRIORITY_STDOUT = 6  # info
 PRIORITY_STDERR = 3  # err
+DROPPED = "dropped"  # the stream of GetLogs' marks where journald dropped lines (the text: how many)
 STREAM_BUFFER = 8 * 1024 * 1024
 
 
@@ -116,3 +117,78 @@ def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "") 
         return list(kept)
     finally:
         reader.close()
+
+
+# journald's own entry when its rate limit dropped a unit's messages (SD_MESSAGE_JOURNAL_DROPPED): "Suppressed N
+# messages from UNIT", with N_DROPPED=N and the unit as OBJECT_SYSTEMD_UNIT. journald writes it when the unit's next
+# message passes the limit again, so lines dropped just before the container's end are never reported this way.
+DROPPED_MESSAGE_ID = "a596d6fe7bfa4994828e72309e95d61e"
+
+
+@dataclass(frozen=True)
+class Drop:
+    usec: int  # when journald reported it: the first line it kept again came right after
+    unit: str
+    count: int
+
+
+def _drop(entry: dict[str, Any]) -> Drop | None:
+    unit = entry.get("OBJECT_SYSTEMD_UNIT", "")
+    try:
+        count = int(entry.get("N_DROPPED", ""))
+    except ValueError:
+        return None
+    if not isinstance(unit, str) or not unit or count <= 0:
+        return None
+    return Drop(entry["__REALTIME_TIMESTAMP"], unit, count)
+
+
+def read_drops(since_usec: int = 0, unit: str = "") -> list[Drop]:
+    """journald's reports of this boot of units' dropped lines (of one unit if given), since since_usec, oldest
+    first. Blocking: call it in a worker thread."""
+    from systemd import journal
+
+    reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
+    try:
+        reader.this_boot()
+        if unit:
+            reader.add_match(MESSAGE_ID=DROPPED_MESSAGE_ID, OBJECT_SYSTEMD_UNIT=unit)
+        else:
+            reader.add_match(MESSAGE_ID=DROPPED_MESSAGE_ID)
+        if since_usec:
+            reader.seek_realtime(since_usec / 1e6 - 0.001)
+        return [d for d in map(_drop, reader) if d is not None and d.usec >= since_usec]
+    finally:
+        reader.close()
+
+
+class DropWatch:
+    """journald's reports of dropped lines as they come: fileno() turns readable when the journal changed (any
+    entry of any unit), then new() returns the reports written since the last call, none from before the watch
+    began. Each call seeks to the last report's time again: a reader left at the journal's end did not see the
+    entries appended later on this journald (252)."""
+
+    def __init__(self) -> None:
+        import time
+
+        from systemd import journal
+
+        self._reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
+        self._reader.this_boot()
+        self._reader.add_match(MESSAGE_ID=DROPPED_MESSAGE_ID)
+        self._after = time.time_ns() // 1000  # usec: reports up to here are not new
+        self._fd = self._reader.fileno()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def new(self) -> list[Drop]:
+        self._reader.process()  # acknowledges the change, so the fd quiets down
+        self._reader.seek_realtime(self._after / 1e6)
+        drops = [d for d in map(_drop, self._reader) if d is not None and d.usec > self._after]
+        if drops:
+            self._after = max(d.usec for d in drops)
+        return drops
+
+    def close(self) -> None:
+        self._reader.close()

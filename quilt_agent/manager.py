@@ -62,7 +62,22 @@ MESSAGE_IDS = {
     "restarting": "0b3f4e3cf4a24c55a86bd1b4e3b6e0a1", "health_status": "c1d3d0b6a0b94b0e9d3f5b8e2a7c4f61",
     "ready": "5e0c2a7d94b34f1f8c6a3b2d1e0f9a87", "paused": "7a1f0c3e5b9d4e2a8c6f1b3d5e7a9c0b",
     "unpaused": "2b8e4d6f0a1c4b3e9d7f5a2c4e6b8d01", "renamed": "9d3c5e7a1b2f4c6e8a0d2b4f6c8e0a13",
+    "logs_dropped": "e3f1b6a2c9d84f0e8b7a5c3d1e2f4a6b",
 }
+
+
+DROP_WATCH_PAUSE = 0.25  # seconds between two looks at journald's reports of dropped lines
+
+
+class DropSource(Protocol):
+    """journald's reports of dropped lines as they come (journal.DropWatch): fileno() turns readable when there
+    may be new ones, new() returns them."""
+
+    def fileno(self) -> int: ...
+
+    def new(self) -> list[journal.Drop]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -162,6 +177,9 @@ class Manager:
         # to read the exit code and the last lines (hold_removal); not kept over a restart of the agent.
         self._holds: dict[str, set[str]] = {}
         self._restarting: set[str] = set()  # containers a Restart stops and starts: their exit removes nothing
+        self._drop_watch: DropSource | None = None
+        self._drops_seen: set[tuple[str, int]] = set()  # (unit, usec) of the reports counted
+        self._noting: set[asyncio.Task[None]] = set()
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -1300,8 +1318,9 @@ class Manager:
     # --- logs ------------------------------------------------------------------------------------
 
     async def logs(self, container_id: str, since_usec: int = 0, last: int = 0,
-                   setup: bool = False) -> list[journal.LogLine]:
-        """setup: only the lines of the setup steps."""
+                   setup: bool = False, dropped: bool = False) -> list[journal.LogLine]:
+        """setup: only the lines of the setup steps. dropped: with a line of stream "dropped" (its text the count)
+        where journald reported dropping lines of the container's unit, among the lines it kept."""
         c = self._get(container_id)
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING and c.finished_at and rt.journal_synced != c.finished_at:
@@ -1310,8 +1329,65 @@ class Manager:
             rt.journal_synced = c.finished_at
         # A former container of the same name had the same unit: only lines since this one was made.
         since = max(since_usec, c.created_at)
-        return await asyncio.to_thread(journal.read_lines, c.unit, since, last,
-                                       setup_identifier(c.name) if setup else "")
+        lines = await asyncio.to_thread(journal.read_lines, c.unit, since, last,
+                                        setup_identifier(c.name) if setup else "")
+        if not dropped:
+            return lines
+        drops = await asyncio.to_thread(journal.read_drops, since, c.unit)
+        if last and lines:
+            drops = [d for d in drops if d.usec >= lines[0].usec]  # those among the lines shown
+        # The report comes as the first line kept again passes: just before it.
+        merged = [*((line.usec, 1, line) for line in lines),
+                  *((d.usec, 0, journal.LogLine(d.usec, journal.DROPPED, str(d.count))) for d in drops)]
+        return [line for _, _, line in sorted(merged, key=lambda m: (m[0], m[1]))]
+
+    async def watch_log_drops(self, watch: DropSource, past: Callable[[], list[journal.Drop]]) -> None:
+        """Count journald's reports of dropped lines onto their containers (Container.logs_dropped): past() gives
+        those of this boot so far, then watch each one journald writes (a "logs_dropped" event each)."""
+        self._drop_watch = watch  # first: a report written meanwhile is in both, and counted once
+        for drop in await asyncio.to_thread(past):
+            await self._note_drop(drop, tell=False)
+        self._loop.add_reader(watch.fileno(), self._drops_reported)
+
+    def _rewatch_drops(self, watch: DropSource) -> None:
+        if watch is self._drop_watch:  # not closed meanwhile
+            self._loop.add_reader(watch.fileno(), self._drops_reported)
+
+    def unwatch_log_drops(self) -> None:
+        if self._drop_watch is not None:
+            self._loop.remove_reader(self._drop_watch.fileno())
+            self._drop_watch.close()
+            self._drop_watch = None
+
+    def _drops_reported(self) -> None:
+        watch = self._drop_watch
+        assert watch is not None
+        # The fd turns readable at every line any unit logs: looked at a few times a second at most.
+        self._loop.remove_reader(watch.fileno())
+        self._loop.call_later(DROP_WATCH_PAUSE, self._rewatch_drops, watch)
+        try:
+            drops = watch.new()
+        except OSError:
+            log.exception("reading journald's reports of dropped lines")
+            return
+        for drop in drops:
+            task = self._loop.create_task(self._note_drop(drop, tell=True))
+            self._noting.add(task)
+            task.add_done_callback(self._noting.discard)
+
+    async def _note_drop(self, drop: journal.Drop, tell: bool) -> None:
+        if (drop.unit, drop.usec) in self._drops_seen:
+            return
+        self._drops_seen.add((drop.unit, drop.usec))
+        c = next((c for c in self._containers.values() if c.unit == drop.unit and drop.usec >= c.created_at), None)
+        if c is None:
+            return
+        c = await self._set(c.with_(logs_dropped=c.logs_dropped + drop.count,
+                                    logs_dropped_at=max(c.logs_dropped_at, drop.usec)))
+        if tell:
+            await self._event("logs_dropped", c, "journald dropped %d lines of container %s (its rate limit for "
+                              "%s); `quiltctl logs` marks where", drop.count, c.name, c.unit, count=drop.count,
+                              at=drop.usec)
 
     # --- stats -----------------------------------------------------------------------------------
 

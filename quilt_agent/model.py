@@ -160,6 +160,11 @@ class Container:
     # Its processes frozen by Pause (quilt_agent/freezer.py) while it runs: the kernel's cgroup.freeze keeps it, not
     # the store, so an agent that restarts reads it back.
     paused: bool = False
+    # The lines of its unit journald's rate limit dropped, as journald reported them (journal.Drop): how many in
+    # all since it was created, this boot, and when the last report came (usec, 0 = none). Not stored: the
+    # journal keeps the reports, and an agent that starts counts them again (Manager.watch_log_drops).
+    logs_dropped: int = 0
+    logs_dropped_at: int = 0
 
     @property
     def name(self) -> str:

@@ -29,7 +29,7 @@ from quilt_agent.network.core import Networks
 from quilt_agent.model import Container, effective_hostname
 from quilt_agent.userns import IdRange
 
-LOG_OPTIONS = {"lines": int, "since": int, "setup": bool}
+LOG_OPTIONS = {"lines": int, "since": int, "setup": bool, "dropped": bool}
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,8 @@ PROPERTIES: tuple[Property, ...] = (
     Property("MachineName", "s", lambda c: c.machine_name),
     Property("Ready", "b", lambda c: c.ready),
     Property("NotifyStatus", "s", lambda c: c.notify_status),
+    Property("LogLinesDropped", "t", lambda c: c.logs_dropped),
+    Property("LogLinesDroppedAt", "t", lambda c: c.logs_dropped_at),
     Property("CapAdd", "as", lambda c: list(c.spec.cap_add)),
     Property("CapDrop", "as", lambda c: list(c.spec.cap_drop)),
     Property("Capabilities", "as", lambda c: list(capabilities.effective(c.spec.cap_add, c.spec.cap_drop))),
@@ -183,7 +185,7 @@ def _export_properties(cls: type) -> type:
     return cls
 
 
-def _log_options(options: dict[str, Variant]) -> tuple[int, int, bool]:
+def _log_options(options: dict[str, Variant]) -> tuple[int, int, bool, bool]:
     for key, value in options.items():
         if key not in LOG_OPTIONS:
             raise InvalidArgument(f"Unknown log option '{key}': known options are {', '.join(LOG_OPTIONS)}")
@@ -194,7 +196,8 @@ def _log_options(options: dict[str, Variant]) -> tuple[int, int, bool]:
             raise InvalidArgument(f"Log option '{key}' must be an unsigned integer, not {value.value!r}")
     lines = options["lines"].value if "lines" in options else 0
     since = options["since"].value if "since" in options else 0
-    return lines, since, bool(options["setup"].value) if "setup" in options else False
+    setup = bool(options["setup"].value) if "setup" in options else False
+    return lines, since, setup, bool(options["dropped"].value) if "dropped" in options else False
 
 
 @_export_properties
@@ -306,9 +309,10 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
     @dbus_method(name="GetLogs")
     @guarded(READ, "read the logs of")
     async def get_logs(self, options: "a{sv}") -> "a(tss)":
-        lines, since, setup = _log_options(options)
+        lines, since, setup, dropped = _log_options(options)
         return [[line.usec, line.stream, line.text]
-                for line in await self._manager.logs(self.container_id, since_usec=since, last=lines, setup=setup)]
+                for line in await self._manager.logs(self.container_id, since_usec=since, last=lines, setup=setup,
+                                                     dropped=dropped)]
 
     @dbus_method(name="GetEnvironment")
     @guarded(MANAGE, "read the environment of")

@@ -20,7 +20,7 @@ SHORT_ID = 12
 # --- times -----------------------------------------------------------------------------------------------------
 
 # The Container properties that are times (usec since the epoch); the Health* durations are not.
-CONTAINER_TIMES = ("CreatedAt", "StartedAt", "FinishedAt", "RestartAt")
+CONTAINER_TIMES = ("CreatedAt", "StartedAt", "FinishedAt", "RestartAt", "LogLinesDroppedAt")
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # how Podman's inspect shows a time that never was
 
 

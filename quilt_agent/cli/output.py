@@ -36,11 +36,23 @@ def print_json(value: Any) -> None:
     echo(json.dumps(value, indent=2, sort_keys=False))
 
 
+DROPPED = "dropped"  # GetLogs' stream of the marks where journald dropped lines (text: how many)
+
+
 def print_logs(lines: Iterable[LogLine], timestamps: bool = False) -> None:
     # echo flushes each line, so stdout and stderr keep the journal's order on a shared terminal.
     for line in lines:
+        if line.stream == DROPPED:
+            # Where the lines went missing, on stderr: a log cut short must not pass for a whole one.
+            echo(f"quiltctl: journald dropped {line.text} lines here (its rate limit){_at(line, timestamps)}",
+                 err=True)
+            continue
         text = f"{log_timestamp(line.usec)} {line.text}" if timestamps else line.text
         echo(text, err=line.stream == "stderr")
+
+
+def _at(line: LogLine, timestamps: bool) -> str:
+    return f", reported at {log_timestamp(line.usec)}" if timestamps else ""
 
 
 def log_timestamp(usec: int) -> str:
@@ -250,6 +262,9 @@ def status_lines(props: Mapping[str, Any], now: float) -> list[str]:
     if props.get("HealthCommand"):
         fields.append(("Health", f"{props.get('Health') or '-'}: {command_text(props['HealthCommand'])} every "
                                  f"{int(props.get('HealthInterval', 0)) / 1e6:g} s"))
+    if props.get("LogLinesDropped"):
+        fields.append(("Logs", f"{props['LogLinesDropped']} lines dropped by journald's rate limit, the last "
+                               f"reported {timestamp(int(props.get('LogLinesDroppedAt', 0) or 0))}"))
     if props.get("Setup") or props.get("SetupImage"):
         setup = "; ".join(props.get("Setup") or [])
         if props.get("SetupImage"):

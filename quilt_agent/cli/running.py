@@ -107,7 +107,7 @@ def run_request(ctx: click.Context | None, request: ContainerRequest, detach: bo
             if request.options.get("setup"):
                 await session.call(lambda: _print_logs_after_setup(client, path, shown=live is not None))
             else:
-                output.print_logs(await session.call(lambda: client.get_logs(path, {})))
+                output.print_logs(await session.call(lambda: client.get_logs(path, {"dropped": True})))
         except ClientError as e:
             if not session.restarts or e.name not in _GONE_OBJECT:
                 raise

@@ -126,7 +126,7 @@ def status(ctx: click.Context | None, container: str) -> int:
 def logs(ctx: click.Context | None, lines: int | None, since_usec: int | None, timestamps: bool, setup: bool,
          container: str) -> int:
     """The container's output as the journal holds it now (logs -f and --until are cli/observe.py's)."""
-    options: dict[str, Any] = {"setup": True} if setup else {}
+    options: dict[str, Any] = {"setup": True, "dropped": True} if setup else {"dropped": True}
     # On the wire lines 0 means "no limit"; `--tail 0` means no lines, as in Podman (the container is still
     # looked up, so an unknown one is still an error).
     if lines:

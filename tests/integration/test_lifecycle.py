@@ -263,12 +263,19 @@ async def test_a_running_containers_monitor_is_the_small_program_holding_only_wh
     path = await client.run_container(name, str(busybox_tar), ["/bin/sleep", "300"], {})
     init = (await client.properties(path))["MainPID"]
     monitor = next(int(line.split()[1]) for line in open(f"/proc/{init}/status") if line.startswith("PPid:"))
-    assert os.readlink(f"/proc/{monitor}/exe") == "/usr/libexec/quilt/quilt-monitor"
-    held = sorted(os.readlink(f"/proc/{monitor}/fd/{fd}") for fd in os.listdir(f"/proc/{monitor}/fd")
-                  if int(fd) > 2)
-    memory = [f for f in held if f.startswith("/sys/fs/cgroup/")]
-    assert held == sorted(["anon_inode:[pidfd]", *memory, *(["anon_inode:[eventfd]"] if "memory/" in str(memory)
-                                                             else [])]), held
+
+    def held() -> list[str]:
+        return sorted(os.readlink(f"/proc/{monitor}/fd/{fd}") for fd in os.listdir(f"/proc/{monitor}/fd")
+                      if int(fd) > 2)
+
+    # The exec comes just after the start is told, and the pidfd just after the exec.
+    await until(lambda: os.readlink(f"/proc/{monitor}/exe") == "/usr/libexec/quilt/quilt-monitor"
+                and "anon_inode:[pidfd]" in held(), lambda: f"the monitor is {os.readlink(f'/proc/{monitor}/exe')}, "
+                f"holding {held()}")
+    fds = held()
+    memory = [f for f in fds if f.startswith("/sys/fs/cgroup/")]
+    assert fds == sorted(["anon_inode:[pidfd]", *memory, *(["anon_inode:[eventfd]"] if "memory/" in str(memory)
+                                                            else [])]), fds
     assert memory and memory[0].endswith((f"quilt-{name}.scope/memory.oom_control",
                                           f"quilt-{name}.scope/memory.events")), memory
     await client.stop(path, 0)

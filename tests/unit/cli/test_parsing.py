@@ -462,7 +462,7 @@ def test_inspect_leaves_out_the_environment_when_denied(fake: FakeClient) -> Non
 def test_logs_options(fake: FakeClient) -> None:
     result = quiltctl(fake, "logs", "-n", "5", "--since", "1700000000", "web")
     assert result.exit_code == 0
-    assert fake.calls_to("get_logs") == [(PATH, {"lines": 5, "since": 1_700_000_000_000_000})]
+    assert fake.calls_to("get_logs") == [(PATH, {"lines": 5, "since": 1_700_000_000_000_000, "dropped": True})]
     assert quiltctl(fake, "logs", "--since", "yesterday", "web").exit_code == 2
 
 
@@ -490,7 +490,7 @@ def test_setup_flags_go_in_order_and_unchecked_to_the_agent(fake: FakeClient) ->
 def test_logs_setup_asks_for_the_setup_lines_only(fake: FakeClient) -> None:
     assert quiltctl(fake, "logs", "--setup", "-n", "2", "web").exit_code == 0
     assert quiltctl(fake, "logs", "web").exit_code == 0
-    assert fake.calls_to("get_logs") == [(PATH, {"setup": True, "lines": 2}), (PATH, {})]
+    assert fake.calls_to("get_logs") == [(PATH, {"setup": True, "lines": 2, "dropped": True}), (PATH, {"dropped": True})]
 
 
 class SetupFake(FakeClient):

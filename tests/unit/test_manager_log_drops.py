@@ -1,0 +1,90 @@
+"""journald's reports of dropped lines, counted onto containers by the manager (Manager.watch_log_drops), over the
+in-memory fakes and a stand-in for the journal's reports: the reports of this boot so far at the watch's start,
+then each new one with a "logs_dropped" event; only the container the unit belongs to now, and each report once.
+The journal side (journal.read_drops, DropWatch, GetLogs' marks) runs against the real journald in the
+integration suite."""
+from __future__ import annotations
+
+import asyncio
+import os
+
+from quilt_agent.journal import Drop
+from quilt_agent.model import now_usec
+from tests.unit.manager_fixtures import Core, create, events, until
+from tests.unit.manager_fixtures import core, zygote  # noqa: F401 - the fixtures
+
+
+class Reports:
+    """journald's reports as they come: a pipe that turns readable when one is added."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        self._new: list[Drop] = []
+        self.closed = False
+
+    def add(self, drop: Drop) -> None:
+        self._new.append(drop)
+        os.write(self._write, b"x")
+
+    def fileno(self) -> int:
+        return self._read
+
+    def new(self) -> list[Drop]:
+        os.read(self._read, 4096)
+        drops, self._new = self._new, []
+        return drops
+
+    def close(self) -> None:  # by the manager, once it no longer watches
+        os.close(self._read)
+        os.close(self._write)
+
+
+async def test_reports_from_before_the_watch_are_counted_without_events(core: Core) -> None:
+    c = await create(core, ["true"], "web")
+    other = await create(core, ["true"], "db")
+    later = now_usec()
+    past = [Drop(later, c.unit, 100), Drop(later + 1, c.unit, 50), Drop(later + 2, "ssh.service", 7),
+            Drop(c.created_at - 1, c.unit, 1000)]  # the last one: a former container of the same name
+    reports = Reports()
+    try:
+        await core.manager.watch_log_drops(reports, lambda: past)
+        seen = core.manager.get(c.id)
+        assert (seen.logs_dropped, seen.logs_dropped_at) == (150, later + 1)
+        assert core.manager.get(other.id).logs_dropped == 0
+        assert events(core, c.id, "logs_dropped") == []
+    finally:
+        core.manager.unwatch_log_drops()
+
+
+async def test_a_new_report_is_counted_and_told_once(core: Core) -> None:
+    c = await create(core, ["true"], "web")
+    first = Drop(now_usec(), c.unit, 25015)
+    reports = Reports()
+    try:
+        await core.manager.watch_log_drops(reports, lambda: [first])
+        reports.add(first)  # written while the past was read: in both, counted once
+        second = Drop(first.usec + 30_000_000, c.unit, 12)
+        reports.add(second)
+        await until(core, c.id, "logs_dropped", 1)
+        assert events(core, c.id, "logs_dropped")[0] | {"time": 0} == {"name": "web", "count": 12,
+                                                                     "at": second.usec, "time": 0}
+        seen = core.manager.get(c.id)
+        assert (seen.logs_dropped, seen.logs_dropped_at) == (25027, second.usec)
+        await asyncio.sleep(0.05)  # nothing more comes of the duplicate
+        assert len(events(core, c.id, "logs_dropped")) == 1
+    finally:
+        core.manager.unwatch_log_drops()
+
+
+async def test_a_report_of_no_containers_unit_changes_nothing(core: Core) -> None:
+    c = await create(core, ["true"], "web")
+    reports = Reports()
+    try:
+        await core.manager.watch_log_drops(reports, lambda: [])
+        reports.add(Drop(now_usec(), "quilt-gone.scope", 3))
+        reports.add(Drop(now_usec(), c.unit, 4))
+        await until(core, c.id, "logs_dropped", 1)
+        assert core.manager.get(c.id).logs_dropped == 4
+        assert [e.kind for e in core.recorder.events if e.kind == "logs_dropped"] == ["logs_dropped"]
+    finally:
+        core.manager.unwatch_log_drops()
