@@ -8,11 +8,13 @@ One busybox rootfs (scripts/busybox-rootfs.sh) is given to every runtime: Quilt 
 runc get an OCI bundle whose root is the unpacked tarball (`crun spec`, then config.json edited), Podman gets
 `podman import` of the same tarball. Each runtime uses its systemd cgroup manager where it has one, so every
 container gets a transient scope as Quilt's do. Workloads: run-to-exit, start, exec, status, listing, 50 at
-once, memory with 200 running, 200,000 log lines. Latency samples of different runtimes are interleaved
+once, memory with 10, 50 and 200 running, 200,000 log lines, and Quilt alone up to 2,000 running (scale).
+Latency samples of different runtimes are interleaved
 round by round after a warm-up, so drift in the machine hits every runtime alike.
 
 Prints a table (median, p95, ratio of each runtime's median to Quilt's through the bus), writes the raw
-numbers to bench/results/latest.json and a chart of the latency distributions to bench/results/latest.png.
+numbers to bench/results/latest.json and a chart of the latency distributions and the memory per container to
+bench/results/latest.png.
 A benchmark, not a test: nothing is asserted.
 """
 from __future__ import annotations
@@ -173,6 +175,18 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
 
 def quiet(argv: list[str], env: dict[str, str] | None = None) -> None:
     run(argv, subprocess.DEVNULL, subprocess.DEVNULL, env)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _memory_used_mib() -> int:
+    info = {line.split(":")[0]: int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()}
+    return (info["MemTotal"] - info["MemAvailable"]) // 1024
 
 
 def pss_kib(pid: int) -> int:
@@ -733,6 +747,58 @@ class Bench:
                                               env=env).split()],
             lambda names: quiet(["podman", "rm", "-f", "-t", "0", "--all"], env=env))
 
+    def w_scale(self) -> None:
+        """Quilt alone, up to 2,000 running `sleep 3600` containers started one after another: at 0, 500, 1,000
+        and 2,000 running, the start of the next ones (a window of starts), the list call, the agent's memory and
+        fds, and the host's memory in use. Podman's fleet stops at the fleet step's 200: up to 2,000 it would
+        take most of an hour."""
+        top = max(20, round(2000 * self.args.scale))
+        marks = sorted({0, top // 4, top // 2, top})
+        window = max(5, round(20 * min(1.0, self.args.scale * 2)))
+        starts = self.workload("scale_start", f"start one more, Quilt alone, with 0-{top} running")
+        lists = self.workload("scale_list", f"list, Quilt alone, with 0-{top} running")
+        starts.note = lists.note = ("each row: at that many running, the next starts (a window) or list calls; the "
+                                    "agent's RSS and fds and the host's memory in use (MemTotal - MemAvailable, "
+                                    "growth since 0) beside it")
+        agent = self.agent_pids()[0]
+        base_used = _memory_used_mib()
+        paths: list[str] = []
+        started_all = time.monotonic()
+
+        def start() -> float:
+            t = time.perf_counter()
+            paths.append(self.q(self.client.run_container(self.uid("sc"), self.s.quilt_image, ["/bin/sleep", "3600"],
+                                                          self.s.quilt_opts)))
+            return time.perf_counter() - t
+
+        try:
+            for mark in marks:
+                while len(paths) < mark:
+                    start()
+                label = f"{QUILT}, {mark} running"
+                series = starts.get(label)
+                for _ in range(window):
+                    series.samples.append(start())
+                listed = lists.get(label)
+                for _ in range(window):
+                    listed.samples.append(self.q(self.quilt_timed(self.client.list_containers)))
+                summary = {"running": len(paths), "agent_rss_mib": round(_rss_kib(agent) / 1024, 1),
+                           "agent_fds": len(os.listdir(f"/proc/{agent}/fd")),
+                           "memory_used_mib": _memory_used_mib() - base_used}
+                series.extra = listed.extra = summary
+                self.log(f"scale: {len(paths)} running after {time.monotonic() - started_all:.0f} s: {summary}")
+        except Exception as err:  # noqa: BLE001 - where it broke is the finding
+            starts.get(f"{QUILT}, {len(paths)} running").fail(str(err))
+            self.log(f"scale: a start failed with {len(paths)} running: {err}")
+        finally:
+            removed = time.monotonic()
+            for path in paths:
+                try:
+                    self.q(self.client.remove(path, True))
+                except ClientError as err:
+                    self.log(f"scale: removing {path}: {err}")
+            self.log(f"scale: removed {len(paths)} in {time.monotonic() - removed:.0f} s")
+
     def w_burst(self) -> None:
         wl = self.workload("burst50", "50 started at once, until all exited (wall)")
         size = 50
@@ -936,7 +1002,7 @@ class Bench:
         info["load_before"] = os.getloadavg()
         info["versions"] = self.versions()
         steps = {"run": self.w_run, "start": self.w_start, "cli": self.w_cli, "fleet": self.fleet,
-                 "burst": self.w_burst, "logs": self.w_logs}
+                 "burst": self.w_burst, "logs": self.w_logs, "scale": self.w_scale}
         total = time.monotonic()
         for key, step in steps.items():
             if self.args.workloads and key not in self.args.workloads:
@@ -1021,6 +1087,9 @@ def table(info: dict[str, Any]) -> str:
                     extra += f", container exited after {fmt_ms(statistics.median(s['exit_after_s']))}"
             elif s["errors"]:
                 extra = f"  {_last_words(s['first_error'])!r}"
+            if key.startswith("scale_") and "agent_fds" in s:
+                extra += (f"  agent {s['agent_rss_mib']} MiB RSS, {s['agent_fds']} fds; host memory "
+                          f"+{s['memory_used_mib']} MiB")
             out.append(f"{head} {fmt_ms(med):>10} {fmt_ms(p95):>10} {ratio:>6} {s['n']:>4} {s['errors']:>4}{extra}")
     out.append(f"(the whole run took {info['seconds']:.0f} s)")
     return "\n".join(out)
@@ -1098,7 +1167,7 @@ def main() -> int:
     hostcheck.refuse_debug_agent("bench/peers.py")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every repetition count (0.1: a smoke run)")
-    parser.add_argument("--workloads", nargs="*", choices=("run", "start", "cli", "fleet", "burst", "logs"),
+    parser.add_argument("--workloads", nargs="*", choices=("run", "start", "cli", "fleet", "burst", "logs", "scale"),
                         help="only these steps (default: all)")
     parser.add_argument("--only", nargs="*", choices=("quilt", "crun", "runc", "podman"),
                         help="fleet step: only these runtimes")

@@ -334,8 +334,9 @@ class Manager:
     # --- start -----------------------------------------------------------------------------------
 
     async def start_or_remove(self, container_id: str) -> Container:
-        """start, for a remove_on_exit container whose removal is held: a start that fails removes it at once,
-        as `podman run --rm` does, since no exit will come to remove it at; the start's error is raised."""
+        """start, for a remove_on_exit container: a start that fails removes it at once, as `podman run --rm`
+        does, rather than when its monitor's end is recorded (a held removal would never come); the start's error
+        is raised."""
         try:
             return await self.start(container_id)
         except QuiltError:

@@ -217,7 +217,9 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
             holder = caller.current().sender
             self._manager.hold_removal(c.id, holder)
             await holder_watch(self._bus, self._manager).watch(holder)
-        if held:
+        if held or c.spec.remove_on_exit:
+            # A start that fails removes it before the reply, as `podman run --rm` does: no exit of its command
+            # will come to remove it at, and the caller must not find it afterwards.
             await self._manager.start_or_remove(c.id)
         else:
             await self._manager.start(c.id)
