@@ -33,12 +33,41 @@ class ContainerTable(dict[str, Container]):
     def __init__(self) -> None:
         super().__init__()
         self._creating: dict[str, _Hold] = {}  # name -> what the create holds
+        # name -> id, kept with the table: every property read of a container's bus object finds it, and a scan of
+        # thousands of containers per read made each start slower the more ran.
+        self._names: dict[str, str] = {}
+
+    def __setitem__(self, container_id: str, c: Container) -> None:
+        old = super().get(container_id)
+        if old is not None and self._names.get(old.name) == container_id:
+            del self._names[old.name]
+        super().__setitem__(container_id, c)
+        self._names[c.name] = container_id
+
+    def __delitem__(self, container_id: str) -> None:
+        old = super().__getitem__(container_id)
+        super().__delitem__(container_id)
+        if self._names.get(old.name) == container_id:
+            del self._names[old.name]
+
+    def pop(self, container_id: str, *default: Container | None) -> Container | None:  # type: ignore[override]
+        if container_id not in self:
+            return super().pop(container_id, *default)
+        c = self[container_id]
+        del self[container_id]
+        return c
+
+    def clear(self) -> None:
+        super().clear()
+        self._names.clear()
 
     def find(self, name_or_id: str) -> Container:
-        """By name, id, or an unambiguous id prefix of at least 3 characters; NoSuchContainer otherwise."""
-        for c in self.values():
-            if c.name == name_or_id or c.id == name_or_id:
-                return c
+        """By id, name, or an unambiguous id prefix of at least 3 characters; NoSuchContainer otherwise."""
+        c = self.get(name_or_id)
+        if c is None and name_or_id in self._names:
+            c = self.get(self._names[name_or_id])
+        if c is not None:
+            return c
         if len(name_or_id) >= 3:
             matches = [c for c in self.values() if c.id.startswith(name_or_id)]
             if len(matches) == 1:
@@ -46,7 +75,7 @@ class ContainerTable(dict[str, Container]):
         raise NoSuchContainer(name_or_id)
 
     def name_taken(self, name: str) -> bool:
-        return name in self._creating or any(c.name == name for c in self.values())
+        return name in self._creating or name in self._names
 
     def hold(self, name: str, image_id: str, volumes: tuple[str, ...]) -> None:
         self._creating[name] = _Hold(image_id, volumes)

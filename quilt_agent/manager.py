@@ -24,7 +24,7 @@ from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environmen
 from quilt_agent.logfollow import LogFollowers, parse_follow_options
 from quilt_agent.errors import (
     AccessDenied, AlreadyRunning, CommandNotExecutable, CommandNotFound, ContainerFailed, InvalidArgument, NameInUse,
-    NoSuchContainer, NoSuchVolume, NotRunning, NotSupported, QuiltError, TimedOut, VolumeInUse,
+    NoSuchContainer, NoSuchVolume, NotRunning, NotSupported, QuiltError, ResourceExhausted, TimedOut, VolumeInUse,
 )
 from quilt_agent.helper import protocol
 from quilt_agent.helper.monitor import start_time
@@ -454,6 +454,8 @@ class Manager:
             c = await self._set(c.with_(state=State.FAILED, failure_reason=reply.reason, exit_code=reply.exit_code))
             await self._event("failed", c, "container %s failed to start: %s", c.name, reply.reason,
                               reason=reply.reason)
+            if reply.exhausted:
+                raise ResourceExhausted(f"Container '{c.name}' failed to start: {reply.reason}")
             failed = {127: CommandNotFound, 126: CommandNotExecutable}.get(reply.exit_code, ContainerFailed)
             raise failed(f"Container '{c.name}' failed to start: {reply.reason}")
         if c.monitor_pid:  # still running: its exit is not recorded yet
@@ -1141,7 +1143,12 @@ class Manager:
 
     def _init_ended(self, container_id: str) -> bool:
         rt = self._runtime.get(container_id)
-        return rt is None or rt.init_pidfd < 0 or bool(select.select([rt.init_pidfd], [], [], 0)[0])
+        if rt is None or rt.init_pidfd < 0:
+            return True
+        # poll, not select: a host with hundreds of containers gives the agent fds beyond select()'s 1024.
+        poller = select.poll()
+        poller.register(rt.init_pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     async def _unregister_machine(self, c: Container) -> None:
         if self._machines is None or not c.machine_name:

@@ -9,6 +9,7 @@ process in it, never ends the monitor before it has written the exit.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -91,7 +92,8 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
     if not told:
         if failure:
             code, _, reason = failure.partition(" ")
-            protocol.tell(agent, ExecFailed(reason=reason, exit_code=int(code)))
+            code, _, exhausted = code.partition("@")
+            protocol.tell(agent, ExecFailed(reason=reason, exit_code=int(code), exhausted=exhausted))
         else:
             protocol.tell(agent, Started())
     if not failure and spec.monitor:
@@ -201,8 +203,7 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
         if stdio:
             out, err = stdio[1], stdio[2]  # the caller's: this run's output is not in the journal
         else:
-            out = journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDOUT)
-            err = journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDERR)
+            out, err = _journal_streams(spec)
         setup_streams = steps.open_streams(spec.name, spec.unit) if spec.setup else None
         if spec.netns:
             # The namespace Quilt made for the container (its interfaces are being set up meanwhile; the agent
@@ -269,7 +270,7 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
             process.execute((INIT_TARGET, "--", process.find_program(spec.command[0], env), *spec.command[1:]), env)
         process.execute(spec.command, env)
     except SetupError as e:
-        _fail(err_write, e.exit_code, str(e))
+        _fail(err_write, e.exit_code, str(e), e.exhausted)
     except BaseException as e:  # noqa: BLE001 - whatever happened, the monitor must hear of it
         _fail(err_write, SETUP_FAILED, f"container setup failed: {e}")
 
@@ -293,8 +294,24 @@ def _setup(spec: LaunchSpec, streams: tuple[int, int], env: dict[str, str], go_r
     steps.run(streams, spec.setup, env, spec.setup_cached, snapshot if spec.setup_layer else None)
 
 
-def _fail(err_write: int, code: int, reason: str) -> None:
+def _journal_streams(spec: LaunchSpec) -> tuple[int, int]:
+    """The container's stdout and stderr: journald streams of its own."""
     try:
-        os.write(err_write, f"{code} {reason}".encode())
+        return (journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDOUT),
+                journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDERR))
+    except OSError as e:
+        if e.errno in (errno.EPIPE, errno.ECONNRESET):
+            # journald hangs up at once on a stream beyond its limit (STDOUT_STREAMS_MAX, 4096 in systemd 252,
+            # not configurable), saying "Too many stdout streams, refusing connection" in its own journal.
+            raise SetupError("journald refused the container's output stream: it takes at most 4096 at once, "
+                             "and each running container holds 2 (`journalctl -u systemd-journald` says so); "
+                             "stop or remove containers to start more", exhausted="journald-streams") from e
+        raise SetupError(f"cannot connect the container's output to journald: {e.strerror}") from e
+
+
+def _fail(err_write: int, code: int, reason: str, exhausted: str = "") -> None:
+    try:
+        # "CODE reason", or "CODE@LIMIT reason" when a limit of the host's ran out.
+        os.write(err_write, f"{code}@{exhausted} {reason}".encode() if exhausted else f"{code} {reason}".encode())
     finally:
         os._exit(code)

@@ -20,11 +20,14 @@ MAX_DB_BYTES = 4 << 20
 
 
 class SetupError(Exception):
-    """Something the container asked for cannot be done; exit_code follows the shell's habit."""
+    """Something the container asked for cannot be done; exit_code follows the shell's habit. exhausted: the
+    limit of the host's that ran out, when that is why, as one word ("" when not: it crosses the status pipe as
+    "CODE@LIMIT reason")."""
 
-    def __init__(self, reason: str, exit_code: int = 125) -> None:
+    def __init__(self, reason: str, exit_code: int = 125, exhausted: str = "") -> None:
         super().__init__(reason)
         self.exit_code = exit_code
+        self.exhausted = exhausted
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ class ExecFailed:
 
     reason: str
     exit_code: int
+    exhausted: str = ""  # the host's limit that ran out, when that is why (ResourceExhausted then)
 
 
 @dataclass(frozen=True)
