@@ -84,6 +84,7 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "health_retries": "u",
     "health_on_failure": "s",
     "sdnotify": "s",
+    "log_driver": "s",
     "unit": "s",
     "entrypoint": "as",
     "cap_add": "as",

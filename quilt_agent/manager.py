@@ -410,7 +410,7 @@ class Manager:
             seccomp=c.spec.seccomp != "unconfined",
             id_map=IdRange(c.id_first).id_map() if c.id_first >= 0 else "", id_first=c.id_first,
             init=str(self._paths.init) if c.spec.init else "", notify_dir=notify_dir,
-            capabilities=capability_mask(c.spec), monitor=str(self._paths.monitor),
+            capabilities=capability_mask(c.spec), monitor=str(self._paths.monitor), log_driver=c.spec.log_driver,
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()
@@ -1330,6 +1330,8 @@ class Manager:
         """setup: only the lines of the setup steps. dropped: with a line of stream "dropped" (its text the count)
         where journald reported dropping lines of the container's unit, among the lines it kept."""
         c = self._get(container_id)
+        if not setup:
+            self._check_logged(c)
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING and c.finished_at and rt.journal_synced != c.finished_at:
             # Its last lines may still be on their way into the journal: `quiltctl run` reads them right after.
@@ -1412,7 +1414,18 @@ class Manager:
 
     def follow_logs(self, container_id: str, options: dict[str, Any]) -> int:
         """Start following the container's log (logfollow.py); return the read end of the pipe (the caller's)."""
-        return self._log_followers.start(self._get(container_id), parse_follow_options(options))
+        c = self._get(container_id)
+        follow = parse_follow_options(options)
+        if not follow.setup:
+            self._check_logged(c)
+        return self._log_followers.start(c, follow)
+
+    @staticmethod
+    def _check_logged(c: Container) -> None:
+        if c.spec.log_driver == "none":
+            # As Podman's logs: no empty answer that could pass for a silent container.
+            raise NotSupported(f"Container '{c.name}' has the log driver none: nothing of its output is kept "
+                               "(its setup steps' lines are: logs --setup)")
 
     async def events(self, since_usec: int = 0, until_usec: int = 0) -> list[tuple[int, str, str, dict[str, Any]]]:
         """The stored lifecycle events (time, kind, container id, details), oldest first; until 0 = no end."""

@@ -37,6 +37,9 @@ RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")  # quilt_age
 # When a container is ready (Podman's --sdnotify): conmon, once it runs; container, once it sends READY=1 to its
 # NOTIFY_SOCKET (quilt_agent/notify.py); healthy, once its health check first passes.
 SDNOTIFY_MODES = ("conmon", "container", "healthy")
+# Where a container's output goes (Podman's --log-driver): journald, its two stdout streams (the default); none,
+# /dev/null: nothing is kept.
+LOG_DRIVERS = ("journald", "none")
 MAX_RESTARTS = 1_000_000
 MIN_MEMORY = 6 * 1024 * 1024  # as Docker and Podman: less cannot even start a shell
 MAX_LIMIT = 1 << 62
@@ -107,6 +110,7 @@ class ContainerSpec:
     health_retries: int = health.DEFAULT_RETRIES
     health_on_failure: str = "none"  # health.ACTIONS
     sdnotify: str = "conmon"  # SDNOTIFY_MODES
+    log_driver: str = "journald"  # LOG_DRIVERS
     # The service of the host's its processes run in instead of a scope of their own ("" = quilt-NAME.scope): a
     # unit generated from a container file (quilt_agent/generator.py), whose own settings stop and restart it.
     unit: str = ""
@@ -361,6 +365,13 @@ def _parse_sdnotify(value: Any) -> str:
     return value
 
 
+def _parse_log_driver(value: Any) -> str:
+    _expect("log_driver", value, str, "a string")
+    if value not in LOG_DRIVERS:
+        raise InvalidArgument(f"Invalid log_driver '{value}': choose among {', '.join(LOG_DRIVERS)}")
+    return value
+
+
 def _parse_unit(value: Any) -> str:
     _expect("unit", value, str, "a string")
     if not SERVICE_RE.fullmatch(value) or len(value) > 255:
@@ -472,6 +483,7 @@ OPTION_PARSERS = {
     "restart_max": ("restart_max", _parse_restart_max),
     **health.CONTAINER_OPTIONS,  # health_cmd, health_interval, ...
     "sdnotify": ("sdnotify", _parse_sdnotify),
+    "log_driver": ("log_driver", _parse_log_driver),
     "unit": ("unit", _parse_unit),
     "cap_add": ("cap_add", lambda v: capabilities.normalise("cap_add", v)),
     "cap_drop": ("cap_drop", lambda v: capabilities.normalise("cap_drop", v)),

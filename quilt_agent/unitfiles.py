@@ -592,7 +592,7 @@ _QUADLET_ONLY = {
         "ExposeHostPort",
         "GIDMap", "GlobalArgs", "GroupAdd", "HealthLogDestination", "HealthMaxLogCount", "HealthMaxLogSize",
         "HealthStartupCmd", "HealthStartupInterval", "HealthStartupRetries", "HealthStartupSuccess",
-        "HealthStartupTimeout", "IP6", "LogDriver", "LogOpt", "Mask", "Mount", "NoNewPrivileges", "Pod",
+        "HealthStartupTimeout", "IP6", "LogOpt", "Mask", "Mount", "NoNewPrivileges", "Pod",
         "PodmanArgs", "Pull", "ReadOnlyTmpfs", "ReloadCmd", "ReloadSignal", "RemapGid", "RemapUid", "RemapUidSize",
         "RemapUsers", "Retry", "RetryDelay", "Rootfs", "Secret", "SecurityLabelDisable", "SecurityLabelFileType",
         "SecurityLabelLevel", "SecurityLabelNested", "SecurityLabelType", "ServiceName", "ShmSize", "StartWithPod",
@@ -613,7 +613,7 @@ _CONTAINER_KEYS = frozenset({
     "NetworkAlias", "IP", "HostName", "User", "Group", "WorkingDir", "ReadOnly", "Tmpfs", "Label", "HealthCmd",
     "HealthInterval", "HealthTimeout", "HealthRetries", "HealthStartPeriod", "HealthOnFailure", "Notify", "RunInit",
     "UserNS", "StopTimeout", "StopSignal", "PidsLimit", "Memory", "CPUQuota", "Setup", "SeccompProfile",
-    "AddHost", "DNS", "DNSSearch", "DNSOption", "AddCapability", "DropCapability", "Entrypoint",
+    "AddHost", "DNS", "DNSSearch", "DNSOption", "AddCapability", "DropCapability", "Entrypoint", "LogDriver",
 })
 _NETWORK_KEYS = frozenset({"NetworkName", "Subnet", "Gateway", "Internal", "DNS", "DisableDNS"})
 _VOLUME_KEYS = frozenset({"VolumeName", "Label"})
@@ -858,6 +858,7 @@ def parse_container(parsed: ParsedFile, names: Mapping[str, str] | None = None) 
         ("HealthStartPeriod", "health_start_period", _timespan),
         ("HealthRetries", "health_retries", _count),
         ("HealthOnFailure", "health_on_failure", str),
+        ("LogDriver", "log_driver", _choice(model.LOG_DRIVERS, "a log driver")),
         ("StopTimeout", "stop_timeout", _whole_seconds),
     ):
         found = r.value(key, convert)
@@ -1284,6 +1285,8 @@ def container_file_text(props: Mapping[str, Any], environment: Sequence[str] = (
             container.append(("HealthRetries", str(int(props["HealthRetries"]))))
         if props.get("HealthOnFailure") and props["HealthOnFailure"] != "none":
             container.append(("HealthOnFailure", str(props["HealthOnFailure"])))
+    if props.get("LogDriver") and props["LogDriver"] != "journald":
+        container.append(("LogDriver", str(props["LogDriver"])))
     notify = {"container": "true", "healthy": "healthy"}.get(str(props.get("SdNotify") or ""))
     if notify:
         container.append(("Notify", notify))

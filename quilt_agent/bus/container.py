@@ -99,6 +99,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("Tmpfs", "as", lambda c: list(c.spec.tmpfs)),
     Property("ReadOnly", "b", lambda c: c.spec.read_only),
     Property("SdNotify", "s", lambda c: c.spec.sdnotify),
+    Property("LogDriver", "s", lambda c: c.spec.log_driver),
     Property("Machine", "o", lambda c: c.machine or "/"),
     Property("MachineName", "s", lambda c: c.machine_name),
     Property("Ready", "b", lambda c: c.ready),

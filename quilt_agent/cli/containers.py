@@ -132,6 +132,8 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--sdnotify", default=None, metavar="MODE",
                      help="When it is ready: conmon (default, once it runs), container (once it sends READY=1 to "
                           "its NOTIFY_SOCKET) or healthy (once its health check passes). run -d waits for it."),
+        click.option("--log-driver", default=None, metavar="DRIVER",
+                     help="Where its output goes: journald (default) or none (nothing is kept)."),
         click.option("--image-path", "--image", "image_path", default=None, hidden=True),
         click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="IMAGE [--] [COMMAND [ARG...]]"),
     ]

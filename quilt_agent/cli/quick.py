@@ -213,6 +213,7 @@ VERBS: dict[str, Verb] = {
         Option(["--health-on-failure"], "health_on_failure", TEXT),
         Option(["--no-healthcheck"], "no_healthcheck", FLAG),
         Option(["--sdnotify"], "sdnotify", TEXT),
+        Option(["--log-driver"], "log_driver", TEXT),
         Option(["--image-path", "--image"], "image_path", TEXT),
     ], [Argument("args", -1, required=False)], "running.run", interspersed=False),
 }

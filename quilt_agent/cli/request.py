@@ -125,6 +125,8 @@ def build_request(params: dict[str, Any], cwd: str) -> ContainerRequest:
     options.update(_health_options(params))
     if params.get("sdnotify") is not None:
         options["sdnotify"] = params["sdnotify"]  # the agent checks the mode's name
+    if params.get("log_driver") is not None:
+        options["log_driver"] = params["log_driver"]  # and the driver's
 
     return ContainerRequest(name=params["name"] or "", image=resolve_image(image, cwd), command=args, options=options)
 

@@ -104,7 +104,9 @@ def run_request(ctx: click.Context | None, request: ContainerRequest, detach: bo
             except (asyncio.TimeoutError, ClientError, OSError):
                 live.cancel()
         try:
-            if request.options.get("setup"):
+            if request.options.get("log_driver") == "none":
+                pass  # nothing was kept to print, as with Podman's
+            elif request.options.get("setup"):
                 await session.call(lambda: _print_logs_after_setup(client, path, shown=live is not None))
             else:
                 output.print_logs(await session.call(lambda: client.get_logs(path, {"dropped": True})))

@@ -202,6 +202,8 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
             os.close(null)
         if stdio:
             out, err = stdio[1], stdio[2]  # the caller's: this run's output is not in the journal
+        elif spec.log_driver == "none":
+            out = err = os.open("/dev/null", os.O_WRONLY)
         else:
             out, err = _journal_streams(spec)
         setup_streams = steps.open_streams(spec.name, spec.unit) if spec.setup else None

@@ -71,6 +71,7 @@ class LaunchSpec:
     # The program the monitor execs once the command runs, to wait for it and record its end at a tenth of a
     # Python process's memory (monitor/quilt-monitor.c); "" = the monitor waits itself.
     monitor: str = ""
+    log_driver: str = "journald"  # model.LOG_DRIVERS: "none" gives the command /dev/null for its output
 
 
 INIT_TARGET = "/dev/init"  # in the container's own /dev: never a file of its image or its layer

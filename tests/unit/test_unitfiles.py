@@ -381,6 +381,7 @@ BAD_CONTAINER_LINES = [
     ("CPUQuota=-5%", "CPUQuota", "must be above 0"),
     ("Setup=frobnicate: x", "Setup", "frobnicate"),
     ("SeccompProfile=/etc/profile.json", "SeccompProfile", "Quilt takes default, unconfined"),
+    ("LogDriver=k8s-file", "LogDriver", "Quilt takes journald, none"),
     ("EnvironmentFile=-", "EnvironmentFile", "no path"),
     ("Network=none\nPublishPort=80:80", "PublishPort", "needs a network"),
 ]
