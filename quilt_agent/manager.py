@@ -180,6 +180,7 @@ class Manager:
         self._drop_watch: DropSource | None = None
         self._drops_seen: set[tuple[str, int]] = set()  # (unit, usec) of the reports counted
         self._noting: set[asyncio.Task[None]] = set()
+        self._drop_looking = False  # a worker thread reads _drop_watch: it is closed only after
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -1364,26 +1365,40 @@ class Manager:
             self._loop.add_reader(watch.fileno(), self._drops_reported)
 
     def unwatch_log_drops(self) -> None:
-        if self._drop_watch is not None:
-            self._loop.remove_reader(self._drop_watch.fileno())
-            self._drop_watch.close()
-            self._drop_watch = None
+        watch, self._drop_watch = self._drop_watch, None
+        if watch is None:
+            return
+        self._loop.remove_reader(watch.fileno())
+        if not self._drop_looking:
+            watch.close()
+        # else the look under way in a worker thread still reads it: it is closed when that look ends
 
     def _drops_reported(self) -> None:
         watch = self._drop_watch
         assert watch is not None
-        # The fd turns readable at every line any unit logs: looked at a few times a second at most.
+        # The fd turns readable at every line any unit logs: looked at a few times a second at most, one look at a
+        # time, and in a worker thread (reading the journal may wait on its files).
         self._loop.remove_reader(watch.fileno())
-        self._loop.call_later(DROP_WATCH_PAUSE, self._rewatch_drops, watch)
+        self._drop_looking = True
+        task = self._loop.create_task(self._look_for_drops(watch))
+        self._noting.add(task)
+        task.add_done_callback(self._noting.discard)
+
+    async def _look_for_drops(self, watch: DropSource) -> None:
         try:
-            drops = watch.new()
+            drops = await asyncio.to_thread(watch.new)
         except OSError:
             log.exception("reading journald's reports of dropped lines")
-            return
+            drops = []
+        finally:
+            self._drop_looking = False
+            if watch is self._drop_watch:
+                self._loop.call_later(DROP_WATCH_PAUSE, self._rewatch_drops, watch)
+            else:  # unwatched while it was read
+                watch.close()
+                drops = []
         for drop in drops:
-            task = self._loop.create_task(self._note_drop(drop, tell=True))
-            self._noting.add(task)
-            task.add_done_callback(self._noting.discard)
+            await self._note_drop(drop, tell=True)
 
     async def _note_drop(self, drop: journal.Drop, tell: bool) -> None:
         if (drop.unit, drop.usec) in self._drops_seen:

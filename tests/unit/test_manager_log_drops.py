@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 
 from quilt_agent.journal import Drop
 from quilt_agent.model import now_usec
@@ -88,3 +89,39 @@ async def test_a_report_of_no_containers_unit_changes_nothing(core: Core) -> Non
         assert [e.kind for e in core.recorder.events if e.kind == "logs_dropped"] == ["logs_dropped"]
     finally:
         core.manager.unwatch_log_drops()
+
+
+class SlowReports(Reports):
+    """Reports whose reading waits until the test lets it go: the journal read in a worker thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = threading.Event()
+        self.go = threading.Event()
+
+    def new(self) -> list[Drop]:
+        self.reading.set()
+        self.go.wait(5)
+        assert not self.closed, "read after close"
+        return super().new()
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+async def test_the_watch_is_closed_only_after_a_look_under_way_ends(core: Core) -> None:
+    c = await create(core, ["true"], "web")
+    reports = SlowReports()
+    await core.manager.watch_log_drops(reports, lambda: [])
+    reports.add(Drop(now_usec(), c.unit, 9))
+    assert await asyncio.to_thread(reports.reading.wait, 5)
+    core.manager.unwatch_log_drops()  # while the worker thread reads
+    assert not reports.closed
+    reports.go.set()
+    for _ in range(100):
+        if reports.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert reports.closed
+    assert core.manager.get(c.id).logs_dropped == 0  # what was read after the unwatch is not counted
