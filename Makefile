@@ -42,9 +42,9 @@ setup: $(VENV)/.installed $(MONITOR)
 # What each container's monitor becomes once the container runs (monitor/quilt-monitor.c), built as the package
 # builds it (Debian's hardening flags) for the test host's checkout install (install-data).
 MONITOR := build/quilt-monitor
-$(MONITOR): monitor/quilt-monitor.c .apt-checked
+$(MONITOR): monitor/quilt-monitor.c monitor/logfile.c monitor/logfile.h .apt-checked
 	@mkdir -p build
-	@gcc $$(dpkg-buildflags --get CPPFLAGS) $$(dpkg-buildflags --get CFLAGS) -Wall -Wextra -Werror -o $@ $< \
+	@gcc $$(dpkg-buildflags --get CPPFLAGS) $$(dpkg-buildflags --get CFLAGS) -Wall -Wextra -Werror -o $@ monitor/quilt-monitor.c monitor/logfile.c \
 		$$(dpkg-buildflags --get LDFLAGS)
 
 .apt-checked: Makefile

@@ -868,7 +868,9 @@ class Bench:
                    "space) applies per unit; the second set ran with RateLimitIntervalSec=0")
         rounds = max(1, min(2, round(2 * self.args.scale)))
         for _ in range(rounds):
-            self._logs_quilt(wl, "")
+            self._logs_quilt(wl, "journald", "")
+            self._logs_quilt(wl, "k8s-file", "")
+            self._logs_quilt(wl, "journald+file", "")
             self._logs_podman(wl, "journald", "")
             self._logs_podman(wl, "k8s-file", "")
         if not self.s.in_testhost:
@@ -879,7 +881,7 @@ class Bench:
         try:
             sh(["systemctl", "restart", "systemd-journald"])
             for _ in range(rounds):
-                self._logs_quilt(wl, ", no rate limit")
+                self._logs_quilt(wl, "journald", ", no rate limit")
                 self._logs_podman(wl, "journald", ", no rate limit")
         finally:
             conf.unlink()
@@ -914,13 +916,15 @@ class Bench:
         series.extra.setdefault("exit_after_s", []).append(exited - started)
         series.extra.setdefault("one_read_s", []).append(reads[-1])
 
-    def _logs_quilt(self, wl: Workload, variant: str) -> None:
+    def _logs_quilt(self, wl: Workload, driver: str, variant: str) -> None:
         name = self.uid("bl")
         started = time.perf_counter()
         path = self.q(self.client.run_container(name, self.s.quilt_image, ["/bin/seq", "1", str(LOG_LINES)],
-                                                self.s.quilt_opts))
+                                                {**self.s.quilt_opts, "log_driver": driver}))
         self.q(self.client.wait(path))
         exited = time.perf_counter()
+        # The journald rows keep their names of earlier runs, for comparison.
+        variant = variant if driver == "journald" else f" ({driver}){variant}"
         self._poll_logs(wl, f"{QUILT} GetLogs{variant}", started, exited,
                         lambda: [line.text for line in self.q(self.client.get_logs(path, {}))])
         # The CLI reads the same journal; it starts now that every line Quilt will ever have is there.

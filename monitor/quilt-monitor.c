@@ -16,11 +16,18 @@
  *   - reap it, and write its end to the exit file as JSON (to a temporary file, then renamed: the agent never
  *     reads half of it). The agent reads it when this process ends (its pidfd).
  *
+ * With the log drivers k8s-file and journald+file it also holds the container's output, as conmon does: it reads the
+ * container's stdout and stderr pipes and writes their lines to the container's log file (logfile.c), and on to
+ * journald streams with journald+file. After the init's end it reads what the pipes still hold, then records it.
+ *
  * Usage:
- *   quilt-monitor NAME INIT_PID EXIT_FILE COUNTER_FD EVENT_FD EVENTS
+ *   quilt-monitor NAME INIT_PID EXIT_FILE COUNTER_FD EVENT_FD EVENTS [DIR_FD MAX_SIZE MAX_FILES OUT_FD ERR_FD
+ *                 FORWARD_OUT_FD FORWARD_ERR_FD]
  * NAME: the container's; ps and top show "quilt-mon NAME", as they did before the exec.
  * COUNTER_FD: the open memory.events (v2) or memory.oom_control (v1), or -1; EVENT_FD: what to poll for OOM
  * kills (COUNTER_FD itself on v2, the eventfd on v1), or -1; EVENTS: "pri" (v2) or "in" (v1), or "-".
+ * DIR_FD: the container's directory, where ctr.log goes; MAX_SIZE (bytes, 0: no rotation) and MAX_FILES: its
+ * rotation; OUT_FD, ERR_FD: the read ends of the container's pipes; FORWARD_*: journald streams, or -1.
  * Exit status 0 once the exit file is written; 1 (and a line on stderr, the agent's journal) when it could not be.
  */
 #define _GNU_SOURCE
@@ -38,6 +45,10 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "logfile.h"
+
+#define DRAIN_READS 256 /* of up to 64 KiB each */
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -102,14 +113,17 @@ static bool oom_fired(struct oom_watch *w)
 	return true;
 }
 
-/* Wait for the init's end, watching for OOM kills meanwhile; its wait status. */
-static int wait_init(pid_t pid, struct oom_watch *w)
+/* Wait for the init's end, watching for OOM kills and relaying its output meanwhile; its wait status. */
+static int wait_init(pid_t pid, struct oom_watch *w, struct log_file *log, struct log_stream *streams)
 {
 	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-	struct pollfd fds[2] = {{.fd = pidfd, .events = POLLIN}, {.fd = w->event, .events = w->events}};
+	struct pollfd fds[4] = {{.fd = pidfd, .events = POLLIN},
+				{.fd = w->event, .events = w->events},
+				{.fd = streams[0].in, .events = POLLIN},
+				{.fd = streams[1].in, .events = POLLIN}};
 	if (pidfd >= 0) {
 		for (;;) {
-			int n = poll(fds, w->event >= 0 ? 2 : 1, -1);
+			int n = poll(fds, 4, -1);
 			if (n < 0) {
 				if (errno == EINTR)
 					continue;
@@ -122,8 +136,28 @@ static int wait_init(pid_t pid, struct oom_watch *w)
 				w->event = -1;
 				fds[1].fd = -1;
 			}
+			for (int i = 0; i < 2; i++) {
+				if (fds[2 + i].revents && log_relay(log, &streams[i]) == 0) {
+					close(streams[i].in);
+					streams[i].in = fds[2 + i].fd = -1;
+				}
+			}
 		}
 		close(pidfd);
+	}
+	/* What the container wrote before its end, and its last unfinished line; not what a process it left behind
+	 * (without a pid namespace) may go on writing: at most DRAIN_READS reads more. */
+	for (int i = 0; i < 2; i++) {
+		if (streams[i].in < 0)
+			continue;
+		fcntl(streams[i].in, F_SETFL, fcntl(streams[i].in, F_GETFL) | O_NONBLOCK);
+		long n = 1;
+		for (int reads = 0; n > 0 && reads < DRAIN_READS; reads++)
+			n = log_relay(log, &streams[i]);
+		if (n != 0)
+			log_flush(log, &streams[i]);
+		close(streams[i].in);
+		streams[i].in = -1;
 	}
 	int status;
 	while (waitpid(pid, &status, 0) < 0) {
@@ -198,16 +232,30 @@ static void set_title(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-	long pid, counter, event;
-	if (argc != 7 || !parse_int(argv[2], 1, INT_MAX, &pid) || !parse_int(argv[4], -1, INT_MAX, &counter) ||
-	    !parse_int(argv[5], -1, INT_MAX, &event)) {
-		dprintf(2, "usage: quilt-monitor NAME INIT_PID EXIT_FILE COUNTER_FD EVENT_FD pri|in|-\n");
+	long pid, counter, event, dir, max_size = 0, max_files = 1, out = -1, err = -1, fwd_out = -1, fwd_err = -1;
+	bool logged = argc == 14;
+	if ((argc != 7 && !logged) || !parse_int(argv[2], 1, INT_MAX, &pid) ||
+	    !parse_int(argv[4], -1, INT_MAX, &counter) || !parse_int(argv[5], -1, INT_MAX, &event) ||
+	    (logged && (!parse_int(argv[7], 0, INT_MAX, &dir) || !parse_int(argv[8], 0, LONG_MAX, &max_size) ||
+			!parse_int(argv[9], 1, 1000, &max_files) || !parse_int(argv[10], 0, INT_MAX, &out) ||
+			!parse_int(argv[11], 0, INT_MAX, &err) || !parse_int(argv[12], -1, INT_MAX, &fwd_out) ||
+			!parse_int(argv[13], -1, INT_MAX, &fwd_err)))) {
+		dprintf(2, "usage: quilt-monitor NAME INIT_PID EXIT_FILE COUNTER_FD EVENT_FD pri|in|- "
+			   "[DIR_FD MAX_SIZE MAX_FILES OUT_FD ERR_FD FORWARD_OUT_FD FORWARD_ERR_FD]\n");
 		return 2;
 	}
 	struct oom_watch watch = {.counter = (int)counter, .event = (int)event, .killed = false};
 	watch.events = strcmp(argv[6], "pri") == 0 ? POLLPRI : strcmp(argv[6], "in") == 0 ? POLLIN : 0;
 	if (watch.counter < 0 || watch.events == 0)
 		watch.event = -1;
+	static struct log_stream streams[2];
+	streams[0] = (struct log_stream){.name = "stdout", .in = (int)out, .forward = (int)fwd_out};
+	streams[1] = (struct log_stream){.name = "stderr", .in = (int)err, .forward = (int)fwd_err};
+	struct log_file log = {.fd = -1};
+	if (logged) {
+		log_open(&log, (int)dir, max_size, (int)max_files);
+		log.credit = (int)pid;
+	}
 	char *exit_file = strdup(argv[3]); /* the title below overwrites the arguments */
 	if (!exit_file) {
 		say("strdup");
@@ -215,7 +263,7 @@ int main(int argc, char **argv)
 	}
 	set_title(argc, argv);
 
-	int status = wait_init((pid_t)pid, &watch);
+	int status = wait_init((pid_t)pid, &watch, &log, streams);
 	if (watch.counter >= 0) {
 		long count = oom_count(watch.counter); /* a last count, if the cgroup is still there */
 		watch.killed = watch.killed || count > 0;

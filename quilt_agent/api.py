@@ -85,6 +85,8 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "health_on_failure": "s",
     "sdnotify": "s",
     "log_driver": "s",
+    "log_max_size": "t",
+    "log_max_files": "u",
     "unit": "s",
     "entrypoint": "as",
     "cap_add": "as",

@@ -5,6 +5,7 @@ in the data path and `journalctl -u quilt-NAME.scope` shows every line.
 """
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections import deque
@@ -26,7 +27,23 @@ def open_stream(identifier: str, unit: str, priority: int) -> int:
     lines of a process that has already exited (a container that prints and
     exits at once), so every line still lands under the scope.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd = stream_socket()
+    try:
+        connect_stream(fd, identifier, unit, priority)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def stream_socket() -> int:
+    """A socket for connect_stream. journald takes the unit of a stream's lines from the process that connected it:
+    made by a container's monitor, which writes to it, and connected by the container's init."""
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC).detach()
+
+
+def connect_stream(fd: int, identifier: str, unit: str, priority: int) -> None:
+    sock = socket.socket(fileno=fd)
     try:
         sock.connect(JOURNAL_STDOUT)
         sock.shutdown(socket.SHUT_RD)
@@ -36,9 +53,8 @@ def open_stream(identifier: str, unit: str, priority: int) -> int:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER)
         # identifier, unit_id, priority, level_prefix, forward to syslog, kmsg, console
         sock.sendall(f"{identifier}\n{unit}\n{priority}\n0\n0\n0\n0\n".encode())
-        return sock.detach()
     finally:
-        sock.close()
+        sock.detach()
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from quilt_agent.errors import InvalidArgument
-from quilt_agent.journal import PRIORITY_STDERR
+from quilt_agent import logfile
+from quilt_agent.journal import DROPPED, PRIORITY_STDERR, PRIORITY_STDOUT
 from quilt_agent.journal import synchronize as journal_synchronize
 from quilt_agent.journal import match as journal_match
 from quilt_agent.model import Container, State
@@ -37,6 +38,7 @@ from quilt_agent.setup import identifier as setup_identifier
 log = logging.getLogger("quilt.logs")
 
 POLL_MS = 1000  # a safety net: journal and wake-up fds are what end a wait
+FILE_POLL_MS = 100  # how often a log file is looked at: the latency of a followed line
 MAX_FOLLOWERS = 256  # threads at once, over all containers
 WRITE_BATCH = 1000  # lines per write: a backlog of a million lines is never held at once
 FINISHED = (State.EXITED, State.FAILED, State.REMOVING)
@@ -86,8 +88,10 @@ def parse_follow_options(options: dict[str, Any]) -> FollowOptions:
 
 
 class _Follower(threading.Thread):
-    def __init__(self, container: Container, options: FollowOptions, write_fd: int, done: Any) -> None:
+    def __init__(self, container: Container, options: FollowOptions, write_fd: int, done: Any,
+                 log_dir: str = "") -> None:
         super().__init__(name=f"follow {container.name}", daemon=True)
+        self._log_dir = log_dir
         self.container_id = container.id
         self._unit = container.unit
         self._identifier = setup_identifier(container.name) if options.setup else ""
@@ -108,6 +112,9 @@ class _Follower(threading.Thread):
             pass
 
     def run(self) -> None:
+        if self._log_dir:
+            self._run_file()
+            return
         from systemd import journal  # as in journal.py: imported where needed, never in the fork server
 
         reader = None
@@ -143,6 +150,51 @@ class _Follower(threading.Thread):
             for fd in (self._fd, self._wake_read, self._wake_write):
                 os.close(fd)
             self._done(self)
+
+    def _run_file(self) -> None:
+        """The same follow over the container's log file (the file log drivers): its cursors are the file's
+        (logfile.Record.cursor), and it is looked at every FILE_POLL_MS, the monitor telling nobody of a write."""
+        tail = None
+        try:
+            tail = logfile.Tail(self._log_dir)
+            after = self._options.after_cursor
+            if after and not tail.seek_cursor(after):
+                log.warning("the log file a follow of %s resumes in has been rotated away: from the oldest kept",
+                            self._unit)
+            backlog: deque[dict[str, Any]] | list[dict[str, Any]] = (
+                deque(maxlen=self._options.lines) if self._options.lines and not after else [])
+            backlog.extend(_entries(tail.records()))
+            if not self._send(backlog) or not self._options.follow:
+                self._end_marker()
+                return
+            while True:
+                until = self._options.until
+                timeout = FILE_POLL_MS if not until else max(
+                    0, min(FILE_POLL_MS, (until - time.time_ns() // 1000) // 1000))
+                ended = self._ended.is_set()  # before the read: what the monitor wrote before the end is in it
+                if any(fd == self._fd for fd, _ in self._poller().poll(timeout)):
+                    return  # the reader went away
+                if not self._send(_entries(tail.records())):
+                    break
+                if ended or (until and time.time_ns() // 1000 > until):
+                    break
+            self._end_marker()
+        except BrokenPipeError:
+            pass
+        except Exception:  # noqa: BLE001 - a follower's failure ends its pipe, never the agent
+            log.exception("following the log file of %s failed", self._unit)
+        finally:
+            if tail is not None:
+                tail.close()
+            for fd in (self._fd, self._wake_read, self._wake_write):
+                os.close(fd)
+            self._done(self)
+
+    def _poller(self) -> select.poll:
+        poller = select.poll()
+        poller.register(self._wake_read, select.POLLIN)
+        poller.register(self._fd, 0)  # a pipe's writer gets POLLERR once its reader has closed
+        return poller
 
     def _end_marker(self) -> None:
         if self._options.end_marker:
@@ -200,6 +252,14 @@ class _Follower(threading.Thread):
             data = data[os.write(self._fd, data):]
 
 
+def _entries(records: Any) -> Any:
+    """Log file records as the journal's entries, which _send writes; not the "dropped" ones (GetLogs shows them)."""
+    for record in records:
+        if record.stream != DROPPED:
+            yield {"__REALTIME_TIMESTAMP": record.usec, "MESSAGE": record.text, "__CURSOR": record.cursor,
+                   "PRIORITY": PRIORITY_STDERR if record.stream == "stderr" else PRIORITY_STDOUT}
+
+
 class LogFollowers:
     """The followers of every container; a manager Listener, so that each ends with its container."""
 
@@ -207,13 +267,14 @@ class LogFollowers:
         self._followers: set[_Follower] = set()
         self._lock = threading.Lock()  # followers remove themselves from their own threads
 
-    def start(self, container: Container, options: FollowOptions) -> int:
-        """Start following; return the read end of the pipe (the caller's to close)."""
+    def start(self, container: Container, options: FollowOptions, log_dir: str = "") -> int:
+        """Start following (the log file in log_dir, if given, else the journal); return the read end of the pipe
+        (the caller's to close)."""
         with self._lock:
             if len(self._followers) >= MAX_FOLLOWERS:
                 raise InvalidArgument(f"Too many logs followed at once (at most {MAX_FOLLOWERS}): close some first")
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        follower = _Follower(container, options, write_fd, self._finished)
+        follower = _Follower(container, options, write_fd, self._finished, log_dir)
         if container.state in FINISHED or container.state is State.CREATED:
             # Nothing runs to follow: what is there, then the end (a created one may be started: not waited for).
             follower.end()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from quilt_agent import cgroups, copying, filetree, freezer, health, journal, pipes, restart, userdb
+from quilt_agent import cgroups, copying, filetree, freezer, health, journal, logfile, pipes, restart, userdb
 from quilt_agent import stdio as caller_stdio
 from quilt_agent.config import Paths
 from quilt_agent.containers import ContainerTable
@@ -37,8 +37,8 @@ from quilt_agent.network.core import Networks
 from quilt_agent.network.model import Network
 from quilt_agent.notify import CONTAINER_SOCKET, Notification, NotifySockets
 from quilt_agent.model import (
-    Container, ContainerSpec, ExitStatus, State, capability_mask, effective_hostname, generate_name, new_id, now_usec,
-    parse_options, validate_command, validate_name,
+    FILE_LOG_DRIVERS, Container, ContainerSpec, ExitStatus, State, capability_mask, effective_hostname, generate_name,
+    new_id, now_usec, parse_options, validate_command, validate_name,
 )
 from quilt_agent.scopes import ScopeLimits, ScopeManager
 from quilt_agent.setup import cache_key as setup_cache_key
@@ -412,6 +412,8 @@ class Manager:
             id_map=IdRange(c.id_first).id_map() if c.id_first >= 0 else "", id_first=c.id_first,
             init=str(self._paths.init) if c.spec.init else "", notify_dir=notify_dir,
             capabilities=capability_mask(c.spec), monitor=str(self._paths.monitor), log_driver=c.spec.log_driver,
+            log_dir=str(directory) if c.spec.log_driver in FILE_LOG_DRIVERS else "",
+            log_max_size=c.spec.log_max_size, log_max_files=c.spec.log_max_files,
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         t0 = time.perf_counter()
@@ -1333,6 +1335,10 @@ class Manager:
         c = self._get(container_id)
         if not setup:
             self._check_logged(c)
+            if c.spec.log_driver in FILE_LOG_DRIVERS:
+                # Complete once the container has ended: its monitor writes the last lines before recording the end.
+                return await asyncio.to_thread(logfile.read_lines, str(self._paths.container(c.id)), since_usec,
+                                               last, 0, dropped)
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING and c.finished_at and rt.journal_synced != c.finished_at:
             # Its last lines may still be on their way into the journal: `quiltctl run` reads them right after.
@@ -1433,7 +1439,9 @@ class Manager:
         follow = parse_follow_options(options)
         if not follow.setup:
             self._check_logged(c)
-        return self._log_followers.start(c, follow)
+        in_file = c.spec.log_driver in FILE_LOG_DRIVERS and not follow.setup
+        directory = str(self._paths.container(c.id)) if in_file else ""
+        return self._log_followers.start(c, follow, directory)
 
     @staticmethod
     def _check_logged(c: Container) -> None:

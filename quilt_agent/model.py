@@ -37,9 +37,18 @@ RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")  # quilt_age
 # When a container is ready (Podman's --sdnotify): conmon, once it runs; container, once it sends READY=1 to its
 # NOTIFY_SOCKET (quilt_agent/notify.py); healthy, once its health check first passes.
 SDNOTIFY_MODES = ("conmon", "container", "healthy")
-# Where a container's output goes (Podman's --log-driver): journald, its two stdout streams (the default); none,
-# /dev/null: nothing is kept.
-LOG_DRIVERS = ("journald", "none")
+# Where a container's output goes (Podman's log drivers): journald, its two stdout streams (the default); k8s-file,
+# the container's log file (quilt_agent/logfile.py), which its monitor writes, never rate-limited; journald+file,
+# both: the journal for journalctl, the file so that no line is lost when journald drops some; none, /dev/null:
+# nothing is kept. "file" is taken for k8s-file.
+LOG_DRIVERS = ("journald", "k8s-file", "journald+file", "none")
+FILE_LOG_DRIVERS = ("k8s-file", "journald+file")
+LOG_DRIVER_ALIASES = {"file": "k8s-file"}
+MIN_LOG_SIZE = 4096  # a rotation at every few lines is no log
+MAX_LOG_FILES = 100
+# journald+file keeps a bounded file unless told otherwise: its job is the lines journald drops, not an archive.
+BOUNDED_LOG_SIZE = 10 * 1024 * 1024
+BOUNDED_LOG_FILES = 2
 MAX_RESTARTS = 1_000_000
 MIN_MEMORY = 6 * 1024 * 1024  # as Docker and Podman: less cannot even start a shell
 MAX_LIMIT = 1 << 62
@@ -111,6 +120,10 @@ class ContainerSpec:
     health_on_failure: str = "none"  # health.ACTIONS
     sdnotify: str = "conmon"  # SDNOTIFY_MODES
     log_driver: str = "journald"  # LOG_DRIVERS
+    # The log file's rotation (FILE_LOG_DRIVERS): a new one once it reaches log_max_size bytes (0 = never), the
+    # newest log_max_files kept (1: the full file is emptied).
+    log_max_size: int = 0
+    log_max_files: int = 1
     # The service of the host's its processes run in instead of a scope of their own ("" = quilt-NAME.scope): a
     # unit generated from a container file (quilt_agent/generator.py), whose own settings stop and restart it.
     unit: str = ""
@@ -367,9 +380,39 @@ def _parse_sdnotify(value: Any) -> str:
 
 def _parse_log_driver(value: Any) -> str:
     _expect("log_driver", value, str, "a string")
+    value = LOG_DRIVER_ALIASES.get(value, value)
     if value not in LOG_DRIVERS:
         raise InvalidArgument(f"Invalid log_driver '{value}': choose among {', '.join(LOG_DRIVERS)}")
     return value
+
+
+def _parse_log_max_size(value: Any) -> int:
+    _expect("log_max_size", value, int, "an unsigned integer (bytes)")
+    if value < MIN_LOG_SIZE or value > MAX_LIMIT:
+        raise InvalidArgument(f"Invalid log_max_size {value} bytes: must be between {MIN_LOG_SIZE} and {MAX_LIMIT}")
+    return value
+
+
+def _parse_log_max_files(value: Any) -> int:
+    _expect("log_max_files", value, int, "an unsigned integer")
+    if value < 1 or value > MAX_LOG_FILES:
+        raise InvalidArgument(f"Invalid log_max_files {value}: must be between 1 and {MAX_LOG_FILES}")
+    return value
+
+
+def _settle_log_options(fields: dict[str, Any]) -> None:
+    driver = fields.get("log_driver", "journald")
+    if driver not in FILE_LOG_DRIVERS:
+        for key in ("log_max_size", "log_max_files"):
+            if key in fields:
+                raise InvalidArgument(f"Option '{key}' needs log_driver {' or '.join(FILE_LOG_DRIVERS)}, "
+                                      f"not '{driver}': only a log file is rotated")
+        return
+    if driver == "journald+file" and "log_max_size" not in fields:
+        fields["log_max_size"] = BOUNDED_LOG_SIZE
+        fields.setdefault("log_max_files", BOUNDED_LOG_FILES)
+    if fields.get("log_max_files", 1) > 1 and not fields.get("log_max_size"):
+        raise InvalidArgument("Option 'log_max_files' needs log_max_size: files are rotated by size")
 
 
 def _parse_unit(value: Any) -> str:
@@ -484,6 +527,8 @@ OPTION_PARSERS = {
     **health.CONTAINER_OPTIONS,  # health_cmd, health_interval, ...
     "sdnotify": ("sdnotify", _parse_sdnotify),
     "log_driver": ("log_driver", _parse_log_driver),
+    "log_max_size": ("log_max_size", _parse_log_max_size),
+    "log_max_files": ("log_max_files", _parse_log_max_files),
     "unit": ("unit", _parse_unit),
     "cap_add": ("cap_add", lambda v: capabilities.normalise("cap_add", v)),
     "cap_drop": ("cap_drop", lambda v: capabilities.normalise("cap_drop", v)),
@@ -521,6 +566,7 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
         raise InvalidArgument(f"Options 'remove_on_exit' and restart_policy '{policy}' contradict each other: a "
                               "container removed at its exit cannot be restarted")
     capabilities.check(fields.get("cap_add", ()), fields.get("cap_drop", ()))
+    _settle_log_options(fields)
     health.settle(fields)
     network_options.settle(fields, fields.get("namespaces", NAMESPACES))
     volume_options.check_mount_targets(fields.get("volumes", ()), fields.get("tmpfs", ()))

@@ -585,6 +585,22 @@ def _choice(choices: Sequence[str], what: str) -> Callable[[str], str]:
     return parse
 
 
+# LogOpt='s keys, as Podman's --log-opt: the log file's rotation.
+_LOG_OPTS = {"max-size": ("log_max_size", parse_size), "max-files": ("log_max_files", _count),
+             "max-file": ("log_max_files", _count)}
+
+
+def _log_opt(r: _Reader, entry: Entry) -> tuple[str, int]:
+    key, sep, value = entry.value.partition("=")
+    if not sep or key not in _LOG_OPTS:
+        raise r.fail(entry, f"'{entry.value}' is not a log option: Quilt takes max-size=SIZE and max-files=N")
+    option, convert = _LOG_OPTS[key]
+    try:
+        return option, convert(value)
+    except (ValueError, _Bad) as e:
+        raise r.fail(entry, str(e)) from None
+
+
 # Podman's keys that Quilt has no equivalent of: named, so that a file written for Quadlet says what to change.
 _QUADLET_ONLY = {
     "Container": frozenset({
@@ -592,7 +608,7 @@ _QUADLET_ONLY = {
         "ExposeHostPort",
         "GIDMap", "GlobalArgs", "GroupAdd", "HealthLogDestination", "HealthMaxLogCount", "HealthMaxLogSize",
         "HealthStartupCmd", "HealthStartupInterval", "HealthStartupRetries", "HealthStartupSuccess",
-        "HealthStartupTimeout", "IP6", "LogOpt", "Mask", "Mount", "NoNewPrivileges", "Pod",
+        "HealthStartupTimeout", "IP6", "Mask", "Mount", "NoNewPrivileges", "Pod",
         "PodmanArgs", "Pull", "ReadOnlyTmpfs", "ReloadCmd", "ReloadSignal", "RemapGid", "RemapUid", "RemapUidSize",
         "RemapUsers", "Retry", "RetryDelay", "Rootfs", "Secret", "SecurityLabelDisable", "SecurityLabelFileType",
         "SecurityLabelLevel", "SecurityLabelNested", "SecurityLabelType", "ServiceName", "ShmSize", "StartWithPod",
@@ -614,6 +630,7 @@ _CONTAINER_KEYS = frozenset({
     "HealthInterval", "HealthTimeout", "HealthRetries", "HealthStartPeriod", "HealthOnFailure", "Notify", "RunInit",
     "UserNS", "StopTimeout", "StopSignal", "PidsLimit", "Memory", "CPUQuota", "Setup", "SeccompProfile",
     "AddHost", "DNS", "DNSSearch", "DNSOption", "AddCapability", "DropCapability", "Entrypoint", "LogDriver",
+    "LogOpt",
 })
 _NETWORK_KEYS = frozenset({"NetworkName", "Subnet", "Gateway", "Internal", "DNS", "DisableDNS"})
 _VOLUME_KEYS = frozenset({"VolumeName", "Label"})
@@ -793,6 +810,11 @@ def parse_container(parsed: ParsedFile, names: Mapping[str, str] | None = None) 
         lines["labels"] = entry
     if labels:
         options["labels"] = labels
+
+    for entry in r.all("LogOpt"):
+        option, value = _log_opt(r, entry)
+        _check_option(r, option, value, entry)
+        put(option, value, entry)
 
     _gather(r, "ports", [(entry, entry.value) for entry in r.all("PublishPort")], lines, options)
 
@@ -1287,6 +1309,10 @@ def container_file_text(props: Mapping[str, Any], environment: Sequence[str] = (
             container.append(("HealthOnFailure", str(props["HealthOnFailure"])))
     if props.get("LogDriver") and props["LogDriver"] != "journald":
         container.append(("LogDriver", str(props["LogDriver"])))
+    if int(props.get("LogMaxSize") or 0):
+        container.append(("LogOpt", f"max-size={_size_text(int(props['LogMaxSize']))}"))
+    if int(props.get("LogMaxFiles") or 1) > 1:
+        container.append(("LogOpt", f"max-files={int(props['LogMaxFiles'])}"))
     notify = {"container": "true", "healthy": "healthy"}.get(str(props.get("SdNotify") or ""))
     if notify:
         container.append(("Notify", notify))

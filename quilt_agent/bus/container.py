@@ -100,6 +100,8 @@ PROPERTIES: tuple[Property, ...] = (
     Property("ReadOnly", "b", lambda c: c.spec.read_only),
     Property("SdNotify", "s", lambda c: c.spec.sdnotify),
     Property("LogDriver", "s", lambda c: c.spec.log_driver),
+    Property("LogMaxSize", "t", lambda c: c.spec.log_max_size),
+    Property("LogMaxFiles", "u", lambda c: c.spec.log_max_files),
     Property("Machine", "o", lambda c: c.machine or "/"),
     Property("MachineName", "s", lambda c: c.machine_name),
     Property("Ready", "b", lambda c: c.ready),

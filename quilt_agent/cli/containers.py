@@ -133,7 +133,10 @@ def container_flags(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="When it is ready: conmon (default, once it runs), container (once it sends READY=1 to "
                           "its NOTIFY_SOCKET) or healthy (once its health check passes). run -d waits for it."),
         click.option("--log-driver", default=None, metavar="DRIVER",
-                     help="Where its output goes: journald (default) or none (nothing is kept)."),
+                     help="Where its output goes: journald (default), k8s-file (a log file, never rate-limited; "
+                          "'file' too), journald+file (both) or none (nothing is kept)."),
+        click.option("--log-opt", multiple=True, metavar="KEY=VALUE",
+                     help="The log file's rotation: max-size=SIZE (e.g. 10m), max-files=N (kept files)."),
         click.option("--image-path", "--image", "image_path", default=None, hidden=True),
         click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="IMAGE [--] [COMMAND [ARG...]]"),
     ]

@@ -214,6 +214,7 @@ VERBS: dict[str, Verb] = {
         Option(["--no-healthcheck"], "no_healthcheck", FLAG),
         Option(["--sdnotify"], "sdnotify", TEXT),
         Option(["--log-driver"], "log_driver", TEXT),
+        Option(["--log-opt"], "log_opt", TEXTS),
         Option(["--image-path", "--image"], "image_path", TEXT),
     ], [Argument("args", -1, required=False)], "running.run", interspersed=False),
 }

@@ -77,6 +77,27 @@ def environment(params: dict[str, Any]) -> list[str]:
     return [f"{key}={value}" for key, value in env.items() if value is not None]
 
 
+# Podman's --log-opt keys for the log file's rotation (k8s-file, journald+file); max-file is Docker's spelling.
+LOG_OPTS = {"max-size": "log_max_size", "max-files": "log_max_files", "max-file": "log_max_files"}
+
+
+def log_options(values: tuple[str, ...] | list[str] | None) -> dict[str, Any]:
+    """--log-opt KEY=VALUE, repeated: max-size=SIZE (10m, 1g; bytes without a unit), max-files=N."""
+    from quilt_agent.cli.parsing import parse_memory
+
+    out: dict[str, Any] = {}
+    for text in values or ():
+        key, sep, value = text.partition("=")
+        if not sep or key not in LOG_OPTS:
+            raise FlagError(f"'{text}': the known log options are max-size=SIZE and max-files=N", "--log-opt")
+        try:
+            out[LOG_OPTS[key]] = parse_memory(value) if key == "max-size" else int(value)
+        except ValueError:
+            raise FlagError(f"'{text}': {value!r} is not {'a size' if key == 'max-size' else 'a number'}",
+                            "--log-opt") from None
+    return out
+
+
 def options(params: dict[str, Any]) -> dict[str, Any]:
     """CreateContainer's options for these flags; .get: callers that build params by hand may leave them out."""
     out: dict[str, Any] = {}
@@ -91,4 +112,5 @@ def options(params: dict[str, Any]) -> dict[str, Any]:
         out["stop_signal"] = params["stop_signal"]
     if params.get("publish_all"):
         out["publish_all"] = True
+    out.update(log_options(params.get("log_opt")))  # the agent checks the values against the driver
     return out

@@ -57,11 +57,19 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
             userns_fd = userns.make(spec.id_map)
         except SetupError as e:
             userns_error = str(e)
+    output, output_error = None, ""
+    if spec.log_dir and not stdio:
+        try:
+            output = _Output.make(spec)
+        except SetupError as e:
+            output_error = str(e)
     namespaces.unshare_pid(spec.namespaces)
     init = process.fork_gated(agent, lambda go_read, err_write: _container_init(
-        spec, go_read, err_write, stdio, userns_fd, userns_error))
+        spec, go_read, err_write, stdio, userns_fd, userns_error, output, output_error))
     if userns_fd >= 0:
         os.close(userns_fd)  # the init's
+    if output:
+        output.close_init_ends()
     pid, go_write, err_read = init.pid, init.go_write, init.err_read
     for fd in stdio or ():
         os.close(fd)  # the init's alone: the caller sees the end of its pipes or terminal when the container ends
@@ -97,31 +105,90 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
         else:
             protocol.tell(agent, Started())
     if not failure and spec.monitor:
-        _hand_over(spec, pid, oom)  # returns only if the exec failed: then this process waits, as before
+        _hand_over(spec, pid, oom, output)  # returns only if the exec failed: then this process waits, as before
+    if output:
+        output.abandon()
     status = _wait(pid, oom)
     # A failure after the start was told (a setup step) makes the container failed, not merely exited.
     _record_exit(spec.exit_file, status, oom.finish(), failure.partition(" ")[2], failed=bool(failure) and told)
     return 0
 
 
-def _hand_over(spec: LaunchSpec, pid: int, oom: OomWatch) -> None:
+def _hand_over(spec: LaunchSpec, pid: int, oom: OomWatch, output: _Output | None) -> None:
     """Become quilt-monitor (monitor/quilt-monitor.c), which waits for the init and records its end as _wait and
     _record_exit do, for a tenth of this process's memory. The exec keeps what the agent knows this process by
     (its pid and start time), its scope, its ignored signals and its child. Only once the command runs: a failed
     start's reason, and the setup steps' work, are this module's."""
     watch = oom.handed_over()
+    relay = output.handed_over(spec) if output else []
+    kept = {*watch[:2], *relay[:1], *relay[3:]}
     # Nothing else crosses the exec (the agent's socket came without close-on-exec): marked, not closed, so that
     # this process still holds what it had should the exec fail.
     for fd in (int(name) for name in os.listdir("/proc/self/fd")):
-        if fd > 2 and str(fd) not in watch[:2]:
+        if fd > 2 and str(fd) not in kept:
             try:
                 os.set_inheritable(fd, False)
             except OSError:
                 pass  # the listing's own fd, closed already
     try:
-        os.execv(spec.monitor, ["quilt-mon", spec.name, str(pid), spec.exit_file, *watch])
+        os.execv(spec.monitor, ["quilt-mon", spec.name, str(pid), spec.exit_file, *watch, *relay])
     except OSError as e:
         sys.stderr.write(f"quilt-mon {spec.name}: cannot run {spec.monitor} ({e.strerror}): waiting in Python\n")
+
+
+class _Output:
+    """The container's stdout and stderr with the log drivers k8s-file and journald+file: pipes, whose read ends
+    quilt-monitor relays to the log file in the container's directory, and with journald+file the journald streams
+    it forwards them to. The init connects those (journald takes their unit from the process that connected them:
+    the container's), the monitor writes to them."""
+
+    def __init__(self, directory: int, out: tuple[int, int], err: tuple[int, int], forward: tuple[int, int]) -> None:
+        self.directory, self.out, self.err, self.forward = directory, out, err, forward
+
+    @classmethod
+    def make(cls, spec: LaunchSpec) -> _Output:
+        if not spec.monitor or not os.access(spec.monitor, os.X_OK):
+            # The Python monitor never reads the pipes: a container would stall once one is full.
+            raise SetupError(f"the log driver {spec.log_driver} needs quilt-monitor, and "
+                             f"{spec.monitor or 'none'} cannot be run: reinstall quilt-runtime")
+        made: list[int] = []
+        try:
+            made.append(os.open(spec.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
+            made.extend(os.pipe2(os.O_CLOEXEC))
+            made.extend(os.pipe2(os.O_CLOEXEC))
+            if spec.log_driver == "journald+file":
+                made.extend((journal.stream_socket(), journal.stream_socket()))
+            else:
+                made.extend((-1, -1))
+        except OSError as e:
+            for fd in made:
+                if fd >= 0:
+                    os.close(fd)
+            raise SetupError(f"cannot set up the container's log file: {e.strerror}",
+                             exhausted="open-files" if e.errno in (errno.EMFILE, errno.ENFILE) else "") from e
+        return cls(made[0], (made[1], made[2]), (made[3], made[4]), (made[5], made[6]))
+
+    def init_fds(self) -> tuple[int, ...]:
+        return (self.out[1], self.err[1], *(fd for fd in self.forward if fd >= 0))
+
+    def close_init_ends(self) -> None:
+        os.close(self.out[1])
+        os.close(self.err[1])
+
+    def handed_over(self, spec: LaunchSpec) -> list[str]:
+        """quilt-monitor's arguments for the log file, with their fds left open across its exec."""
+        fds = (self.directory, self.out[0], self.err[0], *(fd for fd in self.forward if fd >= 0))
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        return [str(self.directory), str(spec.log_max_size), str(spec.log_max_files), str(self.out[0]),
+                str(self.err[0]), str(self.forward[0]), str(self.forward[1])]
+
+    def abandon(self) -> None:
+        """quilt-monitor could not be run: the container's writes fail (EPIPE) rather than stall once a pipe is
+        full, and the journal says why (the hand-over's line)."""
+        for fd in (self.directory, self.out[0], self.err[0], *self.forward):
+            if fd >= 0:
+                os.close(fd)
 
 
 def _wait(pid: int, oom: OomWatch) -> int:
@@ -187,13 +254,14 @@ def _record_exit(exit_file: str, status: int, oom_killed: bool, reason: str, fai
 
 
 def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[int] | None = None,
-                    userns_fd: int = -1, userns_error: str = "") -> None:
+                    userns_fd: int = -1, userns_error: str = "", output: _Output | None = None,
+                    output_error: str = "") -> None:
     """The container's first process, until exec. Reports failure as 'CODE reason' on err_write."""
     try:
         # Not dumpable until its exec: the setup steps and execs run beside it in the container while it holds
         # its pipes to the monitor. And what it inherited goes: 0-2 were the agent's own journal stream.
         process.make_undumpable()
-        kept = (userns_fd,) if userns_fd >= 0 else ()
+        kept = ((userns_fd,) if userns_fd >= 0 else ()) + (output.init_fds() if output else ())
         process.close_fds_except((0, 1, 2, go_read, err_write, *(stdio or ()), *kept))
         null = os.open("/dev/null", os.O_RDWR)
         for fd in {0, 1, 2} - {null, *(stdio or ())}:
@@ -204,6 +272,12 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
             out, err = stdio[1], stdio[2]  # the caller's: this run's output is not in the journal
         elif spec.log_driver == "none":
             out = err = os.open("/dev/null", os.O_WRONLY)
+        elif output_error:
+            raise SetupError(output_error)
+        elif output:
+            if output.forward[0] >= 0:
+                _journal_streams(spec, output.forward)
+            out, err = output.out[1], output.err[1]
         else:
             out, err = _journal_streams(spec)
         setup_streams = steps.open_streams(spec.name, spec.unit) if spec.setup else None
@@ -296,9 +370,13 @@ def _setup(spec: LaunchSpec, streams: tuple[int, int], env: dict[str, str], go_r
     steps.run(streams, spec.setup, env, spec.setup_cached, snapshot if spec.setup_layer else None)
 
 
-def _journal_streams(spec: LaunchSpec) -> tuple[int, int]:
-    """The container's stdout and stderr: journald streams of its own."""
+def _journal_streams(spec: LaunchSpec, sockets: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The container's stdout and stderr: journald streams of its own (connecting the sockets if given)."""
     try:
+        if sockets:
+            journal.connect_stream(sockets[0], spec.name, spec.unit, journal.PRIORITY_STDOUT)
+            journal.connect_stream(sockets[1], spec.name, spec.unit, journal.PRIORITY_STDERR)
+            return sockets
         return (journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDOUT),
                 journal.open_stream(spec.name, spec.unit, journal.PRIORITY_STDERR))
     except OSError as e:

@@ -72,6 +72,11 @@ class LaunchSpec:
     # Python process's memory (monitor/quilt-monitor.c); "" = the monitor waits itself.
     monitor: str = ""
     log_driver: str = "journald"  # model.LOG_DRIVERS: "none" gives the command /dev/null for its output
+    # With k8s-file and journald+file: the directory of its log file (ctr.log, quilt_agent/logfile.py), which
+    # quilt-monitor writes from the pipes of its output, and the file's rotation.
+    log_dir: str = ""
+    log_max_size: int = 0
+    log_max_files: int = 1
 
 
 INIT_TARGET = "/dev/init"  # in the container's own /dev: never a file of its image or its layer

@@ -37,7 +37,8 @@ def every_field_spec(name: str) -> ContainerSpec:
         tmpfs=("/run:size=1m,mode=755",), read_only=True, anonymous_volumes=("quilt_anon1",),
         setup=("apk: add curl",), setup_cache=False, seccomp="unconfined", userns="host", init=True, restart_policy="on-failure", restart_max=4,
         health_cmd=("/bin/sh", "-c", "test -e /ok"), health_interval=0.5, health_timeout=2.0, health_start_period=7.0,
-        health_retries=5, health_on_failure="kill", sdnotify="container", log_driver="none", unit="web.service",
+        health_retries=5, health_on_failure="kill", sdnotify="container", log_driver="k8s-file", log_max_size=1 << 20, log_max_files=3,
+        unit="web.service",
         cap_add=("NET_RAW",), cap_drop=("MKNOD", "CHOWN"), add_hosts=("db:10.0.0.5",), dns_servers=("1.1.1.1",),
         dns_search=("example.com",), dns_options=("ndots:2",),
     )

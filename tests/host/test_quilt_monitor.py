@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from quilt_agent.logfile import read_lines
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -124,8 +127,132 @@ def test_a_symlink_in_place_of_the_temporary_file_is_not_followed(monitor: Path,
 @pytest.mark.parametrize("args", [
     [], ["web", "1", "/x", "-1", "-1"], ["web", "0", "/x", "-1", "-1", "-"], ["web", "abc", "/x", "-1", "-1", "-"],
     ["web", "1", "/x", "-2", "-1", "-"], ["web", "1", "/x", "3x", "-1", "-"],
+    ["web", "1", "/x", "-1", "-1", "-", "3", "0", "1", "4", "5", "-1"],  # one log argument short
+    ["web", "1", "/x", "-1", "-1", "-", "3", "0", "0", "4", "5", "-1", "-1"],  # max-files 0
+    ["web", "1", "/x", "-1", "-1", "-", "3", "-5", "1", "4", "5", "-1", "-1"],  # a negative size
 ])
 def test_bad_arguments_are_refused_with_the_usage(monitor: Path, args: list[str]) -> None:
     result = subprocess.run([str(monitor), *args], capture_output=True, text=True, timeout=10)
     assert result.returncode == 2
     assert result.stderr.startswith("usage: quilt-monitor NAME INIT_PID EXIT_FILE")
+
+
+# The log drivers k8s-file and journald+file: the "init" writes to pipes whose read ends the monitor relays to
+# ctr.log in DIRECTORY, and to FORWARD (a stand-in for the journald streams: a file) if given.
+LOGGED_PARENT = """
+import os, sys
+monitor, exit_file, directory, max_size, max_files, forward, code = sys.argv[1:8]
+dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+out_r, out_w = os.pipe()
+err_r, err_w = os.pipe()
+fwd = os.open(forward, os.O_WRONLY | os.O_CREAT | os.O_APPEND) if forward else -1
+pid = os.fork()
+if pid == 0:
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.execvp("sh", ["sh", "-c", code])
+os.close(out_w)
+os.close(err_w)
+for fd in {dir_fd, out_r, err_r, fwd} - {-1}:
+    os.set_inheritable(fd, True)
+os.execv(monitor, ["quilt-mon", "web", str(pid), exit_file, "-1", "-1", "-", str(dir_fd), max_size, max_files,
+                   str(out_r), str(err_r), str(fwd), str(fwd)])
+"""
+
+
+def run_logged(monitor: Path, directory: Path, code: str, max_size: int = 0, max_files: int = 1,
+               forward: Path | None = None, wrap: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    directory.mkdir(exist_ok=True)
+    argv = [sys.executable, "-c", LOGGED_PARENT, str(monitor), str(directory / "exit.json"), str(directory),
+            str(max_size), str(max_files), str(forward or ""), code]
+    return subprocess.run([*(wrap or []), *argv], capture_output=True, text=True, timeout=60)
+
+
+def test_each_line_is_logged_with_its_stream_and_the_last_one_without_its_newline(monitor: Path,
+                                                                                   tmp_path: Path) -> None:
+    before = time.time_ns() // 1000
+    result = run_logged(monitor, tmp_path / "c", "echo one; echo two >&2; printf 'a\\nb\\n\\n'; printf last; exit 4")
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = read_lines(str(tmp_path / "c"))
+    # In order within a stream; two pipes read as they turn readable need not keep the order between them.
+    assert [line.text for line in lines if line.stream == "stdout"] == ["one", "a", "b", "", "last"]
+    assert [line.text for line in lines if line.stream == "stderr"] == ["two"]
+    assert all(before <= line.usec <= time.time_ns() // 1000 for line in lines)
+    assert json.loads((tmp_path / "c" / "exit.json").read_text())["exit_code"] == 4
+    record = (tmp_path / "c" / "ctr.log").read_text().splitlines()[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z stdout F one", record)
+
+
+def test_a_long_line_is_written_in_pieces_and_read_back_whole(monitor: Path, tmp_path: Path) -> None:
+    result = run_logged(monitor, tmp_path / "c", "head -c 40000 /dev/zero | tr '\\0' x; echo; echo short")
+    assert result.returncode == 0
+    flags = [record.split(" ")[2] for record in (tmp_path / "c" / "ctr.log").read_text().splitlines()]
+    assert flags == ["P", "P", "F", "F"]
+    assert [line.text for line in read_lines(str(tmp_path / "c"))] == ["x" * 40000, "short"]
+
+
+def test_the_file_is_rotated_by_size_keeping_the_newest_files(monitor: Path, tmp_path: Path) -> None:
+    result = run_logged(monitor, tmp_path / "c", "seq 1 2000", max_size=4096, max_files=3)
+    assert result.returncode == 0
+    names = sorted(p.name for p in (tmp_path / "c").glob("ctr.log*"))
+    assert names == ["ctr.log", "ctr.log.1", "ctr.log.2"]
+    assert all(p.stat().st_size < 4096 + 64 for p in (tmp_path / "c").glob("ctr.log*"))
+    numbers = [int(line.text) for line in read_lines(str(tmp_path / "c"))]
+    assert numbers == list(range(numbers[0], 2001)) and numbers[0] > 1  # the newest, in order, none missing
+
+
+def test_with_one_file_a_full_one_is_begun_again(monitor: Path, tmp_path: Path) -> None:
+    result = run_logged(monitor, tmp_path / "c", "seq 1 2000", max_size=4096, max_files=1)
+    assert result.returncode == 0
+    assert [p.name for p in (tmp_path / "c").glob("ctr.log*")] == ["ctr.log"]
+    numbers = [int(line.text) for line in read_lines(str(tmp_path / "c"))]
+    assert numbers == list(range(numbers[0], 2001))
+
+
+def test_with_journald_plus_file_each_chunk_is_also_forwarded_as_written(monitor: Path, tmp_path: Path) -> None:
+    result = run_logged(monitor, tmp_path / "c", "echo one; printf 'two\\nthr'; echo ee", forward=tmp_path / "fwd")
+    assert result.returncode == 0
+    assert (tmp_path / "fwd").read_text() == "one\ntwo\nthree\n"
+    assert [line.text for line in read_lines(str(tmp_path / "c"))] == ["one", "two", "three"]
+
+
+def test_a_symlink_in_place_of_the_log_file_is_not_followed(monitor: Path, tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "ctr.log").symlink_to(tmp_path / "elsewhere")
+    result = run_logged(monitor, tmp_path / "c", "echo secret")
+    assert result.returncode == 0  # the container's end is still recorded
+    assert not (tmp_path / "elsewhere").exists()
+    assert "cannot open ctr.log" in result.stderr
+    assert json.loads((tmp_path / "c" / "exit.json").read_text())["exit_code"] == 0
+
+
+def test_lines_that_a_full_disk_refuses_are_counted_into_the_file_once_it_has_room(monitor: Path,
+                                                                                  tmp_path: Path) -> None:
+    # A 64 KiB tmpfs in a mount namespace of the test's own, filled but for a few KiB; the "container" writes 2,000
+    # lines, frees the room and writes one more. What the namespace held is copied out before it goes.
+    out = tmp_path / "out"
+    out.mkdir()
+    directory = tmp_path / "c"
+    directory.mkdir()
+    script = (f"mount -t tmpfs -o size=64k tmpfs {directory} && head -c 57344 /dev/zero > {directory}/filler && "
+              f'"$@"; cp -a {directory}/. {out}/')
+    # The room is freed once the monitor has taken every line: when the file has stopped growing for a while.
+    settle = (f"last=-1; while size=$(stat -c %s {directory}/ctr.log) && [ $size != $last ]; do last=$size; "
+              "sleep 0.3; done")
+    code = f"seq 1 2000; {settle}; rm {directory}/filler; echo after"
+    result = run_logged(monitor, directory, code, wrap=["unshare", "-m", "sh", "-c", script, "sh"])
+    assert result.returncode == 0, result.stderr
+    lines = read_lines(str(out), dropped=True)
+    assert lines[-1].text == "after" and lines[-2].stream == "dropped"  # the lines lost while it was full
+    # Every line is there or counted, in its place: a tmpfs may take a short line now and then while full.
+    expected, kept = 1, 0
+    for line in lines[:-1]:
+        if line.stream == "dropped":
+            expected += int(line.text)
+        else:
+            assert int(line.text) == expected
+            expected, kept = expected + 1, kept + 1
+    assert expected == 2001 and 0 < kept < 2000
+    assert "cannot write ctr.log (No space left on device)" in result.stderr
+    assert "written again, after" in result.stderr
+    assert json.loads((out / "exit.json").read_text())["exit_code"] == 0

@@ -381,7 +381,12 @@ BAD_CONTAINER_LINES = [
     ("CPUQuota=-5%", "CPUQuota", "must be above 0"),
     ("Setup=frobnicate: x", "Setup", "frobnicate"),
     ("SeccompProfile=/etc/profile.json", "SeccompProfile", "Quilt takes default, unconfined"),
-    ("LogDriver=k8s-file", "LogDriver", "Quilt takes journald, none"),
+    ("LogDriver=json-file", "LogDriver", "Quilt takes journald, k8s-file, journald+file, none"),
+    ("LogDriver=k8s-file\nLogOpt=path=/var/log/x", "LogOpt", "Quilt takes max-size=SIZE and max-files=N"),
+    ("LogDriver=k8s-file\nLogOpt=max-size=lots", "LogOpt", "not a size"),
+    ("LogDriver=k8s-file\nLogOpt=max-files=two", "LogOpt", "not a whole number"),
+    ("LogDriver=k8s-file\nLogOpt=max-size=1k", "LogOpt", "Invalid log_max_size 1024 bytes"),
+    ("LogOpt=max-size=1m", "LogOpt", "needs log_driver k8s-file or journald+file"),
     ("EnvironmentFile=-", "EnvironmentFile", "no path"),
     ("Network=none\nPublishPort=80:80", "PublishPort", "needs a network"),
 ]
@@ -790,3 +795,17 @@ def test_quadlets_run_flag_keys_become_their_create_options() -> None:
         "dns_options": ["ndots:2"], "cap_add": ["CAP_NET_RAW", "SYS_TIME"], "cap_drop": ["MKNOD"],
         "entrypoint": ["/bin/tini", "--"], "ports": ["80"]}
     assert container("Entrypoint=/bin/sh\n").options == {"entrypoint": ["/bin/sh"]}
+
+
+def test_log_opt_sets_the_log_files_rotation() -> None:
+    c = container("LogDriver=k8s-file\nLogOpt=max-size=10M\nLogOpt=max-file=3\n")
+    assert (c.options["log_driver"], c.options["log_max_size"], c.options["log_max_files"]) == ("k8s-file", 10 << 20, 3)
+
+
+def test_a_container_file_keeps_the_log_driver_and_its_rotation() -> None:
+    text = unitfiles.container_file_text({**PROPS, "LogDriver": "k8s-file", "LogMaxSize": 10 << 20, "LogMaxFiles": 3})
+    assert "LogDriver=k8s-file\nLogOpt=max-size=10M\nLogOpt=max-files=3\n" in text
+    c = unitfiles.parse_container(parsed(text), NAMES)
+    assert (c.options["log_max_size"], c.options["log_max_files"]) == (10 << 20, 3)
+    assert "LogOpt" not in unitfiles.container_file_text({**PROPS, "LogDriver": "k8s-file", "LogMaxSize": 0,
+                                                          "LogMaxFiles": 1})

@@ -99,6 +99,7 @@ LINES = [
     "run --cap-add NET_RAW --cap-drop ALL --init -P --stop-signal TERM img", "run --restart on-failure:3 img",
     "run --setup 'pip: flask' --no-setup-cache img", "run --userns host --security-opt seccomp=unconfined img",
     "run --entrypoint /bin/sh --env-file ./e img", "run --pids-limit 0 img", "run --enable-all-namespaces img",
+    "run --log-driver k8s-file --log-opt max-size=10m --log-opt max-files=3 img", "run --log-opt max-size img",
 ]
 
 
@@ -174,6 +175,8 @@ RUNS = [
     "run --name web img true", "run --security-opt bogus img", "run --restart always:3 img",
     "run --image img --name three", "run --rm --name four -w /srv -u 7 --hostname h img -- ls -l",
     "run --entrypoint [1] img", "run --env-file /nonexistent/env img", "run --name x",
+    "run --log-driver file --log-opt max-size=1k --log-opt max-file=2 img", "run --log-opt tag=x img",
+    "run --log-opt max-size=lots img",
 ]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from quilt_agent.cli.parsing import parse_env_entry
-from quilt_agent.cli.runflags import FlagError, environment, parse_entrypoint, read_env_file
+from quilt_agent.cli.runflags import FlagError, environment, log_options, parse_entrypoint, read_env_file
 from quilt_agent.client import CONTAINER_OPTION_SIGNATURES, ClientError, ContainerEntry
 from quilt_agent.model import OPTION_PARSERS
 from tests.unit.cli.test_parsing import PATH, FakeClient, created, quiltctl
@@ -167,3 +167,19 @@ def test_all_or_names_but_not_both_nor_neither(fake: FakeClient, args: list[str]
     result = quiltctl(fake, *args)
     assert result.exit_code == 2 and "-a" in result.stderr and len(result.stderr.splitlines()) == 1
     assert fake.calls == []
+
+
+def test_log_options_are_the_rotation_in_bytes_and_files() -> None:
+    assert log_options(("max-size=10m", "max-files=3")) == {"log_max_size": 10 << 20, "log_max_files": 3}
+    assert log_options(["max-file=2", "max-size=4096"]) == {"log_max_files": 2, "log_max_size": 4096}
+    assert log_options(None) == {}
+
+
+@pytest.mark.parametrize("text, words", [
+    ("tag=web", "the known log options are max-size=SIZE and max-files=N"), ("max-size", "known log options"),
+    ("max-size=lots", "'lots' is not a size"), ("max-files=two", "'two' is not a number"),
+])
+def test_a_bad_log_option_names_the_flag(text: str, words: str) -> None:
+    with pytest.raises(FlagError) as caught:
+        log_options((text,))
+    assert words in str(caught.value) and caught.value.flag == "--log-opt"
