@@ -112,89 +112,81 @@ class _Follower(threading.Thread):
             pass
 
     def run(self) -> None:
-        if self._log_dir:
-            self._run_file()
-            return
-        from systemd import journal  # as in journal.py: imported where needed, never in the fork server
-
-        reader = None
+        opened: list[Any] = []  # the journal reader or the log file, closed at the end
         try:
-            reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
-            journal_match(reader, self._unit, self._identifier)
-            after = self._options.after_cursor
-            if after:
-                reader.seek_cursor(after)  # the next entry is that one, if it is still there: skipped below
-            elif self._since:
-                reader.seek_realtime(self._since / 1e6 - 0.001)  # a little early: _send filters exactly
-            backlog: deque[dict[str, Any]] | list[dict[str, Any]] = (
-                deque(maxlen=self._options.lines) if self._options.lines and not after else [])
-            for entry in reader:
-                if after and entry.get("__CURSOR") == after:
-                    continue  # the reader's last line: it has it
-                backlog.append(entry)
-            if not self._send(backlog):
-                self._end_marker()
-                return
-            if not self._options.follow:
-                self._end_marker()
-                return
-            if self._follow(reader):
+            if self._run_file(opened) if self._log_dir else self._run_journal(opened):
                 self._end_marker()
         except BrokenPipeError:
             pass  # the reader went away
         except Exception:  # noqa: BLE001 - a follower's failure ends its pipe, never the agent
             log.exception("following the log of %s failed", self._unit)
         finally:
-            if reader is not None:
-                reader.close()
+            for source in opened:
+                source.close()
             for fd in (self._fd, self._wake_read, self._wake_write):
                 os.close(fd)
             self._done(self)
 
-    def _run_file(self) -> None:
-        """The same follow over the container's log file (the file log drivers): its cursors are the file's
+    def _run_journal(self, opened: list[Any]) -> bool:
+        """Send the backlog, then follow if asked; True when the follow ended on its own."""
+        from systemd import journal  # as in journal.py: imported where needed, never in the fork server
+
+        reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
+        opened.append(reader)
+        journal_match(reader, self._unit, self._identifier)
+        after = self._options.after_cursor
+        if after:
+            reader.seek_cursor(after)  # the next entry is that one, if it is still there: skipped below
+        elif self._since:
+            reader.seek_realtime(self._since / 1e6 - 0.001)  # a little early: _send filters exactly
+        backlog = self._backlog()
+        for entry in reader:
+            if after and entry.get("__CURSOR") == after:
+                continue  # the reader's last line: it has it
+            backlog.append(entry)
+        if not self._send(backlog) or not self._options.follow:
+            return True
+        return self._follow(reader)
+
+    def _run_file(self, opened: list[Any]) -> bool:
+        """The same over the container's log file (the file log drivers): its cursors are the file's
         (logfile.Record.cursor), and it is looked at every FILE_POLL_MS, the monitor telling nobody of a write."""
-        tail = None
-        try:
-            tail = logfile.Tail(self._log_dir)
-            after = self._options.after_cursor
-            if after and not tail.seek_cursor(after):
-                log.warning("the log file a follow of %s resumes in has been rotated away: from the oldest kept",
-                            self._unit)
-            backlog: deque[dict[str, Any]] | list[dict[str, Any]] = (
-                deque(maxlen=self._options.lines) if self._options.lines and not after else [])
-            backlog.extend(_entries(tail.records()))
-            if not self._send(backlog) or not self._options.follow:
-                self._end_marker()
-                return
-            while True:
-                until = self._options.until
-                timeout = FILE_POLL_MS if not until else max(
-                    0, min(FILE_POLL_MS, (until - time.time_ns() // 1000) // 1000))
-                ended = self._ended.is_set()  # before the read: what the monitor wrote before the end is in it
-                if any(fd == self._fd for fd, _ in self._poller().poll(timeout)):
-                    return  # the reader went away
-                if not self._send(_entries(tail.records())):
-                    break
-                if ended or (until and time.time_ns() // 1000 > until):
-                    break
-            self._end_marker()
-        except BrokenPipeError:
-            pass
-        except Exception:  # noqa: BLE001 - a follower's failure ends its pipe, never the agent
-            log.exception("following the log file of %s failed", self._unit)
-        finally:
-            if tail is not None:
-                tail.close()
-            for fd in (self._fd, self._wake_read, self._wake_write):
-                os.close(fd)
-            self._done(self)
+        tail = logfile.Tail(self._log_dir)
+        opened.append(tail)
+        if self._options.after_cursor and not tail.seek_cursor(self._options.after_cursor):
+            log.warning("the log file a follow of %s resumes in has been rotated away: from the oldest kept",
+                        self._unit)
+        backlog = self._backlog()
+        backlog.extend(_entries(tail.records()))
+        if not self._send(backlog) or not self._options.follow:
+            return True
+        poller = self._poller()
+        while True:
+            ended = self._ended.is_set()  # before the read: what the monitor wrote before the end is in it
+            if any(fd == self._fd for fd, _ in poller.poll(self._timeout(FILE_POLL_MS))):
+                return False
+            if not self._send(_entries(tail.records())) or ended or self._past_until():
+                return True
+
+    def _backlog(self) -> deque[dict[str, Any]] | list[dict[str, Any]]:
+        """Where the lines before the follow gather: the last `lines` of them, if asked (not after a cursor)."""
+        if self._options.lines and not self._options.after_cursor:
+            return deque(maxlen=self._options.lines)
+        return []
 
     def _poller(self) -> select.poll:
         poller = select.poll()
         poller.register(self._wake_read, select.POLLIN)
         poller.register(self._fd, 0)  # a pipe's writer gets POLLERR once its reader has closed
         return poller
+
+    def _timeout(self, most: int) -> int:
+        """ms to wait for more: `most`, or less when `until` comes sooner."""
+        until = self._options.until
+        return most if not until else max(0, min(most, (until - time.time_ns() // 1000) // 1000))
+
+    def _past_until(self) -> bool:
+        return bool(self._options.until) and time.time_ns() // 1000 > self._options.until
 
     def _end_marker(self) -> None:
         if self._options.end_marker:
@@ -203,20 +195,16 @@ class _Follower(threading.Thread):
     def _follow(self, reader: Any) -> bool:
         """Follow to the end; True when it ended on its own (the container's end, `until`), False when the
         reader went away."""
-        poller = select.poll()
+        poller = self._poller()
         poller.register(reader.fileno(), reader.get_events())
-        poller.register(self._wake_read, select.POLLIN)
-        poller.register(self._fd, 0)  # a pipe's writer gets POLLERR once its reader has closed
         while True:
-            until = self._options.until
-            timeout = POLL_MS if not until else max(0, min(POLL_MS, (until - time.time_ns() // 1000) // 1000))
-            for fd, events in poller.poll(timeout):
+            for fd, events in poller.poll(self._timeout(POLL_MS)):
                 if fd == self._fd and events & (select.POLLERR | select.POLLHUP):
                     return False
             reader.process()
             if not self._send(reader):
                 return True
-            if self._ended.is_set() or (until and time.time_ns() // 1000 > until):
+            if self._ended.is_set() or self._past_until():
                 journal_synchronize()  # its last lines may still be on their way through journald
                 reader.process()
                 self._send(reader)

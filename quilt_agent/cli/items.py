@@ -20,6 +20,23 @@ def _record(kind: str, fields: Mapping[str, Any], lacking: Mapping[str, str] | N
     return Record(kind, fields, lacking)
 
 
+# Where the agent keeps a container's log file (quilt_agent/logfile.py) with the file log drivers.
+LOG_FILE = "/var/lib/quilt/containers/{id}/ctr.log"
+FILE_DRIVERS = ("k8s-file", "journald+file")
+
+
+def _log_config(props: Mapping[str, Any]) -> Record:
+    """Podman's .HostConfig.LogConfig: the driver, its rotation (as --log-opt spells it) and the file's path."""
+    driver = str(props.get("LogDriver") or "journald")
+    options = {}
+    if int(props.get("LogMaxSize") or 0):
+        options = {"max-size": str(int(props["LogMaxSize"])), "max-files": str(int(props.get("LogMaxFiles") or 1))}
+    return _record("log config", {
+        "Type": driver, "Config": options or None,
+        "Path": LOG_FILE.format(id=props.get("Id", "")) if driver in FILE_DRIVERS else "",
+        "Size": str(int(props.get("LogMaxSize") or 0))})
+
+
 NO_PODS = "Quilt has no pods"
 NO_SIZES = "Quilt does not measure a container's size"
 
@@ -201,6 +218,7 @@ def inspect_item(props: Mapping[str, Any]) -> Record:
         "Tmpfs": {m.destination: ",".join(m.options) for m in mounts(props) if m.type == "tmpfs"},
         "PortBindings": ports,
         "NetworkMode": (props.get("Networks") or ["bridge"])[0],
+        "LogConfig": _log_config(props),
     })
     podman = {
         "Id": props.get("Id", ""),

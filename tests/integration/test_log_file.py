@@ -26,6 +26,10 @@ def quiltctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
     return subprocess.run([QUILTCTL, *args], capture_output=True, text=True, timeout=timeout)
 
 
+async def run_k8s_file(client: Client, image: Path, name: str, command: list[str]) -> str:
+    return await client.run_container(name, str(image), command, {"networks": ["none"], "log_driver": "k8s-file"})
+
+
 async def test_k8s_file_keeps_the_lines_out_of_the_journal_and_logs_read_them(client: Client, busybox_tar: Path,
                                                                              name: str) -> None:
     path = await client.run_container(name, str(busybox_tar), ["sh", "-c", "echo out; echo err >&2; exit 3"],
@@ -86,8 +90,7 @@ async def test_rotation_keeps_the_newest_lines_in_order(client: Client, busybox_
 async def test_a_follow_reads_the_file_as_it_grows_and_resumes_at_a_cursor(client: Client, busybox_tar: Path,
                                                                            name: str) -> None:
     code = "echo before; while [ ! -e /go ]; do sleep 0.02; done; for i in 1 2 3; do echo after$i; done"
-    path = await client.run_container(name, str(busybox_tar), ["sh", "-c", code],
-                                      {"networks": ["none"], "log_driver": "k8s-file"})
+    path = await run_k8s_file(client, busybox_tar, name, ["sh", "-c", code])
     log = await FollowedLog.open(await client.follow_logs(path, {}))
     try:
         await log.until("before")
@@ -106,8 +109,7 @@ async def test_a_follow_reads_the_file_as_it_grows_and_resumes_at_a_cursor(clien
 async def test_lines_written_while_the_agent_restarts_are_all_kept(client: Client, busybox_tar: Path,
                                                                     name: str) -> None:
     code = "i=0; while [ $i -lt 60 ]; do echo line$i; i=$((i+1)); sleep 0.05; done"
-    path = await client.run_container(name, str(busybox_tar), ["sh", "-c", code],
-                                      {"networks": ["none"], "log_driver": "k8s-file"})
+    path = await run_k8s_file(client, busybox_tar, name, ["sh", "-c", code])
     await asyncio.to_thread(restart_agent)
     assert await client.wait(path) == 0
     assert [line.text for line in await client.get_logs(path, {})] == [f"line{i}" for i in range(60)]
@@ -115,8 +117,7 @@ async def test_lines_written_while_the_agent_restarts_are_all_kept(client: Clien
 
 
 async def test_a_restarted_container_adds_to_its_file(client: Client, busybox_tar: Path, name: str) -> None:
-    path = await client.run_container(name, str(busybox_tar), ["echo", "again"],
-                                      {"networks": ["none"], "log_driver": "k8s-file"})
+    path = await run_k8s_file(client, busybox_tar, name, ["echo", "again"])
     assert await client.wait(path) == 0
     await client.start(path)
     assert await client.wait(path) == 0

@@ -279,6 +279,11 @@ def test_inspect_items_have_podmans_shape() -> None:
     assert item["Config"]["Cmd"] == ["sleep", "600"] and (item["Path"], item["Args"]) == ("sleep", ["600"])
     assert item["HostConfig"]["Memory"] == 64 << 20 and item["HostConfig"]["CpuQuota"] == 50_000
     assert item["HostConfig"]["RestartPolicy"]["Name"] == "on-failure"
+    assert item["HostConfig"]["LogConfig"] == {"Type": "journald", "Config": None, "Path": "", "Size": "0"}
+    logged = items.inspect_item({**props, "LogDriver": "k8s-file", "LogMaxSize": 4096, "LogMaxFiles": 2})
+    assert logged["HostConfig"]["LogConfig"] == {
+        "Type": "k8s-file", "Config": {"max-size": "4096", "max-files": "2"},
+        "Path": f"/var/lib/quilt/containers/{props['Id']}/ctr.log", "Size": "4096"}
     assert item["NetworkSettings"]["Networks"]["quilt"]["IPAddress"] == "10.89.0.2"
     assert item["NetworkSettings"]["Ports"] == {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}
     assert [(m["Type"], m["Source"], m["Destination"], m["RW"]) for m in item["Mounts"]] == [
