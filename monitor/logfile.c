@@ -7,8 +7,9 @@
  *
  * A write that fails (a full disk, a quota, an I/O error) drops the line and counts it, never blocks the container:
  * a container stalled on its output is worse than a log with a marked gap. The count goes into the file as a
- * "dropped" line once a write succeeds again, and the first failure of a run is said on stderr (the agent's
- * journal).
+ * "dropped" line once a write succeeds again. Both edges of such a gap are reported to journald as structured
+ * entries, which the agent watches for (quilt_agent/journal.py: the "log_write_failed" and "logs_dropped" events):
+ * a failing disk is found in the journal and by the agent, not only later in the file.
  */
 #define _GNU_SOURCE
 #include "logfile.h"
@@ -20,10 +21,36 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #define LOG_NAME "ctr.log"
+
+/* journalctl MESSAGE_ID=... finds them; quilt_agent/journal.py reads them by these ids. */
+#define LOG_FAILED_ID "360f9016897c49c887b74b459e90e524"
+#define LOG_DROPPED_ID "2d9b2ed5267d4395b1d9d6d7bd5cfafa"
+#define JOURNAL_SOCKET "/run/systemd/journal/socket"
+
+/* One structured entry in journald's native protocol (KEY=VALUE lines in a datagram, sd_journal_send's simple
+ * form: no value holds a newline), or the message on stderr, the agent's journal, where there is no journald. Written
+ * by hand: libsystemd's sd_journal_send would add a library to a program whose point is its small size. */
+static void report(const struct log_file *log, const char *id, long long dropped, const char *message)
+{
+	char entry[1024];
+	int n = snprintf(entry, sizeof(entry),
+			 "MESSAGE_ID=%s\nPRIORITY=4\nSYSLOG_IDENTIFIER=quilt-monitor\nQUILT_CONTAINER=%s\n"
+			 "N_DROPPED=%lld\nERRNO=%d\nMESSAGE=%s\n",
+			 id, log->container ? log->container : "", dropped, log->failure, message);
+	struct sockaddr_un journal = {.sun_family = AF_UNIX, .sun_path = JOURNAL_SOCKET};
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	bool sent = fd >= 0 && n > 0 && n < (int)sizeof(entry) &&
+		    sendto(fd, entry, (size_t)n, MSG_NOSIGNAL, (struct sockaddr *)&journal, sizeof(journal)) == n;
+	if (fd >= 0)
+		close(fd);
+	if (!sent)
+		dprintf(2, "quilt-monitor: %s\n", message);
+}
 
 static void log_reopen(struct log_file *log)
 {
@@ -100,22 +127,36 @@ static bool log_record(struct log_file *log, const char *stream, char flag, cons
 	return true;
 }
 
+/* The gap is over: its count goes into the file, and to the journal. False if the file still has no room. */
+static bool log_gap_end(struct log_file *log)
+{
+	char count[32];
+	int n = snprintf(count, sizeof(count), "%lld", log->lost);
+	if (!log_record(log, "dropped", 'F', count, (size_t)n))
+		return false;
+	char message[128];
+	snprintf(message, sizeof(message), "%s written again, after %lld lines that could not be", LOG_NAME, log->lost);
+	report(log, LOG_DROPPED_ID, log->lost, message);
+	log->lost = 0;
+	log->failure = 0;
+	return true;
+}
+
 static void log_line(struct log_file *log, const char *stream, char flag, const char *text, size_t length)
 {
-	if (log->lost > 0) {
-		char count[32];
-		int n = snprintf(count, sizeof(count), "%lld", log->lost);
-		if (!log_record(log, "dropped", 'F', count, (size_t)n)) {
-			log->lost++;
-			return;
-		}
-		dprintf(2, "quilt-monitor: %s written again, after %lld lines that could not be\n", LOG_NAME, log->lost);
-		log->lost = 0;
+	if (log->lost > 0 && !log_gap_end(log)) {
+		log->lost++;
+		return;
 	}
 	if (!log_record(log, stream, flag, text, length)) {
-		if (log->lost == 0)
-			dprintf(2, "quilt-monitor: cannot write %s (%s): dropping lines, and counting them, until it can "
-				   "be written\n", LOG_NAME, log->fd < 0 ? "cannot open it" : strerror(errno));
+		if (log->lost == 0) {
+			log->failure = errno;
+			char message[256];
+			snprintf(message, sizeof(message),
+				 "cannot write %s (%s): dropping lines, and counting them, until it can be written", LOG_NAME,
+				 log->fd < 0 ? "cannot open it" : strerror(errno));
+			report(log, LOG_FAILED_ID, 0, message);
+		}
 		log->lost++;
 	}
 }
@@ -215,4 +256,14 @@ long log_relay(struct log_file *log, struct log_stream *s)
 		}
 	}
 	return n;
+}
+
+void log_close(struct log_file *log)
+{
+	if (log->lost == 0 || log_gap_end(log))
+		return;
+	/* Still no room: the count is only in the journal, and in what the agent makes of it. */
+	char message[128];
+	snprintf(message, sizeof(message), "the container ended with %lld lines not written to %s", log->lost, LOG_NAME);
+	report(log, LOG_DROPPED_ID, log->lost, message);
 }

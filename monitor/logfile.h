@@ -20,6 +20,8 @@ struct log_file {
 	long long size;
 	long long lost;     /* lines not written since the last one that was (a full disk, an I/O error) */
 	int credit;         /* the pid journald is to file forwarded lines under (the container's init), or 0 */
+	const char *container; /* its name: the reports in the journal say whose file it is */
+	int failure;        /* errno of the first write that failed since the last one that succeeded */
 };
 
 struct log_stream {
@@ -40,5 +42,8 @@ long log_relay(struct log_file *log, struct log_stream *stream);
 
 /* Write the stream's unfinished line as a whole one. */
 void log_flush(struct log_file *log, struct log_stream *stream);
+
+/* At the container's end: lines still counted as lost are put in the file if it has room now, and reported. */
+void log_close(struct log_file *log);
 
 #endif

@@ -257,13 +257,16 @@ int main(int argc, char **argv)
 		log.credit = (int)pid;
 	}
 	char *exit_file = strdup(argv[3]); /* the title below overwrites the arguments */
-	if (!exit_file) {
+	log.container = strdup(argv[1]);
+	if (!exit_file || !log.container) {
 		say("strdup");
 		return 1;
 	}
 	set_title(argc, argv);
 
 	int status = wait_init((pid_t)pid, &watch, &log, streams);
+	if (logged)
+		log_close(&log);
 	if (watch.counter >= 0) {
 		long count = oom_count(watch.counter); /* a last count, if the cgroup is still there */
 		watch.killed = watch.killed || count > 0;

@@ -139,29 +139,54 @@ def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "") 
 # messages from UNIT", with N_DROPPED=N and the unit as OBJECT_SYSTEMD_UNIT. journald writes it when the unit's next
 # message passes the limit again, so lines dropped just before the container's end are never reported this way.
 DROPPED_MESSAGE_ID = "a596d6fe7bfa4994828e72309e95d61e"
+# quilt-monitor's entries about a container's log file (monitor/logfile.c), with QUILT_CONTAINER=NAME: a write
+# failed (ERRNO, MESSAGE), and lines are dropped and counted from then on; the gap ended, or the container did,
+# with N_DROPPED lines not written.
+LOG_FAILED_ID = "360f9016897c49c887b74b459e90e524"
+LOG_DROPPED_ID = "2d9b2ed5267d4395b1d9d6d7bd5cfafa"
+REPORT_IDS = (DROPPED_MESSAGE_ID, LOG_FAILED_ID, LOG_DROPPED_ID)
+
+JOURNALD = "journald"  # Drop.source: journald's rate limit dropped the lines
+LOG_FILE = "file"  # the container's log file could not take them
 
 
 @dataclass(frozen=True)
 class Drop:
-    usec: int  # when journald reported it: the first line it kept again came right after
-    unit: str
-    count: int
+    usec: int  # when it was reported: for journald, the first line it kept again came right after
+    unit: str  # the container's scope
+    count: int  # lines dropped; 0 when a log file's write has just failed (the gap begins, `reason` says why)
+    source: str = JOURNALD
+    reason: str = ""
 
 
 def _drop(entry: dict[str, Any]) -> Drop | None:
-    unit = entry.get("OBJECT_SYSTEMD_UNIT", "")
+    message_id = entry.get("MESSAGE_ID", DROPPED_MESSAGE_ID)
+    message_id = getattr(message_id, "hex", message_id)  # systemd.journal.Reader reads it as a uuid.UUID
+    if message_id == DROPPED_MESSAGE_ID:
+        unit, source = entry.get("OBJECT_SYSTEMD_UNIT", ""), JOURNALD
+    else:
+        unit, source = f"quilt-{entry.get('QUILT_CONTAINER', '')}.scope", LOG_FILE  # model.scope_name's
     try:
         count = int(entry.get("N_DROPPED", ""))
     except ValueError:
         return None
-    if not isinstance(unit, str) or not unit or count <= 0:
+    if not isinstance(unit, str) or unit in ("", "quilt-.scope") or count < 0:
         return None
-    return Drop(entry["__REALTIME_TIMESTAMP"], unit, count)
+    if message_id == LOG_FAILED_ID:
+        return Drop(entry["__REALTIME_TIMESTAMP"], unit, 0, source, str(entry.get("MESSAGE", "")))
+    if count == 0:
+        return None
+    return Drop(entry["__REALTIME_TIMESTAMP"], unit, count, source)
+
+
+def _match_reports(reader: Any, ids: tuple[str, ...]) -> None:
+    # Matches of one field are or-ed, of different fields and-ed: this boot's (this_boot) entries of any of these.
+    reader.add_match(*(f"MESSAGE_ID={message_id}" for message_id in ids))
 
 
 def read_drops(since_usec: int = 0, unit: str = "") -> list[Drop]:
-    """journald's reports of this boot of units' dropped lines (of one unit if given), since since_usec, oldest
-    first. Blocking: call it in a worker thread."""
+    """The reports of this boot of lines dropped, journald's and quilt-monitor's (of one unit and journald's alone
+    if unit is given), since since_usec, oldest first. Blocking: call it in a worker thread."""
     from systemd import journal
 
     reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
@@ -170,7 +195,7 @@ def read_drops(since_usec: int = 0, unit: str = "") -> list[Drop]:
         if unit:
             reader.add_match(MESSAGE_ID=DROPPED_MESSAGE_ID, OBJECT_SYSTEMD_UNIT=unit)
         else:
-            reader.add_match(MESSAGE_ID=DROPPED_MESSAGE_ID)
+            _match_reports(reader, REPORT_IDS)
         if since_usec:
             reader.seek_realtime(since_usec / 1e6 - 0.001)
         return [d for d in map(_drop, reader) if d is not None and d.usec >= since_usec]
@@ -179,7 +204,7 @@ def read_drops(since_usec: int = 0, unit: str = "") -> list[Drop]:
 
 
 class DropWatch:
-    """journald's reports of dropped lines as they come: fileno() turns readable when the journal changed (any
+    """Reports of dropped lines (journald's and quilt-monitor's) as they come: fileno() turns readable when the journal changed (any
     entry of any unit), then new() returns the reports written since the last call, none from before the watch
     began. Each call seeks to the last report's time again: a reader left at the journal's end did not see the
     entries appended later on this journald (252)."""
@@ -191,7 +216,7 @@ class DropWatch:
 
         self._reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
         self._reader.this_boot()
-        self._reader.add_match(MESSAGE_ID=DROPPED_MESSAGE_ID)
+        _match_reports(self._reader, REPORT_IDS)
         self._after = time.time_ns() // 1000  # usec: reports up to here are not new
         self._fd = self._reader.fileno()
 

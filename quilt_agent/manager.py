@@ -62,7 +62,7 @@ MESSAGE_IDS = {
     "restarting": "0b3f4e3cf4a24c55a86bd1b4e3b6e0a1", "health_status": "c1d3d0b6a0b94b0e9d3f5b8e2a7c4f61",
     "ready": "5e0c2a7d94b34f1f8c6a3b2d1e0f9a87", "paused": "7a1f0c3e5b9d4e2a8c6f1b3d5e7a9c0b",
     "unpaused": "2b8e4d6f0a1c4b3e9d7f5a2c4e6b8d01", "renamed": "9d3c5e7a1b2f4c6e8a0d2b4f6c8e0a13",
-    "logs_dropped": "e3f1b6a2c9d84f0e8b7a5c3d1e2f4a6b",
+    "logs_dropped": "e3f1b6a2c9d84f0e8b7a5c3d1e2f4a6b", "log_write_failed": "8f2a4c6e0b1d4f3a9c5e7b2d4f6a8c10",
 }
 
 
@@ -178,7 +178,7 @@ class Manager:
         self._holds: dict[str, set[str]] = {}
         self._restarting: set[str] = set()  # containers a Restart stops and starts: their exit removes nothing
         self._drop_watch: DropSource | None = None
-        self._drops_seen: set[tuple[str, int]] = set()  # (unit, usec) of the reports counted
+        self._drops_seen: set[tuple[str, int, str]] = set()  # (unit, usec, source) of the reports counted
         self._noting: set[asyncio.Task[None]] = set()
         self._drop_looking = False  # a worker thread reads _drop_watch: it is closed only after
 
@@ -1407,18 +1407,32 @@ class Manager:
             await self._note_drop(drop, tell=True)
 
     async def _note_drop(self, drop: journal.Drop, tell: bool) -> None:
-        if (drop.unit, drop.usec) in self._drops_seen:
+        key = (drop.unit, drop.usec, drop.source)
+        if key in self._drops_seen:
             return
-        self._drops_seen.add((drop.unit, drop.usec))
+        self._drops_seen.add(key)
         c = next((c for c in self._containers.values() if c.unit == drop.unit and drop.usec >= c.created_at), None)
         if c is None:
             return
+        in_file = c.spec.log_driver in FILE_LOG_DRIVERS
+        if drop.source == journal.JOURNALD and in_file:
+            return  # journald+file: the log file, which `quiltctl logs` reads, has every line journald dropped
+        if drop.count == 0:  # a log file's write failed: the lines are counted from now on, and reported later
+            if tell:
+                await self._event("log_write_failed", c, "container %s's log file: %s", c.name, drop.reason,
+                                  reason=drop.reason, at=drop.usec)
+            return
         c = await self._set(c.with_(logs_dropped=c.logs_dropped + drop.count,
                                     logs_dropped_at=max(c.logs_dropped_at, drop.usec)))
-        if tell:
+        if not tell:
+            return
+        if drop.source == journal.JOURNALD:
             await self._event("logs_dropped", c, "journald dropped %d lines of container %s (its rate limit for "
                               "%s); `quiltctl logs` marks where", drop.count, c.name, c.unit, count=drop.count,
                               at=drop.usec)
+        else:
+            await self._event("logs_dropped", c, "%d lines of container %s could not be written to its log file; "
+                              "`quiltctl logs` marks where", drop.count, c.name, count=drop.count, at=drop.usec)
 
     # --- stats -----------------------------------------------------------------------------------
 

@@ -58,7 +58,8 @@ def follow_logs(ctx: click.Context, container: str, lines: int | None, since: st
 
     async def body(client: Client) -> None:
         session = reconnect.Session(client, timeout)
-        path = await session.call(lambda: client.get_container(container))
+        path, props = await session.call(lambda: client.get_container_properties(container))
+        driver = str(props.get("LogDriver", ""))
         cursor = ""
         while True:
             if cursor:  # resumed after a restart of the agent: from the line after the last one printed
@@ -78,7 +79,7 @@ def follow_logs(ctx: click.Context, container: str, lines: int | None, since: st
                     line = json.loads(raw)
                     if "end" in line:
                         return
-                    output.print_logs([LogLine(line["usec"], line["stream"], line["text"])], timestamps)
+                    output.print_logs([LogLine(line["usec"], line["stream"], line["text"])], timestamps, driver)
                     cursor = line.get("cursor") or cursor
             await session.come_back()
 

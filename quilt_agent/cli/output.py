@@ -36,19 +36,25 @@ def print_json(value: Any) -> None:
     echo(json.dumps(value, indent=2, sort_keys=False))
 
 
-DROPPED = "dropped"  # GetLogs' stream of the marks where journald dropped lines (text: how many)
+DROPPED = "dropped"  # GetLogs' stream of the marks where lines were lost (text: how many)
+FILE_LOG_DRIVERS = ("k8s-file", "journald+file")  # model.FILE_LOG_DRIVERS: logs are read from the log file
 
 
-def print_logs(lines: Iterable[LogLine], timestamps: bool = False) -> None:
+def print_logs(lines: Iterable[LogLine], timestamps: bool = False, driver: str = "journald") -> None:
     # echo flushes each line, so stdout and stderr keep the journal's order on a shared terminal.
     for line in lines:
         if line.stream == DROPPED:
             # Where the lines went missing, on stderr: a log cut short must not pass for a whole one.
-            echo(f"quiltctl: journald dropped {line.text} lines here (its rate limit){_at(line, timestamps)}",
-                 err=True)
+            echo(f"quiltctl: {dropped_text(line.text, driver)}{_at(line, timestamps)}", err=True)
             continue
         text = f"{log_timestamp(line.usec)} {line.text}" if timestamps else line.text
         echo(text, err=line.stream == "stderr")
+
+
+def dropped_text(count: object, driver: str, where: str = " here") -> str:
+    if driver in FILE_LOG_DRIVERS:
+        return f"{count} lines could not be written to the log file{where} (a full disk, or a failing one)"
+    return f"journald dropped {count} lines{where} (its rate limit)"
 
 
 def _at(line: LogLine, timestamps: bool) -> str:
@@ -263,7 +269,7 @@ def status_lines(props: Mapping[str, Any], now: float) -> list[str]:
         fields.append(("Health", f"{props.get('Health') or '-'}: {command_text(props['HealthCommand'])} every "
                                  f"{int(props.get('HealthInterval', 0)) / 1e6:g} s"))
     if props.get("LogLinesDropped"):
-        fields.append(("Logs", f"{props['LogLinesDropped']} lines dropped by journald's rate limit, the last "
+        fields.append(("Logs", f"{dropped_text(props['LogLinesDropped'], str(props.get('LogDriver', '')), '')}, the last "
                                f"reported {timestamp(int(props.get('LogLinesDroppedAt', 0) or 0))}"))
     if props.get("Setup") or props.get("SetupImage"):
         setup = "; ".join(props.get("Setup") or [])

@@ -109,7 +109,8 @@ def run_request(ctx: click.Context | None, request: ContainerRequest, detach: bo
             elif request.options.get("setup"):
                 await session.call(lambda: _print_logs_after_setup(client, path, shown=live is not None))
             else:
-                output.print_logs(await session.call(lambda: client.get_logs(path, {"dropped": True})))
+                output.print_logs(await session.call(lambda: client.get_logs(path, {"dropped": True})),
+                                  driver=str(request.options.get("log_driver", "journald")))
         except ClientError as e:
             if not session.restarts or e.name not in _GONE_OBJECT:
                 raise

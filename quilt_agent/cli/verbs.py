@@ -134,11 +134,12 @@ def logs(ctx: click.Context | None, lines: int | None, since_usec: int | None, t
     if since_usec is not None:
         options["since"] = since_usec
 
-    async def body(client: Client) -> list[Any]:
-        path = await client.get_container(container)
-        return [] if lines == 0 else await client.get_logs(path, options)
+    async def body(client: Client) -> tuple[list[Any], str]:
+        path, props = await client.get_container_properties(container)
+        return [] if lines == 0 else await client.get_logs(path, options), str(props.get("LogDriver", ""))
 
-    output.print_logs(with_client(ctx, body), timestamps)
+    shown, driver = with_client(ctx, body)
+    output.print_logs(shown, timestamps, driver)
     return EXIT_OK
 
 

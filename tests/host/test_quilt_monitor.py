@@ -5,9 +5,11 @@ restarts) is the integration suite's; here the program alone, with a child of it
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from quilt_agent.journal import LOG_DROPPED_ID, LOG_FAILED_ID
 from quilt_agent.logfile import read_lines
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -161,9 +164,10 @@ os.execv(monitor, ["quilt-mon", "web", str(pid), exit_file, "-1", "-1", "-", str
 
 
 def run_logged(monitor: Path, directory: Path, code: str, max_size: int = 0, max_files: int = 1,
-               forward: Path | None = None, wrap: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+               forward: Path | None = None, wrap: list[str] | None = None,
+               exit_file: Path | None = None) -> subprocess.CompletedProcess[str]:
     directory.mkdir(exist_ok=True)
-    argv = [sys.executable, "-c", LOGGED_PARENT, str(monitor), str(directory / "exit.json"), str(directory),
+    argv = [sys.executable, "-c", LOGGED_PARENT, str(monitor), str(exit_file or directory / "exit.json"), str(directory),
             str(max_size), str(max_files), str(forward or ""), code]
     return subprocess.run([*(wrap or []), *argv], capture_output=True, text=True, timeout=60)
 
@@ -226,33 +230,98 @@ def test_a_symlink_in_place_of_the_log_file_is_not_followed(monitor: Path, tmp_p
     assert json.loads((tmp_path / "c" / "exit.json").read_text())["exit_code"] == 0
 
 
-def test_lines_that_a_full_disk_refuses_are_counted_into_the_file_once_it_has_room(monitor: Path,
-                                                                                  tmp_path: Path) -> None:
-    # A 64 KiB tmpfs in a mount namespace of the test's own, filled but for a few KiB; the "container" writes 2,000
-    # lines, frees the room and writes one more. What the namespace held is copied out before it goes.
+class Journal:
+    """journald's native socket as the monitor finds it, in a mount namespace of the test's own: a datagram socket
+    the test reads, bound at /run/systemd/journal/socket over a private /run (or no socket there, for a host
+    without journald)."""
+
+    def __init__(self, tmp_path: Path, present: bool = True) -> None:
+        directory = tmp_path / "journal"
+        directory.mkdir()
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(directory / "socket"))
+        self.socket.setblocking(False)
+        self.mounts = "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal"
+        if present:
+            self.mounts += f" && mount --bind {directory} /run/systemd/journal"
+
+    def entries(self) -> list[dict[str, str]]:
+        got = []
+        while True:
+            try:
+                data = self.socket.recv(65536)
+            except BlockingIOError:
+                return got
+            got.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
+
+
+def run_on_a_full_disk(monitor: Path, tmp_path: Path, code: str, journal: Journal) -> tuple[
+        subprocess.CompletedProcess[str], Path]:
+    """Run CODE as the container, its directory a 64 KiB tmpfs filled but for a few KiB (in a mount namespace of the
+    test's own); what the directory held is copied out before the namespace goes. The exit file is kept out of it:
+    it could not be written while the disk is full."""
     out = tmp_path / "out"
     out.mkdir()
     directory = tmp_path / "c"
     directory.mkdir()
     script = (f"mount -t tmpfs -o size=64k tmpfs {directory} && head -c 57344 /dev/zero > {directory}/filler && "
-              f'"$@"; cp -a {directory}/. {out}/')
-    # The room is freed once the monitor has taken every line: when the file has stopped growing for a while.
-    settle = (f"last=-1; while size=$(stat -c %s {directory}/ctr.log) && [ $size != $last ]; do last=$size; "
+              f'{journal.mounts} && "$@"; cp -a {directory}/. {out}/')
+    result = run_logged(monitor, directory, code.format(directory=directory),
+                        wrap=["unshare", "-m", "sh", "-c", script, "sh"], exit_file=out / "exit.json")
+    return result, out
+
+
+def test_lines_that_a_full_disk_refuses_are_counted_into_the_file_once_it_has_room(monitor: Path,
+                                                                                  tmp_path: Path) -> None:
+    # The "container" writes 2,000 lines, frees the room once the monitor has taken every line (when the file has
+    # stopped growing for a while) and writes one more.
+    settle = ("last=-1; while size=$(stat -c %s {directory}/ctr.log) && [ $size != $last ]; do last=$size; "
               "sleep 0.3; done")
-    code = f"seq 1 2000; {settle}; rm {directory}/filler; echo after"
-    result = run_logged(monitor, directory, code, wrap=["unshare", "-m", "sh", "-c", script, "sh"])
-    assert result.returncode == 0, result.stderr
+    journal = Journal(tmp_path)
+    result, out = run_on_a_full_disk(monitor, tmp_path, f"seq 1 2000; {settle}; rm {{directory}}/filler; echo after",
+                                     journal)
+    assert (result.returncode, result.stderr) == (0, "")
     lines = read_lines(str(out), dropped=True)
     assert lines[-1].text == "after" and lines[-2].stream == "dropped"  # the lines lost while it was full
     # Every line is there or counted, in its place: a tmpfs may take a short line now and then while full.
-    expected, kept = 1, 0
+    expected, kept, counted = 1, 0, 0
     for line in lines[:-1]:
         if line.stream == "dropped":
-            expected += int(line.text)
+            expected, counted = expected + int(line.text), counted + int(line.text)
         else:
             assert int(line.text) == expected
             expected, kept = expected + 1, kept + 1
     assert expected == 2001 and 0 < kept < 2000
-    assert "cannot write ctr.log (No space left on device)" in result.stderr
-    assert "written again, after" in result.stderr
+    # Each gap's two edges, in the journal, as the agent reads them
+    entries = journal.entries()
+    assert [e["MESSAGE_ID"] for e in entries] == [LOG_FAILED_ID, LOG_DROPPED_ID] * (len(entries) // 2)
+    assert all(e["QUILT_CONTAINER"] == "web" and e["SYSLOG_IDENTIFIER"] == "quilt-monitor" for e in entries)
+    assert entries[0]["ERRNO"] == str(errno.ENOSPC)
+    assert entries[0]["MESSAGE"] == ("cannot write ctr.log (No space left on device): dropping lines, and counting "
+                                     "them, until it can be written")
+    assert sum(int(e["N_DROPPED"]) for e in entries) == counted
+    assert entries[-1]["MESSAGE"] == f"ctr.log written again, after {entries[-1]['N_DROPPED']} lines that could not be"
     assert json.loads((out / "exit.json").read_text())["exit_code"] == 0
+
+
+def test_lines_lost_to_a_disk_full_until_the_end_are_counted_in_the_journal(monitor: Path, tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    result, out = run_on_a_full_disk(monitor, tmp_path, "seq 1 2000", journal)
+    assert (result.returncode, result.stderr) == (0, "")
+    kept = [line for line in read_lines(str(out), dropped=True)]
+    assert all(line.stream == "stdout" for line in kept) and 0 < len(kept) < 2000  # no room for a count
+    failed, dropped = journal.entries()
+    assert failed["MESSAGE_ID"] == LOG_FAILED_ID
+    assert dropped["MESSAGE_ID"] == LOG_DROPPED_ID and int(dropped["N_DROPPED"]) == 2000 - len(kept)
+    assert dropped["MESSAGE"] == f"the container ended with {2000 - len(kept)} lines not written to ctr.log"
+    assert json.loads((out / "exit.json").read_text())["exit_code"] == 0
+
+
+def test_without_journald_a_full_disk_is_said_on_stderr(monitor: Path, tmp_path: Path) -> None:
+    journal = Journal(tmp_path, present=False)
+    result, _ = run_on_a_full_disk(monitor, tmp_path, "seq 1 2000", journal)
+    assert result.returncode == 0
+    assert result.stderr.splitlines()[0] == ("quilt-monitor: cannot write ctr.log (No space left on device): dropping "
+                                             "lines, and counting them, until it can be written")
+    assert re.fullmatch(r"quilt-monitor: the container ended with \d+ lines not written to ctr.log",
+                        result.stderr.splitlines()[1])

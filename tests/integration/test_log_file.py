@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from quilt_agent.client import Client, ClientError
+from tests.integration.test_events import events_of
 from tests.integration.test_log_driver import journal_of
 from tests.integration.test_logs_follow import FollowedLog, read_all
 from tests.integration.test_recovery import restart_agent
@@ -148,3 +149,43 @@ async def test_bad_log_options_over_the_bus_are_invalid_argument(client: Client,
         with pytest.raises(ClientError) as caught:
             await client.create_container(name, str(busybox_tar), ["true"], {"networks": ["none"], **options})
         assert caught.value.name == ERR + "InvalidArgument"
+
+
+async def test_a_full_disk_is_told_as_it_begins_and_the_lines_it_cost_counted_in_place(
+        client: Client, busybox_tar: Path, name: str, tmp_path: Path) -> None:
+    queue = await client.watch_events()
+    path = await client.create_container(name, str(busybox_tar), ["sh", "-c", "seq 1 3000; sleep 3; echo after"],
+                                         {"networks": ["none"], "log_driver": "k8s-file"})
+    props = await client.properties(path)
+    directory = STATE / props["Id"]
+    # The container's directory on a 64 KiB tmpfs, with what create put there and filled but for room for start's
+    # files and a few hundred lines.
+    shutil.copytree(directory, tmp_path / "made")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(directory)], check=True)
+    try:
+        shutil.copytree(tmp_path / "made", directory, dirs_exist_ok=True)
+        subprocess.run(["dd", "if=/dev/zero", f"of={directory}/filler", "bs=1k", "count=40"], check=True,
+                       capture_output=True)
+        await client.start(path)
+        failed = (await events_of(queue, props["Id"], "log_write_failed", timeout=30))[-1]
+        assert failed.details["reason"] == ("cannot write ctr.log (No space left on device): dropping lines, and "
+                                            "counting them, until it can be written")
+        (directory / "filler").unlink()  # room again: the next line ends the gap
+        told = (await events_of(queue, props["Id"], "logs_dropped", timeout=30))[-1]
+        assert await client.wait(path) == 0
+        lines = await client.get_logs(path, {"dropped": True})
+        kept = [line.text for line in lines if line.stream == "stdout"]
+        marks = [int(line.text) for line in lines if line.stream == "dropped"]
+        assert marks == [told.details["count"]] and lines[-2].stream == "dropped" and kept[-1] == "after"
+        assert len(kept) - 1 + marks[0] == 3000 and kept[:-1] == [str(n) for n in range(1, len(kept))]
+        assert (await client.properties(path))["LogLinesDropped"] == marks[0]
+        shown = quiltctl("logs", "-n", "2", name)
+        assert shown.stderr == (f"quiltctl: {marks[0]} lines could not be written to the log file here (a full "
+                                "disk, or a failing one)\n")
+        # The monitor's own entries in the journal, for an administrator
+        entries = subprocess.run(["journalctl", "-o", "cat", f"QUILT_CONTAINER={name}"], capture_output=True,
+                                 text=True, timeout=30).stdout.splitlines()
+        assert entries == [failed.details["reason"], f"ctr.log written again, after {marks[0]} lines that could not be"]
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=True)
+        await client.remove(path)

@@ -9,7 +9,7 @@ import asyncio
 import os
 import threading
 
-from quilt_agent.journal import Drop
+from quilt_agent.journal import LOG_FILE, Drop
 from quilt_agent.model import now_usec
 from tests.unit.manager_fixtures import Core, create, events, until
 from tests.unit.manager_fixtures import core, zygote  # noqa: F401 - the fixtures
@@ -87,6 +87,42 @@ async def test_a_report_of_no_containers_unit_changes_nothing(core: Core) -> Non
         await until(core, c.id, "logs_dropped", 1)
         assert core.manager.get(c.id).logs_dropped == 4
         assert [e.kind for e in core.recorder.events if e.kind == "logs_dropped"] == ["logs_dropped"]
+    finally:
+        core.manager.unwatch_log_drops()
+
+
+async def test_a_log_files_failed_write_is_told_and_its_lost_lines_counted_once_reported(core: Core) -> None:
+    c = await create(core, ["true"], "web", log_driver="k8s-file")
+    reports = Reports()
+    try:
+        await core.manager.watch_log_drops(reports, lambda: [])
+        failed = Drop(now_usec(), c.unit, 0, LOG_FILE, "cannot write ctr.log (No space left on device)")
+        reports.add(failed)
+        await until(core, c.id, "log_write_failed", 1)
+        assert events(core, c.id, "log_write_failed")[0] | {"time": 0} == {
+            "name": "web", "reason": "cannot write ctr.log (No space left on device)", "at": failed.usec, "time": 0}
+        assert core.manager.get(c.id).logs_dropped == 0  # nothing known lost yet
+        ended = Drop(failed.usec + 1000, c.unit, 1234, LOG_FILE)
+        reports.add(ended)
+        await until(core, c.id, "logs_dropped", 1)
+        assert events(core, c.id, "logs_dropped")[0]["count"] == 1234
+        seen = core.manager.get(c.id)
+        assert (seen.logs_dropped, seen.logs_dropped_at) == (1234, ended.usec)
+    finally:
+        core.manager.unwatch_log_drops()
+
+
+async def test_journalds_drops_are_not_lost_lines_when_the_log_file_has_them(core: Core) -> None:
+    both = await create(core, ["true"], "both", log_driver="journald+file")
+    c = await create(core, ["true"], "web")
+    reports = Reports()
+    try:
+        await core.manager.watch_log_drops(reports, lambda: [])
+        reports.add(Drop(now_usec(), both.unit, 500))
+        reports.add(Drop(now_usec(), c.unit, 7))  # after the first: once it is counted, the first was looked at
+        await until(core, c.id, "logs_dropped", 1)
+        assert core.manager.get(both.id).logs_dropped == 0
+        assert events(core, both.id, "logs_dropped") == []
     finally:
         core.manager.unwatch_log_drops()
 

@@ -6,6 +6,7 @@ import shlex
 import pytest
 
 from quilt_agent.cli import output
+from quilt_agent.replies import LogLine
 
 COMMANDS = [
     [], [""], ["sh", "-c", "echo 'hi there' && exit 3"], ["/bin/true"], ["a b", "c\td", "e\nf"], ["it's"],
@@ -28,3 +29,17 @@ def test_every_ascii_character_is_quoted_as_shlex_quotes_it() -> None:
 def test_the_table_is_bold_only_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     output.print_table(("A", "B"), [("1", "2")])
     assert capsys.readouterr().out == "A  B\n1  2\n"  # captured: not a terminal
+
+
+@pytest.mark.parametrize(("driver", "said"), [
+    ("journald", "quiltctl: journald dropped 12 lines here (its rate limit)\n"),
+    ("k8s-file", "quiltctl: 12 lines could not be written to the log file here (a full disk, or a failing one)\n"),
+    ("journald+file", "quiltctl: 12 lines could not be written to the log file here (a full disk, or a failing "
+                      "one)\n"),
+])
+def test_a_gap_in_the_log_is_said_on_stderr_with_what_made_it(driver: str, said: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    output.print_logs([LogLine(1, "stdout", "a"), LogLine(2, output.DROPPED, "12"), LogLine(3, "stdout", "b")],
+                      driver=driver)
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("a\nb\n", said)
