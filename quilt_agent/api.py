@@ -87,6 +87,8 @@ CONTAINER_OPTION_SIGNATURES: dict[str, str] = {
     "log_driver": "s",
     "log_max_size": "t",
     "log_max_files": "u",
+    "log_rate_limit_burst": "u",
+    "log_rate_limit_interval": "t",
     "unit": "s",
     "entrypoint": "as",
     "cap_add": "as",

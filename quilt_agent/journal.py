@@ -10,7 +10,7 @@ import socket
 import subprocess
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 JOURNAL_STDOUT = "/run/systemd/journal/stdout"
 PRIORITY_STDOUT = 6  # info
@@ -57,8 +57,10 @@ def connect_stream(fd: int, identifier: str, unit: str, priority: int) -> None:
         sock.detach()
 
 
-@dataclass(frozen=True)
-class LogLine:
+class LogLine(NamedTuple):
+    """A NamedTuple rather than a dataclass: it is the (tss) struct of GetLogs' reply as it is, so that a reply of
+    100,000 lines is marshalled without a copy of each in the agent's event loop."""
+
     usec: int  # realtime, usec since the epoch
     stream: str  # "stdout" or "stderr"
     text: str
@@ -177,6 +179,16 @@ def _drop(entry: dict[str, Any]) -> Drop | None:
     if count == 0:
         return None
     return Drop(entry["__REALTIME_TIMESTAMP"], unit, count, source)
+
+
+def with_drops(lines: list[LogLine], drops: list[Drop], last: int = 0) -> list[LogLine]:
+    """The lines with a line of stream DROPPED (its text the count) for each of journald's reports among them: just
+    before the first line it kept again, which came right after the report."""
+    if last and lines:
+        drops = [d for d in drops if d.usec >= lines[0].usec]  # those among the lines shown
+    merged = [*((line.usec, 1, line) for line in lines),
+              *((d.usec, 0, LogLine(d.usec, DROPPED, str(d.count))) for d in drops)]
+    return [line for _, _, line in sorted(merged, key=lambda m: (m[0], m[1]))]
 
 
 def _match_reports(reader: Any, ids: tuple[str, ...]) -> None:

@@ -1346,17 +1346,13 @@ class Manager:
             rt.journal_synced = c.finished_at
         # A former container of the same name had the same unit: only lines since this one was made.
         since = max(since_usec, c.created_at)
-        lines = await asyncio.to_thread(journal.read_lines, c.unit, since, last,
-                                        setup_identifier(c.name) if setup else "")
-        if not dropped:
-            return lines
-        drops = await asyncio.to_thread(journal.read_drops, since, c.unit)
-        if last and lines:
-            drops = [d for d in drops if d.usec >= lines[0].usec]  # those among the lines shown
-        # The report comes as the first line kept again passes: just before it.
-        merged = [*((line.usec, 1, line) for line in lines),
-                  *((d.usec, 0, journal.LogLine(d.usec, journal.DROPPED, str(d.count))) for d in drops)]
-        return [line for _, _, line in sorted(merged, key=lambda m: (m[0], m[1]))]
+        identifier = setup_identifier(c.name) if setup else ""
+
+        def read() -> list[journal.LogLine]:  # all of it in a worker thread: a log may hold 100,000s of lines
+            lines = journal.read_lines(c.unit, since, last, identifier)
+            return journal.with_drops(lines, journal.read_drops(since, c.unit), last) if dropped else lines
+
+        return await asyncio.to_thread(read)
 
     async def watch_log_drops(self, watch: DropSource, past: Callable[[], list[journal.Drop]]) -> None:
         """Count journald's reports of dropped lines onto their containers (Container.logs_dropped): past() gives

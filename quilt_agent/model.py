@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from quilt_agent.errors import InvalidArgument
+from quilt_agent.errors import InvalidArgument, NotSupported
 from quilt_agent import capabilities
 from quilt_agent import health
 from quilt_agent import setup as setup_commands
@@ -400,6 +400,24 @@ def _parse_log_max_files(value: Any) -> int:
     return value
 
 
+# Per-unit log rate limits (LogRateLimitIntervalSec=, LogRateLimitBurst=) are execution settings: systemd takes them
+# for services and refuses them for a scope, in every version (src/core/dbus-scope.c sets cgroup, kill and scope
+# properties only), and a slice or a journald namespace (LogNamespace=, again an execution setting) is no way around
+# it. journald's global limits are the host's, never changed by Quilt. So the options are refused, saying why and
+# what does keep every line, rather than accepted and silently without effect.
+LOG_RATE_LIMIT_REFUSED = ("per-container log rate limits cannot be set: systemd accepts LogRateLimitIntervalSec= and "
+                          "LogRateLimitBurst= for services only, and each container runs in a scope, so journald's own "
+                          "limit applies. The lines it drops are counted (LogLinesDropped, marked by `quiltctl logs`); "
+                          "log_driver journald+file keeps every line in a file as well")
+
+
+def _refuse_log_rate_limit(key: str, kind: type, what: str) -> Any:
+    def parse(value: Any) -> Any:
+        _expect(key, value, kind, what)
+        raise NotSupported(f"Option '{key}': {LOG_RATE_LIMIT_REFUSED}")
+    return parse
+
+
 def _settle_log_options(fields: dict[str, Any]) -> None:
     driver = fields.get("log_driver", "journald")
     if driver not in FILE_LOG_DRIVERS:
@@ -529,6 +547,9 @@ OPTION_PARSERS = {
     "log_driver": ("log_driver", _parse_log_driver),
     "log_max_size": ("log_max_size", _parse_log_max_size),
     "log_max_files": ("log_max_files", _parse_log_max_files),
+    "log_rate_limit_burst": ("", _refuse_log_rate_limit("log_rate_limit_burst", int, "an unsigned integer")),
+    "log_rate_limit_interval": ("", _refuse_log_rate_limit("log_rate_limit_interval", int,
+                                                           "an unsigned integer (microseconds)")),
     "unit": ("unit", _parse_unit),
     "cap_add": ("cap_add", lambda v: capabilities.normalise("cap_add", v)),
     "cap_drop": ("cap_drop", lambda v: capabilities.normalise("cap_drop", v)),

@@ -313,9 +313,9 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
     @guarded(READ, "read the logs of")
     async def get_logs(self, options: "a{sv}") -> "a(tss)":
         lines, since, setup, dropped = _log_options(options)
-        return [[line.usec, line.stream, line.text]
-                for line in await self._manager.logs(self.container_id, since_usec=since, last=lines, setup=setup,
-                                                     dropped=dropped)]
+        # journal.LogLine is the (tss) struct itself: no copy of each line here
+        return await self._manager.logs(self.container_id, since_usec=since, last=lines, setup=setup,
+                                        dropped=dropped)
 
     @dbus_method(name="GetEnvironment")
     @guarded(MANAGE, "read the environment of")

@@ -78,23 +78,33 @@ def environment(params: dict[str, Any]) -> list[str]:
 
 
 # Podman's --log-opt keys for the log file's rotation (k8s-file, journald+file); max-file is Docker's spelling.
-LOG_OPTS = {"max-size": "log_max_size", "max-files": "log_max_files", "max-file": "log_max_files"}
+LOG_OPTS = {"max-size": "log_max_size", "max-files": "log_max_files", "max-file": "log_max_files",
+            "rate-limit-burst": "log_rate_limit_burst", "rate-limit-interval": "log_rate_limit_interval"}
 
 
 def log_options(values: tuple[str, ...] | list[str] | None) -> dict[str, Any]:
-    """--log-opt KEY=VALUE, repeated: max-size=SIZE (10m, 1g; bytes without a unit), max-files=N."""
-    from quilt_agent.cli.parsing import parse_memory
+    """--log-opt KEY=VALUE, repeated: max-size=SIZE (10m, 1g; bytes without a unit), max-files=N, and Podman's
+    rate-limit-burst=N, rate-limit-interval=DURATION (30s), which the agent refuses, saying why."""
+    from quilt_agent.cli.parsing import parse_memory, parse_seconds
 
     out: dict[str, Any] = {}
     for text in values or ():
         key, sep, value = text.partition("=")
         if not sep or key not in LOG_OPTS:
-            raise FlagError(f"'{text}': the known log options are max-size=SIZE and max-files=N", "--log-opt")
+            raise FlagError(f"'{text}': the known log options are max-size=SIZE, max-files=N, rate-limit-burst=N "
+                            "and rate-limit-interval=DURATION", "--log-opt")
         try:
-            out[LOG_OPTS[key]] = parse_memory(value) if key == "max-size" else int(value)
+            if key == "max-size":
+                out[LOG_OPTS[key]] = parse_memory(value)
+            elif key == "rate-limit-interval":
+                out[LOG_OPTS[key]] = round(parse_seconds(value) * 1_000_000)
+            else:
+                out[LOG_OPTS[key]] = int(value)
+            if out[LOG_OPTS[key]] < 0:
+                raise ValueError(value)
         except ValueError:
-            raise FlagError(f"'{text}': {value!r} is not {'a size' if key == 'max-size' else 'a number'}",
-                            "--log-opt") from None
+            what = {"max-size": "a size", "rate-limit-interval": "a duration"}.get(key, "a number")
+            raise FlagError(f"'{text}': {value!r} is not {what}", "--log-opt") from None
     return out
 
 

@@ -133,7 +133,12 @@ async def test_a_restarted_container_adds_to_its_file(client: Client, busybox_ta
      "quiltctl: Invalid log_max_size 1024 bytes: must be between 4096 and 4611686018427387904\n"),
     (["--log-driver", "k8s-file", "--log-opt", "max-files=3"], 125, "Option 'log_max_files' needs log_max_size"),
     # A value quiltctl cannot even read is a usage error, as every flag's (exit 2).
-    (["--log-driver", "k8s-file", "--log-opt", "tag=x"], 2, "the known log options are max-size=SIZE and max-files=N"),
+    (["--log-driver", "k8s-file", "--log-opt", "tag=x"], 2,
+     "the known log options are max-size=SIZE, max-files=N, rate-limit-burst=N"),
+    # Podman's rate limits: systemd takes them for services only, and a container is a scope
+    (["--log-opt", "rate-limit-burst=100", "--log-opt", "rate-limit-interval=10s"], 125,
+     "quiltctl: Option 'log_rate_limit_burst': per-container log rate limits cannot be set: systemd accepts "
+     "LogRateLimitIntervalSec= and LogRateLimitBurst= for services only"),
 ])
 def test_bad_log_options_are_refused_in_one_line_and_nothing_is_made(busybox_tar: Path, name: str, flags: list[str],
                                                                      code: int, message: str) -> None:
@@ -143,12 +148,17 @@ def test_bad_log_options_are_refused_in_one_line_and_nothing_is_made(busybox_tar
     assert quiltctl("ps", "-a", "-q", "--filter", f"name={name}").stdout == ""
 
 
-async def test_bad_log_options_over_the_bus_are_invalid_argument(client: Client, busybox_tar: Path,
+async def test_bad_log_options_over_the_bus_are_named_errors(client: Client, busybox_tar: Path,
                                                                  name: str) -> None:
     for options in ({"log_driver": "k8s-file", "log_max_files": 0}, {"log_max_size": 8192}):
         with pytest.raises(ClientError) as caught:
             await client.create_container(name, str(busybox_tar), ["true"], {"networks": ["none"], **options})
         assert caught.value.name == ERR + "InvalidArgument"
+    with pytest.raises(ClientError) as caught:
+        await client.create_container(name, str(busybox_tar), ["true"],
+                                      {"networks": ["none"], "log_rate_limit_interval": 30_000_000})
+    assert caught.value.name == ERR + "NotSupported" and "journald+file keeps every line" in str(caught.value)
+    assert await client.list_containers() == []
 
 
 async def test_a_full_disk_is_told_as_it_begins_and_the_lines_it_cost_counted_in_place(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quilt_agent.errors import InvalidArgument
+from quilt_agent.errors import InvalidArgument, NotSupported
 from quilt_agent.model import BOUNDED_LOG_FILES, BOUNDED_LOG_SIZE, parse_options
 
 
@@ -45,3 +45,18 @@ def test_bad_log_options_are_invalid_argument_naming_them(options: dict, words: 
     with pytest.raises(InvalidArgument) as caught:
         parse_options(options)
     assert words in str(caught.value)
+
+
+@pytest.mark.parametrize("options", [{"log_rate_limit_burst": 500}, {"log_rate_limit_interval": 30_000_000},
+                                     {"log_driver": "journald+file", "log_rate_limit_burst": 1}])
+def test_log_rate_limits_are_not_supported_saying_why_and_what_keeps_every_line(options: dict) -> None:
+    with pytest.raises(NotSupported) as caught:
+        parse_options(options)
+    assert "systemd accepts LogRateLimitIntervalSec= and LogRateLimitBurst= for services only" in str(caught.value)
+    assert "journald+file keeps every line" in str(caught.value)
+
+
+@pytest.mark.parametrize("options", [{"log_rate_limit_burst": "many"}, {"log_rate_limit_interval": 1.5}])
+def test_a_log_rate_limit_of_the_wrong_type_is_invalid_first(options: dict) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_options(options)

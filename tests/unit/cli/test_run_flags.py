@@ -175,9 +175,17 @@ def test_log_options_are_the_rotation_in_bytes_and_files() -> None:
     assert log_options(None) == {}
 
 
+def test_podmans_rate_limit_options_go_to_the_agent_in_its_units() -> None:
+    # The agent refuses them, saying why (model.LOG_RATE_LIMIT_REFUSED): its word, not the client's.
+    assert log_options(("rate-limit-burst=500", "rate-limit-interval=30s")) == {
+        "log_rate_limit_burst": 500, "log_rate_limit_interval": 30_000_000}
+
+
 @pytest.mark.parametrize("text, words", [
-    ("tag=web", "the known log options are max-size=SIZE and max-files=N"), ("max-size", "known log options"),
-    ("max-size=lots", "'lots' is not a size"), ("max-files=two", "'two' is not a number"),
+    ("tag=web", "the known log options are max-size=SIZE, max-files=N, rate-limit-burst=N"),
+    ("max-size", "known log options"), ("max-size=lots", "'lots' is not a size"),
+    ("max-files=two", "'two' is not a number"), ("max-files=-1", "'-1' is not a number"),
+    ("rate-limit-interval=soon", "'soon' is not a duration"), ("rate-limit-burst=-5", "'-5' is not a number"),
 ])
 def test_a_bad_log_option_names_the_flag(text: str, words: str) -> None:
     with pytest.raises(FlagError) as caught:
