@@ -1,6 +1,7 @@
 """The agent's life on the bus: the store, the services (app.py), the exported objects, the bus name, sd_notify,
 the watchdog, the idle exit and signals."""
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -92,6 +93,11 @@ async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float
 
     # Recovery is done and the name is owned: calls queued by the activation are being answered.
     loopcheck.serving()
+    # What start-up made (modules, the containers' records) lives as long as the agent: out of the cyclic
+    # collector's reach, a full collection walks only what calls made since, and stays short. Measured in the test
+    # host: reading ~40,000 journal lines through GetLogs held the loop 126-172 ms (in handles that do next to
+    # nothing: collections) in 2 runs of 3 without this, never over 100 ms in 2 runs with it.
+    gc.freeze()
     known = manager.list()
     sd_daemon.notify(f"READY=1\nSTATUS={len(known)} containers known")
     log.info("quilt-agent %s ready on %s, %d containers known", __version__, BUS_NAME, len(known))
