@@ -926,7 +926,7 @@ class Bench:
         # The journald rows keep their names of earlier runs, for comparison.
         variant = variant if driver == "journald" else f" ({driver}){variant}"
         self._poll_logs(wl, f"{QUILT} GetLogs{variant}", started, exited,
-                        lambda: [line.text for line in self.q(self.client.get_logs(path, {}))])
+                        lambda: [line.text for line in self.q(self.client.read_logs(path, {}))])
         # The CLI reads the same journal; it starts now that every line Quilt will ever have is there.
         with tempfile.TemporaryFile() as out:
             started_cli = time.perf_counter()

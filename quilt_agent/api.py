@@ -124,6 +124,7 @@ FOLLOW_OPTION_SIGNATURES: dict[str, str] = {
     "until": "t",
     "follow": "b",
     "setup": "b",
+    "dropped": "b",
 }
 
 LOG_OPTION_SIGNATURES: dict[str, str] = {
@@ -363,6 +364,25 @@ class Calls(ABC):
         from quilt_agent.replies import LogLine
 
         return [LogLine(usec=u, stream=s, text=t) for u, s, t in rows]
+
+    async def read_logs(self, path: str, options: Mapping[str, Any] | None = None) -> list[LogLine]:
+        """GetLogs' lines; those of a log too large for one reply (TooLarge) streamed through FollowLogs with follow
+        false instead (the same options, which both take)."""
+        try:
+            return await self.get_logs(path, options)
+        except ClientError as e:
+            from quilt_agent.bus.error_names import TOO_LARGE
+
+            if e.name != TOO_LARGE:
+                raise
+        import json
+
+        from quilt_agent.replies import LogLine
+
+        fd = await self.follow_logs(path, {**(options or {}), "follow": False})
+        with os.fdopen(fd, "rb") as pipe:  # the agent writes it from a thread of its own: read at once, here
+            return [LogLine(usec=line["usec"], stream=line["stream"], text=line["text"])
+                    for line in map(json.loads, pipe)]
 
     async def run_health_check(self, path: str) -> tuple[str, int, str]:
         """(status after it, the check's exit code, its output)."""

@@ -55,6 +55,10 @@ class NotSupported(QuiltError):
     """What this host cannot do correctly (pausing without a cgroup v2 freezer), refused rather than faked."""
 
 
+class TooLarge(QuiltError):
+    """What was asked for does not fit in one reply; the message says how to ask for it in parts, or as a stream."""
+
+
 class TimedOut(QuiltError):
     """An operation with a time limit did not finish within it (an exec's timeout, a systemd job that systemd
     did not finish)."""

@@ -29,7 +29,8 @@ from typing import Any
 
 from quilt_agent.errors import InvalidArgument
 from quilt_agent import logfile
-from quilt_agent.journal import DROPPED, PRIORITY_STDERR, PRIORITY_STDOUT
+from quilt_agent.journal import DROPPED, PRIORITY_STDERR, PRIORITY_STDOUT, Drop
+from quilt_agent.journal import read_drops as journal_read_drops
 from quilt_agent.journal import synchronize as journal_synchronize
 from quilt_agent.journal import match as journal_match
 from quilt_agent.model import Container, State
@@ -53,6 +54,7 @@ class FollowOptions:
     setup: bool = False  # only the setup steps' lines (quilt_agent/setup.py)
     after_cursor: str = ""  # only the lines after this journal entry (a cut follow resumed); `lines` is ignored
     end_marker: bool = False  # a last line {"end": true} when the follow ends on its own
+    dropped: bool = False  # with lines of stream DROPPED where lines were lost (those reported before the call)
 
 
 def _unsigned(key: str, value: Any) -> int:
@@ -75,7 +77,7 @@ def _cursor(key: str, value: Any) -> str:
 
 
 FOLLOW_OPTIONS = {"lines": _unsigned, "since": _unsigned, "until": _unsigned, "follow": _boolean,
-                  "setup": _boolean, "after_cursor": _cursor, "end_marker": _boolean}
+                  "setup": _boolean, "after_cursor": _cursor, "end_marker": _boolean, "dropped": _boolean}
 
 
 def parse_follow_options(options: dict[str, Any]) -> FollowOptions:
@@ -102,6 +104,7 @@ class _Follower(threading.Thread):
         self._done = done
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._ended = threading.Event()
+        self._marks: deque[Drop] = deque()  # journald's reports of dropped lines still to be marked, oldest first
 
     def end(self) -> None:
         """The container has ended: write what is left, then close (called from the event loop)."""
@@ -144,7 +147,13 @@ class _Follower(threading.Thread):
             if after and entry.get("__CURSOR") == after:
                 continue  # the reader's last line: it has it
             backlog.append(entry)
+        if self._options.dropped:
+            # As GetLogs' marks (journal.with_drops): those among the lines sent, each before the first line
+            # journald kept again.
+            first = backlog[0]["__REALTIME_TIMESTAMP"] if backlog and (self._options.lines or after) else 0
+            self._marks.extend(d for d in journal_read_drops(self._since, self._unit) if d.usec >= first)
         if not self._send(backlog) or not self._options.follow:
+            self._send_marks(None)
             return True
         return self._follow(reader)
 
@@ -157,7 +166,7 @@ class _Follower(threading.Thread):
             log.warning("the log file a follow of %s resumes in has been rotated away: from the oldest kept",
                         self._unit)
         backlog = self._backlog()
-        backlog.extend(_entries(tail.records()))
+        backlog.extend(_entries(tail.records(), self._options.dropped))
         if not self._send(backlog) or not self._options.follow:
             return True
         poller = self._poller()
@@ -165,7 +174,7 @@ class _Follower(threading.Thread):
             ended = self._ended.is_set()  # before the read: what the monitor wrote before the end is in it
             if any(fd == self._fd for fd, _ in poller.poll(self._timeout(FILE_POLL_MS))):
                 return False
-            if not self._send(_entries(tail.records())) or ended or self._past_until():
+            if not self._send(_entries(tail.records(), self._options.dropped)) or ended or self._past_until():
                 return True
 
     def _backlog(self) -> deque[dict[str, Any]] | list[dict[str, Any]]:
@@ -221,16 +230,28 @@ class _Follower(threading.Thread):
             if self._options.until and usec > self._options.until:
                 over = True
                 break
+            if self._marks and self._marks[0].usec <= usec:
+                self._send_marks(usec, chunk)
             text = entry.get("MESSAGE", "")
             if isinstance(text, bytes):
                 text = text.decode("utf-8", "replace")
-            stream = "stderr" if entry.get("PRIORITY") == PRIORITY_STDERR else "stdout"
+            stream = entry.get(_STREAM) or ("stderr" if entry.get("PRIORITY") == PRIORITY_STDERR else "stdout")
             line = {"usec": usec, "stream": stream, "text": text, "cursor": entry.get("__CURSOR", "")}
             chunk.append(json.dumps(line).encode() + b"\n")
             if len(chunk) >= WRITE_BATCH:
                 self._write(chunk)
         self._write(chunk)
         return not over
+
+    def _send_marks(self, up_to: int | None, chunk: list[bytes] | None = None) -> None:
+        """The marks of journald's reports up to up_to (usec; None: all left), into chunk or written now."""
+        out: list[bytes] = [] if chunk is None else chunk
+        while self._marks and (up_to is None or self._marks[0].usec <= up_to):
+            drop = self._marks.popleft()
+            mark = {"usec": drop.usec, "stream": DROPPED, "text": str(drop.count), "cursor": ""}
+            out.append(json.dumps(mark).encode() + b"\n")
+        if chunk is None:
+            self._write(out)
 
     def _write(self, chunk: list[bytes]) -> None:
         """Write the lines (blocking: a reader that does not read holds only this thread) and empty the list."""
@@ -240,12 +261,18 @@ class _Follower(threading.Thread):
             data = data[os.write(self._fd, data):]
 
 
-def _entries(records: Any) -> Any:
-    """Log file records as the journal's entries, which _send writes; not the "dropped" ones (GetLogs shows them)."""
+_STREAM = "_QUILT_STREAM"  # an entry's stream when it is no journal priority's: a log file's "dropped" record
+
+
+def _entries(records: Any, dropped: bool) -> Any:
+    """Log file records as the journal's entries, which _send writes; the "dropped" ones only if asked."""
     for record in records:
         if record.stream != DROPPED:
             yield {"__REALTIME_TIMESTAMP": record.usec, "MESSAGE": record.text, "__CURSOR": record.cursor,
                    "PRIORITY": PRIORITY_STDERR if record.stream == "stderr" else PRIORITY_STDOUT}
+        elif dropped:
+            yield {"__REALTIME_TIMESTAMP": record.usec, "MESSAGE": record.text, "__CURSOR": record.cursor,
+                   _STREAM: DROPPED}
 
 
 class LogFollowers:

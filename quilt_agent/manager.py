@@ -24,7 +24,8 @@ from quilt_agent.execs import ExecOptions, Executor, ExecResult, exec_environmen
 from quilt_agent.logfollow import LogFollowers, parse_follow_options
 from quilt_agent.errors import (
     AccessDenied, AlreadyRunning, CommandNotExecutable, CommandNotFound, ContainerFailed, InvalidArgument, NameInUse,
-    NoSuchContainer, NoSuchVolume, NotRunning, NotSupported, QuiltError, ResourceExhausted, TimedOut, VolumeInUse,
+    NoSuchContainer, NoSuchVolume, NotRunning, NotSupported, QuiltError, ResourceExhausted, TimedOut, TooLarge,
+    VolumeInUse,
 )
 from quilt_agent.helper import protocol
 from quilt_agent.helper.monitor import start_time
@@ -67,6 +68,21 @@ MESSAGE_IDS = {
 
 
 DROP_WATCH_PAUSE = 0.25  # seconds between two looks at journald's reports of dropped lines
+# The most lines (and bytes of text) one GetLogs reply carries. A reply is marshalled whole in the agent's event
+# loop (~2.5 us a line: 40,000 lines held it over 100 ms in the test host), and the system bus refuses a message
+# over 32 MiB (dbus-daemon's max_message_size). More is streamed, through FollowLogs.
+MAX_LOG_REPLY_LINES = 20_000
+MAX_LOG_REPLY_BYTES = 16 << 20
+
+
+def _one_reply(c: Container, lines: list[journal.LogLine]) -> list[journal.LogLine]:
+    """The lines, if one GetLogs reply carries them; else TooLarge, saying how to read them."""
+    if len(lines) > MAX_LOG_REPLY_LINES or sum(len(line.text) for line in lines) > MAX_LOG_REPLY_BYTES:
+        raise TooLarge(f"The lines asked for of container {c.name}'s log are {len(lines)}: more than one reply "
+                       f"carries ({MAX_LOG_REPLY_LINES} lines, {MAX_LOG_REPLY_BYTES >> 20} MiB). Ask for fewer "
+                       "(lines, since), or read it through FollowLogs with follow false, which streams any "
+                       "number (`quiltctl logs` does)")
+    return lines
 
 
 class DropSource(Protocol):
@@ -1337,8 +1353,9 @@ class Manager:
             self._check_logged(c)
             if c.spec.log_driver in FILE_LOG_DRIVERS:
                 # Complete once the container has ended: its monitor writes the last lines before recording the end.
-                return await asyncio.to_thread(logfile.read_lines, str(self._paths.container(c.id)), since_usec,
-                                               last, 0, dropped)
+                directory = str(self._paths.container(c.id))
+                return await asyncio.to_thread(
+                    lambda: _one_reply(c, logfile.read_lines(directory, since_usec, last, 0, dropped)))
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING and c.finished_at and rt.journal_synced != c.finished_at:
             # Its last lines may still be on their way into the journal: `quiltctl run` reads them right after.
@@ -1350,7 +1367,8 @@ class Manager:
 
         def read() -> list[journal.LogLine]:  # all of it in a worker thread: a log may hold 100,000s of lines
             lines = journal.read_lines(c.unit, since, last, identifier)
-            return journal.with_drops(lines, journal.read_drops(since, c.unit), last) if dropped else lines
+            return _one_reply(c, journal.with_drops(lines, journal.read_drops(since, c.unit), last) if dropped
+                              else lines)
 
         return await asyncio.to_thread(read)
 

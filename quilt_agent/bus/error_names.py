@@ -19,6 +19,7 @@ ERROR_NAMES: dict[type[errors.QuiltError], str] = {
     errors.CommandNotFound: ERROR_PREFIX + "CommandNotFound",
     errors.CommandNotExecutable: ERROR_PREFIX + "CommandNotExecutable",
     errors.TimedOut: ERROR_PREFIX + "TimedOut",
+    errors.TooLarge: ERROR_PREFIX + "TooLarge",
     errors.NotSupported: ERROR_PREFIX + "NotSupported",
     errors.NoSpace: ERROR_PREFIX + "NoSpace",
     errors.ResourceExhausted: ERROR_PREFIX + "ResourceExhausted",
@@ -41,3 +42,4 @@ DECLARED_NAMES = frozenset(ERROR_NAMES.values())
 # The names quiltctl reacts to by name, besides printing the message.
 NO_SUCH_CONTAINER = ERROR_NAMES[errors.NoSuchContainer]
 NOT_RUNNING = ERROR_NAMES[errors.NotRunning]
+TOO_LARGE = ERROR_NAMES[errors.TooLarge]

@@ -109,7 +109,7 @@ def run_request(ctx: click.Context | None, request: ContainerRequest, detach: bo
             elif request.options.get("setup"):
                 await session.call(lambda: _print_logs_after_setup(client, path, shown=live is not None))
             else:
-                output.print_logs(await session.call(lambda: client.get_logs(path, {"dropped": True})),
+                output.print_logs(await session.call(lambda: client.read_logs(path, {"dropped": True})),
                                   driver=str(request.options.get("log_driver", "journald")))
         except ClientError as e:
             if not session.restarts or e.name not in _GONE_OBJECT:
@@ -162,10 +162,10 @@ async def _print_logs_after_setup(client: Client, path: str, shown: bool = False
     live already), with the reason, since they are what tells why the command never ran."""
     from collections import Counter
 
-    setup = await client.get_logs(path, {"setup": True})
+    setup = await client.read_logs(path, {"setup": True})
     taken = Counter(setup)
     own = []
-    for line in await client.get_logs(path, {}):
+    for line in await client.read_logs(path, {}):
         if taken[line] > 0:
             taken[line] -= 1  # a setup line: GetLogs without the option may include them
         else:

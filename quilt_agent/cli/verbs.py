@@ -136,7 +136,7 @@ def logs(ctx: click.Context | None, lines: int | None, since_usec: int | None, t
 
     async def body(client: Client) -> tuple[list[Any], str]:
         path, props = await client.get_container_properties(container)
-        return [] if lines == 0 else await client.get_logs(path, options), str(props.get("LogDriver", ""))
+        return [] if lines == 0 else await client.read_logs(path, options), str(props.get("LogDriver", ""))
 
     shown, driver = with_client(ctx, body)
     output.print_logs(shown, timestamps, driver)

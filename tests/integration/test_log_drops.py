@@ -13,6 +13,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from quilt_agent.api import ClientError
 from quilt_agent.client import Client
 from tests.integration.test_events import events_of
 
@@ -33,14 +36,21 @@ async def test_lines_journald_drops_are_counted_marked_and_told(client: Client, 
     assert dropped > 0 and told[-1].details["count"] == dropped
     assert props["LogLinesDroppedAt"] == told[-1].details["at"]
 
-    lines = await client.get_logs(path, {"dropped": True})
+    # More lines than one GetLogs reply carries: a named error, and the same read streamed through FollowLogs.
+    with pytest.raises(ClientError) as caught:
+        await client.get_logs(path, {"dropped": True})
+    assert caught.value.name == "org.quilt.Runtime.Error.TooLarge" and "FollowLogs" in str(caught.value)
+    lines = await client.read_logs(path, {"dropped": True})
     marks = [line for line in lines if line.stream == "dropped"]
     kept = [line for line in lines if line.stream == "stdout"]
     # Every line is either kept or counted, none twice: journald's count is exact.
     assert [int(m.text) for m in marks] == [dropped]
     assert len(kept) + dropped == FLOOD + 1
     assert lines[-2:] == [marks[0], kept[-1]] and kept[-1].text == "after"  # the mark where the gap is
-    assert not [line for line in await client.get_logs(path, {}) if line.stream == "dropped"]  # only when asked
+    assert not [line for line in await client.read_logs(path, {}) if line.stream == "dropped"]  # only when asked
+    # A part that one reply carries has its mark too
+    tail = await client.get_logs(path, {"dropped": True, "lines": 3})
+    assert [line.stream for line in tail] == ["stdout", "stdout", "dropped", "stdout"]
 
     shown = subprocess.run([QUILTCTL, "logs", "-n", "2", name], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and shown.stdout.splitlines() == [kept[-2].text, "after"]

@@ -188,6 +188,9 @@ async def test_a_full_disk_is_told_as_it_begins_and_the_lines_it_cost_counted_in
         assert marks == [told.details["count"]] and lines[-2].stream == "dropped" and kept[-1] == "after"
         assert len(kept) - 1 + marks[0] == 3000 and kept[:-1] == [str(n) for n in range(1, len(kept))]
         assert (await client.properties(path))["LogLinesDropped"] == marks[0]
+        # FollowLogs streams the same, the mark in its place, when asked for it
+        streamed = await read_all(await client.follow_logs(path, {"follow": False, "dropped": True}))
+        assert [(line["stream"], line["text"]) for line in streamed] == [(line.stream, line.text) for line in lines]
         shown = quiltctl("logs", "-n", "2", name)
         assert shown.stderr == (f"quiltctl: {marks[0]} lines could not be written to the log file here (a full "
                                 "disk, or a failing one)\n")
