@@ -140,6 +140,9 @@ async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float
                 log.warning("releasing %s: %s", BUS_NAME, e)
     for task in tasks:
         task.cancel()
+    # The journal turns readable at every line, this agent's last ones too: no look at it may start once the
+    # loop's worker threads are shut down (after this returns), which would fail the look's task.
+    manager.unwatch_log_drops()
     loop.remove_reader(zygote_fd)
     os.close(zygote_fd)
     if bus.connected:
