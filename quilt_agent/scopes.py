@@ -239,8 +239,8 @@ class Scopes:
 
     async def stop(self, unit: str) -> None:
         """Stop the scope (its KillSignal=, then SIGKILL to what is left after TimeoutStopSec=) and forget it."""
-        await self.stop_service(unit)  # the same StopUnit job, whatever the unit's type
-        await self.reset_failed(unit)
+        if await self._stop_unit(unit):  # the same StopUnit job, whatever the unit's type
+            await self.reset_failed(unit)  # not for a unit systemd does not know: it cannot be failed either
 
     async def attach(self, unit: str, pids: list[int], limits: ScopeLimits) -> None:
         try:
@@ -252,13 +252,19 @@ class Scopes:
             await self._manager("SetUnitProperties", "sba(sv)", [unit, True, props])  # runtime: this boot only
 
     async def stop_service(self, unit: str) -> None:
+        await self._stop_unit(unit)
+
+    async def _stop_unit(self, unit: str) -> bool:
+        """StopUnit and its job; False if systemd knows no such unit (a scope it collected once empty)."""
         with self._owning(unit):
             try:
                 (job,) = await self._manager("StopUnit", "ss", [unit, "replace"])
-                await self._wait_job(job, unit, "stopping")
             except SystemdError as err:
                 if err.name != "org.freedesktop.systemd1.NoSuchUnit":
                     raise
+                return False
+            await self._wait_job(job, unit, "stopping")
+            return True
 
     @contextlib.contextmanager
     def _owning(self, unit: str) -> Iterator[None]:

@@ -140,6 +140,14 @@ async def exit_code_from_history(client: Calls, container_id: str, since_usec: i
     return code
 
 
+async def name_from_history(client: Calls, container_id: str, since_usec: int) -> str:
+    """The name of a container that is gone since, from its events at or after since_usec; "" if none has it."""
+    for event in await client.list_events(since_usec, 0):
+        if event.container_id == container_id and event.details.get("name"):
+            return str(event.details["name"])
+    return ""
+
+
 async def wait_for_exit(session: Session, client: Calls, path: str, container_id: str, since_usec: int) -> int:
     """The container's exit code, through Wait, asked again after each restart of the agent. A container gone
     meanwhile (the agent removed it: remove_on_exit, and it exited while the agent was away) still has its exit

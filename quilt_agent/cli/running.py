@@ -13,7 +13,7 @@ import time
 
 from quilt_agent.api import ClientError
 from quilt_agent.bus.names import container_id
-from quilt_agent.cli import hostfiles, output, sigproxy
+from quilt_agent.cli import output, sigproxy
 from quilt_agent.cli import request as requests
 from quilt_agent.cli.context import NO_SUCH_CONTAINER, fail, warn, with_async_client, with_client
 from quilt_agent.replies import LogLine
@@ -36,6 +36,15 @@ def run(ctx: click.Context | None, detach: bool, ready_timeout: float, interacti
     cli/request.py's RequestError or runflags' FlagError (cli/quick.py then leaves the command line to click)."""
     assert not (interactive or tty), "run -i/-t is cli/interactive.py's"
     return run_request(ctx, requests.build_request(params, os.getcwd()), detach, ready_timeout)
+
+
+async def _image_ref(client: Client, image: str) -> str:
+    """hostfiles.image_ref: imported only for an image path (a name or id needs neither it nor a call)."""
+    if not image.startswith("/"):
+        return image
+    from quilt_agent.cli import hostfiles
+
+    return await hostfiles.image_ref(client, image)
 
 
 def transport(request: ContainerRequest) -> Callable[..., Any]:
@@ -64,7 +73,7 @@ def run_request(ctx: click.Context | None, request: ContainerRequest, detach: bo
     if detach:
 
         async def detached(client: Client) -> str:
-            path = await client.run_container(request.name, await hostfiles.image_ref(client, request.image), request.command, request.options)
+            path = await client.run_container(request.name, await _image_ref(client, request.image), request.command, request.options)
             if request.options.get("sdnotify") in ("container", "healthy"):
                 await _until_ready(client, path, ready_timeout)
             return container_id(path)
@@ -85,7 +94,7 @@ def run_request(ctx: click.Context | None, request: ContainerRequest, detach: bo
         session = reconnect.Session(client, timeout, reached=True)  # used once the container is there
         since = time.time_ns() // 1000
         options = dict(request.options, hold_removal=True) if remove_after else request.options
-        path = await client.run_container(request.name, await hostfiles.image_ref(client, request.image),
+        path = await client.run_container(request.name, await _image_ref(client, request.image),
                                           request.command, options)
         live = None
         if show_setup_live:
@@ -93,7 +102,6 @@ def run_request(ctx: click.Context | None, request: ContainerRequest, detach: bo
 
             live = asyncio.ensure_future(_show_setup_live(client, path))
         cid = container_id(path)
-        unit = str(await client.get_property(path, "Unit"))  # for the journal's address, should the agent restart
         code = await sigproxy.wait_forwarding_signals(
             client, path, lambda: reconnect.wait_for_exit(session, client, path, cid, since))
         if live is not None:
@@ -114,9 +122,11 @@ def run_request(ctx: click.Context | None, request: ContainerRequest, detach: bo
         except ClientError as e:
             if not session.restarts or e.name not in _GONE_OBJECT:
                 raise
-            # An agent that restarted while it ran forgot the hold: it removed the container at its exit.
+            # An agent that restarted while it ran forgot the hold: it removed the container at its exit. Its name
+            # (the journal's address) is asked for only now: a run that never meets a restart makes no call for it.
+            name = request.name or await reconnect.name_from_history(client, cid, since) or "*"
             warn(f"container {cid[:output.SHORT_ID]} was removed while quilt-agent was away: its output "
-                 f"is in the journal (journalctl _SYSTEMD_UNIT={unit})")
+                 f"is in the journal (journalctl _SYSTEMD_UNIT='quilt-{name}.scope')")
         if remove_after:
             try:
                 await client.remove(path, False)

@@ -158,3 +158,21 @@ def test_events_across_a_restart_are_each_printed_once_those_of_the_same_microse
     printed = [(e["time"], e["kind"], e["container_id"][:1]) for e in map(json.loads, result.stdout.splitlines())]
     assert printed == [(now, "started", "a"), (now, "created", "b"), (now + 1, "exited", "a")]
     assert fake.listed == 3
+
+
+class History:
+    def __init__(self, events: list[Event]) -> None:
+        self.events = events
+        self.asked: list[tuple[int, int]] = []
+
+    async def list_events(self, since: int, limit: int) -> list[Event]:
+        self.asked.append((since, limit))
+        return self.events
+
+
+def test_a_gone_containers_name_comes_from_its_events_since_the_run_began() -> None:
+    history = History([Event(5, "created", "other", {"name": "db"}), Event(6, "created", "c1", {"name": "web"}),
+                       Event(9, "removed", "c1", {"name": "web"})])
+    assert asyncio.run(reconnect.name_from_history(history, "c1", 4)) == "web"  # type: ignore[arg-type]
+    assert history.asked == [(4, 0)]
+    assert asyncio.run(reconnect.name_from_history(history, "c2", 4)) == ""  # type: ignore[arg-type]
