@@ -5,6 +5,7 @@ container that wrote while the agent was restarted are all there."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -201,3 +202,30 @@ async def test_a_full_disk_is_told_as_it_begins_and_the_lines_it_cost_counted_in
     finally:
         subprocess.run(["umount", "-l", str(directory)], check=True)
         await client.remove(path)
+
+
+@pytest.mark.parametrize("driver", ["k8s-file", "journald+file"])
+async def test_the_options_of_logs_select_lines_of_the_file_as_of_the_journal(client: Client, busybox_tar: Path,
+                                                                              name: str, driver: str) -> None:
+    script = "echo one; sleep 0.3; echo two; sleep 0.3; echo three; sleep 0.3; echo four"
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", script],
+                                      {"networks": ["none"], "log_driver": driver})
+    assert await client.wait(path) == 0
+    every = await client.get_logs(path, {})
+    assert [line.text for line in every] == ["one", "two", "three", "four"]
+    two, three = every[1].usec, every[2].usec
+    assert [line.text for line in await client.get_logs(path, {"since": two})] == ["two", "three", "four"]
+
+    async def texts(options: dict) -> list[str]:
+        return [line["text"] for line in await read_all(await client.follow_logs(path, options))]
+
+    assert await texts({"follow": False, "lines": 2}) == ["three", "four"]
+    assert await texts({"follow": False, "since": two, "until": three}) == ["two", "three"]
+    shown = quiltctl("logs", "-n", "2", "--timestamps", name)
+    assert shown.returncode == 0, shown.stderr
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d"
+    assert [line.split(" ", 1)[1] for line in shown.stdout.splitlines()] == ["three", "four"]
+    assert all(re.fullmatch(stamp, line.split(" ", 1)[0]) for line in shown.stdout.splitlines())
+    assert quiltctl("logs", "--since", f"{two / 1e6:.6f}", name).stdout == "two\nthree\nfour\n"
+    assert quiltctl("logs", "--until", f"{three / 1e6:.6f}", name).stdout == "one\ntwo\nthree\n"
+    await client.remove(path)
