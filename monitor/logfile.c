@@ -31,6 +31,10 @@
 #define LOG_FAILED_ID "360f9016897c49c887b74b459e90e524"
 #define LOG_DROPPED_ID "2d9b2ed5267d4395b1d9d6d7bd5cfafa"
 #define JOURNAL_SOCKET "/run/systemd/journal/socket"
+/* At most one report a second: a disk with room for a short record now and then makes a gap a line, and a report
+ * each would be a flood that journald's own rate limit cuts, counts and all. The counts of the gaps in between are
+ * added up and reported with the next. */
+#define REPORT_INTERVAL 1
 
 /* One structured entry in journald's native protocol (KEY=VALUE lines in a datagram, sd_journal_send's simple
  * form: no value holds a newline), or the message on stderr, the agent's journal, where there is no journald. Written
@@ -44,8 +48,10 @@ static void report(const struct log_file *log, const char *id, long long dropped
 			 id, log->container ? log->container : "", dropped, log->failure, message);
 	struct sockaddr_un journal = {.sun_family = AF_UNIX, .sun_path = JOURNAL_SOCKET};
 	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	/* Never waits: a journald that is behind must not stall the relay, and through it the container. */
 	bool sent = fd >= 0 && n > 0 && n < (int)sizeof(entry) &&
-		    sendto(fd, entry, (size_t)n, MSG_NOSIGNAL, (struct sockaddr *)&journal, sizeof(journal)) == n;
+		    sendto(fd, entry, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT, (struct sockaddr *)&journal,
+			   sizeof(journal)) == n;
 	if (fd >= 0)
 		close(fd);
 	if (!sent)
@@ -127,6 +133,35 @@ static bool log_record(struct log_file *log, const char *stream, char flag, cons
 	return true;
 }
 
+static long long seconds_now(void)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long long)now.tv_sec;
+}
+
+/* May a report go now? Then it counts as the last one. */
+static bool report_due(struct log_file *log)
+{
+	long long now = seconds_now();
+	if (log->reported_at && now - log->reported_at < REPORT_INTERVAL)
+		return false;
+	log->reported_at = now;
+	return true;
+}
+
+/* The lines of ended gaps not reported yet go to the journal, the time to do so come. */
+static void report_dropped(struct log_file *log, bool now)
+{
+	if (log->unreported == 0 || (!now && !report_due(log)))
+		return;
+	char message[128];
+	snprintf(message, sizeof(message), "%s written again, after %lld lines that could not be", LOG_NAME,
+		 log->unreported);
+	report(log, LOG_DROPPED_ID, log->unreported, message);
+	log->unreported = 0;
+}
+
 /* The gap is over: its count goes into the file, and to the journal. False if the file still has no room. */
 static bool log_gap_end(struct log_file *log)
 {
@@ -134,10 +169,9 @@ static bool log_gap_end(struct log_file *log)
 	int n = snprintf(count, sizeof(count), "%lld", log->lost);
 	if (!log_record(log, "dropped", 'F', count, (size_t)n))
 		return false;
-	char message[128];
-	snprintf(message, sizeof(message), "%s written again, after %lld lines that could not be", LOG_NAME, log->lost);
-	report(log, LOG_DROPPED_ID, log->lost, message);
+	log->unreported += log->lost;
 	log->lost = 0;
+	report_dropped(log, false);
 	log->failure = 0;
 	return true;
 }
@@ -155,7 +189,8 @@ static void log_line(struct log_file *log, const char *stream, char flag, const 
 			snprintf(message, sizeof(message),
 				 "cannot write %s (%s): dropping lines, and counting them, until it can be written", LOG_NAME,
 				 log->fd < 0 ? "cannot open it" : strerror(errno));
-			report(log, LOG_FAILED_ID, 0, message);
+			if (report_due(log))
+				report(log, LOG_FAILED_ID, 0, message);
 		}
 		log->lost++;
 	}
@@ -260,10 +295,13 @@ long log_relay(struct log_file *log, struct log_stream *s)
 
 void log_close(struct log_file *log)
 {
-	if (log->lost == 0 || log_gap_end(log))
+	if (log->lost == 0 || log_gap_end(log)) {
+		report_dropped(log, true);
 		return;
+	}
 	/* Still no room: the count is only in the journal, and in what the agent makes of it. */
+	long long lost = log->lost + log->unreported;
 	char message[128];
-	snprintf(message, sizeof(message), "the container ended with %lld lines not written to %s", log->lost, LOG_NAME);
-	report(log, LOG_DROPPED_ID, log->lost, message);
+	snprintf(message, sizeof(message), "the container ended with %lld lines not written to %s", lost, LOG_NAME);
+	report(log, LOG_DROPPED_ID, lost, message);
 }

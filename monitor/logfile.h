@@ -22,6 +22,8 @@ struct log_file {
 	int credit;         /* the pid journald is to file forwarded lines under (the container's init), or 0 */
 	const char *container; /* its name: the reports in the journal say whose file it is */
 	int failure;        /* errno of the first write that failed since the last one that succeeded */
+	long long unreported; /* lines of gaps that have ended, counted in the file but not yet in the journal */
+	long long reported_at; /* CLOCK_MONOTONIC seconds of the last report to the journal, or 0 */
 };
 
 struct log_stream {

@@ -379,10 +379,18 @@ class Calls(ABC):
 
         from quilt_agent.replies import LogLine
 
-        fd = await self.follow_logs(path, {**(options or {}), "follow": False})
+        fd = await self.follow_logs(path, {**(options or {}), "follow": False, "end_marker": True})
+        lines: list[LogLine] = []
         with os.fdopen(fd, "rb") as pipe:  # the agent writes it from a thread of its own: read at once, here
-            return [LogLine(usec=line["usec"], stream=line["stream"], text=line["text"])
-                    for line in map(json.loads, pipe)]
+            for raw in pipe:
+                line = json.loads(raw) if raw.endswith(b"\n") else {}
+                if line.get("end"):
+                    return lines
+                if "usec" in line:
+                    lines.append(LogLine(usec=line["usec"], stream=line["stream"], text=line["text"]))
+        # A stream cut before its end marker (the agent went away) is no whole log: never shown as one.
+        raise ClientError("org.freedesktop.DBus.Error.Disconnected",
+                          f"the log's stream ended after {len(lines)} lines, before its end: read it again")
 
     async def run_health_check(self, path: str) -> tuple[str, int, str]:
         """(status after it, the check's exit code, its output)."""

@@ -152,33 +152,50 @@ JOURNALD = "journald"  # Drop.source: journald's rate limit dropped the lines
 LOG_FILE = "file"  # the container's log file could not take them
 
 
+MAX_DROPPED = 1 << 48  # a count past this is no real one (and would overflow LogLinesDropped's t)
+MONITOR_COMM = "quilt-mon"  # quilt-monitor's process name, before the container's (monitor/quilt-monitor.c)
+
+
 @dataclass(frozen=True)
 class Drop:
     usec: int  # when it was reported: for journald, the first line it kept again came right after
-    unit: str  # the container's scope
+    unit: str  # the container's unit (journald's reports), or ""
     count: int  # lines dropped; 0 when a log file's write has just failed (the gap begins, `reason` says why)
     source: str = JOURNALD
     reason: str = ""
+    container: str = ""  # the container's name (quilt-monitor's reports), or ""
+
+
+def _trusted(entry: dict[str, Any], message_id: str) -> bool:
+    """Whether the entry is from whom it says: anybody may send journald any fields but the trusted ones (with a
+    leading underscore, journald's own), which say who sent it. journald's reports are its own (_TRANSPORT=driver);
+    quilt-monitor's come from a process of that name run as root, as the agent's monitors are."""
+    if message_id == DROPPED_MESSAGE_ID:
+        return entry.get("_TRANSPORT") == "driver"
+    return entry.get("_UID") in (0, "0") and str(entry.get("_COMM", "")).startswith(MONITOR_COMM)
 
 
 def _drop(entry: dict[str, Any]) -> Drop | None:
     message_id = entry.get("MESSAGE_ID", DROPPED_MESSAGE_ID)
     message_id = getattr(message_id, "hex", message_id)  # systemd.journal.Reader reads it as a uuid.UUID
-    if message_id == DROPPED_MESSAGE_ID:
-        unit, source = entry.get("OBJECT_SYSTEMD_UNIT", ""), JOURNALD
-    else:
-        unit, source = f"quilt-{entry.get('QUILT_CONTAINER', '')}.scope", LOG_FILE  # model.scope_name's
+    if not _trusted(entry, message_id):
+        return None
     try:
         count = int(entry.get("N_DROPPED", ""))
     except ValueError:
         return None
-    if not isinstance(unit, str) or unit in ("", "quilt-.scope") or count < 0:
+    if not 0 <= count < MAX_DROPPED:
+        return None
+    usec = entry["__REALTIME_TIMESTAMP"]
+    if message_id == DROPPED_MESSAGE_ID:
+        unit = entry.get("OBJECT_SYSTEMD_UNIT", "")
+        return Drop(usec, unit, count) if isinstance(unit, str) and unit and count else None
+    container = entry.get("QUILT_CONTAINER", "")
+    if not isinstance(container, str) or not container:
         return None
     if message_id == LOG_FAILED_ID:
-        return Drop(entry["__REALTIME_TIMESTAMP"], unit, 0, source, str(entry.get("MESSAGE", "")))
-    if count == 0:
-        return None
-    return Drop(entry["__REALTIME_TIMESTAMP"], unit, count, source)
+        return Drop(usec, "", 0, LOG_FILE, str(entry.get("MESSAGE", "")), container)
+    return Drop(usec, "", count, LOG_FILE, container=container) if count else None
 
 
 def with_drops(lines: list[LogLine], drops: list[Drop], last: int = 0) -> list[LogLine]:

@@ -173,7 +173,9 @@ class Tail:
                     text = self._pieces.pop(stream) + text
                 yield Record(usec, stream, text.decode("utf-8", "replace"), self._inode, self._offset + start)
             if start == 0 and len(data) > 2 * READ_SIZE:
-                start = data.rfind(b"\n") + 1  # no record in all of it: skip what cannot be one
+                # No record in all of it: skip what cannot be one. A record is at most ~16 KiB (the monitor's
+                # LOG_LINE_MAX), so only the last 64 KiB can still be the start of one being written.
+                start = max(data.rfind(b"\n") + 1, len(data) - (1 << 16))
             self._offset += start
             self._buffer = data[start:]
 

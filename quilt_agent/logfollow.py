@@ -143,17 +143,22 @@ class _Follower(threading.Thread):
         elif self._since:
             reader.seek_realtime(self._since / 1e6 - 0.001)  # a little early: _send filters exactly
         backlog = self._backlog()
+        resumed_at = -1  # usec of the line the cursor names: the reader has the marks up to it
         for entry in reader:
             if after and entry.get("__CURSOR") == after:
+                resumed_at = entry["__REALTIME_TIMESTAMP"]
                 continue  # the reader's last line: it has it
             backlog.append(entry)
         if self._options.dropped:
             # As GetLogs' marks (journal.with_drops): those among the lines sent, each before the first line
-            # journald kept again.
-            first = backlog[0]["__REALTIME_TIMESTAMP"] if backlog and (self._options.lines or after) else 0
+            # journald kept again; after a cursor, those since its line.
+            if after:
+                first = resumed_at + 1
+            else:
+                first = backlog[0]["__REALTIME_TIMESTAMP"] if backlog and self._options.lines else 0
             self._marks.extend(d for d in journal_read_drops(self._since, self._unit) if d.usec >= first)
         if not self._send(backlog) or not self._options.follow:
-            self._send_marks(None)
+            self._send_marks(self._options.until or None)
             return True
         return self._follow(reader)
 

@@ -77,7 +77,7 @@ MAX_LOG_REPLY_BYTES = 16 << 20
 
 def _one_reply(c: Container, lines: list[journal.LogLine]) -> list[journal.LogLine]:
     """The lines, if one GetLogs reply carries them; else TooLarge, saying how to read them."""
-    if len(lines) > MAX_LOG_REPLY_LINES or sum(len(line.text) for line in lines) > MAX_LOG_REPLY_BYTES:
+    if len(lines) > MAX_LOG_REPLY_LINES or sum(len(line.text.encode()) for line in lines) > MAX_LOG_REPLY_BYTES:
         raise TooLarge(f"The lines asked for of container {c.name}'s log are {len(lines)}: more than one reply "
                        f"carries ({MAX_LOG_REPLY_LINES} lines, {MAX_LOG_REPLY_BYTES >> 20} MiB). Ask for fewer "
                        "(lines, since), or read it through FollowLogs with follow false, which streams any "
@@ -1405,27 +1405,37 @@ class Manager:
         task.add_done_callback(self._noting.discard)
 
     async def _look_for_drops(self, watch: DropSource) -> None:
+        reading = self._loop.run_in_executor(None, watch.new)
         try:
-            drops = await asyncio.to_thread(watch.new)
-        except OSError:
-            log.exception("reading journald's reports of dropped lines")
+            drops = await asyncio.shield(reading)
+        except asyncio.CancelledError:
+            # The agent exits while the worker thread reads: the watch is closed once the read is over, not under it.
+            def over(_: object) -> None:
+                self._drop_looking = False
+                if watch is not self._drop_watch:
+                    watch.close()
+            reading.add_done_callback(over)
+            raise
+        except Exception:  # noqa: BLE001 - a look that fails is logged; the watch goes on
+            log.exception("reading the journal's reports of dropped lines")
             drops = []
-        finally:
-            self._drop_looking = False
-            if watch is self._drop_watch:
-                self._loop.call_later(DROP_WATCH_PAUSE, self._rewatch_drops, watch)
-            else:  # unwatched while it was read
-                watch.close()
-                drops = []
+        self._drop_looking = False
+        if watch is self._drop_watch:
+            self._loop.call_later(DROP_WATCH_PAUSE, self._rewatch_drops, watch)
+        else:  # unwatched while it was read
+            watch.close()
+            drops = []
         for drop in drops:
             await self._note_drop(drop, tell=True)
 
     async def _note_drop(self, drop: journal.Drop, tell: bool) -> None:
-        key = (drop.unit, drop.usec, drop.source)
+        key = (drop.unit or drop.container, drop.usec, drop.source)
         if key in self._drops_seen:
             return
         self._drops_seen.add(key)
-        c = next((c for c in self._containers.values() if c.unit == drop.unit and drop.usec >= c.created_at), None)
+        # journald's reports name the unit, the monitor's the container (whose unit may be a service of the host's)
+        c = next((c for c in self._containers.values() if drop.usec >= c.created_at
+                  and (c.name == drop.container if drop.container else c.unit == drop.unit)), None)
         if c is None:
             return
         in_file = c.spec.log_driver in FILE_LOG_DRIVERS

@@ -124,9 +124,10 @@ def run_request(ctx: click.Context | None, request: ContainerRequest, detach: bo
                 raise
             # An agent that restarted while it ran forgot the hold: it removed the container at its exit. Its name
             # (the journal's address) is asked for only now: a run that never meets a restart makes no call for it.
-            name = request.name or await reconnect.name_from_history(client, cid, since) or "*"
+            name = request.name or await reconnect.name_from_history(client, cid, since)
+            where = f"_SYSTEMD_UNIT=quilt-{name}.scope" if name else "-u 'quilt-*.scope'"
             warn(f"container {cid[:output.SHORT_ID]} was removed while quilt-agent was away: its output "
-                 f"is in the journal (journalctl _SYSTEMD_UNIT='quilt-{name}.scope')")
+                 f"is in the journal (journalctl {where})")
         if remove_after:
             try:
                 await client.remove(path, False)

@@ -18,8 +18,9 @@ STREAMED = [{"usec": 1, "stream": "stdout", "text": "a", "cursor": "c1"},
 
 
 class Logs(Calls):
-    def __init__(self, error: str = "") -> None:
+    def __init__(self, error: str = "", streamed: list[dict[str, Any]] | None = None) -> None:
         self.error = error
+        self.streamed = STREAMED + [{"end": True}] if streamed is None else streamed
         self.asked: list[tuple[str, dict[str, Any]]] = []
 
     async def _call_message(self, *args: Any, **kwargs: Any) -> Any:
@@ -37,7 +38,7 @@ class Logs(Calls):
     async def follow_logs(self, path: str, options: Mapping[str, Any] | None = None) -> int:
         self.asked.append(("FollowLogs", dict(options or {})))
         read, write = os.pipe()
-        os.write(write, b"".join(json.dumps(line).encode() + b"\n" for line in STREAMED))
+        os.write(write, b"".join(json.dumps(line).encode() + b"\n" for line in self.streamed))
         os.close(write)
         return read
 
@@ -54,7 +55,13 @@ async def test_a_log_too_large_for_one_reply_is_streamed_with_the_same_options()
     assert lines == [LogLine(usec=1, stream="stdout", text="a"), LogLine(usec=2, stream="dropped", text="40"),
                      LogLine(usec=3, stream="stderr", text="b")]
     assert logs.asked == [("GetLogs", {"dropped": True, "since": 5}),
-                          ("FollowLogs", {"dropped": True, "since": 5, "follow": False})]
+                          ("FollowLogs", {"dropped": True, "since": 5, "follow": False, "end_marker": True})]
+
+
+async def test_a_stream_cut_before_its_end_is_an_error_not_a_shorter_log() -> None:
+    with pytest.raises(ClientError) as caught:
+        await Logs(TOO_LARGE, STREAMED).read_logs("/p")
+    assert "ended after 3 lines, before its end" in str(caught.value)
 
 
 async def test_any_other_error_is_the_callers() -> None:

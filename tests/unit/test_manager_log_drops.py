@@ -96,18 +96,33 @@ async def test_a_log_files_failed_write_is_told_and_its_lost_lines_counted_once_
     reports = Reports()
     try:
         await core.manager.watch_log_drops(reports, lambda: [])
-        failed = Drop(now_usec(), c.unit, 0, LOG_FILE, "cannot write ctr.log (No space left on device)")
+        failed = Drop(now_usec(), "", 0, LOG_FILE, "cannot write ctr.log (No space left on device)", "web")
         reports.add(failed)
         await until(core, c.id, "log_write_failed", 1)
         assert events(core, c.id, "log_write_failed")[0] | {"time": 0} == {
             "name": "web", "reason": "cannot write ctr.log (No space left on device)", "at": failed.usec, "time": 0}
         assert core.manager.get(c.id).logs_dropped == 0  # nothing known lost yet
-        ended = Drop(failed.usec + 1000, c.unit, 1234, LOG_FILE)
+        ended = Drop(failed.usec + 1000, "", 1234, LOG_FILE, container="web")
         reports.add(ended)
         await until(core, c.id, "logs_dropped", 1)
         assert events(core, c.id, "logs_dropped")[0]["count"] == 1234
         seen = core.manager.get(c.id)
         assert (seen.logs_dropped, seen.logs_dropped_at) == (1234, ended.usec)
+    finally:
+        core.manager.unwatch_log_drops()
+
+
+async def test_the_monitors_reports_find_a_container_by_name_whatever_its_unit(core: Core) -> None:
+    # A container run for a unit of the host's (its unit: NAME.service) has no quilt-NAME.scope
+    core.scopes.run_service("web.service")
+    c = await create(core, ["true"], "web", log_driver="k8s-file", unit="web.service")
+    assert c.unit == "web.service"
+    reports = Reports()
+    try:
+        await core.manager.watch_log_drops(reports, lambda: [])
+        reports.add(Drop(now_usec(), "", 3, LOG_FILE, container="web"))
+        await until(core, c.id, "logs_dropped", 1)
+        assert core.manager.get(c.id).logs_dropped == 3
     finally:
         core.manager.unwatch_log_drops()
 
