@@ -108,9 +108,10 @@ def synchronize(varlink: str = JOURNAL_VARLINK) -> bool:
         return False
 
 
-def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "") -> list[LogLine]:
+def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "", most: int = 0) -> list[LogLine]:
     """The lines journald holds for the scope since since_usec; the last `last` ones if last > 0; only those
-    of one SYSLOG_IDENTIFIER if given (a container's setup steps').
+    of one SYSLOG_IDENTIFIER if given (a container's setup steps'). Without `last`, at most `most` + 1 lines if
+    most > 0: the read stops once there are more than a caller takes.
 
     Blocking: call it in a worker thread.
     """
@@ -132,6 +133,8 @@ def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "") 
                 message = message.decode("utf-8", "replace")
             stream = "stderr" if entry.get("PRIORITY") == PRIORITY_STDERR else "stdout"
             kept.append(LogLine(usec, stream, message))
+            if most and not last and len(kept) > most:
+                break
         return list(kept)
     finally:
         reader.close()

@@ -181,9 +181,10 @@ class Tail:
 
 
 def read_lines(directory: str, since_usec: int = 0, last: int = 0, until_usec: int = 0,
-               dropped: bool = False) -> list[LogLine]:
+               dropped: bool = False, most: int = 0) -> list[LogLine]:
     """The lines of the container's log files since since_usec (and up to until_usec, if given); the last `last`
-    ones if last > 0; with the "dropped" records if asked (their text: how many lines). Blocking: call it in a
+    ones if last > 0; with the "dropped" records if asked (their text: how many lines). Without `last`, at most
+    `most` + 1 lines if most > 0: the read stops once there are more than a caller takes. Blocking: call it in a
     worker thread."""
     kept: deque[LogLine] | list[LogLine] = deque(maxlen=last) if last else []
     try:
@@ -197,4 +198,6 @@ def read_lines(directory: str, since_usec: int = 0, last: int = 0, until_usec: i
             if record.stream == DROPPED and not dropped:
                 continue
             kept.append(LogLine(record.usec, record.stream, record.text))
+            if most and not last and len(kept) > most:
+                break
     return list(kept)

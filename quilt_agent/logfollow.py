@@ -17,6 +17,7 @@ queued), then reads to the end.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,20 +144,22 @@ class _Follower(threading.Thread):
             reader.seek_cursor(after)  # the next entry is that one, if it is still there: skipped below
         elif self._since:
             reader.seek_realtime(self._since / 1e6 - 0.001)  # a little early: _send filters exactly
-        backlog = self._backlog()
+        entries: Iterator[dict[str, Any]] = iter(reader)
         resumed_at = -1  # usec of the line the cursor names: the reader has the marks up to it
-        for entry in reader:
-            if after and entry.get("__CURSOR") == after:
-                resumed_at = entry["__REALTIME_TIMESTAMP"]
-                continue  # the reader's last line: it has it
-            backlog.append(entry)
+        if after:
+            head = next(entries, None)
+            if head is not None and head.get("__CURSOR") == after:
+                resumed_at = head["__REALTIME_TIMESTAMP"]  # the reader's last line: it has it
+            elif head is not None:
+                entries = itertools.chain([head], entries)  # its line is gone: from the oldest left
+        backlog = self._backlog(entries)
         if self._options.dropped:
             # As GetLogs' marks (journal.with_drops): those among the lines sent, each before the first line
             # journald kept again; after a cursor, those since its line.
             if after:
                 first = resumed_at + 1
             else:
-                first = backlog[0]["__REALTIME_TIMESTAMP"] if backlog and self._options.lines else 0
+                first = backlog[0]["__REALTIME_TIMESTAMP"] if isinstance(backlog, deque) and backlog else 0
             self._marks.extend(d for d in journal_read_drops(self._since, self._unit) if d.usec >= first)
         if not self._send(backlog) or not self._options.follow:
             self._send_marks(self._options.until or None)
@@ -170,8 +174,7 @@ class _Follower(threading.Thread):
         if self._options.after_cursor and not tail.seek_cursor(self._options.after_cursor):
             log.warning("the log file a follow of %s resumes in has been rotated away: from the oldest kept",
                         self._unit)
-        backlog = self._backlog()
-        backlog.extend(_entries(tail.records(), self._options.dropped))
+        backlog = self._backlog(_entries(tail.records(), self._options.dropped))
         if not self._send(backlog) or not self._options.follow:
             return True
         poller = self._poller()
@@ -182,11 +185,13 @@ class _Follower(threading.Thread):
             if not self._send(_entries(tail.records(), self._options.dropped)) or ended or self._past_until():
                 return True
 
-    def _backlog(self) -> deque[dict[str, Any]] | list[dict[str, Any]]:
-        """Where the lines before the follow gather: the last `lines` of them, if asked (not after a cursor)."""
+    def _backlog(self, entries: Iterator[dict[str, Any]]) -> deque[dict[str, Any]] | Iterator[dict[str, Any]]:
+        """The lines before the follow: the last `lines` of them, if asked (not after a cursor), else all of them
+        as they are read, never held at once (a log of 100,000s of lines would be, and the collector would walk
+        them all, holding every thread of the agent meanwhile)."""
         if self._options.lines and not self._options.after_cursor:
-            return deque(maxlen=self._options.lines)
-        return []
+            return deque(entries, maxlen=self._options.lines)
+        return entries
 
     def _poller(self) -> select.poll:
         poller = select.poll()

@@ -78,7 +78,8 @@ MAX_LOG_REPLY_BYTES = 16 << 20
 def _one_reply(c: Container, lines: list[journal.LogLine]) -> list[journal.LogLine]:
     """The lines, if one GetLogs reply carries them; else TooLarge, saying how to read them."""
     if len(lines) > MAX_LOG_REPLY_LINES or sum(len(line.text.encode()) for line in lines) > MAX_LOG_REPLY_BYTES:
-        raise TooLarge(f"The lines asked for of container {c.name}'s log are {len(lines)}: more than one reply "
+        many = f"more than {MAX_LOG_REPLY_LINES}" if len(lines) > MAX_LOG_REPLY_LINES else str(len(lines))
+        raise TooLarge(f"The lines asked for of container {c.name}'s log are {many}: more than one reply "
                        f"carries ({MAX_LOG_REPLY_LINES} lines, {MAX_LOG_REPLY_BYTES >> 20} MiB). Ask for fewer "
                        "(lines, since), or read it through FollowLogs with follow false, which streams any "
                        "number (`quiltctl logs` does)")
@@ -1355,7 +1356,8 @@ class Manager:
                 # Complete once the container has ended: its monitor writes the last lines before recording the end.
                 directory = str(self._paths.container(c.id))
                 return await asyncio.to_thread(
-                    lambda: _one_reply(c, logfile.read_lines(directory, since_usec, last, 0, dropped)))
+                    lambda: _one_reply(c, logfile.read_lines(directory, since_usec, last, 0, dropped,
+                                                             MAX_LOG_REPLY_LINES)))
         rt = self._runtime[c.id]
         if c.state is not State.RUNNING and c.finished_at and rt.journal_synced != c.finished_at:
             # Its last lines may still be on their way into the journal: `quiltctl run` reads them right after.
@@ -1366,7 +1368,7 @@ class Manager:
         identifier = setup_identifier(c.name) if setup else ""
 
         def read() -> list[journal.LogLine]:  # all of it in a worker thread: a log may hold 100,000s of lines
-            lines = journal.read_lines(c.unit, since, last, identifier)
+            lines = _one_reply(c, journal.read_lines(c.unit, since, last, identifier, MAX_LOG_REPLY_LINES))
             return _one_reply(c, journal.with_drops(lines, journal.read_drops(since, c.unit), last) if dropped
                               else lines)
 

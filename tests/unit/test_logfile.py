@@ -120,3 +120,9 @@ def test_a_symlinked_log_file_is_not_read(tmp_path: Path) -> None:
     (tmp_path / "ctr.log").symlink_to(tmp_path / "elsewhere")
     with Tail(str(tmp_path)) as tail, pytest.raises(OSError):
         list(tail.records())
+
+
+def test_a_read_with_a_most_stops_once_past_it_but_the_last_lines_are_read_to_the_end(tmp_path: Path) -> None:
+    (tmp_path / "ctr.log").write_text("".join(record(i, "stdout", str(i)) for i in range(10)))
+    assert [line.text for line in read_lines(str(tmp_path), most=3)] == ["0", "1", "2", "3"]
+    assert [line.text for line in read_lines(str(tmp_path), last=2, most=3)] == ["8", "9"]
