@@ -1368,7 +1368,7 @@ class Manager:
         identifier = setup_identifier(c.name) if setup else ""
 
         def read() -> list[journal.LogLine]:  # all of it in a worker thread: a log may hold 100,000s of lines
-            lines = _one_reply(c, journal.read_lines(c.unit, since, last, identifier, MAX_LOG_REPLY_LINES))
+            lines = journal.read_lines(c.unit, since, last, identifier, MAX_LOG_REPLY_LINES)
             return _one_reply(c, journal.with_drops(lines, journal.read_drops(since, c.unit), last) if dropped
                               else lines)
 

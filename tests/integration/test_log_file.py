@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -165,7 +166,9 @@ async def test_bad_log_options_over_the_bus_are_named_errors(client: Client, bus
 async def test_a_full_disk_is_told_as_it_begins_and_the_lines_it_cost_counted_in_place(
         client: Client, busybox_tar: Path, name: str, tmp_path: Path) -> None:
     queue = await client.watch_events()
-    path = await client.create_container(name, str(busybox_tar), ["sh", "-c", "seq 1 3000; sleep 3; echo after"],
+    # The last line comes when the test says (SIGUSR1), once the disk has room again.
+    command = 'trap "echo after; exit 0" USR1; seq 1 3000; while :; do sleep 0.1; done'
+    path = await client.create_container(name, str(busybox_tar), ["sh", "-c", command],
                                          {"networks": ["none"], "log_driver": "k8s-file"})
     props = await client.properties(path)
     directory = STATE / props["Id"]
@@ -181,6 +184,7 @@ async def test_a_full_disk_is_told_as_it_begins_and_the_lines_it_cost_counted_in
         assert failed.details["reason"] == ("cannot write ctr.log (No space left on device): dropping lines, and "
                                             "counting them, until it can be written")
         (directory / "filler").unlink()  # room again: the next line ends the gap
+        await client.kill(path, signal.SIGUSR1)
         told = (await events_of(queue, props["Id"], "logs_dropped", timeout=30))[-1]
         assert await client.wait(path) == 0
         lines = await client.get_logs(path, {"dropped": True})
