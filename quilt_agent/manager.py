@@ -158,6 +158,12 @@ class _Runtime:
     # The exit code last recorded: a Wait woken by the exit still answers it when remove_on_exit took the
     # container before the waiter ran.
     exit_code: int | None = None
+    # The init had ended when its monitor did, in a pid namespace of its own: the kernel ended every process of
+    # that namespace with it, so nothing is left in the container's scope and systemd stops and collects the empty
+    # scope by itself. A removal then needs no StopUnit job of its own (two round trips and the job, a few ms of
+    # every `run --rm`). With the host's pid namespace, processes the init left behind may still run in the scope:
+    # a removal stops it.
+    scope_emptied: bool = False
 
 
 class Manager:
@@ -433,6 +439,7 @@ class Manager:
             log_max_size=c.spec.log_max_size, log_max_files=c.spec.log_max_files,
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
+        rt.scope_emptied = False
         t0 = time.perf_counter()
         sock = await self._zygote.spawn(spec, stdio or ())
         keep_sock = False
@@ -567,6 +574,8 @@ class Manager:
         if rt is None or rt.monitor_pidfd < 0:
             return
         self._loop.remove_reader(rt.monitor_pidfd)
+        c = self._containers.get(container_id)
+        rt.scope_emptied = c is not None and "pid" in c.spec.namespaces and self._init_ended(container_id)
         self._close_pidfds(rt)
         task = self._loop.create_task(self._record_exit(container_id))
         self._exiting.add(task)
@@ -600,7 +609,12 @@ class Manager:
                 return
         self._health.forget(container_id)
         self._notify.close(container_id)
-        await self._unregister_machine(c)
+        if c.machine_name:
+            # Not waited for: the exit is recorded, and Wait answered, without a round trip to machined. Its name is
+            # free for another registration all the same: machined answers this agent's calls in the order sent.
+            task = self._loop.create_task(self._unregister_machine(c))
+            self._exiting.add(task)
+            task.add_done_callback(self._exiting.discard)
         status = self._read_exit(container_id)
         state = State.FAILED if c.state is State.FAILED or status.failed or (
             status.reason and status.exit_code in (125, 126, 127) and c.state is not State.RUNNING) else State.EXITED
@@ -942,8 +956,10 @@ class Manager:
             c = self._get(c.id)
             if c.state is not State.REMOVING:
                 c = await self._set(c.with_(state=State.REMOVING))
-            if not c.spec.unit:  # a generated unit's service is systemd's: its runner may be replacing the container
-                await self._scopes.stop(c.unit)  # StopUnit + ResetFailedUnit: gone now, not when systemd notices
+            if not c.spec.unit and not rt.scope_emptied:
+                # (A generated unit's service is systemd's: its runner may be replacing the container.) StopUnit +
+                # ResetFailedUnit: what runs in it ends now, and the scope is gone, not when systemd notices.
+                await self._scopes.stop(c.unit)
             await self._networks.detach(c)  # its names at once, then its veths, namespace and rules
             directory = self._paths.container(c.id)
             try:
@@ -1140,14 +1156,9 @@ class Manager:
                 return c
             for taken in (False, True):
                 name = machine_name(c.name, c.id, taken)
-                path, leader = await self._machines.find(name)
-                if path and leader == c.main_pid:
-                    break  # ours, from before an agent restart
+                path = await self._register_as(c, name)
                 if path:
-                    continue  # another's: the derived name
-                path = await self._machines.register(name, bytes.fromhex(c.id[:32]), c.main_pid,
-                                                     self._networks.host_interfaces(c.id))
-                break
+                    break
             else:
                 raise MachineError("MachineExists", f"machines '{machine_name(c.name, c.id)}' and "
                                                     f"'{machine_name(c.name, c.id, True)}' are others'")
@@ -1160,6 +1171,23 @@ class Manager:
         if current is None or current.main_pid != c.main_pid:
             return current or c  # it ended meanwhile: its exit unregisters it
         return await self._set(current.with_(machine=path, machine_name=name))
+
+    async def _register_as(self, c: Container, name: str) -> str:
+        """Its machine's path under this name, registered now or ours already (from before an agent restart); ""
+        when another machine has the name. Registered first and looked up only if the name is taken: one round trip
+        to machined for a start, where a look first would make two."""
+        for _ in range(2):
+            try:
+                return await self._machines.register(name, bytes.fromhex(c.id[:32]), c.main_pid,
+                                                     self._networks.host_interfaces(c.id))
+            except MachineError as err:
+                if not err.name.endswith(".MachineExists"):
+                    raise
+            path, leader = await self._machines.find(name)
+            if path:
+                return path if leader == c.main_pid else ""
+            # Unregistered between the two calls: registered again once.
+        return ""
 
     def _init_ended(self, container_id: str) -> bool:
         rt = self._runtime.get(container_id)
@@ -1359,15 +1387,17 @@ class Manager:
                     lambda: _one_reply(c, logfile.read_lines(directory, since_usec, last, 0, dropped,
                                                              MAX_LOG_REPLY_LINES)))
         rt = self._runtime[c.id]
-        if c.state is not State.RUNNING and c.finished_at and rt.journal_synced != c.finished_at:
-            # Its last lines may still be on their way into the journal: `quiltctl run` reads them right after.
-            await asyncio.to_thread(journal.synchronize)
-            rt.journal_synced = c.finished_at
+        # Its last lines may still be on their way into the journal once it ended: `quiltctl run` reads them right
+        # after. Asked once an end, in the read's own thread.
+        sync = c.state is not State.RUNNING and c.finished_at and rt.journal_synced != c.finished_at
         # A former container of the same name had the same unit: only lines since this one was made.
         since = max(since_usec, c.created_at)
         identifier = setup_identifier(c.name) if setup else ""
 
         def read() -> list[journal.LogLine]:  # all of it in a worker thread: a log may hold 100,000s of lines
+            if sync:
+                journal.synchronize()
+                rt.journal_synced = c.finished_at
             lines = journal.read_lines(c.unit, since, last, identifier, MAX_LOG_REPLY_LINES)
             return _one_reply(c, journal.with_drops(lines, journal.read_drops(since, c.unit), last) if dropped
                               else lines)

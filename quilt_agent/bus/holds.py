@@ -31,10 +31,12 @@ class HolderWatch:
         if holder in self._watched:
             return
         self._watched.add(holder)
-        await self._bus_call("AddMatch", f"type='signal',sender='{_BUS}',interface='{_BUS}',"
-                                         f"member='NameOwnerChanged',arg0='{holder}'")
-        # Gone before the match was in place: no signal will tell it.
-        reply = await self._bus_call("NameHasOwner", holder)
+        # Both sent at once: the bus answers in order, so the match is in place before NameHasOwner is answered,
+        # and a holder gone before that (no signal will tell it) is found by the answer.
+        _, reply = await asyncio.gather(
+            self._bus_call("AddMatch", f"type='signal',sender='{_BUS}',interface='{_BUS}',"
+                                       f"member='NameOwnerChanged',arg0='{holder}'"),
+            self._bus_call("NameHasOwner", holder))
         if reply is None or not reply.body[0]:
             self._gone(holder)
 

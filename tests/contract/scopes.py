@@ -6,6 +6,7 @@ them) and reaped by it: a dead pid is one no process has.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
@@ -48,6 +49,9 @@ class ScopeProbe(Protocol):
 
     async def run_service(self, unit: str) -> None:
         """Start a service of the host's with Delegate=yes, as a generated container unit is."""
+
+    async def loaded(self, unit: str) -> bool:
+        """Whether systemd still has the unit loaded (systemctl's LoadState "loaded")."""
 
 
 @dataclass
@@ -188,6 +192,17 @@ class ScopesContract:
         assert unit not in await scopes.active_scopes()
         await scopes.start(unit, [spawn().pid], "contract", ScopeLimits())
         assert unit in await scopes.active_scopes()
+
+    async def test_a_scope_whose_processes_all_ended_is_collected_without_a_stop(
+            self, scopes: ScopeManager, probe: ScopeProbe, unit: str, spawn: Spawn) -> None:
+        # What a removal of a container whose init ended in a pid namespace of its own counts on: no StopUnit.
+        process = spawn()
+        await scopes.start(unit, [process.pid], "contract", ScopeLimits())
+        process.reap()
+        deadline = time.monotonic() + DEADLINE
+        while await probe.loaded(unit) or unit in await scopes.active_scopes():
+            assert time.monotonic() < deadline, f"{unit} is still loaded {DEADLINE:g} s after its process ended"
+            await asyncio.sleep(0.01)
 
     async def test_start_of_a_name_running_live_processes_is_refused_and_leaves_them(
             self, scopes: ScopeManager, probe: ScopeProbe, unit: str, spawn: Spawn) -> None:

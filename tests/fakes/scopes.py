@@ -158,6 +158,12 @@ class FakeScopes:
     async def active_scopes(self) -> list[str]:
         return [u for u, s in self.units.items() if fnmatch.fnmatchcase(u, ACTIVE_PATTERN) and s.live_pids()]
 
+    def loaded(self, unit: str) -> bool:
+        """Whether systemd would still have the unit: a scope whose processes have all ended it stops and collects
+        by itself (CollectMode=inactive-or-failed), as soon as it notices; a service stays."""
+        scope = self.units.get(unit)
+        return scope is not None and (unit in self.services or bool(scope.live_pids()))
+
     def unit_of(self, pid: int) -> str | None:
         """The unit holding pid while it runs (what /proc/PID/cgroup tells of the real one)."""
         for unit, scope in self.units.items():

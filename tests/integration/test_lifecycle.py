@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import subprocess
 import time
@@ -136,10 +137,31 @@ async def test_remove_refuses_a_running_container_unless_forced(client: Client, 
     assert err.value.name == ERR + "AlreadyRunning"
     await client.remove(path, force=True)
     assert await client.list_containers() == []
-    scope = subprocess.run(["systemctl", "show", "-P", "LoadState", f"quilt-{name}.scope"],
-                           capture_output=True, text=True).stdout.strip()
-    assert scope == "not-found"
+    # Emptied with the init (the kernel ends a pid namespace's processes with it): systemd collects the scope.
+    await until(lambda: load_state(f"quilt-{name}.scope") == "not-found", "the scope is still loaded", 5)
     assert not any(Path("/var/lib/quilt/containers").iterdir())
+
+
+async def test_remove_ends_what_an_init_of_the_hosts_pid_namespace_left_running(client: Client, busybox_tar: Path,
+                                                                                 name: str) -> None:
+    # Without a pid namespace of its own, the init's end ends nothing else: its orphan still runs in the scope.
+    options = {"namespaces": ["mount", "uts", "ipc", "net", "cgroup"]}
+    path = await client.run_container(name, str(busybox_tar), ["/bin/sh", "-c", "sleep 300 & echo $!"], options)
+    assert await client.wait(path) == 0
+    (orphan,) = [int(line) for line in await logged(client, path, 1)]
+    pidfd = os.pidfd_open(orphan)
+    try:
+        assert f"quilt-{name}.scope" in Path(f"/proc/{orphan}/cgroup").read_text()
+        await client.remove(path, force=False)
+        # The removal stopped the scope, and waited for it: the orphan is gone by its reply.
+        assert await asyncio.to_thread(select.select, [pidfd], [], [], 0) != ([], [], [])
+    finally:
+        os.close(pidfd)
+    assert load_state(f"quilt-{name}.scope") == "not-found"
+
+
+def load_state(unit: str) -> str:
+    return subprocess.run(["systemctl", "show", "-P", "LoadState", unit], capture_output=True, text=True).stdout.strip()
 
 
 async def test_operations_on_a_removed_container_are_no_such_container(client: Client, busybox_tar: Path,

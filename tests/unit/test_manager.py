@@ -235,7 +235,7 @@ async def test_remove_with_force_kills_and_forgets_a_running_container(core: Cor
         core.manager.get(c.id)
     assert c.id not in await stored(core)
     assert not core.paths.container(c.id).exists()
-    assert await core.scopes.active_scopes() == [] and c.unit not in core.scopes.units
+    assert await core.scopes.active_scopes() == [] and not core.scopes.loaded(c.unit)
     assert await processes_ended(pids), f"monitor {started.monitor_pid} or init {started.main_pid} still runs"
     assert core.recorder.kinds(c.id)[-1] == "removed"
 

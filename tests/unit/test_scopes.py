@@ -28,6 +28,9 @@ class FakeProbe:
     async def run_service(self, unit: str) -> None:
         self._scopes.run_service(unit)
 
+    async def loaded(self, unit: str) -> bool:
+        return self._scopes.loaded(unit)
+
 
 class TestFakeScopes(ScopesContract):
     @pytest.fixture

@@ -188,7 +188,8 @@ def test_rm_removes_a_stopped_container_and_refuses_a_running_one_without_force(
     assert inspect(name)["State"] == "running"
     assert ok("rm", "-f", name) == f"{name}\n"
     assert name not in ps_json("-a")
-    assert scope_property(f"quilt-{name}.scope", "LoadState") == "not-found"
+    until_now(lambda: scope_property(f"quilt-{name}.scope", "LoadState") == "not-found",
+              "the emptied scope was not collected", 5)
 
 
 # ps, inspect, status

@@ -47,6 +47,11 @@ class SystemdProbe:
         await asyncio.to_thread(subprocess.run, ["systemd-run", "--quiet", "--collect", f"--unit={unit}",
                                                  "-p", "Delegate=yes", "sleep", "600"], check=True)
 
+    async def loaded(self, unit: str) -> bool:
+        out = await asyncio.to_thread(subprocess.run, ["systemctl", "show", "-P", "LoadState", unit],
+                                      capture_output=True, text=True, check=True)
+        return out.stdout.strip() == "loaded"
+
     async def scope(self, unit: str) -> ScopeView:
         (path,) = await self._call(SYSTEMD_PATH, SYSTEMD_MANAGER, "GetUnit", "s", [unit])
         kind = "Service" if unit.endswith(".service") else "Scope"
