@@ -5,6 +5,7 @@ Knows nothing of D-Bus: the bus layer calls it and subscribes to its events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from quilt_agent.errors import (
 )
 from quilt_agent.helper import protocol
 from quilt_agent.helper.monitor import start_time
-from quilt_agent.helper.protocol import ExecFailed, Go, LaunchSpec, SetupDone, Spawned, Started
+from quilt_agent.helper.protocol import ExecFailed, Go, LaunchSpec, MonitorForked, SetupDone, Spawned, Started
 from quilt_agent.helper.forkserver import ForkServer
 from quilt_agent.images.service import Images
 from quilt_agent.images.store import Image
@@ -444,18 +445,24 @@ class Manager:
         sock = await self._zygote.spawn(spec, stdio or ())
         keep_sock = False
         try:
-            spawned = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Spawned)
-            t1 = time.perf_counter()
-            rt.monitor_pidfd = os.pidfd_open(spawned.monitor_pid)
-            rt.init_pidfd = os.pidfd_open(spawned.init_pid)
+            forked = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), MonitorForked)
+            rt.monitor_pidfd = os.pidfd_open(forked.monitor_pid)
+            monitor_scope = self._loop.create_task(self._start_monitor_scope(c, forked.monitor_pid))
             try:
-                await self._start_scopes(c, spawned)
+                spawned = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Spawned)
+                t1 = time.perf_counter()
+                rt.init_pidfd = os.pidfd_open(spawned.init_pid)
+                await self._start_scopes(c, spawned.init_pid, monitor_scope)
                 await self._networks.ready(c)  # interfaces, address, route, ports: before the command runs
             except BaseException as err:
-                protocol.send(sock, protocol.Abort(str(err)))
+                await asyncio.wait([monitor_scope])  # its failure, if any, is told by the one raised here
+                if not monitor_scope.cancelled():
+                    monitor_scope.exception()
+                with contextlib.suppress(OSError):  # a monitor gone before its Spawned hears nothing
+                    protocol.send(sock, protocol.Abort(str(err)))
                 self._close_pidfds(rt)
                 raise
-            c = c.with_(monitor_pid=spawned.monitor_pid, monitor_start=spawned.monitor_start,
+            c = c.with_(monitor_pid=forked.monitor_pid, monitor_start=forked.monitor_start,
                         main_pid=spawned.init_pid, exit_code=-1, exit_signal=0, oom_killed=False, failure_reason="",
                         started_at=now_usec(), finished_at=0, health="starting" if c.spec.health_cmd else "",
                         ready=False, notify_status="")
@@ -498,22 +505,24 @@ class Manager:
             c = await self._register_machine(c)
         return c
 
-    async def _start_scopes(self, c: Container, spawned: Spawned) -> None:
+    async def _start_monitor_scope(self, c: Container, monitor_pid: int) -> None:
+        """The monitor into a scope of its own, begun as soon as it exists (protocol.MonitorForked says why)."""
+        # The monitor ignores SIGTERM: at a shutdown, its scope's stop waits for it to record the container's end.
+        stop_usec = max(1, c.spec.stop_timeout * 1_000_000) + int(KILL_GRACE * 1_000_000)
+        await self._scopes.start(c.monitor_unit, [monitor_pid], f"Quilt monitor of container {c.name}",
+                                 ScopeLimits(stop_timeout_usec=stop_usec))
+
+    async def _start_scopes(self, c: Container, init_pid: int, monitor_scope: asyncio.Task[None]) -> None:
         """The container's init into its scope, with its limits and its stop settings (what `systemctl stop`
-        does to it), and its monitor into a scope of its own; both at once."""
+        does to it), beside the monitor's scope begun before; both done."""
         stop_usec = max(1, c.spec.stop_timeout * 1_000_000)  # 0 would be no timeout at all for systemd
         limits = ScopeLimits(c.spec.memory_max, c.spec.cpu_quota, c.spec.pids_max,
                              kill_signal=c.spec.stop_signal or signals.SIGTERM, stop_timeout_usec=stop_usec)
-        # The monitor ignores SIGTERM: at a shutdown, its scope's stop waits for it to record the container's end.
-        monitor = ScopeLimits(stop_timeout_usec=stop_usec + int(KILL_GRACE * 1_000_000))
         if c.spec.unit:  # a generated unit's service: its processes are the container's, stopped by its settings
-            container = self._scopes.attach(c.unit, [spawned.init_pid], limits)
+            container = self._scopes.attach(c.unit, [init_pid], limits)
         else:
-            container = self._scopes.start(c.unit, [spawned.init_pid], f"Quilt container {c.name}", limits)
-        results = await asyncio.gather(
-            container,
-            self._scopes.start(c.monitor_unit, [spawned.monitor_pid], f"Quilt monitor of container {c.name}",
-                               monitor), return_exceptions=True)
+            container = self._scopes.start(c.unit, [init_pid], f"Quilt container {c.name}", limits)
+        results = await asyncio.gather(container, monitor_scope, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # the monitor, told to abort, kills the init: both scopes then end by themselves
@@ -616,13 +625,22 @@ class Manager:
             self._exiting.add(task)
             task.add_done_callback(self._exiting.discard)
         status = self._read_exit(container_id)
-        state = State.FAILED if c.state is State.FAILED or status.failed or (
-            status.reason and status.exit_code in (125, 126, 127) and c.state is not State.RUNNING) else State.EXITED
-        c = await self._set(c.with_(state=state, exit_code=status.exit_code, exit_signal=status.exit_signal,
-                                    oom_killed=status.oom_killed, finished_at=status.finished_at or now_usec(),
-                                    main_pid=0, monitor_pid=0, monitor_start=0, ready=False, machine="", paused=False,
-                                    machine_name="",
-                                    failure_reason=c.failure_reason or status.reason))
+
+        def ended(c: Container) -> Container:
+            state = State.FAILED if c.state is State.FAILED or status.failed or (
+                status.reason and status.exit_code in (125, 126, 127) and c.state is not State.RUNNING) else State.EXITED
+            return c.with_(state=state, exit_code=status.exit_code, exit_signal=status.exit_signal,
+                           oom_killed=status.oom_killed, finished_at=status.finished_at or now_usec(),
+                           main_pid=0, monitor_pid=0, monitor_start=0, ready=False, machine="", paused=False,
+                           machine_name="", failure_reason=c.failure_reason or status.reason)
+
+        cause = ""
+        if plan_restart and restart.wanted(ended(c)):
+            # Asked before the end is told: whoever sees the container ended sees, in the same change, whether a
+            # stop through systemd (`systemctl stop`, `machinectl terminate`) keeps its policy from restarting it.
+            cause = await self._stop_cause(c)
+            c = self._containers.get(container_id, c)  # (a removal waits for rt.exited: it is still here)
+        c = await self._set(ended(c).with_(user_stopped=c.user_stopped or cause == "user"))
         if c.oom_killed:
             await self._event("oom", c, "container %s was killed for lack of memory", c.name)
         if status.failed:
@@ -630,7 +648,7 @@ class Manager:
                               reason=c.failure_reason)
         await self._event("exited", c, "container %s exited with code %d", c.name, c.exit_code,
                           exit_code=c.exit_code, oom_killed=c.oom_killed)
-        if plan_restart and restart.wanted(c):
+        if plan_restart and not cause and restart.wanted(c):  # (at a shutdown, start_at_boot() decides)
             c = await self._plan_restart(c)
         rt.exit_code = c.exit_code
         rt.exited.set()
@@ -675,14 +693,9 @@ class Manager:
     # --- restarts by policy (restart.py) ------------------------------------------------------------
 
     async def _plan_restart(self, c: Container) -> Container:
-        """c ended and its policy wants it back: unless systemd was told to stop it (`systemctl stop`, which is a
-        user's stop) or the host shuts down, schedule the restart after the back-off's wait."""
-        cause = await self._stop_cause(c)
+        """c ended by no stop through systemd and its policy wants it back: schedule the restart after the
+        back-off's wait."""
         c = self._get(c.id)
-        if cause == "shutdown":
-            return c  # at boot, start_at_boot() decides
-        if cause == "user":
-            return await self._set(c.with_(user_stopped=True))
         if c.state not in (State.EXITED, State.FAILED) or c.restart_at:
             return c  # started again meanwhile
         streak = self._backoff.streak(c)

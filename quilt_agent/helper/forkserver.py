@@ -4,8 +4,8 @@ layer extractions go through this interface, whose one real implementation is he
 spawn and execute hand back the agent's end of a SOCK_SEQPACKET socket to the forked helper, non-blocking;
 the conversation on it is helper/protocol.py's:
 
-- spawn: Spawned (the monitor and the container's init exist, the init held before its command), then the
-  agent sends Go (the processes are in the container's scope) or Abort; after Go, Started or ExecFailed and,
+- spawn: MonitorForked (the monitor exists: the agent begins its scope at once), then Spawned (the container's
+  init exists, held before its command), then the agent sends Go (the processes are in the container's scope) or Abort; after Go, Started or ExecFailed and,
   for a start whose setup steps are to be cached, SetupDone later. The monitor records how the init ended in
   spec.exit_file (the fields of model.ExitStatus, as JSON) and exits: its exit, seen on a pidfd of it, is
   how the agent learns of the container's. After Abort, or when the agent hangs up before Go, the init is

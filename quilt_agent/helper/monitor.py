@@ -24,7 +24,8 @@ from quilt_agent import journal
 from quilt_agent.helper import namespaces, pack, process, protocol, rootfs, seccomp, steps, syscalls, userns
 from quilt_agent.helper.oom import OomWatch
 from quilt_agent.helper.process import SetupError
-from quilt_agent.helper.protocol import INIT_TARGET, Abort, ExecFailed, Go, LaunchSpec, SetupDone, Spawned, Started
+from quilt_agent.helper.protocol import (INIT_TARGET, Abort, ExecFailed, Go, LaunchSpec, MonitorForked, SetupDone,
+                                         Spawned, Started)
 
 SETUP_FAILED = 125
 # What the init writes on its status pipe before its end: its setup steps begin (the container is started),
@@ -49,6 +50,7 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
     syscalls.set_process_name(f"quilt-mon {spec.name}")  # what ps and top show
     me = os.getpid()
     born = start_time(me)
+    protocol.send(agent, MonitorForked(monitor_pid=me, monitor_start=born))  # first: see MonitorForked
     # The user namespace is made here, in the host's pid namespace, where its child is found by its pid; a failure
     # is the init's to report, as every setup failure is.
     userns_fd, userns_error = -1, ""
@@ -73,7 +75,7 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
     pid, go_write, err_read = init.pid, init.go_write, init.err_read
     for fd in stdio or ():
         os.close(fd)  # the init's alone: the caller sees the end of its pipes or terminal when the container ends
-    protocol.send(agent, Spawned(monitor_pid=me, monitor_start=born, init_pid=pid))  # the agent waits on this
+    protocol.send(agent, Spawned(init_pid=pid))  # the agent waits on this
     # Only now, after the fork: the container's init must not inherit -1000, or the OOM killer could never
     # pick its processes and a hog would stall at memory_max instead of being killed.
     try:

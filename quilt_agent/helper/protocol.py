@@ -85,11 +85,20 @@ INIT_TARGET = "/dev/init"  # in the container's own /dev: never a file of its im
 NOTIFY_TARGET = "/run/notify"
 
 @dataclass(frozen=True)
-class Spawned:
-    """Monitor -> agent: both processes exist; put them into the scope."""
+class MonitorForked:
+    """Monitor -> agent, its first word: put it into its scope now. systemd's first move of a process into a
+    cgroup waits for an RCU grace period (writing cgroup.procs takes the kernel's cgroup_threadgroup_rwsem), and
+    moves within that period do not: begun while the monitor forks the init, that wait overlaps its work, and the
+    init's move into the container's scope, after it, finds the period passed."""
 
     monitor_pid: int
     monitor_start: int
+
+
+@dataclass(frozen=True)
+class Spawned:
+    """Monitor -> agent: the container's init exists, held before its command; put it into its scope."""
+
     init_pid: int
 
 
@@ -219,7 +228,7 @@ class ExecSetupFailed:
     reason: str
 
 
-MESSAGES = {cls.__name__: cls for cls in (LaunchSpec, Spawned, Go, Abort, Started, ExecFailed, SetupDone, ExtractLayer,
+MESSAGES = {cls.__name__: cls for cls in (LaunchSpec, MonitorForked, Spawned, Go, Abort, Started, ExecFailed, SetupDone, ExtractLayer,
                                           ExtractProgress, ExtractDone, ExecSpec, ExecSpawned, ExecExited, ExecSetupFailed,
                                           MakeUserNamespace, UserNamespaceMade)}
 M = TypeVar("M")

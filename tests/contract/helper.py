@@ -24,7 +24,7 @@ from quilt_agent.errors import ImageInvalid
 from quilt_agent.helper import protocol
 from quilt_agent.helper.forkserver import ForkServer
 from quilt_agent.helper.protocol import (
-    Abort, ExecExited, ExecFailed, ExecSetupFailed, ExecSpawned, ExecSpec, Go, LaunchSpec, Spawned, Started,
+    Abort, ExecExited, ExecFailed, ExecSetupFailed, ExecSpawned, ExecSpec, Go, LaunchSpec, MonitorForked, Spawned, Started,
 )
 from quilt_agent.model import NAMESPACES
 from tests.contract.protocols import missing_methods
@@ -96,10 +96,12 @@ class Pipe:
 
 @dataclass
 class Container:
-    """One spawn as the agent sees it: the socket to its monitor, what Spawned said, pidfds of both."""
+    """One spawn as the agent sees it: the socket to its monitor, what MonitorForked and Spawned said, pidfds of
+    both."""
 
     spec: LaunchSpec
     sock: socket.socket
+    forked: MonitorForked
     spawned: Spawned
     monitor_pidfd: int
     init_pidfd: int
@@ -137,13 +139,14 @@ class Containers:
         spec = self.spec(command)
         sock = await self.helper.spawn(spec, stdio)
         try:
+            forked = await receive(sock, MonitorForked)
             spawned = await receive(sock, Spawned)
         except BaseException:
             sock.close()
             raise
-        monitor_pidfd = os.pidfd_open(spawned.monitor_pid)
+        monitor_pidfd = os.pidfd_open(forked.monitor_pid)
         init_pidfd = os.pidfd_open(spawned.init_pid)
-        container = Container(spec, sock, spawned, monitor_pidfd, init_pidfd)
+        container = Container(spec, sock, forked, spawned, monitor_pidfd, init_pidfd)
         self.started.append(container)
         return container
 
@@ -196,17 +199,17 @@ class HelperContract:
 
     # --- containers --------------------------------------------------------------------------------
 
-    async def test_spawned_names_the_live_monitor_and_init_the_agent_opens_pidfds_on(
+    async def test_the_monitor_names_itself_then_the_init_the_agent_opens_pidfds_on(
             self, containers: Containers) -> None:
         c = await containers.spawn(["true"])
-        spawned = c.spawned
-        assert spawned.monitor_pid != spawned.init_pid
+        monitor_pid, init_pid = c.forked.monitor_pid, c.spawned.init_pid
+        assert monitor_pid != init_pid
         assert not exited(c.monitor_pidfd) and not exited(c.init_pidfd)
-        with open(f"/proc/{spawned.monitor_pid}/stat") as f:  # the start time recover() matches against
-            assert int(f.read().rsplit(")", 1)[1].split()[19]) == spawned.monitor_start
-        with open(f"/proc/{spawned.init_pid}/status") as f:
+        with open(f"/proc/{monitor_pid}/stat") as f:  # the start time recover() matches against
+            assert int(f.read().rsplit(")", 1)[1].split()[19]) == c.forked.monitor_start
+        with open(f"/proc/{init_pid}/status") as f:
             ppid = next(line.split()[1] for line in f if line.startswith("PPid:"))
-        assert int(ppid) == spawned.monitor_pid  # the monitor reaps the init and learns how it ended
+        assert int(ppid) == monitor_pid  # the monitor reaps the init and learns how it ended
 
     async def test_go_runs_the_command_and_its_exit_code_is_recorded_before_the_monitor_exits(
             self, containers: Containers) -> None:

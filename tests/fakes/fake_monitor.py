@@ -24,7 +24,7 @@ if __name__ == "__main__":
 
 from quilt_agent.helper import protocol
 from quilt_agent.helper.protocol import (
-    Abort, ExecExited, ExecFailed, ExecSetupFailed, ExecSpawned, ExecSpec, Go, LaunchSpec, Spawned, Started,
+    Abort, ExecExited, ExecFailed, ExecSetupFailed, ExecSpawned, ExecSpec, Go, LaunchSpec, MonitorForked, Spawned, Started,
 )
 
 MAX_FDS = 5  # an exec's socket, stdin, stdout, stderr and the container init's pidfd
@@ -79,6 +79,7 @@ def monitor(spec: LaunchSpec, agent: socket.socket, stdio: list[int]) -> int:
     os.setsid()
     me = os.getpid()
     born = start_time(me)
+    protocol.send(agent, MonitorForked(monitor_pid=me, monitor_start=born))
     go_read, go_write = os.pipe()
     err_read, err_write = os.pipe2(os.O_CLOEXEC)  # its end at the exec tells the monitor the command runs
     pid = os.fork()
@@ -91,7 +92,7 @@ def monitor(spec: LaunchSpec, agent: socket.socket, stdio: list[int]) -> int:
     os.close(err_write)
     for fd in stdio:
         os.close(fd)  # the init's alone: the caller sees the end of its pipes when the command ends
-    protocol.send(agent, Spawned(monitor_pid=me, monitor_start=born, init_pid=pid))
+    protocol.send(agent, Spawned(init_pid=pid))
     try:
         message = protocol.receive(agent, Go, Abort)
     except (OSError, protocol.ProtocolError):

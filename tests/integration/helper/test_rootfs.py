@@ -19,7 +19,7 @@ import pytest
 
 from quilt_agent.client import Client, ClientError
 from quilt_agent.helper import zygote
-from quilt_agent.helper.protocol import NOTIFY_TARGET, Go, LaunchSpec, Spawned, Started, send
+from quilt_agent.helper.protocol import NOTIFY_TARGET, Go, LaunchSpec, MonitorForked, Spawned, Started, send
 from quilt_agent.model import NAMESPACES
 from quilt_agent.notify import CONTAINER_SOCKET, SOCKET_NAME, Notification, NotifySockets
 from quilt_agent.userns import POOL_FIRST
@@ -144,9 +144,10 @@ async def start(fork_server: zygote.Zygote, tmp_path: Path, lower: str, notify_d
         os.close(inp.read)
         out.close_write()
     with sock:
+        forked = await receive(sock, MonitorForked)
         spawned = await receive(sock, Spawned)
         running = Running(spec, inp.write, out.read, os.pidfd_open(spawned.init_pid),
-                          os.pidfd_open(spawned.monitor_pid))
+                          os.pidfd_open(forked.monitor_pid))
         send(sock, Go())
         try:
             assert await receive(sock, Started) == Started()
