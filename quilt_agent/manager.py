@@ -190,7 +190,9 @@ class Manager:
         self._executor = Executor(zygote)
         self._log_followers = LogFollowers()
         self._listeners.append(self._log_followers)  # each follow ends with its container
-        self._exiting: set[asyncio.Task[None]] = set()  # _record_exit under way
+        # Exits being recorded, and what they and the restarts set off (removals, machine unregistrations): tracked
+        # so that none is collected while it runs, and an idle agent does not exit under them.
+        self._exiting: set[asyncio.Task[None]] = set()
         self._backoff = backoff or restart.Backoff()
         self._restart_timers: dict[str, asyncio.TimerHandle] = {}  # container id -> its pending restart
         self._health = health.Schedule(self._timed_health_check)  # timers of the running containers with a check
@@ -455,12 +457,15 @@ class Manager:
                 await self._start_scopes(c, spawned.init_pid, monitor_scope)
                 await self._networks.ready(c)  # interfaces, address, route, ports: before the command runs
             except BaseException as err:
-                await asyncio.wait([monitor_scope])  # its failure, if any, is told by the one raised here
-                if not monitor_scope.cancelled():
-                    monitor_scope.exception()
+                # Abort first: the monitor kills the init at once, and its scope, begun or not, ends empty.
                 with contextlib.suppress(OSError):  # a monitor gone before its Spawned hears nothing
                     protocol.send(sock, protocol.Abort(str(err)))
-                self._close_pidfds(rt)
+                try:
+                    await asyncio.wait([monitor_scope])  # its failure, if any, is told by the one raised here
+                    if not monitor_scope.cancelled():
+                        monitor_scope.exception()
+                finally:
+                    self._close_pidfds(rt)  # even if this wait is cancelled: no pidfd outlives a start that failed
                 raise
             c = c.with_(monitor_pid=forked.monitor_pid, monitor_start=forked.monitor_start,
                         main_pid=spawned.init_pid, exit_code=-1, exit_signal=0, oom_killed=False, failure_reason="",
@@ -639,7 +644,9 @@ class Manager:
             # Asked before the end is told: whoever sees the container ended sees, in the same change, whether a
             # stop through systemd (`systemctl stop`, `machinectl terminate`) keeps its policy from restarting it.
             cause = await self._stop_cause(c)
-            c = self._containers.get(container_id, c)  # (a removal waits for rt.exited: it is still here)
+            c = self._containers.get(container_id)  # (a failed start's container may be removed meanwhile)
+            if c is None or c.state is State.REMOVING:
+                return
         c = await self._set(ended(c).with_(user_stopped=c.user_stopped or cause == "user"))
         if c.oom_killed:
             await self._event("oom", c, "container %s was killed for lack of memory", c.name)
@@ -710,7 +717,7 @@ class Manager:
     async def _stop_cause(self, c: Container) -> str:
         try:
             cause = await self._scopes.stop_cause(c.unit)
-        except QuiltError:
+        except Exception:  # noqa: BLE001 - a failure here must not keep the exit from being recorded
             log.exception("cannot tell whether systemd was asked to stop container %s; taking it for a crash", c.name)
             return ""
         if cause:
@@ -743,7 +750,7 @@ class Manager:
             # Removed, started by a user, or stopped by one meanwhile: nothing is pending any more.
             if c is None or not c.restart_at or c.state not in (State.EXITED, State.FAILED):
                 return
-            cause = await self._stop_cause(c)  # told to systemd just before the end: seen only now
+            cause = await self._stop_cause(c)  # a stop through systemd asked during the back-off's wait
             if cause:
                 await self._set(c.with_(restart_at=0, user_stopped=cause == "user"))
                 return
@@ -1401,7 +1408,7 @@ class Manager:
                                                              MAX_LOG_REPLY_LINES)))
         rt = self._runtime[c.id]
         # Its last lines may still be on their way into the journal once it ended: `quiltctl run` reads them right
-        # after. Asked once an end, in the read's own thread.
+        # after. Asked once an end, and in the read's own worker thread: one hop to a thread instead of two.
         sync = c.state is not State.RUNNING and c.finished_at and rt.journal_synced != c.finished_at
         # A former container of the same name had the same unit: only lines since this one was made.
         since = max(since_usec, c.created_at)

@@ -213,16 +213,16 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
         if held and not _unwrap(options).get("remove_on_exit"):
             raise InvalidArgument("Option 'hold_removal' needs remove_on_exit: there is no removal to hold")
         c = await self._create("run", name, image, command, options)
-        # A start that fails removes a remove_on_exit container before the reply, as `podman run --rm` does: no
-        # exit of its command will come to remove it at, and the caller must not find it afterwards.
-        starting = self._manager.start_or_remove(c.id) if held or c.spec.remove_on_exit else self._manager.start(c.id)
+        watching = None
         if held:
             holder = caller.current().sender
             self._manager.hold_removal(c.id, holder)  # before the start: an exit at once finds it held
             # The bus watches the holder while the container starts (its calls need not wait for each other).
-            await asyncio.gather(holder_watch(self._bus, self._manager).watch(holder), starting)
-        else:
-            await starting
+            watching = holder_watch(self._bus, self._manager).watch(holder)
+        # A start that fails removes a remove_on_exit container before the reply, as `podman run --rm` does: no
+        # exit of its command will come to remove it at, and the caller must not find it afterwards.
+        starting = self._manager.start_or_remove(c.id) if held or c.spec.remove_on_exit else self._manager.start(c.id)
+        await (asyncio.gather(watching, starting) if watching else starting)
         return container_path(c.id)
 
     @dbus_method(name="StartAtBoot")

@@ -5,11 +5,13 @@ spawn and execute hand back the agent's end of a SOCK_SEQPACKET socket to the fo
 the conversation on it is helper/protocol.py's:
 
 - spawn: MonitorForked (the monitor exists: the agent begins its scope at once), then Spawned (the container's
-  init exists, held before its command), then the agent sends Go (the processes are in the container's scope) or Abort; after Go, Started or ExecFailed and,
-  for a start whose setup steps are to be cached, SetupDone later. The monitor records how the init ended in
-  spec.exit_file (the fields of model.ExitStatus, as JSON) and exits: its exit, seen on a pidfd of it, is
-  how the agent learns of the container's. After Abort, or when the agent hangs up before Go, the init is
-  killed before its command runs, and nothing is recorded.
+  init exists, held before its command); the agent sends Go (the monitor and the init are each in their scope)
+  or Abort (a scope could not be made, the network not readied, or the start was given up, possibly before
+  Spawned came); after Go, Started or ExecFailed and, for a start whose setup steps are to be cached, SetupDone
+  later. The monitor records how the init ended in spec.exit_file (the fields of model.ExitStatus, as JSON) and
+  exits: its exit, seen on a pidfd of it, is how the agent learns of the container's. After Abort, or when the
+  agent hangs up before Go, the init is killed before its command runs, and nothing is recorded; a monitor that
+  fails between its two messages just closes the socket, and the init, its go pipe closed, exits unrun.
 - execute: ExecSpawned, with a pidfd of the command's process as the datagram's one fd, then ExecExited; or
   ExecSetupFailed at either point.
 """

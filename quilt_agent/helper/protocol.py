@@ -104,12 +104,13 @@ class Spawned:
 
 @dataclass(frozen=True)
 class Go:
-    """Agent -> monitor: the processes are in the scope; exec the command."""
+    """Agent -> monitor: the monitor and the init are each in their scope; exec the command."""
 
 
 @dataclass(frozen=True)
 class Abort:
-    """Agent -> monitor: give up (the scope could not be made)."""
+    """Agent -> monitor: give up, kill the init unrun (a scope could not be made, the network not readied, the start
+    was given up); it may come before the agent has read Spawned."""
 
     reason: str
 

@@ -56,6 +56,7 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.changes: dict[str, int] = {}  # container id -> how many status changes were told
+        self.statuses: dict[str, list[Container]] = {}  # container id -> each status told, in order
         self._new = asyncio.Event()
 
     def container_added(self, container: Container) -> None:
@@ -63,6 +64,7 @@ class Recorder:
 
     def container_changed(self, container: Container) -> None:
         self.changes[container.id] = self.changes.get(container.id, 0) + 1
+        self.statuses.setdefault(container.id, []).append(container)
 
     def container_removed(self, container: Container) -> None:
         pass
@@ -88,11 +90,16 @@ class Recorder:
 
 class RecordingScopes(FakeScopes):
     """FakeScopes that remember the pids each start was given, refused or not, held by pidfds opened at the
-    call: a test can then wait for those very processes to end."""
+    call: a test can then wait for those very processes to end; and the units stopped, in order."""
 
     def __init__(self) -> None:
         super().__init__()
         self.given: dict[str, list[int]] = {}  # unit -> pidfds of the pids of its last start
+        self.stopped: list[str] = []
+
+    async def stop(self, unit: str) -> None:
+        self.stopped.append(unit)
+        await super().stop(unit)
 
     async def start(self, unit: str, pids: list[int], description: str, limits: ScopeLimits) -> None:
         fds = []

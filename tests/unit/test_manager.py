@@ -225,6 +225,24 @@ async def test_remove_of_a_running_container_needs_force(core: Core) -> None:
     assert c.id in await stored(core)
 
 
+async def test_removing_an_ended_container_of_its_own_pid_namespace_leaves_its_empty_scope_to_systemd(
+        core: Core) -> None:
+    c = await create(core, ["true"])
+    await core.manager.start(c.id)
+    await core.manager.wait(c.id)
+    await core.manager.remove(c.id, force=False)
+    assert c.unit not in core.scopes.stopped and not core.scopes.loaded(c.unit)
+
+
+async def test_removing_an_ended_container_of_the_hosts_pid_namespace_stops_its_scope(core: Core) -> None:
+    # Its init's end ended nothing else: what it left running is ended by the scope's stop.
+    c = await create(core, ["true"], namespaces=["mount", "uts", "ipc", "net", "cgroup"])
+    await core.manager.start(c.id)
+    await core.manager.wait(c.id)
+    await core.manager.remove(c.id, force=False)
+    assert core.scopes.stopped == [c.unit]
+
+
 async def test_remove_with_force_kills_and_forgets_a_running_container(core: Core) -> None:
     c = await create(core, LONG)
     started = await core.manager.start(c.id)

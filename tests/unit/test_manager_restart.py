@@ -108,6 +108,9 @@ async def test_a_stop_by_systemd_leaves_it_stopped_and_a_shutdown_leaves_the_boo
     await quick.manager.wait(at_shutdown.id)
     await asyncio.sleep(0.1)
     assert quick.manager.get(by_user.id).user_stopped
+    # Told in the same change as its end: nobody sees it exited and not yet stopped by a user.
+    ended = [s for s in quick.recorder.statuses[by_user.id] if s.state is State.EXITED]
+    assert ended and all(s.user_stopped for s in ended)
     assert not quick.manager.get(at_shutdown.id).user_stopped
     assert "restarting" not in quick.recorder.kinds(by_user.id) + quick.recorder.kinds(at_shutdown.id)
 
