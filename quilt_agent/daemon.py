@@ -17,6 +17,7 @@ from quilt_agent.bus.names import BUS_NAME, MANAGER_PATH
 from quilt_agent.bus.polkit import Authority
 from quilt_agent.bus.relay import Relay, RelayingBus
 from quilt_agent.config import Paths, default_paths
+from quilt_agent.graceperiod import GracePeriod
 from quilt_agent.helper.zygote import Zygote
 from quilt_agent.machines import Machined
 from quilt_agent.scopes import Scopes
@@ -50,7 +51,7 @@ async def _serve(paths: Paths, store: Store, zygote: Zygote, idle_seconds: float
     bus = await RelayingBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
     bus.add_message_handler(caller.remember)
     bus.add_message_handler(lifecycle.CALLS.seen)
-    scopes = Scopes(bus)
+    scopes = Scopes(bus, GracePeriod.of_this_process())
     await scopes.connect()
     services = await app.build(paths, store, scopes, zygote, Machined(bus))
     manager = services.manager

@@ -282,11 +282,13 @@ class Manager:
                           networks=self._networks.named_networks(spec.networks),
                           joins=self._networks.namespace_owners(spec.networks))
 
-    async def create(self, plan: CreatePlan) -> Container:
+    async def create(self, plan: CreatePlan, starting: bool = False) -> Container:
         """Make the container a prepared (and authorized) plan describes. What the plan resolved must still be
         what it names: an object that changed meanwhile (removed and made again by someone else) was not the
-        one authorized, and the create is refused, leaving nothing."""
+        one authorized, and the create is refused, leaving nothing. starting: it is started next (RunContainer)."""
         spec, name = plan.spec, plan.spec.name
+        if starting:
+            self._scopes.expect_start()  # its wait runs while the container is made and forked
         # Checked again now: another create may have taken the name while the image was imported; from
         # here until the container is in the table, the table holds the name (the insert awaits).
         if self._containers.name_taken(name):
@@ -414,6 +416,7 @@ class Manager:
 
     async def _spawn(self, c: Container, rt: _Runtime, stdio: tuple[int, int, int] | None, tty: bool,
                      notify_dir: str) -> Container:
+        self._scopes.expect_start()  # a start of its own (StartContainer, a restart); RunContainer's began earlier
         directory = self._paths.container(c.id)
         exit_file = directory / "exit.json"
         exit_file.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from quilt_agent.errors import ContainerFailed, SystemdFailed, TimedOut
+from quilt_agent.graceperiod import GracePeriod
 
 log = logging.getLogger("quilt.scopes")
 
@@ -24,6 +25,11 @@ class ScopeManager(Protocol):
     """What the manager needs of systemd: a container's processes in a scope of their own, limits on it, and the
     scope gone again. Scopes is the real one; tests/fakes/scopes.py keeps scopes in memory, and
     tests/contract/scopes.py holds both to the same behaviour."""
+
+    def expect_start(self) -> None:
+        """A start() or attach() comes within milliseconds: what its move of the pids will wait for may begin
+        now (graceperiod.py). Never blocks, never fails."""
+        ...
 
     async def start(self, unit: str, pids: list[int], description: str, limits: ScopeLimits) -> None:
         """Put pids into a new scope named unit, with limits; return once they are in it. A scope of that name
@@ -124,8 +130,9 @@ class SystemdError(SystemdFailed):
 class Scopes:
     """Creates and tears down the transient scopes of containers."""
 
-    def __init__(self, bus: MessageBus) -> None:
+    def __init__(self, bus: MessageBus, grace: GracePeriod | None = None) -> None:
         self._bus = bus
+        self._grace = grace
         self._waiting: dict[str, asyncio.Future[str]] = {}
         self._finished: dict[str, str] = {}  # JobRemoved seen before the job's reply
         self._own: dict[str, int] = {}  # units this client is starting or stopping: their jobs are its own
@@ -180,6 +187,10 @@ class Scopes:
                            f"`systemctl status {unit}` and `journalctl -u {unit}` say why") from None
         finally:
             self._waiting.pop(job, None)
+
+    def expect_start(self) -> None:
+        if self._grace is not None:
+            self._grace.begin()
 
     async def start(self, unit: str, pids: list[int], description: str, limits: ScopeLimits) -> None:
         """Put pids into a new transient scope under quilt.slice; return once systemd has done it."""

@@ -160,7 +160,8 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
     def version(self) -> "s":
         return __version__
 
-    async def _create(self, verb: str, name: str, image: str, command: list[str], options: dict[str, Any]) -> Container:
+    async def _create(self, verb: str, name: str, image: str, command: list[str], options: dict[str, Any],
+                      starting: bool = False) -> Container:
         """Resolve what the create names, authorize each object as what it is, then make the container."""
         unwrapped = _unwrap(options)
         creds = await self.authority.credentials()
@@ -174,7 +175,7 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
             await self.authority.check(MANAGE, verb, absent("container", name))
             raise
         await self._authorize_create(verb, plan)
-        return await self._manager.create(plan)
+        return await self._manager.create(plan, starting)
 
     async def _authorize_create(self, verb: str, plan: CreatePlan) -> None:
         target = access.new_container(plan)
@@ -212,7 +213,7 @@ class ManagerInterface(ManagerEvents, NetworkMethods, ImageMethods, VolumeMethod
         held = hold is not None and hold.value
         if held and not _unwrap(options).get("remove_on_exit"):
             raise InvalidArgument("Option 'hold_removal' needs remove_on_exit: there is no removal to hold")
-        c = await self._create("run", name, image, command, options)
+        c = await self._create("run", name, image, command, options, starting=True)
         watching = None
         if held:
             holder = caller.current().sender

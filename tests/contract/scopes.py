@@ -167,6 +167,15 @@ class ScopesContract:
         assert await probe.unit_of(a.pid) == unit
         assert await probe.unit_of(b.pid) == unit
 
+    async def test_a_start_expected_ahead_puts_the_pids_in_the_unit_and_leaves_the_caller_where_it_was(
+            self, scopes: ScopeManager, probe: ScopeProbe, unit: str, spawn: Spawn) -> None:
+        a = spawn()
+        own = await probe.unit_of(os.getpid())
+        scopes.expect_start()
+        await scopes.start(unit, [a.pid], "contract", ScopeLimits())
+        assert await probe.unit_of(a.pid) == unit
+        assert await probe.unit_of(os.getpid()) == own
+
     async def test_start_applies_the_description_and_limits(self, scopes: ScopeManager, probe: ScopeProbe,
                                                              unit: str, spawn: Spawn) -> None:
         limits = ScopeLimits(memory_max=64 << 20, cpu_quota=50.0, tasks_max=7)

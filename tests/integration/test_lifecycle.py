@@ -52,6 +52,22 @@ async def test_run_records_exit_code_and_sends_output_to_the_journal(client: Cli
     assert sorted(journal_lines(f"quilt-{name}.scope")) == ["err", "out"]
 
 
+async def test_a_run_leaves_the_agent_in_its_own_cgroup_having_begun_the_grace_period_by_it(
+        client: Client, busybox_tar: Path, name: str) -> None:
+    # The agent writes its own pid into its cgroup's cgroup.procs ahead of each start (graceperiod.py): a move that
+    # must change nothing, and that the test host's agent can make (it says once when it cannot).
+    agent = subprocess.run(["systemctl", "show", "-P", "MainPID", "quilt-agent"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    before = Path(f"/proc/{agent}/cgroup").read_text()
+    path = await client.run_container(name, str(busybox_tar), ["/bin/true"], {"networks": ["none"]})
+    assert await client.wait(path) == 0
+    assert Path(f"/proc/{agent}/cgroup").read_text() == before
+    said = subprocess.run(["journalctl", "-o", "cat", "--no-pager", f"_PID={agent}", "-g", "grace period"],
+                          capture_output=True, text=True).stdout
+    assert said == "", said
+    await client.remove(path)
+
+
 async def test_create_does_not_start_and_start_runs_it(client: Client, busybox_tar: Path, name: str) -> None:
     path = await client.create_container(name, str(busybox_tar), ["/bin/true"], {})
     props = await client.properties(path)

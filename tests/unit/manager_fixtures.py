@@ -96,12 +96,14 @@ class RecordingScopes(FakeScopes):
         super().__init__()
         self.given: dict[str, list[int]] = {}  # unit -> pidfds of the pids of its last start
         self.stopped: list[str] = []
+        self.expected_at: dict[str, int] = {}  # unit -> how many expect_start() calls came before its last start
 
     async def stop(self, unit: str) -> None:
         self.stopped.append(unit)
         await super().stop(unit)
 
     async def start(self, unit: str, pids: list[int], description: str, limits: ScopeLimits) -> None:
+        self.expected_at[unit] = self.expected
         fds = []
         for pid in pids:
             try:

@@ -131,6 +131,18 @@ async def test_start_runs_the_command_and_its_exit_is_recorded_with_its_code(cor
     assert row.state is State.EXITED and row.exit_code == 3
 
 
+async def test_a_create_to_be_started_and_every_start_tell_the_scopes_before_a_scope_starts(core: Core) -> None:
+    # What the scopes are told lets the real ones begin the kernel's wait that systemd's moves need (graceperiod.py).
+    plain = await create(core, ["true"])
+    assert core.scopes.expected == 0  # a create alone is no start
+    c = await core.manager.create(await core.manager.prepare("", "tiny", ["true"], NO_NETWORK), starting=True)
+    assert core.scopes.expected == 1
+    await core.manager.start(c.id)
+    assert core.scopes.expected_at[c.unit] == core.scopes.expected_at[c.monitor_unit] == 2  # and again by the start
+    await core.manager.start(plain.id)
+    assert core.scopes.expected_at[plain.unit] == 3
+
+
 async def test_wait_on_a_created_container_returns_the_code_of_its_next_run(core: Core) -> None:
     c = await create(core, ["sh", "-c", "exit 5"])
     waiting = asyncio.ensure_future(core.manager.wait(c.id))

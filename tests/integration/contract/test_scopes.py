@@ -11,6 +11,7 @@ import pytest
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from quilt_agent.graceperiod import GracePeriod
 from quilt_agent.scopes import SYSTEMD, SYSTEMD_MANAGER, SYSTEMD_PATH, UINT64_MAX, ScopeLimits, Scopes
 from tests.contract.scopes import ScopesContract, ScopeView
 
@@ -87,7 +88,7 @@ async def bus() -> AsyncIterator[MessageBus]:
 class TestSystemdScopes(ScopesContract):
     @pytest.fixture
     async def scopes(self, bus: MessageBus) -> Scopes:
-        scopes = Scopes(bus)
+        scopes = Scopes(bus, GracePeriod.of_this_process())
         await scopes.connect()
         return scopes
 
