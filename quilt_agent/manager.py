@@ -288,7 +288,7 @@ class Manager:
         one authorized, and the create is refused, leaving nothing. starting: it is started next (RunContainer)."""
         spec, name = plan.spec, plan.spec.name
         if starting:
-            self._scopes.expect_start()  # its wait runs while the container is made and forked
+            self._scopes.expect_move()  # its wait runs while the container is made and forked
         # Checked again now: another create may have taken the name while the image was imported; from
         # here until the container is in the table, the table holds the name (the insert awaits).
         if self._containers.name_taken(name):
@@ -416,7 +416,7 @@ class Manager:
 
     async def _spawn(self, c: Container, rt: _Runtime, stdio: tuple[int, int, int] | None, tty: bool,
                      notify_dir: str) -> Container:
-        self._scopes.expect_start()  # a start of its own (StartContainer, a restart); RunContainer's began earlier
+        self._scopes.expect_move()  # a start of its own (StartContainer, a restart); RunContainer's began earlier
         directory = self._paths.container(c.id)
         exit_file = directory / "exit.json"
         exit_file.unlink(missing_ok=True)
@@ -1153,6 +1153,7 @@ class Manager:
             raise NotRunning(c.name, c.state.value)
         if c.paused:
             raise NotRunning(c.name, "paused")  # a process joining its cgroup would be frozen too, as Podman refuses
+        self._scopes.expect_move()  # the exec helper writes the command's process into the scope's cgroups
         if stdio is None:
             return await self._executor.run(c, rt.init_pidfd, command, opts, self._full_env(c.spec), None)
         relays = caller_stdio.prepare(stdio)  # a regular file is relayed, never handed to the container

@@ -26,9 +26,10 @@ class ScopeManager(Protocol):
     scope gone again. Scopes is the real one; tests/fakes/scopes.py keeps scopes in memory, and
     tests/contract/scopes.py holds both to the same behaviour."""
 
-    def expect_start(self) -> None:
-        """A start() or attach() comes within milliseconds: what its move of the pids will wait for may begin
-        now (graceperiod.py). Never blocks, never fails."""
+    def expect_move(self) -> None:
+        """A process is to be moved into a scope's cgroups within milliseconds (by start() or attach(), or by an
+        exec joining a running container's): what the kernel will make that move wait for may begin now
+        (graceperiod.py). Never blocks, never fails."""
         ...
 
     async def start(self, unit: str, pids: list[int], description: str, limits: ScopeLimits) -> None:
@@ -188,7 +189,7 @@ class Scopes:
         finally:
             self._waiting.pop(job, None)
 
-    def expect_start(self) -> None:
+    def expect_move(self) -> None:
         if self._grace is not None:
             self._grace.begin()
 

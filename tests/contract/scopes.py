@@ -171,7 +171,7 @@ class ScopesContract:
             self, scopes: ScopeManager, probe: ScopeProbe, unit: str, spawn: Spawn) -> None:
         a = spawn()
         own = await probe.unit_of(os.getpid())
-        scopes.expect_start()
+        scopes.expect_move()
         await scopes.start(unit, [a.pid], "contract", ScopeLimits())
         assert await probe.unit_of(a.pid) == unit
         assert await probe.unit_of(os.getpid()) == own

@@ -58,9 +58,9 @@ class FakeScopes:
         self.host_stops: set[str] = set()  # units stopped through stop_by_host, as with `systemctl stop`
         self.shutting_down = False  # what a test sets for a host that shuts down
         self.services: set[str] = set()  # running services with Delegate=yes: what attach() may use
-        self.expected = 0  # expect_start() calls: a kernel's wait there is none of here to begin
+        self.expected = 0  # expect_move() calls: a kernel's wait there is none of here to begin
 
-    def expect_start(self) -> None:
+    def expect_move(self) -> None:
         self.expected += 1
 
     def run_service(self, unit: str, limits: ScopeLimits = ScopeLimits()) -> None:

@@ -96,7 +96,7 @@ class RecordingScopes(FakeScopes):
         super().__init__()
         self.given: dict[str, list[int]] = {}  # unit -> pidfds of the pids of its last start
         self.stopped: list[str] = []
-        self.expected_at: dict[str, int] = {}  # unit -> how many expect_start() calls came before its last start
+        self.expected_at: dict[str, int] = {}  # unit -> how many expect_move() calls came before its last start
 
     async def stop(self, unit: str) -> None:
         self.stopped.append(unit)

@@ -143,6 +143,14 @@ async def test_a_create_to_be_started_and_every_start_tell_the_scopes_before_a_s
     assert core.scopes.expected_at[plain.unit] == 3
 
 
+async def test_an_exec_tells_the_scopes_before_its_process_joins_the_container(core: Core) -> None:
+    c = await create(core, LONG)
+    await core.manager.start(c.id)
+    told = core.scopes.expected
+    result = await core.manager.exec(c.id, ["true"], {})
+    assert result.exit_code == 0 and core.scopes.expected == told + 1
+
+
 async def test_wait_on_a_created_container_returns_the_code_of_its_next_run(core: Core) -> None:
     c = await create(core, ["sh", "-c", "exit 5"])
     waiting = asyncio.ensure_future(core.manager.wait(c.id))
