@@ -420,7 +420,7 @@ class Manager:
         directory = self._paths.container(c.id)
         exit_file = directory / "exit.json"
         exit_file.unlink(missing_ok=True)
-        image = await asyncio.to_thread(self._images.get, c.spec.image_id)
+        image = self._images.get(c.spec.image_id)  # from the catalog in memory: no thread needed
         cached, setup_layer = await self._setup_plan(c, image)
         # Noted before the next await: from here a prune sees the cached setup image in use.
         c = self._containers[c.id] = c.with_(setup_image=cached.id if cached else "")
@@ -1382,7 +1382,7 @@ class Manager:
             c = self._get(c.id)
             if c.state is State.RUNNING:
                 raise AlreadyRunning(c.name, "it started meanwhile: copy again")
-            image = await asyncio.to_thread(self._images.get, c.setup_image or c.spec.image_id)
+            image = self._images.get(c.setup_image or c.spec.image_id)
             directory = self._paths.container(c.id)
             mounts = self._volumes.resolve(c.spec.volumes)  # its volumes, as `podman cp` sees them
             userns_fd = -1

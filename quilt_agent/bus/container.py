@@ -226,6 +226,10 @@ class ContainerInterface(ContainerIO, ContainerNetwork, ContainerCopy, GuardedIn
     def _c(self) -> Container:
         return self._manager.get(self.container_id)
 
+    def added_properties(self) -> dict[str, Variant]:
+        """What GetAll answers, for its InterfacesAdded (bus/relay.py's RelayingBus)."""
+        return property_variants(self._c, self._networks.addresses(self.container_id))
+
     def changed(self, c: Container) -> None:
         """Emit PropertiesChanged for what differs from the last values sent."""
         now = properties(c)

@@ -7,6 +7,7 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from quilt_agent.api import unwrap
 from quilt_agent.client import Client
 from tests.integration.waiting import until
 
@@ -21,7 +22,8 @@ class Recorder:
     async def __aenter__(self) -> Recorder:
         self.bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         for rule in ("type='signal',sender='org.quilt.Runtime',interface='org.quilt.Runtime.Manager'",
-                     "type='signal',sender='org.quilt.Runtime',interface='org.freedesktop.DBus.Properties'"):
+                     "type='signal',sender='org.quilt.Runtime',interface='org.freedesktop.DBus.Properties'",
+                     "type='signal',sender='org.quilt.Runtime',interface='org.freedesktop.DBus.ObjectManager'"):
             await self.bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
                                         interface="org.freedesktop.DBus", member="AddMatch", signature="s",
                                         body=[rule]))
@@ -53,6 +55,20 @@ async def test_container_new_and_removed_signals_carry_id_and_path(client: Clien
         await rec.until(lambda: any(s[0] == "ContainerRemoved" for s in rec.signals))
     manager_signals = [(m, body) for m, p, body in rec.signals if p == "/org/quilt/Runtime" and m != "Event"]
     assert manager_signals == [("ContainerNew", [cid, path]), ("ContainerRemoved", [cid, path])]
+
+
+async def test_interfaces_added_of_a_new_container_carries_what_get_all_answers(client: Client, busybox_tar: Path,
+                                                                               name: str) -> None:
+    async with Recorder() as rec:
+        path = await client.create_container(name, str(busybox_tar), ["/bin/true"],
+                                             {"labels": {"tier": "web"}, "env": ["A=1"]})
+        await rec.until(lambda: any(s[0] == "InterfacesAdded" and s[1] == path for s in rec.signals))
+        answered = await client.properties(path)
+        await client.remove(path)
+    (added,) = [body for member, p, body in rec.signals if member == "InterfacesAdded" and p == path]
+    assert added[0] == path and list(added[1]) == ["org.quilt.Runtime.Container"]
+    sent = unwrap(added[1]["org.quilt.Runtime.Container"])
+    assert sent == answered and sent["Name"] == name and sent["Labels"] == {"tier": "web"}
 
 
 async def test_properties_changed_follows_the_state_through_the_life(client: Client, busybox_tar: Path,
