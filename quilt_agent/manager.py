@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Coroutine, Protocol
 
 from quilt_agent import cgroups, copying, filetree, freezer, health, journal, logfile, pipes, restart, userdb
 from quilt_agent import stdio as caller_stdio
@@ -447,70 +447,78 @@ class Manager:
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         rt.scope_emptied = False
         t0 = time.perf_counter()
-        sock = await self._zygote.spawn(spec, stdio or ())
-        keep_sock = False
+        registering: asyncio.Task[tuple[str, str] | None] | None = None
         try:
-            forked = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), MonitorForked)
-            rt.monitor_pidfd = os.pidfd_open(forked.monitor_pid)
-            monitor_scope = self._loop.create_task(self._start_monitor_scope(c, forked.monitor_pid))
+            sock = await self._zygote.spawn(spec, stdio or ())
+            keep_sock = False
             try:
-                spawned = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Spawned)
-                t1 = time.perf_counter()
-                rt.init_pidfd = os.pidfd_open(spawned.init_pid)
-                await self._start_scopes(c, spawned.init_pid, monitor_scope)
-                await self._networks.ready(c)  # interfaces, address, route, ports: before the command runs
-            except BaseException as err:
-                # Abort first: the monitor kills the init at once, and its scope, begun or not, ends empty.
-                with contextlib.suppress(OSError):  # a monitor gone before its Spawned hears nothing
-                    protocol.send(sock, protocol.Abort(str(err)))
+                forked = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), MonitorForked)
+                rt.monitor_pidfd = os.pidfd_open(forked.monitor_pid)
+                monitor_scope = self._loop.create_task(self._start_monitor_scope(c, forked.monitor_pid))
                 try:
-                    await asyncio.wait([monitor_scope])  # its failure, if any, is told by the one raised here
-                    if not monitor_scope.cancelled():
-                        monitor_scope.exception()
-                finally:
-                    self._close_pidfds(rt)  # even if this wait is cancelled: no pidfd outlives a start that failed
-                raise
-            c = c.with_(monitor_pid=forked.monitor_pid, monitor_start=forked.monitor_start,
-                        main_pid=spawned.init_pid, exit_code=-1, exit_signal=0, oom_killed=False, failure_reason="",
-                        started_at=now_usec(), finished_at=0, health="starting" if c.spec.health_cmd else "",
-                        ready=False, notify_status="")
-            # Recorded before Go: if the agent dies now, the restarted one finds the monitor.
-            await self._store.update_status(c)
-            self._containers[c.id] = c
-            self._watch(c.id, rt)
-            t2 = time.perf_counter()
-            protocol.send(sock, Go())
-            reply = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Started, ExecFailed)
-            if setup_layer and isinstance(reply, Started):
-                # The setup steps run now; once they succeed, the monitor packs their layer for the cache.
-                keep_sock = True
-                rt.caching = self._loop.create_task(self._cache_setup(c, image, sock, Path(setup_layer)))
-        except protocol.ProtocolError as err:
-            raise ContainerFailed(f"Container '{c.name}' failed to start: the helper said {err}") from err
-        finally:
-            if not keep_sock:
-                sock.close()
-        # The monitor's exit may have been recorded meanwhile (a command that ends at once): build on that.
-        c = self._get(c.id)
-        if isinstance(reply, ExecFailed):
-            c = await self._set(c.with_(state=State.FAILED, failure_reason=reply.reason, exit_code=reply.exit_code))
-            await self._event("failed", c, "container %s failed to start: %s", c.name, reply.reason,
-                              reason=reply.reason)
-            if reply.exhausted:
-                raise ResourceExhausted(f"Container '{c.name}' failed to start: {reply.reason}")
-            failed = {127: CommandNotFound, 126: CommandNotExecutable}.get(reply.exit_code, ContainerFailed)
-            raise failed(f"Container '{c.name}' failed to start: {reply.reason}")
-        if c.monitor_pid:  # still running: its exit is not recorded yet
-            c = await self._set(c.with_(state=State.RUNNING, ready=c.ready or c.spec.sdnotify == "conmon"))
-            if c.spec.health_cmd:
-                self._health.watch(c.id, c.spec.health_interval)
-        t3 = time.perf_counter()
-        await self._event("started", c, "started container %s, init pid %d, in %.1f ms (fork %.1f, scope %.1f, "
-                          "exec %.1f)", c.name, c.main_pid, (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
-                          (t3 - t2) * 1e3)
-        if c.state is State.RUNNING:
-            # After its started event: an exit recorded while machined answers must not come before it.
-            c = await self._register_machine(c)
+                    spawned = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Spawned)
+                    t1 = time.perf_counter()
+                    rt.init_pidfd = os.pidfd_open(spawned.init_pid)
+                    await self._start_scopes(c, spawned.init_pid, monitor_scope)
+                    await self._networks.ready(c)  # interfaces, address, route, ports: before the command runs
+                except BaseException as err:
+                    # Abort first: the monitor kills the init at once, and its scope, begun or not, ends empty.
+                    with contextlib.suppress(OSError):  # a monitor gone before its Spawned hears nothing
+                        protocol.send(sock, protocol.Abort(str(err)))
+                    try:
+                        await asyncio.wait([monitor_scope])  # its failure, if any, is told by the one raised here
+                        if not monitor_scope.cancelled():
+                            monitor_scope.exception()
+                    finally:
+                        self._close_pidfds(rt)  # even if this wait is cancelled: no pidfd outlives a start that failed
+                    raise
+                c = c.with_(monitor_pid=forked.monitor_pid, monitor_start=forked.monitor_start,
+                            main_pid=spawned.init_pid, exit_code=-1, exit_signal=0, oom_killed=False, failure_reason="",
+                            started_at=now_usec(), finished_at=0, health="starting" if c.spec.health_cmd else "",
+                            ready=False, notify_status="")
+                # Recorded before Go: if the agent dies now, the restarted one finds the monitor.
+                await self._store.update_status(c)
+                self._containers[c.id] = c
+                self._watch(c.id, rt)
+                # machined is asked now, while the command is set up and exec'd: the leader is in its scope.
+                registering = self._begin_registration(c)
+                t2 = time.perf_counter()
+                protocol.send(sock, Go())
+                reply = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Started, ExecFailed)
+                if setup_layer and isinstance(reply, Started):
+                    # The setup steps run now; once they succeed, the monitor packs their layer for the cache.
+                    keep_sock = True
+                    rt.caching = self._loop.create_task(self._cache_setup(c, image, sock, Path(setup_layer)))
+            except protocol.ProtocolError as err:
+                raise ContainerFailed(f"Container '{c.name}' failed to start: the helper said {err}") from err
+            finally:
+                if not keep_sock:
+                    sock.close()
+            # The monitor's exit may have been recorded meanwhile (a command that ends at once): build on that.
+            c = self._get(c.id)
+            if isinstance(reply, ExecFailed):
+                c = await self._set(c.with_(state=State.FAILED, failure_reason=reply.reason, exit_code=reply.exit_code))
+                await self._event("failed", c, "container %s failed to start: %s", c.name, reply.reason,
+                                  reason=reply.reason)
+                if reply.exhausted:
+                    raise ResourceExhausted(f"Container '{c.name}' failed to start: {reply.reason}")
+                failed = {127: CommandNotFound, 126: CommandNotExecutable}.get(reply.exit_code, ContainerFailed)
+                raise failed(f"Container '{c.name}' failed to start: {reply.reason}")
+            if c.monitor_pid:  # still running: its exit is not recorded yet
+                c = await self._set(c.with_(state=State.RUNNING, ready=c.ready or c.spec.sdnotify == "conmon"))
+                if c.spec.health_cmd:
+                    self._health.watch(c.id, c.spec.health_interval)
+            t3 = time.perf_counter()
+            await self._event("started", c, "started container %s, init pid %d, in %.1f ms (fork %.1f, scope %.1f, "
+                              "exec %.1f)", c.name, c.main_pid, (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+                              (t3 - t2) * 1e3)
+        except BaseException:
+            if registering is not None:
+                self._abandon_registration(c, registering)
+            raise
+        if registering is not None:
+            # Taken after its started event: an exit recorded while machined answers must not come before it.
+            c = await self._take_registration(c, await registering)
         return c
 
     async def _start_monitor_scope(self, c: Container, monitor_pid: int) -> None:
@@ -594,7 +602,12 @@ class Manager:
         c = self._containers.get(container_id)
         rt.scope_emptied = c is not None and "pid" in c.spec.namespaces and self._init_ended(container_id)
         self._close_pidfds(rt)
-        task = self._loop.create_task(self._record_exit(container_id))
+        self._track(self._record_exit(container_id))
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work as a task of its own, kept in _exiting until done: never collected while it runs, and the
+        agent does not exit idle under it."""
+        task = self._loop.create_task(work)
         self._exiting.add(task)
         task.add_done_callback(self._exiting.discard)
 
@@ -629,9 +642,7 @@ class Manager:
         if c.machine_name:
             # Not waited for: the exit is recorded, and Wait answered, without a round trip to machined. Its name is
             # free for another registration all the same: machined answers this agent's calls in the order sent.
-            task = self._loop.create_task(self._unregister_machine(c))
-            self._exiting.add(task)
-            task.add_done_callback(self._exiting.discard)
+            self._track(self._unregister_machine(c))
         status = self._read_exit(container_id)
 
         def ended(c: Container) -> Container:
@@ -696,9 +707,7 @@ class Manager:
             c = self._containers.get(cid)
             if (c is not None and c.spec.remove_on_exit and c.state in (State.EXITED, State.FAILED)
                     and cid not in self._restarting):
-                task = self._loop.create_task(self._remove_on_exit(c))
-                self._exiting.add(task)
-                task.add_done_callback(self._exiting.discard)
+                self._track(self._remove_on_exit(c))
 
     # --- restarts by policy (restart.py) ------------------------------------------------------------
 
@@ -740,9 +749,7 @@ class Manager:
 
     def _restart_due(self, container_id: str) -> None:
         self._restart_timers.pop(container_id, None)
-        task = self._loop.create_task(self._restart(container_id))
-        self._exiting.add(task)
-        task.add_done_callback(self._exiting.discard)
+        self._track(self._restart(container_id))
 
     async def _restart(self, container_id: str) -> None:
         rt = self._runtime.get(container_id)
@@ -941,9 +948,7 @@ class Manager:
         changes["ready"] = c.ready or becomes_ready
         if all(getattr(c, key) == value for key, value in changes.items()):
             return
-        task = self._loop.create_task(self._take_notified(c.with_(**changes), becomes_ready))
-        self._exiting.add(task)
-        task.add_done_callback(self._exiting.discard)
+        self._track(self._take_notified(c.with_(**changes), becomes_ready))
 
     async def _take_notified(self, c: Container, becomes_ready: bool) -> None:
         c = await self._set(c)
@@ -1165,11 +1170,22 @@ class Manager:
     # --- machines (machines.py) -------------------------------------------------------------------
 
     async def _register_machine(self, c: Container) -> Container:
+        """Register the running container with systemd-machined (_machine_registration) and note its machine."""
+        return await self._take_registration(c, await self._machine_registration(c))
+
+    def _begin_registration(self, c: Container) -> asyncio.Task[tuple[str, str] | None] | None:
+        """_machine_registration under way while the start goes on; None when the host's machines are not
+        kept. Its result is for _take_registration, or _abandon_registration if the start fails."""
+        if self._machines is None:
+            return None
+        return self._loop.create_task(self._machine_registration(c))
+
+    async def _machine_registration(self, c: Container) -> tuple[str, str] | None:
         """Register the running container with systemd-machined, under its name or a derived one; one already
-        registered with this leader (the agent restarted) is found, not registered twice. A refusal is logged and
-        the container runs on."""
+        registered with this leader (the agent restarted) is found, not registered twice. Its machine's path and
+        name; None when it is not registered (a refusal is logged, and the container runs on)."""
         if self._machines is None or not c.main_pid or self._init_ended(c.id):
-            return c  # (one that ended at once: nothing to register, and machined would refuse its gone leader)
+            return None  # (one that ended at once: nothing to register, and machined would refuse its gone leader)
         try:
             if self._machined is None:
                 self._machined = await self._machines.available()
@@ -1177,24 +1193,39 @@ class Manager:
                     log.info("systemd-machined is not on this host: containers are not registered as machines "
                              "(install systemd-container for machinectl to know them)")
             if not self._machined:
-                return c
+                return None
             for taken in (False, True):
                 name = machine_name(c.name, c.id, taken)
                 path = await self._register_as(c, name)
                 if path:
-                    break
-            else:
-                raise MachineError("MachineExists", f"machines '{machine_name(c.name, c.id)}' and "
-                                                    f"'{machine_name(c.name, c.id, True)}' are others'")
+                    return path, name
+            raise MachineError("MachineExists", f"machines '{machine_name(c.name, c.id)}' and "
+                                                f"'{machine_name(c.name, c.id, True)}' are others'")
         except (MachineError, OSError) as err:
             if not self._init_ended(c.id):  # one that ended at once has nothing to register: no warning
                 log.warning("container %s is not registered with systemd-machined: %s", c.name, err,
                             extra={"CONTAINER_NAME": c.name})
+            return None
+
+    async def _take_registration(self, c: Container, registered: tuple[str, str] | None) -> Container:
+        """Note the machine registered for c's run, unless that run is over: then its exit, recorded without
+        the machine, did not unregister it, and it is unregistered here."""
+        if registered is None:
             return c
+        path, name = registered
         current = self._containers.get(c.id)
-        if current is None or current.main_pid != c.main_pid:
-            return current or c  # it ended meanwhile: its exit unregisters it
+        if current is None or current.main_pid != c.main_pid or current.state is not State.RUNNING:
+            self._track(self._unregister_machine(c.with_(machine_name=name)))
+            return current or c
         return await self._set(current.with_(machine=path, machine_name=name))
+
+    def _abandon_registration(self, c: Container, registering: asyncio.Task[tuple[str, str] | None]) -> None:
+        """A start that failed after its registration began: the machine, once registered, is unregistered."""
+        async def undo() -> None:
+            registered = await registering
+            if registered is not None:
+                await self._unregister_machine(c.with_(machine_name=registered[1]))
+        self._track(undo())
 
     async def _register_as(self, c: Container, name: str) -> str:
         """Its machine's path under this name, registered now or ours already (from before an agent restart); ""
@@ -1281,9 +1312,7 @@ class Manager:
         if becomes_ready:
             await self._event("ready", c, "container %s is ready: its health check passed", c.name, status="")
         if status == "unhealthy" and c.spec.health_on_failure != "none":
-            task = self._loop.create_task(self._act_on_unhealthy(c.id))
-            self._exiting.add(task)
-            task.add_done_callback(self._exiting.discard)
+            self._track(self._act_on_unhealthy(c.id))
         return status
 
     async def _act_on_unhealthy(self, container_id: str) -> None:

@@ -2,6 +2,7 @@
 that is taken, as machined does, and can be told to be absent or to refuse everything."""
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ class FakeMachined:
     machines: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # name -> (leader, interfaces)
     registrations: int = 0
     slow: bool = False  # each registration waits for its leader's end first (a command that ends at once)
+    late: bool = False  # each registration is made, but answered only once its leader has ended
 
     async def available(self) -> bool:
         return self.present
@@ -31,6 +33,8 @@ class FakeMachined:
                 os.close(fd)
             raise MachineError("org.freedesktop.DBus.Error.UnixProcessIdUnknown",
                                f"Failed to determine unit of process {leader} : No such process")
+        if self.late:
+            await _ended(leader)
         if self.refuse:
             raise MachineError("org.freedesktop.DBus.Error.AccessDenied", self.refuse)
         if name in self.machines:
@@ -46,3 +50,18 @@ class FakeMachined:
         if name not in self.machines:
             return "", 0
         return f"/org/freedesktop/machine1/machine/{name.replace('-', '_2d')}", self.machines[name][0]
+
+
+async def _ended(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    try:
+        await asyncio.wait_for(done, 10)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)

@@ -3,19 +3,21 @@ fakes: registered while running under its name or a derived one, unregistered at
 registered twice) after an agent restart, and a host without machined or a refusal leaving the container running."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
 
+from quilt_agent.errors import CommandNotFound
 from quilt_agent.machines import machine_name, registering
 from quilt_agent.model import State
 from quilt_agent.restart import Backoff
 from tests.fakes.helper import FakeForkServer
 from tests.fakes.machines import FakeMachined
 from tests.fakes.store import MemoryStore
-from tests.unit.manager_fixtures import Core, create, make_core, tear_down
+from tests.unit.manager_fixtures import DEADLINE, Core, create, make_core, tear_down
 from tests.unit.manager_fixtures import zygote  # noqa: F401 - the fixture: one fake fork server per module
 
 
@@ -105,3 +107,31 @@ async def test_a_container_that_ended_before_its_registration_is_no_warning(core
         await core.manager.start(c.id)
         await core.manager.wait(c.id)
     assert not any("not registered" in r.getMessage() for r in caplog.records)
+
+
+async def until_no_machine(machined: FakeMachined) -> bool:
+    """Whether machined holds no machine within DEADLINE: the agent unregisters in a task of its own."""
+    deadline = asyncio.get_running_loop().time() + DEADLINE
+    while machined.machines:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def test_a_registration_answered_after_the_run_ended_is_undone(core: Core, machined: FakeMachined) -> None:
+    machined.late = True  # registered, but its answer comes after the exit is recorded: the exit unregistered none
+    c = await create(core, ["true"], "quick")
+    await core.manager.start(c.id)
+    assert await core.manager.wait(c.id) == 0
+    assert await until_no_machine(machined) and machined.registrations == 1
+    assert core.manager.get(c.id).machine_name == ""
+
+
+async def test_a_start_that_fails_after_its_registration_began_leaves_no_machine(core: Core,
+                                                                               machined: FakeMachined) -> None:
+    c = await create(core, ["/no/such/command"], "broken")
+    with pytest.raises(CommandNotFound):
+        await core.manager.start(c.id)
+    assert await until_no_machine(machined)
+    assert core.manager.get(c.id).machine_name == ""
