@@ -47,10 +47,10 @@ def run(spec: LaunchSpec, agent: socket.socket, stdio: list[int] | None = None) 
         signal.signal(sig, signal.SIG_IGN)  # only the container's init is meant to get these
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
-    syscalls.set_process_name(f"quilt-mon {spec.name}")  # what ps and top show
     me = os.getpid()
     born = start_time(me)
     protocol.send(agent, MonitorForked(monitor_pid=me, monitor_start=born))  # first: see MonitorForked
+    syscalls.set_process_name(f"quilt-mon {spec.name}")  # what ps and top show; after: it takes a while
     # The user namespace is made here, in the host's pid namespace, where its child is found by its pid; a failure
     # is the init's to report, as every setup failure is.
     userns_fd, userns_error = -1, ""
@@ -307,10 +307,11 @@ def _container_init(spec: LaunchSpec, go_read: int, err_write: int, stdio: list[
         if userns_fd >= 0:
             # Last: what was made above belongs to the host's namespace, out of the reach of the container's root.
             userns.join(userns_fd)
+        process.limit_bounding_set(spec.capabilities)  # while the agent waits for systemd: it needs no cgroup
         if os.read(go_read, 1) != b"g":
             os._exit(SETUP_FAILED)
         namespaces.unshare_cgroup(spec.namespaces)
-        process.drop_capabilities(spec.capabilities)  # before anything of the image is read
+        process.drop_held_capabilities(spec.capabilities)  # before anything of the image is read
         user = process.resolve_user(spec.user)
         try:
             workdir = process.open_workdir(spec.workdir, owner=user)

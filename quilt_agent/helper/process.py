@@ -185,19 +185,30 @@ def drop_capabilities(keep_mask: int = capabilities.DEFAULT_MASK) -> None:
     """Bounding, permitted and effective sets to the container's set (keep_mask, a bit per capability: the
     default set unless cap_add/cap_drop changed it), nothing inheritable or ambient, no_new_privs: as root of the
     container, before reading anything of the container's (its /etc/passwd)."""
+    limit_bounding_set(keep_mask)
+    drop_held_capabilities(keep_mask)
+
+
+def limit_bounding_set(keep_mask: int = capabilities.DEFAULT_MASK) -> None:
+    """The bounding set to keep_mask: what no exec can give back. Needs CAP_SETPCAP; leaves what is held, so it
+    may come early (a container's init does it before it waits for Go, in its user namespace, whose joining
+    filled the set)."""
     try:
         with open(CAP_LAST_CAP_FILE) as f:
             last = int(f.read())
     except OSError:
         last = 40
-    keep = {cap for cap in range(64) if keep_mask >> cap & 1}
     for cap in range(last + 1):
-        if cap not in keep:
+        if not keep_mask >> cap & 1:
             syscalls.prctl(syscalls.PR_CAPBSET_DROP, cap)
+
+
+def drop_held_capabilities(keep_mask: int = capabilities.DEFAULT_MASK) -> None:
+    """The rest of drop_capabilities, once limit_bounding_set(keep_mask) was done."""
     syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
     # SETUID and SETGID stay for switch_user even when the container's set lacks them (cap_drop): its root's
     # exec recomputes the permitted and effective sets from the bounding set alone, a user's loses them all.
-    mask = sum(1 << c for c in keep) | _SET_IDS
+    mask = (keep_mask & ((1 << 64) - 1)) | _SET_IDS
     _effective, permitted, _inheritable = syscalls.capabilities()
     # Nothing inheritable (the CVE-2022-29162 lesson).
     syscalls.set_capabilities(mask & permitted, mask & permitted, 0)
