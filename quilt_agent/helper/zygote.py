@@ -1,5 +1,6 @@
 """The fork server: forked at agent start, before any thread exists, it forks one monitor per
-container, and one extractor per image tarball to unpack.
+container, one exec helper per exec, and one extractor per image tarball to unpack (each forked ahead of its
+request: _serve).
 
 Forking from the threaded agent (aiosqlite runs a thread) could copy a lock
 held by another thread; the fork server has a single thread, so its children
@@ -155,31 +156,67 @@ def _serve(sock: socket.socket) -> None:
     seccomp.prepare()  # once: each container's init and each exec only installs the program
     gc.collect()
     gc.freeze()
+    # Each request goes to a child forked before it came (the spare), and the next spare is forked at once: a
+    # fork of this process and Python's work after it in the child take 2-2.5 ms here, which a start or an exec
+    # would otherwise wait for.
+    spare = _fork_spare(sock)
     while True:
         data, fds, _flags, _addr = socket.recv_fds(sock, protocol.MAX_MESSAGE, MAX_FDS)
         if not data:
             return  # the agent is gone
-        request = protocol.decode(data, LaunchSpec, ExtractLayer, ExecSpec, MakeUserNamespace)
-        pid = os.fork()
-        if pid == 0:
-            sock.close()
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 0)
-            status = 1
-            try:
-                peer = socket.socket(fileno=fds[0])
-                if isinstance(request, LaunchSpec):
-                    status = monitor.run(request, peer, fds[1:4] or None)
-                elif isinstance(request, ExecSpec):
-                    status = enter.run(request, peer, fds[1:4], fds[4])
-                elif isinstance(request, MakeUserNamespace):
-                    status = _user_namespace(request, peer)
-                else:
-                    status = _extract(request, peer)
-            finally:
-                os._exit(status)
-        for fd in fds:
-            os.close(fd)
+        try:
+            socket.send_fds(spare, [data], fds)
+        except OSError:
+            # A spare that died (killed from outside): the request gets a new one.
+            spare.close()
+            spare = _fork_spare(sock)
+            socket.send_fds(spare, [data], fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        spare.close()
+        spare = _fork_spare(sock)
+
+
+def _fork_spare(agent: socket.socket) -> socket.socket:
+    """A child that waits for one request (as the fork server gets it from the agent) and serves it; the fork
+    server's end of the socket it waits on."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server = os.getpid()
+    pid = os.fork()
+    if pid != 0:
+        theirs.close()
+        return ours
+    status = 1
+    try:
+        agent.close()
+        ours.close()
+        # An idle spare ends with the fork server; the child it becomes outlives it (a monitor outlives the agent).
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != server:
+            return  # the fork server died before the line above
+        data, fds, _flags, _addr = socket.recv_fds(theirs, protocol.MAX_MESSAGE, MAX_FDS)
+        theirs.close()
+        if not data:
+            status = 0
+            return  # the fork server is gone
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 0)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        status = _serve_one(data, fds)
+    finally:
+        os._exit(status)
+
+
+def _serve_one(data: bytes, fds: list[int]) -> int:
+    request = protocol.decode(data, LaunchSpec, ExtractLayer, ExecSpec, MakeUserNamespace)
+    peer = socket.socket(fileno=fds[0])
+    if isinstance(request, LaunchSpec):
+        return monitor.run(request, peer, fds[1:4] or None)
+    if isinstance(request, ExecSpec):
+        return enter.run(request, peer, fds[1:4], fds[4])
+    if isinstance(request, MakeUserNamespace):
+        return _user_namespace(request, peer)
+    return _extract(request, peer)
 
 
 def _user_namespace(request: MakeUserNamespace, peer: socket.socket) -> int:

@@ -4,7 +4,9 @@ in the test's cgroup, which the contract does not look at).
 """
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -14,6 +16,7 @@ from quilt_agent.helper import zygote
 from quilt_agent.helper.zygote import Zygote
 from tests.contract.helper import HelperContract
 from tests.imagetools import busybox
+from tests.integration.waiting import until
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +45,49 @@ class TestZygote(HelperContract):
     @pytest.fixture
     def lower(self, busybox_layer: str) -> str:
         return busybox_layer
+
+
+# --- the real fork server's spare child ----------------------------------------------------------------
+
+
+def spares(server: Zygote) -> set[int]:
+    """The fork server's children that still bear its name: idle ones (a monitor and an exec helper rename
+    themselves first thing, and no other request is under way in these tests)."""
+    own = Path(f"/proc/{server.pid}/comm").read_text()
+    found = set()
+    for pid in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split():
+        try:
+            if Path(f"/proc/{pid}/comm").read_text() == own:
+                found.add(int(pid))
+        except FileNotFoundError:
+            pass  # ended meanwhile
+    return found
+
+
+async def one_spare(server: Zygote, other_than: int = 0) -> int:
+    (spare,) = await until(lambda: (found := spares(server)) and len(found) == 1 and other_than not in found
+                           and found, lambda: f"the fork server's idle children: {spares(server)}")
+    return spare
+
+
+async def test_a_request_is_served_by_the_child_forked_before_it_and_the_next_waits_already(
+        fork_server: Zygote) -> None:
+    helper = Zygote(fork_server.pid, fork_server.sock)
+    waiting = await one_spare(fork_server)
+    os.close(await asyncio.to_thread(helper.user_namespace, "0 600000 65536\n"))
+    # The one that waited served it and ended; another was forked for the next request.
+    await one_spare(fork_server, other_than=waiting)
+    await until(lambda: not Path(f"/proc/{waiting}").exists(), f"the child {waiting} never ended")
+
+
+async def test_a_waiting_child_killed_from_outside_is_replaced_for_the_request(fork_server: Zygote) -> None:
+    helper = Zygote(fork_server.pid, fork_server.sock)
+    waiting = await one_spare(fork_server)
+    os.kill(waiting, signal.SIGKILL)
+    await until(lambda: not Path(f"/proc/{waiting}").exists(), f"the child {waiting} never ended")
+    fd = await asyncio.to_thread(helper.user_namespace, "0 600000 65536\n")
+    try:
+        assert os.readlink(f"/proc/self/fd/{fd}").startswith("user:[")
+    finally:
+        os.close(fd)
+    await one_spare(fork_server, other_than=waiting)
