@@ -151,6 +151,8 @@ class _Runtime:
     # The end (finished_at) after which the journal was last made to store every line already written: a read
     # after a container ended waits for that once, not at every read.
     journal_synced: int = 0
+    # The same, begun when the exit was recorded for an attached client, which reads the log right after.
+    journal_sync: asyncio.Future[bool] | None = None
     # Set (and replaced) at each change of the container: what WaitCondition waits on.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     # Its notifications not applied yet (NOTIFY_COALESCE), and whether a MAINPID= was refused this run.
@@ -671,6 +673,8 @@ class Manager:
                           exit_code=c.exit_code, oom_killed=c.oom_killed)
         if plan_restart and not cause and restart.wanted(c):  # (at a shutdown, start_at_boot() decides)
             c = await self._plan_restart(c)
+        if self._holds.get(c.id) and c.spec.log_driver not in (*FILE_LOG_DRIVERS, "none"):
+            self._begin_journal_sync(c, rt)
         rt.exit_code = c.exit_code
         rt.exited.set()
         if (c.spec.remove_on_exit and c.id in self._containers and not self._holds.get(c.id)
@@ -1441,8 +1445,12 @@ class Manager:
                                                              MAX_LOG_REPLY_LINES)))
         rt = self._runtime[c.id]
         # Its last lines may still be on their way into the journal once it ended: `quiltctl run` reads them right
-        # after. Asked once an end, and in the read's own worker thread: one hop to a thread instead of two.
+        # after. Asked once an end, and in the read's own worker thread: one hop to a thread instead of two;
+        # begun already at the end for an attached client (_begin_journal_sync).
         sync = c.state is not State.RUNNING and c.finished_at and rt.journal_synced != c.finished_at
+        if sync and rt.journal_sync is not None:
+            await asyncio.wait([rt.journal_sync])
+            sync = rt.journal_synced != c.finished_at  # still, if that one was for an earlier end or failed
         # A former container of the same name had the same unit: only lines since this one was made.
         since = max(since_usec, c.created_at)
         identifier = setup_identifier(c.name) if setup else ""
@@ -1456,6 +1464,18 @@ class Manager:
                               else lines)
 
         return await asyncio.to_thread(read)
+
+    def _begin_journal_sync(self, c: Container, rt: _Runtime) -> None:
+        """Have journald store the ended container's last lines now, in a worker thread, for the read its
+        attached client makes next (logs() waits for it instead of asking again): a round trip less after Wait."""
+        def synced(future: asyncio.Future[bool]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                rt.journal_synced = c.finished_at  # (a failure leaves it to the read, which asks again)
+            if rt.journal_sync is future:
+                rt.journal_sync = None
+
+        rt.journal_sync = self._loop.run_in_executor(None, journal.synchronize)
+        rt.journal_sync.add_done_callback(synced)
 
     async def watch_log_drops(self, watch: DropSource, past: Callable[[], list[journal.Drop]]) -> None:
         """Count journald's reports of dropped lines onto their containers (Container.logs_dropped): past() gives

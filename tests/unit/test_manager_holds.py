@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from quilt_agent import manager as manager_module
 from quilt_agent.errors import CommandNotFound, InvalidArgument
 from quilt_agent.model import State
 from tests.fakes.helper import FakeForkServer
@@ -92,3 +93,25 @@ async def test_a_held_start_that_fails_removes_the_container_and_raises_the_star
     with pytest.raises(CommandNotFound):
         await core.manager.start_or_remove(c.id)
     assert [x.id for x in core.manager.list()] == []
+
+
+async def test_the_journal_is_synced_at_a_held_containers_exit_and_its_read_asks_no_more(
+        core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(manager_module.journal, "synchronize", lambda: asked.append("sync") or True)
+    held = await create(core, ["true"], remove_on_exit=True)
+    core.manager.hold_removal(held.id, ":1.7")
+    await core.manager.start(held.id)
+    await asyncio.wait_for(core.manager.wait(held.id), DEADLINE)
+    # Asked at the exit, before any read: the holder's read comes next.
+    deadline = asyncio.get_running_loop().time() + DEADLINE
+    while not asked and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.005)
+    assert asked == ["sync"]
+    assert await core.manager.logs(held.id) == [] and await core.manager.logs(held.id) == []
+    assert asked == ["sync"]  # and the reads ask no more
+    plain = await create(core, ["true"])
+    await core.manager.start(plain.id)
+    await asyncio.wait_for(core.manager.wait(plain.id), DEADLINE)
+    assert await core.manager.logs(plain.id) == [] and await core.manager.logs(plain.id) == []
+    assert asked == ["sync", "sync"]  # nobody attached: the first read asks, once
