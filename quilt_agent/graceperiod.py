@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 from quilt_agent import cgroups
 
@@ -31,52 +32,61 @@ class GracePeriod:
     """Begins, on request, a move of the agent into its own cgroup (above), in a thread of its own, one at a time:
     a request made while one is under way is met by it or by the next."""
 
-    def __init__(self, procs: str | None) -> None:
-        self._procs = procs  # the cgroup.procs file to write; None: never written
+    def __init__(self, locate: Callable[[], str | None] | None) -> None:
+        # Finds the cgroup.procs file to write, at each move (the agent may have been moved meanwhile: writing
+        # its former cgroup would move it back); None: never written.
+        self._locate = locate
         self._wanted = threading.Event()
+        self._closed = False
         self._thread: threading.Thread | None = None
 
     @classmethod
     def of_this_process(cls) -> GracePeriod:
         """Writing this process's own cgroup (procs_file)."""
-        try:
-            procs = procs_file(cgroups.process_cgroups(os.getpid()))
-        except OSError as err:
-            log.info("the kernel's grace period is not begun ahead of starts: cannot find the agent's cgroup: %s",
-                     err)
-            return cls(None)
-        if procs is None:
-            log.info("the kernel's grace period is not begun ahead of starts: no cgroup hierarchy is mounted")
-        return cls(procs)
+        return cls(lambda: procs_file(cgroups.process_cgroups(os.getpid())))
 
     def begin(self) -> None:
         """Never blocks: the move is the thread's."""
-        if self._procs is None:
+        if self._locate is None or self._closed:
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="quilt-grace-period", daemon=True)
             self._thread.start()
         self._wanted.set()
 
+    def close(self) -> None:
+        """Its thread ends (after the move under way, if any)."""
+        self._closed = True
+        self._wanted.set()
+
     def _run(self) -> None:
-        while self._procs is not None:
+        while self._locate is not None:
             self._wanted.wait()
             self._wanted.clear()
+            if self._closed:
+                return
             self._move()
 
     def _move(self) -> None:
-        procs = self._procs
-        assert procs is not None
+        assert self._locate is not None
+        procs = None
         try:
+            procs = self._locate()
+            if procs is None:
+                self._off("no cgroup hierarchy is mounted")
+                return
             fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
                 os.write(fd, str(os.getpid()).encode())
             finally:
                 os.close(fd)
         except OSError as err:
-            self._procs = None  # once: the next start would fail the same way
-            log.info("the kernel's grace period is not begun ahead of starts: cannot write %s: %s", procs,
-                     os.strerror(err.errno) if err.errno else err)
+            self._off(f"cannot write {procs}: {os.strerror(err.errno) if err.errno else err}" if procs
+                      else f"cannot find the agent's cgroup: {err}")
+
+    def _off(self, why: str) -> None:
+        self._locate = None  # once: the next start would fail the same way
+        log.info("the kernel's grace period is not begun ahead of starts and execs: %s", why)
 
 
 def procs_file(dirs: list[cgroups.CgroupDir]) -> str | None:

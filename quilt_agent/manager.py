@@ -153,6 +153,7 @@ class _Runtime:
     journal_synced: int = 0
     # The same, begun when the exit was recorded for an attached client, which reads the log right after.
     journal_sync: asyncio.Future[bool] | None = None
+    output_to_caller: bool = False  # this run's output went to the caller's stdio (StartWithFds), not to a log
     # Set (and replaced) at each change of the container: what WaitCondition waits on.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     # Its notifications not applied yet (NOTIFY_COALESCE), and whether a MAINPID= was refused this run.
@@ -448,6 +449,7 @@ class Manager:
         )
         rt.exited.clear()  # the same Event: a Wait() on a created container is woken by this run's exit
         rt.scope_emptied = False
+        rt.output_to_caller = stdio is not None
         t0 = time.perf_counter()
         registering: asyncio.Task[tuple[str, str] | None] | None = None
         try:
@@ -520,7 +522,12 @@ class Manager:
             raise
         if registering is not None:
             # Taken after its started event: an exit recorded while machined answers must not come before it.
-            c = await self._take_registration(c, await registering)
+            try:
+                registered = await asyncio.shield(registering)  # a cancelled start leaves it to the undo below
+            except BaseException:
+                self._abandon_registration(c, registering)
+                raise
+            c = await self._take_registration(c, registered)
         return c
 
     async def _start_monitor_scope(self, c: Container, monitor_pid: int) -> None:
@@ -673,7 +680,8 @@ class Manager:
                           exit_code=c.exit_code, oom_killed=c.oom_killed)
         if plan_restart and not cause and restart.wanted(c):  # (at a shutdown, start_at_boot() decides)
             c = await self._plan_restart(c)
-        if self._holds.get(c.id) and c.spec.log_driver not in (*FILE_LOG_DRIVERS, "none"):
+        if (self._holds.get(c.id) and c.spec.log_driver not in (*FILE_LOG_DRIVERS, "none")
+                and not rt.output_to_caller):
             self._begin_journal_sync(c, rt)
         rt.exit_code = c.exit_code
         rt.exited.set()
@@ -1178,17 +1186,18 @@ class Manager:
         return await self._take_registration(c, await self._machine_registration(c))
 
     def _begin_registration(self, c: Container) -> asyncio.Task[tuple[str, str] | None] | None:
-        """_machine_registration under way while the start goes on; None when the host's machines are not
-        kept. Its result is for _take_registration, or _abandon_registration if the start fails."""
+        """_machine_registration under way while the start goes on, begun before Go (the init, waiting for it,
+        is alive: machined is asked even if the command then ends at once); None when the host's machines are
+        not kept. Its result is for _take_registration, or _abandon_registration if the start fails."""
         if self._machines is None:
             return None
-        return self._loop.create_task(self._machine_registration(c))
+        return self._loop.create_task(self._machine_registration(c, leader_alive=True))
 
-    async def _machine_registration(self, c: Container) -> tuple[str, str] | None:
+    async def _machine_registration(self, c: Container, leader_alive: bool = False) -> tuple[str, str] | None:
         """Register the running container with systemd-machined, under its name or a derived one; one already
         registered with this leader (the agent restarted) is found, not registered twice. Its machine's path and
         name; None when it is not registered (a refusal is logged, and the container runs on)."""
-        if self._machines is None or not c.main_pid or self._init_ended(c.id):
+        if self._machines is None or not c.main_pid or (not leader_alive and self._init_ended(c.id)):
             return None  # (one that ended at once: nothing to register, and machined would refuse its gone leader)
         try:
             if self._machined is None:
@@ -1226,7 +1235,11 @@ class Manager:
     def _abandon_registration(self, c: Container, registering: asyncio.Task[tuple[str, str] | None]) -> None:
         """A start that failed after its registration began: the machine, once registered, is unregistered."""
         async def undo() -> None:
-            registered = await registering
+            try:
+                registered = await registering
+            except Exception:  # noqa: BLE001 - logged: the start's own error is the one its caller gets
+                log.exception("registering container %s with systemd-machined", c.name)
+                return
             if registered is not None:
                 await self._unregister_machine(c.with_(machine_name=registered[1]))
         self._track(undo())
@@ -1469,8 +1482,8 @@ class Manager:
         """Have journald store the ended container's last lines now, in a worker thread, for the read its
         attached client makes next (logs() waits for it instead of asking again): a round trip less after Wait."""
         def synced(future: asyncio.Future[bool]) -> None:
-            if not future.cancelled() and future.exception() is None:
-                rt.journal_synced = c.finished_at  # (a failure leaves it to the read, which asks again)
+            if not future.cancelled() and future.exception() is None and future.result():
+                rt.journal_synced = c.finished_at  # (unconfirmed, it is left to the read, which asks again)
             if rt.journal_sync is future:
                 rt.journal_sync = None
 

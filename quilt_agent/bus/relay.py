@@ -49,12 +49,18 @@ class RelayingBus(MessageBus):
         # 68, bus/guard.py's readable) in a task of its own: about 1 ms of the loop per container made. An object
         # that has its values at hand (added_properties(): what GetAll answers) sends them in one go.
         added = getattr(interface, "added_properties", None)
-        if added is None or self._disconnected:
+        try:
+            values = None if added is None or self._disconnected else added()
+        except Exception:  # noqa: BLE001 - logged; dbus-fast's own way then sends what its getters give
+            log.exception("the properties of %s for its InterfacesAdded", path)
+            values = None
+        if values is None:
             super()._emit_interface_added(path, interface)
             return
+        # Sent within export: before the ContainerNew that follows it, as the object is there before it is told.
         self.send(Message.new_signal(path=path, interface="org.freedesktop.DBus.ObjectManager",
                                      member="InterfacesAdded", signature="oa{sa{sv}}",
-                                     body=[path, {interface.name: added()}]))
+                                     body=[path, {interface.name: values}]))
 
     def send(self, msg: Message) -> asyncio.Future:
         sent = super().send(msg)

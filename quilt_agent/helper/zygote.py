@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,47 +163,81 @@ def _serve(sock: socket.socket) -> None:
     gc.freeze()
     # Each request goes to a child forked before it came (the spare): a fork of this process and Python's work
     # after it in the child take 2-2.5 ms here, which a start or an exec would otherwise wait for.
-    spare: socket.socket | None = _fork_spare(sock)
+    spare = _try_fork_spare(sock)
     while True:
         if spare is None:
             # Not forked at once: the monitor just handed a request is busy with the start, and on a host of few
-            # cores the fork would take a core from it. Forked once no request came for a moment.
+            # cores the fork would take a core from it. Forked once no request came for a moment, or for the
+            # request that came (before it is read: the child must not inherit the request's fds).
             ready, _, _ = select.select([sock], [], [], SPARE_AFTER)
+            spare = _try_fork_spare(sock)
             if not ready:
-                spare = _fork_spare(sock)
                 continue
         data, fds, _flags, _addr = socket.recv_fds(sock, protocol.MAX_MESSAGE, MAX_FDS)
         if not data:
             return  # the agent is gone
         try:
-            if spare is None:
-                spare = _fork_spare(sock)  # requests in a row: each waits for its fork, as it would have anyway
-            try:
-                socket.send_fds(spare, [data], fds)
-            except OSError:
-                # A spare that died (killed from outside): the request gets a new one.
-                spare.close()
-                spare = _fork_spare(sock)
-                socket.send_fds(spare, [data], fds)
+            _hand(sock, spare, data, fds)
         finally:
             for fd in fds:
-                os.close(fd)
-        if spare is not None:
-            spare.close()
-        spare = None
+                os.close(fd)  # the agent's end of the request's socket sees its end if it was not handed
+            if spare is not None:
+                spare.close()
+            spare = None
 
 
-def _fork_spare(agent: socket.socket) -> socket.socket:
+def _hand(agent: socket.socket, spare: socket.socket | None, data: bytes, fds: list[int]) -> None:
+    """Hand a request to the spare; to a child forked for it when there is none or the spare died (killed from
+    outside). A fork that fails leaves the request unserved: the agent sees its socket end."""
+    if spare is not None:
+        try:
+            socket.send_fds(spare, [data], fds)
+            return
+        except (BrokenPipeError, ConnectionRefusedError, ConnectionResetError):
+            pass  # it died: a new child serves the request
+        except OSError as e:
+            sys.stderr.write(f"quilt fork server: cannot hand a request to its child: {e}\n")
+            return
+    child = _try_fork_spare(agent, fds)
+    if child is None:
+        return
+    try:
+        socket.send_fds(child, [data], fds)
+    except OSError as e:
+        sys.stderr.write(f"quilt fork server: cannot hand a request to its child: {e}\n")
+    finally:
+        child.close()
+
+
+def _try_fork_spare(agent: socket.socket, inherited: list[int] | tuple[int, ...] = ()) -> socket.socket | None:
+    """_fork_spare, or None when the fork fails (out of memory or processes, for a moment): said on stderr, the
+    agent's journal; the server goes on."""
+    try:
+        return _fork_spare(agent, inherited)
+    except OSError as e:
+        sys.stderr.write(f"quilt fork server: cannot fork: {e}\n")
+        return None
+
+
+def _fork_spare(agent: socket.socket, inherited: list[int] | tuple[int, ...] = ()) -> socket.socket:
     """A child that waits for one request (as the fork server gets it from the agent) and serves it; the fork
-    server's end of the socket it waits on."""
+    server's end of the socket it waits on. inherited: fds of the fork server's that the child closes first (a
+    request's, which it is sent again)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server = os.getpid()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        raise
     if pid != 0:
         theirs.close()
         return ours
     status = 1
     try:
+        for fd in inherited:
+            os.close(fd)
         agent.close()
         ours.close()
         # An idle spare ends with the fork server; the child it becomes outlives it (a monitor outlives the agent).

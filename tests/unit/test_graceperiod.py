@@ -49,7 +49,7 @@ def test_no_hierarchy_mounted_is_no_file() -> None:
 def test_begin_writes_the_agents_own_pid_without_waiting(tmp_path: Path) -> None:
     procs = tmp_path / "cgroup.procs"
     procs.write_text("")
-    grace = GracePeriod(str(procs))
+    grace = GracePeriod(lambda: str(procs))
     grace.begin()
     assert until(lambda: procs.read_text() == str(os.getpid()))
     procs.write_text("")
@@ -60,7 +60,7 @@ def test_begin_writes_the_agents_own_pid_without_waiting(tmp_path: Path) -> None
 def test_a_file_that_cannot_be_written_turns_it_off_with_one_line(tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     procs = tmp_path / "gone" / "cgroup.procs"
-    grace = GracePeriod(str(procs))
+    grace = GracePeriod(lambda: str(procs))
     with caplog.at_level(logging.INFO, logger="quilt.graceperiod"):
         grace.begin()
         assert until(lambda: caplog.records)
@@ -70,7 +70,8 @@ def test_a_file_that_cannot_be_written_turns_it_off_with_one_line(tmp_path: Path
         grace.begin()  # so nothing is written, now or later
     assert not procs.read_text()
     assert [r.getMessage() for r in caplog.records] == [
-        f"the kernel's grace period is not begun ahead of starts: cannot write {procs}: No such file or directory"]
+        f"the kernel's grace period is not begun ahead of starts and execs: cannot write {procs}: No such file or "
+        "directory"]
 
 
 def test_a_symlink_in_place_of_the_file_is_not_followed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -78,7 +79,7 @@ def test_a_symlink_in_place_of_the_file_is_not_followed(tmp_path: Path, caplog: 
     target.write_text("")
     (tmp_path / "cgroup.procs").symlink_to(target)
     with caplog.at_level(logging.INFO, logger="quilt.graceperiod"):
-        GracePeriod(str(tmp_path / "cgroup.procs")).begin()
+        GracePeriod(lambda: str(tmp_path / "cgroup.procs")).begin()
         assert until(lambda: caplog.records)
     assert not target.read_text()
 
@@ -87,3 +88,40 @@ def test_none_is_never_written_and_starts_no_thread() -> None:
     grace = GracePeriod(None)
     grace.begin()
     assert grace._thread is None
+
+
+def test_the_file_is_found_again_at_each_move(tmp_path: Path) -> None:
+    # An agent moved to another cgroup meanwhile writes its new one: the former would move it back.
+    first, second = tmp_path / "a.procs", tmp_path / "b.procs"
+    first.write_text("")
+    second.write_text("")
+    current = [first]
+    grace = GracePeriod(lambda: str(current[0]))
+    grace.begin()
+    assert until(lambda: first.read_text() == str(os.getpid()))
+    current[0] = second
+    grace.begin()
+    assert until(lambda: second.read_text() == str(os.getpid()))
+    grace.close()
+
+
+def test_no_cgroup_mounted_turns_it_off_with_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    grace = GracePeriod(lambda: None)
+    with caplog.at_level(logging.INFO, logger="quilt.graceperiod"):
+        grace.begin()
+        assert grace._thread is not None and until(lambda: not grace._thread.is_alive())
+    assert [r.getMessage() for r in caplog.records] == [
+        "the kernel's grace period is not begun ahead of starts and execs: no cgroup hierarchy is mounted"]
+
+
+def test_close_ends_its_thread(tmp_path: Path) -> None:
+    procs = tmp_path / "cgroup.procs"
+    procs.write_text("")
+    grace = GracePeriod(lambda: str(procs))
+    grace.begin()
+    assert until(lambda: procs.read_text())
+    grace.close()
+    assert grace._thread is not None and until(lambda: not grace._thread.is_alive())
+    procs.write_text("")
+    grace.begin()  # closed: nothing more is written
+    assert not procs.read_text()

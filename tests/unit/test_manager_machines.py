@@ -133,5 +133,5 @@ async def test_a_start_that_fails_after_its_registration_began_leaves_no_machine
     c = await create(core, ["/no/such/command"], "broken")
     with pytest.raises(CommandNotFound):
         await core.manager.start(c.id)
-    assert await until_no_machine(machined)
+    assert await until_no_machine(machined) and machined.registrations == 1  # registered, then undone
     assert core.manager.get(c.id).machine_name == ""

@@ -14,7 +14,7 @@ import pytest
 
 from quilt_agent.helper import zygote
 from quilt_agent.helper.zygote import Zygote
-from tests.contract.helper import HelperContract
+from tests.contract.helper import Containers, HelperContract
 from tests.imagetools import busybox
 from tests.integration.waiting import until
 
@@ -91,3 +91,23 @@ async def test_a_waiting_child_killed_from_outside_is_replaced_for_the_request(f
     finally:
         os.close(fd)
     await one_spare(fork_server, other_than=waiting)
+
+
+async def test_a_child_forked_for_a_request_holds_only_the_copies_it_was_sent(fork_server: Zygote,
+                                                                                busybox_layer: str,
+                                                                                tmp_path: Path) -> None:
+    # With no child waiting (killed here), the one forked for the request would inherit the fork server's copy
+    # of the request's fds besides the ones it is sent: a second reference to the agent's socket, for one.
+    helper = Zygote(fork_server.pid, fork_server.sock)
+    waiting = await one_spare(fork_server)
+    os.kill(waiting, signal.SIGKILL)
+    await until(lambda: not Path(f"/proc/{waiting}").exists(), f"the child {waiting} never ended")
+    containers = Containers(helper, busybox_layer, tmp_path)
+    try:
+        c = await containers.spawn(["true"])
+        fds = Path(f"/proc/{c.forked.monitor_pid}/fd")
+        held = [os.readlink(fds / fd) for fd in os.listdir(fds)]
+        sockets = [target for target in held if target.startswith("socket:")]
+        assert sockets and len(sockets) == len(set(sockets)), held
+    finally:
+        await containers.close()
