@@ -456,26 +456,7 @@ class Manager:
             sock = await self._zygote.spawn(spec, stdio or ())
             keep_sock = False
             try:
-                forked = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), MonitorForked)
-                rt.monitor_pidfd = os.pidfd_open(forked.monitor_pid)
-                monitor_scope = self._loop.create_task(self._start_monitor_scope(c, forked.monitor_pid))
-                try:
-                    spawned = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Spawned)
-                    t1 = time.perf_counter()
-                    rt.init_pidfd = os.pidfd_open(spawned.init_pid)
-                    await self._start_scopes(c, spawned.init_pid, monitor_scope)
-                    await self._networks.ready(c)  # interfaces, address, route, ports: before the command runs
-                except BaseException as err:
-                    # Abort first: the monitor kills the init at once, and its scope, begun or not, ends empty.
-                    with contextlib.suppress(OSError):  # a monitor gone before its Spawned hears nothing
-                        protocol.send(sock, protocol.Abort(str(err)))
-                    try:
-                        await asyncio.wait([monitor_scope])  # its failure, if any, is told by the one raised here
-                        if not monitor_scope.cancelled():
-                            monitor_scope.exception()
-                    finally:
-                        self._close_pidfds(rt)  # even if this wait is cancelled: no pidfd outlives a start that failed
-                    raise
+                forked, spawned, t1 = await self._into_scopes(c, rt, sock)
                 c = c.with_(monitor_pid=forked.monitor_pid, monitor_start=forked.monitor_start,
                             main_pid=spawned.init_pid, exit_code=-1, exit_signal=0, oom_killed=False, failure_reason="",
                             started_at=now_usec(), finished_at=0, health="starting" if c.spec.health_cmd else "",
@@ -529,6 +510,34 @@ class Manager:
                 raise
             c = await self._take_registration(c, registered)
         return c
+
+    async def _into_scopes(self, c: Container, rt: _Runtime,
+                           sock: socket.socket) -> tuple[MonitorForked, Spawned, float]:
+        """The monitor's first word and the init's pid, each put into its scope as it comes (the monitor's scope
+        begun at once: protocol.MonitorForked says why), and the container's network ready; with the time Spawned
+        came (the start's phases). On any failure the monitor is told to abort, and the pidfds opened here are
+        closed."""
+        forked = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), MonitorForked)
+        rt.monitor_pidfd = os.pidfd_open(forked.monitor_pid)
+        monitor_scope = self._loop.create_task(self._start_monitor_scope(c, forked.monitor_pid))
+        try:
+            spawned = protocol.decode(await self._loop.sock_recv(sock, protocol.MAX_MESSAGE), Spawned)
+            spawned_at = time.perf_counter()
+            rt.init_pidfd = os.pidfd_open(spawned.init_pid)
+            await self._start_scopes(c, spawned.init_pid, monitor_scope)
+            await self._networks.ready(c)  # interfaces, address, route, ports: before the command runs
+        except BaseException as err:
+            # Abort first: the monitor kills the init at once, and its scope, begun or not, ends empty.
+            with contextlib.suppress(OSError):  # a monitor gone before its Spawned hears nothing
+                protocol.send(sock, protocol.Abort(str(err)))
+            try:
+                await asyncio.wait([monitor_scope])  # its failure, if any, is told by the one raised here
+                if not monitor_scope.cancelled():
+                    monitor_scope.exception()
+            finally:
+                self._close_pidfds(rt)  # even if this wait is cancelled: no pidfd outlives a start that failed
+            raise
+        return forked, spawned, spawned_at
 
     async def _start_monitor_scope(self, c: Container, monitor_pid: int) -> None:
         """The monitor into a scope of its own, begun as soon as it exists (protocol.MonitorForked says why)."""

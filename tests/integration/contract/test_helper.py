@@ -70,6 +70,10 @@ async def one_spare(server: Zygote, other_than: int = 0) -> int:
     return spare
 
 
+async def ended(pid: int) -> None:
+    await until(lambda: not Path(f"/proc/{pid}").exists(), f"the child {pid} never ended")
+
+
 async def test_a_request_is_served_by_the_child_forked_before_it_and_the_next_waits_already(
         fork_server: Zygote) -> None:
     helper = Zygote(fork_server.pid, fork_server.sock)
@@ -77,14 +81,14 @@ async def test_a_request_is_served_by_the_child_forked_before_it_and_the_next_wa
     os.close(await asyncio.to_thread(helper.user_namespace, "0 600000 65536\n"))
     # The one that waited served it and ended; another was forked for the next request.
     await one_spare(fork_server, other_than=waiting)
-    await until(lambda: not Path(f"/proc/{waiting}").exists(), f"the child {waiting} never ended")
+    await ended(waiting)
 
 
 async def test_a_waiting_child_killed_from_outside_is_replaced_for_the_request(fork_server: Zygote) -> None:
     helper = Zygote(fork_server.pid, fork_server.sock)
     waiting = await one_spare(fork_server)
     os.kill(waiting, signal.SIGKILL)
-    await until(lambda: not Path(f"/proc/{waiting}").exists(), f"the child {waiting} never ended")
+    await ended(waiting)
     fd = await asyncio.to_thread(helper.user_namespace, "0 600000 65536\n")
     try:
         assert os.readlink(f"/proc/self/fd/{fd}").startswith("user:[")
@@ -101,7 +105,7 @@ async def test_a_child_forked_for_a_request_holds_only_the_copies_it_was_sent(fo
     helper = Zygote(fork_server.pid, fork_server.sock)
     waiting = await one_spare(fork_server)
     os.kill(waiting, signal.SIGKILL)
-    await until(lambda: not Path(f"/proc/{waiting}").exists(), f"the child {waiting} never ended")
+    await ended(waiting)
     containers = Containers(helper, busybox_layer, tmp_path)
     try:
         c = await containers.spawn(["true"])
