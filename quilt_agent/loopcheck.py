@@ -7,14 +7,25 @@ never awaited, a call into the loop from another thread (then an error), and cal
 warnings go to the log as well (logger py.warnings), files and sockets dropped unclosed included. All of it reaches the
 journal through the agent's logging. Debug mode slows every callback: it is for tests (tests/testhost.py turns it
 on for the integration suite) and for finding what stalls an agent, not for production.
+
+asyncio measures a callback by the wall clock alone, so a loop that merely waited for a CPU (every core busy with
+other processes, or the machine's vCPU taken by its host) looks blocked. The agent times callbacks itself
+(_CallbackTimer): a slow one is reported when its thread spent the threshold on the CPU, or slept at least once
+(a read, an fsync, a lock, a child waited for, the GIL held by a worker thread); one that was only preempted is
+logged as such at INFO, which the tests do not count.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import resource
+import time
 import warnings
-from collections.abc import Coroutine, Mapping
+from asyncio import events
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 ENV = "QUILT_LOOP_CHECK"
@@ -26,6 +37,70 @@ STARTING_SECONDS = 0.25
 _serving_threshold: float | None = None  # the check's threshold, for serving(); None when it is off
 
 log = logging.getLogger("quilt")
+# asyncio's own logger: its debug-mode reports and these are read from the journal alike (tests/integration).
+asyncio_log = logging.getLogger("asyncio")
+
+
+@dataclass(frozen=True)
+class CallbackTime:
+    """How one callback held the loop's thread."""
+    wall: float  # seconds by the monotonic clock
+    cpu: float  # seconds the thread ran
+    sleeps: int  # voluntary context switches: the thread waited for something
+    preemptions: int  # involuntary ones: the scheduler gave its CPU to another thread
+
+    def blocked(self, threshold: float) -> bool:
+        """The callback held the loop for over `threshold` seconds itself, rather than waiting for a CPU."""
+        return self.wall >= threshold and (self.cpu >= threshold or self.sleeps > 0)
+
+
+def _thread_counters() -> tuple[float, int, int]:
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return time.thread_time(), usage.ru_nvcsw, usage.ru_nivcsw
+
+
+class _CallbackTimer:
+    """Times every callback the loop runs (asyncio.Handle._run, which its Tasks' steps go through too) and reports
+    the slow ones, by what held them (CallbackTime)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._run = events.Handle._run
+
+    def install(self) -> None:
+        timer = self
+
+        def timed_run(handle: events.Handle) -> None:
+            wall0 = time.monotonic()
+            cpu0, sleeps0, preempted0 = _thread_counters()
+            timer._run(handle)
+            wall = time.monotonic() - wall0
+            if wall >= timer.seconds:
+                cpu, sleeps, preempted = _thread_counters()
+                timer.report(handle, CallbackTime(wall, cpu - cpu0, sleeps - sleeps0, preempted - preempted0))
+
+        events.Handle._run = timed_run  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        events.Handle._run = self._run  # type: ignore[method-assign]
+
+    def report(self, handle: events.Handle, took: CallbackTime) -> None:
+        how = (f"{took.cpu:.3f} of them on the CPU, {took.sleeps} sleep(s), {took.preemptions} preemption(s)")
+        if took.blocked(self.seconds):
+            asyncio_log.warning("Executing %s took %.3f seconds: %s", _describe(handle), took.wall, how)
+        else:
+            asyncio_log.info("Executing %s waited %.3f seconds for a CPU, not blocked: %s", _describe(handle),
+                             took.wall, how)
+
+
+def _describe(handle: events.Handle) -> str:
+    """The callback as asyncio's own report names it: a Task's step by its Task."""
+    callback: Callable[..., Any] = handle._callback  # type: ignore[attr-defined]
+    owner = getattr(callback, "__self__", None)
+    return repr(owner) if isinstance(owner, asyncio.Task) else str(handle)
+
+
+_timer: _CallbackTimer | None = None
 
 
 def threshold(environ: Mapping[str, str] = os.environ) -> float | None:
@@ -49,9 +124,14 @@ def run(main: Coroutine[Any, Any, int], seconds: float | None) -> int:
     # Ignored by default: a file or socket dropped unclosed while the agent serves is a leak to report. What is
     # still open when it exits is the kernel's to close: ignored again then.
     warnings.simplefilter("default", ResourceWarning)
+    global _timer
+    _timer = _CallbackTimer(max(seconds, STARTING_SECONDS))
+    _timer.install()
     try:
         return asyncio.run(_watched(main, seconds), debug=True)
     finally:
+        _timer.uninstall()
+        _timer = None
         warnings.simplefilter("ignore", ResourceWarning)
 
 
@@ -59,13 +139,13 @@ async def _watched(main: Coroutine[Any, Any, int], seconds: float) -> int:
     global _serving_threshold
     loop = asyncio.get_running_loop()
     _serving_threshold = seconds
-    loop.slow_callback_duration = max(seconds, STARTING_SECONDS)
+    loop.slow_callback_duration = math.inf  # _CallbackTimer reports instead, by what held the callback
     log.info("Event loop check on: callbacks over %d ms are reported once the agent serves, over %d ms before "
-             "(%s)", round(seconds * 1000), round(loop.slow_callback_duration * 1000), ENV)
+             "(%s)", round(seconds * 1000), round(max(seconds, STARTING_SECONDS) * 1000), ENV)
     return await main
 
 
 def serving() -> None:
     """The agent owns its name and answers calls: from now on the check's own threshold applies."""
-    if _serving_threshold is not None:
-        asyncio.get_running_loop().slow_callback_duration = _serving_threshold
+    if _serving_threshold is not None and _timer is not None:
+        _timer.seconds = _serving_threshold
