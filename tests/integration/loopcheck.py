@@ -27,8 +27,9 @@ WARNING = 4  # syslog priority: asyncio's INFO lines (a poll that waited over a 
 # The same on the agent's stderr: an uncaught exception in a thread (a loop call from the wrong thread raises).
 STDERR_REPORTS = re.compile(r"Non-thread-safe operation|was never awaited|Executing <.*> took [0-9.]+ seconds")
 SLOW_CALLBACK = re.compile(r"Executing <.*> took [0-9.]+ seconds")
-# A test that keeps every core busy on purpose (to slow the agent's children down) slows the agent as well: its
-# callbacks take longer by the wall clock, which is all asyncio measures. Its slow-callback reports are no finding;
+# A test that keeps every core busy on purpose (to slow the agent's children down) slows the agent as well. The agent
+# does not report a callback that was only preempted (quilt_agent/loopcheck.py), but one that waited for the GIL
+# while a preempted worker thread held it counts as a sleep. Such a test's slow-callback reports are no finding;
 # the others still are.
 STARVES_CPU = "starves_cpu"
 SHOWN = 30
