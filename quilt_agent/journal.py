@@ -108,36 +108,51 @@ def synchronize(varlink: str = JOURNAL_VARLINK) -> bool:
         return False
 
 
-def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "", most: int = 0) -> list[LogLine]:
-    """The lines journald holds for the scope since since_usec; the last `last` ones if last > 0; only those
-    of one SYSLOG_IDENTIFIER if given (a container's setup steps'). Without `last`, at most `most` + 1 lines if
-    most > 0: the read stops once there are more than a caller takes.
-
-    Blocking: call it in a worker thread.
-    """
+def _open_reader() -> Any:
     from systemd import journal  # imported here: the fork server's children never need it
 
     # The raw usec, not the default datetime: a float round trip would move lines across `since`.
-    reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
+    return journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
+
+
+def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "", most: int = 0,
+               dropped: bool = False) -> list[LogLine]:
+    """The lines journald holds for the scope since since_usec; the last `last` ones if last > 0; only those
+    of one SYSLOG_IDENTIFIER if given (a container's setup steps'). Without `last`, at most `most` + 1 lines if
+    most > 0: the read stops once there are more than a caller takes. dropped: with journald's reports of lines
+    of the scope it dropped among them (with_drops), read by the same reader: opening one costs about 30 us per
+    journal file, and journald keeps a file per uid that logged, so one per container's id range.
+
+    Blocking: call it in a worker thread.
+    """
+    reader = _open_reader()
     try:
-        match(reader, unit, identifier)
-        if since_usec:
-            reader.seek_realtime(since_usec / 1e6 - 0.001)  # a little early: the loop filters exactly
-        kept: deque[LogLine] | list[LogLine] = deque(maxlen=last) if last else []
-        for entry in reader:
-            usec = entry["__REALTIME_TIMESTAMP"]
-            if usec < since_usec:
-                continue
-            message = entry.get("MESSAGE", "")
-            if isinstance(message, bytes):
-                message = message.decode("utf-8", "replace")
-            stream = "stderr" if entry.get("PRIORITY") == PRIORITY_STDERR else "stdout"
-            kept.append(LogLine(usec, stream, message))
-            if most and not last and len(kept) > most:
-                break
-        return list(kept)
+        lines = _read_lines(reader, unit, since_usec, last, identifier, most)
+        if not dropped:
+            return lines
+        reader.flush_matches()
+        return with_drops(lines, _read_drops(reader, since_usec, unit), last)
     finally:
         reader.close()
+
+
+def _read_lines(reader: Any, unit: str, since_usec: int, last: int, identifier: str, most: int) -> list[LogLine]:
+    match(reader, unit, identifier)
+    if since_usec:
+        reader.seek_realtime(since_usec / 1e6 - 0.001)  # a little early: the loop filters exactly
+    kept: deque[LogLine] | list[LogLine] = deque(maxlen=last) if last else []
+    for entry in reader:
+        usec = entry["__REALTIME_TIMESTAMP"]
+        if usec < since_usec:
+            continue
+        message = entry.get("MESSAGE", "")
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        stream = "stderr" if entry.get("PRIORITY") == PRIORITY_STDERR else "stdout"
+        kept.append(LogLine(usec, stream, message))
+        if most and not last and len(kept) > most:
+            break
+    return list(kept)
 
 
 # journald's own entry when its rate limit dropped a unit's messages (SD_MESSAGE_JOURNAL_DROPPED): "Suppressed N
@@ -219,20 +234,22 @@ def _match_reports(reader: Any, ids: tuple[str, ...]) -> None:
 def read_drops(since_usec: int = 0, unit: str = "") -> list[Drop]:
     """The reports of this boot of lines dropped, journald's and quilt-monitor's (of one unit and journald's alone
     if unit is given), since since_usec, oldest first. Blocking: call it in a worker thread."""
-    from systemd import journal
-
-    reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
+    reader = _open_reader()
     try:
-        reader.this_boot()
-        if unit:
-            reader.add_match(MESSAGE_ID=DROPPED_MESSAGE_ID, OBJECT_SYSTEMD_UNIT=unit)
-        else:
-            _match_reports(reader, REPORT_IDS)
-        if since_usec:
-            reader.seek_realtime(since_usec / 1e6 - 0.001)
-        return [d for d in map(_drop, reader) if d is not None and d.usec >= since_usec]
+        return _read_drops(reader, since_usec, unit)
     finally:
         reader.close()
+
+
+def _read_drops(reader: Any, since_usec: int, unit: str) -> list[Drop]:
+    reader.this_boot()
+    if unit:
+        reader.add_match(MESSAGE_ID=DROPPED_MESSAGE_ID, OBJECT_SYSTEMD_UNIT=unit)
+    else:
+        _match_reports(reader, REPORT_IDS)
+    if since_usec:
+        reader.seek_realtime(since_usec / 1e6 - 0.001)
+    return [d for d in map(_drop, reader) if d is not None and d.usec >= since_usec]
 
 
 class DropWatch:
@@ -244,9 +261,7 @@ class DropWatch:
     def __init__(self) -> None:
         import time
 
-        from systemd import journal
-
-        self._reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
+        self._reader = _open_reader()
         self._reader.this_boot()
         _match_reports(self._reader, REPORT_IDS)
         self._after = time.time_ns() // 1000  # usec: reports up to here are not new

@@ -1011,18 +1011,22 @@ class Manager:
                 await self._scopes.stop(c.unit)
             await self._networks.detach(c)  # its names at once, then its veths, namespace and rules
             directory = self._paths.container(c.id)
+            if c.id_first >= 0:
+                userdb.unregister(c.name, c.id_first, self._paths.userdb)
+            # The row goes while the files do, each in a worker thread of its own. An agent that dies before both
+            # are done finishes a stored REMOVING container at its next start, or removes the files no stored
+            # container owns (_remove_strays) before their ids are handed out again.
+            deleted = self._store.delete_container(c.id)
             try:
                 # Its upper directory is the container's to fill, at any depth.
                 await asyncio.to_thread(filetree.remove_tree, directory)
                 # Its ids may serve another container only now: no file of its own is left with them.
                 self._ranges.release(c.id)
-                if c.id_first >= 0:
-                    userdb.unregister(c.name, c.id_first, self._paths.userdb)
             except OSError:
                 # Not a reason to keep the container: recover() removes what is left at the next start, before
                 # its range is handed out again (recover holds only the ranges of stored containers).
                 log.exception("removing container %s: files left in %s", c.name, directory)
-            await self._store.delete_container(c.id)
+            await deleted
             await self._event("removed", c, "removed container %s", c.name)
             self._health.drop(c.id)
             self._holds.pop(c.id, None)
@@ -1481,9 +1485,7 @@ class Manager:
             if sync:
                 journal.synchronize()
                 rt.journal_synced = c.finished_at
-            lines = journal.read_lines(c.unit, since, last, identifier, MAX_LOG_REPLY_LINES)
-            return _one_reply(c, journal.with_drops(lines, journal.read_drops(since, c.unit), last) if dropped
-                              else lines)
+            return _one_reply(c, journal.read_lines(c.unit, since, last, identifier, MAX_LOG_REPLY_LINES, dropped))
 
         return await asyncio.to_thread(read)
 
