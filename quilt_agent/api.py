@@ -371,7 +371,7 @@ class Calls(ABC):
         try:
             return await self.get_logs(path, options)
         except ClientError as e:
-            from quilt_agent.bus.error_names import TOO_LARGE
+            from quilt_agent.bus.names import TOO_LARGE
 
             if e.name != TOO_LARGE:
                 raise

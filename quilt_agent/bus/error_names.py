@@ -3,28 +3,27 @@ agent's bus layer names its errors from it (bus/errors.py), and quiltctl recogni
 from __future__ import annotations
 
 from quilt_agent import errors
-from quilt_agent.bus.names import ERROR_PREFIX
-
-ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+from quilt_agent.bus.names import (ACCESS_DENIED, ERROR_PREFIX, FAILED, NO_SUCH_CONTAINER, NOT_RUNNING, TIMED_OUT,
+                                   TOO_LARGE)
 
 ERROR_NAMES: dict[type[errors.QuiltError], str] = {
     errors.InvalidArgument: ERROR_PREFIX + "InvalidArgument",
-    errors.NoSuchContainer: ERROR_PREFIX + "NoSuchContainer",
+    errors.NoSuchContainer: NO_SUCH_CONTAINER,
     errors.NameInUse: ERROR_PREFIX + "NameInUse",
     errors.NoSuchImage: ERROR_PREFIX + "NoSuchImage",
     errors.ImageInvalid: ERROR_PREFIX + "ImageInvalid",
-    errors.NotRunning: ERROR_PREFIX + "NotRunning",
+    errors.NotRunning: NOT_RUNNING,
     errors.AlreadyRunning: ERROR_PREFIX + "AlreadyRunning",
     errors.ContainerFailed: ERROR_PREFIX + "ContainerFailed",
     errors.CommandNotFound: ERROR_PREFIX + "CommandNotFound",
     errors.CommandNotExecutable: ERROR_PREFIX + "CommandNotExecutable",
-    errors.TimedOut: ERROR_PREFIX + "TimedOut",
-    errors.TooLarge: ERROR_PREFIX + "TooLarge",
+    errors.TimedOut: TIMED_OUT,
+    errors.TooLarge: TOO_LARGE,
     errors.NotSupported: ERROR_PREFIX + "NotSupported",
     errors.NoSpace: ERROR_PREFIX + "NoSpace",
     errors.ResourceExhausted: ERROR_PREFIX + "ResourceExhausted",
     errors.SystemdFailed: ERROR_PREFIX + "SystemdFailed",
-    errors.Failed: ERROR_PREFIX + "Failed",
+    errors.Failed: FAILED,
     errors.NoSuchNetwork: ERROR_PREFIX + "NoSuchNetwork",
     errors.NetworkInUse: ERROR_PREFIX + "NetworkInUse",
     errors.AddressInUse: ERROR_PREFIX + "AddressInUse",
@@ -38,8 +37,3 @@ ERROR_NAMES: dict[type[errors.QuiltError], str] = {
     errors.AccessDenied: ACCESS_DENIED,
 }
 DECLARED_NAMES = frozenset(ERROR_NAMES.values())
-
-# The names quiltctl reacts to by name, besides printing the message.
-NO_SUCH_CONTAINER = ERROR_NAMES[errors.NoSuchContainer]
-NOT_RUNNING = ERROR_NAMES[errors.NotRunning]
-TOO_LARGE = ERROR_NAMES[errors.TooLarge]

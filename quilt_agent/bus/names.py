@@ -10,6 +10,14 @@ NETWORK_INTERFACE = "org.quilt.Runtime.Network"
 NETWORK_PATH_PREFIX = "/org/quilt/Runtime/network/"
 VOLUME_INTERFACE = "org.quilt.Runtime.Volume"
 ERROR_PREFIX = "org.quilt.Runtime.Error."
+# The error names quiltctl reacts to by name, spelled here so that it need not import the agent's error classes
+# (bus/error_names.py maps every one of them to its name, these among them).
+ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+NO_SUCH_CONTAINER = ERROR_PREFIX + "NoSuchContainer"
+NOT_RUNNING = ERROR_PREFIX + "NotRunning"
+TOO_LARGE = ERROR_PREFIX + "TooLarge"
+TIMED_OUT = ERROR_PREFIX + "TimedOut"
+FAILED = ERROR_PREFIX + "Failed"
 
 
 def container_path(container_id: str) -> str:

@@ -11,8 +11,7 @@ import sys
 
 from quilt_agent.api import AgentNotReachable, Calls, ClientError
 # ACCESS_DENIED, NO_SUCH_CONTAINER and NOT_RUNNING: for the verbs, which import them from here.
-from quilt_agent.bus.error_names import ACCESS_DENIED, DECLARED_NAMES, NO_SUCH_CONTAINER, NOT_RUNNING  # noqa: F401
-from quilt_agent.bus.names import ERROR_PREFIX
+from quilt_agent.bus.names import ACCESS_DENIED, ERROR_PREFIX, NO_SUCH_CONTAINER, NOT_RUNNING  # noqa: F401
 
 # Free of click, typing and dataclasses: the commands cli/quick.py runs without click import this (see wire.py on
 # what each module costs a one-shot command).
@@ -70,11 +69,19 @@ def error_message(error: ClientError) -> str:
     alone may not say where it came from (an older agent's unnamed failure, the bus's own refusal)."""
     if isinstance(error, AgentNotReachable):
         message = unreachable_message(error)
-    elif error.name in DECLARED_NAMES:
+    elif _declared(error.name):
         message = error.message
     else:
         message = f"{error.message} ({error.name}; the agent's journal may say more: journalctl -u quilt-agent)"
     return " ".join(message.splitlines())  # systemd's or a registry's text may span lines: one line a failure
+
+
+def _declared(name: str) -> bool:
+    """Whether the name is one of the agent's declared errors: their table (with the agent's error classes) is
+    imported only for an error reply, not by every command."""
+    from quilt_agent.bus.error_names import DECLARED_NAMES
+
+    return name in DECLARED_NAMES
 
 
 def fail(message: str, code: int = EXIT_QUILT_ERROR) -> NoReturn:

@@ -12,12 +12,12 @@ from typing import Any, Awaitable
 
 import click
 
-from quilt_agent import errors
 from quilt_agent.cli import hostfiles
 from quilt_agent.cli import reconnect, sigproxy, verbs
 from quilt_agent.cli.context import NO_SUCH_CONTAINER, UNKNOWN_OBJECT, fail, with_async_client
 from quilt_agent.cli.paramtypes import ENV
 from quilt_agent.api import AgentNotReachable, ClientError
+from quilt_agent.bus.names import FAILED
 from quilt_agent.cli.context import Client
 
 
@@ -60,7 +60,7 @@ def exec_(ctx: click.Context, interactive: bool, tty: bool, env: tuple[tuple[str
             return await terminal.run_in_pty(on_terminal, interactive)
         except terminal.Orphaned:
             raise reconnect.AgentGone(verbs.EXEC_CUT.format(container=container, then="ran to its end"),
-                                      errors.Failed) from None
+                                      FAILED) from None
 
     ctx.exit(with_async_client(ctx, body))  # a terminal's copying needs the loop
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import sys
 
-from quilt_agent.cli import listing
-
 # Free of click and of what only some output needs (json, datetime, typing): ps, inspect and status import this on
 # cli/quick.py's path, where each module costs a millisecond or more of start-up (see quilt_agent/wire.py).
 TYPE_CHECKING = False
@@ -70,6 +68,8 @@ def log_timestamp(usec: int) -> str:
 
 def ago(usec: int, now: float) -> str:
     """How long ago, in Podman's words ("1 second ago", "About a minute ago", "2 hours ago"); "" for never."""
+    from quilt_agent.cli import listing  # for the listings alone: a foreground run prints none
+
     return listing.ago(usec, now)
 
 
@@ -282,4 +282,6 @@ def status_lines(props: Mapping[str, Any], now: float) -> list[str]:
 def _image_text(image: str) -> str:
     """An image named by its full id (quiltctl imports an image file itself and creates from its id) as the short
     id, as Podman shows an image without a name."""
+    from quilt_agent.cli import listing
+
     return image[:SHORT_ID] if listing.is_full_id(image) else image

@@ -17,9 +17,8 @@ from __future__ import annotations
 import os
 import time
 
-from quilt_agent import errors
 from quilt_agent.api import Calls, ClientError
-from quilt_agent.bus.error_names import ERROR_NAMES, NO_SUCH_CONTAINER
+from quilt_agent.bus.names import NO_SUCH_CONTAINER, TIMED_OUT
 from quilt_agent.cli.context import in_event_loop
 
 TYPE_CHECKING = False
@@ -52,8 +51,8 @@ class AgentGone(ClientError):
     """The agent went away and did not come back in time, or took with it what the verb waited for: one line
     (the message, as the agent's own declared errors are printed), status 125."""
 
-    def __init__(self, message: str, error: type[errors.QuiltError] = errors.TimedOut) -> None:
-        super().__init__(ERROR_NAMES[error], message)
+    def __init__(self, message: str, name: str = TIMED_OUT) -> None:
+        super().__init__(name, message)
 
 
 class TimeoutSetting(ValueError):

@@ -286,7 +286,7 @@ def exec_(ctx: click.Context | None, interactive: bool, tty: bool, env: Sequence
           workdir: str | None, user: str | None, container: str, command: Sequence[str]) -> int:
     """exec without a terminal (cli/interactive.py runs it with one): the command on quiltctl's own stdout and
     stderr, and with `interactive` its stdin; the command's exit code."""
-    from quilt_agent import errors
+    from quilt_agent.bus.names import FAILED
     from quilt_agent.cli import reconnect
 
     assert not tty, "exec with a terminal is cli/interactive.py's"
@@ -302,7 +302,7 @@ def exec_(ctx: click.Context | None, interactive: bool, tty: bool, env: Sequence
         except ClientError as e:
             if reconnect.agent_gone(e):
                 raise reconnect.AgentGone(EXEC_CUT.format(container=container, then="runs on"),
-                                          errors.Failed) from None
+                                          FAILED) from None
             raise
         finally:
             if null >= 0:
