@@ -115,31 +115,77 @@ def _open_reader() -> Any:
     return journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
 
 
+class _KeptReader:
+    """One journal reader kept open between reads. Opening one costs about 30 us per journal file, and journald
+    keeps a file per uid that logged: one per container's id range, tens on a host, and a GetLogs is otherwise
+    mostly that. A kept reader learns of files made or removed since (rotation, a new uid's file) from its inotify
+    watch, processed before each use; it is opened afresh once MAX_AGE old, so that a watch whose events piled up
+    while the agent read nothing is not trusted. Taken by one read at a time (sd-journal objects are not
+    thread-safe): a read that finds it taken opens one of its own."""
+
+    MAX_AGE = 10.0  # seconds
+
+    def __init__(self) -> None:
+        import threading
+        import time
+
+        self._lock = threading.Lock()
+        self._clock = time.monotonic
+        self._idle: tuple[Any, float] | None = None  # the reader and when it was opened
+
+    def take(self) -> tuple[Any, float]:
+        with self._lock:
+            kept, self._idle = self._idle, None
+        if kept is not None:
+            reader, opened = kept
+            if self._clock() - opened < self.MAX_AGE:
+                reader.process()  # files made or removed since its last use
+                reader.flush_matches()
+                return reader, opened
+            reader.close()
+        reader = _open_reader()
+        reader.fileno()  # sets up the inotify watch that process() reads
+        return reader, self._clock()
+
+    def give(self, reader: Any, opened: float) -> None:
+        with self._lock:
+            if self._idle is None:
+                self._idle = (reader, opened)
+                return
+        reader.close()
+
+
+_kept = _KeptReader()
+
+
 def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "", most: int = 0,
                dropped: bool = False) -> list[LogLine]:
     """The lines journald holds for the scope since since_usec; the last `last` ones if last > 0; only those
     of one SYSLOG_IDENTIFIER if given (a container's setup steps'). Without `last`, at most `most` + 1 lines if
     most > 0: the read stops once there are more than a caller takes. dropped: with journald's reports of lines
-    of the scope it dropped among them (with_drops), read by the same reader: opening one costs about 30 us per
-    journal file, and journald keeps a file per uid that logged, so one per container's id range.
+    of the scope it dropped among them (with_drops), read by the same reader (_KeptReader says why that matters).
 
     Blocking: call it in a worker thread.
     """
-    reader = _open_reader()
+    reader, opened = _kept.take()
     try:
         lines = _read_lines(reader, unit, since_usec, last, identifier, most)
-        if not dropped:
-            return lines
-        reader.flush_matches()
-        return with_drops(lines, _read_drops(reader, since_usec, unit), last)
-    finally:
+        if dropped:
+            reader.flush_matches()
+            lines = with_drops(lines, _read_drops(reader, since_usec, unit), last)
+    except BaseException:
         reader.close()
+        raise
+    _kept.give(reader, opened)
+    return lines
 
 
 def _read_lines(reader: Any, unit: str, since_usec: int, last: int, identifier: str, most: int) -> list[LogLine]:
     match(reader, unit, identifier)
     if since_usec:
         reader.seek_realtime(since_usec / 1e6 - 0.001)  # a little early: the loop filters exactly
+    else:
+        reader.seek_head()  # a kept reader is wherever its last read left it
     kept: deque[LogLine] | list[LogLine] = deque(maxlen=last) if last else []
     for entry in reader:
         usec = entry["__REALTIME_TIMESTAMP"]
@@ -234,11 +280,14 @@ def _match_reports(reader: Any, ids: tuple[str, ...]) -> None:
 def read_drops(since_usec: int = 0, unit: str = "") -> list[Drop]:
     """The reports of this boot of lines dropped, journald's and quilt-monitor's (of one unit and journald's alone
     if unit is given), since since_usec, oldest first. Blocking: call it in a worker thread."""
-    reader = _open_reader()
+    reader, opened = _kept.take()
     try:
-        return _read_drops(reader, since_usec, unit)
-    finally:
+        drops = _read_drops(reader, since_usec, unit)
+    except BaseException:
         reader.close()
+        raise
+    _kept.give(reader, opened)
+    return drops
 
 
 def _read_drops(reader: Any, since_usec: int, unit: str) -> list[Drop]:
@@ -249,6 +298,8 @@ def _read_drops(reader: Any, since_usec: int, unit: str) -> list[Drop]:
         _match_reports(reader, REPORT_IDS)
     if since_usec:
         reader.seek_realtime(since_usec / 1e6 - 0.001)
+    else:
+        reader.seek_head()
     return [d for d in map(_drop, reader) if d is not None and d.usec >= since_usec]
 
 

@@ -46,3 +46,24 @@ def test_a_varlink_peer_that_hangs_up_without_an_answer_is_not_waited_for(tmp_pa
         caller.join(timeout=10)
         assert not caller.is_alive(), "synchronize waited on a peer that had hung up"
         assert result == [True]  # journalctl --sync, after the peer's silence
+
+
+def _journal_files(name: str) -> list[Path]:
+    return [p for root in ("/var/log/journal", "/run/log/journal") for p in Path(root).glob(f"*/{name}")]
+
+
+def test_the_kept_reader_reads_a_journal_file_made_after_it_was_opened() -> None:
+    """journald keeps a file per uid: a container's first line, from ids no process logged from before, goes into
+    a new file. The reader kept from the read before must find it (its inotify watch, processed at each use)."""
+    uid = 3_900_000 + uuid.uuid4().int % 50_000
+    tag = uuid.uuid4().hex[:8]
+    unit, identifier = f"quilt-test-{tag}.scope", f"quilt-test-{tag}"
+    assert not _journal_files(f"user-{uid}.journal")
+    journal.read_lines("init.scope", 0, last=1)  # opens the reader the next read takes
+    subprocess.run(["systemd-run", "--quiet", "--scope", f"--unit={unit}", "--", "setpriv", f"--reuid={uid}",
+                    f"--regid={uid}", "--clear-groups", "sh", "-c",
+                    f"echo 'from ids new to the journal' | systemd-cat -t {identifier}"], check=True)
+    assert journal.synchronize() is True
+    assert _journal_files(f"user-{uid}.journal"), "journald kept the line in no file of its own: nothing is tested"
+    lines = journal.read_lines(unit, 0, identifier=identifier)
+    assert [line.text for line in lines] == ["from ids new to the journal"]

@@ -1,12 +1,15 @@
 """The reports of dropped lines as journal.py reads them from journal entries: journald's own and quilt-monitor's
 (monitor/logfile.c), their MESSAGE_ID as systemd.journal.Reader gives it (a uuid.UUID) or as text, and only from
-whom they say they are (journald's trusted fields). Reading them from the real journal is the integration suite's."""
+whom they say they are (journald's trusted fields); and the journal reader kept between reads, against a fake
+reader. Reading from the real journal is the integration suite's."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
+from quilt_agent import journal
 from quilt_agent.journal import (
     DROPPED_MESSAGE_ID, JOURNALD, LOG_DROPPED_ID, LOG_FAILED_ID, LOG_FILE, MAX_DROPPED, Drop, _drop,
 )
@@ -51,3 +54,81 @@ def test_the_monitors_count_is_lines_lost_from_the_containers_file() -> None:
 ])
 def test_entries_from_others_or_without_a_container_or_count_are_no_reports(entry: dict) -> None:
     assert _drop({"__REALTIME_TIMESTAMP": 1, **entry}) is None
+
+
+class FakeReader:
+    """What _KeptReader asks of a systemd.journal.Reader: the calls it made, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def fileno(self) -> int:
+        self.calls.append("fileno")
+        return 3
+
+    def process(self) -> int:
+        self.calls.append("process")
+        return 0
+
+    def flush_matches(self) -> None:
+        self.calls.append("flush_matches")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+@pytest.fixture
+def kept(monkeypatch: pytest.MonkeyPatch) -> tuple[journal._KeptReader, list[FakeReader], list[float]]:
+    opened: list[FakeReader] = []
+    now = [100.0]
+
+    def open_reader() -> FakeReader:
+        opened.append(FakeReader())
+        return opened[-1]
+
+    monkeypatch.setattr(journal, "_open_reader", open_reader)
+    readers = journal._KeptReader()
+    readers._clock = lambda: now[0]
+    return readers, opened, now
+
+
+def test_a_kept_reader_is_reused_after_processing_its_watch_and_dropping_its_matches(kept: Any) -> None:
+    readers, opened, now = kept
+    first, at = readers.take()
+    assert first.calls == ["fileno"]  # its inotify watch, set up at the open
+    readers.give(first, at)
+    now[0] += journal._KeptReader.MAX_AGE - 1
+    again, _ = readers.take()
+    assert again is first and first.calls == ["fileno", "process", "flush_matches"] and len(opened) == 1
+
+
+def test_a_reader_older_than_the_bound_is_closed_and_opened_afresh(kept: Any) -> None:
+    readers, opened, now = kept
+    first, at = readers.take()
+    readers.give(first, at)
+    now[0] += journal._KeptReader.MAX_AGE
+    second, _ = readers.take()
+    assert second is not first and first.calls[-1] == "close" and len(opened) == 2
+
+
+def test_a_read_that_finds_the_reader_taken_opens_its_own_and_only_one_is_kept(kept: Any) -> None:
+    readers, opened, _ = kept
+    (one, at_one), (two, at_two) = readers.take(), readers.take()
+    assert one is not two
+    readers.give(one, at_one)
+    readers.give(two, at_two)
+    assert two.calls[-1] == "close" and "close" not in one.calls
+    assert readers.take()[0] is one
+
+
+def test_a_failed_read_closes_its_reader_rather_than_keep_it(kept: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    readers, opened, _ = kept
+    monkeypatch.setattr(journal, "_kept", readers)
+
+    def broken(*args: Any) -> list[journal.LogLine]:
+        raise OSError("the journal went away")
+
+    monkeypatch.setattr(journal, "_read_lines", broken)
+    with pytest.raises(OSError):
+        journal.read_lines("quilt-x.scope", 0)
+    assert opened[0].calls[-1] == "close" and readers.take()[0] is not opened[0]
