@@ -37,7 +37,8 @@ PROJECT = Path(__file__).resolve().parents[2]
 # root under an overlay), as the sources name it: a name looked up on PATH, or an absolute path.
 PROGRAMS = (
     # systemd, the bus and polkit, in the test host
-    "/lib/systemd/systemd", "systemctl", "systemd-run", "systemd-analyze", "journalctl", "busctl", "gdbus",
+    "/lib/systemd/systemd", "systemctl", "systemd-run", "systemd-analyze", "systemd-cat", "journalctl", "busctl",
+    "gdbus",
     "machinectl",
     "pkaction",
     # namespaces, users, mounts
