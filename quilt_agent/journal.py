@@ -119,9 +119,10 @@ class _KeptReader:
     """One journal reader kept open between reads. Opening one costs about 30 us per journal file, and journald
     keeps a file per uid that logged: one per container's id range, tens on a host, and a GetLogs is otherwise
     mostly that. A kept reader learns of files made or removed since (rotation, a new uid's file) from its inotify
-    watch, processed before each use; it is opened afresh once MAX_AGE old, so that a watch whose events piled up
-    while the agent read nothing is not trusted. Taken by one read at a time (sd-journal objects are not
-    thread-safe): a read that finds it taken opens one of its own."""
+    watch, processed before each use. It is closed once MAX_AGE old, by a thread of its own if no read comes: a
+    watch whose events piled up while nothing was read is not trusted, and an agent that reads no logs holds no
+    journal file open (the space of a file journald vacuumed is freed only once no reader holds it). Taken by one
+    read at a time (sd-journal objects are not thread-safe): a read that finds it taken opens one of its own."""
 
     MAX_AGE = 10.0  # seconds
 
@@ -129,12 +130,13 @@ class _KeptReader:
         import threading
         import time
 
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()  # guards _idle and _closer; notified when a reader is given back
         self._clock = time.monotonic
         self._idle: tuple[Any, float] | None = None  # the reader and when it was opened
+        self._closer: threading.Thread | None = None
 
     def take(self) -> tuple[Any, float]:
-        with self._lock:
+        with self._changed:
             kept, self._idle = self._idle, None
         if kept is not None:
             reader, opened = kept
@@ -148,11 +150,30 @@ class _KeptReader:
         return reader, self._clock()
 
     def give(self, reader: Any, opened: float) -> None:
-        with self._lock:
-            if self._idle is None:
+        import threading
+
+        with self._changed:
+            if self._idle is None and self._clock() - opened < self.MAX_AGE:
                 self._idle = (reader, opened)
+                if self._closer is None:
+                    self._closer = threading.Thread(target=self._close_when_old, name="journal reader closer",
+                                                    daemon=True)
+                    self._closer.start()
+                self._changed.notify()
                 return
         reader.close()
+
+    def _close_when_old(self) -> None:
+        while True:
+            with self._changed:
+                while self._idle is None:
+                    self._changed.wait()
+                left = self.MAX_AGE - (self._clock() - self._idle[1])
+                if left > 0:
+                    self._changed.wait(left)
+                    continue
+                reader, self._idle = self._idle[0], None
+            reader.close()
 
 
 _kept = _KeptReader()

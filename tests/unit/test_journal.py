@@ -4,6 +4,7 @@ whom they say they are (journald's trusted fields); and the journal reader kept 
 reader. Reading from the real journal is the integration suite's."""
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -132,3 +133,18 @@ def test_a_failed_read_closes_its_reader_rather_than_keep_it(kept: Any, monkeypa
     with pytest.raises(OSError):
         journal.read_lines("quilt-x.scope", 0)
     assert opened[0].calls[-1] == "close" and readers.take()[0] is not opened[0]
+
+
+def test_an_idle_reader_is_closed_once_old_without_a_read_to_notice(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[FakeReader] = []
+    monkeypatch.setattr(journal, "_open_reader", lambda: opened.append(FakeReader()) or opened[-1])
+    readers = journal._KeptReader()
+    readers.MAX_AGE = 0.05
+    reader, at = readers.take()
+    busy, busy_at = readers.take()  # taken, not given back: never the closer's
+    readers.give(reader, at)
+    deadline = time.monotonic() + 5
+    while "close" not in reader.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reader.calls[-1] == "close" and "close" not in busy.calls
+    assert readers.take()[0] is not reader
