@@ -10,7 +10,9 @@ import socket
 import subprocess
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, TypeVar
+
+T = TypeVar("T")
 
 JOURNAL_STDOUT = "/run/systemd/journal/stdout"
 PRIORITY_STDOUT = 6  # info
@@ -115,68 +117,103 @@ def _open_reader() -> Any:
     return journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
 
 
-class _KeptReader:
-    """One journal reader kept open between reads. Opening one costs about 30 us per journal file, and journald
-    keeps a file per uid that logged: one per container's id range, tens on a host, and a GetLogs is otherwise
-    mostly that. A kept reader learns of files made or removed since (rotation, a new uid's file) from its inotify
-    watch, processed before each use. It is closed once MAX_AGE old, by a thread of its own if no read comes: a
-    watch whose events piled up while nothing was read is not trusted, and an agent that reads no logs holds no
-    journal file open (the space of a file journald vacuumed is freed only once no reader holds it). Taken by one
-    read at a time (sd-journal objects are not thread-safe): a read that finds it taken opens one of its own."""
+class _ReaderThread:
+    """The thread that owns the journal reader kept between reads, and runs the reads that use it.
+
+    Opening a reader costs about 30 us per journal file, and journald keeps a file per uid that logged: one per
+    container's id range, tens on a host, and a GetLogs was mostly that. The kept reader learns of files made or
+    removed since (rotation, a new uid's file) from its inotify watch, processed before each use. It is closed once
+    MAX_AGE old, at the read that finds it so or by the thread when no read comes: a watch whose events piled up
+    is not trusted, and an agent that reads no logs holds no journal file open (journald's vacuum frees a file's
+    space only once no reader holds it). sd-journal wants each object used by one thread for its whole life (its
+    manual, systemd 252): this thread opens, uses and closes the kept reader, and a read that finds it busy, or a
+    reader that cannot be kept (no inotify instance left), uses a reader of its own, in its own thread."""
 
     MAX_AGE = 10.0  # seconds
 
     def __init__(self) -> None:
+        import queue
         import threading
         import time
 
-        self._changed = threading.Condition()  # guards _idle and _closer; notified when a reader is given back
         self._clock = time.monotonic
-        self._idle: tuple[Any, float] | None = None  # the reader and when it was opened
-        self._closer: threading.Thread | None = None
+        self._free = threading.Lock()  # held by the read the thread serves: one at a time, never queued
+        self._requests: queue.SimpleQueue[tuple[Callable[[Any], Any], Any]] = queue.SimpleQueue()
+        self._started = threading.Lock()
+        self._thread: threading.Thread | None = None
 
-    def take(self) -> tuple[Any, float]:
-        with self._changed:
-            kept, self._idle = self._idle, None
-        if kept is not None:
-            reader, opened = kept
-            if self._clock() - opened < self.MAX_AGE:
-                reader.process()  # files made or removed since its last use
-                reader.flush_matches()
-                return reader, opened
-            reader.close()
-        reader = _open_reader()
-        reader.fileno()  # sets up the inotify watch that process() reads
-        return reader, self._clock()
+    def read(self, work: Callable[[Any], T]) -> T:
+        """work(reader), in the kept reader's thread if it is free; blocking: call it in a worker thread."""
+        from concurrent.futures import Future
 
-    def give(self, reader: Any, opened: float) -> None:
+        if not self._free.acquire(blocking=False):
+            return _with_own_reader(work)
+        try:
+            self._start()
+            done: Future[T] = Future()
+            self._requests.put((work, done))
+            return done.result()
+        finally:
+            self._free.release()
+
+    def _start(self) -> None:
         import threading
 
-        with self._changed:
-            if self._idle is None and self._clock() - opened < self.MAX_AGE:
-                self._idle = (reader, opened)
-                if self._closer is None:
-                    self._closer = threading.Thread(target=self._close_when_old, name="journal reader closer",
-                                                    daemon=True)
-                    self._closer.start()
-                self._changed.notify()
-                return
+        with self._started:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="journal reader", daemon=True)
+                self._thread.start()
+
+    def _serve(self) -> None:
+        import queue
+
+        kept: Any = None
+        opened = 0.0
+        while True:
+            timeout = None if kept is None else max(0.0, self.MAX_AGE - (self._clock() - opened))
+            try:
+                work, done = self._requests.get(timeout=timeout)
+            except queue.Empty:
+                kept.close()  # no read came while it aged
+                kept = None
+                continue
+            if kept is not None and self._clock() - opened >= self.MAX_AGE:
+                kept.close()
+                kept = None
+            try:
+                if kept is None:
+                    kept, opened = _open_reader(), self._clock()
+                    kept.fileno()  # sets up the inotify watch that process() reads
+                else:
+                    kept.process()  # files made or removed since its last use
+                    kept.flush_matches()
+            except Exception:  # noqa: BLE001 - no inotify instance left, say: this read uses a reader of its own
+                if kept is not None:
+                    kept.close()
+                kept = None
+            if kept is None:
+                try:
+                    done.set_result(_with_own_reader(work))
+                except BaseException as err:  # noqa: BLE001 - the read's failure is its caller's
+                    done.set_exception(err)
+                continue
+            try:
+                done.set_result(work(kept))
+            except BaseException as err:  # noqa: BLE001 - the read's failure is its caller's; the reader goes
+                kept.close()
+                kept = None
+                done.set_exception(err)
+
+
+def _with_own_reader(work: Callable[[Any], T]) -> T:
+    reader = _open_reader()
+    try:
+        return work(reader)
+    finally:
         reader.close()
 
-    def _close_when_old(self) -> None:
-        while True:
-            with self._changed:
-                while self._idle is None:
-                    self._changed.wait()
-                left = self.MAX_AGE - (self._clock() - self._idle[1])
-                if left > 0:
-                    self._changed.wait(left)
-                    continue
-                reader, self._idle = self._idle[0], None
-            reader.close()
 
-
-_kept = _KeptReader()
+_reads = _ReaderThread()
 
 
 def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "", most: int = 0,
@@ -184,21 +221,18 @@ def read_lines(unit: str, since_usec: int, last: int = 0, identifier: str = "", 
     """The lines journald holds for the scope since since_usec; the last `last` ones if last > 0; only those
     of one SYSLOG_IDENTIFIER if given (a container's setup steps'). Without `last`, at most `most` + 1 lines if
     most > 0: the read stops once there are more than a caller takes. dropped: with journald's reports of lines
-    of the scope it dropped among them (with_drops), read by the same reader (_KeptReader says why that matters).
+    of the scope it dropped among them (with_drops), read by the same reader (_ReaderThread says why that matters).
 
     Blocking: call it in a worker thread.
     """
-    reader, opened = _kept.take()
-    try:
+    def read(reader: Any) -> list[LogLine]:
         lines = _read_lines(reader, unit, since_usec, last, identifier, most)
-        if dropped:
-            reader.flush_matches()
-            lines = with_drops(lines, _read_drops(reader, since_usec, unit), last)
-    except BaseException:
-        reader.close()
-        raise
-    _kept.give(reader, opened)
-    return lines
+        if not dropped:
+            return lines
+        reader.flush_matches()
+        return with_drops(lines, _read_drops(reader, since_usec, unit), last)
+
+    return _reads.read(read)
 
 
 def _read_lines(reader: Any, unit: str, since_usec: int, last: int, identifier: str, most: int) -> list[LogLine]:
@@ -301,14 +335,7 @@ def _match_reports(reader: Any, ids: tuple[str, ...]) -> None:
 def read_drops(since_usec: int = 0, unit: str = "") -> list[Drop]:
     """The reports of this boot of lines dropped, journald's and quilt-monitor's (of one unit and journald's alone
     if unit is given), since since_usec, oldest first. Blocking: call it in a worker thread."""
-    reader, opened = _kept.take()
-    try:
-        drops = _read_drops(reader, since_usec, unit)
-    except BaseException:
-        reader.close()
-        raise
-    _kept.give(reader, opened)
-    return drops
+    return _reads.read(lambda reader: _read_drops(reader, since_usec, unit))
 
 
 def _read_drops(reader: Any, since_usec: int, unit: str) -> list[Drop]:

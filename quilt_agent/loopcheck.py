@@ -1,18 +1,21 @@
 """Watching the agent's event loop for blocking: QUILT_LOOP_CHECK=<milliseconds> runs it in asyncio's debug mode.
 
 Everything the agent serves shares one event loop: a callback that blocks it (a file read, an fsync, a lock held
-by a worker thread) stalls every caller at once. In debug mode asyncio logs each callback that ran longer than the
-threshold ("Executing <Task ...> took 0.120 seconds", naming the callback and where it was created), a coroutine
-never awaited, a call into the loop from another thread (then an error), and callbacks' unretrieved exceptions;
-warnings go to the log as well (logger py.warnings), files and sockets dropped unclosed included. All of it reaches the
-journal through the agent's logging. Debug mode slows every callback: it is for tests (tests/testhost.py turns it
-on for the integration suite) and for finding what stalls an agent, not for production.
+by a worker thread) stalls every caller at once. In debug mode asyncio logs a coroutine never awaited, a call into
+the loop from another thread (then an error), and callbacks' unretrieved exceptions; warnings go to the log as well
+(logger py.warnings), files and sockets dropped unclosed included. Each callback that held the loop longer than
+the threshold is logged too ("Executing <Task ...> took 0.120 seconds: ...", naming the callback and where it was
+created, as asyncio's own report does), by _CallbackTimer below. All of it reaches the journal through the agent's
+logging. Debug mode slows every callback: it is for tests (tests/testhost.py turns it on for the integration
+suite) and for finding what stalls an agent, not for production.
 
-asyncio measures a callback by the wall clock alone, so a loop that merely waited for a CPU (every core busy with
-other processes, or the machine's vCPU taken by its host) looks blocked. The agent times callbacks itself
-(_CallbackTimer): a slow one is reported when its thread spent the threshold on the CPU, or slept at least once
-(a read, an fsync, a lock, a child waited for, the GIL held by a worker thread); one that was only preempted is
-logged as such at INFO, which the tests do not count.
+asyncio's own report measures a callback by the wall clock alone, so a loop that merely waited for a CPU (every
+core busy with other processes) looks blocked. _CallbackTimer reports a slow callback when its thread spent the
+threshold on the CPU, or slept at least once (a read, an fsync, a lock, a child waited for, the GIL held by a
+worker thread); one that was only preempted is logged as such at INFO, which the tests do not count. Time the
+host takes from a VM's vCPU counts as the thread's CPU time unless the guest accounts steal time. The run-queue
+delay itself (/proc/thread-self/schedstat) would be the finer measure, but kernels without schedstats (this
+project's test machines) report it as 0: hence the context switches (getrusage).
 """
 from __future__ import annotations
 
@@ -66,8 +69,11 @@ class _CallbackTimer:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._run = events.Handle._run
+        self._timed_run: Callable[[events.Handle], None] | None = None
 
     def install(self) -> None:
+        if getattr(events.Handle._run, "_quilt_timed", False):
+            raise RuntimeError("the event loop's callbacks are timed already")
         timer = self
 
         def timed_run(handle: events.Handle) -> None:
@@ -79,10 +85,14 @@ class _CallbackTimer:
                 cpu, sleeps, preempted = _thread_counters()
                 timer.report(handle, CallbackTime(wall, cpu - cpu0, sleeps - sleeps0, preempted - preempted0))
 
+        timed_run._quilt_timed = True  # type: ignore[attr-defined]
+        self._timed_run = timed_run
         events.Handle._run = timed_run  # type: ignore[method-assign]
 
     def uninstall(self) -> None:
-        events.Handle._run = self._run  # type: ignore[method-assign]
+        if self._timed_run is not None and events.Handle._run is self._timed_run:
+            events.Handle._run = self._run  # type: ignore[method-assign]
+        self._timed_run = None
 
     def report(self, handle: events.Handle, took: CallbackTime) -> None:
         how = (f"{took.cpu:.3f} of them on the CPU, {took.sleeps} sleep(s), {took.preemptions} preemption(s)")
@@ -125,12 +135,13 @@ def run(main: Coroutine[Any, Any, int], seconds: float | None) -> int:
     # still open when it exits is the kernel's to close: ignored again then.
     warnings.simplefilter("default", ResourceWarning)
     global _timer
-    _timer = _CallbackTimer(max(seconds, STARTING_SECONDS))
-    _timer.install()
+    timer = _CallbackTimer(max(seconds, STARTING_SECONDS))
+    timer.install()
+    _timer = timer
     try:
         return asyncio.run(_watched(main, seconds), debug=True)
     finally:
-        _timer.uninstall()
+        timer.uninstall()
         _timer = None
         warnings.simplefilter("ignore", ResourceWarning)
 

@@ -1011,22 +1011,20 @@ class Manager:
                 await self._scopes.stop(c.unit)
             await self._networks.detach(c)  # its names at once, then its veths, namespace and rules
             directory = self._paths.container(c.id)
-            if c.id_first >= 0:
-                userdb.unregister(c.name, c.id_first, self._paths.userdb)
-            # The row goes while the files do, each in a worker thread of its own. An agent that dies before both
-            # are done finishes a stored REMOVING container at its next start, or removes the files no stored
-            # container owns (_remove_strays) before their ids are handed out again.
-            deleted = self._store.delete_container(c.id)
             try:
                 # Its upper directory is the container's to fill, at any depth.
                 await asyncio.to_thread(filetree.remove_tree, directory)
                 # Its ids may serve another container only now: no file of its own is left with them.
                 self._ranges.release(c.id)
+                if c.id_first >= 0:
+                    userdb.unregister(c.name, c.id_first, self._paths.userdb)
             except OSError:
                 # Not a reason to keep the container: recover() removes what is left at the next start, before
                 # its range is handed out again (recover holds only the ranges of stored containers).
                 log.exception("removing container %s: files left in %s", c.name, directory)
-            await deleted
+            # Deleted only once the files are gone: until then an agent that dies finds the REMOVING row and
+            # finishes the removal at its next start, anonymous volumes included.
+            await self._store.delete_container(c.id)
             await self._event("removed", c, "removed container %s", c.name)
             self._health.drop(c.id)
             self._holds.pop(c.id, None)

@@ -1,4 +1,5 @@
-"""journal.synchronize against the test host's journald: its Varlink call, and the fallbacks when that fails."""
+"""journal.py against the test host's journald: synchronize (its Varlink call, and the fallbacks when that fails), and
+the reader kept between reads."""
 from __future__ import annotations
 
 import socket
@@ -7,6 +8,7 @@ import threading
 import uuid
 from pathlib import Path
 
+import pytest
 from systemd import journal as systemd_journal
 
 from quilt_agent import journal
@@ -52,14 +54,19 @@ def _journal_files(name: str) -> list[Path]:
     return [p for root in ("/var/log/journal", "/run/log/journal") for p in Path(root).glob(f"*/{name}")]
 
 
-def test_the_kept_reader_reads_a_journal_file_made_after_it_was_opened() -> None:
+def test_the_kept_reader_reads_a_journal_file_made_after_it_was_opened(monkeypatch: pytest.MonkeyPatch) -> None:
     """journald keeps a file per uid: a container's first line, from ids no process logged from before, goes into
     a new file. The reader kept from the read before must find it (its inotify watch, processed at each use)."""
     uid = 3_900_000 + uuid.uuid4().int % 50_000
     tag = uuid.uuid4().hex[:8]
     unit, identifier = f"quilt-test-{tag}.scope", f"quilt-test-{tag}"
     assert not _journal_files(f"user-{uid}.journal")
-    journal.read_lines("init.scope", 0, last=1)  # opens the reader the next read takes
+    reads = journal._ReaderThread()  # a reader of the test's own, opened by the first read below
+    monkeypatch.setattr(journal, "_reads", reads)
+    opened = []
+    open_reader = journal._open_reader
+    monkeypatch.setattr(journal, "_open_reader", lambda: opened.append(1) or open_reader())
+    journal.read_lines("init.scope", 0, last=1)
     subprocess.run(["systemd-run", "--quiet", "--scope", f"--unit={unit}", "--", "setpriv", f"--reuid={uid}",
                     f"--regid={uid}", "--clear-groups", "sh", "-c",
                     f"echo 'from ids new to the journal' | systemd-cat -t {identifier}"], check=True)
@@ -67,3 +74,4 @@ def test_the_kept_reader_reads_a_journal_file_made_after_it_was_opened() -> None
     assert _journal_files(f"user-{uid}.journal"), "journald kept the line in no file of its own: nothing is tested"
     lines = journal.read_lines(unit, 0, identifier=identifier)
     assert [line.text for line in lines] == ["from ids new to the journal"]
+    assert len(opened) == 1, "the second read opened a reader of its own: the kept one was not tested"

@@ -4,6 +4,7 @@ whom they say they are (journald's trusted fields); and the journal reader kept 
 reader. Reading from the real journal is the integration suite's."""
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -58,93 +59,119 @@ def test_entries_from_others_or_without_a_container_or_count_are_no_reports(entr
 
 
 class FakeReader:
-    """What _KeptReader asks of a systemd.journal.Reader: the calls it made, in order."""
+    """What the kept reader's thread asks of a systemd.journal.Reader: the calls made, with the thread of each."""
 
-    def __init__(self) -> None:
-        self.calls: list[str] = []
+    def __init__(self, fail: str = "") -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.fail = fail
+
+    def _note(self, call: str) -> None:
+        self.calls.append((call, threading.get_ident()))
+        if call == self.fail:
+            raise OSError(f"{call} failed")
+
+    def names(self) -> list[str]:
+        return [call for call, _ in self.calls]
+
+    def threads(self) -> set[int]:
+        return {thread for _, thread in self.calls}
 
     def fileno(self) -> int:
-        self.calls.append("fileno")
+        self._note("fileno")
         return 3
 
     def process(self) -> int:
-        self.calls.append("process")
+        self._note("process")
         return 0
 
     def flush_matches(self) -> None:
-        self.calls.append("flush_matches")
+        self._note("flush_matches")
 
     def close(self) -> None:
-        self.calls.append("close")
+        self._note("close")
 
 
 @pytest.fixture
-def kept(monkeypatch: pytest.MonkeyPatch) -> tuple[journal._KeptReader, list[FakeReader], list[float]]:
-    opened: list[FakeReader] = []
-    now = [100.0]
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[FakeReader]:
+    """Every reader opened, in order; FAIL_NEXT[0], when set, is the call the next one fails."""
+    made: list[FakeReader] = []
+    FAIL_NEXT.clear()
 
     def open_reader() -> FakeReader:
-        opened.append(FakeReader())
-        return opened[-1]
+        made.append(FakeReader(FAIL_NEXT.pop() if FAIL_NEXT else ""))
+        return made[-1]
 
     monkeypatch.setattr(journal, "_open_reader", open_reader)
-    readers = journal._KeptReader()
-    readers._clock = lambda: now[0]
-    return readers, opened, now
+    return made
 
 
-def test_a_kept_reader_is_reused_after_processing_its_watch_and_dropping_its_matches(kept: Any) -> None:
-    readers, opened, now = kept
-    first, at = readers.take()
-    assert first.calls == ["fileno"]  # its inotify watch, set up at the open
-    readers.give(first, at)
-    now[0] += journal._KeptReader.MAX_AGE - 1
-    again, _ = readers.take()
-    assert again is first and first.calls == ["fileno", "process", "flush_matches"] and len(opened) == 1
+FAIL_NEXT: list[str] = []
 
 
-def test_a_reader_older_than_the_bound_is_closed_and_opened_afresh(kept: Any) -> None:
-    readers, opened, now = kept
-    first, at = readers.take()
-    readers.give(first, at)
-    now[0] += journal._KeptReader.MAX_AGE
-    second, _ = readers.take()
-    assert second is not first and first.calls[-1] == "close" and len(opened) == 2
+def closed(reader: FakeReader, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while "close" not in reader.names() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return "close" in reader.names()
 
 
-def test_a_read_that_finds_the_reader_taken_opens_its_own_and_only_one_is_kept(kept: Any) -> None:
-    readers, opened, _ = kept
-    (one, at_one), (two, at_two) = readers.take(), readers.take()
-    assert one is not two
-    readers.give(one, at_one)
-    readers.give(two, at_two)
-    assert two.calls[-1] == "close" and "close" not in one.calls
-    assert readers.take()[0] is one
+def test_the_kept_reader_is_reused_by_its_own_thread_after_its_watch_is_processed(opened: list[FakeReader]) -> None:
+    reads = journal._ReaderThread()
+    used = [reads.read(lambda reader: reader), reads.read(lambda reader: reader)]
+    assert used == [opened[0], opened[0]] and len(opened) == 1
+    assert opened[0].names() == ["fileno", "process", "flush_matches"]  # its watch set up at the open
+    assert opened[0].threads() == {reads._thread.ident} != {threading.get_ident()}
 
 
-def test_a_failed_read_closes_its_reader_rather_than_keep_it(kept: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    readers, opened, _ = kept
-    monkeypatch.setattr(journal, "_kept", readers)
+def test_a_reader_older_than_the_bound_is_closed_by_the_read_that_finds_it_so(opened: list[FakeReader]) -> None:
+    reads = journal._ReaderThread()
+    now = [100.0]
+    reads._clock = lambda: now[0]
+    reads.read(lambda reader: None)
+    now[0] += journal._ReaderThread.MAX_AGE
+    assert reads.read(lambda reader: reader) is opened[1]
+    assert opened[0].names()[-1] == "close" and opened[0].threads() == opened[1].threads()
 
-    def broken(*args: Any) -> list[journal.LogLine]:
+
+def test_an_idle_reader_is_closed_once_old_without_a_read_to_notice(opened: list[FakeReader]) -> None:
+    reads = journal._ReaderThread()
+    reads.MAX_AGE = 0.05
+    reads.read(lambda reader: None)
+    assert closed(opened[0]) and opened[0].threads() == {reads._thread.ident}
+    assert reads.read(lambda reader: reader) is opened[1]
+
+
+def test_a_read_that_finds_the_thread_busy_uses_a_reader_of_its_own_in_its_own_thread(
+        opened: list[FakeReader]) -> None:
+    reads = journal._ReaderThread()
+    inside, release = threading.Event(), threading.Event()
+    first = threading.Thread(target=reads.read, args=(lambda reader: (inside.set(), release.wait(5)),))
+    first.start()
+    assert inside.wait(5)
+    try:
+        own = reads.read(lambda reader: reader)
+    finally:
+        release.set()
+        first.join(5)
+    assert own is opened[1] and own.names() == ["close"] and own.threads() == {threading.get_ident()}
+    assert "close" not in opened[0].names()
+
+
+def test_a_reader_whose_watch_fails_is_not_kept_and_the_read_still_answers(opened: list[FakeReader]) -> None:
+    reads = journal._ReaderThread()
+    FAIL_NEXT.append("fileno")  # no inotify instance left, say
+    assert reads.read(lambda reader: "lines") == "lines"
+    assert opened[0].names() == ["fileno", "close"] and opened[1].names() == ["close"]
+    assert reads.read(lambda reader: reader) is opened[2]  # the next read tries to keep one again
+
+
+def test_a_failed_read_reaches_its_caller_and_its_reader_is_not_kept(opened: list[FakeReader]) -> None:
+    reads = journal._ReaderThread()
+
+    def broken(reader: FakeReader) -> None:
         raise OSError("the journal went away")
 
-    monkeypatch.setattr(journal, "_read_lines", broken)
-    with pytest.raises(OSError):
-        journal.read_lines("quilt-x.scope", 0)
-    assert opened[0].calls[-1] == "close" and readers.take()[0] is not opened[0]
-
-
-def test_an_idle_reader_is_closed_once_old_without_a_read_to_notice(monkeypatch: pytest.MonkeyPatch) -> None:
-    opened: list[FakeReader] = []
-    monkeypatch.setattr(journal, "_open_reader", lambda: opened.append(FakeReader()) or opened[-1])
-    readers = journal._KeptReader()
-    readers.MAX_AGE = 0.05
-    reader, at = readers.take()
-    busy, busy_at = readers.take()  # taken, not given back: never the closer's
-    readers.give(reader, at)
-    deadline = time.monotonic() + 5
-    while "close" not in reader.calls and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert reader.calls[-1] == "close" and "close" not in busy.calls
-    assert readers.take()[0] is not reader
+    with pytest.raises(OSError, match="went away"):
+        reads.read(broken)
+    assert opened[0].names()[-1] == "close"
+    assert reads.read(lambda reader: reader) is opened[1]

@@ -1,4 +1,5 @@
-"""QUILT_LOOP_CHECK: its value, and asyncio's debug mode reporting a callback that blocks the loop."""
+"""QUILT_LOOP_CHECK: its value, and the agent's report of a callback that held the loop: one that computed or slept
+past the threshold is reported, one that only waited for a CPU is not."""
 import asyncio
 import logging
 import re
@@ -103,9 +104,11 @@ def test_a_callback_that_computes_past_the_threshold_is_reported_with_its_cpu_ti
         assert loopcheck.run(run_soon(lambda: spin(0.03)), 0.02) == 7
     finally:
         logging.captureWarnings(False)
-    (report,) = slow_callback_reports(caplog)
+    # Other callbacks may wait that long for a CPU on a busy machine: they are logged at INFO, and left out here.
+    (report,) = [r for r in slow_callback_reports(caplog) if "run_soon.<locals>.<lambda>" in r.getMessage()]
     assert report.levelno == logging.WARNING
-    assert re.search(r" took 0\.0[3-9]\d seconds: 0\.0[3-9]\d of them on the CPU, ", report.getMessage()), report
+    took = re.search(r" took ([0-9.]+) seconds: ([0-9.]+) of them on the CPU, ", report.getMessage())
+    assert took and float(took.group(1)) >= 0.03 and float(took.group(2)) >= 0.03, report.getMessage()
 
 
 # A child busy on the one CPU the loop may use, at nice 0 against the loop's 19, leaves the loop about 1/70 of
@@ -120,8 +123,13 @@ STARVED = textwrap.dedent("""
     logging.getLogger("asyncio").addHandler(Keep())
     logging.getLogger("asyncio").setLevel(logging.INFO)
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    parent = os.getpid()
     hog = os.fork()
     if hog == 0:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: it ends with the test's process, killed or not
+        if os.getppid() != parent:
+            os._exit(0)
         while True:
             pass
     os.setpriority(os.PRIO_PROCESS, 0, 19)
@@ -149,6 +157,23 @@ def test_a_callback_that_only_waited_for_a_cpu_is_logged_as_such_not_reported() 
                          cwd=Path(__file__).resolve().parents[2], check=True).stdout
     slow = [line for line in out.splitlines() if "Executing <Handle main.<locals>.<lambda>()" in line]
     assert len(slow) == 1, out
-    waited = re.search(r"^INFO Executing .* waited ([0-9.]+) seconds for a CPU, not blocked: 0\.00\d of them on the "
+    waited = re.search(r"^INFO Executing .* waited ([0-9.]+) seconds for a CPU, not blocked: ([0-9.]+) of them on the "
                        r"CPU, 0 sleep\(s\), [1-9]\d* preemption\(s\)$", slow[0])
-    assert waited and float(waited.group(1)) >= 0.02, out
+    assert waited and float(waited.group(1)) >= 0.02 and float(waited.group(2)) < 0.02, out
+
+
+def test_a_check_inside_a_checked_loop_is_refused_and_the_outer_one_stays_installed() -> None:
+    async def nested() -> int:
+        inner = schedule_a_blocking_callback()
+        with pytest.raises(RuntimeError, match="timed already"):
+            loopcheck.run(inner, 0.02)
+        inner.close()
+        assert getattr(asyncio.events.Handle._run, "_quilt_timed", False)
+        return 7
+
+    original = asyncio.events.Handle._run
+    try:
+        assert loopcheck.run(nested(), 0.02) == 7
+    finally:
+        logging.captureWarnings(False)
+    assert asyncio.events.Handle._run is original
