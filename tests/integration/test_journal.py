@@ -12,6 +12,7 @@ import pytest
 from systemd import journal as systemd_journal
 
 from quilt_agent import journal
+from tests.integration.waiting import until_now
 
 
 def test_lines_streamed_just_before_a_synchronize_are_stored_when_it_returns() -> None:
@@ -67,11 +68,27 @@ def test_the_kept_reader_reads_a_journal_file_made_after_it_was_opened(monkeypat
     open_reader = journal._open_reader
     monkeypatch.setattr(journal, "_open_reader", lambda: opened.append(1) or open_reader())
     journal.read_lines("init.scope", 0, last=1)
-    subprocess.run(["systemd-run", "--quiet", "--scope", f"--unit={unit}", "--", "setpriv", f"--reuid={uid}",
-                    f"--regid={uid}", "--clear-groups", "sh", "-c",
-                    f"echo 'from ids new to the journal' | systemd-cat -t {identifier}"], check=True)
-    assert journal.synchronize() is True
-    assert _journal_files(f"user-{uid}.journal"), "journald kept the line in no file of its own: nothing is tested"
-    lines = journal.read_lines(unit, 0, identifier=identifier)
+    # The writer stays until the end: journald reads a stream's unit from /proc as it stores each line, so a line
+    # whose writer has exited may be stored without its _SYSTEMD_UNIT.
+    writer = subprocess.Popen(["systemd-run", "--quiet", "--scope", f"--unit={unit}", "--", "setpriv",
+                               f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sh", "-c",
+                               f"{{ echo 'from ids new to the journal'; exec sleep 60; }} | systemd-cat -t {identifier}"])
+    try:
+        until_now(lambda: journal.synchronize() and _stored(unit, identifier), "the line in the journal")
+        assert _journal_files(f"user-{uid}.journal"), "journald kept the line in no file of its own: nothing is tested"
+        lines = journal.read_lines(unit, 0, identifier=identifier)
+    finally:
+        subprocess.run(["systemctl", "stop", unit], check=False)
+        writer.wait(10)
     assert [line.text for line in lines] == ["from ids new to the journal"]
     assert len(opened) == 1, "the second read opened a reader of its own: the kept one was not tested"
+
+
+def _stored(unit: str, identifier: str) -> bool:
+    """Whether a reader opened now finds the line: what the kept one must find too."""
+    fresh = systemd_journal.Reader()
+    try:
+        fresh.add_match(_SYSTEMD_UNIT=unit, SYSLOG_IDENTIFIER=identifier)
+        return fresh.get_next() != {}
+    finally:
+        fresh.close()
