@@ -6,8 +6,11 @@ in the data path and `journalctl -u quilt-NAME.scope` shows every line.
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import subprocess
+import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, TypeVar
@@ -132,10 +135,6 @@ class _ReaderThread:
     MAX_AGE = 10.0  # seconds
 
     def __init__(self) -> None:
-        import queue
-        import threading
-        import time
-
         self._clock = time.monotonic
         self._free = threading.Lock()  # held by the read the thread serves: one at a time, never queued
         self._requests: queue.SimpleQueue[tuple[Callable[[Any], Any], Any]] = queue.SimpleQueue()
@@ -144,7 +143,7 @@ class _ReaderThread:
 
     def read(self, work: Callable[[Any], T]) -> T:
         """work(reader), in the kept reader's thread if it is free; blocking: call it in a worker thread."""
-        from concurrent.futures import Future
+        from concurrent.futures import Future  # the agent's alone: the fork server imports this module too
 
         if not self._free.acquire(blocking=False):
             return _with_own_reader(work)
@@ -157,16 +156,12 @@ class _ReaderThread:
             self._free.release()
 
     def _start(self) -> None:
-        import threading
-
         with self._started:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="journal reader", daemon=True)
                 self._thread.start()
 
     def _serve(self) -> None:
-        import queue
-
         kept: Any = None
         opened = 0.0
         while True:
@@ -358,8 +353,6 @@ class DropWatch:
     entries appended later on this journald (252)."""
 
     def __init__(self) -> None:
-        import time
-
         self._reader = _open_reader()
         self._reader.this_boot()
         _match_reports(self._reader, REPORT_IDS)

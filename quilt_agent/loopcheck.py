@@ -37,7 +37,6 @@ MAX_MS = 60_000
 # object per container, image, network and volume) answers no call while it runs, and in debug mode each of its
 # many coroutines records where it was created, which on a loaded host made single steps of it take 50 ms.
 STARTING_SECONDS = 0.25
-_serving_threshold: float | None = None  # the check's threshold, for serving(); None when it is off
 
 log = logging.getLogger("quilt")
 # asyncio's own logger: its debug-mode reports and these are read from the journal alike (tests/integration).
@@ -66,8 +65,9 @@ class _CallbackTimer:
     """Times every callback the loop runs (asyncio.Handle._run, which its Tasks' steps go through too) and reports
     the slow ones, by what held them (CallbackTime)."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, serving_seconds: float) -> None:
+        self.serving_seconds = serving_seconds
+        self.seconds = max(serving_seconds, STARTING_SECONDS)  # until serve()
         self._run = events.Handle._run
         self._timed_run: Callable[[events.Handle], None] | None = None
 
@@ -88,6 +88,9 @@ class _CallbackTimer:
         timed_run._quilt_timed = True  # type: ignore[attr-defined]
         self._timed_run = timed_run
         events.Handle._run = timed_run  # type: ignore[method-assign]
+
+    def serve(self) -> None:
+        self.seconds = self.serving_seconds
 
     def uninstall(self) -> None:
         if self._timed_run is not None and events.Handle._run is self._timed_run:
@@ -126,37 +129,32 @@ def threshold(environ: Mapping[str, str] = os.environ) -> float | None:
 
 def run(main: Coroutine[Any, Any, int], seconds: float | None) -> int:
     """asyncio.run(main), in debug mode reporting callbacks slower than seconds unless it is None."""
-    global _serving_threshold
     if seconds is None:
-        _serving_threshold = None
         return asyncio.run(main)
     logging.captureWarnings(True)
     # Ignored by default: a file or socket dropped unclosed while the agent serves is a leak to report. What is
     # still open when it exits is the kernel's to close: ignored again then.
     warnings.simplefilter("default", ResourceWarning)
     global _timer
-    timer = _CallbackTimer(max(seconds, STARTING_SECONDS))
+    timer = _CallbackTimer(seconds)
     timer.install()
     _timer = timer
     try:
-        return asyncio.run(_watched(main, seconds), debug=True)
+        return asyncio.run(_watched(main, timer), debug=True)
     finally:
         timer.uninstall()
         _timer = None
         warnings.simplefilter("ignore", ResourceWarning)
 
 
-async def _watched(main: Coroutine[Any, Any, int], seconds: float) -> int:
-    global _serving_threshold
-    loop = asyncio.get_running_loop()
-    _serving_threshold = seconds
-    loop.slow_callback_duration = math.inf  # _CallbackTimer reports instead, by what held the callback
+async def _watched(main: Coroutine[Any, Any, int], timer: _CallbackTimer) -> int:
+    asyncio.get_running_loop().slow_callback_duration = math.inf  # _CallbackTimer reports instead, by what held it
     log.info("Event loop check on: callbacks over %d ms are reported once the agent serves, over %d ms before "
-             "(%s)", round(seconds * 1000), round(max(seconds, STARTING_SECONDS) * 1000), ENV)
+             "(%s)", round(timer.serving_seconds * 1000), round(timer.seconds * 1000), ENV)
     return await main
 
 
 def serving() -> None:
     """The agent owns its name and answers calls: from now on the check's own threshold applies."""
-    if _serving_threshold is not None and _timer is not None:
-        _timer.seconds = _serving_threshold
+    if _timer is not None:
+        _timer.serve()
